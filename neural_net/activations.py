@@ -113,9 +113,10 @@ class ELU(Activation):
         return {"name": self.name, "alpha": self.alpha}
 
     def forward(self, z, out=None):
-        negative = np.expm1(np.minimum(z, 0))
-        negative *= self.alpha
-        return np.where(z > 0, z, negative, out=out) if out is not None else np.where(z > 0, z, negative)
+        out = np.minimum(z, 0, out=out)
+        np.expm1(out, out=out)
+        out *= self.alpha
+        return np.copyto(out, z, where=z > 0) or out
 
     def backward(self, z, a, grad):
         grad *= np.where(z > 0, 1.0, a + self.alpha).astype(grad.dtype, copy=False)

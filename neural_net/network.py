@@ -83,7 +83,7 @@ class Network:
         layer.params = {name: np.empty(shape, self.dtype) for name, shape, _ in layer.param_specs()}
         layer.initialize(self.rng)
         self.layers.append(layer)
-        self._flat = None  # rebuilt on next use
+        self._flatten()
         return self
 
     def _flatten(self):
@@ -111,8 +111,6 @@ class Network:
             raise ConfigError("the network has no layers; add at least one Dense layer")
         if self.layers[-1].dropout:
             raise ConfigError("the output layer cannot have dropout; set dropout=0 on the last layer")
-        if self._flat is None:
-            self._flatten()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -527,6 +525,11 @@ class _Run:
         return history
 
     def _epoch(self, epoch, lr, started, snapshot):
+        # Overflow is reported as NonFiniteError with advice below, not as NumPy warnings.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._batches(epoch, lr, started, snapshot)
+
+    def _batches(self, epoch, lr, started, snapshot):
         net, x, y, n, size = self.net, self.x, self.y, self.n, self.batch_size
         order = net.rng.permutation(n) if self.shuffle else None
         loss_sum, correct, seen, stop = 0.0, 0, 0, False

@@ -1,0 +1,136 @@
+"""Registries, activations' numerical stability, initialisers' formulas, schedules and metrics."""
+import warnings
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from neural_net import activations, initializers, losses, metrics, schedules
+from neural_net.errors import UnknownNameError
+
+REGISTRIES = [
+    (activations.ACTIVATIONS, activations.get),
+    (initializers.WEIGHT_INITIALIZERS, initializers.get_weight),
+    (initializers.BIAS_INITIALIZERS, initializers.get_bias),
+    (losses.LOSSES, losses.get),
+    (schedules.SCHEDULES, schedules.get),
+]
+
+
+@pytest.mark.parametrize("registry,get", REGISTRIES, ids=lambda r: getattr(r, "kind", ""))
+def test_every_entry_round_trips_through_get_config(registry, get):
+    for name in registry.names():
+        component = get(name)
+        config = component.get_config()
+        assert config["name"] == name
+        assert get(config).get_config() == config
+
+
+@pytest.mark.parametrize("registry,get", REGISTRIES, ids=lambda r: getattr(r, "kind", ""))
+def test_unknown_names_list_the_valid_ones(registry, get):
+    with pytest.raises(UnknownNameError) as info:
+        get("no-such-thing")
+    assert all(name in str(info.value) for name in registry.names())
+
+
+def test_registry_names_match_the_issue():
+    assert set(activations.names()) == {"sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "softmax", "linear"}
+    assert set(initializers.weight_names()) == {"xavier", "xavier_uniform", "he", "he_uniform", "lecun", "gaussian"}
+    assert set(initializers.bias_names()) == {"zeros", "random", "constant"}
+    assert set(losses.names()) == {"mse", "mae", "binary_cross_entropy", "cross_entropy"}
+    assert set(schedules.names()) == {"constant", "exponential", "step", "cosine"}
+
+
+@pytest.mark.parametrize("name", activations.names())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activations_are_stable_at_extremes(name, dtype):
+    z = np.array([[-1e4, -80.0, -1.0, 0.0, 1.0, 80.0, 1e4]], dtype=dtype)
+    act = activations.get(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a = act.forward(z.copy())
+        grad = act.backward(z, a, np.ones_like(z))
+    assert np.all(np.isfinite(a)) and np.all(np.isfinite(grad))
+    assert a.dtype == dtype
+
+
+def test_activation_values():
+    z = np.array([[-2.0, 0.0, 3.0]])
+    np.testing.assert_allclose(activations.get("sigmoid").forward(z), 1 / (1 + np.exp(-z)), rtol=1e-12)
+    np.testing.assert_allclose(activations.get("softmax").forward(z), np.exp(z) / np.exp(z).sum(), rtol=1e-12)
+    np.testing.assert_allclose(activations.get("leaky_relu").forward(z), [[-0.02, 0.0, 3.0]])
+    np.testing.assert_allclose(activations.get("elu").forward(z), [[np.expm1(-2.0), 0.0, 3.0]])
+    np.testing.assert_allclose(activations.get("sigmoid").forward(np.array([[1e4, -1e4]])), [[1.0, 0.0]])
+
+
+@pytest.mark.parametrize("name,std", [
+    ("xavier", np.sqrt(2 / (400 + 600))), ("he", np.sqrt(2 / 400)), ("lecun", np.sqrt(1 / 400)), ("gaussian", 0.01),
+    ("xavier_uniform", np.sqrt(6 / 1000) / np.sqrt(3)), ("he_uniform", np.sqrt(6 / 400) / np.sqrt(3)),
+])
+def test_weight_initialiser_spread_matches_its_formula(name, std):
+    out = initializers.get_weight(name).fill(np.empty((400, 600)), np.random.default_rng(0))
+    assert out.std() == pytest.approx(std, rel=0.02)
+    assert abs(out.mean()) < std * 0.02
+
+
+def test_bias_initialisers():
+    rng = np.random.default_rng(0)
+    assert np.all(initializers.get_bias("zeros").fill(np.ones(5), rng) == 0)
+    assert np.all(initializers.get_bias({"name": "constant", "value": 0.1}).fill(np.ones(5), rng) == 0.1)
+    assert initializers.get_bias({"name": "random", "std": 0.5}).fill(np.empty(10000), rng).std() == pytest.approx(0.5, rel=0.05)
+
+
+def test_schedules():
+    assert schedules.get("constant")(7, 0.1, 10) == 0.1
+    assert schedules.get({"name": "exponential", "decay_rate": 0.5})(3, 0.8, 10) == pytest.approx(0.1)
+    assert schedules.get({"name": "step", "step_size": 2, "gamma": 0.1})(5, 1.0, 10) == pytest.approx(0.01)
+    cosine = schedules.get({"name": "cosine", "min_lr": 0.0})
+    assert cosine(0, 1.0, 10) == 1.0 and cosine(5, 1.0, 10) == pytest.approx(0.5)
+    warm = schedules.get({"name": "constant", "warmup_epochs": 3})
+    assert [warm(e, 1.0, 10) for e in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+
+
+def test_classification_metrics_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    truth, pred = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    result = metrics.classification_metrics(truth, pred, 4)
+    assert result["accuracy"] == pytest.approx(skm.accuracy_score(truth, pred))
+    assert result["precision"] == pytest.approx(skm.precision_score(truth, pred, average="macro"))
+    assert result["recall"] == pytest.approx(skm.recall_score(truth, pred, average="macro"))
+    assert result["f1"] == pytest.approx(skm.f1_score(truth, pred, average="macro"))
+    assert result["confusion_matrix"] == skm.confusion_matrix(truth, pred).tolist()
+
+
+def test_roc_auc_matches_scikit_learn_with_ties():
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 2, 300)
+    scores = np.round(rng.random(300) + truth * 0.3, 1)
+    assert metrics.roc_auc(truth, scores) == pytest.approx(skm.roc_auc_score(truth, scores))
+    assert metrics.roc_auc(np.ones(3), np.ones(3)) is None
+
+
+def test_regression_metrics_match_scikit_learn():
+    rng = np.random.default_rng(2)
+    truth = rng.normal(size=(100, 2))
+    pred = truth + rng.normal(scale=0.3, size=(100, 2))
+    result = metrics.regression_metrics(truth, pred)
+    assert result["mae"] == pytest.approx(skm.mean_absolute_error(truth.ravel(), pred.ravel()))
+    assert result["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(truth.ravel(), pred.ravel())))
+    assert result["r2"] == pytest.approx(skm.r2_score(truth.ravel(), pred.ravel()))
+    assert result["pearson_r"] == pytest.approx(np.corrcoef(truth.ravel(), pred.ravel())[0, 1])
+
+
+def test_loss_values_match_pytorch_reductions():
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    y = np.array([0, 2])
+    ce = losses.get("cross_entropy")
+    assert ce.value(p, ce.prepare(y, 3, np.float64)) == pytest.approx(-(np.log(0.7) + np.log(0.8)) / 2)
+    mse = losses.get("mse")
+    assert mse.value(p, np.zeros_like(p)) == pytest.approx(np.mean(p ** 2))
+    bce = losses.get("binary_cross_entropy")
+    yb = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    expected = -np.mean(yb * np.log(p) + (1 - yb) * np.log(1 - p))
+    assert bce.value(p, yb) == pytest.approx(expected)
+    z = np.log(p / (1 - p))
+    assert bce.value_from_logits(z, yb) == pytest.approx(expected)
+    assert ce.value_from_logits(np.log(p), ce.prepare(y, 3, np.float64)) == pytest.approx(-(np.log(0.7) + np.log(0.8)) / 2)

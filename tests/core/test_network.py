@@ -1,0 +1,336 @@
+"""Network behaviour: building, shapes and errors, training controls, saving and reproducibility."""
+import ast
+import io
+import pathlib
+
+import numpy as np
+import pytest
+
+from neural_net import BatchNorm, Callback, Dense, EarlyStopping, Network, StopTraining
+from neural_net.errors import ConfigError, NeuralNetError, NonFiniteError, ShapeError, UnknownNameError
+
+
+def blobs(n=200, seed=0, classes=3, features=4):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=3, size=(classes, features))
+    labels = rng.integers(0, classes, n)
+    return centers[labels] + rng.normal(size=(n, features)), labels
+
+
+def small_net(**kwargs):
+    options = dict(activations=["relu", "softmax"], seed=0)
+    options.update(kwargs)
+    return Network.from_layer_sizes([4, 16, 3], **options)
+
+
+def test_two_ways_to_build_give_the_same_network():
+    a = Network.from_layer_sizes([4, 8, 3], activations=["tanh", "softmax"], weight_init="he", seed=5)
+    b = Network(input_size=4, seed=5)
+    b.add(Dense(8, activation="tanh", weight_init="he")).add(Dense(3, activation="softmax", weight_init="he"))
+    assert a.get_config() == b.get_config()
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa["weights"], wb["weights"])
+    assert a.layer_sizes == [4, 8, 3] and a.n_params == 4 * 8 + 8 + 8 * 3 + 3
+
+
+def test_loss_auto_and_task():
+    assert small_net().loss_name == "cross_entropy" and small_net().task == "multiclass"
+    binary = Network.from_layer_sizes([2, 4, 1], activations=["relu", "sigmoid"])
+    assert binary.loss_name == "binary_cross_entropy" and binary.task == "binary"
+    assert Network.from_layer_sizes([2, 1], activations="linear").loss_name == "mse"
+    assert small_net(loss="mse").loss_name == "mse"
+
+
+def test_predict_shapes_and_dtype():
+    net = small_net()
+    x, _ = blobs(10)
+    assert net.predict(x).shape == (10, 3) and net.predict(x).dtype == np.float32
+    assert net.predict(x[0]).shape == (1, 3)
+    np.testing.assert_allclose(net.predict(x).sum(axis=1), 1, rtol=1e-6)
+    assert net.predict_classes(x).shape == (10,)
+    big = np.tile(x, (900, 1))  # more rows than one predict chunk
+    np.testing.assert_allclose(net.predict(big)[-10:], net.predict(x), rtol=1e-6)
+
+
+def test_float64_throughout():
+    net = small_net(dtype="float64")
+    x, y = blobs(20)
+    net.fit(x, y, epochs=1)
+    assert net.predict(x).dtype == np.float64 and net._flat.dtype == np.float64
+
+
+@pytest.mark.parametrize("bad,error,message", [
+    (np.ones((3, 5)), ShapeError, r"\(batch, 4\)"),
+    (np.ones((0, 4)), ShapeError, "no samples"),
+    ([[1, 2, 3, np.nan]], NonFiniteError, "NaN or Inf"),
+    ([[1, 2, "x", 4]], ShapeError, "numbers"),
+    ([[1, 2], [1, 2, 3, 4]], ShapeError, "rectangular"),
+])
+def test_bad_inputs_raise_clear_errors(bad, error, message):
+    with pytest.raises(error, match=message):
+        small_net().predict(bad)
+
+
+def test_errors_form_one_hierarchy_of_value_errors():
+    for error in (ShapeError, NonFiniteError, ConfigError, UnknownNameError):
+        assert issubclass(error, NeuralNetError) and issubclass(error, ValueError)
+
+
+def test_bad_configuration():
+    with pytest.raises(UnknownNameError, match="relu"):
+        Network.from_layer_sizes([2, 2], activations="rellu")
+    with pytest.raises(ConfigError, match="one entry per layer"):
+        Network.from_layer_sizes([2, 3, 2], activations=["relu"])
+    with pytest.raises(ConfigError, match="units"):
+        Dense(0)
+    with pytest.raises(ConfigError, match="dropout"):
+        Dense(3, dropout=1.0)
+    with pytest.raises(ConfigError, match="input_size"):
+        Network(0)
+    with pytest.raises(ConfigError, match="dtype"):
+        Network(2, dtype="int8")
+    with pytest.raises(ConfigError, match="output layer cannot have dropout"):
+        Network(2).add(Dense(2, dropout=0.5)).predict([1, 2])
+
+
+def test_bad_targets():
+    net = small_net()
+    x, y = blobs(10)
+    with pytest.raises(ShapeError, match="10 samples but targets hold 9"):
+        net.fit(x, y[:9])
+    with pytest.raises(ShapeError, match=r"\[0, 2\]"):
+        net.fit(x, y + 5)
+    with pytest.raises(ConfigError, match="epochs"):
+        net.fit(x, y, epochs=0)
+    with pytest.raises(ConfigError, match="batch_size"):
+        net.fit(x, y, batch_size=-1)
+
+
+def test_one_hot_and_integer_labels_train_identically():
+    x, y = blobs(60)
+    a, b = small_net(), small_net()
+    a.fit(x, y, epochs=2, batch_size=16)
+    b.fit(x, np.eye(3)[y], epochs=2, batch_size=16)
+    np.testing.assert_array_equal(a._flat, b._flat)
+
+
+def test_training_is_bitwise_reproducible_with_a_seed():
+    x, y = blobs(100)
+    runs = []
+    for _ in range(2):
+        net = Network.from_layer_sizes([4, 16, 3], activations=["relu", "softmax"], dropout=0.2, seed=42)
+        net.fit(x, y, epochs=3, batch_size=16)
+        runs.append(net._flat.copy())
+    np.testing.assert_array_equal(*runs)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum", "rmsprop"])
+def test_resume_from_a_saved_checkpoint_is_bitwise_identical(optimizer, tmp_path):
+    """A run checkpointed at the end of epoch 2 (as the service does), then loaded and resumed,
+    ends with the same bits as a run that was never interrupted."""
+    x, y = blobs(100)
+    options = dict(epochs=4, batch_size=16, optimizer=optimizer, schedule="cosine", l2=1e-4, validation_split=0.2)
+
+    def make():
+        return Network.from_layer_sizes([4, 16, 3], activations=["relu", "softmax"], dropout=0.2, seed=7)
+
+    class CheckpointAndCrash(Callback):
+        def on_epoch_end(self, progress):
+            if progress.epoch == 2:
+                interrupted.save(tmp_path / "checkpoint.npz")
+                raise StopTraining
+
+    straight = make()
+    straight.fit(x, y, **options)
+    interrupted = make()
+    interrupted.fit(x, y, callbacks=[CheckpointAndCrash()], **options)
+    resumed = Network.load(tmp_path / "checkpoint.npz")
+    assert resumed.epochs_trained == 2
+    resumed.fit(x, y, initial_epoch=2, **options)
+    np.testing.assert_array_equal(straight._flat, resumed._flat)
+
+
+def test_save_load_round_trip_without_pickle():
+    net = Network(3, seed=1)
+    net.add(Dense(5, activation="gelu", weight_init={"name": "gaussian", "std": 0.2}, bias_init="random"))
+    net.add(BatchNorm(activation="leaky_relu"))
+    net.add(Dense(2, activation="sigmoid"))
+    x = np.random.default_rng(0).normal(size=(30, 3))
+    y = (x[:, :2] > 0).astype(float)
+    net.fit(x, y, epochs=2, batch_size=8, optimizer="adamw")
+    data = net.to_bytes()
+    archive = np.load(io.BytesIO(data), allow_pickle=False)
+    assert "header" in archive.files and "params" in archive.files
+    loaded = Network.from_bytes(data)
+    assert loaded.get_config() == net.get_config()
+    np.testing.assert_array_equal(loaded.predict(x), net.predict(x))
+    assert loaded.optimizer.get_config() == net.optimizer.get_config()
+    with pytest.raises(ConfigError, match="not a saved network"):
+        Network.from_bytes(b"garbage")
+
+
+def test_config_round_trip():
+    net = small_net(loss={"name": "cross_entropy", "from_logits": False}, dropout=[0.1, 0.0])
+    clone = Network.from_config(net.get_config())
+    assert clone.get_config() == net.get_config()
+    np.testing.assert_array_equal(clone._flat, net._flat)  # same seed, same initial weights
+
+
+def test_set_weights_checks_every_shape_before_changing_anything():
+    net = small_net()
+    weights = net.get_weights()
+    before = net._flat.copy()
+    broken = [dict(weights[0]), {"weights": np.zeros((16, 2)), "biases": np.zeros(3)}]
+    broken[0]["weights"] = broken[0]["weights"] + 1
+    with pytest.raises(ShapeError, match=r"layer 1 weights: expected shape \(16, 3\)"):
+        net.set_weights(broken)
+    np.testing.assert_array_equal(net._flat, before)
+    weights[1]["biases"] = np.arange(3)
+    net.set_weights(weights)
+    np.testing.assert_array_equal(net.get_weights()[1]["biases"], [0, 1, 2])
+
+
+def test_forward_returns_every_layer():
+    net = small_net()
+    x, _ = blobs(5)
+    out, layers = net.forward(x, return_activations=True)
+    assert [l["z"].shape for l in layers] == [(5, 16), (5, 3)]
+    np.testing.assert_array_equal(layers[-1]["a"], out)
+    np.testing.assert_array_equal(layers[0]["a"], np.maximum(layers[0]["z"], 0))
+
+
+def test_dropout_only_while_training():
+    net = Network.from_layer_sizes([4, 64, 3], activations=["relu", "softmax"], dropout=0.5, seed=0)
+    x, _ = blobs(8)
+    np.testing.assert_array_equal(net.predict(x), net.predict(x))
+    net._forward(net._inputs(x), training=True)
+    kept = net.layers[0]._mask
+    assert 0.3 < np.mean(kept > 0) < 0.7 and set(np.unique(kept)) == {0.0, 2.0}
+
+
+def test_batch_norm_uses_batch_statistics_in_training_and_running_ones_after():
+    net = Network(3, seed=0)
+    net.add(BatchNorm())
+    x = np.random.default_rng(0).normal(loc=5, scale=2, size=(500, 3)).astype(np.float32)
+    out = net._forward(net._inputs(x), training=True)
+    np.testing.assert_allclose(out.mean(axis=0), 0, atol=1e-4)
+    for _ in range(100):
+        net._forward(net._inputs(x), training=True)
+    np.testing.assert_allclose(net.layers[0].buffers["running_mean"], x.mean(axis=0), rtol=1e-3)
+    np.testing.assert_allclose(net.predict(x).std(axis=0), 1, rtol=0.01)
+
+
+def test_history_and_progress_callbacks():
+    x, y = blobs(100)
+    records = []
+
+    class Recorder(Callback):
+        def on_batch_end(self, progress):
+            records.append(progress)
+
+    history = small_net().fit(x, y, epochs=3, batch_size=30, validation_split=0.2, callbacks=[Recorder()])
+    assert len(history) == 3 and [e["epoch"] for e in history.epochs] == [1, 2, 3]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_f1", "learning_rate", "samples_per_second", "time"):
+        assert len(history.history[key]) == 3, key
+    assert len(records) == 9 and [r.batch for r in records[:3]] == [1, 2, 3]
+    percents = [r.percent for r in records]
+    assert percents == sorted(percents) and percents[-1] == 100.0 and 0 < percents[0] < 20
+    assert records[-1].eta_seconds == 0 and records[0].samples_per_second > 0
+
+
+def test_a_callback_stops_training_within_one_batch():
+    x, y = blobs(100)
+
+    class StopAfterFive(Callback):
+        def __init__(self):
+            self.batches = 0
+
+        def on_batch_end(self, progress):
+            self.batches += 1
+            if self.batches == 5:
+                raise StopTraining
+
+    stopper = StopAfterFive()
+    net = small_net()
+    history = net.fit(x, y, epochs=10, batch_size=10, callbacks=[stopper])
+    assert stopper.batches == 5 and history.stopped and len(history) == 0 and net.epochs_trained == 0
+
+
+def test_early_stopping_restores_the_best_weights():
+    x, y = blobs(200)
+    net = small_net()
+    best = {}
+
+    class Keep(Callback):
+        def on_epoch_end(self, progress):
+            best[progress.epoch] = net._flat.copy()
+
+    history = net.fit(x, y, epochs=200, batch_size=16, learning_rate=0.05, validation_split=0.3,
+                      early_stopping=EarlyStopping(patience=3), callbacks=[Keep()])
+    assert history.stopped_early and len(history) < 200
+    val = history.history["val_loss"]
+    assert history.best_epoch == int(np.argmin(val)) + 1
+    np.testing.assert_array_equal(net._flat, best[history.best_epoch])
+
+
+def test_divergence_raises_and_keeps_the_last_finite_weights():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)) * 1e3
+    y = rng.normal(size=(64, 1)) * 1e3
+    net = Network.from_layer_sizes([4, 32, 1], activations=["relu", "linear"], seed=0)
+
+    saved = {}
+
+    class Keep(Callback):
+        def on_epoch_end(self, progress):
+            saved[progress.epoch] = net._flat.copy()
+
+    with pytest.raises(NonFiniteError, match="diverged at epoch") as info:
+        net.fit(x, y, epochs=50, batch_size=8, optimizer="sgd", learning_rate=10.0, callbacks=[Keep()])
+    epoch = info.value.epoch
+    assert np.all(np.isfinite(net._flat))
+    if epoch > 1:
+        np.testing.assert_array_equal(net._flat, saved[epoch - 1])
+
+
+def test_gradient_clipping_bounds_the_update():
+    x, y = blobs(32)
+    a, b = small_net(), small_net()
+    before = a._flat.copy()
+    a.fit(x, y, epochs=1, batch_size=32, optimizer="sgd", learning_rate=1.0, clip_norm=1e-3, shuffle=False)
+    b.fit(x, y, epochs=1, batch_size=32, optimizer="sgd", learning_rate=1.0, shuffle=False)
+    assert np.linalg.norm(a._flat - before) == pytest.approx(1e-3, rel=1e-3)
+    assert np.linalg.norm(b._flat - before) > 1e-2
+
+
+def test_l1_l2_shrink_weights():
+    x, y = blobs(100)
+    plain, regular = small_net(), small_net()
+    plain.fit(x, y, epochs=20, batch_size=20)
+    regular.fit(x, y, epochs=20, batch_size=20, l2=0.05)
+    assert np.linalg.norm(regular._flat[:regular._n_weights]) < np.linalg.norm(plain._flat[:plain._n_weights])
+
+
+def test_evaluate_returns_metrics():
+    x, y = blobs(60)
+    result = small_net().evaluate(x, y)
+    assert {"loss", "accuracy", "precision", "recall", "f1", "confusion_matrix"} <= set(result)
+    assert np.sum(result["confusion_matrix"]) == 60
+    reg = Network.from_layer_sizes([4, 1], activations="linear").evaluate(x, x[:, :1])
+    assert {"loss", "mae", "rmse", "r2", "pearson_r"} <= set(reg)
+    binary = Network.from_layer_sizes([4, 1], activations="sigmoid").evaluate(x, (y > 0).astype(float))
+    assert "roc_auc" in binary
+
+
+def test_core_imports_only_numpy_and_the_standard_library():
+    allowed = {"numpy", "io", "json", "math", "time", "warnings", "dataclasses", "abc", "itertools", "functools"}
+    for path in pathlib.Path(__file__).parents[2].joinpath("neural_net").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module.split(".")[0]]
+            else:
+                continue
+            assert set(names) <= allowed, f"{path.name} imports {names}"
