@@ -1,0 +1,39 @@
+"""ONNX export gives the service's outputs to 1e-5 in onnxruntime."""
+import numpy as np
+import pytest
+
+from neural_net import BatchNorm, Dense, Network, activations
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is a test-only dependency (pip install -r requirements.txt)")
+from api.onnx_export import to_onnx  # noqa: E402
+
+
+def run_onnx(net, x):
+    session = ort.InferenceSession(to_onnx(net), providers=["CPUExecutionProvider"])
+    return session.run(["output"], {"input": x.astype(net.dtype)})[0]
+
+
+@pytest.mark.parametrize("activation", activations.names())
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_activation_matches(activation, dtype):
+    net = Network(5, seed=1, dtype=dtype)
+    net.add(Dense(7, activation=activation, bias_init="random")).add(Dense(3, activation="softmax"))
+    x = np.random.default_rng(0).normal(scale=2, size=(11, 5))
+    np.testing.assert_allclose(run_onnx(net, x), net.predict(x), atol=1e-5, rtol=1e-5)
+
+
+def test_trained_network_with_batch_norm_matches():
+    rng = np.random.default_rng(0)
+    net = Network(4, seed=0)
+    net.add(Dense(16, activation={"name": "leaky_relu", "alpha": 0.2})).add(BatchNorm(activation="elu"))
+    net.add(Dense(1, activation="sigmoid"))
+    x = rng.normal(size=(200, 4))
+    net.fit(x, (x[:, 0] * x[:, 1] > 0).astype(float), epochs=5, batch_size=20)
+    np.testing.assert_allclose(run_onnx(net, x), net.predict(x), atol=1e-5, rtol=1e-5)
+
+
+def test_single_sample_and_large_batch():
+    net = Network.from_layer_sizes([3, 8, 2], activations=["gelu", "linear"], seed=2)
+    for batch in (1, 500):
+        x = np.random.default_rng(batch).normal(size=(batch, 3))
+        np.testing.assert_allclose(run_onnx(net, x), net.predict(x), atol=1e-5, rtol=1e-5)
