@@ -1,0 +1,147 @@
+"""Command line for the training service.
+
+    python -m client train --model moons --data moons.csv --create 2,16,1 --activations relu,sigmoid --epochs 50 --watch
+    python -m client status JOB_ID [--watch]
+    python -m client predict --model moons --data new.csv
+    python -m client export --model moons --out moons.onnx --format onnx
+
+CSV files hold one sample per row, the inputs first and the last `--targets N` columns (default 1)
+as targets; a header row is skipped. .npz files hold arrays `x` and `y` (or `inputs` and `targets`).
+Set NN_URL and NN_API_KEY (or --url and --api-key) to reach a service elsewhere.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+
+from .api import ApiError, Client
+
+
+def load_data(path, n_targets=1, with_targets=True):
+    """(inputs, targets) from a CSV or .npz file; targets is None when with_targets is False."""
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as archive:
+            x = archive["x"] if "x" in archive.files else archive["inputs"]
+            y = None
+            if with_targets:
+                y = archive["y"] if "y" in archive.files else archive["targets"]
+        return x, y
+    with open(path, newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row]
+    try:
+        [float(v) for v in rows[0]]
+    except ValueError:
+        rows = rows[1:]  # header
+    data = np.array(rows, dtype=float)
+    if not with_targets:
+        return data, None
+    x, y = data[:, :-n_targets], data[:, -n_targets:]
+    return x, (y[:, 0] if n_targets == 1 else y)
+
+
+def _hyper_parameters(args):
+    options = {"epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer}
+    for key in ("learning_rate", "validation_split"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    return options
+
+
+def cmd_train(api, args):
+    x, y = load_data(args.data, args.targets)
+    if args.create:
+        sizes = [int(v) for v in args.create.split(",")]
+        options = {"activations": args.activations.split(",")} if args.activations else {}
+        model = api.create_model(sizes, model_id=args.model, seed=args.seed, **options)
+        print(f"created model {model['model_id']}", file=sys.stderr)
+    if y is not None and y.ndim == 1 and args.labels:
+        y = y.astype(int)
+    job = api.train(args.model, inputs=x, targets=y, **_hyper_parameters(args))
+    print(job.id)
+    if args.watch:
+        record = job.wait(progress=True)
+        return 0 if record["status"] == "succeeded" else 1
+    return 0
+
+
+def cmd_status(api, args):
+    job = api.job(args.job_id)
+    record = job.wait(progress=True) if args.watch else job.record
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+def cmd_predict(api, args):
+    x, _ = load_data(args.data, with_targets=False)
+    result = api.output(args.model, x)
+    writer = csv.writer(sys.stdout)
+    for i, row in enumerate(result["outputs"]):
+        extra = [result["predictions"][i]] if result.get("predictions") is not None else []
+        writer.writerow([f"{v:.6g}" for v in row] + extra)
+    return 0
+
+
+def cmd_export(api, args):
+    api.export(args.model, args.out, format=args.format)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m client", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default=os.environ.get("NN_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--api-key", default=os.environ.get("NN_API_KEY"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="submit a training job from a CSV or .npz file")
+    train.add_argument("--model", required=True, help="model id")
+    train.add_argument("--data", required=True, help="CSV (inputs then targets) or .npz (x, y)")
+    train.add_argument("--targets", type=int, default=1, help="number of target columns at the end of each CSV row")
+    train.add_argument("--labels", action="store_true", help="treat a single target column as integer class labels")
+    train.add_argument("--create", help="create the model first, from layer sizes such as 4,16,3")
+    train.add_argument("--activations", help="with --create: one activation per layer, comma separated")
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--optimizer", default="adam")
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--validation-split", type=float)
+    train.add_argument("--watch", action="store_true", help="show a progress bar until the job ends")
+    train.set_defaults(run=cmd_train)
+
+    status = commands.add_parser("status", help="show a job; --watch follows it to the end")
+    status.add_argument("job_id")
+    status.add_argument("--watch", action="store_true")
+    status.set_defaults(run=cmd_status)
+
+    predict = commands.add_parser("predict", help="outputs (and class predictions) as CSV")
+    predict.add_argument("--model", required=True)
+    predict.add_argument("--data", required=True, help="CSV or .npz of inputs only")
+    predict.set_defaults(run=cmd_predict)
+
+    export = commands.add_parser("export", help="download the model as .npz or ONNX")
+    export.add_argument("--model", required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--format", choices=["npz", "onnx"], default="npz")
+    export.set_defaults(run=cmd_export)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    with Client(args.url, api_key=args.api_key) as api:
+        try:
+            return args.run(api, args)
+        except ApiError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except (OSError, ValueError, KeyError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""`Client` (one method per route) and `Job` (refresh, cancel, wait with a progress bar)."""
+import json
+import sys
+import time
+
+import httpx
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class ApiError(Exception):
+    """The service answered with an error status; `status_code` and `detail` say what and why."""
+
+    def __init__(self, status_code, detail):
+        super().__init__(f"HTTP {status_code}: {detail}")
+        self.status_code, self.detail = status_code, detail
+
+
+def _listify(values):
+    """NumPy arrays (or anything with tolist) to JSON lists; None stays None."""
+    return values.tolist() if hasattr(values, "tolist") else values
+
+
+class Client:
+    def __init__(self, base_url="http://127.0.0.1:8000", api_key=None, timeout=30.0, transport=None):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
+
+    def close(self):
+        self.http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def request(self, method, path, **kwargs):
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise ApiError(response.status_code, detail)
+        return response
+
+    def _json(self, method, path, **kwargs):
+        response = self.request(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    # models
+    def health(self):
+        return self._json("GET", "/health")
+
+    def create_model(self, layer_sizes, activations=None, model_id=None, **options):
+        body = {"layer_sizes": list(layer_sizes), **options}
+        if activations is not None:
+            body["activations"] = list(activations)
+        if model_id is not None:
+            body["model_id"] = model_id
+        return self._json("POST", "/models", json=body)
+
+    def get_model(self, model_id):
+        return self._json("GET", f"/models/{model_id}")
+
+    def list_models(self, offset=0, limit=100):
+        return self._json("GET", "/models", params={"offset": offset, "limit": limit})
+
+    def delete_model(self, model_id):
+        self.request("DELETE", f"/models/{model_id}")
+
+    def output(self, model_id, inputs, targets=None, include_gradients=False, include_activations=False):
+        body = {"inputs": _listify(inputs)}
+        if targets is not None:
+            body["targets"] = _listify(targets)
+        if include_gradients:
+            body["include_gradients"] = True
+        if include_activations:
+            body["include_activations"] = True
+        return self._json("POST", f"/models/{model_id}/output", json=body)
+
+    def evaluate(self, model_id, inputs, targets):
+        return self._json("POST", f"/models/{model_id}/evaluate", json={"inputs": _listify(inputs), "targets": _listify(targets)})
+
+    def get_weights(self, model_id):
+        return self._json("GET", f"/models/{model_id}/weights")
+
+    def set_weights(self, model_id, layers):
+        layers = [{key: _listify(value) for key, value in layer.items()} for layer in layers]
+        return self._json("PUT", f"/models/{model_id}/weights", json={"layers": layers})
+
+    def export(self, model_id, path=None, format="npz"):
+        """The model as .npz (or ONNX with format="onnx") bytes; written to `path` when given."""
+        data = self.request("GET", f"/models/{model_id}/export", params={"format": format}).content
+        if path is not None:
+            with open(path, "wb") as handle:
+                handle.write(data)
+        return data
+
+    def import_model(self, data, model_id=None):
+        params = {"model_id": model_id} if model_id else {}
+        return self._json("POST", "/models/import", content=data, params=params,
+                          headers={"Content-Type": "application/octet-stream"})
+
+    # training buffer and jobs
+    def add_samples(self, model_id, inputs, targets):
+        """Append samples to the model's training buffer; returns the buffer size."""
+        body = {"inputs": _listify(inputs), "targets": _listify(targets)}
+        return self._json("POST", f"/models/{model_id}/samples", json=body)["buffer_size"]
+
+    def buffer_size(self, model_id):
+        return self._json("GET", f"/models/{model_id}/samples")["buffer_size"]
+
+    def clear_samples(self, model_id):
+        return self._json("DELETE", f"/models/{model_id}/samples")
+
+    def train(self, model_id, inputs=None, targets=None, **hyper_parameters):
+        """Submit a training job (inline samples are appended to the buffer first); returns a `Job`."""
+        body = dict(hyper_parameters)
+        if inputs is not None:
+            body["inputs"], body["targets"] = _listify(inputs), _listify(targets)
+        return Job(self, self._json("POST", f"/models/{model_id}/training-jobs", json=body))
+
+    def job(self, job_id):
+        return Job(self, self._json("GET", f"/jobs/{job_id}"))
+
+    def jobs(self, model_id):
+        return self._json("GET", f"/models/{model_id}/jobs")
+
+
+class Job:
+    """A training job: `record` is its latest JSON record from the service."""
+
+    def __init__(self, client, record):
+        self.client, self.record = client, record
+        self.id = record["job_id"]
+
+    @property
+    def status(self):
+        return self.record["status"]
+
+    def refresh(self):
+        self.record = self.client._json("GET", f"/jobs/{self.id}")
+        return self.record
+
+    def cancel(self):
+        self.record = self.client._json("POST", f"/jobs/{self.id}/cancel")
+        return self.record
+
+    def wait(self, progress=False, timeout=None, poll_interval=0.5, stream=True, out=None):
+        """Block until the job ends; returns its final record. With progress=True, draws a bar
+        (epoch, loss, ETA) on `out` (stderr). Follows the SSE stream, falling back to polling."""
+        bar = ProgressBar(out or sys.stderr) if progress else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if stream:
+            try:
+                self._follow_stream(bar, deadline)
+            except (httpx.HTTPError, ApiError, ValueError):
+                pass  # fall back to polling below
+        while self.status not in TERMINAL:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.id} still {self.status} after {timeout} s")
+            time.sleep(poll_interval)
+            self.refresh()
+            if bar:
+                bar.update(self.status, self.record.get("progress"))
+        if bar:
+            bar.finish(self.record)
+        return self.record
+
+    def _follow_stream(self, bar, deadline):
+        read_timeout = None if deadline is None else max(deadline - time.monotonic(), 0.1)
+        timeout = httpx.Timeout(10.0, read=read_timeout)
+        with self.client.http.stream("GET", f"/jobs/{self.id}/events", timeout=timeout) as response:
+            if response.status_code >= 400:
+                raise ApiError(response.status_code, response.read().decode(errors="replace"))
+            event = None
+            for line in response.iter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data = json.loads(line[5:])
+                    if event == "end":
+                        self.record = data
+                        return
+                    if bar:
+                        bar.update(data.get("status"), data.get("progress"))
+                if deadline is not None and time.monotonic() > deadline:
+                    return
+
+
+class ProgressBar:
+    """One line redrawn in place: [#####-----]  52.0% epoch 3/5 loss 0.1234 ETA 4s."""
+
+    def __init__(self, out, width=30):
+        self.out, self.width = out, width
+        self.last = ""
+
+    def update(self, status, progress):
+        if progress:
+            percent = progress.get("percent") or 0.0
+            filled = int(self.width * percent / 100)
+            eta = progress.get("eta_seconds")
+            loss = progress.get("loss")
+            line = (f"[{'#' * filled}{'-' * (self.width - filled)}] {percent:5.1f}% "
+                    f"epoch {progress.get('epoch')}/{progress.get('epochs')}"
+                    + (f" loss {loss:.4f}" if loss is not None else "")
+                    + (f" ETA {eta:.0f}s" if eta is not None else ""))
+        else:
+            line = f"[{'-' * self.width}] {status}"
+        if line != self.last:
+            self.out.write("\r" + line.ljust(len(self.last)))
+            self.out.flush()
+            self.last = line
+
+    def finish(self, record):
+        history = record.get("history") or []
+        last = history[-1] if history else {}
+        summary = f"job {record['job_id']} {record['status']}"
+        if "loss" in last:
+            summary += f" after {len(history)} epochs, loss {last['loss']:.4f}"
+        if record.get("error"):
+            summary += f": {record['error']}"
+        self.out.write("\r" + summary.ljust(len(self.last)) + "\n")
+        self.out.flush()

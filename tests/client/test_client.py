@@ -1,0 +1,92 @@
+"""The Python client and its command line against a real uvicorn server."""
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_moons
+
+from client import ApiError, Client
+from client.__main__ import load_data
+from tests.client.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def moons():
+    x, y = make_moons(200, noise=0.1, random_state=0)
+    return x, y
+
+
+def test_train_and_wait_with_progress_bar(server, moons):
+    x, y = moons
+    with Client(server) as api:
+        api.create_model([2, 16, 1], activations=["relu", "sigmoid"], model_id="client-moons", seed=0)
+        assert api.add_samples("client-moons", x[:100], y[:100]) == 100
+        # long enough (about a second) for several progress events to reach the bar
+        job = api.train("client-moons", inputs=x[100:], targets=y[100:], epochs=200, batch_size=4, learning_rate=0.01)
+        out = io.StringIO()
+        final = job.wait(progress=True, timeout=60, out=out)
+        assert final["status"] == "succeeded" and len(final["history"]) == 200
+        assert "% epoch" in out.getvalue() and "succeeded after 200 epochs" in out.getvalue()
+        result = api.output("client-moons", x[:4])
+        assert len(result["outputs"]) == 4 and len(result["predictions"]) == 4
+        assert api.evaluate("client-moons", x, y)["metrics"]["accuracy"] > 0.8
+
+
+def test_wait_by_polling_and_cancel(server, moons):
+    x, y = moons
+    with Client(server) as api:
+        api.create_model([2, 8, 1], activations=["tanh", "sigmoid"], model_id="client-poll")
+        job = api.train("client-poll", inputs=x, targets=y, epochs=3, batch_size=50)
+        assert job.wait(stream=False, timeout=60, poll_interval=0.05)["status"] == "succeeded"
+        waiting = api.train("client-poll", epochs=1, min_samples=10_000)
+        assert waiting.status == "buffering"
+        assert waiting.cancel()["status"] == "cancelled"
+
+
+def test_errors_carry_the_services_detail(server):
+    with Client(server) as api:
+        with pytest.raises(ApiError) as info:
+            api.get_model("no-such-model")
+        assert info.value.status_code == 404 and "no-such-model" in str(info.value.detail)
+
+
+def test_export_npz(server, tmp_path):
+    with Client(server) as api:
+        api.create_model([3, 4, 2], activations=["relu", "softmax"], model_id="client-export")
+        data = api.export("client-export", tmp_path / "m.npz")
+        assert (tmp_path / "m.npz").read_bytes() == data and data[:2] == b"PK"
+
+
+def test_command_line_end_to_end_on_a_small_csv(server, moons, tmp_path):
+    x, y = moons
+    data = tmp_path / "train.csv"
+    np.savetxt(data, np.c_[x, y], delimiter=",", header="a,b,label", comments="")
+    inputs = tmp_path / "inputs.csv"
+    np.savetxt(inputs, x[:3], delimiter=",")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "client", "--url", server, *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    trained = cli("train", "--model", "cli-moons", "--data", str(data), "--create", "2,16,1",
+                  "--activations", "relu,sigmoid", "--epochs", "5", "--watch")
+    assert trained.returncode == 0, trained.stderr
+    job_id = trained.stdout.strip()
+    assert "succeeded" in trained.stderr
+    status = cli("status", job_id)
+    assert status.returncode == 0 and '"status": "succeeded"' in status.stdout
+    predicted = cli("predict", "--model", "cli-moons", "--data", str(inputs))
+    assert predicted.returncode == 0 and len(predicted.stdout.strip().splitlines()) == 3
+    missing = cli("status", "nope")
+    assert missing.returncode == 2 and "404" in missing.stderr
+
+
+def test_load_data_reads_csv_headers_and_npz(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.ones((2, 3)), y=np.zeros(2))
+    x, y = load_data(str(tmp_path / "d.npz"))
+    assert x.shape == (2, 3) and y.shape == (2,)
+    (tmp_path / "d.csv").write_text("a,b,t1,t2\n1,2,3,4\n5,6,7,8\n")
+    x, y = load_data(str(tmp_path / "d.csv"), n_targets=2)
+    assert x.tolist() == [[1, 2], [5, 6]] and y.tolist() == [[3, 4], [7, 8]]
