@@ -1,0 +1,270 @@
+"""One contract, two stores: the same assertions run against SQLiteStore and RedisStore.
+
+The Redis half uses database 15 of the Redis at 127.0.0.1:6379 under a key prefix of its own,
+deleted afterwards; it is skipped when no Redis answers there.
+"""
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from api.errors import JobNotCancellable, JobNotFound, LeaseLost, ModelBusy, ModelExists, ModelNotFound, PayloadTooLarge, VersionConflict
+from api.storage.base import JobRecord
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def redis_available() -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        from api.storage.sqlite import SQLiteStore
+
+        s = SQLiteStore(tmp_path / "nn.sqlite3")
+        yield s
+        s.close()
+        return
+    if not redis_available():
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    from api.storage.redis_store import RedisStore
+
+    s = RedisStore(REDIS_URL, prefix=f"test-{uuid.uuid4().hex[:8]}", lease_seconds=5)
+    yield s
+    s.reset()
+    s.close()
+
+
+def rows(n: int, start: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    x = (start + np.arange(n * 2, dtype=np.float32)).reshape(n, 2)
+    return x, x[:, :1] * 2
+
+
+def job(model_id: str, min_samples: int = 1, consume: bool = True) -> JobRecord:
+    return JobRecord(job_id=uuid.uuid4().hex, model_id=model_id, model_uid="", status="buffering", params={"epochs": 2},
+                     min_samples=min_samples, consume_buffer=consume, created_at=time.time())
+
+
+def test_models_create_list_replace_delete(store):
+    a = store.create_model("a", b"blob-a", {"n": 1})
+    assert (a.model_id, a.version, a.info, a.buffer_size, a.latest_job) == ("a", 1, {"n": 1}, 0, None)
+    with pytest.raises(ModelExists):
+        store.create_model("a", b"x", {})
+    store.create_model("b", b"blob-b", {"n": 2})
+    page, total = store.list_models(0, 10)
+    assert [m.model_id for m in page] == ["a", "b"] and total == 2
+    assert [m.model_id for m in store.list_models(1, 1)[0]] == ["b"]
+    blob, record = store.load_model("a")
+    assert blob == b"blob-a" and record.version == 1
+    with pytest.raises(VersionConflict):
+        store.replace_model("a", b"new", {"n": 3}, expected_version=5)
+    assert store.replace_model("a", b"new", {"n": 3}, expected_version=1).version == 2
+    assert store.load_model("a")[0] == b"new"
+    assert store.delete_model("a") == []
+    for call in (lambda: store.get_model("a"), lambda: store.load_model("a"), lambda: store.delete_model("a"),
+                 lambda: store.append_samples("a", *rows(1), 0), lambda: store.list_jobs("a", 0, 5)):
+        with pytest.raises(ModelNotFound):
+            call()
+    assert store.list_models(0, 10)[1] == 1
+
+
+def test_buffer_append_limit_clear(store):
+    store.create_model("m", b"b", {})
+    assert store.append_samples("m", *rows(3), 10) == 3
+    assert store.append_samples("m", *rows(2), 10) == 5
+    with pytest.raises(PayloadTooLarge):
+        store.append_samples("m", *rows(6), 10)
+    assert store.count_samples("m") == 5 and store.get_model("m").buffer_size == 5
+    store.clear_samples("m")
+    assert store.count_samples("m") == 0
+
+
+def test_promote_claim_samples_in_order(store):
+    store.create_model("m", b"b", {})
+    store.append_samples("m", *rows(2, 0), 0)
+    first = store.create_job(job("m", min_samples=5), *rows(2, 100), max_buffer=0)  # inline samples, same transaction
+    second = store.create_job(job("m", min_samples=1))
+    assert first.status == "buffering" and store.count_samples("m") == 4
+    assert store.promote_ready_jobs() == []  # 4 < 5, and the second waits behind the first (first come, first served)
+    store.append_samples("m", *rows(1, 200), 0)
+    promoted = store.promote_ready_jobs()
+    assert [j.job_id for j in promoted] == [first.job_id] and promoted[0].n_samples == 5
+    assert store.count_samples("m") == 0 and store.get_job(second.job_id).status == "buffering"
+    x, y = store.job_samples(first.job_id)
+    expected = np.concatenate([rows(2, 0)[0], rows(2, 100)[0], rows(1, 200)[0]])
+    assert np.array_equal(x, expected) and np.array_equal(y, expected[:, :1] * 2) and x.dtype == np.float32
+    store.append_samples("m", *rows(1, 300), 0)
+    assert [j.job_id for j in store.promote_ready_jobs()] == [second.job_id]
+    claimed = store.claim_job("w1")
+    assert claimed.job_id == first.job_id and claimed.status == "running" and claimed.worker_id == "w1"
+    assert claimed.started_at is not None
+    assert store.claim_job("w2") is None  # one job per model at a time
+    assert store.get_model("m").latest_job == {"job_id": second.job_id, "status": "queued"}
+    jobs, total = store.list_jobs("m", 0, 10)
+    assert [j.job_id for j in jobs] == [second.job_id, first.job_id] and total == 2
+
+
+def test_copy_job_leaves_buffer(store):
+    store.create_model("m", b"b", {})
+    store.append_samples("m", *rows(3), 0)
+    j = store.create_job(job("m", min_samples=3, consume=False))
+    assert store.promote_ready_jobs()[0].n_samples == 3
+    assert store.count_samples("m") == 3 and len(store.job_samples(j.job_id)[0]) == 3
+    store.claim_job("w")
+    done = store.finish_job(j.job_id, "failed", error="boom")
+    assert done.status == "failed" and done.error == "boom" and store.count_samples("m") == 3
+
+
+def test_progress_checkpoint_finish(store):
+    store.create_model("m", b"v1", {"epochs_trained": 0})
+    j = store.create_job(job("m"), *rows(4), max_buffer=0)
+    store.promote_ready_jobs()
+    store.set_progress(j.job_id, {"epoch": 0})  # not running yet: ignored
+    assert store.get_job(j.job_id).progress is None
+    store.claim_job("w")
+    store.set_progress(j.job_id, {"epoch": 1, "percent": 10.0})
+    assert store.get_job(j.job_id).progress == {"epoch": 1, "percent": 10.0}
+    assert store.load_checkpoint(j.job_id) is None
+    store.save_checkpoint(j.job_id, b"ckpt", {"epochs_trained": 1}, 1, [{"epoch": 1, "loss": 0.5}], {"epoch": 1})
+    got = store.get_job(j.job_id)
+    assert (got.epochs_done, got.history, store.load_checkpoint(j.job_id)) == (1, [{"epoch": 1, "loss": 0.5}], b"ckpt")
+    assert not store.cancel_requested(j.job_id)
+    with pytest.raises(ModelBusy):
+        store.replace_model("m", b"x", {})
+    done = store.finish_job(j.job_id, "succeeded", blob=b"v2", info={"epochs_trained": 2})
+    assert (done.status, done.model_version, done.worker_id) == ("succeeded", 2, None) and done.finished_at
+    assert store.load_model("m") == (b"v2", store.get_model("m")) and store.get_model("m").info == {"epochs_trained": 2}
+    assert len(store.job_samples(j.job_id)[0]) == 0 and store.count_samples("m") == 0
+    with pytest.raises(JobNotCancellable):
+        store.cancel_job(j.job_id)
+    with pytest.raises(JobNotFound):
+        store.get_job("nope")
+
+
+def test_unused_samples_go_back_to_front_of_buffer(store):
+    store.create_model("m", b"b", {})
+    j = store.create_job(job("m"), *rows(2, 0), max_buffer=0)
+    store.promote_ready_jobs()
+    store.claim_job("w")
+    store.append_samples("m", *rows(1, 50), 0)
+    store.finish_job(j.job_id, "failed", use_checkpoint=True, error="no checkpoint")
+    assert store.count_samples("m") == 3 and store.get_job(j.job_id).model_version is None
+    k = store.create_job(job("m", min_samples=3))
+    store.promote_ready_jobs()
+    assert np.array_equal(store.job_samples(k.job_id)[0], np.concatenate([rows(2, 0)[0], rows(1, 50)[0]]))
+
+
+def test_cancel_waiting_and_running(store):
+    store.create_model("m", b"b", {})
+    waiting = store.create_job(job("m", min_samples=100))
+    assert store.cancel_job(waiting.job_id).status == "cancelled"
+    j = store.create_job(job("m"), *rows(2), max_buffer=0)
+    store.promote_ready_jobs()
+    store.claim_job("w")
+    store.save_checkpoint(j.job_id, b"ckpt", {"k": 1}, 1, [], {})
+    assert store.cancel_job(j.job_id).status == "cancelling" and store.cancel_requested(j.job_id)
+    assert store.cancel_job(j.job_id).status == "cancelling"
+    done = store.finish_job(j.job_id, "cancelled", use_checkpoint=True)
+    assert done.model_version == 2 and store.load_model("m")[0] == b"ckpt"
+
+
+def test_requeue_and_delete(store):
+    store.create_model("m", b"b", {})
+    store.create_model("n", b"b", {})
+    jm = store.create_job(job("m"), *rows(2), max_buffer=0)
+    jn = store.create_job(job("n"), *rows(2), max_buffer=0)
+    store.promote_ready_jobs()
+    store.claim_job("w1"), store.claim_job("w2")
+    store.save_checkpoint(jm.job_id, b"ckpt", {}, 1, [{"epoch": 1}], {})
+    store.cancel_job(jn.job_id)
+    changed = {j.job_id: j.status for j in store.requeue_jobs(worker_ids=["w1", "w2"])}
+    assert changed == {jm.job_id: "queued", jn.job_id: "cancelled"}
+    assert store.load_checkpoint(jm.job_id) == b"ckpt" and store.get_job(jm.job_id).epochs_done == 1
+    again = store.claim_job("w3")
+    assert again.job_id == jm.job_id and again.history == [{"epoch": 1}]
+    assert store.delete_model("m") == [jm.job_id]
+    assert store.get_job(jm.job_id).status == "cancelling" and store.cancel_requested(jm.job_id)
+    store.create_model("m", b"fresh", {})
+    assert store.list_jobs("m", 0, 5) == ([], 0) and store.count_samples("m") == 0
+    done = store.finish_job(jm.job_id, "cancelled", blob=b"old")
+    assert done.model_version is None and store.load_model("m")[0] == b"fresh"  # the new namesake is untouched
+
+
+def test_concurrent_appends_lose_and_duplicate_nothing(store):
+    store.create_model("m", b"b", {})
+    errors = []
+
+    def append(worker: int) -> None:
+        try:
+            for i in range(20):
+                store.append_samples("m", *rows(1, worker * 1000 + i * 2), 0)
+        except Exception as exc:  # pragma: no cover - shown by the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=append, args=(w,)) for w in range(3)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    j = store.create_job(job("m", min_samples=60))
+    store.promote_ready_jobs()
+    x = store.job_samples(j.job_id)[0]
+    assert len(x) == 60 and len({float(v) for v in x[:, 0]}) == 60
+
+
+# -- Redis only: leases and fencing --------------------------------------------------------------
+@pytest.fixture
+def redis_pair():
+    if not redis_available():
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    from api.storage.redis_store import RedisStore
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    a, b = (RedisStore(REDIS_URL, prefix=prefix, lease_seconds=0.3) for _ in range(2))
+    yield a, b
+    a.reset()
+
+
+def test_expired_lease_fences_the_old_worker(redis_pair):
+    a, b = redis_pair
+    a.create_model("m", b"b", {})
+    j = a.create_job(job("m"), *rows(2), max_buffer=0)
+    a.promote_ready_jobs()
+    assert a.claim_job("wa").job_id == j.job_id
+    a.save_checkpoint(j.job_id, b"ckpt1", {}, 1, [{"epoch": 1}], {})
+    assert a.renew_lease(j.job_id)
+    assert b.recover_expired() == []  # the lease is alive
+    deadline = time.monotonic() + 5
+    while not (recovered := b.recover_expired()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [r.status for r in recovered] == ["queued"]
+    history = recovered[0].history
+    assert history[0] == {"epoch": 1} and history[1]["event"] == "restart" and history[1]["restart"] == 1
+    assert b.claim_job("wb").job_id == j.job_id
+    assert a.cancel_requested(j.job_id) and not b.cancel_requested(j.job_id)
+    for write in (lambda: a.save_checkpoint(j.job_id, b"stale", {}, 2, [], {}), lambda: a.set_progress(j.job_id, {}),
+                  lambda: a.finish_job(j.job_id, "succeeded", blob=b"stale", info={})):
+        with pytest.raises(LeaseLost):
+            write()
+    assert a.load_checkpoint(j.job_id) == b"ckpt1" and a.load_model("m")[0] == b"b"
+    assert b.finish_job(j.job_id, "succeeded", blob=b"good", info={}).model_version == 2
+
+
+def test_redis_unreachable_is_a_clear_503_error():
+    from api.errors import StoreUnavailable
+    from api.storage.redis_store import RedisStore
+
+    store = RedisStore("redis://127.0.0.1:1/0", socket_timeout=0.5)  # nothing listens on port 1
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        store.get_model("m")
+    assert time.monotonic() - started < 2
