@@ -9,7 +9,7 @@ from sklearn.datasets import make_moons
 
 from client import ApiError, Client
 from client.__main__ import load_data
-from tests.client.conftest import ROOT
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,113 @@
+"""`create_app(settings)`: the FastAPI application, its lifespan (store, recovery, workers) and middleware."""
+
+import fcntl
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi_offline import FastAPIOffline
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import __version__
+from api.errors import PayloadTooLarge, install_error_handlers
+from api.routes import health, jobs, models, pages
+from api.services import Service
+from api.settings import Settings, get_settings
+from api.worker import WorkerPool, open_store
+
+log = logging.getLogger("api")
+
+DESCRIPTION = """Create NumPy neural networks, compute their outputs and gradients, buffer samples and train
+them asynchronously in worker processes, with progress you can poll or stream."""
+
+
+class BodyLimit:
+    """Answers 413 when a request body is larger than NN_MAX_REQUEST_BYTES (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        message = (f"request body larger than {self.max_bytes} bytes (NN_MAX_REQUEST_BYTES); "
+                   "send fewer samples per request")
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            from starlette.responses import JSONResponse
+
+            return await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            msg = await receive()
+            received += len(msg.get("body", b""))
+            if received > self.max_bytes:
+                raise PayloadTooLarge(message)
+            return msg
+
+        await self.app(scope, limited, send)
+
+
+class DataDirLock:
+    """One service owns a data directory: a second one would requeue the first one's running jobs."""
+
+    def __init__(self, settings: Settings):
+        self.path = settings.data_dir / "service.lock"
+        self.handle = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise RuntimeError(f"another service is using {self.path.parent}; stop it or set another NN_DATA_DIR") from None
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logging.getLogger("api").setLevel(settings.log_level.upper())
+    service = Service(open_store(settings), settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.backend == "redis":  # a stateless replica: RQ workers (python main.py worker) train, sweep, recover
+            log.info("service started: backend redis at %s, queue %r", service.store.url_for_humans, settings.redis_queue)
+            yield
+            log.info("service stopped")
+            return
+        lock = DataDirLock(settings)
+        lock.acquire()
+        await run_in_threadpool(service.requeue_interrupted)  # jobs a crash left running resume from their checkpoint
+        pool = WorkerPool(settings, service)
+        pool.start()
+        app.state.pool = pool
+        log.info("service started: backend %s, %d workers, data in %s", settings.backend, settings.workers, settings.data_dir)
+        try:
+            yield
+        finally:
+            await pool.stop()
+            app.state.pool = None
+            lock.release()
+            log.info("service stopped")
+
+    app = FastAPIOffline(title="Neural network training service", version=__version__, description=DESCRIPTION,
+                         lifespan=lifespan, redoc_url=None)  # api/routes/pages.py serves /redoc
+    app.state.settings = settings
+    app.state.service = service
+    app.state.pool = None
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    for router in (health.router, models.router, jobs.model_router, jobs.router, pages.router):
+        app.include_router(router)
+    return app

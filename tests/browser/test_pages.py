@@ -1,0 +1,76 @@
+"""/docs and /dashboard in headless Chromium with every non-loopback request blocked (no internet)."""
+import math
+import shutil
+
+import httpx
+import pytest
+
+from tests.conftest import ARTIFACTS
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is installed by requirements.txt")
+if not shutil.which("chromium"):
+    pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)", allow_module_level=True)
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    outside = []
+
+    def offline(route):
+        url = route.request.url
+        if url.startswith(("http://127.0.0.1", "data:", "blob:")):
+            return route.continue_()
+        outside.append(url)
+        return route.abort()
+
+    page.route("**/*", offline)
+    yield page
+    context.close()
+    assert not outside, f"the page tried to reach the internet: {outside}"
+
+
+def test_swagger_ui_works_offline(server, page):
+    page.goto(f"{server}/docs")
+    page.wait_for_selector(".swagger-ui .info .title", timeout=20_000)
+    assert "Neural network training service" in page.inner_text(".swagger-ui .info .title")
+    page.wait_for_selector(".opblock-summary-path[data-path='/models/{model_id}/training-jobs']", timeout=10_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "docs.png", full_page=False)
+    page.goto(f"{server}/redoc")
+    page.wait_for_selector("text=Neural network training service", timeout=20_000)
+
+
+def test_dashboard_follows_a_job_live(server, page):
+    http = httpx.Client(base_url=server, timeout=10)
+    http.post("/models", json={"model_id": "browser", "layer_sizes": [2, 32, 3],
+                               "activations": ["relu", "softmax"], "seed": 0}).raise_for_status()
+    targets = [i % 3 for i in range(300)]  # three separable blobs
+    inputs = [[k + 0.4 * math.sin(i), 0.5 * k + 0.4 * math.cos(1.7 * i)] for i, k in enumerate(targets)]
+    job = http.post("/models/browser/training-jobs", json={
+        "inputs": inputs, "targets": targets, "epochs": 150, "batch_size": 2, "validation_split": 0.2}).json()
+
+    page.goto(f"{server}/dashboard")
+    page.click("#models tr:has-text('browser')")
+    page.click(f"#jobs tr:has-text('{job['job_id'][:8]}')")
+    page.wait_for_function("state.history.length >= 2", timeout=60_000)
+    seen = page.evaluate("state.history.length")
+    page.wait_for_function(f"state.history.length > {seen}", timeout=60_000)  # the curve grows
+    page.wait_for_selector("#job-status.succeeded", timeout=120_000)
+    assert page.evaluate("state.history.length") == 150
+    assert page.inner_text("#s-eta") == "done"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "dashboard.png", full_page=True)
