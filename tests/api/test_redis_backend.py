@@ -1,0 +1,266 @@
+"""NN_BACKEND=redis end to end: two API replicas (real uvicorn processes) and two `python main.py worker`
+processes share database 15 of the Redis at 127.0.0.1:6379 (skipped when none answers there).
+
+A job is created on one replica, fed and trained through the other; a worker is SIGKILLed in the
+middle of a job, which finishes on the other worker with the same weights as an uninterrupted run;
+samples are appended from both replicas at once.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def _redis():
+    import redis
+
+    return redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5, socket_timeout=2)
+
+
+def _redis_available() -> bool:
+    try:
+        return bool(_redis().ping())
+    except Exception:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _redis_available(), reason="no Redis at 127.0.0.1:6379")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Cluster:
+    def __init__(self, tmp: Path):
+        self.prefix = f"e2e-{uuid.uuid4().hex[:8]}"
+        self.env = {**os.environ, "NN_BACKEND": "redis", "NN_REDIS_URL": REDIS_URL, "NN_REDIS_PREFIX": self.prefix,
+                    "NN_REDIS_QUEUE": f"{self.prefix}-training", "NN_LEASE_SECONDS": "1.5", "NN_LOG_LEVEL": "warning",
+                    "NN_PROGRESS_INTERVAL": "0.1", "NN_DATA_DIR": str(tmp), "PYTHONUNBUFFERED": "1"}
+        self.tmp = tmp
+        self.replicas: list[tuple[subprocess.Popen, str]] = []
+        self.workers: list[subprocess.Popen] = []
+
+    def _spawn(self, args: list[str], name: str, **env) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "ab")
+        return subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT, env={**self.env, **env},
+                                stdout=log, stderr=subprocess.STDOUT)
+
+    def start(self, replicas: int = 2, workers: int = 2) -> None:
+        for i in range(replicas):
+            port = _free_port()
+            self.replicas.append((self._spawn([], f"api{i}", NN_PORT=str(port)), f"http://127.0.0.1:{port}"))
+        for _ in range(workers):
+            self.add_worker()
+        for _, url in self.replicas:
+            wait_for(lambda: self._up(url), 60, f"the replica at {url}", interval=0.2)
+        wait_for(lambda: self.health()["workers_alive"] >= workers, 60, "the workers to register", interval=0.2)
+
+    def add_worker(self) -> subprocess.Popen:
+        process = self._spawn(["worker"], f"worker{len(self.workers)}")
+        self.workers.append(process)
+        return process
+
+    @staticmethod
+    def _up(url: str) -> bool:
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.replicas[0][1]}/health", timeout=5).json()
+
+    @property
+    def urls(self) -> list[str]:
+        return [url for _, url in self.replicas]
+
+    def stop(self) -> None:
+        for process in [p for p, _ in self.replicas] + self.workers:
+            if process.poll() is None:
+                process.terminate()
+        for process in [p for p, _ in self.replicas] + self.workers:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        _redis().flushdb()  # database 15 is the tests' own: RQ's job and worker keys go too
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    _redis().flushdb()
+    c = Cluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def _data(n: int, seed: int = 0) -> tuple[list, list]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2))
+    y = (x[:, 0] * x[:, 1] > 0).astype(int)
+    return x.round(4).tolist(), y.tolist()
+
+
+def _model(url: str, model_id: str) -> dict:
+    r = httpx.post(f"{url}/models", json={"model_id": model_id, "layer_sizes": [2, 16, 1],
+                                         "activations": ["tanh", "sigmoid"], "seed": 1}, timeout=10)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _finished(url: str, job_id: str) -> dict | None:
+    job = httpx.get(f"{url}/jobs/{job_id}", timeout=10).json()
+    return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+
+def test_health_reports_queue_and_workers(cluster):
+    health = cluster.health()
+    assert health["status"] == "ok" and health["backend"] == "redis"
+    assert health["workers_alive"] == 2 and health["queue_length"] >= 0 and health["queued_jobs"] >= 0
+
+
+def test_job_across_replicas(cluster):
+    a, b = cluster.urls
+    _model(a, "across")
+    x, y = _data(64)
+    r = httpx.post(f"{b}/models/across/samples", json={"inputs": x[:40], "targets": y[:40]}, timeout=10)
+    assert r.json()["buffer_size"] == 40
+    job = httpx.post(f"{b}/models/across/training-jobs", json={"min_samples": 64, "epochs": 5, "batch_size": 16,
+                                                               "seed": 3}, timeout=10).json()
+    assert job["status"] == "buffering"
+    httpx.post(f"{a}/models/across/samples", json={"inputs": x[40:], "targets": y[40:]}, timeout=10)  # promotes it
+    done = wait_for(lambda: _finished(a, job["job_id"]), 60, "the job to finish")
+    assert done["status"] == "succeeded", done
+    assert done["n_samples"] == 64 and done["epochs_completed"] == 5 and done["model_version"] == 2
+    assert [h["epoch"] for h in done["history"]] == [1, 2, 3, 4, 5] and done["progress"]["percent"] == 100.0
+    model = httpx.get(f"{b}/models/across", timeout=10).json()
+    assert model["version"] == 2 and model["buffer_size"] == 0
+    out = httpx.post(f"{b}/models/across/output", json={"inputs": x[:3]}, timeout=10)
+    assert out.status_code == 200 and out.json()["model_version"] == 2
+
+
+def test_sigkill_worker_mid_job_resumes_from_checkpoint(cluster):
+    a, b = cluster.urls
+    x, y = _data(256, seed=5)
+    body = {"inputs": x, "targets": y, "epochs": 150, "batch_size": 4, "seed": 7}
+    for model_id in ("killed", "reference"):
+        _model(a, model_id)
+    job = httpx.post(f"{a}/models/killed/training-jobs", json=body, timeout=10).json()
+    key = f"{cluster.prefix}:j:{job['job_id']}"
+    r = _redis()
+    wait_for(lambda: int(r.hget(key, "epochs_done") or 0) >= 3, 60, "a few checkpointed epochs")
+    worker_id = r.hget(key, "worker_id").decode()
+    pid = int(worker_id.rsplit("-", 1)[1])
+    victim = next(p for p in cluster.workers if p.pid == pid)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    killed_at = int(r.hget(key, "epochs_done"))
+    cluster.add_worker()  # back to two; either may resume the job
+    assert killed_at < 150, "the job ended before the kill; make it longer"
+
+    done = wait_for(lambda: _finished(b, job["job_id"]), 120, "the killed job to finish elsewhere", interval=0.2)
+    assert done["status"] == "succeeded", done
+    restarts = [h for h in done["history"] if h.get("event") == "restart"]
+    assert len(restarts) == 1 and restarts[0]["restart"] == 1 and restarts[0]["epoch"] >= 3
+    epochs = [h["epoch"] for h in done["history"] if "event" not in h]
+    assert epochs == list(range(1, 151))  # every epoch once: resumed from the checkpoint, nothing lost or repeated
+
+    reference = httpx.post(f"{b}/models/reference/training-jobs", json=body, timeout=10).json()
+    ref = wait_for(lambda: _finished(a, reference["job_id"]), 120, "the reference job", interval=0.2)
+    assert ref["status"] == "succeeded" and not [h for h in ref["history"] if h.get("event")]
+    w_killed = httpx.get(f"{a}/models/killed/weights", timeout=10).json()["layers"]
+    w_ref = httpx.get(f"{b}/models/reference/weights", timeout=10).json()["layers"]
+    assert w_killed == w_ref  # bitwise: the resumed job equals one that was never interrupted
+
+
+def test_concurrent_appends_from_both_replicas(cluster):
+    _model(cluster.urls[0], "appends")
+    failures = []
+
+    def append(url: str, base: int) -> None:
+        with httpx.Client(timeout=10) as client:
+            for i in range(15):
+                rows = [[float(base + i * 4 + k), 0.0] for k in range(4)]
+                r = client.post(f"{url}/models/appends/samples", json={"inputs": rows, "targets": [0] * 4})
+                if r.status_code != 200:
+                    failures.append(r.text)
+
+    threads = [threading.Thread(target=append, args=(url, 1000 * i)) for i, url in enumerate(cluster.urls * 2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not failures
+    for url in cluster.urls:
+        assert httpx.get(f"{url}/models/appends/samples", timeout=10).json()["buffer_size"] == 4 * 15 * 4
+    job = httpx.post(f"{cluster.urls[1]}/models/appends/training-jobs", json={"min_samples": 240, "epochs": 1},
+                     timeout=10).json()
+    done = wait_for(lambda: _finished(cluster.urls[0], job["job_id"]), 60, "the job on the appended samples")
+    assert done["status"] == "succeeded" and done["n_samples"] == 240
+
+
+def test_cancel_and_events_across_replicas(cluster):
+    a, b = cluster.urls
+    _model(a, "cancelled")
+    x, y = _data(256, seed=9)
+    job = httpx.post(f"{a}/models/cancelled/training-jobs", json={"inputs": x, "targets": y, "epochs": 500,
+                                                                 "batch_size": 4}, timeout=10).json()
+    events = []
+    with httpx.stream("GET", f"{b}/jobs/{job['job_id']}/events", timeout=30) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                events.append(line.removeprefix("event: "))
+                if events == ["progress"] * 3:
+                    r = httpx.post(f"{a}/jobs/{job['job_id']}/cancel", timeout=10)
+                    assert r.status_code == 200, (r.text, events)
+            if events and events[-1] == "end" and line.startswith("data: "):
+                final = line
+                break
+    assert events[0] == "progress" and events[-1] == "end" and '"status": "cancelled"' in final
+    model = httpx.get(f"{b}/models/cancelled", timeout=10).json()
+    assert model["latest_job"]["status"] == "cancelled"
+
+
+def test_unreachable_redis_answers_503():
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.settings import Settings
+
+    app = create_app(Settings(backend="redis", redis_url="redis://127.0.0.1:1/0", redis_timeout=0.5))
+    with TestClient(app) as client:
+        started = time.monotonic()
+        r = client.get("/models")
+        assert r.status_code == 503 and "unreachable" in r.json()["detail"]
+        r = client.post("/models", json={"layer_sizes": [2, 1]})
+        assert r.status_code == 503
+        health = client.get("/health").json()
+        assert health["status"] == "degraded" and health["queue_length"] is None
+        assert time.monotonic() - started < 5
