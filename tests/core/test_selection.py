@@ -1,0 +1,72 @@
+"""Cross-validation folds and hyper-parameter search."""
+import numpy as np
+import pytest
+from sklearn.datasets import make_moons
+
+from neural_net.errors import ConfigError
+from neural_net.selection import (cross_validate, dense_builder, fold_indices, grid, random_samples, rank, search,
+                                  Trial)
+
+
+@pytest.mark.parametrize("n,folds", [(10, 2), (103, 5), (50, 7)])
+def test_folds_partition_the_samples(n, folds):
+    splits = fold_indices(n, folds, seed=0)
+    validation = np.concatenate([val for _, val in splits])
+    assert sorted(validation.tolist()) == list(range(n))  # every sample in exactly one fold
+    for train, val in splits:
+        assert not set(train) & set(val) and len(train) + len(val) == n
+    sizes = [len(val) for _, val in splits]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_stratified_folds_keep_class_balance_within_one_sample():
+    labels = np.array([0] * 37 + [1] * 11 + [2] * 52)
+    np.random.default_rng(0).shuffle(labels)
+    for _, val in fold_indices(100, 4, labels=labels, seed=3):
+        for cls, total in ((0, 37), (1, 11), (2, 52)):
+            assert abs(np.sum(labels[val] == cls) - total / 4) <= 1
+
+
+def test_cross_validate_reports_per_fold_and_mean():
+    x, y = make_moons(200, noise=0.1, random_state=0)
+    build = dense_builder(2, 1, "sigmoid")
+    result = cross_validate(lambda seed: build({"hidden_sizes": [16]}, seed), x, y, folds=4, seed=0,
+                            epochs=20, learning_rate=0.01)
+    assert len(result["folds"]) == 4
+    assert result["mean"]["accuracy"] == pytest.approx(np.mean([f["accuracy"] for f in result["folds"]]))
+    assert result["mean"]["accuracy"] > 0.85 and result["std"]["accuracy"] >= 0
+
+
+def test_grid_and_random_spaces():
+    assert grid({"a": [1, 2], "b": ["x"]}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
+    draws = random_samples({"lr": {"low": 1e-4, "high": 1e-1, "log": True}, "units": [8, 16]}, 20, seed=1)
+    assert all(1e-4 <= d["lr"] <= 1e-1 and d["units"] in (8, 16) for d in draws)
+    assert draws == random_samples({"lr": {"low": 1e-4, "high": 1e-1, "log": True}, "units": [8, 16]}, 20, seed=1)
+    with pytest.raises(ConfigError, match="non-empty list"):
+        grid({"a": []})
+
+
+def test_ranking_direction_follows_the_metric():
+    trials = [Trial(0, {}, 0.5, {}), Trial(1, {}, 0.9, {}), Trial(2, {}, 0.1, {})]
+    assert [t.index for t in rank(trials, "accuracy")] == [1, 0, 2]
+    assert [t.index for t in rank(trials, "val_loss")] == [2, 0, 1]
+
+
+def test_search_on_moons_is_reproducible_and_beats_a_weak_default():
+    x, y = make_moons(300, noise=0.15, random_state=1)
+    build = dense_builder(2, 1, "sigmoid")
+    space = {"hidden_sizes": [[2], [32, 32]], "learning_rate": [0.001, 0.02]}
+    first = search(build, x, y, space, folds=3, metric="accuracy", seed=5, fit_defaults={"epochs": 20})
+    second = search(build, x, y, space, folds=3, metric="accuracy", seed=5, fit_defaults={"epochs": 20})
+    assert [t.params for t in first.trials] == [t.params for t in second.trials]
+    assert [t.score for t in first.trials] == [t.score for t in second.trials]
+    assert first.best.params == {"hidden_sizes": [32, 32], "learning_rate": 0.02}
+    assert first.best.score >= max(t.score for t in first.trials) and first.best.score > 0.95
+
+
+def test_search_stops_when_asked():
+    x, y = make_moons(100, noise=0.1, random_state=0)
+    seen = []
+    result = search(dense_builder(2, 1, "sigmoid"), x, y, {"learning_rate": [0.01, 0.02, 0.03]},
+                    fit_defaults={"epochs": 2}, on_trial=lambda t: seen.append(t) or len(seen) == 2)
+    assert len(result.trials) == 2
