@@ -1,0 +1,117 @@
+"""Domain errors and the one table that maps them (and the core's errors) to HTTP statuses."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from neural_net.errors import NeuralNetError
+
+log = logging.getLogger("api")
+
+
+class ServiceError(Exception):
+    """Base of the errors the service layer raises; the message is shown to the client."""
+
+
+class ModelNotFound(ServiceError):
+    def __init__(self, model_id: str):
+        super().__init__(f"model {model_id!r} does not exist; list models with GET /models or create it with POST /models")
+
+
+class JobNotFound(ServiceError):
+    def __init__(self, job_id: str):
+        super().__init__(f"training job {job_id!r} does not exist; list a model's jobs with GET /models/{{model_id}}/jobs")
+
+
+class NoJobs(ServiceError):
+    def __init__(self, model_id: str):
+        super().__init__(f"model {model_id!r} has no training jobs yet; start one with POST /models/{model_id}/training-jobs")
+
+
+class ModelExists(ServiceError):
+    def __init__(self, model_id: str):
+        super().__init__(f"model {model_id!r} already exists; choose another model_id or DELETE /models/{model_id} first")
+
+
+class ModelBusy(ServiceError):
+    """The model is being trained, so its weights cannot be replaced now."""
+
+
+class VersionConflict(ServiceError):
+    """The client's idea of the model version is out of date."""
+
+
+class JobNotCancellable(ServiceError):
+    """The job already finished."""
+
+
+class InvalidInput(ServiceError):
+    """Well-formed JSON whose values do not fit the model or the settings."""
+
+
+class PayloadTooLarge(ServiceError):
+    """A request exceeds a size limit from the settings."""
+
+
+class StoreUnavailable(ServiceError):
+    """The shared store (Redis) cannot be reached; the request may be retried."""
+
+
+class LeaseLost(ServiceError):
+    """A worker's lease on its job expired (backend=redis); another worker may own the job, so it writes nothing."""
+
+
+STATUS_BY_ERROR: dict[type[Exception], int] = {
+    ModelNotFound: 404,
+    JobNotFound: 404,
+    NoJobs: 404,
+    ModelExists: 409,
+    ModelBusy: 409,
+    VersionConflict: 409,
+    JobNotCancellable: 409,
+    InvalidInput: 422,
+    PayloadTooLarge: 413,
+    StoreUnavailable: 503,
+    NeuralNetError: 422,  # ShapeError, UnknownNameError, NonFiniteError, ConfigError
+}
+
+
+def status_for(exc: Exception) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 500
+
+
+async def handle_error(request: Request, exc: Exception) -> JSONResponse:
+    status = status_for(exc)
+    if status == 500:
+        log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+    return JSONResponse({"detail": str(exc)}, status_code=status)
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ()))
+    if error.get("type") == "extra_forbidden":
+        return f"{where}: unknown field; check its spelling against the schema in /docs"
+    return f"{where}: {error.get('msg', 'invalid value')}"
+
+
+async def handle_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """Pydantic's errors as one readable sentence, the raw list kept under ``errors``."""
+    errors = list(exc.errors())
+    shown = "; ".join(_describe(e) for e in errors[:5])
+    if len(errors) > 5:
+        shown += f"; and {len(errors) - 5} more"
+    raw = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:20]]
+    return JSONResponse({"detail": shown, "errors": raw}, status_code=422)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, handle_error)
+    app.add_exception_handler(NeuralNetError, handle_error)
+    app.add_exception_handler(Exception, handle_error)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)

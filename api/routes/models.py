@@ -1,0 +1,97 @@
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from api.routes import get_service
+from api.schemas import (BufferPublic, EvaluateRequest, EvaluateResponse, ModelCreate, ModelPublic, ModelsPublic,
+                         OutputRequest, OutputResponse, SamplesCreate, Weights)
+from api.services import Service
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+NPZ_BODY = {"requestBody": {"content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}},
+                                       "required": ["file"]}},
+}, "required": True}}
+
+
+@router.post("", status_code=201, response_model=ModelPublic, summary="Create a model from layer sizes")
+def create_model(body: ModelCreate, service: Service = Depends(get_service)) -> ModelPublic:
+    return ModelPublic.from_record(service.create_model(body))
+
+
+@router.get("", response_model=ModelsPublic, summary="List models, oldest first")
+def list_models(offset: int = Query(0, ge=0, description="Models to skip."),
+                limit: int = Query(50, ge=1, le=500, description="Models per page."),
+                service: Service = Depends(get_service)) -> ModelsPublic:
+    records, count = service.list_models(offset, limit)
+    return ModelsPublic(data=[ModelPublic.from_record(r) for r in records], count=count)
+
+
+@router.post("/import", status_code=201, response_model=ModelPublic, openapi_extra=NPZ_BODY,
+             summary="Create a model from a .npz file (raw body or multipart field `file`)")
+async def import_model(request: Request, model_id: str | None = Query(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                                                                      description="Id of the new model; generated when absent."),
+                       service: Service = Depends(get_service)) -> ModelPublic:
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        data = await upload.read() if hasattr(upload, "read") else b""
+    else:
+        data = await request.body()
+    return ModelPublic.from_record(await run_in_threadpool(service.import_model, data, model_id))
+
+
+@router.get("/{model_id}", response_model=ModelPublic, summary="Architecture, version, buffer size and latest job")
+def get_model(model_id: str, service: Service = Depends(get_service)) -> ModelPublic:
+    return ModelPublic.from_record(service.get_model(model_id))
+
+
+@router.delete("/{model_id}", status_code=204, summary="Delete a model, its buffer, and cancel its jobs")
+def delete_model(model_id: str, service: Service = Depends(get_service)) -> Response:
+    service.delete_model(model_id)
+    return Response(status_code=204)
+
+
+@router.post("/{model_id}/output", response_model=OutputResponse, response_model_exclude_none=True,
+             summary="Outputs, predictions and, with targets, the cost and its gradients")
+def output(model_id: str, body: OutputRequest, service: Service = Depends(get_service)) -> dict:
+    return service.output(model_id, body)
+
+
+@router.post("/{model_id}/evaluate", response_model=EvaluateResponse, summary="Loss and metrics on labelled data")
+def evaluate(model_id: str, body: EvaluateRequest, service: Service = Depends(get_service)) -> dict:
+    return service.evaluate(model_id, body)
+
+
+@router.get("/{model_id}/weights", response_model=Weights, summary="Weights and biases of every layer")
+def get_weights(model_id: str, service: Service = Depends(get_service)) -> dict:
+    return service.get_weights(model_id)
+
+
+@router.put("/{model_id}/weights", response_model=ModelPublic, summary="Replace every layer's weights and biases")
+def set_weights(model_id: str, body: Weights, service: Service = Depends(get_service)) -> ModelPublic:
+    return ModelPublic.from_record(service.set_weights(model_id, body))
+
+
+@router.post("/{model_id}/samples", response_model=BufferPublic, summary="Append samples to the training buffer")
+def add_samples(model_id: str, body: SamplesCreate, service: Service = Depends(get_service)) -> BufferPublic:
+    return BufferPublic(model_id=model_id, buffer_size=service.add_samples(model_id, body))
+
+
+@router.get("/{model_id}/samples", response_model=BufferPublic, summary="Size of the training buffer")
+def buffer_size(model_id: str, service: Service = Depends(get_service)) -> BufferPublic:
+    return BufferPublic(model_id=model_id, buffer_size=service.buffer_size(model_id))
+
+
+@router.delete("/{model_id}/samples", response_model=BufferPublic, summary="Empty the training buffer")
+def clear_samples(model_id: str, service: Service = Depends(get_service)) -> BufferPublic:
+    service.clear_samples(model_id)
+    return BufferPublic(model_id=model_id, buffer_size=0)
+
+
+@router.get("/{model_id}/export", response_class=Response, summary="Download the model as the core's .npz",
+            responses={200: {"content": {"application/octet-stream": {}}}})
+def export_model(model_id: str, service: Service = Depends(get_service)) -> Response:
+    return Response(service.export_model(model_id), media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{model_id}.npz"'})

@@ -1,0 +1,251 @@
+"""Request and response bodies, a small family per resource. Every request rejects unknown
+fields and NaN/Inf; each example works as-is in /docs (the job example trains the model example)."""
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.storage.base import JobRecord, ModelRecord
+
+MODEL_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+Row = list[float]
+Rows = list[Row]
+# 2-D rows, or one number per sample: a class index (classifiers) or the value (single output).
+Targets = Rows | list[float]
+
+IRIS_X = [[5.1, 3.5, 1.4, 0.2], [4.9, 3.0, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4],
+          [6.4, 3.2, 4.5, 1.5], [6.3, 3.3, 6.0, 2.5], [5.8, 2.7, 5.1, 1.9]]
+IRIS_Y = [0, 0, 1, 1, 2, 2]
+
+
+def _utc(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(t, tz=timezone.utc)
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# -- models --------------------------------------------------------------------
+class ModelCreate(Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model_id": "iris", "layer_sizes": [4, 8, 3], "activations": ["relu", "softmax"],
+        "weight_init": "he", "bias_init": "zeros", "loss": "auto", "seed": 0}]})
+
+    model_id: str | None = Field(None, pattern=MODEL_ID_PATTERN, description="Id of the new model, [A-Za-z0-9_.-]{1,64}; generated when absent.")
+    layer_sizes: list[Annotated[int, Field(ge=1)]] = Field(min_length=2, description="Units per layer, input first: [4, 8, 3] is 4 inputs, 8 hidden units, 3 outputs.")
+    activations: list[str] | None = Field(None, description="One activation per layer after the input, e.g. ['relu', 'softmax'].")
+    activation: str | None = Field(None, description="One activation for every layer (instead of `activations`); default 'sigmoid'.")
+    weight_init: str = Field("xavier", description="Weight initialiser name, e.g. 'xavier', 'he', 'gaussian'.")
+    bias_init: str = Field("zeros", description="Bias initialiser name, e.g. 'zeros', 'random'.")
+    loss: str = Field("auto", description="Loss name; 'auto' picks cross_entropy after softmax, binary_cross_entropy after a 1-unit sigmoid, else mse.")
+    dropout: float | list[float] = Field(0.0, description="Dropout rate for every layer, or one rate per layer after the input, each in [0, 1).")
+    dtype: Literal["float32", "float64"] = Field("float32", description="Floating point type of weights and computations.")
+    seed: int | None = Field(None, ge=0, description="Seed of the weight initialisation and training randomness; random when absent.")
+
+
+class JobSummary(BaseModel):
+    job_id: str = Field(description="Id of the job.")
+    status: str = Field(description="Status of the job.")
+
+
+class ModelPublic(BaseModel):
+    model_id: str = Field(description="Id of the model.")
+    version: int = Field(description="Increments on every weight change (training, PUT weights).")
+    layer_sizes: list[int] = Field(description="Units per layer, input first.")
+    activations: list[str] = Field(description="Activation of each layer after the input.")
+    loss: str = Field(description="Resolved loss name.")
+    task: str = Field(description="'multiclass', 'binary' or 'regression'.")
+    dtype: str = Field(description="Floating point type.")
+    input_size: int = Field(description="Values per input vector.")
+    output_size: int = Field(description="Values per output vector.")
+    n_params: int = Field(description="Number of trainable parameters.")
+    epochs_trained: int = Field(description="Epochs trained so far, over all jobs.")
+    buffer_size: int = Field(description="Samples waiting in the training buffer.")
+    latest_job: JobSummary | None = Field(description="The model's most recent training job.")
+    created_at: datetime = Field(description="When the model was created (UTC).")
+    updated_at: datetime = Field(description="When its weights last changed (UTC).")
+    config: dict[str, Any] = Field(description="The core's network configuration (get_config()).")
+
+    @classmethod
+    def from_record(cls, r: ModelRecord) -> "ModelPublic":
+        info = r.info
+        return cls(model_id=r.model_id, version=r.version, buffer_size=r.buffer_size,
+                   latest_job=JobSummary(**r.latest_job) if r.latest_job else None,
+                   created_at=_utc(r.created_at), updated_at=_utc(r.updated_at),
+                   **{k: info[k] for k in ("layer_sizes", "activations", "loss", "task", "dtype", "input_size",
+                                           "output_size", "n_params", "epochs_trained", "config")})
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic] = Field(description="One page of models, oldest first.")
+    count: int = Field(description="Total number of models.")
+
+
+# -- outputs and evaluation -------------------------------------------------------
+class OutputRequest(Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "inputs": IRIS_X[::2], "targets": IRIS_Y[::2], "include_gradients": True, "include_activations": False}]})
+
+    inputs: Rows | None = Field(None, description="Input vectors, one row per sample, each of the model's input size.")
+    input: Row | None = Field(None, description="One input vector (instead of `inputs`).")
+    targets: Targets | None = Field(None, description="Expected outputs: one row per sample, or one class index (classifiers) / value (one output) per sample.")
+    include_gradients: bool = Field(False, description="Also return d cost / d weights and biases for every layer (needs targets).")
+    include_activations: bool = Field(False, description="Also return each layer's pre-activation z and activation a.")
+
+
+class LayerArrays(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    weights: Rows = Field(description="(n_in, n_out) matrix: row i holds the weights from input unit i.")
+    biases: Row = Field(description="(n_out,) vector.")
+
+
+class LayerActivations(BaseModel):
+    z: Rows = Field(description="(batch, units) pre-activations.")
+    a: Rows = Field(description="(batch, units) activations.")
+
+
+class OutputResponse(BaseModel):
+    model_id: str = Field(description="Id of the model.")
+    model_version: int = Field(description="Version of the weights that computed this.")
+    outputs: Rows = Field(description="(batch, n_out) outputs of the network.")
+    predictions: list[int] | None = Field(description="Class index per sample for classifiers; null for regression.")
+    cost: float | None = Field(None, description="Mean loss over the batch, when targets were given.")
+    gradients: list[LayerArrays] | None = Field(None, description="d cost / d weights and biases per layer, when asked.")
+    activations: list[LayerActivations] | None = Field(None, description="Per-layer z and a, when asked.")
+
+
+class EvaluateRequest(Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": IRIS_X, "targets": IRIS_Y}]})
+
+    inputs: Rows = Field(min_length=1, description="Input vectors, one row per sample.")
+    targets: Targets = Field(min_length=1, description="Expected outputs: rows, or one class index / value per sample.")
+
+
+class EvaluateResponse(BaseModel):
+    model_id: str = Field(description="Id of the model.")
+    model_version: int = Field(description="Version of the weights evaluated.")
+    n_samples: int = Field(description="Samples evaluated.")
+    metrics: dict[str, Any] = Field(description="loss and, for classifiers, accuracy, precision, recall, f1, confusion_matrix; "
+                                                "for regression mae, rmse, r2, pearson_r.")
+
+
+class Weights(Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "layers": [{"weights": [[0.1, -0.2], [0.3, 0.4]], "biases": [0.0, 0.1]}]}]})
+
+    layers: list[LayerArrays] = Field(min_length=1, description="Weights and biases of each layer after the input.")
+    version: int | None = Field(None, description="In GET: the model version. In PUT: optional; when given, the update "
+                                                  "only happens if the model is still at that version (else 409).")
+
+
+# -- training buffer ----------------------------------------------------------------
+class SamplesCreate(Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": IRIS_X, "targets": IRIS_Y}]})
+
+    inputs: Rows = Field(min_length=1, description="Input vectors, one row per sample.")
+    targets: Targets = Field(min_length=1, description="Expected outputs: rows, or one class index / value per sample.")
+
+
+class BufferPublic(BaseModel):
+    model_id: str = Field(description="Id of the model.")
+    buffer_size: int = Field(description="Samples waiting in the training buffer.")
+
+
+# -- training jobs ------------------------------------------------------------------
+class EarlyStoppingOptions(Request):
+    patience: int = Field(5, ge=1, description="Epochs without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest decrease of the monitored loss that counts as improvement.")
+    restore_best: bool = Field(True, description="End with the weights of the best epoch.")
+
+
+class JobCreate(Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "inputs": IRIS_X, "targets": IRIS_Y, "min_samples": 6, "epochs": 50, "batch_size": 2,
+        "optimizer": "adam", "learning_rate": 0.01}]})
+
+    inputs: Rows | None = Field(None, description="Samples to append to the buffer before the job starts waiting.")
+    targets: Targets | None = Field(None, description="Targets of `inputs`: rows, or one class index / value per sample.")
+    min_samples: int = Field(1, ge=1, description="The job waits in 'buffering' until the buffer holds this many samples.")
+    consume_buffer: bool = Field(True, description="Take the buffered samples out of the buffer (no other job sees them); "
+                                                   "false trains on a copy and leaves the buffer as it is.")
+    epochs: int = Field(10, ge=1, description="Epochs to train (at most NN_MAX_EPOCHS).")
+    batch_size: int = Field(32, ge=1, description="Samples per gradient step.")
+    optimizer: str = Field("adam", description="Optimizer name, e.g. 'sgd', 'momentum', 'rmsprop', 'adam'.")
+    learning_rate: float | None = Field(None, gt=0, description="Step size; the optimizer's default when absent.")
+    schedule: str | None = Field(None, description="Learning-rate schedule: 'constant', 'exponential', 'step' or 'cosine'.")
+    decay_rate: float | None = Field(None, gt=0, description="Decay rate of the 'exponential' schedule (shortcut for schedule_options).")
+    schedule_options: dict[str, float] | None = Field(None, description="Other schedule options, e.g. {'step_size': 10, 'gamma': 0.5}.")
+    l1: float = Field(0.0, ge=0, description="L1 penalty on weights.")
+    l2: float = Field(0.0, ge=0, description="L2 penalty on weights.")
+    dropout: float | list[float] | None = Field(None, description="Dropout rate(s) for this job; the model's own when absent.")
+    validation_split: float = Field(0.0, ge=0, lt=1, description="Fraction of the samples held out to report validation loss and metrics.")
+    early_stopping: EarlyStoppingOptions | None = Field(None, description="Stop when the (validation) loss stops improving.")
+    clip_norm: float | None = Field(None, gt=0, description="Clip the global gradient norm to this value.")
+    shuffle: bool = Field(True, description="Shuffle the samples every epoch.")
+    seed: int | None = Field(None, ge=0, description="Seed of shuffling and dropout for this job; the model's generator when absent.")
+
+
+class Progress(BaseModel):
+    epoch: int = Field(description="Epoch in progress (1-based, counted over the whole job).")
+    epochs: int = Field(description="Epochs of the job.")
+    batch: int = Field(description="Batch in progress within the epoch (1-based).")
+    batches: int = Field(description="Batches per epoch.")
+    percent: float = Field(description="0..100, moving smoothly within an epoch.")
+    loss: float | None = Field(None, description="Mean training loss of this epoch so far.")
+    learning_rate: float | None = Field(None, description="Current learning rate.")
+    samples_per_second: float | None = Field(None, description="Training throughput.")
+    eta_seconds: float | None = Field(None, description="Estimated seconds to the end of the job.")
+    elapsed: float | None = Field(None, description="Seconds this run of the job has trained.")
+
+
+class JobPublic(BaseModel):
+    job_id: str = Field(description="Id of the job.")
+    model_id: str = Field(description="Model the job trains.")
+    status: Literal["buffering", "queued", "running", "cancelling", "cancelled", "succeeded", "failed"] = Field(
+        description="buffering (waiting for samples) -> queued -> running -> succeeded | failed | cancelled (via cancelling).")
+    params: dict[str, Any] = Field(description="Training hyper-parameters.")
+    min_samples: int = Field(description="Samples the job waits for.")
+    consume_buffer: bool = Field(description="Whether the job takes its samples out of the buffer.")
+    n_samples: int = Field(description="Samples the job trains on (0 while buffering).")
+    epochs_completed: int = Field(description="Epochs completed and checkpointed.")
+    progress: Progress | None = Field(description="Latest progress; null before training starts.")
+    history: list[dict[str, Any]] = Field(description="Per epoch: epoch, loss, val_loss and validation metrics, learning_rate, time, ...")
+    error: str | None = Field(description="Why the job failed or was cancelled by the service.")
+    model_version: int | None = Field(description="Model version the job produced.")
+    created_at: datetime = Field(description="When the job was submitted (UTC).")
+    started_at: datetime | None = Field(description="When training first started (UTC).")
+    finished_at: datetime | None = Field(description="When the job ended (UTC).")
+
+    @classmethod
+    def from_record(cls, r: JobRecord) -> "JobPublic":
+        return cls(job_id=r.job_id, model_id=r.model_id, status=r.status, params=r.params, min_samples=r.min_samples,
+                   consume_buffer=r.consume_buffer, n_samples=r.n_samples, epochs_completed=r.epochs_done,
+                   progress=Progress(**r.progress) if r.progress else None, history=r.history, error=r.error,
+                   model_version=r.model_version, created_at=_utc(r.created_at), started_at=_utc(r.started_at),
+                   finished_at=_utc(r.finished_at))
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic] = Field(description="One page of jobs, newest first.")
+    count: int = Field(description="Total number of the model's jobs.")
+
+
+class ModelProgress(BaseModel):
+    model_id: str = Field(description="Id of the model.")
+    job_id: str = Field(description="The model's latest job.")
+    status: str = Field(description="Status of that job.")
+    progress: Progress | None = Field(description="Its latest progress.")
+
+
+class Health(BaseModel):
+    status: str = Field(description="'ok' when the service can reach its store.")
+    backend: str = Field(description="Store in use.")
+    workers: int = Field(description="Training worker processes configured.")
+    workers_alive: int = Field(description="Training worker processes running now (backend=redis: live RQ workers).")
+    queued_jobs: int | None = Field(None, description="Training jobs queued and waiting for a worker (null if the store is unreachable).")
+    queue_length: int | None = Field(None, description="backend=redis: RQ jobs waiting on the training queue; "
+                                                       "sqlite: the same as queued_jobs.")
+    version: str = Field(description="Service version.")

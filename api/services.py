@@ -1,0 +1,349 @@
+"""The service layer: what the routes (and later other front ends) can do, with no HTTP in it.
+
+Functions take plain values or request schemas, talk to a `Store`, use the core, and raise the
+domain errors of `api.errors`.
+"""
+
+import logging
+import math
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from neural_net import Network, activations, initializers, losses, optimizers, schedules
+from neural_net.errors import NeuralNetError
+
+from api.errors import InvalidInput, NoJobs, PayloadTooLarge
+from api.schemas import EvaluateRequest, JobCreate, ModelCreate, OutputRequest, SamplesCreate, Weights
+from api.settings import Settings
+from api.storage.base import JobRecord, ModelRecord, Store
+
+log = logging.getLogger("api.jobs")
+
+
+def describe(net: Network) -> dict[str, Any]:
+    """The summary kept beside a model's bytes, so listing models never loads a network."""
+    return {
+        "layer_sizes": net.layer_sizes, "activations": [layer.activation.name for layer in net.layers],
+        "loss": net.loss_name, "task": net.task, "dtype": net.dtype.name, "input_size": net.input_size,
+        "output_size": net.output_size, "n_params": int(net.n_params), "epochs_trained": int(net.epochs_trained),
+        "config": net.get_config(),
+    }
+
+
+def jsonable(value: Any) -> Any:
+    """NumPy values as plain Python; NaN and Inf (JSON has neither) as None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (np.integer, bool, int)):
+        return value if isinstance(value, (bool, int)) else int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def log_transition(job: JobRecord, before: str | None) -> None:
+    extra = f" ({job.error})" if job.error else ""
+    log.info("job %s model %s: %s -> %s%s", job.job_id, job.model_id, before or "new", job.status, extra)
+
+
+def _check_name(kind: str, name: str, valid: list[str], where: str) -> None:
+    if name not in valid:
+        raise InvalidInput(f"unknown {kind} {name!r} in {where}; valid names: {', '.join(valid)}")
+
+
+class Service:
+    def __init__(self, store: Store, settings: Settings):
+        self.store = store
+        self.settings = settings
+
+    def healthy(self) -> bool:
+        try:
+            self.store.list_models(0, 1)
+            return True
+        except Exception:
+            log.exception("store check failed")
+            return False
+
+    def queue_stats(self) -> dict[str, int]:
+        """Queued jobs; for backend=redis also the RQ queue's length and live workers. {} when the store is away."""
+        try:
+            if self.settings.backend == "redis":
+                from api.rq_runner import queue_stats
+
+                return queue_stats(self.store, self.settings)
+            queued = self.store.count_queued()
+            return {"queued_jobs": queued, "queue_length": queued}
+        except Exception:
+            log.exception("queue check failed")
+            return {}
+
+    # -- validation helpers --------------------------------------------------------
+    def _check_rows(self, n: int) -> None:
+        limit = self.settings.max_samples_per_request
+        if n > limit:
+            raise PayloadTooLarge(f"{n} samples in one request; at most {limit} (NN_MAX_SAMPLES_PER_REQUEST), "
+                                  f"so send them in several requests")
+
+    def _inputs(self, info: dict, rows: list[list[float]], what: str = "inputs") -> np.ndarray:
+        self._check_rows(len(rows))
+        width = info["input_size"]
+        for i, row in enumerate(rows):
+            if len(row) != width:
+                raise InvalidInput(f"{what}[{i}] has {len(row)} values; model expects {width} per input vector")
+        x = np.asarray(rows, dtype=info["dtype"]).reshape(len(rows), width)
+        if not np.isfinite(x).all():
+            raise InvalidInput(f"{what} hold values too large for {info['dtype']}; scale the inputs")
+        return x
+
+    def _targets(self, info: dict, targets: list, n: int) -> np.ndarray:
+        """(n, n_out) targets from rows, or from one class index / value per sample."""
+        n_out = info["output_size"]
+        if targets and not isinstance(targets[0], list):  # one number per sample
+            if len(targets) != n and n == 1 and len(targets) == n_out:
+                targets = [targets]  # the single target row of a single input
+            elif len(targets) != n:
+                raise InvalidInput(f"{n} inputs but {len(targets)} targets; send one target per input")
+            elif n_out > 1 and info["task"] != "multiclass":
+                raise InvalidInput(f"targets must be rows of {n_out} values for this {info['task']} model; "
+                                   f"single numbers are class indices for multiclass models or values for 1-output models")
+        else:
+            if len(targets) != n:
+                raise InvalidInput(f"{n} inputs but {len(targets)} targets; send one target per input")
+            for i, row in enumerate(targets):
+                if len(row) != n_out:
+                    raise InvalidInput(f"targets[{i}] has {len(row)} values; model has {n_out} outputs")
+        y = losses.get(info["loss"]).prepare(targets, n_out, info["dtype"])
+        if not np.isfinite(y).all():
+            raise InvalidInput(f"targets hold values too large for {info['dtype']}")
+        return y
+
+    def _check_architecture(self, sizes: list[int]) -> None:
+        s = self.settings
+        if len(sizes) - 1 > s.max_layers:
+            raise InvalidInput(f"{len(sizes) - 1} layers after the input; at most {s.max_layers} (NN_MAX_LAYERS)")
+        if max(sizes) > s.max_layer_size:
+            raise InvalidInput(f"a layer of {max(sizes)} units; at most {s.max_layer_size} (NN_MAX_LAYER_SIZE)")
+        n_params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+        if n_params > s.max_parameters:
+            raise InvalidInput(f"{n_params} parameters; at most {s.max_parameters} (NN_MAX_PARAMETERS): use fewer or smaller layers")
+
+    def _load(self, model_id: str) -> tuple[Network, ModelRecord]:
+        blob, record = self.store.load_model(model_id)
+        return Network.from_bytes(blob), record
+
+    # -- models -------------------------------------------------------------------
+    def create_model(self, req: ModelCreate) -> ModelRecord:
+        self._check_architecture(req.layer_sizes)
+        n_layers = len(req.layer_sizes) - 1
+        if req.activations is not None and req.activation is not None:
+            raise InvalidInput("give either `activations` (one per layer) or `activation` (for all layers), not both")
+        names = req.activations if req.activations is not None else [req.activation or "relu"] * n_layers
+        if len(names) != n_layers:
+            raise InvalidInput(f"activations has {len(names)} names; layer_sizes {req.layer_sizes} needs one per "
+                               f"layer after the input ({n_layers})")
+        for i, name in enumerate(names):
+            _check_name("activation", name, activations.names(), f"activations[{i}]")
+        _check_name("weight initialiser", req.weight_init, ["auto"] + initializers.weight_names(), "weight_init")
+        _check_name("bias initialiser", req.bias_init, initializers.bias_names(), "bias_init")
+        _check_name("loss", req.loss, ["auto"] + losses.names(), "loss")
+        net = Network.from_layer_sizes(req.layer_sizes, activations=names, weight_init=req.weight_init,
+                                       bias_init=req.bias_init, loss=req.loss, dropout=req.dropout,
+                                       seed=req.seed, dtype=req.dtype)
+        model_id = req.model_id or uuid.uuid4().hex[:16]
+        record = self.store.create_model(model_id, net.to_bytes(), describe(net))
+        log.info("model %s: created %s (%d parameters)", model_id, net.layer_sizes, net.n_params)
+        return record
+
+    def get_model(self, model_id: str) -> ModelRecord:
+        return self.store.get_model(model_id)
+
+    def list_models(self, offset: int, limit: int) -> tuple[list[ModelRecord], int]:
+        return self.store.list_models(offset, limit)
+
+    def delete_model(self, model_id: str) -> None:
+        cancelled = self.store.delete_model(model_id)
+        for job_id in cancelled:
+            log.info("job %s model %s: cancelled (model deleted)", job_id, model_id)
+        log.info("model %s: deleted", model_id)
+
+    def export_model(self, model_id: str) -> bytes:
+        return self.store.load_model(model_id)[0]
+
+    def import_model(self, data: bytes, model_id: str | None) -> ModelRecord:
+        if not data:
+            raise InvalidInput("the request holds no file; send a .npz from GET /models/{model_id}/export "
+                               "as the raw body or as the multipart field `file`")
+        try:
+            net = Network.from_bytes(data)
+        except NeuralNetError as exc:
+            raise InvalidInput(f"not a model file: {exc}") from None
+        except Exception as exc:  # a damaged zip can fail in many ways
+            raise InvalidInput(f"not a model file (.npz from GET /models/{{model_id}}/export): {exc}") from None
+        self._check_architecture(net.layer_sizes)
+        model_id = model_id or uuid.uuid4().hex[:16]
+        record = self.store.create_model(model_id, data, describe(net))
+        log.info("model %s: imported %s", model_id, net.layer_sizes)
+        return record
+
+    # -- outputs ------------------------------------------------------------------
+    def output(self, model_id: str, req: OutputRequest) -> dict[str, Any]:
+        if (req.inputs is None) == (req.input is None):
+            raise InvalidInput("give either `inputs` (a list of vectors) or `input` (one vector)")
+        if req.include_gradients and req.targets is None:
+            raise InvalidInput("include_gradients needs `targets`: the gradient is of the cost between outputs and targets")
+        net, record = self._load(model_id)
+        info = record.info
+        rows = req.inputs if req.inputs is not None else [req.input]
+        if not rows:
+            raise InvalidInput("inputs hold no samples; send at least one vector")
+        x = self._inputs(info, rows)
+        result: dict[str, Any] = {"model_id": model_id, "model_version": record.version}
+        if req.include_activations:
+            out, layers = net.forward(x, return_activations=True)
+            result["activations"] = [{"z": jsonable(layer["z"]), "a": jsonable(layer["a"])} for layer in layers]
+        else:
+            out = net.predict(x)
+        result["outputs"] = jsonable(out)
+        classes = net.predict_classes(x) if net.task in ("multiclass", "binary") else None
+        result["predictions"] = None if classes is None else classes.tolist()
+        if req.targets is not None:
+            y = self._targets(info, req.targets, len(x))
+            if req.include_gradients:
+                cost, grads = net.gradients(x, y)
+                result["gradients"] = [{"weights": jsonable(g["weights"]), "biases": jsonable(g["biases"])} for g in grads]
+            else:
+                cost = net.evaluate(x, y)["loss"]
+            result["cost"] = jsonable(cost)
+        return result
+
+    def evaluate(self, model_id: str, req: EvaluateRequest) -> dict[str, Any]:
+        net, record = self._load(model_id)
+        x = self._inputs(record.info, req.inputs)
+        y = self._targets(record.info, req.targets, len(x))
+        return {"model_id": model_id, "model_version": record.version, "n_samples": len(x),
+                "metrics": jsonable(net.evaluate(x, y))}
+
+    def get_weights(self, model_id: str) -> dict[str, Any]:
+        net, record = self._load(model_id)
+        return {"layers": jsonable(net.get_weights()), "version": record.version}
+
+    def set_weights(self, model_id: str, req: Weights) -> ModelRecord:
+        net, record = self._load(model_id)
+        net.set_weights([{"weights": layer.weights, "biases": layer.biases} for layer in req.layers])
+        updated = self.store.replace_model(model_id, net.to_bytes(), describe(net), expected_version=req.version)
+        log.info("model %s: weights replaced (version %d)", model_id, updated.version)
+        return updated
+
+    # -- training buffer -------------------------------------------------------------
+    def add_samples(self, model_id: str, req: SamplesCreate) -> int:
+        info = self.store.get_model(model_id).info
+        x = self._inputs(info, req.inputs)
+        y = self._targets(info, req.targets, len(x))
+        size = self.store.append_samples(model_id, x, y, self.settings.max_buffer_samples)
+        self.promote()
+        return size
+
+    def buffer_size(self, model_id: str) -> int:
+        return self.store.count_samples(model_id)
+
+    def clear_samples(self, model_id: str) -> int:
+        removed = self.store.clear_samples(model_id)
+        log.info("model %s: buffer cleared (%d samples)", model_id, removed)
+        return removed
+
+    def promote(self) -> None:
+        for job in self.store.promote_ready_jobs():
+            log_transition(job, "buffering")
+
+    # -- training jobs -----------------------------------------------------------------
+    def _fit_params(self, info: dict, req: JobCreate) -> dict[str, Any]:
+        """The job's keyword arguments for the core's fit, checked before the job is stored."""
+        if req.epochs > self.settings.max_epochs:
+            raise InvalidInput(f"epochs={req.epochs}; at most {self.settings.max_epochs} (NN_MAX_EPOCHS)")
+        _check_name("optimizer", req.optimizer, optimizers.names(), "optimizer")
+        try:
+            optimizers.get({"name": req.optimizer, **({"learning_rate": req.learning_rate} if req.learning_rate else {})})
+        except NeuralNetError as exc:
+            raise InvalidInput(f"optimizer: {exc}") from None
+        options = dict(req.schedule_options or {})
+        if req.decay_rate is not None:
+            options["decay_rate"] = req.decay_rate
+        options = {k: int(v) if float(v).is_integer() and k in ("step_size", "warmup_epochs") else v for k, v in options.items()}
+        if req.schedule is not None:
+            _check_name("schedule", req.schedule, schedules.names(), "schedule")
+        if options:
+            try:
+                schedules.get(req.schedule or "constant", **options)
+            except TypeError:
+                raise InvalidInput(f"schedule {req.schedule or 'constant'!r} does not take the options {sorted(options)}; "
+                                   "exponential takes decay_rate, step takes step_size and gamma, cosine takes min_lr, "
+                                   "and all take warmup_epochs") from None
+            except NeuralNetError as exc:
+                raise InvalidInput(f"schedule_options: {exc}") from None
+        dropout = None
+        if req.dropout is not None:
+            n_layers = len(info["layer_sizes"]) - 1
+            rates = req.dropout if isinstance(req.dropout, list) else [req.dropout] * (n_layers - 1) + [0.0]
+            if len(rates) != n_layers:
+                raise InvalidInput(f"dropout has {len(rates)} rates; the model has {n_layers} layers after the input")
+            if any(not 0 <= r < 1 for r in rates):
+                raise InvalidInput("every dropout rate must be in [0, 1)")
+            if rates[-1]:
+                raise InvalidInput("the output layer cannot have dropout; make the last rate 0")
+            dropout = rates
+        return {
+            "epochs": req.epochs, "batch_size": req.batch_size, "optimizer": req.optimizer,
+            "learning_rate": req.learning_rate, "schedule": req.schedule, "schedule_options": options or None,
+            "l1": req.l1, "l2": req.l2, "dropout": dropout, "validation_split": req.validation_split,
+            "early_stopping": req.early_stopping.model_dump() if req.early_stopping else None,
+            "clip_norm": req.clip_norm, "shuffle": req.shuffle, "seed": req.seed,
+        }
+
+    def submit_job(self, model_id: str, req: JobCreate) -> JobRecord:
+        info = self.store.get_model(model_id).info
+        params = self._fit_params(info, req)
+        x = y = None
+        if (req.inputs is None) != (req.targets is None):
+            raise InvalidInput("give `inputs` and `targets` together (or neither, to train on the buffer)")
+        if req.inputs:
+            x = self._inputs(info, req.inputs)
+            y = self._targets(info, req.targets, len(x))
+        job = JobRecord(job_id=uuid.uuid4().hex, model_id=model_id, model_uid="", status="buffering", params=params,
+                        min_samples=req.min_samples, consume_buffer=req.consume_buffer, created_at=time.time())
+        job = self.store.create_job(job, x, y, self.settings.max_buffer_samples)
+        log_transition(job, None)
+        self.promote()
+        return self.store.get_job(job.job_id)
+
+    def get_job(self, job_id: str) -> JobRecord:
+        return self.store.get_job(job_id)
+
+    def list_jobs(self, model_id: str, offset: int, limit: int) -> tuple[list[JobRecord], int]:
+        return self.store.list_jobs(model_id, offset, limit)
+
+    def latest_job(self, model_id: str) -> JobRecord:
+        jobs, _ = self.store.list_jobs(model_id, 0, 1)
+        if not jobs:
+            raise NoJobs(model_id)
+        return jobs[0]
+
+    def cancel_job(self, job_id: str) -> JobRecord:
+        before = self.store.get_job(job_id).status
+        job = self.store.cancel_job(job_id)
+        if job.status != before:
+            log_transition(job, before)
+        return job
+
+    def requeue_interrupted(self, worker_ids: list[str] | None = None) -> list[JobRecord]:
+        """Jobs left running by a crash or a dead worker: back to queued (or cancelled if asked)."""
+        jobs = self.store.requeue_jobs(worker_ids=worker_ids)
+        for job in jobs:
+            log_transition(job, "running" if job.status == "queued" else "cancelling")
+        return jobs

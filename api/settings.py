@@ -1,0 +1,48 @@
+"""Service settings: every knob comes from an ``NN_``-prefixed environment variable."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Read once at start-up; tests pass their own instance to ``create_app``."""
+
+    model_config = SettingsConfigDict(env_prefix="NN_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address uvicorn binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port uvicorn listens on.")
+    data_dir: Path = Field(Path("./data"), description="Folder of the SQLite database (models, buffers, jobs, checkpoints).")
+    workers: int = Field(1, ge=0, le=64, description="Training worker processes the service starts (0: none, jobs wait).")
+    backend: Literal["sqlite", "redis"] = Field("sqlite", description="Where state lives: 'sqlite' (embedded, one machine) "
+                                                "or 'redis' (shared by API replicas and RQ workers on many machines).")
+    redis_url: str = Field("redis://localhost:6379/0", description="Redis URL for backend=redis.")
+    redis_prefix: str = Field("nn", min_length=1, description="Prefix of the service's Redis keys (backend=redis).")
+    redis_queue: str = Field("nn-training", min_length=1, description="RQ queue of training jobs (backend=redis).")
+    redis_timeout: float = Field(2.0, gt=0, description="Seconds a Redis command may take before the request answers 503.")
+    lease_seconds: float = Field(10.0, gt=0, description="A running job's lease (backend=redis): a worker silent this long "
+                                                         "loses the job, which resumes elsewhere from its checkpoint.")
+    api_keys: str = Field("", description="Comma-separated API keys (planned; not enforced yet).")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the service and workers.")
+
+    max_parameters: int = Field(5_000_000, ge=1, description="Largest parameter count of one model.")
+    max_layers: int = Field(32, ge=1, description="Most dense layers (after the input) of one model.")
+    max_layer_size: int = Field(4096, ge=1, description="Most units in one layer, input included.")
+    max_samples_per_request: int = Field(10_000, ge=1, description="Most samples (rows) in one request.")
+    max_buffer_samples: int = Field(1_000_000, ge=1, description="Most samples waiting in one model's training buffer.")
+    max_epochs: int = Field(10_000, ge=1, description="Most epochs of one training job.")
+    max_request_bytes: int = Field(32 * MiB, ge=1024, description="Largest request body in bytes.")
+
+    progress_interval: float = Field(0.2, gt=0, description="Seconds between progress writes of a running job.")
+    poll_interval: float = Field(0.2, gt=0, description="Seconds an idle worker waits before looking for work again.")
+    shutdown_timeout: float = Field(10.0, gt=0, description="Seconds workers get to stop at shutdown before they are killed.")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,153 @@
+"""What the service needs from a store, in domain terms; SQLite now, Redis later.
+
+Routes and services only see ``Store``; the implementation decides how each method is made
+atomic. Models travel as the core's ``.npz`` bytes, samples as NumPy arrays.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+ACTIVE = ("buffering", "queued", "running", "cancelling")
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass
+class ModelRecord:
+    model_id: str
+    uid: str  # changes when a model is deleted and re-created under the same id
+    version: int
+    info: dict[str, Any]  # summary of the network: sizes, activations, n_params, epochs_trained, ...
+    created_at: float
+    updated_at: float
+    buffer_size: int = 0
+    latest_job: dict[str, Any] | None = None  # {"job_id", "status"}
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    model_id: str
+    model_uid: str
+    status: str
+    params: dict[str, Any]  # the core's fit hyper-parameters
+    min_samples: int
+    consume_buffer: bool
+    created_at: float
+    n_samples: int = 0  # samples the job claimed from the buffer
+    epochs_done: int = 0  # epochs covered by the latest checkpoint
+    progress: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    worker_id: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    model_version: int | None = None  # version of the model this job produced
+
+
+class Store(ABC):
+    """Persistent state of the service. Every method is atomic on its own."""
+
+    # -- models ---------------------------------------------------------------
+    @abstractmethod
+    def create_model(self, model_id: str, blob: bytes, info: dict) -> ModelRecord:
+        """Raises ModelExists."""
+
+    @abstractmethod
+    def get_model(self, model_id: str) -> ModelRecord:
+        """Raises ModelNotFound."""
+
+    @abstractmethod
+    def list_models(self, offset: int, limit: int) -> tuple[list[ModelRecord], int]:
+        """A page of models (oldest first) and the total count."""
+
+    @abstractmethod
+    def load_model(self, model_id: str) -> tuple[bytes, ModelRecord]:
+        """The committed ``.npz`` bytes and the record of that same version."""
+
+    @abstractmethod
+    def replace_model(self, model_id: str, blob: bytes, info: dict, expected_version: int | None = None) -> ModelRecord:
+        """New weights from a client; version += 1. Raises ModelBusy while a job trains it,
+        VersionConflict when ``expected_version`` is given and stale."""
+
+    @abstractmethod
+    def delete_model(self, model_id: str) -> list[str]:
+        """Cancels the model's active jobs, deletes it and its buffer; returns the cancelled job ids."""
+
+    # -- training buffer ------------------------------------------------------
+    @abstractmethod
+    def append_samples(self, model_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int) -> int:
+        """Appends one batch of rows; returns the new buffer size. Raises PayloadTooLarge past max_buffer."""
+
+    @abstractmethod
+    def count_samples(self, model_id: str) -> int: ...
+
+    @abstractmethod
+    def clear_samples(self, model_id: str) -> int:
+        """Empties the buffer (not samples already claimed by jobs); returns how many left."""
+
+    # -- jobs -----------------------------------------------------------------
+    @abstractmethod
+    def create_job(self, job: JobRecord, x: np.ndarray | None = None, y: np.ndarray | None = None, max_buffer: int = 0) -> JobRecord:
+        """Stores a ``buffering`` job, appending inline samples first in the same transaction."""
+
+    @abstractmethod
+    def get_job(self, job_id: str) -> JobRecord:
+        """Raises JobNotFound."""
+
+    @abstractmethod
+    def list_jobs(self, model_id: str, offset: int, limit: int) -> tuple[list[JobRecord], int]:
+        """A page of the model's jobs, newest first, and their total count."""
+
+    @abstractmethod
+    def promote_ready_jobs(self) -> list[JobRecord]:
+        """Moves each ``buffering`` job whose model's buffer holds >= min_samples to ``queued``,
+        claiming the buffered rows for it in the same transaction."""
+
+    @abstractmethod
+    def claim_job(self, worker_id: str) -> JobRecord | None:
+        """Marks the oldest ``queued`` job whose model has no running job as ``running``."""
+
+    @abstractmethod
+    def job_samples(self, job_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The inputs and targets the job claimed, in the order they were appended."""
+
+    @abstractmethod
+    def set_progress(self, job_id: str, progress: dict) -> None:
+        """Records a running job's progress (ignored once the job left ``running``/``cancelling``)."""
+
+    @abstractmethod
+    def save_checkpoint(self, job_id: str, blob: bytes, info: dict, epochs_done: int, history: list[dict],
+                        progress: dict) -> None:
+        """Keeps the network after ``epochs_done`` epochs (weights, optimizer and RNG state)."""
+
+    @abstractmethod
+    def load_checkpoint(self, job_id: str) -> bytes | None: ...
+
+    @abstractmethod
+    def cancel_job(self, job_id: str) -> JobRecord:
+        """Waiting jobs end ``cancelled`` at once (a checkpoint, if any, goes to the model),
+        running ones become ``cancelling``. Raises JobNotCancellable for finished jobs."""
+
+    @abstractmethod
+    def cancel_requested(self, job_id: str) -> bool:
+        """True when a running job should stop (cancel asked, model deleted, job gone)."""
+
+    @abstractmethod
+    def finish_job(self, job_id: str, status: str, *, blob: bytes | None = None, info: dict | None = None,
+                   use_checkpoint: bool = False, error: str | None = None) -> JobRecord:
+        """Ends a job. The model takes ``blob`` (or, with ``use_checkpoint``, the job's last
+        checkpoint if there is one), version += 1, in the same transaction, unless the model was
+        deleted meanwhile. A job that changed no weights gives its samples back to the buffer;
+        otherwise they are gone."""
+
+    def count_queued(self) -> int:
+        """Jobs in ``queued`` (for /health)."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def requeue_jobs(self, *, worker_ids: list[str] | None = None, job_ids: list[str] | None = None) -> list[JobRecord]:
+        """Interrupted jobs (shutdown, crash, dead worker): ``running`` goes back to ``queued`` and
+        keeps its checkpoint, ``cancelling`` ends ``cancelled``. With neither filter: all of them."""

@@ -1,0 +1,406 @@
+"""The embedded store: one SQLite file in WAL mode, one connection per thread and process.
+
+Every write runs in a ``BEGIN IMMEDIATE`` transaction, so the buffer rows a job claims change
+owner in the same transaction that queues the job: no sample is used twice or lost.
+"""
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from api.errors import JobNotCancellable, JobNotFound, ModelBusy, ModelExists, ModelNotFound, PayloadTooLarge, VersionConflict
+from api.storage.base import JobRecord, ModelRecord, Store
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    model_id   TEXT PRIMARY KEY,
+    uid        TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    info       TEXT NOT NULL,
+    blob       BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS samples (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_id TEXT NOT NULL,
+    job_id   TEXT,               -- NULL: waiting in the buffer; else claimed by that job
+    n        INTEGER NOT NULL,
+    n_in     INTEGER NOT NULL,
+    n_out    INTEGER NOT NULL,
+    dtype    TEXT NOT NULL,
+    x        BLOB NOT NULL,
+    y        BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_by_owner ON samples (model_id, job_id);
+CREATE INDEX IF NOT EXISTS samples_by_job ON samples (job_id);
+CREATE TABLE IF NOT EXISTS jobs (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id          TEXT NOT NULL UNIQUE,
+    model_id        TEXT NOT NULL,
+    model_uid       TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    params          TEXT NOT NULL,
+    min_samples     INTEGER NOT NULL,
+    consume_buffer  INTEGER NOT NULL,
+    n_samples       INTEGER NOT NULL DEFAULT 0,
+    epochs_done     INTEGER NOT NULL DEFAULT 0,
+    progress        TEXT,
+    history         TEXT NOT NULL DEFAULT '[]',
+    error           TEXT,
+    worker_id       TEXT,
+    checkpoint      BLOB,
+    checkpoint_info TEXT,
+    model_version   INTEGER,
+    created_at      REAL NOT NULL,
+    started_at      REAL,
+    finished_at     REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_model ON jobs (model_id, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
+"""
+
+JOB_COLUMNS = ("job_id, model_id, model_uid, status, params, min_samples, consume_buffer, n_samples, epochs_done, "
+               "progress, history, error, worker_id, model_version, created_at, started_at, finished_at")
+
+MODEL_COLUMNS = """m.model_id, m.uid, m.version, m.info, m.created_at, m.updated_at,
+    (SELECT COALESCE(SUM(n), 0) FROM samples s WHERE s.model_id = m.model_id AND s.job_id IS NULL) AS buffer_size,
+    (SELECT job_id FROM jobs j WHERE j.model_id = m.model_id AND j.model_uid = m.uid ORDER BY seq DESC LIMIT 1) AS latest_job_id,
+    (SELECT status FROM jobs j WHERE j.model_id = m.model_id AND j.model_uid = m.uid ORDER BY seq DESC LIMIT 1) AS latest_job_status"""
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        job_id=row["job_id"], model_id=row["model_id"], model_uid=row["model_uid"], status=row["status"],
+        params=json.loads(row["params"]), min_samples=row["min_samples"], consume_buffer=bool(row["consume_buffer"]),
+        n_samples=row["n_samples"], epochs_done=row["epochs_done"],
+        progress=json.loads(row["progress"]) if row["progress"] else None, history=json.loads(row["history"]),
+        error=row["error"], worker_id=row["worker_id"], model_version=row["model_version"],
+        created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
+    )
+
+
+def _model(row: sqlite3.Row) -> ModelRecord:
+    latest = None
+    if row["latest_job_id"] is not None:
+        latest = {"job_id": row["latest_job_id"], "status": row["latest_job_status"]}
+    return ModelRecord(
+        model_id=row["model_id"], uid=row["uid"], version=row["version"], info=json.loads(row["info"]),
+        created_at=row["created_at"], updated_at=row["updated_at"], buffer_size=row["buffer_size"], latest_job=latest,
+    )
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: Path | str, busy_timeout: float = 30.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        con = self._con()
+        con.execute("PRAGMA journal_mode=WAL")
+        con.executescript(SCHEMA)
+
+    # -- plumbing -------------------------------------------------------------
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=True)
+            con.row_factory = sqlite3.Row
+            con.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
+            con.execute("PRAGMA synchronous=NORMAL")
+            self._local.con = con
+        return con
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    @staticmethod
+    def _buffered(con: sqlite3.Connection, model_id: str) -> int:
+        row = con.execute("SELECT COALESCE(SUM(n), 0) FROM samples WHERE model_id = ? AND job_id IS NULL", (model_id,)).fetchone()
+        return int(row[0])
+
+    @staticmethod
+    def _model_row(con: sqlite3.Connection, model_id: str) -> sqlite3.Row:
+        row = con.execute(f"SELECT {MODEL_COLUMNS} FROM models m WHERE m.model_id = ?", (model_id,)).fetchone()
+        if row is None:
+            raise ModelNotFound(model_id)
+        return row
+
+    @staticmethod
+    def _job_row(con: sqlite3.Connection, job_id: str) -> sqlite3.Row:
+        row = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return row
+
+    # -- models ---------------------------------------------------------------
+    def create_model(self, model_id: str, blob: bytes, info: dict) -> ModelRecord:
+        now = time.time()
+        with self._tx() as con:
+            try:
+                con.execute(
+                    "INSERT INTO models (model_id, uid, version, info, blob, created_at, updated_at) VALUES (?, ?, 1, ?, ?, ?, ?)",
+                    (model_id, uuid.uuid4().hex, json.dumps(info), blob, now, now),
+                )
+            except sqlite3.IntegrityError:
+                raise ModelExists(model_id) from None
+            con.execute("DELETE FROM samples WHERE model_id = ?", (model_id,))  # leftovers of a deleted namesake
+            return _model(self._model_row(con, model_id))
+
+    def get_model(self, model_id: str) -> ModelRecord:
+        return _model(self._model_row(self._con(), model_id))
+
+    def list_models(self, offset: int, limit: int) -> tuple[list[ModelRecord], int]:
+        con = self._con()
+        rows = con.execute(f"SELECT {MODEL_COLUMNS} FROM models m ORDER BY m.created_at, m.model_id LIMIT ? OFFSET ?",
+                           (limit, offset)).fetchall()
+        total = con.execute("SELECT COUNT(*) FROM models").fetchone()[0]
+        return [_model(r) for r in rows], total
+
+    def load_model(self, model_id: str) -> tuple[bytes, ModelRecord]:
+        con = self._con()
+        con.execute("BEGIN")  # one snapshot for the record and its blob
+        try:
+            record = _model(self._model_row(con, model_id))
+            blob = con.execute("SELECT blob FROM models WHERE model_id = ?", (model_id,)).fetchone()[0]
+        finally:
+            con.execute("COMMIT")
+        return bytes(blob), record
+
+    def replace_model(self, model_id: str, blob: bytes, info: dict, expected_version: int | None = None) -> ModelRecord:
+        with self._tx() as con:
+            current = _model(self._model_row(con, model_id))
+            if expected_version is not None and expected_version != current.version:
+                raise VersionConflict(f"model {model_id!r} is at version {current.version}, not {expected_version}; "
+                                      f"GET its weights again and retry")
+            busy = con.execute("SELECT job_id FROM jobs WHERE model_id = ? AND status IN ('running', 'cancelling')",
+                               (model_id,)).fetchone()
+            if busy is not None:
+                raise ModelBusy(f"model {model_id!r} is being trained by job {busy[0]!r}; wait for it to finish "
+                                f"or cancel it with POST /jobs/{busy[0]}/cancel")
+            con.execute("UPDATE models SET blob = ?, info = ?, version = version + 1, updated_at = ? WHERE model_id = ?",
+                        (blob, json.dumps(info), time.time(), model_id))
+            return _model(self._model_row(con, model_id))
+
+    def delete_model(self, model_id: str) -> list[str]:
+        now = time.time()
+        with self._tx() as con:
+            self._model_row(con, model_id)
+            rows = con.execute("SELECT job_id, status FROM jobs WHERE model_id = ? AND status IN "
+                               "('buffering', 'queued', 'running', 'cancelling')", (model_id,)).fetchall()
+            for job_id, status in rows:
+                if status in ("buffering", "queued"):
+                    con.execute("UPDATE jobs SET status = 'cancelled', error = 'model deleted', finished_at = ?, "
+                                "checkpoint = NULL WHERE job_id = ?", (now, job_id))
+                else:
+                    con.execute("UPDATE jobs SET status = 'cancelling', error = 'model deleted' WHERE job_id = ?", (job_id,))
+            con.execute("DELETE FROM samples WHERE model_id = ?", (model_id,))
+            con.execute("DELETE FROM models WHERE model_id = ?", (model_id,))
+            return [r[0] for r in rows]
+
+    # -- training buffer ------------------------------------------------------
+    def _append(self, con: sqlite3.Connection, model_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int) -> int:
+        size = self._buffered(con, model_id)
+        if max_buffer and size + len(x) > max_buffer:
+            raise PayloadTooLarge(f"the buffer of model {model_id!r} would hold {size + len(x)} samples, more than "
+                                  f"NN_MAX_BUFFER_SAMPLES={max_buffer}; train on it or clear it first")
+        x = np.ascontiguousarray(x)
+        y = np.ascontiguousarray(y, dtype=x.dtype)
+        con.execute("INSERT INTO samples (model_id, n, n_in, n_out, dtype, x, y) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (model_id, len(x), x.shape[1], y.shape[1], x.dtype.str, x.tobytes(), y.tobytes()))
+        return size + len(x)
+
+    def append_samples(self, model_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int) -> int:
+        with self._tx() as con:
+            self._model_row(con, model_id)
+            return self._append(con, model_id, x, y, max_buffer)
+
+    def count_samples(self, model_id: str) -> int:
+        con = self._con()
+        self._model_row(con, model_id)
+        return self._buffered(con, model_id)
+
+    def clear_samples(self, model_id: str) -> int:
+        with self._tx() as con:
+            self._model_row(con, model_id)
+            return con.execute("DELETE FROM samples WHERE model_id = ? AND job_id IS NULL", (model_id,)).rowcount
+
+    # -- jobs -----------------------------------------------------------------
+    def create_job(self, job: JobRecord, x: np.ndarray | None = None, y: np.ndarray | None = None, max_buffer: int = 0) -> JobRecord:
+        with self._tx() as con:
+            model = self._model_row(con, job.model_id)
+            if x is not None and len(x):
+                self._append(con, job.model_id, x, y, max_buffer)
+            con.execute(
+                "INSERT INTO jobs (job_id, model_id, model_uid, status, params, min_samples, consume_buffer, created_at) "
+                "VALUES (?, ?, ?, 'buffering', ?, ?, ?, ?)",
+                (job.job_id, job.model_id, model["uid"], json.dumps(job.params), job.min_samples, int(job.consume_buffer),
+                 job.created_at),
+            )
+            return _job(self._job_row(con, job.job_id))
+
+    def get_job(self, job_id: str) -> JobRecord:
+        return _job(self._job_row(self._con(), job_id))
+
+    def list_jobs(self, model_id: str, offset: int, limit: int) -> tuple[list[JobRecord], int]:
+        con = self._con()
+        uid = self._model_row(con, model_id)["uid"]
+        rows = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE model_id = ? AND model_uid = ? ORDER BY seq DESC "
+                           "LIMIT ? OFFSET ?", (model_id, uid, limit, offset)).fetchall()
+        total = con.execute("SELECT COUNT(*) FROM jobs WHERE model_id = ? AND model_uid = ?", (model_id, uid)).fetchone()[0]
+        return [_job(r) for r in rows], total
+
+    def promote_ready_jobs(self) -> list[JobRecord]:
+        con = self._con()
+        if con.execute("SELECT 1 FROM jobs WHERE status = 'buffering' LIMIT 1").fetchone() is None:
+            return []  # the common case takes no write lock
+        promoted = []
+        with self._tx() as con:
+            waiting = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'buffering' ORDER BY seq").fetchall()
+            blocked: set[str] = set()  # first come, first served within a model
+            for row in waiting:
+                job = _job(row)
+                if job.model_id in blocked:
+                    continue
+                available = self._buffered(con, job.model_id)
+                if available < job.min_samples:
+                    blocked.add(job.model_id)
+                    continue
+                if job.consume_buffer:
+                    con.execute("UPDATE samples SET job_id = ? WHERE model_id = ? AND job_id IS NULL", (job.job_id, job.model_id))
+                else:
+                    con.execute("INSERT INTO samples (model_id, job_id, n, n_in, n_out, dtype, x, y) "
+                                "SELECT model_id, ?, n, n_in, n_out, dtype, x, y FROM samples "
+                                "WHERE model_id = ? AND job_id IS NULL ORDER BY id", (job.job_id, job.model_id))
+                con.execute("UPDATE jobs SET status = 'queued', n_samples = ? WHERE job_id = ?", (available, job.job_id))
+                promoted.append(_job(self._job_row(con, job.job_id)))
+        return promoted
+
+    _NEXT_QUEUED = (f"SELECT {JOB_COLUMNS} FROM jobs j WHERE j.status = 'queued' AND NOT EXISTS "
+                    "(SELECT 1 FROM jobs r WHERE r.model_id = j.model_id AND r.status IN ('running', 'cancelling')) "
+                    "ORDER BY j.seq LIMIT 1")
+
+    def claim_job(self, worker_id: str) -> JobRecord | None:
+        if self._con().execute(self._NEXT_QUEUED).fetchone() is None:
+            return None
+        with self._tx() as con:
+            row = con.execute(self._NEXT_QUEUED).fetchone()
+            if row is None:
+                return None
+            con.execute("UPDATE jobs SET status = 'running', worker_id = ?, started_at = COALESCE(started_at, ?) "
+                        "WHERE job_id = ?", (worker_id, time.time(), row["job_id"]))
+            return _job(self._job_row(con, row["job_id"]))
+
+    def job_samples(self, job_id: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._con().execute("SELECT n, n_in, n_out, dtype, x, y FROM samples WHERE job_id = ? ORDER BY id",
+                                   (job_id,)).fetchall()
+        if not rows:
+            return np.empty((0, 0)), np.empty((0, 0))
+        xs = [np.frombuffer(r["x"], dtype=r["dtype"]).reshape(r["n"], r["n_in"]) for r in rows]
+        ys = [np.frombuffer(r["y"], dtype=r["dtype"]).reshape(r["n"], r["n_out"]) for r in rows]
+        return np.concatenate(xs), np.concatenate(ys)
+
+    def set_progress(self, job_id: str, progress: dict) -> None:
+        with self._tx() as con:
+            con.execute("UPDATE jobs SET progress = ? WHERE job_id = ? AND status IN ('running', 'cancelling')",
+                        (json.dumps(progress), job_id))
+
+    def save_checkpoint(self, job_id: str, blob: bytes, info: dict, epochs_done: int, history: list[dict],
+                        progress: dict) -> None:
+        with self._tx() as con:
+            con.execute("UPDATE jobs SET checkpoint = ?, checkpoint_info = ?, epochs_done = ?, history = ?, progress = ? "
+                        "WHERE job_id = ? AND status IN ('running', 'cancelling')",
+                        (blob, json.dumps(info), epochs_done, json.dumps(history), json.dumps(progress), job_id))
+
+    def load_checkpoint(self, job_id: str) -> bytes | None:
+        row = self._con().execute("SELECT checkpoint FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return None if row[0] is None else bytes(row[0])
+
+    def cancel_job(self, job_id: str) -> JobRecord:
+        with self._tx() as con:
+            job = _job(self._job_row(con, job_id))
+            if job.status in ("buffering", "queued"):
+                return self._finish(con, job, "cancelled", use_checkpoint=True)
+            if job.status == "running":
+                con.execute("UPDATE jobs SET status = 'cancelling' WHERE job_id = ?", (job_id,))
+                return _job(self._job_row(con, job_id))
+            if job.status == "cancelling":
+                return job
+            raise JobNotCancellable(f"job {job_id!r} already ended {job.status!r}; only waiting or running jobs can be cancelled")
+
+    def cancel_requested(self, job_id: str) -> bool:
+        row = self._con().execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return row is None or row[0] != "running"
+
+    def _finish(self, con: sqlite3.Connection, job: JobRecord, status: str, *, blob: bytes | None = None,
+                info: dict | None = None, use_checkpoint: bool = False, error: str | None = None) -> JobRecord:
+        now = time.time()
+        if blob is None and use_checkpoint:
+            row = con.execute("SELECT checkpoint, checkpoint_info FROM jobs WHERE job_id = ?", (job.job_id,)).fetchone()
+            if row["checkpoint"] is not None:
+                blob, info = row["checkpoint"], json.loads(row["checkpoint_info"])
+        version = None
+        if blob is not None:
+            updated = con.execute("UPDATE models SET blob = ?, info = ?, version = version + 1, updated_at = ? "
+                                  "WHERE model_id = ? AND uid = ?", (blob, json.dumps(info), now, job.model_id, job.model_uid))
+            if updated.rowcount:
+                version = con.execute("SELECT version FROM models WHERE model_id = ?", (job.model_id,)).fetchone()[0]
+            con.execute("DELETE FROM samples WHERE job_id = ?", (job.job_id,))
+        elif job.consume_buffer:
+            con.execute("UPDATE samples SET job_id = NULL WHERE job_id = ?", (job.job_id,))  # unused: back to the buffer
+        else:
+            con.execute("DELETE FROM samples WHERE job_id = ?", (job.job_id,))  # a copy of the buffer
+        con.execute("UPDATE jobs SET status = ?, error = COALESCE(?, error), finished_at = ?, model_version = ?, "
+                    "checkpoint = NULL, checkpoint_info = NULL, worker_id = NULL WHERE job_id = ?",
+                    (status, error, now, version, job.job_id))
+        return _job(self._job_row(con, job.job_id))
+
+    def finish_job(self, job_id: str, status: str, *, blob: bytes | None = None, info: dict | None = None,
+                   use_checkpoint: bool = False, error: str | None = None) -> JobRecord:
+        with self._tx() as con:
+            job = _job(self._job_row(con, job_id))
+            return self._finish(con, job, status, blob=blob, info=info, use_checkpoint=use_checkpoint, error=error)
+
+    def count_queued(self) -> int:
+        return self._con().execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
+
+    def requeue_jobs(self, *, worker_ids: list[str] | None = None, job_ids: list[str] | None = None) -> list[JobRecord]:
+        query = f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('running', 'cancelling')"
+        args: list[str] = []
+        for column, values in (("worker_id", worker_ids), ("job_id", job_ids)):
+            if values is not None:
+                query += f" AND {column} IN ({', '.join('?' * len(values))})"
+                args += values
+        changed = []
+        with self._tx() as con:
+            for row in con.execute(query + " ORDER BY seq", args).fetchall():
+                job = _job(row)
+                if job.status == "cancelling":
+                    changed.append(self._finish(con, job, "cancelled", use_checkpoint=True))
+                else:
+                    con.execute("UPDATE jobs SET status = 'queued', worker_id = NULL WHERE job_id = ?", (job.job_id,))
+                    changed.append(_job(self._job_row(con, job.job_id)))
+        return changed

@@ -1,0 +1,236 @@
+"""Training workers: processes that claim queued jobs from the store and run the core's `fit`.
+
+`WorkerPool` (used by the app's lifespan) starts NN_WORKERS processes with the "spawn" context,
+replaces any that die and stops them at shutdown. Each worker loops: promote buffering jobs whose
+buffer is full enough, claim the oldest runnable queued job, train it with progress written to
+the store (throttled), a checkpoint after every epoch, and the cancel flag checked between batches.
+"""
+
+import asyncio
+import logging
+import multiprocessing
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from neural_net import Callback, Network
+from neural_net.errors import NeuralNetError, NonFiniteError
+
+from api.errors import LeaseLost, StoreUnavailable
+from api.services import describe, jsonable, log_transition
+from api.settings import Settings
+from api.storage.base import JobRecord, Store
+
+log = logging.getLogger("api.worker")
+
+CANCEL_CHECK_INTERVAL = 0.05  # seconds between reads of a job's cancel flag
+
+
+def open_store(settings: Settings) -> Store:
+    """The one place that picks the store."""
+    if settings.backend == "redis":  # shared by API replicas and RQ workers (api/rq_runner.py)
+        from api.rq_runner import open_redis_store
+
+        return open_redis_store(settings)
+    from api.storage.sqlite import SQLiteStore
+
+    return SQLiteStore(settings.data_dir / "nn.sqlite3")
+
+
+class _JobCallback(Callback):
+    """Writes progress (throttled) and checkpoints; says stop when the job is cancelled or the worker stops."""
+
+    def __init__(self, store: Store, job: JobRecord, net: Network, snapshot, stop_event, interval: float):
+        self.store, self.job, self.net, self.snapshot = store, job, net, snapshot
+        self.stop_event, self.interval = stop_event, interval
+        self.history = list(job.history)
+        self.last_write = self.last_check = 0.0
+        self.stop_reason: str | None = None
+        self.epoch = job.epochs_done
+
+    def _progress(self, p) -> dict[str, Any]:
+        # percent over the whole job, so a resumed job continues where it was
+        done = (p.epoch - 1) + (p.batch / p.batches if p.batches else 0.0)
+        return jsonable({
+            "epoch": p.epoch, "epochs": p.epochs, "batch": p.batch, "batches": p.batches,
+            "percent": round(min(100.0, 100.0 * done / p.epochs), 3), "loss": p.loss, "learning_rate": p.learning_rate,
+            "samples_per_second": p.samples_per_second, "eta_seconds": p.eta_seconds, "elapsed": p.elapsed,
+        })
+
+    def _should_stop(self, force_check: bool = False) -> bool:
+        if self.stop_event.is_set():
+            self.stop_reason = self.stop_reason or "shutdown"
+        now = time.monotonic()
+        if force_check or now - self.last_check >= CANCEL_CHECK_INTERVAL:
+            self.last_check = now
+            if self.store.cancel_requested(self.job.job_id):
+                self.stop_reason = "cancel"
+        return self.stop_reason is not None
+
+    def on_batch_end(self, p) -> bool:
+        self.epoch = p.epoch
+        now = time.monotonic()
+        if now - self.last_write >= self.interval:
+            self.last_write = now
+            self.store.set_progress(self.job.job_id, self._progress(p))
+        return self._should_stop()
+
+    def on_epoch_end(self, p) -> bool:
+        self.history.append(jsonable({"epoch": p.epoch, **{k: v for k, v in p.logs.items() if k != "epoch"}}))
+        blob, info = self.snapshot()
+        self.store.save_checkpoint(self.job.job_id, blob, info, p.epoch, self.history, self._progress(p))
+        self.last_write = time.monotonic()
+        return self._should_stop(force_check=True)
+
+
+def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> JobRecord:
+    """Trains one claimed job to its end (or back to the queue when the worker stops)."""
+    log_transition(job, "queued")
+    params = dict(job.params)
+    checkpoint = store.load_checkpoint(job.job_id)
+    try:
+        net = Network.from_bytes(checkpoint if checkpoint is not None else store.load_model(job.model_id)[0])
+    except Exception as exc:  # model deleted meanwhile, or unreadable
+        return _finish(store, job, "failed", error=f"cannot load the model: {exc}")
+    x, y = store.job_samples(job.job_id)
+    if len(x) == 0:
+        return _finish(store, job, "failed", error="the job has no samples; add samples and submit a new job")
+
+    own_dropout = [layer.dropout for layer in net.layers]
+    job_dropout = params.pop("dropout", None) or own_dropout
+    seed = params.pop("seed", None)
+    if seed is not None and checkpoint is None:  # a resumed job keeps the RNG state of its checkpoint
+        net.rng = np.random.default_rng(seed)
+
+    def set_dropout(rates):
+        for layer, rate in zip(net.layers, rates):
+            layer.dropout = float(rate)
+
+    def snapshot() -> tuple[bytes, dict]:
+        """The network as the model should keep it: the model's own dropout rates, not the job's."""
+        set_dropout(own_dropout)
+        try:
+            return net.to_bytes(), describe(net)
+        finally:
+            set_dropout(job_dropout)
+
+    set_dropout(job_dropout)
+    callback = _JobCallback(store, job, net, snapshot, stop_event, settings.progress_interval)
+    try:
+        net.fit(x, y, callbacks=[callback], initial_epoch=job.epochs_done, **params)
+    except NonFiniteError as exc:
+        message = str(exc).removeprefix("training ")
+        if not message.startswith("diverged"):
+            message = f"diverged at epoch {exc.epoch or callback.epoch + 1}: {message}"
+        return _finish(store, job, "failed", use_checkpoint=True, error=message)
+    except NeuralNetError as exc:
+        return _finish(store, job, "failed", use_checkpoint=True, error=str(exc))
+    except (LeaseLost, StoreUnavailable):
+        raise  # backend=redis: the job is not this worker's any more, or Redis is away; its lease decides
+    except Exception as exc:
+        log.exception("job %s crashed", job.job_id)
+        return _finish(store, job, "failed", use_checkpoint=True, error=f"internal error: {exc!r}")
+
+    if callback.stop_reason == "cancel":
+        return _finish(store, job, "cancelled", use_checkpoint=True)
+    if callback.stop_reason == "shutdown":
+        requeued = store.requeue_jobs(job_ids=[job.job_id])
+        for record in requeued:
+            log_transition(record, "running")
+        return requeued[0] if requeued else store.get_job(job.job_id)
+    blob, info = snapshot()
+    final = store.get_job(job.job_id).progress or {}
+    final.update(percent=100.0, eta_seconds=0.0)
+    store.set_progress(job.job_id, final)
+    return _finish(store, job, "succeeded", blob=blob, info=info)
+
+
+def _finish(store: Store, job: JobRecord, status: str, **kwargs) -> JobRecord:
+    before = store.get_job(job.job_id).status
+    done = store.finish_job(job.job_id, status, **kwargs)
+    log_transition(done, before)
+    return done
+
+
+def worker_main(settings_data: dict, worker_id: str, stop_event) -> None:
+    """Entry point of a worker process."""
+    settings = Settings(**settings_data)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = open_store(settings)
+    from api.services import Service
+
+    service = Service(store, settings)
+    log.info("worker %s started", worker_id)
+    while not stop_event.is_set():
+        try:
+            service.promote()
+            job = store.claim_job(worker_id)
+        except Exception:
+            log.exception("worker %s: store error; retrying", worker_id)
+            job = None
+        if job is None:
+            stop_event.wait(settings.poll_interval)
+            continue
+        run_job(store, job, settings, stop_event)
+    log.info("worker %s stopped", worker_id)
+
+
+class WorkerPool:
+    """The embedded backend's training processes, owned by the app's lifespan."""
+
+    def __init__(self, settings: Settings, service):
+        self.settings = settings
+        self.service = service
+        self.context = multiprocessing.get_context("spawn")
+        self.stop_event = self.context.Event()
+        self.processes: dict[str, multiprocessing.process.BaseProcess] = {}
+        self._supervisor: asyncio.Task | None = None
+
+    @property
+    def alive(self) -> int:
+        return sum(p.is_alive() for p in self.processes.values())
+
+    def _spawn(self) -> None:
+        worker_id = f"w-{uuid.uuid4().hex[:8]}"
+        settings_data = self.settings.model_dump(mode="json")
+        process = self.context.Process(target=worker_main, args=(settings_data, worker_id, self.stop_event),
+                                       name=f"nn-worker-{worker_id}", daemon=True)
+        process.start()
+        self.processes[worker_id] = process
+
+    def start(self) -> None:
+        for _ in range(self.settings.workers):
+            self._spawn()
+        if self.settings.workers:
+            self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+
+    async def _supervise(self) -> None:
+        """Replaces dead workers; their interrupted jobs go back to the queue first."""
+        while not self.stop_event.is_set():
+            await asyncio.sleep(0.5)
+            dead = [wid for wid, p in self.processes.items() if not p.is_alive()]
+            if not dead or self.stop_event.is_set():
+                continue
+            for worker_id in dead:
+                log.warning("worker %s died (exit code %s); starting a new one", worker_id, self.processes[worker_id].exitcode)
+                del self.processes[worker_id]
+            await asyncio.to_thread(self.service.requeue_interrupted, dead)
+            for _ in dead:
+                self._spawn()
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        for process in self.processes.values():
+            await asyncio.to_thread(process.join, max(0.0, deadline - time.monotonic()))
+        for worker_id, process in self.processes.items():
+            if process.is_alive():
+                log.warning("worker %s did not stop in time; terminating it", worker_id)
+                process.terminate()
+                await asyncio.to_thread(process.join, 5)
+        await asyncio.to_thread(self.service.requeue_interrupted, list(self.processes))
+        self.processes.clear()

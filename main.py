@@ -1,0 +1,23 @@
+"""Run the service: `python main.py` (host and port from NN_HOST / NN_PORT) or `uvicorn main:app`.
+
+`python main.py worker` starts a training worker for NN_BACKEND=redis (an RQ worker on NN_REDIS_QUEUE).
+"""
+
+import logging
+import sys
+
+import uvicorn
+
+from api.app import create_app
+from api.settings import get_settings
+
+app = create_app()
+
+if __name__ == "__main__":
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if sys.argv[1:2] == ["worker"]:
+        from api.rq_runner import run_worker
+
+        sys.exit(run_worker(settings))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
