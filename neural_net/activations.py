@@ -74,9 +74,9 @@ class ReLU(Activation):
     def forward(self, z, out=None):
         return np.maximum(z, 0, out=out)
 
-    def backward(self, z, a, grad):
-        grad *= z > 0
-        return grad
+    def backward(self, z, a, grad, work=None):
+        """`work`: an optional preallocated boolean array shaped like z, so no temporary is made."""
+        return np.multiply(grad, np.greater(z, 0, out=work), out=grad)
 
 
 @ACTIVATIONS.register("leaky_relu")

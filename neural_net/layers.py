@@ -59,6 +59,8 @@ class Layer:
         shape = (batch, self.units)
         ws = {"z": np.empty(shape, dtype), "dx": np.empty((batch, self.n_in), dtype)}
         ws["a"] = ws["z"] if self.activation.name == "linear" else np.empty(shape, dtype)
+        if self.activation.name == "relu":
+            ws["positive"] = np.empty(shape, bool)  # relu backward's z > 0
         if self.dropout:
             ws["mask"] = np.empty(shape, dtype)
             ws["out"] = np.empty(shape, dtype)
@@ -75,10 +77,10 @@ class Layer:
         """Apply the activation (and inverted dropout while training); remember what backward needs."""
         if not training:
             a = self.activation.forward(z)
-            self.z, self.a = z, a
+            self.z, self.a, self._ws = z, a, None
             return a
         a = self.activation.forward(z, out=ws["a"])
-        self.z, self.a, self._mask = z, a, None
+        self.z, self.a, self._mask, self._ws = z, a, None, ws
         if dropout and self.dropout:
             mask = ws["mask"]
             rng.random(dtype=mask.dtype, out=mask)
@@ -93,11 +95,13 @@ class Layer:
             return grad
         if self._mask is not None:
             grad *= self._mask
+        if self._ws is not None and "positive" in self._ws:
+            return self.activation.backward(self.z, self.a, grad, work=self._ws["positive"])
         return self.activation.backward(self.z, self.a, grad)
 
     def clear_workspaces(self):
         self._workspaces.clear()
-        self.z = self.a = self._x = self._mask = None
+        self.z = self.a = self._x = self._mask = self._ws = None
 
     def get_config(self):
         config = {"type": self.type_name, "activation": _compact(self.activation.get_config())}
@@ -147,7 +151,7 @@ class Dense(Layer):
         Writes dL/dweights = x^T dz and dL/dbiases = sum_batch dz; returns dL/dx = dz weights^T."""
         dz = self._activation_backward(grad, grad_is_dz)
         np.matmul(self._x.T, dz, out=self.grads["weights"])
-        np.sum(dz, axis=0, out=self.grads["biases"])
+        np.add.reduce(dz, axis=0, out=self.grads["biases"])  # np.sum without its Python wrapper
         if not need_input_grad:
             return None
         ws = self._workspace(dz.shape[0], dz.dtype)
