@@ -5,6 +5,8 @@ parameters), so an update is a handful of whole-array NumPy operations, not a lo
 Each class keeps its state (moment arrays, step count); a module-level function does the math.
 Formulas follow PyTorch's `torch.optim` with the defaults listed on each class.
 """
+import math
+
 import numpy as np
 
 from .errors import ConfigError
@@ -63,7 +65,9 @@ def adam_update(p, g, m, v, t, lr, beta1, beta2, eps, scratch):
     v += scratch
     bias1 = 1.0 - beta1 ** t
     bias2 = 1.0 - beta2 ** t
-    _divide_step(p, m, v, lr / bias1, eps, 1.0 / np.sqrt(bias2), scratch)
+    # a Python float, not np.sqrt's float64 scalar: under NumPy 2's promotion rules that would make
+    # `scratch *= scale` compute in float64 and cast back (3-4x slower for float32 parameters)
+    _divide_step(p, m, v, lr / bias1, eps, 1.0 / math.sqrt(bias2), scratch)
 
 
 def _divide_step(p, numerator, second_moment, lr, eps, scale, scratch):
