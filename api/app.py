@@ -7,10 +7,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi_offline import FastAPIOffline
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import __version__
-from api.errors import PayloadTooLarge, install_error_handlers
+from api.errors import install_error_handlers
 from api.routes import health, jobs, models, pages
 from api.services import Service
 from api.settings import Settings, get_settings
@@ -31,24 +32,28 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        message = (f"request body larger than {self.max_bytes} bytes (NN_MAX_REQUEST_BYTES); "
-                   "send fewer samples per request")
+        too_large = JSONResponse({"detail": f"request body larger than {self.max_bytes} bytes (NN_MAX_REQUEST_BYTES); "
+                                            "send fewer samples per request"}, status_code=413)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            from starlette.responses import JSONResponse
-
-            return await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
-            msg = await receive()
-            received += len(msg.get("body", b""))
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
+                return await too_large(scope, receive, send)
+            return await self.app(scope, receive, send)
+        # no declared length (chunked): read up to the limit here, then replay it to the app
+        messages, received = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise PayloadTooLarge(message)
-            return msg
+                return await too_large(scope, receive, send)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
 
-        await self.app(scope, limited, send)
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
 
 
 class DataDirLock:

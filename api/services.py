@@ -97,7 +97,8 @@ class Service:
         for i, row in enumerate(rows):
             if len(row) != width:
                 raise InvalidInput(f"{what}[{i}] has {len(row)} values; model expects {width} per input vector")
-        x = np.asarray(rows, dtype=info["dtype"]).reshape(len(rows), width)
+        with np.errstate(over="ignore"):  # too large for float32 becomes inf, caught below
+            x = np.asarray(rows, dtype=info["dtype"]).reshape(len(rows), width)
         if not np.isfinite(x).all():
             raise InvalidInput(f"{what} hold values too large for {info['dtype']}; scale the inputs")
         return x
@@ -119,7 +120,8 @@ class Service:
             for i, row in enumerate(targets):
                 if len(row) != n_out:
                     raise InvalidInput(f"targets[{i}] has {len(row)} values; model has {n_out} outputs")
-        y = losses.get(info["loss"]).prepare(targets, n_out, info["dtype"])
+        with np.errstate(over="ignore"):
+            y = losses.get(info["loss"]).prepare(targets, n_out, info["dtype"])
         if not np.isfinite(y).all():
             raise InvalidInput(f"targets hold values too large for {info['dtype']}")
         return y

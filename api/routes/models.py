@@ -53,7 +53,7 @@ def delete_model(model_id: str, service: Service = Depends(get_service)) -> Resp
     return Response(status_code=204)
 
 
-@router.post("/{model_id}/output", response_model=OutputResponse, response_model_exclude_none=True,
+@router.post("/{model_id}/output", response_model=OutputResponse,
              summary="Outputs, predictions and, with targets, the cost and its gradients")
 def output(model_id: str, body: OutputRequest, service: Service = Depends(get_service)) -> dict:
     return service.output(model_id, body)

@@ -1,0 +1,67 @@
+"""Fixtures of the service tests: apps on a temporary data dir, and polling with deadlines."""
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.settings import Settings
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+IRIS = {"model_id": "iris", "layer_sizes": [4, 8, 3], "activations": ["relu", "softmax"], "seed": 0}
+X4 = [[5.1, 3.5, 1.4, 0.2], [4.9, 3.0, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4],
+      [6.4, 3.2, 4.5, 1.5], [6.3, 3.3, 6.0, 2.5], [5.8, 2.7, 5.1, 1.9]]
+Y3 = [0, 0, 1, 1, 2, 2]
+
+
+def settings_for(data_dir: Path, **overrides) -> Settings:
+    values = {"data_dir": data_dir, "workers": 1, "poll_interval": 0.05, "progress_interval": 0.05, **overrides}
+    return Settings(**values)
+
+
+@contextmanager
+def running_app(data_dir: Path, **overrides):
+    """A TestClient whose lifespan (and so the worker processes) runs for the block."""
+    with TestClient(create_app(settings_for(data_dir, **overrides))) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    """One app with one worker per test module."""
+    with running_app(tmp_path_factory.mktemp("data")) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def idle_client(tmp_path_factory):
+    """An app without workers: queued jobs stay queued, so waiting states can be inspected."""
+    with running_app(tmp_path_factory.mktemp("data"), workers=0) as c:
+        yield c
+
+
+def wait_for(fetch, done, timeout: float = 30.0, interval: float = 0.02):
+    """Calls fetch() until done(result) holds; fails after the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = fetch()
+        if done(result):
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s; last result: {result}")
+        time.sleep(interval)
+
+
+def wait_job(client, job_id: str, statuses=TERMINAL, timeout: float = 30.0) -> dict:
+    return wait_for(lambda: client.get(f"/jobs/{job_id}").json(), lambda j: j["status"] in statuses, timeout)
+
+
+def create(client, **overrides) -> dict:
+    body = {**IRIS, **overrides}
+    response = client.post("/models", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()

@@ -1,0 +1,229 @@
+"""Models: create, read, list, delete, outputs with gradients, evaluation, weights, export/import."""
+
+import io
+
+import numpy as np
+import pytest
+
+from neural_net import Network
+from tests.api.conftest import X4, Y3, create
+
+
+@pytest.fixture(scope="module")
+def iris(client):
+    return create(client)
+
+
+def load(client, model_id) -> Network:
+    response = client.get(f"/models/{model_id}/export")
+    assert response.status_code == 200
+    return Network.from_bytes(response.content)
+
+
+def test_create_returns_the_summary(iris):
+    assert iris["model_id"] == "iris"
+    assert iris["layer_sizes"] == [4, 8, 3]
+    assert iris["activations"] == ["relu", "softmax"]
+    assert (iris["loss"], iris["task"], iris["dtype"]) == ("cross_entropy", "multiclass", "float32")
+    assert iris["n_params"] == 4 * 8 + 8 + 8 * 3 + 3
+    assert (iris["version"], iris["epochs_trained"], iris["buffer_size"], iris["latest_job"]) == (1, 0, 0, None)
+
+
+def test_create_generates_an_id_and_accepts_one_activation(client):
+    model = create(client, model_id=None, activations=None, activation="tanh", layer_sizes=[2, 3, 1])
+    assert len(model["model_id"]) == 16
+    assert model["activations"] == ["tanh", "tanh"]
+    assert model["task"] == "regression"
+
+
+def test_existing_id_is_a_conflict(client, iris):
+    response = client.post("/models", json={"model_id": "iris", "layer_sizes": [1, 1]})
+    assert response.status_code == 409
+    assert "already exists" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"layer_sizes": [4, 3], "activations": ["swish"]}, 422, "valid names: "),
+    ({"layer_sizes": [4, 3], "weight_init": "magic"}, 422, "xavier"),
+    ({"layer_sizes": [4, 3], "loss": "hinge"}, 422, "cross_entropy"),
+    ({"layer_sizes": [4, 8, 3], "activations": ["relu"]}, 422, "one per layer"),
+    ({"layer_sizes": [4, 3], "activations": ["relu"], "activation": "relu"}, 422, "not both"),
+    ({"layer_sizes": [4, 0]}, 422, "greater than or equal to 1"),
+    ({"layer_sizes": [4]}, 422, "at least 2"),
+    ({"layer_sizes": [4, 3], "colour": "red"}, 422, "unknown field"),
+    ({"layer_sizes": [4, 3], "model_id": "no spaces"}, 422, "model_id"),
+    ({"layer_sizes": [4000, 4000]}, 422, "NN_MAX_PARAMETERS"),
+    ({"layer_sizes": [5000, 1]}, 422, "NN_MAX_LAYER_SIZE"),
+    ({"layer_sizes": [2] * 40}, 422, "NN_MAX_LAYERS"),
+    ({"layer_sizes": [4, 8, 3], "dropout": [0.5, 0.5]}, 422, "output layer"),
+    ({"layer_sizes": [4, 3], "dtype": "float16"}, 422, "float32"),
+])
+def test_invalid_models_are_rejected_with_a_reason(client, body, status, words):
+    response = client.post("/models", json=body)
+    assert response.status_code == status, response.text
+    assert words in response.json()["detail"]
+
+
+def test_get_list_and_page(client, iris):
+    assert client.get("/models/iris").json()["model_id"] == "iris"
+    everything = client.get("/models").json()
+    assert everything["count"] >= 1 and len(everything["data"]) == everything["count"]
+    page = client.get("/models", params={"offset": 0, "limit": 1}).json()
+    assert len(page["data"]) == 1 and page["count"] == everything["count"]
+    assert client.get("/models", params={"limit": 0}).status_code == 422
+
+
+def test_unknown_model_is_404_everywhere(client):
+    for method, path in [("get", "/models/nope"), ("delete", "/models/nope"), ("get", "/models/nope/weights"),
+                         ("get", "/models/nope/samples"), ("get", "/models/nope/export"), ("get", "/models/nope/jobs"),
+                         ("get", "/models/nope/progress")]:
+        response = getattr(client, method)(path)
+        assert response.status_code == 404, (method, path)
+        assert "does not exist" in response.json()["detail"]
+    response = client.post("/models/nope/output", json={"input": [1, 2, 3, 4]})
+    assert response.status_code == 404
+
+
+def test_delete(client):
+    create(client, model_id="doomed")
+    assert client.delete("/models/doomed").status_code == 204
+    assert client.get("/models/doomed").status_code == 404
+
+
+# -- outputs ------------------------------------------------------------------
+def test_output_matches_the_core(client, iris):
+    net = load(client, "iris")
+    body = client.post("/models/iris/output", json={"inputs": X4}).json()
+    np.testing.assert_allclose(body["outputs"], net.predict(np.array(X4)), rtol=1e-6)
+    assert body["predictions"] == net.predict_classes(np.array(X4)).tolist()
+    assert body["model_version"] == 1
+    assert body["cost"] is None and body["gradients"] is None and body["activations"] is None
+
+
+def test_output_of_one_input(client, iris):
+    body = client.post("/models/iris/output", json={"input": X4[0]}).json()
+    assert len(body["outputs"]) == 1 and len(body["outputs"][0]) == 3
+
+
+def test_gradients_equal_the_cores(client, iris):
+    net = load(client, "iris")
+    x, y = np.array(X4), np.array(Y3)
+    body = client.post("/models/iris/output", json={"inputs": X4, "targets": Y3, "include_gradients": True}).json()
+    cost, grads = net.gradients(x, y)
+    assert body["cost"] == pytest.approx(cost, rel=1e-6)
+    assert len(body["gradients"]) == len(grads) == 2
+    for sent, expected in zip(body["gradients"], grads):
+        np.testing.assert_allclose(sent["weights"], expected["weights"], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(sent["biases"], expected["biases"], rtol=1e-6, atol=1e-9)
+    # one-hot rows give the same gradient as class indices
+    one_hot = np.eye(3)[Y3].tolist()
+    again = client.post("/models/iris/output", json={"inputs": X4, "targets": one_hot, "include_gradients": True}).json()
+    assert again["gradients"] == body["gradients"]
+
+
+def test_activations_per_layer(client, iris):
+    body = client.post("/models/iris/output", json={"inputs": X4[:2], "include_activations": True}).json()
+    assert [len(layer["a"][0]) for layer in body["activations"]] == [8, 3]
+    np.testing.assert_allclose(body["activations"][-1]["a"], body["outputs"])
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"inputs": [[1, 2, 3]]}, 422, "expects 4"),
+    ({"inputs": [[1, 2, 3, 4], [1, 2]]}, 422, "inputs[1]"),
+    ({"inputs": [[1, 2, 3, 4]], "input": [1, 2, 3, 4]}, 422, "either"),
+    ({}, 422, "either"),
+    ({"inputs": []}, 422, "no samples"),
+    ({"inputs": [[1, 2, 3, 4]], "include_gradients": True}, 422, "needs `targets`"),
+    ({"inputs": [[1, 2, 3, 4]], "targets": [3]}, 422, "labels"),
+    ({"inputs": [[1, 2, 3, 4]], "targets": [[1, 0]]}, 422, "3 outputs"),
+    ({"inputs": [[1, 2, 3, 4]], "targets": [0, 1]}, 422, "one target per input"),
+    ({"inputs": [[1e39, 2, 3, 4]]}, 422, "too large for float32"),
+    ({"inputs": [[1, 2, 3, 4]], "extra": 1}, 422, "unknown field"),
+    ({"inputs": [["a", 2, 3, 4]]}, 422, "number"),
+])
+def test_bad_outputs_requests(client, iris, body, status, words):
+    response = client.post("/models/iris/output", json=body)
+    assert response.status_code == status, response.text
+    assert words in response.json()["detail"]
+
+
+def test_nan_and_infinity_are_rejected(client, iris):
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        response = client.post("/models/iris/output", content=f'{{"inputs": [[1, 2, 3, {literal}]]}}',
+                               headers={"content-type": "application/json"})
+        assert response.status_code == 422
+        assert "finite" in response.json()["detail"]
+
+
+def test_malformed_json_is_422(client, iris):
+    response = client.post("/models/iris/output", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_evaluate(client, iris):
+    body = client.post("/models/iris/evaluate", json={"inputs": X4, "targets": Y3}).json()
+    metrics = body["metrics"]
+    assert body["n_samples"] == 6
+    assert {"loss", "accuracy", "f1", "confusion_matrix"} <= set(metrics)
+    assert sum(map(sum, metrics["confusion_matrix"])) == 6
+    expected = load(client, "iris").evaluate(np.array(X4), np.array(Y3))
+    assert metrics["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert (metrics["accuracy"], metrics["confusion_matrix"]) == (expected["accuracy"], expected["confusion_matrix"])
+
+
+def test_regression_metrics(client):
+    create(client, model_id="reg", layer_sizes=[2, 4, 1], activations=["tanh", "linear"])
+    body = client.post("/models/reg/evaluate", json={"inputs": [[0, 1], [1, 0], [1, 1]], "targets": [0.5, 1.0, 2.0]})
+    assert body.status_code == 200, body.text
+    assert {"loss", "mae", "rmse", "r2"} <= set(body.json()["metrics"])
+    assert client.post("/models/reg/output", json={"input": [0, 1]}).json()["predictions"] is None
+
+
+# -- weights ---------------------------------------------------------------------
+def test_weights_round_trip_and_version(client):
+    create(client, model_id="w", layer_sizes=[2, 3, 1], activations=["relu", "sigmoid"])
+    weights = client.get("/models/w/weights").json()
+    assert weights["version"] == 1
+    assert [np.shape(layer["weights"]) for layer in weights["layers"]] == [(2, 3), (3, 1)]
+    weights["layers"][0]["weights"] = [[0.5, -0.5, 1.0], [0.25, 0.0, -1.0]]
+    response = client.put("/models/w/weights", json=weights)
+    assert response.status_code == 200, response.text
+    assert response.json()["version"] == 2
+    assert client.get("/models/w/weights").json()["layers"][0]["weights"] == [[0.5, -0.5, 1.0], [0.25, 0.0, -1.0]]
+    stale = client.put("/models/w/weights", json=weights)  # still says version 1
+    assert stale.status_code == 409 and "version 2" in stale.json()["detail"]
+
+
+def test_weights_with_a_wrong_shape_are_rejected(client):
+    create(client, model_id="w2", layer_sizes=[2, 3, 1])
+    weights = client.get("/models/w2/weights").json()
+    weights["layers"][1]["biases"] = [0.0, 0.0]
+    response = client.put("/models/w2/weights", json={"layers": weights["layers"]})
+    assert response.status_code == 422 and "expected shape (1,)" in response.json()["detail"]
+    response = client.put("/models/w2/weights", json={"layers": weights["layers"][:1]})
+    assert response.status_code == 422 and "2 dense layers" in response.json()["detail"]
+    assert client.get("/models/w2").json()["version"] == 1
+
+
+# -- export / import ----------------------------------------------------------------
+def test_export_import_round_trip(client, iris):
+    exported = client.get("/models/iris/export")
+    assert exported.headers["content-type"] == "application/octet-stream"
+    assert 'filename="iris.npz"' in exported.headers["content-disposition"]
+    raw = client.post("/models/import", params={"model_id": "iris-raw"}, content=exported.content,
+                      headers={"content-type": "application/octet-stream"})
+    assert raw.status_code == 201, raw.text
+    upload = client.post("/models/import", params={"model_id": "iris-upload"},
+                         files={"file": ("iris.npz", io.BytesIO(exported.content), "application/octet-stream")})
+    assert upload.status_code == 201, upload.text
+    for model_id in ("iris-raw", "iris-upload"):
+        assert client.get(f"/models/{model_id}/weights").json()["layers"] == client.get("/models/iris/weights").json()["layers"]
+        assert client.get(f"/models/{model_id}").json()["layer_sizes"] == [4, 8, 3]
+    assert client.post("/models/import", params={"model_id": "iris-raw"}, content=exported.content).status_code == 409
+
+
+def test_import_rejects_what_is_not_a_model(client):
+    for data in (b"", b"hello", b"PK\x03\x04broken zip"):
+        response = client.post("/models/import", content=data, headers={"content-type": "application/octet-stream"})
+        assert response.status_code == 422, data
+        assert "model file" in response.json()["detail"] or "no file" in response.json()["detail"]

@@ -1,0 +1,61 @@
+"""The training buffer: append, count, clear, limits."""
+
+import pytest
+
+from tests.api.conftest import X4, Y3, create
+
+
+@pytest.fixture(scope="module")
+def model(idle_client):
+    return create(idle_client, model_id="buf")
+
+
+def test_append_count_clear(idle_client, model):
+    response = idle_client.post("/models/buf/samples", json={"inputs": X4, "targets": Y3})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"model_id": "buf", "buffer_size": 6}
+    one_hot = [[1, 0, 0], [0, 0, 1]]
+    assert idle_client.post("/models/buf/samples", json={"inputs": X4[:2], "targets": one_hot}).json()["buffer_size"] == 8
+    assert idle_client.get("/models/buf/samples").json()["buffer_size"] == 8
+    assert idle_client.get("/models/buf").json()["buffer_size"] == 8
+    assert idle_client.delete("/models/buf/samples").json()["buffer_size"] == 0
+    assert idle_client.get("/models/buf/samples").json()["buffer_size"] == 0
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"inputs": [[1, 2, 3]], "targets": [0]}, 422, "expects 4"),
+    ({"inputs": [[1, 2, 3, 4]], "targets": [7]}, 422, "labels"),
+    ({"inputs": [[1, 2, 3, 4]], "targets": [0, 1]}, 422, "one target per input"),
+    ({"inputs": [[1, 2, 3, 4]]}, 422, "targets"),
+    ({"inputs": [], "targets": []}, 422, "at least 1"),
+    ({"inputs": [[0, 0, 0, 0]] * 10_001, "targets": [0] * 10_001}, 413, "NN_MAX_SAMPLES_PER_REQUEST"),
+])
+def test_bad_samples(idle_client, model, body, status, words):
+    response = idle_client.post("/models/buf/samples", json=body)
+    assert response.status_code == status, response.text
+    assert words in response.json()["detail"]
+    assert idle_client.get("/models/buf/samples").json()["buffer_size"] == 0
+
+
+def test_request_bytes_limit(tmp_path):
+    from tests.api.conftest import running_app
+
+    with running_app(tmp_path, workers=0, max_request_bytes=2048) as small:
+        create(small, model_id="m")
+        big = {"inputs": [[0.123456789] * 4] * 100, "targets": [0] * 100}
+        response = small.post("/models/m/samples", json=big)
+        assert response.status_code == 413
+        assert "NN_MAX_REQUEST_BYTES" in response.json()["detail"]
+        # a body streamed without Content-Length is counted too
+        chunks = iter([b'{"inputs": [', b"[0, 0, 0, 0], " * 200 + b"[0, 0, 0, 0]], ", b'"targets": [0]}'])
+        response = small.post("/models/m/samples", content=chunks, headers={"content-type": "application/json"})
+        assert response.status_code == 413
+
+
+def test_buffer_limit(tmp_path):
+    from tests.api.conftest import running_app
+
+    with running_app(tmp_path, workers=0, max_buffer_samples=5) as small:
+        create(small, model_id="m")
+        response = small.post("/models/m/samples", json={"inputs": X4, "targets": Y3})
+        assert response.status_code == 413 and "NN_MAX_BUFFER_SAMPLES" in response.json()["detail"]
