@@ -1,0 +1,178 @@
+"""Training jobs over HTTP: every state, cancel, divergence, SSE, validation, one writer per model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.api.conftest import X4, Y3, create, wait_for, wait_job
+
+rng = np.random.default_rng(0)
+BLOBS_X = np.concatenate([rng.normal(c, 0.3, size=(32, 4)) for c in (0.0, 2.0)]).round(3).tolist()
+BLOBS_Y = [0] * 32 + [1] * 32
+
+
+def submit(client, model_id, **body):
+    response = client.post(f"/models/{model_id}/training-jobs", json=body)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/jobs/{job['job_id']}"
+    return job
+
+
+def long_job(client, model_id):
+    """A job far longer than any test waits for: it is cancelled or interrupted."""
+    return submit(client, model_id, inputs=BLOBS_X, targets=BLOBS_Y, epochs=10_000, batch_size=4, learning_rate=0.001)
+
+
+def test_a_job_goes_from_buffering_to_succeeded(client):
+    create(client, model_id="life")
+    job = submit(client, "life", min_samples=10, epochs=20, batch_size=4, learning_rate=0.05)
+    assert job["status"] == "buffering" and job["n_samples"] == 0 and job["progress"] is None
+    client.post("/models/life/samples", json={"inputs": X4, "targets": Y3})
+    assert client.get(f"/jobs/{job['job_id']}").json()["status"] == "buffering"  # 6 < 10
+    client.post("/models/life/samples", json={"inputs": X4, "targets": Y3})
+    done = wait_job(client, job["job_id"])
+    assert done["status"] == "succeeded", done["error"]
+    assert done["n_samples"] == 12 and done["epochs_completed"] == 20
+    assert [h["epoch"] for h in done["history"]] == list(range(1, 21))
+    assert {"loss", "accuracy", "learning_rate", "time"} <= set(done["history"][-1])
+    assert done["progress"]["percent"] == 100.0 and done["progress"]["epoch"] == 20
+    assert done["started_at"] and done["finished_at"] and done["model_version"] == 2
+    model = client.get("/models/life").json()
+    assert (model["version"], model["epochs_trained"], model["buffer_size"]) == (2, 20, 0)  # samples consumed
+    assert model["latest_job"] == {"job_id": job["job_id"], "status": "succeeded"}
+    progress = client.get("/models/life/progress").json()
+    assert progress["job_id"] == job["job_id"] and progress["progress"]["percent"] == 100.0
+    listed = client.get("/models/life/jobs").json()
+    assert listed["count"] == 1 and listed["data"][0]["job_id"] == job["job_id"]
+
+
+def test_training_improves_the_model(client):
+    create(client, model_id="learn", layer_sizes=[4, 8, 2], activations=["relu", "softmax"])
+    before = client.post("/models/learn/evaluate", json={"inputs": BLOBS_X, "targets": BLOBS_Y}).json()["metrics"]
+    job = submit(client, "learn", inputs=BLOBS_X, targets=BLOBS_Y, epochs=30, batch_size=8, learning_rate=0.05,
+                 validation_split=0.25, schedule="exponential", decay_rate=0.95, l2=1e-4, seed=3)
+    done = wait_job(client, job["job_id"])
+    assert done["status"] == "succeeded", done["error"]
+    assert "val_loss" in done["history"][-1] and done["history"][-1]["learning_rate"] < 0.05
+    after = client.post("/models/learn/evaluate", json={"inputs": BLOBS_X, "targets": BLOBS_Y}).json()["metrics"]
+    assert after["loss"] < before["loss"] and after["accuracy"] >= 0.9
+
+
+def test_cancel_a_running_job_keeps_the_last_completed_epoch(client):
+    create(client, model_id="stopme", layer_sizes=[4, 8, 2], activations=["relu", "softmax"])
+    job = long_job(client, "stopme")
+    wait_for(lambda: client.get(f"/jobs/{job['job_id']}").json(),
+             lambda j: j["status"] == "running" and j["epochs_completed"] >= 2 and j["progress"] is not None)
+    # while it trains, the service answers other requests at once
+    assert client.post("/models/life/output", json={"input": X4[0]}).status_code == 200
+    running = client.get("/models/stopme").json()
+    assert running["version"] == 1 and running["latest_job"]["status"] == "running"
+    assert client.put("/models/stopme/weights", json=client.get("/models/stopme/weights").json()).status_code == 409
+
+    response = client.post(f"/jobs/{job['job_id']}/cancel")
+    assert response.status_code == 200 and response.json()["status"] in ("cancelling", "cancelled")
+    done = wait_job(client, job["job_id"], timeout=10)
+    assert done["status"] == "cancelled"
+    model = client.get("/models/stopme").json()
+    assert model["epochs_trained"] == done["epochs_completed"] >= 2
+    assert model["version"] == done["model_version"] == 2
+    assert client.post(f"/jobs/{job['job_id']}/cancel").status_code == 409
+
+
+def test_a_second_job_waits_for_the_first(client):
+    create(client, model_id="queue", layer_sizes=[4, 8, 2], activations=["relu", "softmax"])
+    first = long_job(client, "queue")
+    second = submit(client, "queue", inputs=BLOBS_X, targets=BLOBS_Y, epochs=2)
+    wait_job(client, first["job_id"], statuses={"running"})
+    assert client.get(f"/jobs/{second['job_id']}").json()["status"] == "queued"
+    client.post(f"/jobs/{first['job_id']}/cancel")
+    assert wait_job(client, second["job_id"])["status"] == "succeeded"
+
+
+def test_diverging_job_fails_and_keeps_finite_weights(client):
+    create(client, model_id="boom", layer_sizes=[2, 16, 1], activations=["relu", "linear"])
+    weights = client.get("/models/boom/weights").json()["layers"]
+    x = (np.arange(64, dtype=float).reshape(32, 2) * 100).tolist()
+    job = submit(client, "boom", inputs=x, targets=[[1e4]] * 32, epochs=5, batch_size=1, optimizer="sgd", learning_rate=1e3)
+    done = wait_job(client, job["job_id"])
+    assert done["status"] == "failed"
+    assert done["error"].startswith("diverged at epoch 1") and "learning_rate" in done["error"]
+    model = client.get("/models/boom").json()
+    assert model["version"] == 1 and client.get("/models/boom/weights").json()["layers"] == weights
+    assert model["buffer_size"] == 32  # the samples did not change the model: back in the buffer
+
+
+def test_events_stream_progress_then_the_final_record(client):
+    create(client, model_id="sse")
+    job = submit(client, "sse", inputs=X4, targets=Y3, epochs=30, batch_size=1)
+    with client.stream("GET", f"/jobs/{job['job_id']}/events") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        text = "".join(response.iter_text())
+    events = [block for block in text.split("\n\n") if block.startswith("event:")]
+    names = [block.split("\n")[0].removeprefix("event: ") for block in events]
+    assert names[-1] == "end" and set(names[:-1]) <= {"progress"} and len(names) >= 2
+    final = json.loads(events[-1].split("\n", 1)[1].removeprefix("data: "))
+    assert final["status"] == "succeeded" and final["job_id"] == job["job_id"]
+    first = json.loads(events[0].split("\n", 1)[1].removeprefix("data: "))
+    assert first["job_id"] == job["job_id"]
+
+
+def test_unknown_job_is_404(client):
+    for method, path in [("get", "/jobs/nope"), ("post", "/jobs/nope/cancel"), ("get", "/jobs/nope/events")]:
+        response = getattr(client, method)(path)
+        assert response.status_code == 404 and "does not exist" in response.json()["detail"]
+    create(client, model_id="jobless")
+    assert "no training jobs" in client.get("/models/jobless/progress").json()["detail"]
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"epochs": 10_001}, "NN_MAX_EPOCHS"),
+    ({"epochs": 0}, "greater than or equal to 1"),
+    ({"optimizer": "adamax"}, "valid names: "),
+    ({"schedule": "linear"}, "cosine"),
+    ({"schedule": "step", "schedule_options": {"decay_rate": 0.5}}, "does not take"),
+    ({"schedule": "exponential", "decay_rate": 2}, "decay_rate"),
+    ({"dropout": [0.5]}, "2 layers"),
+    ({"dropout": [0.2, 0.5]}, "output layer"),
+    ({"inputs": X4}, "together"),
+    ({"validation_split": 1.0}, "less than 1"),
+    ({"early_stopping": {"patience": 0}}, "greater than or equal to 1"),
+    ({"batchsize": 8}, "unknown field"),
+])
+def test_invalid_jobs_are_rejected(idle_client, body, words):
+    if idle_client.get("/models/bad-jobs").status_code == 404:
+        create(idle_client, model_id="bad-jobs")
+    response = idle_client.post("/models/bad-jobs/training-jobs", json=body)
+    assert response.status_code == 422, response.text
+    assert words in response.json()["detail"]
+    assert idle_client.post("/models/nope/training-jobs", json={}).status_code == 404
+
+
+def test_waiting_jobs_cancel_at_once_and_give_samples_back(idle_client):
+    create(idle_client, model_id="wait")
+    buffering = submit(idle_client, "wait", min_samples=100)
+    assert idle_client.post(f"/jobs/{buffering['job_id']}/cancel").json()["status"] == "cancelled"
+    queued = submit(idle_client, "wait", inputs=X4, targets=Y3, min_samples=6)
+    assert queued["status"] == "queued" and queued["n_samples"] == 6
+    assert idle_client.get("/models/wait/samples").json()["buffer_size"] == 0  # claimed by the job
+    assert idle_client.post(f"/jobs/{queued['job_id']}/cancel").json()["status"] == "cancelled"
+    assert idle_client.get("/models/wait/samples").json()["buffer_size"] == 6  # back, unused
+
+
+def test_consume_buffer_false_trains_on_a_copy(idle_client):
+    create(idle_client, model_id="copy")
+    idle_client.post("/models/copy/samples", json={"inputs": X4, "targets": Y3})
+    job = submit(idle_client, "copy", consume_buffer=False, min_samples=6)
+    assert job["status"] == "queued" and job["n_samples"] == 6
+    assert idle_client.get("/models/copy/samples").json()["buffer_size"] == 6
+
+
+def test_deleting_a_model_cancels_its_jobs(idle_client):
+    create(idle_client, model_id="gone")
+    job = submit(idle_client, "gone", min_samples=5)
+    assert idle_client.delete("/models/gone").status_code == 204
+    record = idle_client.get(f"/jobs/{job['job_id']}").json()
+    assert record["status"] == "cancelled" and record["error"] == "model deleted"
