@@ -1,0 +1,55 @@
+"""What is particular to the SQLite store: file layout, blobs, one running job per model."""
+
+import time
+import uuid
+
+import numpy as np
+
+from neural_net import Network
+from api.services import describe
+from api.storage.base import JobRecord
+from api.storage.sqlite import SQLiteStore
+
+
+def new_job(model_id: str) -> JobRecord:
+    return JobRecord(job_id=uuid.uuid4().hex, model_id=model_id, model_uid="", status="buffering", params={},
+                     min_samples=1, consume_buffer=True, created_at=time.time())
+
+
+def test_wal_mode_and_binary_storage(tmp_path):
+    store = SQLiteStore(tmp_path / "nn.sqlite3")
+    assert store._con().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    net = Network.from_layer_sizes([3, 2], seed=0, dtype="float64")
+    blob = net.to_bytes()
+    store.create_model("m", blob, describe(net))
+    kind, stored = store._con().execute("SELECT typeof(blob), blob FROM models").fetchone()
+    assert kind == "blob" and stored == blob  # the core's .npz, byte for byte
+    x = np.arange(6, dtype=np.float64).reshape(2, 3)
+    store.append_samples("m", x, np.ones((2, 2)), max_buffer=10)
+    row = store._con().execute("SELECT typeof(x), typeof(y), n, n_in, n_out, dtype FROM samples").fetchone()
+    assert tuple(row) == ("blob", "blob", 2, 3, 2, "<f8")
+
+
+def test_one_running_job_per_model(tmp_path):
+    store = SQLiteStore(tmp_path / "nn.sqlite3")
+    for model_id in ("a", "b"):
+        store.create_model(model_id, b"npz", {})
+        store.append_samples(model_id, np.zeros((1, 1)), np.zeros((1, 1)), max_buffer=10)
+    first = store.create_job(new_job("a"))
+    store.promote_ready_jobs()
+    store.append_samples("a", np.zeros((1, 1)), np.zeros((1, 1)), max_buffer=10)
+    second = store.create_job(new_job("a"))
+    other = store.create_job(new_job("b"))
+    assert [j.job_id for j in store.promote_ready_jobs()] == [second.job_id, other.job_id]
+    assert store.claim_job("w1").job_id == first.job_id
+    assert store.claim_job("w2").job_id == other.job_id  # model a is busy, b is not
+    assert store.claim_job("w3") is None
+    store.finish_job(first.job_id, "succeeded", blob=b"npz2", info={})
+    assert store.claim_job("w3").job_id == second.job_id
+
+
+def test_two_connections_see_each_others_commits(tmp_path):
+    path = tmp_path / "nn.sqlite3"
+    writer, reader = SQLiteStore(path), SQLiteStore(path)
+    writer.create_model("m", b"npz", {"k": 1})
+    assert reader.get_model("m").info == {"k": 1}
