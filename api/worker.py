@@ -9,6 +9,9 @@ the store (throttled), a checkpoint after every epoch, and the cancel flag check
 import asyncio
 import logging
 import multiprocessing
+import os
+import signal
+import threading
 import time
 import uuid
 from typing import Any
@@ -154,8 +157,35 @@ def _finish(store: Store, job: JobRecord, status: str, **kwargs) -> JobRecord:
     return done
 
 
-def worker_main(settings_data: dict, worker_id: str, stop_event) -> None:
-    """Entry point of a worker process."""
+def _die_with_parent(parent_pid: int | None) -> None:
+    """A worker must not outlive its service (killed with SIGKILL, say): the next service requeues
+    the job, and an orphan still training it would write over the new run. On Linux the kernel
+    kills us when the parent dies; elsewhere the loops below notice the new parent id."""
+    if parent_pid is None:
+        return
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    _exit_if_orphaned(parent_pid)
+
+
+def _exit_if_orphaned(parent_pid: int | None) -> None:
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)  # write nothing more: the job belongs to whoever recovers it
+
+
+def worker_main(settings_data: dict, worker_id: str, parent_pid: int | None = None) -> None:
+    """Entry point of a worker process. SIGTERM asks it to stop: a running job goes back to the
+    queue after its current batch. (A shared multiprocessing.Event would deadlock the service's
+    shutdown once a worker died while waiting on it, so each worker has a local one.)"""
+    _die_with_parent(parent_pid)
+    stop_event = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole group; the service stops us
     settings = Settings(**settings_data)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = open_store(settings)
@@ -172,6 +202,7 @@ def worker_main(settings_data: dict, worker_id: str, stop_event) -> None:
             job = None
         if job is None:
             stop_event.wait(settings.poll_interval)
+            _exit_if_orphaned(parent_pid)
             continue
         run_job(store, job, settings, stop_event)
     log.info("worker %s stopped", worker_id)
@@ -184,7 +215,7 @@ class WorkerPool:
         self.settings = settings
         self.service = service
         self.context = multiprocessing.get_context("spawn")
-        self.stop_event = self.context.Event()
+        self.stopping = False
         self.processes: dict[str, multiprocessing.process.BaseProcess] = {}
         self._supervisor: asyncio.Task | None = None
 
@@ -195,7 +226,7 @@ class WorkerPool:
     def _spawn(self) -> None:
         worker_id = f"w-{uuid.uuid4().hex[:8]}"
         settings_data = self.settings.model_dump(mode="json")
-        process = self.context.Process(target=worker_main, args=(settings_data, worker_id, self.stop_event),
+        process = self.context.Process(target=worker_main, args=(settings_data, worker_id, os.getpid()),
                                        name=f"nn-worker-{worker_id}", daemon=True)
         process.start()
         self.processes[worker_id] = process
@@ -208,10 +239,10 @@ class WorkerPool:
 
     async def _supervise(self) -> None:
         """Replaces dead workers; their interrupted jobs go back to the queue first."""
-        while not self.stop_event.is_set():
+        while not self.stopping:
             await asyncio.sleep(0.5)
             dead = [wid for wid, p in self.processes.items() if not p.is_alive()]
-            if not dead or self.stop_event.is_set():
+            if not dead or self.stopping:
                 continue
             for worker_id in dead:
                 log.warning("worker %s died (exit code %s); starting a new one", worker_id, self.processes[worker_id].exitcode)
@@ -221,16 +252,21 @@ class WorkerPool:
                 self._spawn()
 
     async def stop(self) -> None:
-        self.stop_event.set()
+        """SIGTERM to every worker (each requeues its running job after the current batch), then
+        SIGKILL for any still alive after NN_SHUTDOWN_TIMEOUT; their jobs are requeued here."""
+        self.stopping = True
         if self._supervisor is not None:
             self._supervisor.cancel()
+        for process in self.processes.values():
+            if process.is_alive():
+                process.terminate()
         deadline = time.monotonic() + self.settings.shutdown_timeout
         for process in self.processes.values():
             await asyncio.to_thread(process.join, max(0.0, deadline - time.monotonic()))
         for worker_id, process in self.processes.items():
             if process.is_alive():
-                log.warning("worker %s did not stop in time; terminating it", worker_id)
-                process.terminate()
+                log.warning("worker %s did not stop in time; killing it", worker_id)
+                process.kill()
                 await asyncio.to_thread(process.join, 5)
         await asyncio.to_thread(self.service.requeue_interrupted, list(self.processes))
         self.processes.clear()

@@ -116,3 +116,44 @@ def test_failures_are_recorded(tmp_path, failure):
     done = run_job(store, job, settings(tmp_path), threading.Event())
     assert done.status == "failed" and words in done.error
     assert store.get_model("m").version == 1
+
+
+# -- the worker pool, through the app's lifespan ---------------------------------------
+from tests.api.conftest import create, running_app, wait_for, wait_job  # noqa: E402
+from tests.api.routes.test_jobs import BLOBS_X, BLOBS_Y  # noqa: E402
+
+
+def test_a_dead_worker_is_replaced_and_shutdown_still_completes(tmp_path):
+    with running_app(tmp_path) as client:
+        create(client, model_id="m", layer_sizes=[4, 8, 2], activations=["relu", "softmax"])
+        job = client.post("/models/m/training-jobs", json={"inputs": BLOBS_X, "targets": BLOBS_Y, "epochs": 10_000,
+                                                            "batch_size": 4}).json()
+        wait_for(lambda: client.get(f"/jobs/{job['job_id']}").json(), lambda j: j["epochs_completed"] >= 1)
+        pool = client.app.state.pool
+        (victim,) = pool.processes.values()
+        victim.kill()  # SIGKILL: the job is left 'running' by a worker that no longer exists
+        wait_for(lambda: pool.processes.values(), lambda ps: victim not in ps and all(p.is_alive() for p in ps))
+        resumed = wait_for(lambda: client.get(f"/jobs/{job['job_id']}").json(),
+                           lambda j: j["status"] == "running" and j["epochs_completed"] >= 2)
+        assert resumed["history"][0]["epoch"] == 1
+        assert client.get("/health").json()["workers_alive"] == 1
+    # leaving the block stopped the replacement worker: the job waits in the queue with its checkpoint
+    record = SQLiteStore(tmp_path / "nn.sqlite3").get_job(job["job_id"])
+    assert record.status == "queued" and record.epochs_done >= 2
+
+
+def test_shutdown_requeues_and_a_restart_resumes(tmp_path):
+    with running_app(tmp_path) as client:
+        create(client, model_id="m", layer_sizes=[4, 8, 2], activations=["relu", "softmax"])
+        job = client.post("/models/m/training-jobs", json={"inputs": BLOBS_X, "targets": BLOBS_Y, "epochs": 10_000,
+                                                            "batch_size": 4}).json()
+        wait_for(lambda: client.get(f"/jobs/{job['job_id']}").json(), lambda j: j["epochs_completed"] >= 1)
+    stopped = SQLiteStore(tmp_path / "nn.sqlite3").get_job(job["job_id"])
+    assert stopped.status == "queued"
+    with running_app(tmp_path) as client:
+        wait_for(lambda: client.get(f"/jobs/{job['job_id']}").json(),
+                 lambda j: j["status"] == "running" and j["epochs_completed"] > stopped.epochs_done)
+        client.post(f"/jobs/{job['job_id']}/cancel")
+        done = wait_job(client, job["job_id"])
+        assert done["status"] == "cancelled"
+        assert client.get("/models/m").json()["epochs_trained"] == done["epochs_completed"]

@@ -1,0 +1,130 @@
+"""The service as users run it: `python main.py` on loopback, driven over HTTP; SIGKILL and restart."""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from neural_net import Network
+from api.storage.sqlite import SQLiteStore
+from tests.api.conftest import X4, Y3
+from tests.api.routes.test_jobs import BLOBS_X, BLOBS_Y
+from tests.conftest import ROOT, free_port, start_server, stop_server
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def poll_job(url, job_id, until=TERMINAL, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        job = httpx.get(f"{url}/jobs/{job_id}", timeout=5).json()
+        if job["status"] in until:
+            return job
+        if time.monotonic() > deadline:
+            pytest.fail(f"job still {job['status']} after {timeout} s")
+        time.sleep(0.02)
+
+
+def test_quick_start_with_a_live_event_stream(server):
+    post = lambda path, body: httpx.post(f"{server}{path}", json=body, timeout=10)  # noqa: E731
+    assert post("/models", {"model_id": "qs", "layer_sizes": [4, 8, 3], "activations": ["relu", "softmax"],
+                             "seed": 0}).status_code == 201
+    job = post("/models/qs/training-jobs", {"min_samples": 6, "epochs": 200, "batch_size": 2, "learning_rate": 0.01})
+    assert job.status_code == 202 and job.json()["status"] == "buffering"
+    assert post("/models/qs/samples", {"inputs": X4, "targets": Y3}).json()["buffer_size"] in (0, 6)
+
+    events = []
+    with httpx.stream("GET", f"{server}{job.headers['location']}/events", timeout=30) as stream:
+        name = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: "))))
+    assert events[-1][0] == "end" and events[-1][1]["status"] == "succeeded"
+    percents = [data["progress"]["percent"] for name, data in events[:-1] if data.get("progress")]
+    assert percents == sorted(percents)
+    predicted = post("/models/qs/output", {"inputs": X4}).json()
+    assert predicted["model_version"] == 2 and len(predicted["predictions"]) == 6
+
+
+def test_requests_answer_quickly_while_a_job_trains(server):
+    for model_id in ("busy", "other"):
+        httpx.post(f"{server}/models", json={"model_id": model_id, "layer_sizes": [4, 64, 2],
+                                              "activations": ["relu", "softmax"]}, timeout=10)
+    job = httpx.post(f"{server}/models/busy/training-jobs", json={"inputs": BLOBS_X, "targets": BLOBS_Y,
+                                                                   "epochs": 10_000, "batch_size": 1}, timeout=10).json()
+    poll_job(server, job["job_id"], until={"running"})
+    timings = []
+    for _ in range(20):
+        started = time.perf_counter()
+        assert httpx.get(f"{server}/jobs/{job['job_id']}", timeout=5).status_code == 200
+        assert httpx.post(f"{server}/models/other/output", json={"input": X4[0]}, timeout=5).status_code == 200
+        timings.append((time.perf_counter() - started) / 2)
+    assert statistics.median(timings) < 0.1 and max(timings) < 1.0, timings
+    httpx.post(f"{server}/jobs/{job['job_id']}/cancel", timeout=5)
+    assert poll_job(server, job["job_id"])["status"] == "cancelled"
+
+
+def test_a_job_interrupted_by_sigkill_resumes_bitwise_after_restart(tmp_path):
+    url, process = start_server(tmp_path, NN_PROGRESS_INTERVAL="0.05", NN_POLL_INTERVAL="0.05")
+    try:
+        httpx.post(f"{url}/models", json={"model_id": "r", "layer_sizes": [4, 16, 2],
+                                          "activations": ["relu", "softmax"], "seed": 0}, timeout=10)
+        initial = httpx.get(f"{url}/models/r/export", timeout=10).content
+        params = {"epochs": 150, "batch_size": 4, "learning_rate": 0.01, "seed": 5, "dropout": [0.1, 0.0]}
+        job = httpx.post(f"{url}/models/r/training-jobs", json={"inputs": BLOBS_X, "targets": BLOBS_Y, **params},
+                         timeout=10).json()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/jobs/{job['job_id']}", timeout=5).json()["epochs_completed"] < 2:
+            assert time.monotonic() < deadline, "the job did not start"
+            time.sleep(0.01)
+    finally:
+        process.kill()  # SIGKILL: no shutdown, the job is left 'running'
+        process.wait()
+    interrupted = SQLiteStore(tmp_path / "nn.sqlite3").get_job(job["job_id"])
+    assert interrupted.status == "running" and 2 <= interrupted.epochs_done < 150
+
+    url, process = start_server(tmp_path)
+    try:
+        done = poll_job(url, job["job_id"])
+        final = Network.from_bytes(httpx.get(f"{url}/models/r/export", timeout=10).content)
+    finally:
+        stop_server(process)
+    assert done["status"] == "succeeded" and [h["epoch"] for h in done["history"]] == list(range(1, 151))
+
+    # the same training without interruption, in this process
+    net = Network.from_bytes(initial)
+    net.rng = np.random.default_rng(5)
+    for layer, rate in zip(net.layers, [0.1, 0.0]):
+        layer.dropout = rate
+    x = np.asarray(BLOBS_X, dtype=np.float32)
+    y = np.eye(2, dtype=np.float32)[BLOBS_Y]
+    fit_params = {k: v for k, v in done["params"].items() if k not in ("dropout", "seed")}
+    net.fit(x, y, **fit_params)
+    np.testing.assert_array_equal(final._flat, net._flat)
+
+
+def test_uvicorn_main_app_works(tmp_path):
+    port = free_port()
+    env = {**os.environ, "NN_DATA_DIR": str(tmp_path), "NN_WORKERS": "0"}
+    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "main:app", "--port", str(port)], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert process.poll() is None and time.monotonic() < deadline, "uvicorn main:app did not start"
+                time.sleep(0.1)
+        assert health.json()["status"] == "ok" and health.json()["workers"] == 0
+    finally:
+        stop_server(process)
