@@ -1,0 +1,56 @@
+"""Health, the root redirect, offline docs, and request examples that work when tried in /docs."""
+
+import pytest
+
+from api import schemas
+from tests.api.conftest import wait_job
+
+
+def test_health(client):
+    body = client.get("/health").json()
+    assert body["status"] == "ok" and body["backend"] == "sqlite"
+    assert body["workers"] == 1 and body["workers_alive"] == 1 and body["version"]
+
+
+def test_root_redirects_to_docs(client):
+    response = client.get("/", follow_redirects=False)
+    assert response.status_code in (302, 307) and response.headers["location"] == "/docs"
+
+
+def test_docs_are_served_without_internet(client):
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert "cdn.jsdelivr" not in html and "unpkg" not in html
+    html = client.get("/docs").text
+    script = html.split('src="', 1)[1].split('"', 1)[0]
+    bundle = client.get(script)
+    assert bundle.status_code == 200 and "SwaggerUIBundle" in bundle.text
+    assert "isOAS31" in bundle.text  # Swagger UI 5: renders OpenAPI 3.1
+    assert client.get("/openapi.json").json()["openapi"].startswith("3.1")
+
+
+@pytest.mark.parametrize("schema", [schemas.ModelCreate, schemas.OutputRequest, schemas.EvaluateRequest,
+                                    schemas.SamplesCreate, schemas.JobCreate, schemas.Weights])
+def test_every_request_has_a_valid_example_and_described_fields(schema):
+    examples = schema.model_config["json_schema_extra"]["examples"]
+    for example in examples:
+        schema.model_validate(example)
+    undocumented = [name for name, field in schema.model_fields.items() if not field.description]
+    assert undocumented == []
+
+
+def test_the_examples_work_together(client):
+    """What a user gets by pressing "Try it out" in /docs, route after route."""
+    example = lambda schema: schema.model_config["json_schema_extra"]["examples"][0]  # noqa: E731
+    model = client.post("/models", json=example(schemas.ModelCreate))
+    assert model.status_code == 201, model.text
+    model_id = model.json()["model_id"]
+    for route, schema in (("output", schemas.OutputRequest), ("evaluate", schemas.EvaluateRequest),
+                          ("samples", schemas.SamplesCreate)):
+        response = client.post(f"/models/{model_id}/{route}", json=example(schema))
+        assert response.status_code == 200, (route, response.text)
+    job = client.post(f"/models/{model_id}/training-jobs", json=example(schemas.JobCreate))
+    assert job.status_code == 202, job.text
+    assert wait_job(client, job.json()["job_id"])["status"] == "succeeded"
+    small = client.post("/models", json={"model_id": "two-by-two", "layer_sizes": [2, 2]}).json()["model_id"]
+    assert client.put(f"/models/{small}/weights", json=example(schemas.Weights)).status_code == 200
