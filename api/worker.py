@@ -16,7 +16,6 @@ import time
 import uuid
 from typing import Any
 
-import numpy as np
 
 from neural_net import Callback, Network
 from neural_net.errors import NeuralNetError, NonFiniteError
@@ -102,24 +101,24 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
         return _finish(store, job, "failed", error="the job has no samples; add samples and submit a new job")
 
     own_dropout = [layer.dropout for layer in net.layers]
-    job_dropout = params.pop("dropout", None) or own_dropout
+    job_dropout = params.pop("dropout", None)
+    job_dropout = own_dropout if job_dropout is None else job_dropout
     seed = params.pop("seed", None)
     if seed is not None and checkpoint is None:  # a resumed job keeps the RNG state of its checkpoint
-        net.rng = np.random.default_rng(seed)
-
-    def set_dropout(rates):
-        for layer, rate in zip(net.layers, rates):
-            layer.dropout = float(rate)
+        net.reseed(seed)
 
     def snapshot() -> tuple[bytes, dict]:
         """The network as the model should keep it: the model's own dropout rates, not the job's."""
-        set_dropout(own_dropout)
+        net.set_dropout(own_dropout)
         try:
             return net.to_bytes(), describe(net)
         finally:
-            set_dropout(job_dropout)
+            net.set_dropout(job_dropout)
 
-    set_dropout(job_dropout)
+    try:
+        net.set_dropout(job_dropout)
+    except NeuralNetError as exc:
+        return _finish(store, job, "failed", error=str(exc))
     callback = _JobCallback(store, job, net, snapshot, stop_event, settings.progress_interval)
     try:
         net.fit(x, y, callbacks=[callback], initial_epoch=job.epochs_done, **params)

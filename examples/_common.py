@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as `python examples/x.py` from anywhere
 
-from client import ApiError, Client  # noqa: E402
+from client import ApiError, Client  # noqa: E402, F401 (Client is re-exported to the examples)
 
 OUT = Path(__file__).resolve().parent / "out"
 

@@ -7,7 +7,7 @@ data trains a softmax classifier through a buffered job, and every pair is then 
 """
 import numpy as np
 
-from _common import Client, fresh_model, parse_args, plot_history, report, train_and_wait
+from _common import Client, fresh_model, parse_args, plot_history, report
 
 BOARDS = [  # (cells, next move index), the ten examples of the seed's /output and /train docs
     ([0, 0, 0, 0, 0, 0, 0, 0, 0], 4), ([0, 0, 0, 0, 2, 0, 0, 0, 0], 0), ([1, 0, 0, 0, 2, 0, 0, 0, 0], 1),

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import time
+import zipfile
 
 import numpy as np
 
@@ -256,6 +257,27 @@ class Network:
         for target, array in arrays:
             target[...] = array
 
+    def set_dropout(self, rates):
+        """Set every layer's dropout rate: one number for all hidden layers (the output layer keeps 0)
+        or one per layer. Returns the previous rates, so a caller can put them back."""
+        previous = [layer.dropout for layer in self.layers]
+        rates = list(rates) if isinstance(rates, (list, tuple)) else [rates] * (len(self.layers) - 1) + [0.0]
+        if len(rates) != len(self.layers):
+            raise ConfigError(f"dropout needs one rate per layer ({len(self.layers)}); received {len(rates)}")
+        for index, rate in enumerate(rates):
+            if not (isinstance(rate, (int, float)) and 0.0 <= rate < 1.0):
+                raise ConfigError(f"dropout must be a number in [0, 1); received {rate!r} for layer {index}")
+        if rates[-1]:
+            raise ConfigError("the output layer cannot have dropout; set dropout=0 on the last layer")
+        for layer, rate in zip(self.layers, rates):
+            layer.dropout = float(rate)
+            layer.clear_workspaces()  # buffers for dropout masks are sized per rate
+        return previous
+
+    def reseed(self, seed):
+        """Restart the generator used for shuffling and dropout (not the weights) from `seed`."""
+        self.rng = np.random.default_rng(seed)
+
     def named_parameters(self):
         """{"layers.0.weights": array view, ...} for every parameter."""
         return {f"layers.{i}.{key}": value for i, layer in enumerate(self.layers) for key, value in layer.params.items()}
@@ -395,12 +417,15 @@ class Network:
 
     @classmethod
     def from_bytes(cls, data):
+        if not bytes(data[:4]).startswith(b"PK"):
+            raise ConfigError("not a saved network: a .npz written by Network.save starts with a zip signature")
         try:
             archive = np.load(io.BytesIO(data), allow_pickle=False)
             header = json.loads(archive["header"].tobytes().decode())
             arrays = {key: archive[key] for key in archive.files if key != "header"}
-        except (ValueError, KeyError, OSError, EOFError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"not a saved network (.npz written by Network.save): {exc}") from None
+        except (ValueError, KeyError, OSError, EOFError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+            reason = "pickled data is refused" if "pickle" in str(exc) else str(exc)
+            raise ConfigError(f"not a saved network (a .npz written by Network.save): {reason}") from None
         if header.get("format") != FORMAT:
             raise ConfigError(f"unsupported file format {header.get('format')!r}; expected {FORMAT!r}")
         net = cls.from_config(header["config"])

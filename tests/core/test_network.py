@@ -323,7 +323,7 @@ def test_evaluate_returns_metrics():
 
 
 def test_core_imports_only_numpy_and_the_standard_library():
-    allowed = {"numpy", "io", "json", "math", "time", "warnings", "dataclasses", "abc", "itertools", "functools"}
+    allowed = {"numpy", "io", "json", "math", "time", "zipfile", "warnings", "dataclasses", "abc", "itertools", "functools"}
     for path in pathlib.Path(__file__).parents[2].joinpath("neural_net").glob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
@@ -334,3 +334,29 @@ def test_core_imports_only_numpy_and_the_standard_library():
             else:
                 continue
             assert set(names) <= allowed, f"{path.name} imports {names}"
+
+
+def test_set_dropout_and_reseed():
+    net = Network.from_layer_sizes([4, 8, 8, 3], activations=["relu", "relu", "softmax"], dropout=0.1, seed=0)
+    previous = net.set_dropout([0.5, 0.2, 0.0])
+    assert previous == [0.1, 0.1, 0.0] and [l.dropout for l in net.layers] == [0.5, 0.2, 0.0]
+    net.set_dropout(0.3)
+    assert [l.dropout for l in net.layers] == [0.3, 0.3, 0.0]
+    with pytest.raises(ConfigError, match="output layer"):
+        net.set_dropout([0.1, 0.1, 0.1])
+    with pytest.raises(ConfigError, match="one rate per layer"):
+        net.set_dropout([0.1])
+    x, y = blobs(40)
+    runs = []
+    for _ in range(2):
+        net.reseed(9)
+        clone = Network.from_bytes(net.to_bytes())
+        clone.fit(x, y, epochs=1, batch_size=8)
+        runs.append(clone._flat.copy())
+    np.testing.assert_array_equal(*runs)
+
+
+def test_from_bytes_refuses_what_is_not_a_saved_network():
+    for data in (b"garbage", b"PK\x03\x04 broken zip"):
+        with pytest.raises(ConfigError, match="not a saved network"):
+            Network.from_bytes(data)
