@@ -12,7 +12,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import __version__
 from api.errors import install_error_handlers
-from api.routes import health, jobs, models, pages
+from api.metrics import MetricsMiddleware, build_registry
+from api.routes import health, jobs, metrics, models, pages
 from api.services import Service
 from api.settings import Settings, get_settings
 from api.worker import WorkerPool, open_store
@@ -113,6 +114,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.pool = None
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    for router in (health.router, models.router, jobs.model_router, jobs.router, pages.router):
+    registry, requests, latency = build_registry(service)
+    app.state.metrics_registry = registry
+    app.add_middleware(MetricsMiddleware, requests=requests, latency=latency)  # outermost: sees 413s too
+    for router in (health.router, models.router, jobs.model_router, jobs.router, pages.router, metrics.router):
         app.include_router(router)
     return app

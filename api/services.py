@@ -84,6 +84,20 @@ class Service:
             log.exception("queue check failed")
             return {}
 
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Jobs per state, summed samples/s of running jobs and every model's buffer size (/metrics)."""
+        counts, running = self.store.jobs_overview()
+        buffers: dict[str, int] = {}
+        offset = 0
+        while True:
+            models, total = self.store.list_models(offset, 500)
+            buffers.update((m.model_id, m.buffer_size) for m in models)
+            offset += len(models)
+            if not models or offset >= total:
+                break
+        rate = sum(p.get("samples_per_second") or 0.0 for p in running)
+        return {"jobs": counts, "samples_per_second": rate, "buffers": buffers}
+
     # -- validation helpers --------------------------------------------------------
     def _check_rows(self, n: int) -> None:
         limit = self.settings.max_samples_per_request
@@ -175,8 +189,13 @@ class Service:
             log.info("job %s model %s: cancelled (model deleted)", job_id, model_id)
         log.info("model %s: deleted", model_id)
 
-    def export_model(self, model_id: str) -> bytes:
-        return self.store.load_model(model_id)[0]
+    def export_model(self, model_id: str, format: str = "npz") -> bytes:
+        blob = self.store.load_model(model_id)[0]
+        if format == "onnx":
+            from api.onnx_export import to_onnx  # onnx is imported only when someone asks for it
+
+            return to_onnx(Network.from_bytes(blob), name=model_id)
+        return blob
 
     def import_model(self, data: bytes, model_id: str | None) -> ModelRecord:
         if not data:

@@ -1,3 +1,5 @@
+from typing import Literal
+
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
@@ -90,8 +92,14 @@ def clear_samples(model_id: str, service: Service = Depends(get_service)) -> Buf
     return BufferPublic(model_id=model_id, buffer_size=0)
 
 
-@router.get("/{model_id}/export", response_class=Response, summary="Download the model as the core's .npz",
-            responses={200: {"content": {"application/octet-stream": {}}}})
-def export_model(model_id: str, service: Service = Depends(get_service)) -> Response:
-    return Response(service.export_model(model_id), media_type="application/octet-stream",
-                    headers={"Content-Disposition": f'attachment; filename="{model_id}.npz"'})
+@router.get("/{model_id}/export", response_class=Response,
+            summary="Download the model: the core's .npz (format=npz) or an ONNX model (format=onnx)",
+            responses={200: {"content": {"application/octet-stream": {}, "application/onnx": {}}}})
+def export_model(model_id: str, format: Literal["npz", "onnx"] = Query("npz", description=(
+        "npz: the core's file (Network.load reads it, POST /models/import takes it back); "
+        "onnx: an ONNX model (opset 17, input 'input', output 'output') for onnxruntime and other runtimes.")),
+        service: Service = Depends(get_service)) -> Response:
+    data = service.export_model(model_id, format)
+    media_type = "application/onnx" if format == "onnx" else "application/octet-stream"
+    return Response(data, media_type=media_type,
+                    headers={"Content-Disposition": f'attachment; filename="{model_id}.{format}"'})

@@ -147,6 +147,29 @@ class Store(ABC):
         """Jobs in ``queued`` (for /health)."""
         raise NotImplementedError
 
+    def jobs_overview(self) -> tuple[dict[str, int], list[dict]]:
+        """(jobs per status, progress of every running job), for /metrics. This generic version
+        walks every model's jobs page by page; a store can answer it with one query."""
+        counts: dict[str, int] = {}
+        running: list[dict] = []
+        models_seen = 0
+        while True:
+            models, total = self.list_models(models_seen, 500)
+            for model in models:
+                jobs_seen = 0
+                while True:
+                    jobs, count = self.list_jobs(model.model_id, jobs_seen, 500)
+                    for job in jobs:
+                        counts[job.status] = counts.get(job.status, 0) + 1
+                        if job.status == "running" and job.progress:
+                            running.append(job.progress)
+                    jobs_seen += len(jobs)
+                    if not jobs or jobs_seen >= count:
+                        break
+            models_seen += len(models)
+            if not models or models_seen >= total:
+                return counts, running
+
     @abstractmethod
     def requeue_jobs(self, *, worker_ids: list[str] | None = None, job_ids: list[str] | None = None) -> list[JobRecord]:
         """Interrupted jobs (shutdown, crash, dead worker): ``running`` goes back to ``queued`` and

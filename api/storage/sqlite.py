@@ -387,6 +387,13 @@ class SQLiteStore(Store):
     def count_queued(self) -> int:
         return self._con().execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
 
+    def jobs_overview(self) -> tuple[dict[str, int], list[dict]]:
+        con = self._con()
+        counts = dict(con.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+        running = [json.loads(row[0]) for row in
+                   con.execute("SELECT progress FROM jobs WHERE status = 'running' AND progress IS NOT NULL")]
+        return counts, running
+
     def requeue_jobs(self, *, worker_ids: list[str] | None = None, job_ids: list[str] | None = None) -> list[JobRecord]:
         query = f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('running', 'cancelling')"
         args: list[str] = []
