@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import __version__
 from api.errors import install_error_handlers
 from api.metrics import MetricsMiddleware, build_registry
-from api.routes import health, jobs, metrics, models, pages
+from api.routes import health, jobs, metrics, models, pages, search
 from api.services import Service
 from api.settings import Settings, get_settings
 from api.worker import WorkerPool, open_store
@@ -117,6 +117,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry, requests, latency = build_registry(service)
     app.state.metrics_registry = registry
     app.add_middleware(MetricsMiddleware, requests=requests, latency=latency)  # outermost: sees 413s too
-    for router in (health.router, models.router, jobs.model_router, jobs.router, pages.router, metrics.router):
+    for router in (health.router, models.router, jobs.model_router, search.router, jobs.router, pages.router, metrics.router):
         app.include_router(router)
     return app

@@ -115,6 +115,7 @@ def sweep(ctx: _Context) -> None:
     """Promote full buffers, requeue jobs with an expired lease, enqueue queued jobs nothing carries."""
     ctx.store.promote_ready_jobs()
     ctx.store.recover_expired()
+    ctx.store.recover_expired_trials()
     ctx.dispatcher.enqueue_missing(ctx.store.runnable_queued())
 
 
@@ -140,12 +141,19 @@ def train(job_id: str) -> str:
 
     ctx = context()
     job = ctx.store.claim_job(ctx.worker_id, job_id=job_id)
-    if job is None:
+    trial = None if job is not None else ctx.store.claim_trial(ctx.worker_id, job_id=job_id)  # one trial of a search
+    if job is None and trial is None:
         return "skipped: not queued, or its model is being trained by another job"
-    heartbeat = _Heartbeat(ctx.store, job_id, ctx.settings.lease_seconds / 3)
+    lease = job_id if trial is None else f"{job_id}|{trial[1]['index']}"
+    heartbeat = _Heartbeat(ctx.store, lease, ctx.settings.lease_seconds / 3)
     heartbeat.start()
     try:
-        status = run_job(ctx.store, job, ctx.settings, ctx.stop_event).status
+        if trial is not None:
+            from api.search import run_search_trial
+
+            status = f"trial {trial[1]['index']}: " + run_search_trial(ctx.store, *trial, ctx.settings, ctx.stop_event).status
+        else:
+            status = run_job(ctx.store, job, ctx.settings, ctx.stop_event).status
     except LeaseLost as exc:
         log.warning("%s", exc)
         status = "abandoned (lease lost)"
@@ -155,7 +163,7 @@ def train(job_id: str) -> str:
     finally:
         heartbeat.done.set()
         try:
-            ctx.store.release_lease(job_id)
+            ctx.store.release_lease(lease)
         except StoreUnavailable:
             pass
     try:

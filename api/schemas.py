@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.storage.base import JobRecord, ModelRecord
+from api.storage.base import JobRecord, ModelRecord, rank_trials
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 Row = list[float]
@@ -189,16 +189,94 @@ class JobCreate(Request):
 
 
 class Progress(BaseModel):
-    epoch: int = Field(description="Epoch in progress (1-based, counted over the whole job).")
-    epochs: int = Field(description="Epochs of the job.")
-    batch: int = Field(description="Batch in progress within the epoch (1-based).")
-    batches: int = Field(description="Batches per epoch.")
-    percent: float = Field(description="0..100, moving smoothly within an epoch.")
+    epoch: int | None = Field(None, description="Epoch in progress (1-based, counted over the whole job); null while a search runs trials.")
+    epochs: int | None = Field(None, description="Epochs of the job; null while a search runs trials.")
+    batch: int | None = Field(None, description="Batch in progress within the epoch (1-based).")
+    batches: int | None = Field(None, description="Batches per epoch.")
+    percent: float = Field(description="0..100, moving smoothly within an epoch (a search: trials done / total).")
     loss: float | None = Field(None, description="Mean training loss of this epoch so far.")
     learning_rate: float | None = Field(None, description="Current learning rate.")
     samples_per_second: float | None = Field(None, description="Training throughput.")
     eta_seconds: float | None = Field(None, description="Estimated seconds to the end of the job.")
     elapsed: float | None = Field(None, description="Seconds this run of the job has trained.")
+    trials_done: int | None = Field(None, description="Search jobs: trials that ended (succeeded, failed or cancelled).")
+    trials_total: int | None = Field(None, description="Search jobs: trials of the search.")
+    trials_running: int | None = Field(None, description="Search jobs: trials training now, on as many workers.")
+    metric: str | None = Field(None, description="Search jobs: the metric that ranks trials.")
+    best: dict[str, Any] | None = Field(None, description="Search jobs: the best trial so far, {index, score, params}.")
+
+
+# -- search jobs --------------------------------------------------------------------
+class SearchRange(Request):
+    low: float = Field(description="Smallest value.")
+    high: float = Field(description="Largest value (>= low).")
+    log: bool = Field(False, description="Draw uniformly in log space (low > 0), e.g. for learning rates.")
+    integer: bool = Field(False, description="Round each draw to a whole number, e.g. for epochs or batch sizes.")
+
+
+class SearchCreate(Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "inputs": IRIS_X, "targets": IRIS_Y, "space": {"hidden_sizes": [[8], [16]], "learning_rate": [0.01, 0.05]},
+        "folds": 2, "metric": "accuracy", "seed": 0, "epochs": 30, "batch_size": 2, "apply_best": True}]})
+
+    space: dict[str, list[Any] | SearchRange] = Field(
+        min_length=1, description="Values to try per hyper-parameter: hidden_sizes (lists of units), activation, dropout, "
+        "weight_init, bias_init (the network), epochs, batch_size, optimizer, learning_rate, l1, l2, schedule, "
+        "schedule_options, clip_norm, early_stopping, shuffle (training). Without `trials`: every combination of the "
+        "lists (a grid). With `trials`: that many random draws; a value may then also be a range {low, high, log, integer}.")
+    trials: int | None = Field(None, ge=1, le=1000, description="Random search: number of draws from `space`; absent: the whole grid.")
+    folds: int | None = Field(None, ge=2, le=20, description="Score each trial by stratified k-fold cross-validation "
+                                                            "(mean over folds); absent: one hold-out split.")
+    validation_split: float = Field(0.2, gt=0, lt=1, description="Without `folds`: fraction held out (after a seeded shuffle) to score each trial.")
+    metric: str = Field("loss", description="Validation metric that ranks trials: loss, accuracy, precision, recall, f1 "
+                                            "(roc_auc for binary) for classifiers; loss, mae, rmse, r2, pearson_r for "
+                                            "regression. Loss-like metrics rank lowest first.")
+    seed: int = Field(0, ge=0, description="Seed of the search: random draws, and trial i's network, split and shuffling "
+                                           "use seed + i, so the same request gives the same ranking.")
+    apply_best: bool = Field(False, description="When every trial has ended, train a new network of the best "
+                                                "configuration on all the job's samples and make it the model (version + 1).")
+    epochs: int = Field(10, ge=1, description="Epochs of each trial unless `space` searches it.")
+    batch_size: int = Field(32, ge=1, description="Batch size of each trial unless searched.")
+    optimizer: str = Field("adam", description="Optimizer of each trial unless searched.")
+    learning_rate: float | None = Field(None, gt=0, description="Learning rate of each trial unless searched; the optimizer's default when absent.")
+    l1: float = Field(0.0, ge=0, description="L1 penalty of each trial unless searched.")
+    l2: float = Field(0.0, ge=0, description="L2 penalty of each trial unless searched.")
+    inputs: Rows | None = Field(None, description="The search's own samples (the buffer is not used or changed); absent: "
+                                                  "the search waits for and uses the model's buffer.")
+    targets: Targets | None = Field(None, description="Targets of `inputs`: rows, or one class index / value per sample.")
+    min_samples: int = Field(1, ge=1, description="Without inputs: the job waits in 'buffering' until the buffer holds this many samples (at least `folds`).")
+    consume_buffer: bool = Field(False, description="Take the buffered samples out of the buffer. Default false: the search "
+                                                    "uses a copy. When true, they are used up only if apply_best trains the "
+                                                    "model with them; otherwise they go back to the buffer when the search ends.")
+
+
+class TrialPublic(BaseModel):
+    index: int = Field(description="Position of the trial in the grid or among the random draws.")
+    status: Literal["pending", "running", "succeeded", "failed", "cancelled"] = Field(description="State of the trial.")
+    params: dict[str, Any] = Field(description="The trial's hyper-parameters (the search's defaults apply to the rest).")
+    seed: int | None = Field(description="Seed of the trial's network, split and shuffling: the search's seed + index.")
+    score: float | None = Field(description="Value of the search's metric on held-out samples (mean over folds).")
+    metrics: dict[str, Any] | None = Field(description="Every validation metric of the trial (means over folds).")
+    error: str | None = Field(description="Why the trial failed.")
+    started_at: datetime | None = Field(description="When the trial started (UTC).")
+    finished_at: datetime | None = Field(description="When it ended (UTC).")
+
+
+class SearchSummary(BaseModel):
+    metric: str = Field(description="The metric that ranks trials.")
+    trials_total: int = Field(description="Trials of the search.")
+    trials_done: int = Field(description="Trials that ended.")
+    best: TrialPublic | None = Field(description="The best trial so far.")
+    trials: list[TrialPublic] = Field(description="Every trial: succeeded ones ranked best first, then the others by index.")
+
+    @classmethod
+    def from_record(cls, r: JobRecord) -> "SearchSummary":
+        metric = r.params.get("metric", "loss")
+        ranked = [TrialPublic(**{**t, "started_at": _utc(t["started_at"]), "finished_at": _utc(t["finished_at"])})
+                  for t in rank_trials(r.trials or [], metric)]
+        best = ranked[0] if ranked and ranked[0].status == "succeeded" and ranked[0].score is not None else None
+        return cls(metric=metric, trials_total=len(ranked), best=best, trials=ranked,
+                   trials_done=sum(t.status in ("succeeded", "failed", "cancelled") for t in ranked))
 
 
 class JobPublic(BaseModel):
@@ -218,10 +296,15 @@ class JobPublic(BaseModel):
     created_at: datetime = Field(description="When the job was submitted (UTC).")
     started_at: datetime | None = Field(description="When training first started (UTC).")
     finished_at: datetime | None = Field(description="When the job ended (UTC).")
+    kind: Literal["training", "search"] = Field("training", description="'training', or 'search' (POST /models/{model_id}/search-jobs).")
+    stage: Literal["trials", "apply"] | None = Field(None, description="Search jobs: 'trials' while trials run, 'apply' "
+                                                                      "while the best configuration trains the model.")
+    search: SearchSummary | None = Field(None, description="Search jobs: the trials ranked by score, and the best so far.")
 
     @classmethod
     def from_record(cls, r: JobRecord) -> "JobPublic":
-        return cls(job_id=r.job_id, model_id=r.model_id, status=r.status, params=r.params, min_samples=r.min_samples,
+        return cls(kind=r.kind, stage=r.stage, search=SearchSummary.from_record(r) if r.kind == "search" else None,
+                   job_id=r.job_id, model_id=r.model_id, status=r.status, params=r.params, min_samples=r.min_samples,
                    consume_buffer=r.consume_buffer, n_samples=r.n_samples, epochs_completed=r.epochs_done,
                    progress=Progress(**r.progress) if r.progress else None, history=r.history, error=r.error,
                    model_version=r.model_version, created_at=_utc(r.created_at), started_at=_utc(r.started_at),

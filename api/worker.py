@@ -93,7 +93,12 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
     params = dict(job.params)
     checkpoint = store.load_checkpoint(job.job_id)
     try:
-        net = Network.from_bytes(checkpoint if checkpoint is not None else store.load_model(job.model_id)[0])
+        start = None
+        if job.kind == "search":  # its apply stage: a new network of the best trial's configuration (api/search.py)
+            from api.search import apply_plan
+
+            params, start = apply_plan(store, job)
+        net = Network.from_bytes(checkpoint or start or store.load_model(job.model_id)[0])
     except Exception as exc:  # model deleted meanwhile, or unreadable
         return _finish(store, job, "failed", error=f"cannot load the model: {exc}")
     x, y = store.job_samples(job.job_id)
@@ -196,14 +201,20 @@ def worker_main(settings_data: dict, worker_id: str, parent_pid: int | None = No
         try:
             service.promote()
             job = store.claim_job(worker_id)
+            trial = None if job is not None else store.claim_trial(worker_id)  # a search's trial (api/search.py)
         except Exception:
             log.exception("worker %s: store error; retrying", worker_id)
-            job = None
-        if job is None:
+            job = trial = None
+        if job is None and trial is None:
             stop_event.wait(settings.poll_interval)
             _exit_if_orphaned(parent_pid)
             continue
-        run_job(store, job, settings, stop_event)
+        if trial is not None:
+            from api.search import run_search_trial
+
+            run_search_trial(store, *trial, settings, stop_event)
+        else:
+            run_job(store, job, settings, stop_event)
     log.info("worker %s stopped", worker_id)
 
 

@@ -45,6 +45,49 @@ class JobRecord:
     started_at: float | None = None
     finished_at: float | None = None
     model_version: int | None = None  # version of the model this job produced
+    kind: str = "training"  # or "search": trials any worker claims, then (apply_best) one training of the best
+    stage: str | None = None  # search jobs: "trials" while trials run, "apply" while the best configuration trains
+    trials: list[dict[str, Any]] | None = None  # search jobs, on reads: every trial by index (see TRIAL_STATUSES)
+
+
+TRIAL_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
+
+
+def new_trial(index: int, params: dict, seed: int | None) -> dict[str, Any]:
+    """A search trial as stores keep it; finished ones add score, metrics and error."""
+    return {"index": index, "status": "pending", "params": params, "seed": seed, "score": None, "metrics": None,
+            "error": None, "worker_id": None, "started_at": None, "finished_at": None}
+
+
+def rank_trials(trials: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Succeeded trials best first by ``metric`` (ties by index, as the core's ``rank``), then the others by index."""
+    from neural_net.selection import Trial, rank
+
+    scored = [t for t in trials if t["status"] == "succeeded" and t["score"] is not None]
+    order = rank([Trial(t["index"], t["params"], t["score"], t["metrics"]) for t in scored], metric)
+    by_index = {t["index"]: t for t in scored}
+    return [by_index[t.index] for t in order] + sorted((t for t in trials if t not in scored), key=lambda t: t["index"])
+
+
+def search_progress(job: JobRecord) -> dict[str, Any]:
+    """Progress of a search job's trials stage, derived from its trials: done/total and the best so far."""
+    trials = job.trials or []
+    done = [t for t in trials if t["status"] in ("succeeded", "failed", "cancelled")]
+    metric = job.params.get("metric", "loss")
+    ranked = rank_trials(trials, metric)
+    best = ranked[0] if ranked and ranked[0]["status"] == "succeeded" and ranked[0]["score"] is not None else None
+    total = len(trials)
+    return {"percent": round(100.0 * len(done) / total, 3) if total else 0.0, "trials_done": len(done),
+            "trials_total": total, "trials_running": sum(t["status"] == "running" for t in trials), "metric": metric,
+            "best": None if best is None else {"index": best["index"], "score": best["score"], "params": best["params"]}}
+
+
+def with_trials(job: JobRecord, trials: list[dict[str, Any]]) -> JobRecord:
+    """Attaches a search job's trials; during the trials stage its progress is derived from them."""
+    job.trials = sorted(trials, key=lambda t: t["index"])
+    if job.stage == "trials" or job.progress is None:
+        job.progress = search_progress(job)
+    return job
 
 
 class Store(ABC):
@@ -170,7 +213,34 @@ class Store(ABC):
             if not models or models_seen >= total:
                 return counts, running
 
+    # -- search jobs: trials that any worker claims; they never write the model -----------
+    @abstractmethod
+    def create_search_job(self, job: JobRecord, trials: list[dict], x: np.ndarray | None = None,
+                          y: np.ndarray | None = None, max_buffer: int = 0) -> JobRecord:
+        """As ``create_job`` for a job of kind "search" (stage "trials") with these ``new_trial`` records, except
+        that inline samples belong to the job alone: it is ``queued`` at once and the buffer is untouched.
+        Once promoted, its pending trials can be claimed; ``claim_job`` never takes a job in stage "trials"
+        and such a job does not block its model's training jobs or weight updates."""
+
+    @abstractmethod
+    def claim_trial(self, worker_id: str, job_id: str | None = None) -> tuple[JobRecord, dict] | None:
+        """Marks the oldest pending trial of a queued or running search job (``job_id``'s only, if given)
+        as running, and the job as running; returns the job and the trial."""
+
+    @abstractmethod
+    def finish_trial(self, job_id: str, index: int, status: str, *, score: float | None = None,
+                     metrics: dict | None = None, error: str | None = None) -> JobRecord:
+        """Records a running trial's end (ignored when it is no longer running). When no trial is left:
+        the job ends "succeeded" (or "failed" if every trial failed), or with ``apply_best`` goes to stage
+        "apply" and "queued" so that ``claim_job`` trains the best configuration on the model. A
+        "cancelling" job with no running trial ends "cancelled"."""
+
+    @abstractmethod
+    def release_trial(self, job_id: str, index: int) -> JobRecord:
+        """A running trial goes back to pending (its worker stops); a "cancelling" job may end."""
+
     @abstractmethod
     def requeue_jobs(self, *, worker_ids: list[str] | None = None, job_ids: list[str] | None = None) -> list[JobRecord]:
         """Interrupted jobs (shutdown, crash, dead worker): ``running`` goes back to ``queued`` and
-        keeps its checkpoint, ``cancelling`` ends ``cancelled``. With neither filter: all of them."""
+        keeps its checkpoint, ``cancelling`` ends ``cancelled``. With neither filter: all of them.
+        Running search trials of those workers (all, with no filter) go back to pending."""

@@ -18,6 +18,11 @@ Keys (P is the prefix, "nn" by default):
     P:busy:{model}    the job that trains the model now (one at a time, as SQLite's claim)
     P:lease:{job}     the token of the worker that runs the job (SET PX), renewed while it trains
 
+Search jobs (kind "search") add, per job, P:tp:{job} (trial index -> {"params", "seed"}), P:ts:{job}
+(index -> status) and P:tr:{job} (index -> worker, times, score, metrics, error), counters t_pending,
+t_running, t_ok in P:j:{job}; pending trials wait in the zset P:tq ("job|index", by job then index),
+running ones are in the set P:trun, each with its own lease P:lease:{job}|{index}.
+
 Fencing: a store that claimed a job keeps the lease token and sends it with every write for that
 job (progress, checkpoint, finish, requeue); the script compares it with P:lease:{job} and refuses
 with ``LeaseLost`` once the lease expired and another worker may own the job.
@@ -41,12 +46,13 @@ from redis.retry import Retry
 
 from api.errors import (JobNotCancellable, JobNotFound, LeaseLost, ModelBusy, ModelExists, ModelNotFound,
                         PayloadTooLarge, StoreUnavailable, VersionConflict)
-from api.storage.base import JobRecord, ModelRecord, Store
+from api.storage.base import JobRecord, ModelRecord, Store, new_trial, with_trials
 
 log = logging.getLogger("api.redis")
 
 JOB_FIELDS = ("model_id", "model_uid", "status", "params", "min_samples", "consume_buffer", "n_samples", "epochs_done",
-              "progress", "history", "error", "worker_id", "model_version", "created_at", "started_at", "finished_at")
+              "progress", "history", "error", "worker_id", "model_version", "created_at", "started_at", "finished_at",
+              "kind", "stage")
 
 _HEADER = struct.Struct("<4sIII8s")  # magic, rows, n_in, n_out, dtype (NumPy str, e.g. b"<f4")
 _MAGIC = b"NNS1"
@@ -102,6 +108,19 @@ local function finish(P, jid, status, has_blob, blob, info, use_ckpt, err, now)
   if err ~= '' then redis.call('HSET', jk, 'error', err) end
   if version then redis.call('HSET', jk, 'model_version', version) else redis.call('HDEL', jk, 'model_version') end
   redis.call('HDEL', jk, 'checkpoint', 'checkpoint_info', 'worker_id')
+  if redis.call('HGET', jk, 'kind') == 'search' then  -- its remaining trials stop
+    local st = redis.call('HGETALL', P..':ts:'..jid)
+    for i = 1, #st, 2 do
+      if st[i + 1] == 'pending' or st[i + 1] == 'running' then
+        local m = jid..'|'..st[i]
+        redis.call('HSET', P..':ts:'..jid, st[i], 'cancelled')
+        redis.call('ZREM', P..':tq', m)
+        redis.call('SREM', P..':trun', m)
+        redis.call('DEL', P..':lease:'..m)
+      end
+    end
+    redis.call('HSET', jk, 't_pending', 0, 't_running', 0)
+  end
   redis.call('ZREM', P..':buffering', jid)
   redis.call('ZREM', P..':queued', jid)
   redis.call('SREM', P..':running', jid)
@@ -110,6 +129,30 @@ local function finish(P, jid, status, has_blob, blob, info, use_ckpt, err, now)
 end
 local function fenced(P, jid, token)
   return token ~= '' and redis.call('GET', P..':lease:'..jid) ~= token
+end
+-- a search job in its trials stage ends (or goes to its apply stage) once nothing is left to run
+local function settle(P, jid, now)
+  local jk = P..':j:'..jid
+  if redis.call('HGET', jk, 'stage') ~= 'trials' then return false end
+  if tonumber(redis.call('HGET', jk, 't_running') or '0') > 0 then return false end
+  local status = redis.call('HGET', jk, 'status')
+  if status == 'cancelling' then finish(P, jid, 'cancelled', '0', '', '', '0', '', now); return 'cancelled' end
+  if status ~= 'queued' and status ~= 'running' then return false end
+  if tonumber(redis.call('HGET', jk, 't_pending') or '0') > 0 then return false end
+  if tonumber(redis.call('HGET', jk, 't_ok') or '0') == 0 then
+    finish(P, jid, 'failed', '0', '', '', '0', "every trial failed; see each trial's error", now)
+    return 'failed'
+  end
+  if redis.call('HGET', jk, 'apply') == '1' then
+    redis.call('HSET', jk, 'stage', 'apply', 'status', 'queued')
+    redis.call('ZADD', P..':queued', redis.call('HGET', jk, 'seq'), jid)
+    return 'apply'
+  end
+  finish(P, jid, 'succeeded', '0', '', '', '0', '', now)
+  return 'succeeded'
+end
+local function trial_score(P, jid, idx)
+  return tonumber(redis.call('HGET', P..':j:'..jid, 'seq')) * 100000 + tonumber(idx)
 end
 """
 
@@ -163,6 +206,7 @@ for _, jid in ipairs(redis.call('ZRANGE', P..':mjobs:'..mid, 0, -1)) do
     table.insert(cancelled, jid)
   elseif status == 'running' or status == 'cancelling' then
     redis.call('HSET', jk, 'status', 'cancelling', 'error', 'model deleted')
+    settle(P, jid, now)
     table.insert(cancelled, jid)
   end
   if status == 'buffering' or status == 'queued' or status == 'running' or status == 'cancelling' then
@@ -193,7 +237,8 @@ local P, jid, mid, params, min, consume, created, max, n, blob =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
 local uid = redis.call('HGET', P..':m:'..mid, 'uid')
 if not uid then return {'nf'} end
-if n > 0 then
+local search = ARGV[11] == 'search'
+if n > 0 and not search then
   local size = tonumber(redis.call('GET', P..':bufn:'..mid) or '0')
   if max > 0 and size + n > max then return {'full', size + n} end
   redis.call('RPUSH', P..':buf:'..mid, blob)
@@ -205,6 +250,21 @@ redis.call('HSET', P..':j:'..jid, 'model_id', mid, 'model_uid', uid, 'status', '
   'created_at', created, 'seq', seq, 'restarts', 0)
 redis.call('ZADD', P..':buffering', seq, jid)
 redis.call('ZADD', P..':mjobs:'..mid, seq, jid)
+if ARGV[11] == 'search' then  -- ARGV[12]: apply_best, then one {"params", "seed"} per trial
+  redis.call('HSET', P..':j:'..jid, 'kind', 'search', 'stage', 'trials', 'apply', ARGV[12], 't_pending', #ARGV - 12,
+    't_running', 0, 't_ok', 0)
+  for i = 13, #ARGV do
+    redis.call('HSET', P..':tp:'..jid, i - 13, ARGV[i])
+    redis.call('HSET', P..':ts:'..jid, i - 13, 'pending')
+  end
+  if n > 0 then  -- inline samples are the search's own: queued at once, the buffer untouched
+    redis.call('RPUSH', P..':js:'..jid, blob)
+    redis.call('HSET', P..':j:'..jid, 'status', 'queued', 'n_samples', n)
+    redis.call('ZREM', P..':buffering', jid)
+    for i = 13, #ARGV do redis.call('ZADD', P..':tq', trial_score(P, jid, i - 13), jid..'|'..(i - 13)) end
+    return {'queued', #ARGV - 12}
+  end
+end
 return {'ok'}
 """,
     "promote": """
@@ -227,8 +287,18 @@ for _, jid in ipairs(redis.call('ZRANGE', P..':buffering', 0, -1)) do
       end
       redis.call('HSET', jk, 'status', 'queued', 'n_samples', available)
       redis.call('ZREM', P..':buffering', jid)
-      redis.call('ZADD', P..':queued', redis.call('HGET', jk, 'seq'), jid)
-      table.insert(promoted, jid)
+      if redis.call('HGET', jk, 'stage') == 'trials' then  -- one id per trial: the runner dispatches each
+        local st = redis.call('HGETALL', P..':ts:'..jid)
+        for i = 1, #st, 2 do
+          if st[i + 1] == 'pending' then
+            redis.call('ZADD', P..':tq', trial_score(P, jid, st[i]), jid..'|'..st[i])
+            table.insert(promoted, jid)
+          end
+        end
+      else
+        redis.call('ZADD', P..':queued', redis.call('HGET', jk, 'seq'), jid)
+        table.insert(promoted, jid)
+      end
     end
   end
 end
@@ -238,7 +308,7 @@ return promoted
 local P, want, worker, token, lease_ms, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local function runnable(jid)
   local jk = P..':j:'..jid
-  if redis.call('HGET', jk, 'status') ~= 'queued' then return false end
+  if redis.call('HGET', jk, 'status') ~= 'queued' or redis.call('HGET', jk, 'stage') == 'trials' then return false end
   return not redis.call('GET', P..':busy:'..redis.call('HGET', jk, 'model_id'))
 end
 local jid = false
@@ -295,6 +365,7 @@ if status == 'buffering' or status == 'queued' then
   finish(P, jid, 'cancelled', '0', '', '', '1', '', now)
 elseif status == 'running' then
   redis.call('HSET', P..':j:'..jid, 'status', 'cancelling')
+  settle(P, jid, now)
 elseif status ~= 'cancelling' then
   return {'done', status}
 end
@@ -307,6 +378,63 @@ if not redis.call('HGET', P..':j:'..jid, 'status') then return {'nf'} end
 if fenced(P, jid, token) then return {'lost'} end
 finish(P, jid, status, has_blob, blob, info, use_ckpt, err, now)
 return {'ok'}
+""",
+    "claim_trial": """
+local P, want, worker, token, lease_ms, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+for _, m in ipairs(redis.call('ZRANGE', P..':tq', 0, -1)) do
+  local sep = string.find(m, '|', 1, true)
+  local jid, idx = string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
+  local jk = P..':j:'..jid
+  local status = redis.call('HGET', jk, 'status')
+  if (want == '' or want == jid) and (status == 'queued' or status == 'running')
+      and redis.call('HGET', jk, 'stage') == 'trials' and redis.call('HGET', P..':ts:'..jid, idx) == 'pending' then
+    redis.call('ZREM', P..':tq', m)
+    redis.call('SADD', P..':trun', m)
+    redis.call('HSET', P..':ts:'..jid, idx, 'running')
+    redis.call('HSET', P..':tr:'..jid, idx, '{"worker_id": '..cjson.encode(worker)..', "started_at": '..now..'}')
+    redis.call('HINCRBY', jk, 't_pending', -1)
+    redis.call('HINCRBY', jk, 't_running', 1)
+    redis.call('HSET', jk, 'status', 'running')
+    if not redis.call('HGET', jk, 'started_at') then redis.call('HSET', jk, 'started_at', now) end
+    redis.call('SET', P..':lease:'..m, token, 'PX', lease_ms)
+    return {jid, idx}
+  end
+end
+return false
+""",
+    "finish_trial": """
+local P, jid, idx, token, status, result, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local jk, m = P..':j:'..jid, jid..'|'..idx
+if not redis.call('HGET', jk, 'status') then return {'nf'} end
+if redis.call('HGET', P..':ts:'..jid, idx) ~= 'running' then return {'ok', ''} end  -- cancelled meanwhile
+if fenced(P, m, token) then return {'lost'} end
+redis.call('HSET', P..':ts:'..jid, idx, status)
+redis.call('HSET', P..':tr:'..jid, idx, result)
+redis.call('SREM', P..':trun', m)
+redis.call('DEL', P..':lease:'..m)
+redis.call('HINCRBY', jk, 't_running', -1)
+if status == 'succeeded' then redis.call('HINCRBY', jk, 't_ok', 1) end
+return {'ok', settle(P, jid, now) or ''}
+""",
+    # with only_expired: only when the trial's lease is gone (its worker was killed); else fenced by the token
+    "release_trial": """
+local P, jid, idx, token, only_expired, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local jk, m = P..':j:'..jid, jid..'|'..idx
+if not redis.call('HGET', jk, 'status') then redis.call('SREM', P..':trun', m); return {'nf'} end
+if redis.call('HGET', P..':ts:'..jid, idx) ~= 'running' then redis.call('SREM', P..':trun', m); return {'ok', ''} end
+if only_expired == '1' then
+  if redis.call('EXISTS', P..':lease:'..m) == 1 then return {'alive'} end
+elseif fenced(P, m, token) then
+  return {'lost'}
+end
+redis.call('HSET', P..':ts:'..jid, idx, 'pending')
+redis.call('HDEL', P..':tr:'..jid, idx)
+redis.call('SREM', P..':trun', m)
+redis.call('DEL', P..':lease:'..m)
+redis.call('HINCRBY', jk, 't_running', -1)
+redis.call('HINCRBY', jk, 't_pending', 1)
+redis.call('ZADD', P..':tq', trial_score(P, jid, idx), m)
+return {'ok', settle(P, jid, now) or 'pending'}
 """,
     # running -> queued (checkpoint kept), cancelling -> cancelled; with only_expired, only when the
     # lease is gone, and then the history records the restart.
@@ -420,7 +548,24 @@ class RedisStore(Store):
             progress=json.loads(v["progress"]) if v["progress"] else None, history=json.loads(v["history"]),
             error=v["error"], worker_id=v["worker_id"], model_version=num("model_version", int),
             created_at=float(v["created_at"]), started_at=num("started_at", float), finished_at=num("finished_at", float),
+            kind=v["kind"] or "training", stage=v["stage"],
         )
+
+    def _with_trials(self, job: JobRecord) -> JobRecord:
+        if job.kind != "search":
+            return job
+        pipe = self.redis.pipeline(transaction=True)  # one snapshot of the three hashes
+        for part in ("tp", "ts", "tr"):
+            pipe.hgetall(self._key(part, job.job_id))
+        specs, statuses, results = pipe.execute()
+        trials = []
+        for raw_index, spec in specs.items():
+            index = int(raw_index)
+            trial = new_trial(index, **json.loads(spec))
+            trial["status"] = statuses.get(raw_index, b"pending").decode()
+            trial.update(json.loads(results[raw_index]) if raw_index in results else {})
+            trials.append(trial)
+        return with_trials(job, trials)
 
     # -- models -------------------------------------------------------------------
     @_guard
@@ -520,7 +665,7 @@ class RedisStore(Store):
         f = self.redis.hmget(self._key("j", job_id), JOB_FIELDS)
         if f[0] is None:
             raise JobNotFound(job_id)
-        return self._job(job_id, f)
+        return self._with_trials(self._job(job_id, f))
 
     @_guard
     def list_jobs(self, model_id: str, offset: int, limit: int) -> tuple[list[JobRecord], int]:
@@ -531,15 +676,16 @@ class RedisStore(Store):
         for job_id in ids:
             pipe.hmget(self._key("j", job_id), JOB_FIELDS)
         rows = pipe.execute() if ids else []
-        return [self._job(j, f) for j, f in zip(ids, rows) if f[0] is not None], int(self.redis.zcard(key))
+        return ([self._with_trials(self._job(j, f)) for j, f in zip(ids, rows) if f[0] is not None],
+                int(self.redis.zcard(key)))
 
     @_guard
     def promote_ready_jobs(self) -> list[JobRecord]:
         if not self.redis.exists(self._key("buffering")):
             return []  # the common case runs no script
-        ids = [j.decode() for j in self._run("promote")]
+        ids = [j.decode() for j in self._run("promote")]  # a search job once per pending trial
         self._notify(ids)
-        return [self.get_job(j) for j in ids]
+        return [self.get_job(j) for j in dict.fromkeys(ids)]
 
     @_guard
     def claim_job(self, worker_id: str, job_id: str | None = None) -> JobRecord | None:
@@ -650,6 +796,13 @@ class RedisStore(Store):
                 continue
             chosen.append((int(seq or 0), job_id))
         changed, queued = [], []
+        for raw in self.redis.smembers(self._key("trun")):  # search trials of those workers: back to pending
+            job_id, index = raw.decode().split("|")
+            run = json.loads(self.redis.hget(self._key("tr", job_id), index) or "{}")
+            if (worker_ids is None or run.get("worker_id") in worker_ids) and (job_ids is None or job_id in job_ids):
+                r = self._run("release_trial", job_id, index, self._token(raw.decode()), "0", repr(time.time()))
+                if r[0] == b"ok" and r[1] == b"pending":
+                    queued.append(job_id)
         for _, job_id in sorted(chosen):
             if self._requeue(job_id, False, "") is not None:
                 changed.append(self.get_job(job_id))
@@ -659,6 +812,21 @@ class RedisStore(Store):
         return changed
 
     # -- what the runner needs ---------------------------------------------------------
+    @_guard
+    def recover_expired_trials(self) -> list[str]:
+        """Running trials whose worker's lease expired go back to pending; returns their job ids."""
+        jobs = []
+        for raw in self.redis.smembers(self._key("trun")):
+            job_id, index = raw.decode().split("|")
+            if self.redis.exists(self._key("lease", raw.decode())):
+                continue
+            r = self._run("release_trial", job_id, index, "", "1", repr(time.time()))
+            if r[0] == b"ok" and r[1] in (b"pending", b"apply"):
+                log.warning("search %s: trial %s lost its worker; it runs again", job_id, index)
+                jobs.append(job_id)
+        self._notify(jobs)
+        return jobs
+
     @_guard
     def recover_expired(self) -> list[JobRecord]:
         """Jobs whose worker's lease expired (killed, stalled, cut off): back to the queue from their
@@ -683,7 +851,11 @@ class RedisStore(Store):
 
     @_guard
     def runnable_queued(self) -> list[str]:
-        """Queued jobs, oldest first, whose model no job trains now."""
+        """Queued jobs, oldest first, whose model no job trains now; then search jobs with pending trials."""
+        pending = [m.decode().split("|")[0] for m in self.redis.zrange(self._key("tq"), 0, -1)]
+        return self._runnable_training() + list(dict.fromkeys(pending))
+
+    def _runnable_training(self) -> list[str]:
         ids = [j.decode() for j in self.redis.zrange(self._key("queued"), 0, -1)]
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
@@ -698,3 +870,63 @@ class RedisStore(Store):
     @_guard
     def count_queued(self) -> int:
         return int(self.redis.zcard(self._key("queued")))
+
+    # -- search jobs ------------------------------------------------------------------
+    @_guard
+    def create_search_job(self, job: JobRecord, trials: list[dict], x: np.ndarray | None = None,
+                          y: np.ndarray | None = None, max_buffer: int = 0) -> JobRecord:
+        if [t["index"] for t in trials] != list(range(len(trials))):
+            raise ValueError("trials must be indexed 0, 1, ... in order")
+        n = 0 if x is None else len(x)
+        r = self._run("create_job", job.job_id, job.model_id, json.dumps(job.params), job.min_samples,
+                      int(job.consume_buffer), repr(job.created_at), max_buffer, n, pack_samples(x, y) if n else b"",
+                      "search", "1" if job.params.get("apply_best") else "0",
+                      *[json.dumps({"params": t["params"], "seed": t["seed"]}) for t in trials])
+        code = r[0].decode()
+        if code == "nf":
+            raise ModelNotFound(job.model_id)
+        if code == "full":
+            raise self._full(job.model_id, int(r[1]), max_buffer)
+        if code == "queued":
+            self._notify([job.job_id] * int(r[1]))  # the runner dispatches each trial
+        return self.get_job(job.job_id)
+
+    @_guard
+    def claim_trial(self, worker_id: str, job_id: str | None = None) -> tuple[JobRecord, dict] | None:
+        if not self.redis.exists(self._key("tq")):
+            return None
+        token = uuid.uuid4().hex
+        claimed = self._run("claim_trial", job_id or "", worker_id, token, self.lease_ms, repr(time.time()))
+        if not claimed:
+            return None
+        job_id, index = claimed[0].decode(), int(claimed[1])
+        with self._lock:
+            self._tokens[f"{job_id}|{index}"] = token
+        job = self.get_job(job_id)
+        return job, next(t for t in job.trials if t["index"] == index)
+
+    def _after_trial(self, job_id: str, index: int, r: list) -> JobRecord:
+        if r[0] == b"nf":
+            raise JobNotFound(job_id)
+        if r[0] == b"lost":
+            raise LeaseLost(f"search {job_id} trial {index}: this worker's lease expired; another worker runs it now")
+        with self._lock:
+            self._tokens.pop(f"{job_id}|{index}", None)
+        if r[1] in (b"apply", b"pending"):
+            self._notify([job_id])  # the apply stage, or the trial again
+        return self.get_job(job_id)
+
+    @_guard
+    def finish_trial(self, job_id: str, index: int, status: str, *, score: float | None = None,
+                     metrics: dict | None = None, error: str | None = None) -> JobRecord:
+        raw = self.redis.hget(self._key("tr", job_id), str(index))
+        result = {**(json.loads(raw) if raw else {}), "score": score, "metrics": metrics, "error": error,
+                  "finished_at": time.time()}
+        r = self._run("finish_trial", job_id, index, self._token(f"{job_id}|{index}"), status, json.dumps(result),
+                      repr(time.time()))
+        return self._after_trial(job_id, index, r)
+
+    @_guard
+    def release_trial(self, job_id: str, index: int) -> JobRecord:
+        r = self._run("release_trial", job_id, index, self._token(f"{job_id}|{index}"), "0", repr(time.time()))
+        return self._after_trial(job_id, index, r)

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from api.errors import JobNotCancellable, JobNotFound, ModelBusy, ModelExists, ModelNotFound, PayloadTooLarge, VersionConflict
-from api.storage.base import JobRecord, ModelRecord, Store
+from api.storage.base import JobRecord, ModelRecord, Store, with_trials
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -65,10 +65,28 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_model ON jobs (model_id, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
+CREATE TABLE IF NOT EXISTS trials (  -- a search job's trials (api/search.py)
+    job_id      TEXT NOT NULL,
+    idx         INTEGER NOT NULL,
+    status      TEXT NOT NULL,      -- pending, running, succeeded, failed, cancelled
+    params      TEXT NOT NULL,
+    seed        INTEGER,
+    score       REAL,
+    metrics     TEXT,
+    error       TEXT,
+    worker_id   TEXT,
+    started_at  REAL,
+    finished_at REAL,
+    PRIMARY KEY (job_id, idx)
+);
+CREATE INDEX IF NOT EXISTS trials_by_status ON trials (status, job_id, idx);
 """
+# columns added after the first release; added to older databases on open
+JOB_MIGRATIONS = {"kind": "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'training'",
+                  "stage": "ALTER TABLE jobs ADD COLUMN stage TEXT"}
 
 JOB_COLUMNS = ("job_id, model_id, model_uid, status, params, min_samples, consume_buffer, n_samples, epochs_done, "
-               "progress, history, error, worker_id, model_version, created_at, started_at, finished_at")
+               "progress, history, error, worker_id, model_version, created_at, started_at, finished_at, kind, stage")
 
 MODEL_COLUMNS = """m.model_id, m.uid, m.version, m.info, m.created_at, m.updated_at,
     (SELECT COALESCE(SUM(n), 0) FROM samples s WHERE s.model_id = m.model_id AND s.job_id IS NULL) AS buffer_size,
@@ -84,7 +102,15 @@ def _job(row: sqlite3.Row) -> JobRecord:
         progress=json.loads(row["progress"]) if row["progress"] else None, history=json.loads(row["history"]),
         error=row["error"], worker_id=row["worker_id"], model_version=row["model_version"],
         created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
+        kind=row["kind"], stage=row["stage"],
     )
+
+
+def _trial(row: sqlite3.Row) -> dict:
+    return {"index": row["idx"], "status": row["status"], "params": json.loads(row["params"]), "seed": row["seed"],
+            "score": row["score"], "metrics": json.loads(row["metrics"]) if row["metrics"] else None,
+            "error": row["error"], "worker_id": row["worker_id"], "started_at": row["started_at"],
+            "finished_at": row["finished_at"]}
 
 
 def _model(row: sqlite3.Row) -> ModelRecord:
@@ -106,6 +132,10 @@ class SQLiteStore(Store):
         con = self._con()
         con.execute("PRAGMA journal_mode=WAL")
         con.executescript(SCHEMA)
+        columns = {row[1] for row in con.execute("PRAGMA table_info(jobs)")}
+        for column, statement in JOB_MIGRATIONS.items():
+            if column not in columns:
+                con.execute(statement)
 
     # -- plumbing -------------------------------------------------------------
     def _con(self) -> sqlite3.Connection:
@@ -194,8 +224,8 @@ class SQLiteStore(Store):
             if expected_version is not None and expected_version != current.version:
                 raise VersionConflict(f"model {model_id!r} is at version {current.version}, not {expected_version}; "
                                       f"GET its weights again and retry")
-            busy = con.execute("SELECT job_id FROM jobs WHERE model_id = ? AND status IN ('running', 'cancelling')",
-                               (model_id,)).fetchone()
+            busy = con.execute("SELECT job_id FROM jobs WHERE model_id = ? AND status IN ('running', 'cancelling') "
+                               "AND stage IS NOT 'trials'", (model_id,)).fetchone()
             if busy is not None:
                 raise ModelBusy(f"model {model_id!r} is being trained by job {busy[0]!r}; wait for it to finish "
                                 f"or cancel it with POST /jobs/{busy[0]}/cancel")
@@ -217,6 +247,8 @@ class SQLiteStore(Store):
                     con.execute("UPDATE jobs SET status = 'cancelling', error = 'model deleted' WHERE job_id = ?", (job_id,))
             con.execute("DELETE FROM samples WHERE model_id = ?", (model_id,))
             con.execute("DELETE FROM models WHERE model_id = ?", (model_id,))
+            for job_id, _ in rows:
+                self._settle(con, job_id)
             return [r[0] for r in rows]
 
     # -- training buffer ------------------------------------------------------
@@ -261,7 +293,15 @@ class SQLiteStore(Store):
             return _job(self._job_row(con, job.job_id))
 
     def get_job(self, job_id: str) -> JobRecord:
-        return _job(self._job_row(self._con(), job_id))
+        con = self._con()
+        return self._with_trials(con, _job(self._job_row(con, job_id)))
+
+    @staticmethod
+    def _with_trials(con: sqlite3.Connection, job: JobRecord) -> JobRecord:
+        if job.kind != "search":
+            return job
+        rows = con.execute("SELECT * FROM trials WHERE job_id = ? ORDER BY idx", (job.job_id,)).fetchall()
+        return with_trials(job, [_trial(r) for r in rows])
 
     def list_jobs(self, model_id: str, offset: int, limit: int) -> tuple[list[JobRecord], int]:
         con = self._con()
@@ -269,7 +309,7 @@ class SQLiteStore(Store):
         rows = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE model_id = ? AND model_uid = ? ORDER BY seq DESC "
                            "LIMIT ? OFFSET ?", (model_id, uid, limit, offset)).fetchall()
         total = con.execute("SELECT COUNT(*) FROM jobs WHERE model_id = ? AND model_uid = ?", (model_id, uid)).fetchone()[0]
-        return [_job(r) for r in rows], total
+        return [self._with_trials(con, _job(r)) for r in rows], total
 
     def promote_ready_jobs(self) -> list[JobRecord]:
         con = self._con()
@@ -297,9 +337,9 @@ class SQLiteStore(Store):
                 promoted.append(_job(self._job_row(con, job.job_id)))
         return promoted
 
-    _NEXT_QUEUED = (f"SELECT {JOB_COLUMNS} FROM jobs j WHERE j.status = 'queued' AND NOT EXISTS "
-                    "(SELECT 1 FROM jobs r WHERE r.model_id = j.model_id AND r.status IN ('running', 'cancelling')) "
-                    "ORDER BY j.seq LIMIT 1")
+    _NEXT_QUEUED = (f"SELECT {JOB_COLUMNS} FROM jobs j WHERE j.status = 'queued' AND j.stage IS NOT 'trials' AND NOT EXISTS "
+                    "(SELECT 1 FROM jobs r WHERE r.model_id = j.model_id AND r.status IN ('running', 'cancelling') "
+                    "AND r.stage IS NOT 'trials') ORDER BY j.seq LIMIT 1")
 
     def claim_job(self, worker_id: str) -> JobRecord | None:
         if self._con().execute(self._NEXT_QUEUED).fetchone() is None:
@@ -346,9 +386,10 @@ class SQLiteStore(Store):
                 return self._finish(con, job, "cancelled", use_checkpoint=True)
             if job.status == "running":
                 con.execute("UPDATE jobs SET status = 'cancelling' WHERE job_id = ?", (job_id,))
-                return _job(self._job_row(con, job_id))
+                self._settle(con, job_id)  # a search with no running trial ends now
+                return self._with_trials(con, _job(self._job_row(con, job_id)))
             if job.status == "cancelling":
-                return job
+                return self._with_trials(con, job)
             raise JobNotCancellable(f"job {job_id!r} already ended {job.status!r}; only waiting or running jobs can be cancelled")
 
     def cancel_requested(self, job_id: str) -> bool:
@@ -376,7 +417,9 @@ class SQLiteStore(Store):
         con.execute("UPDATE jobs SET status = ?, error = COALESCE(?, error), finished_at = ?, model_version = ?, "
                     "checkpoint = NULL, checkpoint_info = NULL, worker_id = NULL WHERE job_id = ?",
                     (status, error, now, version, job.job_id))
-        return _job(self._job_row(con, job.job_id))
+        con.execute("UPDATE trials SET status = 'cancelled', finished_at = ? WHERE job_id = ? AND status IN "
+                    "('pending', 'running')", (now, job.job_id))  # a search's remaining trials stop
+        return self._with_trials(con, _job(self._job_row(con, job.job_id)))
 
     def finish_job(self, job_id: str, status: str, *, blob: bytes | None = None, info: dict | None = None,
                    use_checkpoint: bool = False, error: str | None = None) -> JobRecord:
@@ -403,6 +446,16 @@ class SQLiteStore(Store):
                 args += values
         changed = []
         with self._tx() as con:
+            trial_query = "SELECT DISTINCT job_id FROM trials WHERE status = 'running'"
+            if worker_ids is not None:
+                trial_query += f" AND worker_id IN ({', '.join('?' * len(worker_ids))})"
+            trial_args = worker_ids or []
+            for (search_id,) in con.execute(trial_query, trial_args).fetchall():
+                if job_ids is None or search_id in job_ids:
+                    con.execute("UPDATE trials SET status = 'pending', worker_id = NULL WHERE job_id = ? AND status = "
+                                "'running'" + (f" AND worker_id IN ({', '.join('?' * len(worker_ids))})" if worker_ids is not None else ""),
+                                [search_id, *trial_args])
+                    self._settle(con, search_id)
             for row in con.execute(query + " ORDER BY seq", args).fetchall():
                 job = _job(row)
                 if job.status == "cancelling":
@@ -411,3 +464,83 @@ class SQLiteStore(Store):
                     con.execute("UPDATE jobs SET status = 'queued', worker_id = NULL WHERE job_id = ?", (job.job_id,))
                     changed.append(_job(self._job_row(con, job.job_id)))
         return changed
+
+    # -- search jobs ------------------------------------------------------------------
+    def create_search_job(self, job: JobRecord, trials: list[dict], x: np.ndarray | None = None,
+                          y: np.ndarray | None = None, max_buffer: int = 0) -> JobRecord:
+        inline = x is not None and len(x) > 0  # the search's own samples: queued at once, the buffer untouched
+        with self._tx() as con:
+            model = self._model_row(con, job.model_id)
+            con.execute(
+                "INSERT INTO jobs (job_id, model_id, model_uid, status, params, min_samples, consume_buffer, created_at, "
+                "kind, stage, n_samples) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'search', 'trials', ?)",
+                (job.job_id, job.model_id, model["uid"], "queued" if inline else "buffering", json.dumps(job.params),
+                 job.min_samples, int(job.consume_buffer), job.created_at, len(x) if inline else 0),
+            )
+            if inline:
+                x = np.ascontiguousarray(x)
+                y = np.ascontiguousarray(y, dtype=x.dtype)
+                con.execute("INSERT INTO samples (model_id, job_id, n, n_in, n_out, dtype, x, y) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (job.model_id, job.job_id, len(x), x.shape[1], y.shape[1], x.dtype.str, x.tobytes(), y.tobytes()))
+            con.executemany("INSERT INTO trials (job_id, idx, status, params, seed) VALUES (?, ?, 'pending', ?, ?)",
+                            [(job.job_id, t["index"], json.dumps(t["params"]), t["seed"]) for t in trials])
+            return self._with_trials(con, _job(self._job_row(con, job.job_id)))
+
+    _NEXT_TRIAL = ("SELECT t.job_id, t.idx FROM trials t JOIN jobs j ON j.job_id = t.job_id WHERE t.status = 'pending' "
+                   "AND j.status IN ('queued', 'running') AND j.stage = 'trials' {only} ORDER BY j.seq, t.idx LIMIT 1")
+
+    def claim_trial(self, worker_id: str, job_id: str | None = None) -> tuple[JobRecord, dict] | None:
+        query = self._NEXT_TRIAL.format(only="AND t.job_id = ?" if job_id else "")
+        args = (job_id,) if job_id else ()
+        if self._con().execute(query, args).fetchone() is None:
+            return None  # the common case takes no write lock
+        with self._tx() as con:
+            row = con.execute(query, args).fetchone()
+            if row is None:
+                return None
+            now = time.time()
+            con.execute("UPDATE trials SET status = 'running', worker_id = ?, started_at = ? WHERE job_id = ? AND idx = ?",
+                        (worker_id, now, row["job_id"], row["idx"]))
+            con.execute("UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?) WHERE job_id = ?",
+                        (now, row["job_id"]))
+            job = self._with_trials(con, _job(self._job_row(con, row["job_id"])))
+            return job, job.trials[[t["index"] for t in job.trials].index(row["idx"])]
+
+    def _settle(self, con: sqlite3.Connection, job_id: str) -> str | None:
+        """Ends a search job in its trials stage when nothing is left to run; returns its new status."""
+        job = _job(self._job_row(con, job_id))
+        if job.kind != "search" or job.stage != "trials" or job.status not in ("queued", "running", "cancelling"):
+            return None
+        counts = dict(con.execute("SELECT status, COUNT(*) FROM trials WHERE job_id = ? GROUP BY status", (job_id,)).fetchall())
+        if counts.get("running"):
+            return None
+        if job.status == "cancelling":
+            return self._finish(con, job, "cancelled").status
+        if counts.get("pending"):
+            return None
+        if not counts.get("succeeded"):
+            return self._finish(con, job, "failed", error="every trial failed; see each trial's error").status
+        if job.params.get("apply_best"):
+            con.execute("UPDATE jobs SET stage = 'apply', status = 'queued' WHERE job_id = ?", (job_id,))
+            return "queued"
+        return self._finish(con, job, "succeeded").status
+
+    def finish_trial(self, job_id: str, index: int, status: str, *, score: float | None = None,
+                     metrics: dict | None = None, error: str | None = None) -> JobRecord:
+        with self._tx() as con:
+            self._job_row(con, job_id)
+            updated = con.execute("UPDATE trials SET status = ?, score = ?, metrics = ?, error = ?, finished_at = ? "
+                                  "WHERE job_id = ? AND idx = ? AND status = 'running'",
+                                  (status, score, None if metrics is None else json.dumps(metrics), error, time.time(),
+                                   job_id, index))
+            if updated.rowcount:
+                self._settle(con, job_id)
+            return self._with_trials(con, _job(self._job_row(con, job_id)))
+
+    def release_trial(self, job_id: str, index: int) -> JobRecord:
+        with self._tx() as con:
+            self._job_row(con, job_id)
+            con.execute("UPDATE trials SET status = 'pending', worker_id = NULL, started_at = NULL "
+                        "WHERE job_id = ? AND idx = ? AND status = 'running'", (job_id, index))
+            self._settle(con, job_id)
+            return self._with_trials(con, _job(self._job_row(con, job_id)))

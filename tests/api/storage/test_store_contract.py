@@ -268,3 +268,98 @@ def test_redis_unreachable_is_a_clear_503_error():
     with pytest.raises(StoreUnavailable, match="unreachable"):
         store.get_model("m")
     assert time.monotonic() - started < 2
+
+
+# -- search jobs: trials that any worker claims ----------------------------------------------------
+def search(model_id: str, n: int, apply_best: bool = False) -> tuple[JobRecord, list[dict]]:
+    from api.storage.base import new_trial
+
+    record = JobRecord(job_id=uuid.uuid4().hex, model_id=model_id, model_uid="", status="buffering",
+                       params={"metric": "loss", "apply_best": apply_best}, min_samples=1, consume_buffer=False,
+                       created_at=time.time())
+    return record, [new_trial(i, {"learning_rate": 0.1 * (i + 1)}, 7 + i) for i in range(n)]
+
+
+def test_search_trials_run_in_parallel_without_blocking_the_model(store):
+    store.create_model("m", b"b", {})
+    store.append_samples("m", *rows(4), 0)
+    j = store.create_search_job(*search("m", 3))
+    assert (j.kind, j.stage, j.status) == ("search", "trials", "buffering")
+    assert [t["status"] for t in j.trials] == ["pending"] * 3 and j.progress["trials_total"] == 3
+    assert store.claim_trial("w1") is None  # not promoted yet
+    store.promote_ready_jobs()
+    assert store.count_samples("m") == 4 and len(store.job_samples(j.job_id)[0]) == 4  # a copy (consume_buffer false)
+    assert store.claim_job("w") is None  # a search in its trials stage is no training job
+    (_, t0), (running, t1) = store.claim_trial("w1"), store.claim_trial("w2", job_id=j.job_id)
+    assert (t0["index"], t1["index"], t1["params"], t1["seed"]) == (0, 1, {"learning_rate": 0.2}, 8)
+    assert running.status == "running" and running.progress["trials_running"] == 2 and running.started_at
+    assert store.replace_model("m", b"b2", {}).version == 2  # trials never write the model: it is not busy
+    train = store.create_job(job("m"), *rows(2), max_buffer=0)
+    store.promote_ready_jobs()
+    assert store.claim_job("w3").job_id == train.job_id
+    store.finish_trial(j.job_id, 1, "succeeded", score=0.2, metrics={"loss": 0.2})
+    mid = store.finish_trial(j.job_id, 0, "failed", error="diverged")
+    assert mid.status == "running" and mid.progress["best"] == {"index": 1, "score": 0.2, "params": {"learning_rate": 0.2}}
+    assert store.claim_trial("w1")[1]["index"] == 2 and store.claim_trial("w2") is None
+    done = store.finish_trial(j.job_id, 2, "succeeded", score=0.1, metrics={"loss": 0.1})
+    assert done.status == "succeeded" and done.model_version is None and store.load_model("m")[0] == b"b2"
+    assert done.progress["trials_done"] == 3 and done.progress["best"]["index"] == 2
+    t = {t["index"]: t for t in done.trials}
+    assert (t[0]["status"], t[0]["error"], t[1]["metrics"], t[2]["worker_id"]) == ("failed", "diverged", {"loss": 0.2}, "w1")
+    assert store.finish_trial(j.job_id, 2, "failed").status == "succeeded"  # a late write changes nothing
+    assert [r.job_id for r in store.list_jobs("m", 0, 5)[0]][-1] == j.job_id
+
+
+def test_search_cancel_stops_remaining_trials(store):
+    store.create_model("m", b"b", {})
+    j = store.create_search_job(*search("m", 3), *rows(4), max_buffer=0)
+    store.promote_ready_jobs()
+    store.claim_trial("w1")
+    assert store.cancel_job(j.job_id).status == "cancelling" and store.cancel_requested(j.job_id)
+    assert store.claim_trial("w2") is None  # the pending trials never start
+    done = store.finish_trial(j.job_id, 0, "cancelled")
+    assert done.status == "cancelled" and [t["status"] for t in done.trials] == ["cancelled"] * 3
+    idle = store.create_search_job(*search("m", 2), *rows(4), max_buffer=0)
+    store.promote_ready_jobs()
+    store.claim_trial("w1")
+    store.release_trial(idle.job_id, 0)
+    assert store.cancel_job(idle.job_id).status == "cancelled"  # nothing running: it ends at once
+    assert store.count_samples("m") == 0  # inline samples are the search's own; the buffer never saw them
+
+
+def test_search_trials_resume_and_the_best_is_applied(store):
+    store.create_model("m", b"b", {})
+    j = store.create_search_job(*search("m", 2, apply_best=True), *rows(4), max_buffer=0)
+    assert (j.status, j.n_samples) == ("queued", 4)  # inline samples: queued at once
+    store.claim_trial("w1"), store.claim_trial("w2")
+    assert store.release_trial(j.job_id, 0).trials[0]["status"] == "pending"  # its worker stops
+    store.requeue_jobs(worker_ids=["w2"])  # w2 died
+    assert [t["status"] for t in store.get_job(j.job_id).trials] == ["pending", "pending"]
+    assert store.claim_trial("w3")[1]["index"] == 0 and store.claim_trial("w3")[1]["index"] == 1
+    store.finish_trial(j.job_id, 0, "succeeded", score=0.3, metrics={"loss": 0.3})
+    applying = store.finish_trial(j.job_id, 1, "succeeded", score=0.4, metrics={"loss": 0.4})
+    assert (applying.status, applying.stage) == ("queued", "apply") and applying.progress["best"]["index"] == 0
+    claimed = store.claim_job("w4")
+    assert claimed.job_id == j.job_id and claimed.status == "running"
+    with pytest.raises(ModelBusy):  # the apply stage writes the model: one writer at a time
+        store.replace_model("m", b"x", {})
+    assert len(store.job_samples(j.job_id)[0]) == 4
+    done = store.finish_job(j.job_id, "succeeded", blob=b"best", info={})
+    assert done.model_version == 2 and store.load_model("m")[0] == b"best" and len(done.trials) == 2
+
+
+def test_a_trial_whose_worker_vanished_runs_again(redis_pair):
+    a, b = redis_pair
+    a.create_model("m", b"b", {})
+    j = a.create_search_job(*search("m", 1), *rows(4), max_buffer=0)
+    a.promote_ready_jobs()
+    assert a.claim_trial("wa")[1]["index"] == 0
+    assert b.recover_expired_trials() == []  # its lease is alive
+    deadline = time.monotonic() + 5
+    while not b.recover_expired_trials() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert b.get_job(j.job_id).trials[0]["status"] == "pending"
+    assert b.claim_trial("wb")[1]["index"] == 0
+    with pytest.raises(LeaseLost):
+        a.finish_trial(j.job_id, 0, "succeeded", score=1.0, metrics={})
+    assert b.finish_trial(j.job_id, 0, "succeeded", score=0.5, metrics={"loss": 0.5}).status == "succeeded"

@@ -1,0 +1,17 @@
+from fastapi import APIRouter, Depends, Response
+
+from api.routes import get_service
+from api.schemas import JobPublic, SearchCreate
+from api.search import submit_search
+from api.services import Service
+
+router = APIRouter(prefix="/models/{model_id}", tags=["jobs"])
+
+
+@router.post("/search-jobs", status_code=202, response_model=JobPublic,
+             summary="Submit a hyper-parameter search (grid or random, k-fold or hold-out); its trials run in parallel")
+def submit_search_job(model_id: str, body: SearchCreate, response: Response,
+                      service: Service = Depends(get_service)) -> JobPublic:
+    job = submit_search(service, model_id, body)
+    response.headers["Location"] = f"/jobs/{job.job_id}"
+    return JobPublic.from_record(job)
