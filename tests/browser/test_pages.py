@@ -74,3 +74,24 @@ def test_dashboard_follows_a_job_live(server, page):
     assert page.inner_text("#s-eta") == "done"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "dashboard.png", full_page=True)
+
+
+def test_dashboard_shows_a_search_as_a_table_of_trials_sorted_by_score(server, page):
+    http = httpx.Client(base_url=server, timeout=10)
+    http.post("/models", json={"model_id": "searched", "layer_sizes": [2, 8, 3],
+                               "activations": ["relu", "softmax"], "seed": 0}).raise_for_status()
+    targets = [i % 3 for i in range(150)]
+    inputs = [[k + 0.4 * math.sin(i), 0.5 * k + 0.4 * math.cos(1.7 * i)] for i, k in enumerate(targets)]
+    job = http.post("/models/searched/search-jobs", json={
+        "inputs": inputs, "targets": targets, "space": {"learning_rate": [0.001, 0.01, 0.1], "hidden_sizes": [[4], [16]]},
+        "metric": "accuracy", "epochs": 20, "batch_size": 8}).json()
+    page.goto(f"{server}/dashboard")
+    page.click("#models tr:has-text('searched')")
+    page.click(f"#jobs tr:has-text('{job['job_id'][:8]}')")
+    page.wait_for_selector("#job-status.succeeded", timeout=60_000)
+    rows = page.eval_on_selector_all("#trials tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+    assert len(rows) == 6 and [r[0] for r in rows] == ["1", "2", "3", "4", "5", "6"]
+    scores = [float(r[3]) for r in rows]
+    assert scores == sorted(scores, reverse=True) and "trials 6/6" in page.inner_text("#s-epoch")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "dashboard_search.png", full_page=True)
