@@ -105,3 +105,21 @@ def test_errors_name_the_valid_choices_and_bad_values():
         optimizers.get({"name": "sgd", "learning_rate": -1})
     with pytest.raises(ConfigError, match="beta1"):
         optimizers.get({"name": "adam", "beta1": 1.5})
+
+
+@pytest.mark.parametrize("name", optimizers.names())
+def test_chunked_updates_equal_one_whole_array_update(name, monkeypatch):
+    """Optimizer.step walks the parameters in cache-sized chunks; the result must not depend on
+    where the chunk boundaries (or the weights/biases boundary for decoupled decay) fall."""
+    rng = np.random.default_rng(1)
+    grads = rng.normal(size=(3, 50)).astype(np.float32)
+    results = []
+    for chunk in (7, 1 << 20):
+        monkeypatch.setattr(optimizers, "CHUNK", chunk)
+        opt = optimizers.get(name)
+        p = np.linspace(-1, 1, 50, dtype=np.float32)
+        opt.bind(50, np.float32, decay_size=31)
+        for g in grads:
+            opt.step(p, g)
+        results.append(p)
+    np.testing.assert_array_equal(*results)
