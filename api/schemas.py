@@ -13,6 +13,7 @@ Row = list[float]
 Rows = list[Row]
 # 2-D rows, or one number per sample: a class index (classifiers) or the value (single output).
 Targets = Rows | list[float]
+Rate = Annotated[float, Field(ge=0, lt=1)]  # a dropout rate
 
 IRIS_X = [[5.1, 3.5, 1.4, 0.2], [4.9, 3.0, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4],
           [6.4, 3.2, 4.5, 1.5], [6.3, 3.3, 6.0, 2.5], [5.8, 2.7, 5.1, 1.9]]
@@ -40,7 +41,7 @@ class ModelCreate(Request):
     weight_init: str = Field("xavier", description="Weight initialiser name, e.g. 'xavier', 'he', 'gaussian'.")
     bias_init: str = Field("zeros", description="Bias initialiser name, e.g. 'zeros', 'random'.")
     loss: str = Field("auto", description="Loss name; 'auto' picks cross_entropy after softmax, binary_cross_entropy after a 1-unit sigmoid, else mse.")
-    dropout: float | list[float] = Field(0.0, description="Dropout rate for every layer, or one rate per layer after the input, each in [0, 1).")
+    dropout: Rate | list[Rate] = Field(0.0, description="Dropout rate for every layer, or one rate per layer after the input, each in [0, 1).")
     dtype: Literal["float32", "float64"] = Field("float32", description="Floating point type of weights and computations.")
     seed: int | None = Field(None, ge=0, description="Seed of the weight initialisation and training randomness; random when absent.")
 
@@ -168,7 +169,7 @@ class JobCreate(Request):
 
     inputs: Rows | None = Field(None, description="Samples to append to the buffer before the job starts waiting.")
     targets: Targets | None = Field(None, description="Targets of `inputs`: rows, or one class index / value per sample.")
-    min_samples: int = Field(1, ge=1, description="The job waits in 'buffering' until the buffer holds this many samples.")
+    min_samples: int = Field(1, ge=1, le=2**31 - 1, description="The job waits in 'buffering' until the buffer holds this many samples.")
     consume_buffer: bool = Field(True, description="Take the buffered samples out of the buffer (no other job sees them); "
                                                    "false trains on a copy and leaves the buffer as it is.")
     epochs: int = Field(10, ge=1, description="Epochs to train (at most NN_MAX_EPOCHS).")
@@ -244,7 +245,7 @@ class SearchCreate(Request):
     inputs: Rows | None = Field(None, description="The search's own samples (the buffer is not used or changed); absent: "
                                                   "the search waits for and uses the model's buffer.")
     targets: Targets | None = Field(None, description="Targets of `inputs`: rows, or one class index / value per sample.")
-    min_samples: int = Field(1, ge=1, description="Without inputs: the job waits in 'buffering' until the buffer holds this many samples (at least `folds`).")
+    min_samples: int = Field(1, ge=1, le=2**31 - 1, description="Without inputs: the job waits in 'buffering' until the buffer holds this many samples (at least `folds`).")
     consume_buffer: bool = Field(False, description="Take the buffered samples out of the buffer. Default false: the search "
                                                     "uses a copy. When true, they are used up only if apply_best trains the "
                                                     "model with them; otherwise they go back to the buffer when the search ends.")
@@ -258,6 +259,7 @@ class TrialPublic(BaseModel):
     score: float | None = Field(description="Value of the search's metric on held-out samples (mean over folds).")
     metrics: dict[str, Any] | None = Field(description="Every validation metric of the trial (means over folds).")
     error: str | None = Field(description="Why the trial failed.")
+    worker_id: str | None = Field(None, description="The worker that ran (or runs) the trial.")
     started_at: datetime | None = Field(description="When the trial started (UTC).")
     finished_at: datetime | None = Field(description="When it ended (UTC).")
 

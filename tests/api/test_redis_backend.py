@@ -264,3 +264,33 @@ def test_unreachable_redis_answers_503():
         health = client.get("/health").json()
         assert health["status"] == "degraded" and health["queue_length"] is None
         assert time.monotonic() - started < 5
+
+
+def test_search_trials_run_on_both_workers_and_the_best_is_applied(cluster):
+    from neural_net.selection import run_trial
+    from api.search import builder_for
+
+    a, b = cluster.urls
+    _model(a, "searched")
+    x, y = _data(200, seed=11)
+    httpx.post(f"{a}/models/searched/samples", json={"inputs": x, "targets": y}, timeout=10)
+    body = {"space": {"hidden_sizes": [[8], [16, 16]], "learning_rate": [0.003, 0.03]}, "folds": 2, "metric": "accuracy",
+            "seed": 5, "epochs": 30, "batch_size": 8, "min_samples": 200, "apply_best": True}
+    job = httpx.post(f"{b}/models/searched/search-jobs", json=body, timeout=10).json()
+    assert job["status"] in ("queued", "running") and job["n_samples"] == 200
+    done = wait_for(lambda: _finished(a, job["job_id"]), 60, "the search to finish")
+    assert done["status"] == "succeeded" and done["stage"] == "apply" and done["model_version"] == 2, done
+    trials = done["search"]["trials"]
+    assert len(trials) == 4 and done["search"]["best"] == trials[0]
+    assert len({t["worker_id"] for t in trials}) == 2  # RQ jobs on the same queue: both workers ran trials ...
+    spans = sorted((t["started_at"], t["finished_at"]) for t in trials)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))  # ... at the same time
+    info = httpx.get(f"{b}/models/searched", timeout=10).json()
+    assert info["layer_sizes"] == [2, *trials[0]["params"]["hidden_sizes"], 1]
+    # the same scores as the core computes in this process: trials are reproducible from the seed (the
+    # builder takes the unsearched activation and initialisers from the model, which apply_best kept)
+    xs, ys = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)[:, None]
+    defaults = done["params"]["defaults"]
+    for t in trials[:2]:
+        expected = run_trial(builder_for(info), xs, ys, t["params"], t["index"], "accuracy", 2, 0.2, 5, defaults)
+        assert t["score"] == expected.score

@@ -57,7 +57,7 @@ def moons_model(client, model_id):
 def test_a_grid_search_finds_a_configuration_at_least_as_good_as_the_default_and_applies_it(client2):
     moons_model(client2, "moons")
     job = submit(client2, "moons", inputs=X, targets=Y, apply_best=True, **SEARCH)
-    assert job["status"] == "queued" and job["stage"] == "trials" and job["search"]["trials_total"] == 4
+    assert job["status"] in ("queued", "running") and job["stage"] == "trials" and job["search"]["trials_total"] == 4
     done = wait_job(client2, job["job_id"], timeout=60)
     assert done["status"] == "succeeded", done["error"]
     search = done["search"]
