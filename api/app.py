@@ -11,7 +11,9 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import __version__
+from api.auth import install_access_control
 from api.errors import install_error_handlers
+from api.openapi_errors import document_errors
 from api.metrics import MetricsMiddleware, build_registry
 from api.routes import health, jobs, metrics, models, pages, search
 from api.services import Service
@@ -114,6 +116,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.pool = None
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    document_errors(app, settings)
+    install_access_control(app, settings)  # outside BodyLimit: a request without a key is refused before its body is read
     registry, requests, latency = build_registry(service)
     app.state.metrics_registry = registry
     app.add_middleware(MetricsMiddleware, requests=requests, latency=latency)  # outermost: sees 413s too

@@ -1,10 +1,13 @@
 """Domain errors and the one table that maps them (and the core's errors) to HTTP statuses."""
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from neural_net.errors import NeuralNetError
 
@@ -43,6 +46,10 @@ class VersionConflict(ServiceError):
     """The client's idea of the model version is out of date."""
 
 
+class PreconditionFailed(ServiceError):
+    """If-Match names a model version that is no longer current."""
+
+
 class JobNotCancellable(ServiceError):
     """The job already finished."""
 
@@ -70,6 +77,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     ModelExists: 409,
     ModelBusy: 409,
     VersionConflict: 409,
+    PreconditionFailed: 412,
     JobNotCancellable: 409,
     InvalidInput: 422,
     PayloadTooLarge: 413,
@@ -110,7 +118,42 @@ async def handle_validation_error(request: Request, exc: RequestValidationError)
     return JSONResponse({"detail": shown, "errors": raw}, status_code=422)
 
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods of the documented path that fits best (fewest parameters: /models/import before
+    /models/{model_id}); for undocumented pages, those of any route that matches."""
+    path = request.url.path
+    best = None
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)), path):
+            n_params = template.count("{")
+            if best is None or n_params < best[0]:
+                best = (n_params, [m.upper() for m in operations if m.upper() in METHODS])
+    if best is not None:
+        return best[1]
+    return [method for method in METHODS if any(isinstance(route, BaseRoute) and
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.routes)]
+
+
+async def handle_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own errors (404 no route, 405) as ``{"detail"}``; a 405 lists every method the path
+    supports in ``Allow`` (Starlette names only those of the first route that matched the path)."""
+    headers = dict(exc.headers or {})
+    detail = exc.detail
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        detail = f"{request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}"
+    if exc.status_code == 400:  # FastAPI's "error parsing the body": not UTF-8 or not decodable; 422 like other bad input
+        return JSONResponse({"detail": "the request body could not be parsed: send UTF-8 JSON "
+                                       "(Content-Type: application/json) as in the examples of /docs"}, status_code=422)
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers or None)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(ServiceError, handle_error)
     app.add_exception_handler(NeuralNetError, handle_error)
     app.add_exception_handler(Exception, handle_error)

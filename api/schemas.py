@@ -25,7 +25,8 @@ def _utc(t: float | None) -> datetime | None:
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict: "1.5" or true where a number belongs is a 422, not silently converted
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 # -- models --------------------------------------------------------------------
@@ -97,7 +98,7 @@ class OutputRequest(Request):
 
 
 class LayerArrays(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     weights: Rows = Field(description="(n_in, n_out) matrix: row i holds the weights from input unit i.")
     biases: Row = Field(description="(n_out,) vector.")

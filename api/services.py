@@ -257,7 +257,8 @@ class Service:
 
     def set_weights(self, model_id: str, req: Weights) -> ModelRecord:
         net, record = self._load(model_id)
-        net.set_weights([{"weights": layer.weights, "biases": layer.biases} for layer in req.layers])
+        with np.errstate(over="ignore"):  # too large for float32 becomes inf, which set_weights refuses
+            net.set_weights([{"weights": layer.weights, "biases": layer.biases} for layer in req.layers])
         updated = self.store.replace_model(model_id, net.to_bytes(), describe(net), expected_version=req.version)
         log.info("model %s: weights replaced (version %d)", model_id, updated.version)
         return updated
@@ -288,6 +289,9 @@ class Service:
         """The job's keyword arguments for the core's fit, checked before the job is stored."""
         if req.epochs > self.settings.max_epochs:
             raise InvalidInput(f"epochs={req.epochs}; at most {self.settings.max_epochs} (NN_MAX_EPOCHS)")
+        if req.min_samples > self.settings.max_buffer_samples:
+            raise InvalidInput(f"min_samples={req.min_samples} can never be reached: a buffer holds at most "
+                               f"{self.settings.max_buffer_samples} samples (NN_MAX_BUFFER_SAMPLES)")
         _check_name("optimizer", req.optimizer, optimizers.names(), "optimizer")
         try:
             optimizers.get({"name": req.optimizer, **({"learning_rate": req.learning_rate} if req.learning_rate else {})})

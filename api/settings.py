@@ -27,7 +27,10 @@ class Settings(BaseSettings):
     redis_timeout: float = Field(2.0, gt=0, description="Seconds a Redis command may take before the request answers 503.")
     lease_seconds: float = Field(10.0, gt=0, description="A running job's lease (backend=redis): a worker silent this long "
                                                          "loses the job, which resumes elsewhere from its checkpoint.")
-    api_keys: str = Field("", description="Comma-separated API keys (planned; not enforced yet).")
+    api_keys: str = Field("", description="Comma-separated API keys; when set, every route but /health, the docs and "
+                                          "the dashboard page needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.")
+    cors_origins: str = Field("", description="Comma-separated origins allowed by CORS (e.g. https://app.example.com, "
+                                              "or *); CORS is off when empty.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the service and workers.")
 
     max_parameters: int = Field(5_000_000, ge=1, description="Largest parameter count of one model.")

@@ -27,7 +27,7 @@ def submit_job(model_id: str, body: JobCreate, response: Response, service: Serv
 
 
 @model_router.get("/jobs", response_model=JobsPublic, summary="The model's training jobs, newest first")
-def list_jobs(model_id: str, offset: int = Query(0, ge=0, description="Jobs to skip."),
+def list_jobs(model_id: str, offset: int = Query(0, ge=0, le=2**62, description="Jobs to skip."),
               limit: int = Query(50, ge=1, le=500, description="Jobs per page."),
               service: Service = Depends(get_service)) -> JobsPublic:
     records, count = service.list_jobs(model_id, offset, limit)

@@ -1,8 +1,9 @@
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from api import etag
 from api.routes import get_service
 from api.schemas import (BufferPublic, EvaluateRequest, EvaluateResponse, ModelCreate, ModelPublic, ModelsPublic,
                          OutputRequest, OutputResponse, SamplesCreate, Weights)
@@ -23,7 +24,7 @@ def create_model(body: ModelCreate, service: Service = Depends(get_service)) -> 
 
 
 @router.get("", response_model=ModelsPublic, summary="List models, oldest first")
-def list_models(offset: int = Query(0, ge=0, description="Models to skip."),
+def list_models(offset: int = Query(0, ge=0, le=2**62, description="Models to skip."),
                 limit: int = Query(50, ge=1, le=500, description="Models per page."),
                 service: Service = Depends(get_service)) -> ModelsPublic:
     records, count = service.list_models(offset, limit)
@@ -45,8 +46,12 @@ async def import_model(request: Request, model_id: str | None = Query(None, patt
 
 
 @router.get("/{model_id}", response_model=ModelPublic, summary="Architecture, version, buffer size and latest job")
-def get_model(model_id: str, service: Service = Depends(get_service)) -> ModelPublic:
-    return ModelPublic.from_record(service.get_model(model_id))
+def get_model(model_id: str, request: Request, response: Response, service: Service = Depends(get_service)) -> ModelPublic:
+    record = service.get_model(model_id)
+    if etag.matches(request.headers.get("if-none-match"), record):
+        return Response(status_code=304, headers={"ETag": etag.model_etag(record)})
+    response.headers["ETag"] = etag.model_etag(record)
+    return ModelPublic.from_record(record)
 
 
 @router.delete("/{model_id}", status_code=204, summary="Delete a model, its buffer, and cancel its jobs")
@@ -67,13 +72,23 @@ def evaluate(model_id: str, body: EvaluateRequest, service: Service = Depends(ge
 
 
 @router.get("/{model_id}/weights", response_model=Weights, summary="Weights and biases of every layer")
-def get_weights(model_id: str, service: Service = Depends(get_service)) -> dict:
-    return service.get_weights(model_id)
+def get_weights(model_id: str, request: Request, response: Response, service: Service = Depends(get_service)) -> dict:
+    record = service.get_model(model_id)
+    if etag.matches(request.headers.get("if-none-match"), record):
+        return Response(status_code=304, headers={"ETag": etag.model_etag(record, kind="w")})
+    weights = service.get_weights(model_id)
+    response.headers["ETag"] = etag.model_etag(record, weights["version"], kind="w")
+    return weights
 
 
 @router.put("/{model_id}/weights", response_model=ModelPublic, summary="Replace every layer's weights and biases")
-def set_weights(model_id: str, body: Weights, service: Service = Depends(get_service)) -> ModelPublic:
-    return ModelPublic.from_record(service.set_weights(model_id, body))
+def set_weights(model_id: str, body: Weights, response: Response,
+                if_match: str | None = Header(None, description="An ETag from GET /models/{model_id} (or its weights): "
+                                                                "replace only that version, else 412."),
+                service: Service = Depends(get_service)) -> ModelPublic:
+    record = etag.set_weights_if_match(service, model_id, body, if_match)
+    response.headers["ETag"] = etag.model_etag(record)
+    return ModelPublic.from_record(record)
 
 
 @router.post("/{model_id}/samples", response_model=BufferPublic, summary="Append samples to the training buffer")

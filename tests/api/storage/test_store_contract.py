@@ -363,3 +363,26 @@ def test_a_trial_whose_worker_vanished_runs_again(redis_pair):
     with pytest.raises(LeaseLost):
         a.finish_trial(j.job_id, 0, "succeeded", score=1.0, metrics={})
     assert b.finish_trial(j.job_id, 0, "succeeded", score=0.5, metrics={"loss": 0.5}).status == "succeeded"
+
+
+def test_checkpoints_are_deleted_when_a_job_ends(store):
+    """Every way a job ends drops its checkpoint blob: nothing grows with the number of finished jobs."""
+    store.create_model("m", b"b", {})
+    ended = []
+    for status in ("succeeded", "failed", "cancelled"):
+        j = store.create_job(job("m"), *rows(2), max_buffer=0)
+        store.promote_ready_jobs()
+        store.claim_job("w")
+        store.save_checkpoint(j.job_id, b"ckpt", {}, 1, [{"epoch": 1}], {})
+        store.finish_job(j.job_id, status, use_checkpoint=status != "succeeded", blob=b"v" if status == "succeeded" else None)
+        ended.append(j.job_id)
+    requeued = store.create_job(job("m"), *rows(2), max_buffer=0)  # interrupted, back in the queue, then cancelled
+    store.promote_ready_jobs()
+    store.claim_job("w")
+    store.save_checkpoint(requeued.job_id, b"ckpt", {}, 1, [], {})
+    store.requeue_jobs(worker_ids=["w"])
+    assert store.cancel_job(requeued.job_id).status == "cancelled"
+    ended.append(requeued.job_id)
+    for job_id in ended:
+        assert store.get_job(job_id).status in ("succeeded", "failed", "cancelled")
+        assert store.load_checkpoint(job_id) is None, job_id
