@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     progress_interval: float = Field(0.2, gt=0, description="Seconds between progress writes of a running job.")
     poll_interval: float = Field(0.2, gt=0, description="Seconds an idle worker waits before looking for work again.")
     shutdown_timeout: float = Field(10.0, gt=0, description="Seconds workers get to stop at shutdown before they are killed.")
+    worker_nice: int = Field(10, ge=0, le=19, description="Niceness added to training workers, so requests go first "
+                                                          "when the CPUs are shared (0: same priority).")
 
 
 @lru_cache

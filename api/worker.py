@@ -191,6 +191,8 @@ def worker_main(settings_data: dict, worker_id: str, parent_pid: int | None = No
     signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole group; the service stops us
     settings = Settings(**settings_data)
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)  # training yields the CPU to the service's requests
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = open_store(settings)
     from api.services import Service
