@@ -233,7 +233,7 @@ class SearchCreate(Request):
     metric: str = Field("loss", description="Validation metric that ranks trials: loss, accuracy, precision, recall, f1 "
                                             "(roc_auc for binary) for classifiers; loss, mae, rmse, r2, pearson_r for "
                                             "regression. Loss-like metrics rank lowest first.")
-    seed: int = Field(0, ge=0, description="Seed of the search: random draws, and trial i's network, split and shuffling "
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the search: random draws, and trial i's network, split and shuffling "
                                            "use seed + i, so the same request gives the same ranking.")
     apply_best: bool = Field(False, description="When every trial has ended, train a new network of the best "
                                                 "configuration on all the job's samples and make it the model (version + 1).")

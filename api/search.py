@@ -115,15 +115,16 @@ def _check_candidate(service: Service, info: dict, build, defaults: dict, params
             raise InvalidInput(f"{where}: unknown {key} {arch[key]!r}; valid names: {', '.join(names)}")
     if "dropout" in arch and not (isinstance(arch["dropout"], (int, float)) and 0 <= arch["dropout"] < 1):
         raise InvalidInput(f"{where}: dropout must be a number in [0, 1)")
+    try:  # the limits before anything is built
+        service._check_architecture([info["input_size"], *(hidden if "hidden_sizes" in arch else
+                                                           info["layer_sizes"][1:-1]), info["output_size"]])
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
     key = repr(sorted(arch.items()))
-    if key not in built:  # each distinct architecture is built once, to check it fits the limits
+    if key not in built:  # each distinct architecture is built once, so every name and option is checked
         try:
-            net = build(arch, 0)
-        except (NeuralNetError, TypeError) as exc:
-            raise InvalidInput(f"{where}: {exc}") from None
-        try:
-            service._check_architecture(net.layer_sizes)
-        except InvalidInput as exc:
+            build(arch, 0)
+        except (NeuralNetError, TypeError, ValueError) as exc:
             raise InvalidInput(f"{where}: {exc}") from None
         built.add(key)
 

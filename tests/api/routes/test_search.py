@@ -117,6 +117,7 @@ def test_cancel_stops_the_remaining_trials(client2):
     ({"space": {"activation": ["relu", "swish"]}}, "unknown activation 'swish'"),
     ({"space": {"epochs": [10, 99_999]}}, "NN_MAX_EPOCHS"),
     ({"space": {"hidden_sizes": [[0]]}}, "hidden_sizes"),
+    ({"space": {"hidden_sizes": [[4096] * 31]}}, "NN_MAX_PARAMETERS"),
     ({"metric": "rmse"}, "not reported for this binary model"),
     ({"space": {"batch_size": list(range(1, 40)), "epochs": list(range(1, 40))}}, "at most 1000"),
 ])
