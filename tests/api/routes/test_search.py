@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from neural_net import Network
-from api.schemas import SearchCreate
+from api.schemas import ModelCreate, SearchCreate
 from api.search import run_search_trial
 from api.services import describe
 from api.settings import Settings
@@ -129,8 +129,11 @@ def test_invalid_searches_are_refused_before_anything_is_stored(client2, change,
     assert client2.get("/models/checks/jobs").json()["count"] == 0
 
 
-def test_the_docs_example_is_valid():
-    SearchCreate.model_validate(SearchCreate.model_config["json_schema_extra"]["examples"][0])
+def test_the_docs_example_works_on_the_docs_model(client2):
+    model = ModelCreate.model_config["json_schema_extra"]["examples"][0]
+    client2.post("/models", json={**model, "model_id": "docs-iris"}).raise_for_status()
+    done = wait_job(client2, submit(client2, "docs-iris", **SearchCreate.model_config["json_schema_extra"]["examples"][0])["job_id"])
+    assert done["status"] == "succeeded" and done["model_version"] == 2 and done["search"]["trials_done"] == 4
 
 
 # -- in-process: a restart resumes unfinished trials and never re-runs finished ones ------------------
