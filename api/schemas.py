@@ -304,12 +304,19 @@ class JobPublic(BaseModel):
                                                                       "while the best configuration trains the model.")
     search: SearchSummary | None = Field(None, description="Search jobs: the trials ranked by score, and the best so far.")
 
+    metrics: dict[str, Any] | None = Field(None, description=(
+        "When the job succeeded: loss and metrics of the trained model on the samples held out for validation "
+        "(`on: validation`), or on all its samples without a validation split (`on: training`); classifiers "
+        "include accuracy, precision, recall, f1 and the confusion_matrix (rows: true class), regressors mae, "
+        "rmse, r2 and pearson_r."))
+
     @classmethod
     def from_record(cls, r: JobRecord) -> "JobPublic":
         return cls(kind=r.kind, stage=r.stage, search=SearchSummary.from_record(r) if r.kind == "search" else None,
                    job_id=r.job_id, model_id=r.model_id, status=r.status, params=r.params, min_samples=r.min_samples,
                    consume_buffer=r.consume_buffer, n_samples=r.n_samples, epochs_completed=r.epochs_done,
                    progress=Progress(**r.progress) if r.progress else None, history=r.history, error=r.error,
+                   metrics=(r.progress or {}).get("metrics"),
                    model_version=r.model_version, created_at=_utc(r.created_at), started_at=_utc(r.started_at),
                    finished_at=_utc(r.finished_at))
 

@@ -149,9 +149,20 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
         return requeued[0] if requeued else store.get_job(job.job_id)
     blob, info = snapshot()
     final = store.get_job(job.job_id).progress or {}
-    final.update(percent=100.0, eta_seconds=0.0)
+    final.update(percent=100.0, eta_seconds=0.0, metrics=_final_metrics(net, x, y, params.get("validation_split")))
     store.set_progress(job.job_id, final)
     return _finish(store, job, "succeeded", blob=blob, info=info)
+
+
+def _final_metrics(net: Network, x, y, validation_split: float | None) -> dict | None:
+    """The trained model's loss and metrics (confusion matrix included for classifiers) on the
+    samples fit held out for validation (the last fraction), or on all its samples without any."""
+    n_val = int(round(len(x) * validation_split)) if validation_split else 0
+    on, (x, y) = ("validation", (x[-n_val:], y[-n_val:])) if 0 < n_val < len(x) else ("training", (x, y))
+    try:
+        return jsonable({"on": on, "samples": len(x), **net.evaluate(x, y)})
+    except NeuralNetError:  # e.g. outputs that overflow: the job still succeeded
+        return None
 
 
 def _finish(store: Store, job: JobRecord, status: str, **kwargs) -> JobRecord:

@@ -72,6 +72,8 @@ def test_dashboard_follows_a_job_live(server, page):
     page.wait_for_selector("#job-status.succeeded", timeout=120_000)
     assert page.evaluate("state.history.length") == 150
     assert page.inner_text("#s-eta") == "done"
+    page.wait_for_selector("#matrix-box:not([hidden])", timeout=10_000)  # the finished classifier's heat map
+    assert page.locator("#matrix td").count() == 9
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "dashboard.png", full_page=True)
 

@@ -176,3 +176,17 @@ def test_deleting_a_model_cancels_its_jobs(idle_client):
     assert idle_client.delete("/models/gone").status_code == 204
     record = idle_client.get(f"/jobs/{job['job_id']}").json()
     assert record["status"] == "cancelled" and record["error"] == "model deleted"
+
+
+def test_a_succeeded_job_reports_its_final_metrics(client):
+    create(client, model_id="final-metrics")
+    job = client.post("/models/final-metrics/training-jobs", json={
+        "inputs": X4 * 5, "targets": Y3 * 5, "epochs": 20, "batch_size": 6, "learning_rate": 0.05,
+        "validation_split": 0.2}).json()
+    done = wait_job(client, job["job_id"])
+    assert done["status"] == "succeeded"
+    metrics = done["metrics"]
+    assert metrics["on"] == "validation" and metrics["samples"] == 6
+    assert np.sum(metrics["confusion_matrix"]) == 6 and len(metrics["confusion_matrix"]) == 3
+    assert metrics["accuracy"] == done["history"][-1]["val_accuracy"]
+    assert "metrics" not in (done["progress"] or {})
