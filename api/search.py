@@ -53,14 +53,9 @@ def submit_search(service: Service, model_id: str, req: SearchCreate) -> JobReco
     built: set[str] = set()
     for i, params in enumerate(candidates):
         _check_candidate(service, info, build, defaults, params, f"trial {i} {params}", built)
-    x = y = None
-    if (req.inputs is None) != (req.targets is None):
-        raise InvalidInput("give `inputs` and `targets` together (or neither, to search on the buffer)")
-    if req.inputs:
-        x = service._inputs(info, req.inputs)
-        y = service._targets(info, req.targets, len(x))
-        if len(x) < (req.folds or 2):
-            raise InvalidInput(f"{len(x)} samples; a search needs at least {req.folds or 2} (one per fold)")
+    x, y = service.inline_samples(info, req.inputs, req.targets, "to search on the buffer")
+    if x is not None and len(x) < (req.folds or 2):
+        raise InvalidInput(f"{len(x)} samples; a search needs at least {req.folds or 2} (one per fold)")
     params = {"space": {k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in req.space.items()},
               "trials": req.trials, "folds": req.folds, "validation_split": req.validation_split, "metric": req.metric,
               "seed": req.seed, "apply_best": req.apply_best, "defaults": defaults}

@@ -331,15 +331,19 @@ class Service:
             "clip_norm": req.clip_norm, "shuffle": req.shuffle, "seed": req.seed,
         }
 
+    def inline_samples(self, info: dict, inputs, targets, otherwise: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Checked arrays of a request's inline `inputs`/`targets`, or (None, None) when it has none."""
+        if (inputs is None) != (targets is None):
+            raise InvalidInput(f"give `inputs` and `targets` together (or neither, {otherwise})")
+        if not inputs:
+            return None, None
+        x = self._inputs(info, inputs)
+        return x, self._targets(info, targets, len(x))
+
     def submit_job(self, model_id: str, req: JobCreate) -> JobRecord:
         info = self.store.get_model(model_id).info
         params = self._fit_params(info, req)
-        x = y = None
-        if (req.inputs is None) != (req.targets is None):
-            raise InvalidInput("give `inputs` and `targets` together (or neither, to train on the buffer)")
-        if req.inputs:
-            x = self._inputs(info, req.inputs)
-            y = self._targets(info, req.targets, len(x))
+        x, y = self.inline_samples(info, req.inputs, req.targets, "to train on the buffer")
         job = JobRecord(job_id=uuid.uuid4().hex, model_id=model_id, model_uid="", status="buffering", params=params,
                         min_samples=req.min_samples, consume_buffer=req.consume_buffer, created_at=time.time())
         job = self.store.create_job(job, x, y, self.settings.max_buffer_samples)

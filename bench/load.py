@@ -15,10 +15,7 @@ import asyncio
 import json
 import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,35 +25,12 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.servers import start_server, stop_server  # noqa: E402
+
 N_IN, N_OUT = 16, 4
 SERVE_MODELS = [f"serve-{i}" for i in range(4)]
 TRAIN_MODELS = [f"train-{i}" for i in range(4)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(data_dir: str, workers: int) -> tuple[str, subprocess.Popen]:
-    port = free_port()
-    env = {**os.environ, "NN_PORT": str(port), "NN_DATA_DIR": data_dir, "NN_WORKERS": str(workers),
-           "NN_LOG_LEVEL": "warning"}
-    process = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return url, process
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise SystemExit("the service did not start")
-        time.sleep(0.1)
 
 
 def rows(rng: random.Random, n: int) -> tuple[list[list[float]], list[int]]:
@@ -152,7 +126,7 @@ def summary(name: str, stats: Stats, elapsed: float) -> dict:
 
 async def main_async(args) -> dict:
     data_dir = tempfile.mkdtemp(prefix="nn-load-")
-    url, process = start_server(data_dir, args.workers)
+    url, process = start_server(data_dir, timeout=60, NN_WORKERS=args.workers, NN_LOG_LEVEL="warning")
     try:
         rng = random.Random(args.seed)
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
@@ -178,11 +152,7 @@ async def main_async(args) -> dict:
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             final = [(await http.get(f"/jobs/{job_id}")).json() for job_id in job_ids]
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_server(process, timeout=30)
 
     result = {"clients": args.clients, "workers": args.workers, "cpus": os.cpu_count(),
               "idle": summary("idle (nothing trains)", idle, idle_s),

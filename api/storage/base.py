@@ -186,9 +186,9 @@ class Store(ABC):
         deleted meanwhile. A job that changed no weights gives its samples back to the buffer;
         otherwise they are gone."""
 
+    @abstractmethod
     def count_queued(self) -> int:
         """Jobs in ``queued`` (for /health)."""
-        raise NotImplementedError
 
     def jobs_overview(self) -> tuple[dict[str, int], list[dict]]:
         """(jobs per status, progress of every running job), for /metrics. This generic version

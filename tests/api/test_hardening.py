@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from client import Client
-from tests.api.conftest import IRIS, X4, Y3, running_app, settings_for
+from tests.api.conftest import IRIS, X4, running_app, settings_for
 
 KEY, OTHER_KEY = "s3cret-key-1", "s3cret-key-2"
 

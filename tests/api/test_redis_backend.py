@@ -8,7 +8,6 @@ samples are appended from both replicas at once.
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -38,12 +39,6 @@ def _redis_available() -> bool:
 
 
 pytestmark = pytest.mark.skipif(not _redis_available(), reason="no Redis at 127.0.0.1:6379")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
@@ -73,7 +68,7 @@ class Cluster:
 
     def start(self, replicas: int = 2, workers: int = 2) -> None:
         for i in range(replicas):
-            port = _free_port()
+            port = free_port()
             self.replicas.append((self._spawn([], f"api{i}", NN_PORT=str(port)), f"http://127.0.0.1:{port}"))
         for _ in range(workers):
             self.add_worker()
@@ -267,8 +262,8 @@ def test_unreachable_redis_answers_503():
 
 
 def test_search_trials_run_on_both_workers_and_the_best_is_applied(cluster):
-    from neural_net.selection import run_trial
     from api.search import builder_for
+    from neural_net.selection import run_trial
 
     a, b = cluster.urls
     _model(a, "searched")

@@ -1,0 +1,48 @@
+"""Real service processes on loopback, for tests and benchmarks (no pytest in here)."""
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(data_dir, timeout=30.0, **env_overrides):
+    """`python main.py` on a free loopback port; returns (url, process) once /health answers.
+    NN_WORKERS defaults to 1; keyword arguments are further NN_* environment variables."""
+    port = free_port()
+    env = {**os.environ, "NN_PORT": str(port), "NN_DATA_DIR": str(data_dir), "NN_WORKERS": "1",
+           **{key: str(value) for key, value in env_overrides.items()}}
+    process = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return url, process
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"the service did not start within {timeout} s")
+        time.sleep(0.1)
+
+
+def stop_server(process, timeout=15.0):
+    """SIGTERM (workers put running jobs back on the queue), then SIGKILL after `timeout`."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
