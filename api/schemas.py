@@ -119,11 +119,17 @@ class OutputResponse(BaseModel):
     activations: list[LayerActivations] | None = Field(None, description="Per-layer z and a, when asked.")
 
 
-class EvaluateRequest(Request):
+class LabelledSamples(Request):
+    """Inputs with their targets; the body of /evaluate and of /samples."""
+
     model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": IRIS_X, "targets": IRIS_Y}]})
 
     inputs: Rows = Field(min_length=1, description="Input vectors, one row per sample.")
     targets: Targets = Field(min_length=1, description="Expected outputs: rows, or one class index / value per sample.")
+
+
+class EvaluateRequest(LabelledSamples):
+    """Samples to compute the loss and metrics on."""
 
 
 class EvaluateResponse(BaseModel):
@@ -144,11 +150,8 @@ class Weights(Request):
 
 
 # -- training buffer ----------------------------------------------------------------
-class SamplesCreate(Request):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": IRIS_X, "targets": IRIS_Y}]})
-
-    inputs: Rows = Field(min_length=1, description="Input vectors, one row per sample.")
-    targets: Targets = Field(min_length=1, description="Expected outputs: rows, or one class index / value per sample.")
+class SamplesCreate(LabelledSamples):
+    """Samples to append to the training buffer."""
 
 
 class BufferPublic(BaseModel):

@@ -85,13 +85,19 @@ def _positive_std(std):
     return float(std)
 
 
-@WEIGHT_INITIALIZERS.register("gaussian")
-class GaussianWeights(_Normal):
+class _FixedStd(_Normal):
+    """N(0, std^2) with a configured std, whatever the shape."""
+
     def __init__(self, std=0.01):
         self.std = _positive_std(std)
 
     def std_for(self, shape):
         return self.std
+
+
+@WEIGHT_INITIALIZERS.register("gaussian")
+class GaussianWeights(_FixedStd):
+    pass
 
 
 @BIAS_INITIALIZERS.register("zeros")
@@ -102,12 +108,8 @@ class Zeros(Initializer):
 
 
 @BIAS_INITIALIZERS.register("random")
-class RandomBias(_Normal):
-    def __init__(self, std=0.01):
-        self.std = _positive_std(std)
-
-    def std_for(self, shape):
-        return self.std
+class RandomBias(_FixedStd):
+    pass
 
 
 @BIAS_INITIALIZERS.register("constant")
