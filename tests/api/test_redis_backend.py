@@ -1,5 +1,5 @@
 """NN_BACKEND=redis end to end: two API replicas (real uvicorn processes) and two `python main.py worker`
-processes share database 15 of the Redis at 127.0.0.1:6379 (skipped when none answers there).
+processes share NN_TEST_REDIS_URL (default database 15 of the Redis at 127.0.0.1:6379; skipped when none answers).
 
 A job is created on one replica, fed and trained through the other; a worker is SIGKILLed in the
 middle of a job, which finishes on the other worker with the same weights as an uninterrupted run;
@@ -22,7 +22,7 @@ import pytest
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = os.environ.get("NN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def _redis():
@@ -38,7 +38,7 @@ def _redis_available() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _redis_available(), reason="no Redis at 127.0.0.1:6379")
+pytestmark = pytest.mark.skipif(not _redis_available(), reason=f"no Redis at {REDIS_URL}")
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):

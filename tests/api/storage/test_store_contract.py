@@ -1,9 +1,10 @@
 """One contract, two stores: the same assertions run against SQLiteStore and RedisStore.
 
-The Redis half uses database 15 of the Redis at 127.0.0.1:6379 under a key prefix of its own,
+The Redis half uses NN_TEST_REDIS_URL (default database 15 of the Redis at 127.0.0.1:6379) under a key prefix of its own,
 deleted afterwards; it is skipped when no Redis answers there.
 """
 
+import os
 import threading
 import time
 import uuid
@@ -14,7 +15,7 @@ import pytest
 from api.errors import JobNotCancellable, JobNotFound, LeaseLost, ModelBusy, ModelExists, ModelNotFound, PayloadTooLarge, VersionConflict
 from api.storage.base import JobRecord
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = os.environ.get("NN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def redis_available() -> bool:
@@ -36,7 +37,7 @@ def store(request, tmp_path):
         s.close()
         return
     if not redis_available():
-        pytest.skip("no Redis at 127.0.0.1:6379")
+        pytest.skip(f"no Redis at {REDIS_URL}")
     from api.storage.redis_store import RedisStore
 
     s = RedisStore(REDIS_URL, prefix=f"test-{uuid.uuid4().hex[:8]}", lease_seconds=5)
@@ -225,7 +226,7 @@ def test_concurrent_appends_lose_and_duplicate_nothing(store):
 @pytest.fixture
 def redis_pair():
     if not redis_available():
-        pytest.skip("no Redis at 127.0.0.1:6379")
+        pytest.skip(f"no Redis at {REDIS_URL}")
     from api.storage.redis_store import RedisStore
 
     prefix = f"test-{uuid.uuid4().hex[:8]}"
