@@ -193,3 +193,24 @@ def resolve(spec, last_activation, n_out):
     if isinstance(loss, CrossEntropy) and n_out < 2:
         raise ConfigError("cross_entropy needs at least 2 output units; use binary_cross_entropy for 1 unit")
     return loss
+
+
+def task(loss, n_out):
+    """"multiclass", "binary", "multilabel" or "regression": what a loss on n_out outputs learns."""
+    if isinstance(loss, CrossEntropy):
+        return "multiclass"
+    if isinstance(loss, BinaryCrossEntropy):
+        return "binary" if n_out == 1 else "multilabel"
+    return "regression"
+
+
+def classes(values, loss, targets=False):
+    """Class indices from outputs (or from prepared targets when targets=True); None unless the
+    task is multiclass or binary."""
+    kind = task(loss, values.shape[1])
+    if kind == "multiclass":
+        return np.argmax(values, axis=1)
+    threshold = 0.0 if loss.from_logits and not targets else 0.5
+    if kind == "binary":
+        return (values[:, 0] > threshold).astype(np.intp)
+    return None
