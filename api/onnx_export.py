@@ -39,6 +39,8 @@ class _Graph:
 def _activation(graph, activation, z):
     config = activation.get_config()
     name = config["name"]
+    if name == "sigmoid" and "slope" in config:
+        z = graph.op("Mul", [z, graph.const("slope", config["slope"])])
     if name in _SIMPLE:
         return graph.op(_SIMPLE[name], [z], **({"axis": -1} if name == "softmax" else {}))
     if name == "leaky_relu":
@@ -66,7 +68,8 @@ def to_onnx(net: Network, name: str = "network") -> bytes:
     for layer in net.layers:
         if isinstance(layer, Dense):
             z = graph.op("MatMul", [x, graph.const("weights", layer.params["weights"])])
-            z = graph.op("Add", [z, graph.const("biases", layer.params["biases"])])
+            if layer.use_bias:
+                z = graph.op("Add", [z, graph.const("biases", layer.params["biases"])])
         elif isinstance(layer, BatchNorm):
             scale = layer.params["gamma"] / np.sqrt(layer.buffers["running_var"] + layer.eps)
             shift = layer.params["beta"] - layer.buffers["running_mean"] * scale

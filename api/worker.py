@@ -17,7 +17,7 @@ import uuid
 from typing import Any
 
 
-from neural_net import Callback, Network
+from neural_net import Callback, Network, schedules
 from neural_net.errors import NeuralNetError, NonFiniteError
 
 from api.errors import LeaseLost, StoreUnavailable
@@ -126,6 +126,9 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
         return _finish(store, job, "failed", error=str(exc))
     callback = _JobCallback(store, job, net, snapshot, stop_event, settings.progress_interval)
     try:
+        # a resumed job's schedule continues from its epochs so far (reduce_on_plateau keeps state)
+        params["schedule"] = schedules.get(params.get("schedule") or "constant",
+                                           **(params.pop("schedule_options", None) or {})).replay(job.history)
         net.fit(x, y, callbacks=[callback], initial_epoch=job.epochs_done, **params)
     except NonFiniteError as exc:
         message = str(exc).removeprefix("training ")

@@ -40,10 +40,19 @@ class Linear(Activation):
 
 @ACTIVATIONS.register("sigmoid")
 class Sigmoid(Activation):
-    """a = 1 / (1 + e^-z), computed as (1 + tanh(z/2)) / 2: no exp overflow, no clipping."""
+    """a = 1 / (1 + e^(-slope z)), computed as (1 + tanh(slope z / 2)) / 2: no exp overflow, no
+    clipping; da/dz = slope a (1 - a). `slope` (default 1) must be positive."""
+
+    def __init__(self, slope=1.0):
+        if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not 0 < slope < float("inf"):
+            raise ConfigError(f"sigmoid slope must be a positive number; received slope={slope!r}")
+        self.slope = float(slope)
+
+    def get_config(self):
+        return {"name": self.name} if self.slope == 1.0 else {"name": self.name, "slope": self.slope}
 
     def forward(self, z, out=None):
-        out = np.multiply(z, 0.5, out=out)
+        out = np.multiply(z, 0.5 * self.slope, out=out)
         np.tanh(out, out=out)
         out *= 0.5
         out += 0.5
@@ -52,6 +61,8 @@ class Sigmoid(Activation):
     def backward(self, z, a, grad):
         grad *= a
         grad *= 1.0 - a
+        if self.slope != 1.0:
+            grad *= self.slope
         return grad
 
 

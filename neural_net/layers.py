@@ -115,7 +115,8 @@ class Dense(Layer):
     """Fully connected layer: z = x @ weights + biases, a = activation(z).
 
     x: (batch, n_in), weights: (n_in, units), biases: (units,). `weight_init="auto"` picks he for
-    relu-like activations (relu, leaky_relu, elu, gelu) and xavier otherwise. `dropout` is the
+    relu-like activations (relu, leaky_relu, elu, gelu) and xavier otherwise. `use_bias=False` drops
+    the biases (z = x @ weights), e.g. before a BatchNorm whose beta does their work. `dropout` is the
     fraction of this layer's outputs zeroed while training (inverted dropout: survivors are scaled
     by 1 / (1 - dropout), so inference needs no change).
     """
@@ -123,26 +124,32 @@ class Dense(Layer):
     type_name = "dense"
     _RELU_LIKE = {"relu", "leaky_relu", "elu", "gelu"}
 
-    def __init__(self, units, activation="linear", weight_init="auto", bias_init="zeros", dropout=0.0):
+    def __init__(self, units, activation="linear", weight_init="auto", bias_init="zeros", dropout=0.0, use_bias=True):
         super().__init__(activation, dropout)
         self.units = _positive_int(units, "units")
+        if not isinstance(use_bias, bool):
+            raise ConfigError(f"use_bias must be true or false; received use_bias={use_bias!r}")
+        self.use_bias = use_bias
         if weight_init == "auto":
             weight_init = "he" if self.activation.name in self._RELU_LIKE else "xavier"
         self.weight_init = initializers.get_weight(weight_init)
         self.bias_init = initializers.get_bias(bias_init)
 
     def param_specs(self):
-        return [("weights", (self.n_in, self.units), WEIGHT), ("biases", (self.units,), OTHER)]
+        specs = [("weights", (self.n_in, self.units), WEIGHT)]
+        return specs + [("biases", (self.units,), OTHER)] if self.use_bias else specs
 
     def initialize(self, rng):
         self.weight_init.fill(self.params["weights"], rng)
-        self.bias_init.fill(self.params["biases"], rng)
+        if self.use_bias:
+            self.bias_init.fill(self.params["biases"], rng)
 
     def forward(self, x, training=False, dropout=True, rng=None, update_stats=True):
-        weights, biases = self.params["weights"], self.params["biases"]
+        weights = self.params["weights"]
         ws = self._workspace(x.shape[0], weights.dtype) if training else None
         z = np.matmul(x, weights, out=ws["z"] if training else None)
-        z += biases
+        if self.use_bias:
+            z += self.params["biases"]
         self._x = x
         return self._activate(z, training, dropout, rng, ws)
 
@@ -151,19 +158,23 @@ class Dense(Layer):
         Writes dL/dweights = x^T dz and dL/dbiases = sum_batch dz; returns dL/dx = dz weights^T."""
         dz = self._activation_backward(grad, grad_is_dz)
         np.matmul(self._x.T, dz, out=self.grads["weights"])
-        np.add.reduce(dz, axis=0, out=self.grads["biases"])  # np.sum without its Python wrapper
+        if self.use_bias:
+            np.add.reduce(dz, axis=0, out=self.grads["biases"])  # np.sum without its Python wrapper
         if not need_input_grad:
             return None
         ws = self._workspace(dz.shape[0], dz.dtype)
         return np.matmul(dz, self.params["weights"].T, out=ws["dx"])
 
     def get_config(self):
-        return {
+        config = {
             **super().get_config(),
             "units": self.units,
             "weight_init": _compact(self.weight_init.get_config()),
             "bias_init": _compact(self.bias_init.get_config()),
         }
+        if not self.use_bias:
+            config["use_bias"] = False
+        return config
 
 
 @_register

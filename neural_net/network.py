@@ -194,7 +194,7 @@ class Network:
     def _output_backward(self, out, y, loss):
         """Loss value and back-propagation from the output; fills the flat gradient array."""
         last = self.layers[-1]
-        if loss.fuses_with == last.activation.name and not loss.from_logits:
+        if _fused(loss, last):
             value = loss.value_from_logits(last.z, y)
             grad = loss.fused_gradient(out, y, out=last.output_grad_buffer(out))
             grad_is_dz = True
@@ -223,20 +223,22 @@ class Network:
     def gradients(self, x, y, loss=None, l1=0.0, l2=0.0):
         """(loss, grads): the loss of a training-mode forward pass without dropout (batch statistics
         for BatchNorm, running statistics untouched), plus l1 * sum|w| + l2 * sum w^2 over weights,
-        and its gradient as [{"weights": (n_in, n_out), "biases": (n_out,)}] per Dense layer."""
+        and its gradient as [{"weights": (n_in, n_out), "biases": (n_out,)}] per Dense layer (no
+        "biases" for a layer with use_bias=False)."""
         loss = self._get_loss(loss)
         x = self._inputs(x)
         y = self._targets(y, loss, x.shape[0])
         out = self._forward(x, training=True, dropout=False, update_stats=False)
         value = self._output_backward(out, y, loss) + self._regularize(l1, l2)
-        grads = [{key: layer.grads[key].copy() for key in ("weights", "biases")}
+        grads = [{key: grad.copy() for key, grad in layer.grads.items()}
                  for layer in self.layers if isinstance(layer, Dense)]
         return value, grads
 
     # ------------------------------------------------------------------ weights
     def get_weights(self):
-        """[{"weights": (n_in, n_out), "biases": (n_out,)}] per Dense layer (copies)."""
-        return [{key: layer.params[key].copy() for key in ("weights", "biases")}
+        """[{"weights": (n_in, n_out), "biases": (n_out,)}] per Dense layer (copies; no "biases" for a
+        layer with use_bias=False)."""
+        return [{key: param.copy() for key, param in layer.params.items()}
                 for layer in self.layers if isinstance(layer, Dense)]
 
     def set_weights(self, layers):
@@ -246,9 +248,11 @@ class Network:
             raise ShapeError(f"expected weights for {len(dense)} dense layers; received {len(layers) if isinstance(layers, (list, tuple)) else type(layers).__name__}")
         arrays = []
         for index, (layer, given) in enumerate(zip(dense, layers)):
-            if not isinstance(given, dict) or set(given) != {"weights", "biases"}:
-                raise ShapeError(f"layer {index}: expected a dict with keys 'weights' and 'biases'")
-            for key in ("weights", "biases"):
+            keys = list(layer.params)
+            if not isinstance(given, dict) or set(given) != set(keys):
+                what = "'weights' and 'biases'" if layer.use_bias else "'weights' only (the layer has use_bias=False)"
+                raise ShapeError(f"layer {index}: expected a dict with keys {what}")
+            for key in keys:
                 array = _as_float_array(given[key], self.dtype, f"layer {index} {key}")
                 expected = layer.params[key].shape
                 if array.shape != expected:
@@ -366,7 +370,7 @@ class Network:
 
     def _outputs_and_loss(self, x, y, loss, chunk=4096):
         """Inference outputs and the loss, in chunks of rows (every reduction is a mean over rows)."""
-        fused = loss.fuses_with == self.layers[-1].activation.name and not loss.from_logits
+        fused = _fused(loss, self.layers[-1])
         outputs, total = [], 0.0
         for start in range(0, x.shape[0], chunk):
             out, yc = self._forward(x[start:start + chunk]), y[start:start + chunk]
@@ -420,6 +424,12 @@ class Network:
 
     def __repr__(self):
         return f"Network(layer_sizes={self.layer_sizes}, loss={self._loss_spec!r}, dtype={self.dtype.name})"
+
+
+def _fused(loss, last):
+    """Whether the loss and the output activation combine into one stable step (p - y): only for the
+    plain activation (a sigmoid with a slope other than 1 is not the logistic function it fuses with)."""
+    return last.activation.get_config() == {"name": loss.fuses_with} and not loss.from_logits
 
 
 def _per_layer(value, n_layers, what):

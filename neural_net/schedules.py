@@ -5,6 +5,9 @@ counts from 0 and `epochs` is the total of the run.
 - exponential:  lr = base * decay_rate ** e             (the FastAPI seed's per-epoch decay_rate)
 - step:         lr = base * gamma ** (e // step_size)
 - cosine:       lr = min_lr + (base - min_lr) * (1 + cos(pi * e / E)) / 2 over the E post-warm-up epochs
+- reduce_on_plateau: lr = max(base * factor ** k, min_lr), where k counts the times the monitored loss
+                (val_loss when there is validation data, else loss) went `patience` epochs without
+                improving by more than min_delta (Keras ReduceLROnPlateau without cooldown)
 Every schedule takes `warmup_epochs` (default 0): for e < W, lr = base * (e + 1) / (W + 1), and the
 schedule proper starts at e = W with e counted from there.
 """
@@ -36,6 +39,15 @@ class Schedule:
 
     def rate(self, epoch, base_lr, epochs):
         return base_lr
+
+    def on_epoch_end(self, logs):
+        """Called by `fit` after every epoch with its logs (loss, val_loss, ...); stateless schedules ignore it."""
+
+    def replay(self, records):
+        """Rebuild the state from earlier epochs' logs (e.g. a resumed run's history); returns self."""
+        for logs in records:
+            self.on_epoch_end(logs)
+        return self
 
 
 @SCHEDULES.register("constant")
@@ -77,3 +89,42 @@ class Cosine(Schedule):
 
     def rate(self, epoch, base_lr, epochs):
         return self.min_lr + (base_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+
+@SCHEDULES.register("reduce_on_plateau")
+class ReduceOnPlateau(Schedule):
+    """Multiply the rate by `factor` each time the monitored loss has not improved for `patience` epochs.
+
+    State (the best loss, epochs waited, reductions made) lives in the instance: pass the same instance
+    to a later `fit` to continue, or rebuild it from a run's per-epoch logs with `replay`.
+    """
+
+    def __init__(self, factor=0.5, patience=5, min_lr=0.0, min_delta=0.0, warmup_epochs=0):
+        super().__init__(warmup_epochs)
+        if isinstance(factor, bool) or not 0 < factor < 1:
+            raise ConfigError(f"reduce_on_plateau factor must be in (0, 1); received factor={factor!r}")
+        if not (isinstance(patience, int) and not isinstance(patience, bool) and patience >= 1):
+            raise ConfigError(f"reduce_on_plateau patience must be a whole number >= 1; received patience={patience!r}")
+        if min_lr < 0 or min_delta < 0:
+            raise ConfigError(f"min_lr and min_delta must be >= 0; received min_lr={min_lr}, min_delta={min_delta}")
+        self.factor, self.patience, self.min_lr, self.min_delta = float(factor), patience, float(min_lr), float(min_delta)
+        self.best, self.waited, self.reductions = math.inf, 0, 0
+
+    def get_config(self):
+        return {"name": self.name, "factor": self.factor, "patience": self.patience, "min_lr": self.min_lr,
+                "min_delta": self.min_delta, "warmup_epochs": self.warmup_epochs}
+
+    def rate(self, epoch, base_lr, epochs):
+        return max(base_lr * self.factor ** self.reductions, self.min_lr)
+
+    def on_epoch_end(self, logs):
+        value = logs.get("val_loss", logs.get("loss"))
+        if value is None or not math.isfinite(value):
+            return
+        if value < self.best - self.min_delta:
+            self.best, self.waited = value, 0
+            return
+        self.waited += 1
+        if self.waited >= self.patience:
+            self.reductions += 1
+            self.waited = 0

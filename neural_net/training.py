@@ -177,6 +177,7 @@ class Run:
             logs.update(learning_rate=lr, samples_per_second=seen / elapsed if elapsed > 0 else 0.0, time=elapsed)
             net.epochs_trained = epoch + 1
             history.append(logs)
+            self.schedule.on_epoch_end(logs)
             stop = self._notify("on_epoch_end", self._progress(epoch + 1, self.batches, seen, loss_sum, lr, started, logs)) or stop
             history.stopped = stop
             if self.stopper and self.stopper.update(epoch + 1, logs, net._flat):

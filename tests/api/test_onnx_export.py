@@ -37,3 +37,11 @@ def test_single_sample_and_large_batch():
     for batch in (1, 500):
         x = np.random.default_rng(batch).normal(size=(batch, 3))
         np.testing.assert_allclose(run_onnx(net, x), net.predict(x), atol=1e-5, rtol=1e-5)
+
+
+def test_layers_without_bias_and_a_sloped_sigmoid_match():
+    net = Network(4, seed=3)
+    net.add(Dense(6, activation="tanh", use_bias=False)).add(BatchNorm())
+    net.add(Dense(2, activation={"name": "sigmoid", "slope": 2.5}, use_bias=False))
+    x = np.random.default_rng(3).normal(size=(9, 4))
+    np.testing.assert_allclose(run_onnx(net, x), net.predict(x), atol=1e-5, rtol=1e-5)

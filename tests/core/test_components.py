@@ -6,7 +6,7 @@ import pytest
 from sklearn import metrics as skm
 
 from neural_net import activations, initializers, losses, metrics, schedules
-from neural_net.errors import UnknownNameError
+from neural_net.errors import ConfigError, UnknownNameError
 
 REGISTRIES = [
     (activations.ACTIVATIONS, activations.get),
@@ -38,7 +38,7 @@ def test_registry_names_match_the_issue():
     assert set(initializers.weight_names()) == {"xavier", "xavier_uniform", "he", "he_uniform", "lecun", "gaussian"}
     assert set(initializers.bias_names()) == {"zeros", "random", "constant"}
     assert set(losses.names()) == {"mse", "mae", "binary_cross_entropy", "cross_entropy"}
-    assert set(schedules.names()) == {"constant", "exponential", "step", "cosine"}
+    assert set(schedules.names()) == {"constant", "exponential", "step", "cosine", "reduce_on_plateau"}
 
 
 @pytest.mark.parametrize("name", activations.names())
@@ -88,6 +88,28 @@ def test_schedules():
     assert cosine(0, 1.0, 10) == 1.0 and cosine(5, 1.0, 10) == pytest.approx(0.5)
     warm = schedules.get({"name": "constant", "warmup_epochs": 3})
     assert [warm(e, 1.0, 10) for e in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+
+
+def test_reduce_on_plateau_by_hand():
+    plateau = schedules.get({"name": "reduce_on_plateau", "factor": 0.5, "patience": 2, "min_lr": 0.3})
+    rates = []
+    for loss in [1.0, 0.9, 0.95, 0.91, 0.8, 0.85, 0.9, 0.99, 0.99, 0.99]:
+        rates.append(plateau(len(rates), 1.0, 10))
+        plateau.on_epoch_end({"loss": loss})
+    # epochs 2, 3 do not beat 0.9: cut; epochs 5, 6 do not beat 0.8: cut (0.25 is below min_lr); 7, 8: cut
+    assert rates == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.3, 0.3, 0.3]
+    assert plateau.reductions == 3
+    # val_loss is monitored when present; a fresh instance replayed over the logs has the same state
+    chosen = schedules.get({"name": "reduce_on_plateau", "patience": 1})
+    chosen.on_epoch_end({"loss": 1.0, "val_loss": 2.0})
+    chosen.on_epoch_end({"loss": 0.5, "val_loss": 2.5})
+    assert chosen(2, 1.0, 10) == 0.5
+    logs = [{"loss": v} for v in [1.0, 0.9, 0.95, 0.91, 0.8, 0.85, 0.9, 0.99, 0.99, 0.99]]
+    replayed = schedules.get({"name": "reduce_on_plateau", "factor": 0.5, "patience": 2, "min_lr": 0.3}).replay(logs)
+    assert (replayed.best, replayed.waited, replayed.reductions) == (plateau.best, plateau.waited, plateau.reductions)
+    for bad in ({"factor": 1.0}, {"factor": 0}, {"patience": 0}, {"min_lr": -1}):
+        with pytest.raises(ConfigError):
+            schedules.get({"name": "reduce_on_plateau", **bad})
 
 
 def test_classification_metrics_match_scikit_learn():

@@ -131,3 +131,40 @@ def test_gradients_ignore_dropout():
     second = net.gradients(x, y)
     assert first[0] == second[0]
     np.testing.assert_array_equal(first[1][0]["weights"], second[1][0]["weights"])
+
+
+@pytest.mark.parametrize("output", ["linear", "softmax"])
+def test_dense_without_bias(output):
+    rng = np.random.default_rng(5)
+    net = Network(3, seed=5, dtype="float64")
+    net.add(Dense(4, activation="tanh", use_bias=False))
+    net.add(BatchNorm(activation="leaky_relu"))
+    net.add(Dense(3, activation=output, use_bias=False))
+    x = rng.normal(size=(6, 3))
+    y = rng.integers(0, 3, size=6) if output == "softmax" else rng.normal(size=(6, 3))
+    assert [name for name in net.named_parameters()] == ["layers.0.weights", "layers.1.gamma", "layers.1.beta", "layers.2.weights"]
+    assert relative_error(numeric_gradient(net, x, y, None), analytic_gradient(net, x, y, None)) < 1e-6
+    assert [set(g) for g in net.gradients(x, y)[1]] == [{"weights"}] * 2
+
+
+@pytest.mark.parametrize("spec", [{"name": "sigmoid", "slope": 2.5}, {"name": "sigmoid", "slope": 0.3},
+                                  {"name": "leaky_relu", "alpha": 0.2}, {"name": "elu", "alpha": 0.5}])
+def test_activation_parameters(spec):
+    rng = np.random.default_rng(6)
+    net = Network(3, seed=6, dtype="float64")
+    net.add(Dense(4, activation=spec, bias_init="random"))
+    net.add(Dense(2, activation="linear"))
+    x = rng.normal(size=(5, 3))
+    y = rng.normal(size=(5, 2))
+    assert relative_error(numeric_gradient(net, x, y, "mse"), analytic_gradient(net, x, y, "mse")) < 1e-6
+
+
+def test_sigmoid_slope_output_with_binary_cross_entropy():
+    """A sloped sigmoid is not fused with the cross-entropy (whose fused step assumes slope 1)."""
+    rng = np.random.default_rng(7)
+    net = Network(3, seed=7, dtype="float64")
+    net.add(Dense(4, activation="tanh")).add(Dense(1, activation={"name": "sigmoid", "slope": 3.0}))
+    assert net.loss_name == "binary_cross_entropy"
+    x = rng.normal(size=(6, 3))
+    y = rng.integers(0, 2, size=(6, 1)).astype(float)
+    assert relative_error(numeric_gradient(net, x, y, None), analytic_gradient(net, x, y, None)) < 1e-6

@@ -169,6 +169,27 @@ def test_save_load_round_trip_without_pickle():
         Network.from_bytes(b"garbage")
 
 
+def test_use_bias_and_activation_parameters_survive_save_and_load():
+    net = Network(3, seed=2)
+    net.add(Dense(6, activation={"name": "leaky_relu", "alpha": 0.2}, use_bias=False))
+    net.add(BatchNorm())
+    net.add(Dense(1, activation={"name": "sigmoid", "slope": 2.0}))
+    assert net.n_params == 3 * 6 + 2 * 6 + 6 + 1
+    x = np.random.default_rng(1).normal(size=(20, 3))
+    y = (x[:, :1] > 0).astype(float)
+    net.fit(x, y, epochs=2, batch_size=5)
+    loaded = Network.from_bytes(net.to_bytes())
+    assert loaded.get_config()["layers"][0] == {"type": "dense", "activation": {"name": "leaky_relu", "alpha": 0.2},
+                                                "units": 6, "weight_init": "he", "bias_init": "zeros", "use_bias": False}
+    assert loaded.get_config()["layers"][2]["activation"] == {"name": "sigmoid", "slope": 2.0}
+    np.testing.assert_array_equal(loaded.predict(x), net.predict(x))
+    assert [set(layer) for layer in loaded.get_weights()] == [{"weights"}, {"weights", "biases"}]
+    with pytest.raises(ShapeError, match="use_bias=False"):
+        loaded.set_weights([{"weights": np.zeros((3, 6)), "biases": np.zeros(6)}, loaded.get_weights()[1]])
+    with pytest.raises(ConfigError, match="use_bias must be true or false"):
+        Dense(3, use_bias="no")
+
+
 def test_config_round_trip():
     net = small_net(loss={"name": "cross_entropy", "from_logits": False}, dropout=[0.1, 0.0])
     clone = Network.from_config(net.get_config())
@@ -360,3 +381,21 @@ def test_from_bytes_refuses_what_is_not_a_saved_network():
     for data in (b"garbage", b"PK\x03\x04 broken zip"):
         with pytest.raises(ConfigError, match="not a saved network"):
             Network.from_bytes(data)
+
+
+def test_fit_reduces_the_learning_rate_on_a_validation_plateau():
+    """The validation loss stops improving (the validation targets are noise), so the rate halves
+    every `patience` epochs down to min_lr, while the training loss keeps falling."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 3))
+    y = x @ np.array([[1.0], [-2.0], [0.5]])
+    y[100:] = rng.normal(size=(20, 1)) * 10
+    net = Network.from_layer_sizes([3, 8, 1], activations=["tanh", "linear"], seed=0)
+    history = net.fit(x, y, epochs=40, batch_size=10, learning_rate=0.01, validation_split=1 / 6,
+                      schedule="reduce_on_plateau", schedule_options={"factor": 0.5, "patience": 2, "min_lr": 0.001})
+    rates = history.history["learning_rate"]
+    assert rates[0] == 0.01 and min(rates) == 0.001 and rates == sorted(rates, reverse=True)
+    val = history.history["val_loss"]
+    for epoch in range(1, len(rates)):  # each cut follows `patience` epochs without a new best val_loss
+        if rates[epoch] < rates[epoch - 1]:
+            assert min(val[epoch - 2:epoch]) >= min(val[:epoch - 2])
