@@ -30,19 +30,45 @@ class Request(BaseModel):
 
 
 # -- models --------------------------------------------------------------------
+class LayerSpec(Request):
+    """One layer of a `layers` list (Keras style): a dense layer or a batch normalisation."""
+
+    type: str = Field(description="'dense' or 'batch_norm'.")
+    units: int | None = Field(None, ge=1, description="dense: number of units (required).")
+    activation: str | None = Field(None, description="Activation name, e.g. 'relu', 'leaky_relu', 'sigmoid', 'softmax'; "
+                                                     "default 'linear'.")
+    alpha: float | None = Field(None, description="leaky_relu: slope for z < 0 (default 0.01); elu: scale for z < 0 (default 1).")
+    slope: float | None = Field(None, gt=0, description="sigmoid: a = 1 / (1 + e^(-slope z)) (default 1).")
+    dropout: Rate = Field(0.0, description="Fraction of this layer's outputs zeroed while training, in [0, 1); 0 on the last layer.")
+    use_bias: bool | None = Field(None, description="dense: add biases (default true); false for z = x @ weights.")
+    weight_init: str | None = Field(None, description="dense: weight initialiser; the model's `weight_init` when absent.")
+    bias_init: str | None = Field(None, description="dense: bias initialiser; the model's `bias_init` when absent.")
+    momentum: float | None = Field(None, ge=0, lt=1, description="batch_norm: running statistics' momentum (default 0.9).")
+    eps: float | None = Field(None, gt=0, description="batch_norm: added to the variance (default 1e-5).")
+
+
 class ModelCreate(Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "model_id": "iris", "layer_sizes": [4, 8, 3], "activations": ["relu", "softmax"],
-        "weight_init": "he", "bias_init": "zeros", "loss": "auto", "seed": 0}]})
+        "weight_init": "he", "bias_init": "zeros", "loss": "auto", "seed": 0}, {
+        "model_id": "iris-bn", "input_size": 4, "layers": [
+            {"type": "dense", "units": 16, "activation": "leaky_relu", "alpha": 0.1, "use_bias": False},
+            {"type": "batch_norm"},
+            {"type": "dense", "units": 3, "activation": "softmax"}], "seed": 0}]})
 
     model_id: str | None = Field(None, pattern=MODEL_ID_PATTERN, description="Id of the new model, [A-Za-z0-9_.-]{1,64}; generated when absent.")
-    layer_sizes: list[Annotated[int, Field(ge=1)]] = Field(min_length=2, description="Units per layer, input first: [4, 8, 3] is 4 inputs, 8 hidden units, 3 outputs.")
-    activations: list[str] | None = Field(None, description="One activation per layer after the input, e.g. ['relu', 'softmax'].")
-    activation: str | None = Field(None, description="One activation for every layer (instead of `activations`); default 'sigmoid'.")
-    weight_init: str = Field("xavier", description="Weight initialiser name, e.g. 'xavier', 'he', 'gaussian'.")
+    layer_sizes: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=2, description="Units per layer, input first: [4, 8, 3] is 4 inputs, 8 hidden units, 3 outputs. "
+                                                                                                  "Or give `input_size` and `layers` instead.")
+    input_size: int | None = Field(None, ge=1, description="With `layers`: values per input vector.")
+    layers: list[LayerSpec] | None = Field(None, min_length=1, description="Instead of `layer_sizes`: the layers after the input, each "
+                                           "{type: dense|batch_norm, units, activation, alpha, slope, dropout, use_bias, ...}.")
+    activations: list[str] | None = Field(None, description="With layer_sizes: one activation per layer after the input, e.g. ['relu', 'softmax'].")
+    activation: str | None = Field(None, description="With layer_sizes: one activation for every layer (instead of `activations`); default 'relu'.")
+    weight_init: str = Field("auto", description="Weight initialiser name: 'auto' (he after relu-like activations, "
+                                                 "else xavier), 'xavier', 'he', 'gaussian', ...")
     bias_init: str = Field("zeros", description="Bias initialiser name, e.g. 'zeros', 'random'.")
     loss: str = Field("auto", description="Loss name; 'auto' picks cross_entropy after softmax, binary_cross_entropy after a 1-unit sigmoid, else mse.")
-    dropout: Rate | list[Rate] = Field(0.0, description="Dropout rate for every layer, or one rate per layer after the input, each in [0, 1).")
+    dropout: Rate | list[Rate] = Field(0.0, description="With layer_sizes: dropout rate for every hidden layer, or one rate per layer after the input, each in [0, 1).")
     dtype: Literal["float32", "float64"] = Field("float32", description="Floating point type of weights and computations.")
     seed: int | None = Field(None, ge=0, description="Seed of the weight initialisation and training randomness; random when absent.")
 
@@ -101,7 +127,7 @@ class LayerArrays(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     weights: Rows = Field(description="(n_in, n_out) matrix: row i holds the weights from input unit i.")
-    biases: Row = Field(description="(n_out,) vector.")
+    biases: Row | None = Field(None, description="(n_out,) vector; null for a layer with use_bias false.")
 
 
 class LayerActivations(BaseModel):
@@ -142,9 +168,11 @@ class EvaluateResponse(BaseModel):
 
 class Weights(Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "layers": [{"weights": [[0.1, -0.2], [0.3, 0.4]], "biases": [0.0, 0.1]}]}]})
+        # fits the model example (4 inputs, 8 hidden units, 3 outputs)
+        "layers": [{"weights": [[0.1, -0.2, 0.3, -0.1, 0.2, -0.3, 0.1, 0.2]] * 4, "biases": [0.0] * 8},
+                   {"weights": [[0.2, -0.1, 0.1]] * 8, "biases": [0.0, 0.1, -0.1]}]}]})
 
-    layers: list[LayerArrays] = Field(min_length=1, description="Weights and biases of each layer after the input.")
+    layers: list[LayerArrays] = Field(min_length=1, description="Weights and biases of each dense layer after the input.")
     version: int | None = Field(None, description="In GET: the model version. In PUT: optional; when given, the update "
                                                   "only happens if the model is still at that version (else 409).")
 
@@ -180,9 +208,12 @@ class JobCreate(Request):
     batch_size: int = Field(32, ge=1, description="Samples per gradient step.")
     optimizer: str = Field("adam", description="Optimizer name, e.g. 'sgd', 'momentum', 'rmsprop', 'adam'.")
     learning_rate: float | None = Field(None, gt=0, description="Step size; the optimizer's default when absent.")
-    schedule: str | None = Field(None, description="Learning-rate schedule: 'constant', 'exponential', 'step' or 'cosine'.")
+    schedule: str | None = Field(None, description="Learning-rate schedule: 'constant', 'exponential', 'step', 'cosine' or "
+                                                   "'reduce_on_plateau' (options factor, patience, min_lr, min_delta; on "
+                                                   "val_loss with a validation_split, else the training loss).")
     decay_rate: float | None = Field(None, gt=0, description="Decay rate of the 'exponential' schedule (shortcut for schedule_options).")
-    schedule_options: dict[str, float] | None = Field(None, description="Other schedule options, e.g. {'step_size': 10, 'gamma': 0.5}.")
+    schedule_options: dict[str, float] | None = Field(None, description="Other schedule options, e.g. {'step_size': 10, 'gamma': 0.5} "
+                                                                       "or {'factor': 0.5, 'patience': 3, 'min_lr': 0.0001}.")
     l1: float = Field(0.0, ge=0, description="L1 penalty on weights.")
     l2: float = Field(0.0, ge=0, description="L2 penalty on weights.")
     dropout: float | list[float] | None = Field(None, description="Dropout rate(s) for this job; the model's own when absent.")

@@ -14,9 +14,10 @@ import numpy as np
 
 from neural_net import Network, activations, initializers, losses, optimizers, schedules
 from neural_net.errors import NeuralNetError
+from neural_net.layers import LAYER_TYPES
 
 from api.errors import InvalidInput, NoJobs, PayloadTooLarge
-from api.schemas import EvaluateRequest, JobCreate, ModelCreate, OutputRequest, SamplesCreate, Weights
+from api.schemas import EvaluateRequest, JobCreate, LayerSpec, ModelCreate, OutputRequest, SamplesCreate, Weights
 from api.settings import Settings
 from api.storage.base import JobRecord, ModelRecord, Store
 
@@ -53,9 +54,22 @@ def log_transition(job: JobRecord, before: str | None) -> None:
     log.info("job %s model %s: %s -> %s%s", job.job_id, job.model_id, before or "new", job.status, extra)
 
 
-def _check_name(kind: str, name: str, valid: list[str], where: str) -> None:
-    if name not in valid:
+def _check_name(kind: str, name: str, valid: list[str], where: str) -> str:
+    """The name in lower case (names are case-insensitive), or InvalidInput listing the valid ones."""
+    if name.lower() not in valid:
         raise InvalidInput(f"unknown {kind} {name!r} in {where}; valid names: {', '.join(valid)}")
+    return name.lower()
+
+
+def _activation_spec(spec: LayerSpec, where: str) -> str | dict[str, float]:
+    """A layer's activation as the core's registry takes it: a name, or {"name", "alpha" | "slope"}."""
+    name = _check_name("activation", spec.activation or "linear", activations.names(), f"{where}.activation")
+    options = {key: value for key, value in (("alpha", spec.alpha), ("slope", spec.slope)) if value is not None}
+    takes = {"leaky_relu": {"alpha"}, "elu": {"alpha"}, "sigmoid": {"slope"}}.get(name, set())
+    if set(options) - takes:
+        raise InvalidInput(f"{where}: activation {name!r} takes no {' or '.join(sorted(set(options) - takes))}; "
+                           "alpha belongs to leaky_relu and elu, slope to sigmoid")
+    return {"name": name, **options} if options else name
 
 
 class Service:
@@ -140,13 +154,15 @@ class Service:
             raise InvalidInput(f"targets hold values too large for {info['dtype']}")
         return y
 
-    def _check_architecture(self, sizes: list[int]) -> None:
+    def _check_architecture(self, sizes: list[int], n_params: int | None = None) -> None:
+        """sizes: the input size, then each layer's units; n_params: the count when not that of dense layers with biases."""
         s = self.settings
         if len(sizes) - 1 > s.max_layers:
             raise InvalidInput(f"{len(sizes) - 1} layers after the input; at most {s.max_layers} (NN_MAX_LAYERS)")
         if max(sizes) > s.max_layer_size:
             raise InvalidInput(f"a layer of {max(sizes)} units; at most {s.max_layer_size} (NN_MAX_LAYER_SIZE)")
-        n_params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+        if n_params is None:
+            n_params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
         if n_params > s.max_parameters:
             raise InvalidInput(f"{n_params} parameters; at most {s.max_parameters} (NN_MAX_PARAMETERS): use fewer or smaller layers")
 
@@ -156,6 +172,23 @@ class Service:
 
     # -- models -------------------------------------------------------------------
     def create_model(self, req: ModelCreate) -> ModelRecord:
+        weight_init = _check_name("weight initialiser", req.weight_init, ["auto"] + initializers.weight_names(), "weight_init")
+        bias_init = _check_name("bias initialiser", req.bias_init, initializers.bias_names(), "bias_init")
+        loss = _check_name("loss", req.loss, ["auto"] + losses.names(), "loss")
+        if req.layers is not None:
+            net = self._network_from_layers(req, weight_init, bias_init, loss)
+        else:
+            net = self._network_from_sizes(req, weight_init, bias_init, loss)
+        model_id = req.model_id or uuid.uuid4().hex[:16]
+        record = self.store.create_model(model_id, net.to_bytes(), describe(net))
+        log.info("model %s: created %s (%d parameters)", model_id, net.layer_sizes, net.n_params)
+        return record
+
+    def _network_from_sizes(self, req: ModelCreate, weight_init: str, bias_init: str, loss: str) -> Network:
+        if req.layer_sizes is None or req.input_size is not None:
+            raise InvalidInput("give `layer_sizes` (e.g. [4, 8, 3]), or `input_size` with `layers` (e.g. 4 and "
+                               '[{"type": "dense", "units": 8, "activation": "relu"}, {"type": "dense", "units": 3, '
+                               '"activation": "softmax"}])')
         self._check_architecture(req.layer_sizes)
         n_layers = len(req.layer_sizes) - 1
         if req.activations is not None and req.activation is not None:
@@ -164,18 +197,54 @@ class Service:
         if len(names) != n_layers:
             raise InvalidInput(f"activations has {len(names)} names; layer_sizes {req.layer_sizes} needs one per "
                                f"layer after the input ({n_layers})")
-        for i, name in enumerate(names):
-            _check_name("activation", name, activations.names(), f"activations[{i}]")
-        _check_name("weight initialiser", req.weight_init, ["auto"] + initializers.weight_names(), "weight_init")
-        _check_name("bias initialiser", req.bias_init, initializers.bias_names(), "bias_init")
-        _check_name("loss", req.loss, ["auto"] + losses.names(), "loss")
-        net = Network.from_layer_sizes(req.layer_sizes, activations=names, weight_init=req.weight_init,
-                                       bias_init=req.bias_init, loss=req.loss, dropout=req.dropout,
-                                       seed=req.seed, dtype=req.dtype)
-        model_id = req.model_id or uuid.uuid4().hex[:16]
-        record = self.store.create_model(model_id, net.to_bytes(), describe(net))
-        log.info("model %s: created %s (%d parameters)", model_id, net.layer_sizes, net.n_params)
-        return record
+        names = [_check_name("activation", name, activations.names(), f"activations[{i}]") for i, name in enumerate(names)]
+        return Network.from_layer_sizes(req.layer_sizes, activations=names, weight_init=weight_init, bias_init=bias_init,
+                                        loss=loss, dropout=req.dropout, seed=req.seed, dtype=req.dtype)
+
+    def _network_from_layers(self, req: ModelCreate, weight_init: str, bias_init: str, loss: str) -> Network:
+        """A network from `input_size` and a Keras-like `layers` list, checked against the limits before
+        anything is allocated."""
+        if req.input_size is None:
+            raise InvalidInput("`layers` needs `input_size`, the number of values per input vector")
+        others = [name for name in ("layer_sizes", "activations", "activation") if getattr(req, name) is not None]
+        if others or req.dropout != 0.0:
+            raise InvalidInput(f"with `layers`, give {', '.join(others) or 'dropout'} inside each layer, not beside it")
+        layer_types = ", ".join(sorted(LAYER_TYPES))
+        sizes, n_params, built = [req.input_size], 0, []
+        for i, spec in enumerate(req.layers):
+            where = f"layers[{i}]"
+            kind = _check_name("layer type", spec.type, sorted(LAYER_TYPES), f"{where}.type")
+            options: dict[str, Any] = {"activation": _activation_spec(spec, where), "dropout": spec.dropout}
+            if kind == "dense":
+                if spec.units is None:
+                    raise InvalidInput(f"{where}: a dense layer needs `units`, e.g. {{\"type\": \"dense\", \"units\": 8}}")
+                wrong = [key for key in ("momentum", "eps") if getattr(spec, key) is not None]
+                use_bias = spec.use_bias is not False
+                options.update(units=spec.units, use_bias=use_bias,
+                               weight_init=_check_name("weight initialiser", spec.weight_init or weight_init,
+                                                       ["auto"] + initializers.weight_names(), f"{where}.weight_init"),
+                               bias_init=_check_name("bias initialiser", spec.bias_init or bias_init,
+                                                     initializers.bias_names(), f"{where}.bias_init"))
+                n_params += sizes[-1] * spec.units + (spec.units if use_bias else 0)
+                sizes.append(spec.units)
+            else:
+                wrong = [key for key in ("units", "use_bias", "weight_init", "bias_init") if getattr(spec, key) is not None]
+                options.update({key: getattr(spec, key) for key in ("momentum", "eps") if getattr(spec, key) is not None})
+                n_params += 2 * sizes[-1]
+                sizes.append(sizes[-1])
+            if wrong:
+                raise InvalidInput(f"{where}: a {kind} layer takes no {', '.join(wrong)} (layer types: {layer_types})")
+            built.append((kind, options))
+        self._check_architecture(sizes, n_params)
+        if req.layers[-1].dropout:
+            raise InvalidInput(f"layers[{len(req.layers) - 1}]: the output layer cannot have dropout; set it to 0")
+        net = Network(req.input_size, seed=req.seed, dtype=req.dtype, loss=loss)
+        for i, (kind, options) in enumerate(built):
+            try:
+                net.add(LAYER_TYPES[kind](**options))
+            except NeuralNetError as exc:
+                raise InvalidInput(f"layers[{i}]: {exc}") from None
+        return net
 
     def get_model(self, model_id: str) -> ModelRecord:
         return self.store.get_model(model_id)
@@ -238,7 +307,7 @@ class Service:
             y = self._targets(info, req.targets, len(x))
             if req.include_gradients:
                 cost, grads = net.gradients(x, y)
-                result["gradients"] = [{"weights": jsonable(g["weights"]), "biases": jsonable(g["biases"])} for g in grads]
+                result["gradients"] = [{"weights": jsonable(g["weights"]), "biases": jsonable(g.get("biases"))} for g in grads]
             else:
                 cost = net.evaluate(x, y)["loss"]
             result["cost"] = jsonable(cost)
@@ -258,7 +327,8 @@ class Service:
     def set_weights(self, model_id: str, req: Weights) -> ModelRecord:
         net, record = self._load(model_id)
         with np.errstate(over="ignore"):  # too large for float32 becomes inf, which set_weights refuses
-            net.set_weights([{"weights": layer.weights, "biases": layer.biases} for layer in req.layers])
+            net.set_weights([{"weights": layer.weights, **({} if layer.biases is None else {"biases": layer.biases})}
+                             for layer in req.layers])
         updated = self.store.replace_model(model_id, net.to_bytes(), describe(net), expected_version=req.version)
         log.info("model %s: weights replaced (version %d)", model_id, updated.version)
         return updated
@@ -292,29 +362,29 @@ class Service:
         if req.min_samples > self.settings.max_buffer_samples:
             raise InvalidInput(f"min_samples={req.min_samples} can never be reached: a buffer holds at most "
                                f"{self.settings.max_buffer_samples} samples (NN_MAX_BUFFER_SAMPLES)")
-        _check_name("optimizer", req.optimizer, optimizers.names(), "optimizer")
+        optimizer = _check_name("optimizer", req.optimizer, optimizers.names(), "optimizer")
         try:
-            optimizers.get({"name": req.optimizer, **({"learning_rate": req.learning_rate} if req.learning_rate else {})})
+            optimizers.get({"name": optimizer, **({"learning_rate": req.learning_rate} if req.learning_rate else {})})
         except NeuralNetError as exc:
             raise InvalidInput(f"optimizer: {exc}") from None
         options = dict(req.schedule_options or {})
         if req.decay_rate is not None:
             options["decay_rate"] = req.decay_rate
-        options = {k: int(v) if float(v).is_integer() and k in ("step_size", "warmup_epochs") else v for k, v in options.items()}
-        if req.schedule is not None:
-            _check_name("schedule", req.schedule, schedules.names(), "schedule")
+        options = {k: int(v) if float(v).is_integer() and k in ("step_size", "warmup_epochs", "patience") else v for k, v in options.items()}
+        schedule = None if req.schedule is None else _check_name("schedule", req.schedule, schedules.names(), "schedule")
         if options:
             try:
-                schedules.get(req.schedule or "constant", **options)
+                schedules.get(schedule or "constant", **options)
             except TypeError:
-                raise InvalidInput(f"schedule {req.schedule or 'constant'!r} does not take the options {sorted(options)}; "
+                raise InvalidInput(f"schedule {schedule or 'constant'!r} does not take the options {sorted(options)}; "
                                    "exponential takes decay_rate, step takes step_size and gamma, cosine takes min_lr, "
+                                   "reduce_on_plateau takes factor, patience, min_lr and min_delta, "
                                    "and all take warmup_epochs") from None
             except NeuralNetError as exc:
                 raise InvalidInput(f"schedule_options: {exc}") from None
         dropout = None
         if req.dropout is not None:
-            n_layers = len(info["layer_sizes"]) - 1
+            n_layers = len(info["activations"])  # one per layer, batch_norm layers included
             rates = req.dropout if isinstance(req.dropout, list) else [req.dropout] * (n_layers - 1) + [0.0]
             if len(rates) != n_layers:
                 raise InvalidInput(f"dropout has {len(rates)} rates; the model has {n_layers} layers after the input")
@@ -324,8 +394,8 @@ class Service:
                 raise InvalidInput("the output layer cannot have dropout; make the last rate 0")
             dropout = rates
         return {
-            "epochs": req.epochs, "batch_size": req.batch_size, "optimizer": req.optimizer,
-            "learning_rate": req.learning_rate, "schedule": req.schedule, "schedule_options": options or None,
+            "epochs": req.epochs, "batch_size": req.batch_size, "optimizer": optimizer,
+            "learning_rate": req.learning_rate, "schedule": schedule, "schedule_options": options or None,
             "l1": req.l1, "l2": req.l2, "dropout": dropout, "validation_split": req.validation_split,
             "early_stopping": req.early_stopping.model_dump() if req.early_stopping else None,
             "clip_norm": req.clip_norm, "shuffle": req.shuffle, "seed": req.seed,

@@ -190,3 +190,29 @@ def test_a_succeeded_job_reports_its_final_metrics(client):
     assert np.sum(metrics["confusion_matrix"]) == 6 and len(metrics["confusion_matrix"]) == 3
     assert metrics["accuracy"] == done["history"][-1]["val_accuracy"]
     assert "metrics" not in (done["progress"] or {})
+
+
+def test_a_layers_model_trained_over_http_equals_the_core(client):
+    """BatchNorm, leaky_relu alpha, a layer without biases and reduce_on_plateau: the service's
+    weights after a job are bit for bit those of the same fit in the core."""
+    from neural_net import BatchNorm, Dense, Network
+
+    layers = [{"type": "dense", "units": 8, "activation": "leaky_relu", "alpha": 0.2, "use_bias": False},
+              {"type": "batch_norm"}, {"type": "dense", "units": 2, "activation": "softmax"}]
+    create(client, model_id="spec-train", layer_sizes=None, activations=None, input_size=4, layers=layers)
+    schedule = {"factor": 0.5, "patience": 1, "min_lr": 0.001}
+    job = submit(client, "spec-train", inputs=BLOBS_X, targets=BLOBS_Y, epochs=8, batch_size=8, learning_rate=0.05,
+                 validation_split=0.25, schedule="reduce_on_plateau", schedule_options=schedule)
+    final = wait_job(client, job["job_id"])
+    assert final["status"] == "succeeded", final
+
+    net = Network(4, seed=0)
+    net.add(Dense(8, activation={"name": "leaky_relu", "alpha": 0.2}, use_bias=False))
+    net.add(BatchNorm()).add(Dense(2, activation="softmax"))
+    x = np.asarray(BLOBS_X, dtype=np.float32)
+    history = net.fit(x, np.asarray(BLOBS_Y), epochs=8, batch_size=8, learning_rate=0.05, validation_split=0.25,
+                      schedule="reduce_on_plateau", schedule_options=schedule)
+    assert [e["learning_rate"] for e in final["history"]] == history.history["learning_rate"]
+    assert min(history.history["learning_rate"]) < 0.05  # the plateau cut the rate at least once
+    outputs = client.post("/models/spec-train/output", json={"inputs": BLOBS_X}).json()["outputs"]
+    np.testing.assert_array_equal(np.asarray(outputs, dtype=np.float32), net.predict(x))

@@ -64,6 +64,70 @@ def test_invalid_models_are_rejected_with_a_reason(client, body, status, words):
     assert words in response.json()["detail"]
 
 
+LAYERS = [{"type": "dense", "units": 16, "activation": "leaky_relu", "alpha": 0.1, "dropout": 0.1, "use_bias": False},
+          {"type": "batch_norm", "momentum": 0.8},
+          {"type": "dense", "units": 3, "activation": "softmax"}]
+
+
+def test_create_from_a_layers_spec(client):
+    model = create(client, model_id="spec", layer_sizes=None, activations=None, input_size=4, layers=LAYERS)
+    assert model["layer_sizes"] == [4, 16, 3] and model["activations"] == ["leaky_relu", "linear", "softmax"]
+    assert model["n_params"] == 4 * 16 + 2 * 16 + 16 * 3 + 3  # no biases in the first layer
+    layers = model["config"]["layers"]
+    assert layers[0] == {"type": "dense", "units": 16, "activation": {"name": "leaky_relu", "alpha": 0.1}, "dropout": 0.1,
+                         "use_bias": False, "weight_init": "he", "bias_init": "zeros"}
+    assert layers[1]["type"] == "batch_norm" and layers[1]["momentum"] == 0.8
+    net = load(client, "spec")
+    assert [type(layer).__name__ for layer in net.layers] == ["Dense", "BatchNorm", "Dense"]
+    weights = client.get("/models/spec/weights").json()["layers"]
+    assert weights[0]["biases"] is None and len(weights[1]["biases"]) == 3
+    # a sloped sigmoid, and names in any case
+    sloped = create(client, model_id="sloped", layer_sizes=None, activations=None, input_size=2,
+                    layers=[{"type": "Dense", "units": 1, "activation": "Sigmoid", "slope": 2.0}])
+    assert sloped["config"]["layers"][0]["activation"] == {"name": "sigmoid", "slope": 2.0}
+    assert sloped["loss"] == "binary_cross_entropy"
+
+
+def test_the_default_weight_init_is_auto(client):
+    """he after relu-like activations, xavier otherwise, as in the core (it was xavier everywhere)."""
+    model = create(client, model_id="auto-init", layer_sizes=[4, 8, 3], activations=["relu", "softmax"])
+    assert [layer["weight_init"] for layer in model["config"]["layers"]] == ["he", "xavier"]
+
+
+@pytest.mark.parametrize("layers, words", [
+    ([{"type": "conv", "units": 3}], "unknown layer type 'conv' in layers[0].type; valid names: batch_norm, dense"),
+    ([{"type": "dense", "units": 3, "activation": "swish"}], "valid names: elu, gelu, leaky_relu, linear, relu,"),
+    ([{"type": "dense"}], "layers[0]: a dense layer needs `units`"),
+    ([{"type": "dense", "units": 3, "activation": "relu", "alpha": 0.1}], "activation 'relu' takes no alpha"),
+    ([{"type": "dense", "units": 3, "activation": "leaky_relu", "slope": 2}], "slope to sigmoid"),
+    ([{"type": "dense", "units": 3, "activation": "leaky_relu", "alpha": 1.5}], "layers[0]: leaky_relu alpha must be in [0, 1)"),
+    ([{"type": "dense", "units": 3, "weight_init": "magic"}], "layers[0].weight_init; valid names: auto,"),
+    ([{"type": "dense", "units": 3}, {"type": "batch_norm", "units": 3}], "layers[1]: a batch_norm layer takes no units"),
+    ([{"type": "dense", "units": 3, "momentum": 0.5}], "a dense layer takes no momentum"),
+    ([{"type": "dense", "units": 3, "dropout": 0.5}], "output layer cannot have dropout"),
+    ([{"type": "dense", "units": 3, "colour": "red"}], "layers.0.colour: unknown field"),
+    ([{"type": "dense", "units": 4000}] * 3, "NN_MAX_PARAMETERS"),
+    ([{"type": "dense", "units": 5000}], "NN_MAX_LAYER_SIZE"),
+    ([{"type": "batch_norm"}] * 33, "NN_MAX_LAYERS"),
+])
+def test_invalid_layers_specs_say_what_to_send(client, layers, words):
+    response = client.post("/models", json={"input_size": 4, "layers": layers})
+    assert response.status_code == 422, response.text
+    assert words in response.json()["detail"]
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"layers": [{"type": "dense", "units": 3}]}, "`layers` needs `input_size`"),
+    ({"input_size": 4}, "give `layer_sizes`"),
+    ({"input_size": 4, "layers": [{"type": "dense", "units": 3}], "layer_sizes": [4, 3]}, "inside each layer"),
+    ({"input_size": 4, "layers": [{"type": "dense", "units": 3}], "activation": "relu"}, "inside each layer"),
+])
+def test_layers_and_layer_sizes_do_not_mix(client, body, words):
+    response = client.post("/models", json=body)
+    assert response.status_code == 422, response.text
+    assert words in response.json()["detail"]
+
+
 def test_get_list_and_page(client, iris):
     assert client.get("/models/iris").json()["model_id"] == "iris"
     everything = client.get("/models").json()
