@@ -199,9 +199,10 @@ class JobCreate(Request):
         "inputs": IRIS_X, "targets": IRIS_Y, "min_samples": 6, "epochs": 50, "batch_size": 2,
         "optimizer": "adam", "learning_rate": 0.01}]})
 
-    inputs: Rows | None = Field(None, description="Samples to append to the buffer before the job starts waiting.")
+    inputs: Rows | None = Field(None, description="The job's own samples: it trains on exactly these (queued at once, the "
+                                "buffer is not used); absent: the job waits for the buffer.")
     targets: Targets | None = Field(None, description="Targets of `inputs`: rows, or one class index / value per sample.")
-    min_samples: int = Field(1, ge=1, le=2**31 - 1, description="The job waits in 'buffering' until the buffer holds this many samples.")
+    min_samples: int = Field(1, ge=1, le=2**31 - 1, description="Without inputs: the job waits in 'buffering' until the buffer holds this many samples.")
     consume_buffer: bool = Field(True, description="Take the buffered samples out of the buffer (no other job sees them); "
                                                    "false trains on a copy and leaves the buffer as it is.")
     epochs: int = Field(10, ge=1, description="Epochs to train (at most NN_MAX_EPOCHS).")

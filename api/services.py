@@ -414,6 +414,9 @@ class Service:
         info = self.store.get_model(model_id).info
         params = self._fit_params(info, req)
         x, y = self.inline_samples(info, req.inputs, req.targets, "to train on the buffer")
+        if x is not None and req.min_samples > len(x):
+            raise InvalidInput(f"min_samples={req.min_samples} but the job carries {len(x)} inline samples, which are "
+                               "exactly what it trains on; send more inputs, or leave inputs out to wait for the buffer")
         job = JobRecord(job_id=uuid.uuid4().hex, model_id=model_id, model_uid="", status="buffering", params=params,
                         min_samples=req.min_samples, consume_buffer=req.consume_buffer, created_at=time.time())
         job = self.store.create_job(job, x, y, self.settings.max_buffer_samples)

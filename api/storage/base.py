@@ -134,7 +134,8 @@ class Store(ABC):
     # -- jobs -----------------------------------------------------------------
     @abstractmethod
     def create_job(self, job: JobRecord, x: np.ndarray | None = None, y: np.ndarray | None = None, max_buffer: int = 0) -> JobRecord:
-        """Stores a ``buffering`` job, appending inline samples first in the same transaction."""
+        """Stores a ``buffering`` job; with inline samples, a ``queued`` one that owns exactly those samples
+        (claimed in the same transaction; the buffer is untouched). ``max_buffer`` is unused."""
 
     @abstractmethod
     def get_job(self, job_id: str) -> JobRecord:

@@ -237,13 +237,6 @@ local P, jid, mid, params, min, consume, created, max, n, blob =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
 local uid = redis.call('HGET', P..':m:'..mid, 'uid')
 if not uid then return {'nf'} end
-local search = ARGV[11] == 'search'
-if n > 0 and not search then
-  local size = tonumber(redis.call('GET', P..':bufn:'..mid) or '0')
-  if max > 0 and size + n > max then return {'full', size + n} end
-  redis.call('RPUSH', P..':buf:'..mid, blob)
-  redis.call('INCRBY', P..':bufn:'..mid, n)
-end
 local seq = redis.call('INCR', P..':seq')
 redis.call('HSET', P..':j:'..jid, 'model_id', mid, 'model_uid', uid, 'status', 'buffering', 'params', params,
   'min_samples', min, 'consume_buffer', consume, 'n_samples', 0, 'epochs_done', 0, 'history', '[]',
@@ -257,13 +250,17 @@ if ARGV[11] == 'search' then  -- ARGV[12]: apply_best, then one {"params", "seed
     redis.call('HSET', P..':tp:'..jid, i - 13, ARGV[i])
     redis.call('HSET', P..':ts:'..jid, i - 13, 'pending')
   end
-  if n > 0 then  -- inline samples are the search's own: queued at once, the buffer untouched
-    redis.call('RPUSH', P..':js:'..jid, blob)
-    redis.call('HSET', P..':j:'..jid, 'status', 'queued', 'n_samples', n)
-    redis.call('ZREM', P..':buffering', jid)
-    for i = 13, #ARGV do redis.call('ZADD', P..':tq', trial_score(P, jid, i - 13), jid..'|'..(i - 13)) end
-    return {'queued', #ARGV - 12}
+end
+if n > 0 then  -- inline samples are the job's own: queued at once, the buffer untouched
+  redis.call('RPUSH', P..':js:'..jid, blob)
+  redis.call('HSET', P..':j:'..jid, 'status', 'queued', 'n_samples', n)
+  redis.call('ZREM', P..':buffering', jid)
+  if ARGV[11] ~= 'search' then
+    redis.call('ZADD', P..':queued', seq, jid)
+    return {'queued', 1}
   end
+  for i = 13, #ARGV do redis.call('ZADD', P..':tq', trial_score(P, jid, i - 13), jid..'|'..(i - 13)) end
+  return {'queued', #ARGV - 12}
 end
 return {'ok'}
 """,
@@ -656,8 +653,8 @@ class RedisStore(Store):
         code = r[0].decode()
         if code == "nf":
             raise ModelNotFound(job.model_id)
-        if code == "full":
-            raise self._full(job.model_id, int(r[1]), max_buffer)
+        if code == "queued":
+            self._notify([job.job_id])
         return self.get_job(job.job_id)
 
     @_guard

@@ -281,16 +281,25 @@ class SQLiteStore(Store):
     # -- jobs -----------------------------------------------------------------
     def create_job(self, job: JobRecord, x: np.ndarray | None = None, y: np.ndarray | None = None, max_buffer: int = 0) -> JobRecord:
         with self._tx() as con:
-            model = self._model_row(con, job.model_id)
-            if x is not None and len(x):
-                self._append(con, job.model_id, x, y, max_buffer)
-            con.execute(
-                "INSERT INTO jobs (job_id, model_id, model_uid, status, params, min_samples, consume_buffer, created_at) "
-                "VALUES (?, ?, ?, 'buffering', ?, ?, ?, ?)",
-                (job.job_id, job.model_id, model["uid"], json.dumps(job.params), job.min_samples, int(job.consume_buffer),
-                 job.created_at),
-            )
+            self._insert_job(con, job, "training", None, x, y)
             return _job(self._job_row(con, job.job_id))
+
+    def _insert_job(self, con: sqlite3.Connection, job: JobRecord, kind: str, stage: str | None,
+                    x: np.ndarray | None, y: np.ndarray | None) -> None:
+        """Inline samples are the job's own from this transaction on: it is queued at once, the buffer untouched."""
+        model = self._model_row(con, job.model_id)
+        inline = x is not None and len(x) > 0
+        con.execute(
+            "INSERT INTO jobs (job_id, model_id, model_uid, status, params, min_samples, consume_buffer, created_at, "
+            "kind, stage, n_samples) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job.job_id, job.model_id, model["uid"], "queued" if inline else "buffering", json.dumps(job.params),
+             job.min_samples, int(job.consume_buffer), job.created_at, kind, stage, len(x) if inline else 0),
+        )
+        if inline:
+            x = np.ascontiguousarray(x)
+            y = np.ascontiguousarray(y, dtype=x.dtype)
+            con.execute("INSERT INTO samples (model_id, job_id, n, n_in, n_out, dtype, x, y) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (job.model_id, job.job_id, len(x), x.shape[1], y.shape[1], x.dtype.str, x.tobytes(), y.tobytes()))
 
     def get_job(self, job_id: str) -> JobRecord:
         con = self._con()
@@ -468,20 +477,8 @@ class SQLiteStore(Store):
     # -- search jobs ------------------------------------------------------------------
     def create_search_job(self, job: JobRecord, trials: list[dict], x: np.ndarray | None = None,
                           y: np.ndarray | None = None, max_buffer: int = 0) -> JobRecord:
-        inline = x is not None and len(x) > 0  # the search's own samples: queued at once, the buffer untouched
         with self._tx() as con:
-            model = self._model_row(con, job.model_id)
-            con.execute(
-                "INSERT INTO jobs (job_id, model_id, model_uid, status, params, min_samples, consume_buffer, created_at, "
-                "kind, stage, n_samples) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'search', 'trials', ?)",
-                (job.job_id, job.model_id, model["uid"], "queued" if inline else "buffering", json.dumps(job.params),
-                 job.min_samples, int(job.consume_buffer), job.created_at, len(x) if inline else 0),
-            )
-            if inline:
-                x = np.ascontiguousarray(x)
-                y = np.ascontiguousarray(y, dtype=x.dtype)
-                con.execute("INSERT INTO samples (model_id, job_id, n, n_in, n_out, dtype, x, y) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            (job.model_id, job.job_id, len(x), x.shape[1], y.shape[1], x.dtype.str, x.tobytes(), y.tobytes()))
+            self._insert_job(con, job, "search", "trials", x, y)
             con.executemany("INSERT INTO trials (job_id, idx, status, params, seed) VALUES (?, ?, 'pending', ?, ?)",
                             [(job.job_id, t["index"], json.dumps(t["params"]), t["seed"]) for t in trials])
             return self._with_trials(con, _job(self._job_row(con, job.job_id)))

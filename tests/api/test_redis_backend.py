@@ -221,6 +221,28 @@ def test_concurrent_appends_from_both_replicas(cluster):
     assert done["status"] == "succeeded" and done["n_samples"] == 240
 
 
+def test_concurrent_jobs_with_inline_samples_train_on_exactly_their_own(cluster):
+    """Issue 10 item 4: 40 concurrent jobs of 10 inline samples on one model, through both replicas."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _model(cluster.urls[0], "inline-race")
+
+    def submit(i: int) -> dict:
+        body = {"inputs": [[float(i), float(k)] for k in range(10)], "targets": [k % 2 for k in range(10)], "epochs": 1,
+                "batch_size": 10}
+        r = httpx.post(f"{cluster.urls[i % 2]}/models/inline-race/training-jobs", json=body, timeout=30)
+        assert r.status_code == 202, r.text
+        return r.json()
+
+    with ThreadPoolExecutor(40) as pool:
+        jobs = list(pool.map(submit, range(40)))
+    assert all(j["n_samples"] == 10 for j in jobs)
+    done = [wait_for(lambda: _finished(cluster.urls[0], j["job_id"]), 120, f"job {j['job_id']}") for j in jobs]
+    assert [(d["status"], d["n_samples"], d["metrics"]["samples"]) for d in done] == [("succeeded", 10, 10)] * 40
+    model = httpx.get(f"{cluster.urls[1]}/models/inline-race", timeout=10).json()
+    assert model["version"] == 41 and model["buffer_size"] == 0
+
+
 def test_cancel_and_events_across_replicas(cluster):
     a, b = cluster.urls
     _model(a, "cancelled")

@@ -216,3 +216,25 @@ def test_a_layers_model_trained_over_http_equals_the_core(client):
     assert min(history.history["learning_rate"]) < 0.05  # the plateau cut the rate at least once
     outputs = client.post("/models/spec-train/output", json={"inputs": BLOBS_X}).json()["outputs"]
     np.testing.assert_array_equal(np.asarray(outputs, dtype=np.float32), net.predict(x))
+
+
+def test_concurrent_jobs_with_inline_samples_train_on_exactly_their_own(client):
+    """Issue 10 item 4: 40 concurrent jobs of 10 inline samples on one model; none hangs, none takes another's samples."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    create(client, model_id="inline-race")
+    bodies = [{"inputs": [[i, k, 0.5, -0.5] for k in range(10)], "targets": [k % 3 for k in range(10)], "epochs": 1,
+               "batch_size": 10} for i in range(40)]
+    with ThreadPoolExecutor(40) as pool:
+        jobs = list(pool.map(lambda body: submit(client, "inline-race", **body), bodies))
+    assert all(j["status"] in ("queued", "running", "succeeded") and j["n_samples"] == 10 for j in jobs)
+    done = [wait_job(client, j["job_id"], timeout=120) for j in jobs]
+    assert [(d["status"], d["n_samples"], d["metrics"]["samples"]) for d in done] == [("succeeded", 10, 10)] * 40
+    model = client.get("/models/inline-race").json()
+    assert model["version"] == 41 and model["buffer_size"] == 0
+
+
+def test_inline_samples_fewer_than_min_samples_are_refused(idle_client):
+    create(idle_client, model_id="inline-min")
+    response = idle_client.post("/models/inline-min/training-jobs", json={"inputs": X4, "targets": Y3, "min_samples": 7})
+    assert response.status_code == 422 and "min_samples" in response.json()["detail"]

@@ -93,10 +93,12 @@ def test_buffer_append_limit_clear(store):
 def test_promote_claim_samples_in_order(store):
     store.create_model("m", b"b", {})
     store.append_samples("m", *rows(2, 0), 0)
-    first = store.create_job(job("m", min_samples=5), *rows(2, 100), max_buffer=0)  # inline samples, same transaction
+    first = store.create_job(job("m", min_samples=5))
     second = store.create_job(job("m", min_samples=1))
-    assert first.status == "buffering" and store.count_samples("m") == 4
-    assert store.promote_ready_jobs() == []  # 4 < 5, and the second waits behind the first (first come, first served)
+    assert first.status == "buffering" and store.count_samples("m") == 2
+    assert store.promote_ready_jobs() == []  # 2 < 5, and the second waits behind the first (first come, first served)
+    store.append_samples("m", *rows(2, 100), 0)
+    assert store.promote_ready_jobs() == []  # 4 < 5
     store.append_samples("m", *rows(1, 200), 0)
     promoted = store.promote_ready_jobs()
     assert [j.job_id for j in promoted] == [first.job_id] and promoted[0].n_samples == 5
@@ -113,6 +115,51 @@ def test_promote_claim_samples_in_order(store):
     assert store.get_model("m").latest_job == {"job_id": second.job_id, "status": "queued"}
     jobs, total = store.list_jobs("m", 0, 10)
     assert [j.job_id for j in jobs] == [second.job_id, first.job_id] and total == 2
+
+
+def test_inline_samples_belong_to_their_job_alone(store):
+    """A job's inline samples are its own from the transaction that creates it: queued at once, the buffer untouched."""
+    store.create_model("m", b"b", {})
+    store.append_samples("m", *rows(3, 0), 0)
+    waiting = store.create_job(job("m", min_samples=4))
+    own = store.create_job(job("m"), *rows(2, 100), max_buffer=0)
+    assert (own.status, own.n_samples) == ("queued", 2) and store.count_samples("m") == 3
+    assert store.promote_ready_jobs() == [] and store.get_job(waiting.job_id).status == "buffering"  # 3 < 4
+    assert np.array_equal(store.job_samples(own.job_id)[0], rows(2, 100)[0])
+    assert store.claim_job("w").job_id == own.job_id
+
+
+def test_concurrent_jobs_with_inline_samples_each_train_on_their_own(store):
+    """Issue 10 item 4: 40 jobs of 10 inline samples at once on one model, each promoting as the service does."""
+    store.create_model("m", b"b", {})
+    created: dict[int, JobRecord] = {}
+    errors = []
+    start = threading.Barrier(8)
+
+    def submit(worker: int) -> None:
+        try:
+            start.wait()
+            for i in range(worker, 40, 8):
+                created[i] = store.create_job(job("m"), *rows(10, 1000 * i), max_buffer=0)
+                store.promote_ready_jobs()
+        except Exception as exc:  # pragma: no cover - shown by the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(w,)) for w in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and len(created) == 40
+    for i, record in created.items():
+        got = store.get_job(record.job_id)
+        assert (got.status, got.n_samples) == ("queued", 10), (i, got)
+        x, y = store.job_samples(record.job_id)
+        assert np.array_equal(x, rows(10, 1000 * i)[0]) and np.array_equal(y, rows(10, 1000 * i)[1])
+    assert store.count_samples("m") == 0
+    claimed = set()
+    while (j := store.claim_job("w")) is not None:  # every job runs, one at a time
+        claimed.add(j.job_id)
+        store.finish_job(j.job_id, "succeeded", blob=b"v", info={})
+    assert claimed == {r.job_id for r in created.values()} and store.get_model("m").version == 41
 
 
 def test_copy_job_leaves_buffer(store):
