@@ -3,7 +3,7 @@ store at scrape time (so every replica and backend reports the same shared numbe
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,6 +23,12 @@ class TrainingCollector(Collector):
         rate = GaugeMetricFamily("nn_training_samples_per_second", "Samples per second over all running jobs.")
         buffers = GaugeMetricFamily("nn_buffer_samples", "Samples waiting in a model's training buffer.", labels=["model_id"])
         up = GaugeMetricFamily("nn_store_up", "1 when the store (SQLite or Redis) answers.")
+        cache = self.service.cache.stats()  # this process's model cache (api/model_cache.py)
+        yield CounterMetricFamily("nn_model_cache_hits", "Requests served by a cached network.", value=cache["hits"])
+        yield CounterMetricFamily("nn_model_cache_misses", "Requests that loaded a network from the store.",
+                                  value=cache["misses"])
+        yield GaugeMetricFamily("nn_model_cache_bytes", "Memory held by cached networks (NN_MODEL_CACHE_MB bounds it).",
+                                value=cache["bytes"])
         try:
             snapshot = self.service.metrics_snapshot()
         except Exception:  # the store is away: say so, keep the HTTP metrics

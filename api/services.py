@@ -16,7 +16,8 @@ from neural_net import Network, activations, initializers, losses, optimizers, s
 from neural_net.errors import NeuralNetError
 from neural_net.layers import LAYER_TYPES
 
-from api.errors import InvalidInput, NoJobs, PayloadTooLarge
+from api.errors import InvalidInput, ModelNotFound, NoJobs, PayloadTooLarge
+from api.model_cache import CachedModel, ModelCache
 from api.schemas import EvaluateRequest, JobCreate, LayerSpec, ModelCreate, OutputRequest, SamplesCreate, Weights
 from api.settings import Settings
 from api.storage.base import JobRecord, ModelRecord, Store
@@ -49,6 +50,16 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def class_indices(net: Network, outputs: np.ndarray) -> np.ndarray | None:
+    """Predicted class per row of ``outputs`` for classifiers (as ``Network.predict_classes``, without a
+    second forward pass); None for other tasks."""
+    if net.task == "multiclass":
+        return np.argmax(outputs, axis=1)
+    if net.task == "binary":
+        return (outputs[:, 0] > (0.0 if net.loss.from_logits else 0.5)).astype(np.int64)
+    return None
+
+
 def log_transition(job: JobRecord, before: str | None) -> None:
     extra = f" ({job.error})" if job.error else ""
     log.info("job %s model %s: %s -> %s%s", job.job_id, job.model_id, before or "new", job.status, extra)
@@ -76,6 +87,7 @@ class Service:
     def __init__(self, store: Store, settings: Settings):
         self.store = store
         self.settings = settings
+        self.cache = ModelCache(int(settings.model_cache_mb * 1024 * 1024))
 
     def healthy(self) -> bool:
         try:
@@ -167,8 +179,23 @@ class Service:
             raise InvalidInput(f"{n_params} parameters; at most {s.max_parameters} (NN_MAX_PARAMETERS): use fewer or smaller layers")
 
     def _load(self, model_id: str) -> tuple[Network, ModelRecord]:
+        """A fresh network of the committed version, for callers that change it."""
         blob, record = self.store.load_model(model_id)
         return Network.from_bytes(blob), record
+
+    def served_model(self, model_id: str) -> CachedModel:
+        """The committed version's network from this process's cache (read-only: never change it), loaded on a
+        miss. One cheap store read checks the version on every call, so a change on any replica is seen."""
+        try:
+            uid, version = self.store.model_stamp(model_id)
+        except ModelNotFound:
+            self.cache.discard(model_id)
+            raise
+        entry = self.cache.get(uid, version)
+        if entry is None:
+            blob, record = self.store.load_model(model_id)  # may be newer than the stamp: it is cached as what it is
+            entry = self.cache.put(Network.from_bytes(blob), record, len(blob))
+        return entry
 
     # -- models -------------------------------------------------------------------
     def create_model(self, req: ModelCreate) -> ModelRecord:
@@ -288,41 +315,48 @@ class Service:
             raise InvalidInput("give either `inputs` (a list of vectors) or `input` (one vector)")
         if req.include_gradients and req.targets is None:
             raise InvalidInput("include_gradients needs `targets`: the gradient is of the cost between outputs and targets")
-        net, record = self._load(model_id)
-        info = record.info
+        model = self.served_model(model_id)
         rows = req.inputs if req.inputs is not None else [req.input]
         if not rows:
             raise InvalidInput("inputs hold no samples; send at least one vector")
+        net, info = model.net, model.record.info
         x = self._inputs(info, rows)
-        result: dict[str, Any] = {"model_id": model_id, "model_version": record.version}
-        if req.include_activations:
-            out, layers = net.forward(x, return_activations=True)
-            result["activations"] = [{"z": jsonable(layer["z"]), "a": jsonable(layer["a"])} for layer in layers]
+        y = self._targets(info, req.targets, len(x)) if req.targets is not None else None
+        result: dict[str, Any] = {"model_id": model_id, "model_version": model.record.version}
+        if req.include_activations or y is not None:
+            with model.lock:  # these keep per-call state on the layers
+                if req.include_activations:
+                    out, layers = net.forward(x, return_activations=True)
+                    result["activations"] = [{"z": jsonable(layer["z"]), "a": jsonable(layer["a"])} for layer in layers]
+                else:
+                    out = net.predict(x)
+                if y is not None and req.include_gradients:
+                    cost, grads = net.gradients(x, y)
+                    result["gradients"] = [{"weights": jsonable(g["weights"]), "biases": jsonable(g.get("biases"))}
+                                           for g in grads]
+                elif y is not None:
+                    cost = net.evaluate(x, y)["loss"]
         else:
             out = net.predict(x)
         result["outputs"] = jsonable(out)
-        classes = net.predict_classes(x) if net.task in ("multiclass", "binary") else None
+        classes = class_indices(net, out)
         result["predictions"] = None if classes is None else classes.tolist()
-        if req.targets is not None:
-            y = self._targets(info, req.targets, len(x))
-            if req.include_gradients:
-                cost, grads = net.gradients(x, y)
-                result["gradients"] = [{"weights": jsonable(g["weights"]), "biases": jsonable(g.get("biases"))} for g in grads]
-            else:
-                cost = net.evaluate(x, y)["loss"]
+        if y is not None:
             result["cost"] = jsonable(cost)
         return result
 
     def evaluate(self, model_id: str, req: EvaluateRequest) -> dict[str, Any]:
-        net, record = self._load(model_id)
-        x = self._inputs(record.info, req.inputs)
-        y = self._targets(record.info, req.targets, len(x))
-        return {"model_id": model_id, "model_version": record.version, "n_samples": len(x),
-                "metrics": jsonable(net.evaluate(x, y))}
+        model = self.served_model(model_id)
+        x = self._inputs(model.record.info, req.inputs)
+        y = self._targets(model.record.info, req.targets, len(x))
+        with model.lock:
+            metrics = model.net.evaluate(x, y)
+        return {"model_id": model_id, "model_version": model.record.version, "n_samples": len(x),
+                "metrics": jsonable(metrics)}
 
     def get_weights(self, model_id: str) -> dict[str, Any]:
-        net, record = self._load(model_id)
-        return {"layers": jsonable(net.get_weights()), "version": record.version}
+        model = self.served_model(model_id)
+        return {"layers": jsonable(model.net.get_weights()), "version": model.record.version}
 
     def set_weights(self, model_id: str, req: Weights) -> ModelRecord:
         net, record = self._load(model_id)

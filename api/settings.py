@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     max_buffer_samples: int = Field(1_000_000, ge=1, description="Most samples waiting in one model's training buffer.")
     max_epochs: int = Field(10_000, ge=1, description="Most epochs of one training job.")
     max_request_bytes: int = Field(32 * MiB, ge=1024, description="Largest request body in bytes.")
+    model_cache_mb: float = Field(256, ge=0, description="Memory each API process may hold in deserialised models "
+                                                          "(least recently used go first; 0: load on every request).")
 
     progress_interval: float = Field(0.2, gt=0, description="Seconds between progress writes of a running job.")
     poll_interval: float = Field(0.2, gt=0, description="Seconds an idle worker waits before looking for work again.")

@@ -107,6 +107,11 @@ class Store(ABC):
         """A page of models (oldest first) and the total count."""
 
     @abstractmethod
+    def model_stamp(self, model_id: str) -> tuple[str, int]:
+        """The model's (uid, version), read cheaply on every request that serves a cached network.
+        Raises ModelNotFound."""
+
+    @abstractmethod
     def load_model(self, model_id: str) -> tuple[bytes, ModelRecord]:
         """The committed ``.npz`` bytes and the record of that same version."""
 

@@ -589,6 +589,13 @@ class RedisStore(Store):
         return records, int(self.redis.zcard(self._key("models")))
 
     @_guard
+    def model_stamp(self, model_id: str) -> tuple[str, int]:
+        uid, version = self.redis.hmget(self._key("m", model_id), ["uid", "version"])
+        if uid is None:
+            raise ModelNotFound(model_id)
+        return uid.decode(), int(version)
+
+    @_guard
     def load_model(self, model_id: str) -> tuple[bytes, ModelRecord]:
         f = self._run("read_model", model_id, "1")
         if not f:

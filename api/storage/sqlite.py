@@ -208,6 +208,12 @@ class SQLiteStore(Store):
         total = con.execute("SELECT COUNT(*) FROM models").fetchone()[0]
         return [_model(r) for r in rows], total
 
+    def model_stamp(self, model_id: str) -> tuple[str, int]:
+        row = self._con().execute("SELECT uid, version FROM models WHERE model_id = ?", (model_id,)).fetchone()
+        if row is None:
+            raise ModelNotFound(model_id)
+        return row[0], row[1]
+
     def load_model(self, model_id: str) -> tuple[bytes, ModelRecord]:
         con = self._con()
         con.execute("BEGIN")  # one snapshot for the record and its blob

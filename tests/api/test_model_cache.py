@@ -1,0 +1,125 @@
+"""The per-process model cache (api/model_cache.py): LRU within its byte budget, and never stale: a job's
+commit, a PUT of weights and a delete (with re-creation under the same id) are seen by the next request,
+in one process (SQLite) and across two real replicas sharing Redis."""
+
+import re
+
+import httpx
+import numpy as np
+import pytest
+
+from api.model_cache import ModelCache, network_bytes
+from api.storage.base import ModelRecord
+from neural_net import Network
+from tests.api.conftest import IRIS, X4, Y3, running_app, wait_job
+from tests.api.test_redis_backend import Cluster, _redis_available
+
+
+def _record(uid: str, version: int = 1) -> ModelRecord:
+    return ModelRecord(model_id=uid, uid=uid, version=version, info={}, created_at=0.0, updated_at=0.0)
+
+
+def _net(seed: int = 0) -> Network:
+    return Network.from_layer_sizes([4, 8, 3], activations=["relu", "softmax"], seed=seed)
+
+
+def test_least_recently_used_goes_first_within_the_budget():
+    net = _net()
+    size = network_bytes(net, len(net.to_bytes()))
+    cache = ModelCache(max_bytes=2 * size)
+    for uid in ("a", "b"):
+        cache.put(net, _record(uid), len(net.to_bytes()))
+    assert cache.get("a", 1) is not None  # "b" is now the least recently used
+    cache.put(net, _record("c"), len(net.to_bytes()))
+    assert cache.get("b", 1) is None
+    assert cache.get("a", 1) is not None and cache.get("c", 1) is not None
+    assert cache.stats()["bytes"] == 2 * size and cache.stats()["evictions"] == 1
+    assert cache.get("a", 2) is None  # another version of a cached model is another key
+
+
+def test_a_zero_budget_caches_nothing_and_discard_drops_every_version():
+    net = _net()
+    off = ModelCache(max_bytes=0)
+    assert off.put(net, _record("a"), 100).net is net
+    assert off.get("a", 1) is None and off.stats()["entries"] == 0
+    cache = ModelCache(max_bytes=10**9)
+    cache.put(net, _record("a", 1), 100)
+    cache.put(net, _record("a", 2), 100)
+    cache.discard("a")
+    assert cache.stats()["entries"] == 0 and cache.stats()["bytes"] == 0
+
+
+def _metric(text: str, name: str) -> float:
+    return float(re.search(rf"^{name}(?:_total)? (\S+)$", text, re.M).group(1))
+
+
+def _expected(client, model_id: str, x) -> np.ndarray:
+    net = Network.from_bytes(client.get(f"/models/{model_id}/export").content)
+    return net.predict(np.asarray(x, dtype=np.float32))
+
+
+def test_an_output_right_after_a_job_commits_uses_the_new_weights(tmp_path):
+    with running_app(tmp_path) as client:
+        assert client.post("/models", json=IRIS).status_code == 201
+        before = client.post("/models/iris/output", json={"inputs": X4}).json()
+        again = client.post("/models/iris/output", json={"inputs": X4}).json()
+        assert again["outputs"] == before["outputs"]
+        assert _metric(client.get("/metrics").text, "nn_model_cache_hits") >= 1
+
+        job = client.post("/models/iris/training-jobs", json={"min_samples": 6, "epochs": 5, "batch_size": 2,
+                                                              "inputs": X4, "targets": Y3}).json()
+        job = wait_job(client, job["job_id"])
+        assert job["status"] == "succeeded"
+        after = client.post("/models/iris/output", json={"inputs": X4}).json()  # no wait: the commit is done
+        assert after["model_version"] == job["model_version"] > before["model_version"]
+        np.testing.assert_allclose(after["outputs"], _expected(client, "iris", X4), rtol=1e-6)
+        assert not np.allclose(after["outputs"], before["outputs"])
+
+
+def test_put_weights_and_delete_are_seen_by_the_next_request(tmp_path):
+    with running_app(tmp_path, workers=0) as client:
+        assert client.post("/models", json=IRIS).status_code == 201
+        client.post("/models/iris/output", json={"inputs": X4})
+        weights = client.get("/models/iris/weights").json()
+        weights["layers"][1]["biases"] = [50.0, 0.0, 0.0]
+        assert client.put("/models/iris/weights", json={"layers": weights["layers"]}).status_code == 200
+        out = client.post("/models/iris/output", json={"inputs": X4}).json()
+        assert out["model_version"] == 2 and out["predictions"] == [0] * 6
+        assert client.delete("/models/iris").status_code == 204
+        assert client.post("/models/iris/output", json={"inputs": X4}).status_code == 404
+        assert client.post("/models", json={**IRIS, "seed": 7}).status_code == 201  # same id, version 1 again
+        out = client.post("/models/iris/output", json={"inputs": X4}).json()
+        np.testing.assert_allclose(out["outputs"], _expected(client, "iris", X4), rtol=1e-6)
+
+
+@pytest.mark.skipif(not _redis_available(), reason="no Redis at NN_TEST_REDIS_URL")
+def test_two_redis_replicas_never_serve_stale_weights(tmp_path):
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start(replicas=2, workers=0)
+        a, b = (httpx.Client(base_url=url, timeout=10) for url in cluster.urls)
+        assert a.post("/models", json=IRIS).status_code == 201
+        first = b.post("/models/iris/output", json={"inputs": X4}).json()
+        assert b.post("/models/iris/output", json={"inputs": X4}).json() == first  # served from b's cache
+        hits, misses = (_metric(b.get("/metrics").text, f"nn_model_cache_{n}") for n in ("hits", "misses"))
+        assert hits >= 1
+
+        weights = a.get("/models/iris/weights").json()
+        weights["layers"][1]["biases"] = [50.0, 0.0, 0.0]
+        assert a.put("/models/iris/weights", json={"layers": weights["layers"]}).status_code == 200
+        out = b.post("/models/iris/output", json={"inputs": X4}).json()
+        assert out["model_version"] == 2 and out["predictions"] == [0] * 6
+        assert _metric(b.get("/metrics").text, "nn_model_cache_misses") == misses + 1  # b loaded version 2
+
+        b.post("/models/iris/output", json={"inputs": X4})  # b caches version 2 ...
+        assert a.delete("/models/iris").status_code == 204  # ... which a deletes and re-creates: version 1, new uid
+        assert a.post("/models", json={**IRIS, "seed": 7}).status_code == 201
+        out = b.post("/models/iris/output", json={"inputs": X4}).json()
+        assert out["model_version"] == 1
+        np.testing.assert_allclose(out["outputs"], _expected(a, "iris", X4), rtol=1e-6)
+        assert not np.allclose(out["outputs"], first["outputs"])
+
+        assert a.delete("/models/iris").status_code == 204
+        assert b.post("/models/iris/output", json={"inputs": X4}).status_code == 404
+    finally:
+        cluster.stop()
