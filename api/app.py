@@ -7,15 +7,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi_offline import FastAPIOffline
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import __version__
 from api.auth import install_access_control
-from api.errors import install_error_handlers
+from api.errors import error_response, install_error_handlers
 from api.openapi_errors import document_errors
 from api.metrics import MetricsMiddleware, build_registry
-from api.routes import health, jobs, metrics, models, pages, search
+from api.routes import health, jobs, metrics, models, pages, search, v2
 from api.services import Service
 from api.settings import Settings, get_settings
 from api.worker import WorkerPool, open_store
@@ -35,8 +34,8 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_large = JSONResponse({"detail": f"request body larger than {self.max_bytes} bytes (NN_MAX_REQUEST_BYTES); "
-                                            "send fewer samples per request"}, status_code=413)
+        too_large = error_response(scope["path"], 413, f"request body larger than {self.max_bytes} bytes "
+                                                       "(NN_MAX_REQUEST_BYTES); send fewer samples per request")
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None:
             if length.isdigit() and int(length) > self.max_bytes:
@@ -121,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry, requests, latency = build_registry(service)
     app.state.metrics_registry = registry
     app.add_middleware(MetricsMiddleware, requests=requests, latency=latency)  # outermost: sees 413s too
-    for router in (health.router, models.router, jobs.model_router, search.router, jobs.router, pages.router, metrics.router):
+    for router in (health.router, models.router, jobs.model_router, search.router, jobs.router, pages.router, metrics.router,
+                   v2.router):
         app.include_router(router)
     return app

@@ -12,9 +12,9 @@ import logging
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.errors import error_response
 from api.settings import Settings
 
 log = logging.getLogger("api")
@@ -77,7 +77,7 @@ class ApiKeyAuth:
             detail = "the API key is not valid; check it against the service's NN_API_KEYS"
             challenge = 'Bearer realm="nn", error="invalid_token"'
         log.info("401 for %s %s (%s key)", scope["method"], scope["path"], "no" if key is None else "a wrong")
-        response = JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": challenge})
+        response = error_response(scope["path"], 401, detail, headers={"WWW-Authenticate": challenge})
         await response(scope, receive, send)
 
 

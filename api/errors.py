@@ -23,6 +23,10 @@ class ModelNotFound(ServiceError):
         super().__init__(f"model {model_id!r} does not exist; list models with GET /models or create it with POST /models")
 
 
+class ModelVersionNotFound(ServiceError):
+    """The model exists, but not at the version asked for (or that version is not kept)."""
+
+
 class JobNotFound(ServiceError):
     def __init__(self, job_id: str):
         super().__init__(f"training job {job_id!r} does not exist; list a model's jobs with GET /models/{{model_id}}/jobs")
@@ -72,6 +76,7 @@ class LeaseLost(ServiceError):
 
 STATUS_BY_ERROR: dict[type[Exception], int] = {
     ModelNotFound: 404,
+    ModelVersionNotFound: 404,
     JobNotFound: 404,
     NoJobs: 404,
     ModelExists: 409,
@@ -86,6 +91,21 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
 }
 
 
+V2_STATUS = {422: 400}  # the Open Inference Protocol answers a bad request with 400
+
+
+def is_v2(path: str) -> bool:
+    """Paths of the Open Inference Protocol (api/routes/v2.py), whose errors are ``{"error": "..."}``."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_response(path: str, status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
+    """``{"detail": message, **extra}``, or on /v2 ``{"error": message}`` with the protocol's status."""
+    if is_v2(path):
+        return JSONResponse({"error": message}, status_code=V2_STATUS.get(status, status), headers=headers)
+    return JSONResponse({"detail": message, **extra}, status_code=status, headers=headers)
+
+
 def status_for(exc: Exception) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS_BY_ERROR:
@@ -97,8 +117,8 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     status = status_for(exc)
     if status == 500:
         log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
-    return JSONResponse({"detail": str(exc)}, status_code=status)
+        return error_response(request.url.path, 500, "internal error; the server log has the details")
+    return error_response(request.url.path, status, str(exc))
 
 
 def _describe(error: dict) -> str:
@@ -115,7 +135,7 @@ async def handle_validation_error(request: Request, exc: RequestValidationError)
     if len(errors) > 5:
         shown += f"; and {len(errors) - 5} more"
     raw = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:20]]
-    return JSONResponse({"detail": shown, "errors": raw}, status_code=422)
+    return error_response(request.url.path, 422, shown, errors=raw)
 
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -147,9 +167,9 @@ async def handle_http_error(request: Request, exc: StarletteHTTPException) -> JS
         headers["Allow"] = ", ".join(allowed)
         detail = f"{request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}"
     if exc.status_code == 400:  # FastAPI's "error parsing the body": not UTF-8 or not decodable; 422 like other bad input
-        return JSONResponse({"detail": "the request body could not be parsed: send UTF-8 JSON "
-                                       "(Content-Type: application/json) as in the examples of /docs"}, status_code=422)
-    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers or None)
+        return error_response(request.url.path, 422, "the request body could not be parsed: send UTF-8 JSON "
+                                                     "(Content-Type: application/json) as in the examples of /docs")
+    return error_response(request.url.path, exc.status_code, detail, headers=headers or None)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -4,6 +4,7 @@ fuzzers) know each status a route can answer and the one body they all share."""
 from fastapi import FastAPI
 
 from api.auth import is_open, parse_keys
+from api.errors import is_v2
 from api.settings import Settings
 
 ERROR_DETAIL = {
@@ -19,7 +20,15 @@ ERROR_DETAIL = {
     },
 }
 
+V2_ERROR = {
+    "title": "V2Error",
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string", "description": "What was wrong and what to do about it."}},
+}
+
 DESCRIPTIONS = {
+    "400": "Invalid inference request: input name, datatype, shape, data or binary sizes",
     "401": "Missing or wrong API key (when NN_API_KEYS is set)",
     "404": "Unknown model or job",
     "409": "Conflict: the model exists, is being trained, or is at another version; or the job already ended",
@@ -31,12 +40,25 @@ DESCRIPTIONS = {
 ETAG_GETS = ("/models/{model_id}", "/models/{model_id}/weights")  # GETs that answer 304 to If-None-Match
 
 
-def _error(status: str) -> dict:
+def _error(status: str, path: str = "") -> dict:
+    schema = "V2Error" if is_v2(path) else "ErrorDetail"
     return {"description": DESCRIPTIONS[status],
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorDetail"}}}}
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+def _v2_statuses(path: str, operation: dict, secured: bool) -> list[str]:
+    """The Open Inference Protocol's statuses (api/routes/v2.py): 400 for a bad request, never 422."""
+    statuses = [] if path in ("/v2", "/v2/health/live") else ["503"]
+    if "{" in path:
+        statuses.append("404")
+    if "requestBody" in operation:
+        statuses += ["400", "413"]
+    return statuses + (["401"] if secured else [])
 
 
 def _statuses(path: str, method: str, operation: dict, secured: bool) -> list[str]:
+    if is_v2(path):
+        return _v2_statuses(path, operation, secured)
     statuses = ["422", "503"]
     if "{" in path:
         statuses.append("404")
@@ -61,13 +83,16 @@ def document_errors(app: FastAPI, settings: Settings) -> None:
         schema = make_schema()
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
         schemas["ErrorDetail"] = ERROR_DETAIL
+        schemas["V2Error"] = V2_ERROR
         for path, operations in schema.get("paths", {}).items():
             if is_open(path):
                 continue
             for method, operation in operations.items():
                 responses = operation.setdefault("responses", {})
+                if is_v2(path):
+                    responses.pop("422", None)  # FastAPI's own; the protocol answers bad requests with 400
                 for status in _statuses(path, method, operation, secured):
-                    responses[status] = _error(status)
+                    responses[status] = _error(status, path)
                 if method == "get" and path in ETAG_GETS:
                     responses["304"] = {"description": "Not modified: If-None-Match holds the current ETag"}
                 for parameter in operation.get("parameters", []):

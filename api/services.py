@@ -16,7 +16,7 @@ from neural_net import Network, activations, initializers, losses, optimizers, s
 from neural_net.errors import NeuralNetError
 from neural_net.layers import LAYER_TYPES
 
-from api.errors import InvalidInput, ModelNotFound, NoJobs, PayloadTooLarge
+from api.errors import InvalidInput, ModelNotFound, ModelVersionNotFound, NoJobs, PayloadTooLarge
 from api.model_cache import CachedModel, ModelCache
 from api.schemas import EvaluateRequest, JobCreate, LayerSpec, ModelCreate, OutputRequest, SamplesCreate, Weights
 from api.settings import Settings
@@ -196,6 +196,20 @@ class Service:
             blob, record = self.store.load_model(model_id)  # may be newer than the stamp: it is cached as what it is
             entry = self.cache.put(Network.from_bytes(blob), record, len(blob))
         return entry
+
+    def served_version(self, model_id: str, version: int) -> CachedModel:
+        """The network of one ``version``: the current one as ``served_model``, an older one from
+        ``kept_version``."""
+        uid, current = self.store.model_stamp(model_id)
+        if version == current:
+            return self.served_model(model_id)
+        return self.kept_version(model_id, uid, version, current)
+
+    def kept_version(self, model_id: str, uid: str, version: int, current: int) -> CachedModel:
+        """An older kept version of the model. None is kept yet: 404. Where versions are kept, a version's weights
+        never change, so it may be cached as (uid, version) like the current one (``self.cache.get``/``put``)."""
+        raise ModelVersionNotFound(f"model {model_id!r} has no kept version {version}; its current version is "
+                                   f"{current} (GET /models/{model_id} shows it)")
 
     # -- models -------------------------------------------------------------------
     def create_model(self, req: ModelCreate) -> ModelRecord:

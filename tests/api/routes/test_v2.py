@@ -1,0 +1,166 @@
+"""The Open Inference Protocol routes (api/routes/v2.py), driven by Triton's own Python HTTP client against a
+real server, in JSON and binary modes: outputs equal POST /models/{id}/output; every bad request is a
+{"error": ...} with the protocol's status."""
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from tests.api.conftest import IRIS, X4, running_app
+from tests.servers import start_server, stop_server
+
+MODELS = {
+    "iris": IRIS,  # float32 classifier: output + predictions
+    "wide64": {"model_id": "wide64", "layer_sizes": [4, 16, 3], "activations": ["tanh", "softmax"], "seed": 2,
+               "dtype": "float64"},
+    "reg": {"model_id": "reg", "layer_sizes": [4, 8, 2], "activations": ["relu", "linear"], "seed": 3},  # no predictions
+    "bin": {"model_id": "bin", "layer_sizes": [4, 8, 1], "activations": ["relu", "sigmoid"], "seed": 4},
+}
+X = np.asarray(X4 * 3)  # 18 rows
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    url, process = start_server(tmp_path_factory.mktemp("v2"), NN_WORKERS="0")
+    try:
+        for body in MODELS.values():
+            assert httpx.post(f"{url}/models", json=body).status_code == 201
+        yield url
+    finally:
+        stop_server(process)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    c = triton.InferenceServerClient(server.removeprefix("http://"))
+    yield c
+    c.close()
+
+
+def _reference(url: str, model_id: str) -> dict:
+    return httpx.post(f"{url}/models/{model_id}/output", json={"inputs": X.tolist()}).json()
+
+
+@pytest.mark.parametrize("model_id", sorted(MODELS))
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+@pytest.mark.parametrize("datatype", ["FP32", "FP64"])
+def test_triton_client_outputs_equal_output_route(server, client, model_id, binary, datatype):
+    reference = _reference(server, model_id)
+    x = X.astype(np.float32 if datatype == "FP32" else np.float64)
+    tensor = triton.InferInput("input", list(x.shape), datatype)
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    classifier = reference["predictions"] is not None
+    names = ["output", "predictions"] if classifier else ["output"]
+    result = client.infer(model_id, [tensor], outputs=[triton.InferRequestedOutput(n, binary_data=binary) for n in names])
+    np.testing.assert_allclose(result.as_numpy("output"), reference["outputs"], atol=1e-5, rtol=0)
+    assert result.as_numpy("output").dtype == (np.float64 if model_id == "wide64" else np.float32)
+    if classifier:
+        assert result.as_numpy("predictions").dtype == np.int64
+        assert result.as_numpy("predictions").tolist() == reference["predictions"]
+    assert result.get_response()["model_version"] == "1"
+
+
+def test_without_requested_outputs_every_output_comes_back_binary(server, client):
+    tensor = triton.InferInput("input", list(X.shape), "FP32")
+    tensor.set_data_from_numpy(X.astype(np.float32))
+    result = client.infer("iris", [tensor], model_version="1")  # the client asks for binary_data_output
+    response = result.get_response()
+    assert [o["name"] for o in response["outputs"]] == ["output", "predictions"]
+    assert all("binary_data_size" in o["parameters"] for o in response["outputs"])
+    np.testing.assert_allclose(result.as_numpy("output"), _reference(server, "iris")["outputs"], atol=1e-5, rtol=0)
+
+
+def test_health_and_metadata_through_the_client(client):
+    assert client.is_server_live() and client.is_server_ready()
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+    assert client.is_model_ready("iris") and client.is_model_ready("iris", "1")
+    assert not client.is_model_ready("nope") and not client.is_model_ready("iris", "9")
+    meta = client.get_model_metadata("wide64")
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP64", "shape": [-1, 4]}]
+    assert meta["outputs"] == [{"name": "output", "datatype": "FP64", "shape": [-1, 3]},
+                               {"name": "predictions", "datatype": "INT64", "shape": [-1]}]
+    assert client.get_model_metadata("reg", "1")["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 2]}]
+    with pytest.raises(InferenceServerException) as error:
+        client.get_model_metadata("nope")
+    assert error.value.status() == "404" and "does not exist" in error.value.message()
+
+
+def test_errors_reach_the_client_with_the_protocol_status(client):
+    def infer(datatype="FP32", shape=(2, 4), version="", name="input"):
+        tensor = triton.InferInput(name, list(shape), datatype)
+        tensor.set_data_from_numpy(np.zeros(shape, {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32}[datatype]))
+        return client.infer("iris", [tensor], model_version=version)
+
+    for kwargs, status, words in [({"datatype": "INT32"}, "400", "send FP32 or FP64"),
+                                  ({"shape": (2, 3)}, "400", "send [batch, 4]"),
+                                  ({"name": "x"}, "400", "named 'input'"),
+                                  ({"version": "7"}, "404", "no kept version 7")]:
+        with pytest.raises(InferenceServerException) as error:
+            infer(**kwargs)
+        assert error.value.status() == status and words in error.value.message(), error.value.message()
+
+
+def test_a_new_version_is_served_at_once_and_the_old_one_is_not_kept(server, client):
+    url = server
+    weights = httpx.get(f"{url}/models/bin/weights").json()
+    weights["layers"][1]["biases"] = [-50.0]
+    assert httpx.put(f"{url}/models/bin/weights", json={"layers": weights["layers"]}).status_code == 200
+    tensor = triton.InferInput("input", [2, 4], "FP32")
+    tensor.set_data_from_numpy(np.asarray(X4[:2], np.float32))
+    result = client.infer("bin", [tensor], model_version="2")
+    assert result.as_numpy("predictions").tolist() == [0, 0]
+    assert result.get_response()["model_version"] == "2"
+    with pytest.raises(InferenceServerException) as error:
+        client.infer("bin", [tensor], model_version="1")
+    assert error.value.status() == "404"
+
+
+def _infer(c, body, headers=None, model="iris"):
+    return c.post(f"/v2/models/{model}/infer", content=body, headers=headers or {})
+
+
+def test_bad_requests_are_400_or_413_with_an_error_body(tmp_path):
+    good = {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+    with running_app(tmp_path, workers=0, max_samples_per_request=5) as c:
+        assert c.post("/models", json=IRIS).status_code == 201
+        raw = np.zeros((1, 4), "<f4").tobytes()
+        header = json.dumps({"inputs": [{**good, "parameters": {"binary_data_size": 16}}]}).encode()
+        cases = [
+            (b"{not json", None, 400, "not valid JSON"),
+            (b"[1, 2]", None, 400, "JSON object"),
+            (json.dumps({"inputs": []}).encode(), None, 400, "one tensor named 'input'"),
+            (json.dumps({"inputs": [{**good, "data": [1, 2, 3]}]}).encode(), None, 400, "holds 3 numbers"),
+            (json.dumps({"inputs": [{**good, "data": [1, 2, 3, None]}]}).encode(), None, 400, "finite"),
+            (json.dumps({"inputs": [{**good, "data": [1, 2, 3, 1e300]}]}).encode(), None, 400, "too large"),
+            (json.dumps({"inputs": [{**good, "data": ["a", 2, 3, 4]}]}).encode(), None, 400, "numbers only"),
+            (json.dumps({"inputs": [{**good, "shape": [9, 4], "data": [0] * 36}]}).encode(), None, 413, "NN_MAX_SAMPLES"),
+            (json.dumps({"inputs": [good], "outputs": [{"name": "probs"}]}).encode(), None, 400, "output, predictions"),
+            (header + raw[:8], {"Inference-Header-Content-Length": str(len(header))}, 400, "needs exactly 16 bytes"),
+            (header + raw, {"Inference-Header-Content-Length": "999"}, 400, "Inference-Header-Content-Length"),
+            (header + raw, None, 400, "Inference-Header-Content-Length header"),
+        ]
+        for body, headers, status, words in cases:
+            r = _infer(c, body, headers)
+            assert r.status_code == status and words in r.json()["error"], (body[:80], r.status_code, r.text)
+        r = _infer(c, header + raw, {"Inference-Header-Content-Length": str(len(header))})
+        assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [1, 3]
+        r = _infer(c, json.dumps({"inputs": [good]}).encode(), model="nope")
+        assert r.status_code == 404 and "does not exist" in r.json()["error"]
+        assert c.get("/v2/models/iris/versions/x").json()["error"].startswith("model 'iris' has no version 'x'")
+        assert c.get("/v2/no/such/route").json() == {"error": "Not Found"}
+
+
+def test_api_keys_apply_and_refusals_are_error_bodies(tmp_path):
+    with running_app(tmp_path, workers=0, api_keys="k1") as c:
+        r = c.get("/v2/models/iris")
+        assert r.status_code == 401 and "API key" in r.json()["error"] and "WWW-Authenticate" in r.headers
+        assert c.get("/v2/health/live").status_code == 401  # like every route but /health and the docs
+        assert c.get("/v2/health/live", headers={"X-API-Key": "k1"}).json() == {"live": True}
+        assert c.post("/models", json=IRIS, headers={"Authorization": "Bearer k1"}).status_code == 201
+        body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": X4[0]}]}
+        r = c.post("/v2/models/iris/infer", json=body, headers={"Authorization": "Bearer k1"})
+        assert r.status_code == 200 and r.json()["outputs"][1]["data"] == [0]
