@@ -24,6 +24,7 @@ class ModelRecord:
     updated_at: float
     buffer_size: int = 0
     latest_job: dict[str, Any] | None = None  # {"job_id", "status"}
+    owner: str | None = None  # name of the API key that created it (api/auth.py); None without keys
 
 
 @dataclass
@@ -48,6 +49,7 @@ class JobRecord:
     kind: str = "training"  # or "search": trials any worker claims, then (apply_best) one training of the best
     stage: str | None = None  # search jobs: "trials" while trials run, "apply" while the best configuration trains
     trials: list[dict[str, Any]] | None = None  # search jobs, on reads: every trial by index (see TRIAL_STATUSES)
+    owner: str | None = None  # name of the API key that submitted it (api/auth.py); None without keys
 
 
 TRIAL_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
@@ -95,16 +97,16 @@ class Store(ABC):
 
     # -- models ---------------------------------------------------------------
     @abstractmethod
-    def create_model(self, model_id: str, blob: bytes, info: dict) -> ModelRecord:
-        """Raises ModelExists."""
+    def create_model(self, model_id: str, blob: bytes, info: dict, owner: str | None = None) -> ModelRecord:
+        """Raises ModelExists. ``owner`` is kept on the record (tenancy, api/auth.py)."""
 
     @abstractmethod
     def get_model(self, model_id: str) -> ModelRecord:
         """Raises ModelNotFound."""
 
     @abstractmethod
-    def list_models(self, offset: int, limit: int) -> tuple[list[ModelRecord], int]:
-        """A page of models (oldest first) and the total count."""
+    def list_models(self, offset: int, limit: int, owner: str | None = None) -> tuple[list[ModelRecord], int]:
+        """A page of models (oldest first) and the total count; with ``owner``, of that owner's models only."""
 
     @abstractmethod
     def model_stamp(self, model_id: str) -> tuple[str, int]:
@@ -139,7 +141,7 @@ class Store(ABC):
     # -- jobs -----------------------------------------------------------------
     @abstractmethod
     def create_job(self, job: JobRecord, x: np.ndarray | None = None, y: np.ndarray | None = None, max_buffer: int = 0) -> JobRecord:
-        """Stores a ``buffering`` job; with inline samples, a ``queued`` one that owns exactly those samples
+        """Stores a ``buffering`` job (with ``job.owner``); with inline samples, a ``queued`` one that owns exactly those samples
         (claimed in the same transaction; the buffer is untouched). ``max_buffer`` is unused."""
 
     @abstractmethod
@@ -147,8 +149,8 @@ class Store(ABC):
         """Raises JobNotFound."""
 
     @abstractmethod
-    def list_jobs(self, model_id: str, offset: int, limit: int) -> tuple[list[JobRecord], int]:
-        """A page of the model's jobs, newest first, and their total count."""
+    def list_jobs(self, model_id: str, offset: int, limit: int, owner: str | None = None) -> tuple[list[JobRecord], int]:
+        """A page of the model's jobs, newest first, and their total count; with ``owner``, of that owner's jobs only."""
 
     @abstractmethod
     def promote_ready_jobs(self) -> list[JobRecord]:

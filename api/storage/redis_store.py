@@ -8,7 +8,8 @@ replicas), not Redis Cluster.
 Keys (P is the prefix, "nn" by default):
 
     P:models          zset  model_id -> created_at (oldest first, ties by id, as SQLite)
-    P:m:{model}       hash  uid, version, info (JSON), blob (.npz), created_at, updated_at
+    P:owned:{owner}   zset  the same, of the models that owner (an API key name) created
+    P:m:{model}       hash  uid, version, info (JSON), blob (.npz), created_at, updated_at, owner (API key name)
     P:buf:{model}     list  batch blobs waiting in the buffer, oldest first
     P:bufn:{model}    int   rows in P:buf:{model}
     P:mjobs:{model}   zset  the model's jobs by sequence number
@@ -52,7 +53,7 @@ log = logging.getLogger("api.redis")
 
 JOB_FIELDS = ("model_id", "model_uid", "status", "params", "min_samples", "consume_buffer", "n_samples", "epochs_done",
               "progress", "history", "error", "worker_id", "model_version", "created_at", "started_at", "finished_at",
-              "kind", "stage")
+              "kind", "stage", "owner")
 
 _HEADER = struct.Struct("<4sIII8s")  # magic, rows, n_in, n_out, dtype (NumPy str, e.g. b"<f4")
 _MAGIC = b"NNS1"
@@ -160,21 +161,25 @@ _SCRIPTS = {
     "read_model": """
 local P, mid, with_blob = ARGV[1], ARGV[2], ARGV[3]
 local mk = P..':m:'..mid
-local f = redis.call('HMGET', mk, 'uid', 'version', 'info', 'created_at', 'updated_at')
+local f = redis.call('HMGET', mk, 'uid', 'version', 'info', 'created_at', 'updated_at', 'owner')
 if not f[1] then return false end
 local latest = redis.call('ZREVRANGE', P..':mjobs:'..mid, 0, 0)
 local lid, lstatus = '', ''
 if latest[1] then lid = latest[1]; lstatus = redis.call('HGET', P..':j:'..lid, 'status') or '' end
-local out = {f[1], f[2], f[3], f[4], f[5], redis.call('GET', P..':bufn:'..mid) or '0', lid, lstatus}
-if with_blob == '1' then out[9] = redis.call('HGET', mk, 'blob') end
+local out = {f[1], f[2], f[3], f[4], f[5], redis.call('GET', P..':bufn:'..mid) or '0', lid, lstatus, f[6] or ''}
+if with_blob == '1' then out[10] = redis.call('HGET', mk, 'blob') end
 return out
 """,
     "create_model": """
-local P, mid, uid, info, blob, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local P, mid, uid, info, blob, now, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local mk = P..':m:'..mid
 if redis.call('EXISTS', mk) == 1 then return 0 end
 redis.call('HSET', mk, 'uid', uid, 'version', 1, 'info', info, 'blob', blob, 'created_at', now, 'updated_at', now)
 redis.call('ZADD', P..':models', now, mid)
+if owner ~= '' then
+  redis.call('HSET', mk, 'owner', owner)
+  redis.call('ZADD', P..':owned:'..owner, now, mid)
+end
 redis.call('DEL', P..':buf:'..mid, P..':bufn:'..mid, P..':mjobs:'..mid)
 return 1
 """,
@@ -213,6 +218,8 @@ for _, jid in ipairs(redis.call('ZRANGE', P..':mjobs:'..mid, 0, -1)) do
     redis.call('DEL', P..':js:'..jid)
   end
 end
+local owner = redis.call('HGET', mk, 'owner')
+if owner then redis.call('ZREM', P..':owned:'..owner, mid) end
 redis.call('DEL', mk, P..':buf:'..mid, P..':bufn:'..mid, P..':mjobs:'..mid)
 redis.call('ZREM', P..':models', mid)
 return cancelled
@@ -237,30 +244,32 @@ local P, jid, mid, params, min, consume, created, max, n, blob =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
 local uid = redis.call('HGET', P..':m:'..mid, 'uid')
 if not uid then return {'nf'} end
+local owner, search = ARGV[11], ARGV[12] == 'search'
 local seq = redis.call('INCR', P..':seq')
 redis.call('HSET', P..':j:'..jid, 'model_id', mid, 'model_uid', uid, 'status', 'buffering', 'params', params,
   'min_samples', min, 'consume_buffer', consume, 'n_samples', 0, 'epochs_done', 0, 'history', '[]',
   'created_at', created, 'seq', seq, 'restarts', 0)
+if owner ~= '' then redis.call('HSET', P..':j:'..jid, 'owner', owner) end
 redis.call('ZADD', P..':buffering', seq, jid)
 redis.call('ZADD', P..':mjobs:'..mid, seq, jid)
-if ARGV[11] == 'search' then  -- ARGV[12]: apply_best, then one {"params", "seed"} per trial
-  redis.call('HSET', P..':j:'..jid, 'kind', 'search', 'stage', 'trials', 'apply', ARGV[12], 't_pending', #ARGV - 12,
+if search then  -- ARGV[13]: apply_best, then one {"params", "seed"} per trial
+  redis.call('HSET', P..':j:'..jid, 'kind', 'search', 'stage', 'trials', 'apply', ARGV[13], 't_pending', #ARGV - 13,
     't_running', 0, 't_ok', 0)
-  for i = 13, #ARGV do
-    redis.call('HSET', P..':tp:'..jid, i - 13, ARGV[i])
-    redis.call('HSET', P..':ts:'..jid, i - 13, 'pending')
+  for i = 14, #ARGV do
+    redis.call('HSET', P..':tp:'..jid, i - 14, ARGV[i])
+    redis.call('HSET', P..':ts:'..jid, i - 14, 'pending')
   end
 end
 if n > 0 then  -- inline samples are the job's own: queued at once, the buffer untouched
   redis.call('RPUSH', P..':js:'..jid, blob)
   redis.call('HSET', P..':j:'..jid, 'status', 'queued', 'n_samples', n)
   redis.call('ZREM', P..':buffering', jid)
-  if ARGV[11] ~= 'search' then
+  if not search then
     redis.call('ZADD', P..':queued', seq, jid)
     return {'queued', 1}
   end
-  for i = 13, #ARGV do redis.call('ZADD', P..':tq', trial_score(P, jid, i - 13), jid..'|'..(i - 13)) end
-  return {'queued', #ARGV - 12}
+  for i = 14, #ARGV do redis.call('ZADD', P..':tq', trial_score(P, jid, i - 14), jid..'|'..(i - 14)) end
+  return {'queued', #ARGV - 13}
 end
 return {'ok'}
 """,
@@ -532,7 +541,8 @@ class RedisStore(Store):
     def _model(mid: str, f: list) -> ModelRecord:
         latest = {"job_id": f[6].decode(), "status": f[7].decode()} if f[6] else None
         return ModelRecord(model_id=mid, uid=f[0].decode(), version=int(f[1]), info=json.loads(f[2]),
-                           created_at=float(f[3]), updated_at=float(f[4]), buffer_size=int(f[5]), latest_job=latest)
+                           created_at=float(f[3]), updated_at=float(f[4]), buffer_size=int(f[5]), latest_job=latest,
+                           owner=f[8].decode() or None)
 
     @staticmethod
     def _job(job_id: str, f: list) -> JobRecord:
@@ -545,7 +555,7 @@ class RedisStore(Store):
             progress=json.loads(v["progress"]) if v["progress"] else None, history=json.loads(v["history"]),
             error=v["error"], worker_id=v["worker_id"], model_version=num("model_version", int),
             created_at=float(v["created_at"]), started_at=num("started_at", float), finished_at=num("finished_at", float),
-            kind=v["kind"] or "training", stage=v["stage"],
+            kind=v["kind"] or "training", stage=v["stage"], owner=v["owner"],
         )
 
     def _with_trials(self, job: JobRecord) -> JobRecord:
@@ -566,8 +576,8 @@ class RedisStore(Store):
 
     # -- models -------------------------------------------------------------------
     @_guard
-    def create_model(self, model_id: str, blob: bytes, info: dict) -> ModelRecord:
-        if not self._run("create_model", model_id, uuid.uuid4().hex, json.dumps(info), blob, repr(time.time())):
+    def create_model(self, model_id: str, blob: bytes, info: dict, owner: str | None = None) -> ModelRecord:
+        if not self._run("create_model", model_id, uuid.uuid4().hex, json.dumps(info), blob, repr(time.time()), owner or ""):
             raise ModelExists(model_id)
         return self.get_model(model_id)
 
@@ -578,15 +588,34 @@ class RedisStore(Store):
             raise ModelNotFound(model_id)
         return self._model(model_id, f)
 
+    def _owned_jobs(self, index: str, owner: str, offset: int, limit: int) -> tuple[list[str], int]:
+        """A page (newest first) of the job ids in the zset ``index`` that ``owner`` submitted, and how many did.
+        Reads the owners 500 at a time: O(the model's jobs), bounded memory."""
+        page, total, start, chunk = [], 0, 0, 500
+        while True:
+            ids = self.redis.zrevrange(index, start, start + chunk - 1)
+            if not ids:
+                return page, total
+            pipe = self.redis.pipeline(transaction=False)
+            for raw in ids:
+                pipe.hget(self._key("j", raw.decode()), "owner")
+            for raw, found in zip(ids, pipe.execute()):
+                if found is not None and found.decode() == owner:
+                    if offset <= total < offset + limit:
+                        page.append(raw.decode())
+                    total += 1
+            start += chunk
+
     @_guard
-    def list_models(self, offset: int, limit: int) -> tuple[list[ModelRecord], int]:
-        ids = [m.decode() for m in self.redis.zrange(self._key("models"), offset, offset + limit - 1)]
+    def list_models(self, offset: int, limit: int, owner: str | None = None) -> tuple[list[ModelRecord], int]:
+        index = self._key("owned", owner) if owner is not None else self._key("models")
+        ids = [m.decode() for m in self.redis.zrange(index, offset, offset + limit - 1)]
         pipe = self.redis.pipeline(transaction=False)
         for mid in ids:
             self._scripts["read_model"](args=[self.prefix, mid, "0"], client=pipe)
         rows = pipe.execute() if ids else []
         records = [self._model(mid, f) for mid, f in zip(ids, rows) if f]
-        return records, int(self.redis.zcard(self._key("models")))
+        return records, int(self.redis.zcard(index))
 
     @_guard
     def model_stamp(self, model_id: str) -> tuple[str, int]:
@@ -600,7 +629,7 @@ class RedisStore(Store):
         f = self._run("read_model", model_id, "1")
         if not f:
             raise ModelNotFound(model_id)
-        return bytes(f[8]), self._model(model_id, f)
+        return bytes(f[9]), self._model(model_id, f)
 
     @_guard
     def replace_model(self, model_id: str, blob: bytes, info: dict, expected_version: int | None = None) -> ModelRecord:
@@ -656,7 +685,8 @@ class RedisStore(Store):
     def create_job(self, job: JobRecord, x: np.ndarray | None = None, y: np.ndarray | None = None, max_buffer: int = 0) -> JobRecord:
         n = 0 if x is None else len(x)
         r = self._run("create_job", job.job_id, job.model_id, json.dumps(job.params), job.min_samples,
-                      int(job.consume_buffer), repr(job.created_at), max_buffer, n, pack_samples(x, y) if n else b"")
+                      int(job.consume_buffer), repr(job.created_at), max_buffer, n, pack_samples(x, y) if n else b"",
+                      job.owner or "")
         code = r[0].decode()
         if code == "nf":
             raise ModelNotFound(job.model_id)
@@ -672,16 +702,20 @@ class RedisStore(Store):
         return self._with_trials(self._job(job_id, f))
 
     @_guard
-    def list_jobs(self, model_id: str, offset: int, limit: int) -> tuple[list[JobRecord], int]:
+    def list_jobs(self, model_id: str, offset: int, limit: int, owner: str | None = None) -> tuple[list[JobRecord], int]:
         self.get_model(model_id)
         key = self._key("mjobs", model_id)
-        ids = [j.decode() for j in self.redis.zrevrange(key, offset, offset + limit - 1)]
+        if owner is not None:
+            ids, total = self._owned_jobs(key, owner, offset, limit)
+        else:
+            ids = [j.decode() for j in self.redis.zrevrange(key, offset, offset + limit - 1)]
+            total = None
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hmget(self._key("j", job_id), JOB_FIELDS)
         rows = pipe.execute() if ids else []
         return ([self._with_trials(self._job(j, f)) for j, f in zip(ids, rows) if f[0] is not None],
-                int(self.redis.zcard(key)))
+                int(self.redis.zcard(key)) if total is None else total)
 
     @_guard
     def promote_ready_jobs(self) -> list[JobRecord]:
@@ -884,7 +918,7 @@ class RedisStore(Store):
         n = 0 if x is None else len(x)
         r = self._run("create_job", job.job_id, job.model_id, json.dumps(job.params), job.min_samples,
                       int(job.consume_buffer), repr(job.created_at), max_buffer, n, pack_samples(x, y) if n else b"",
-                      "search", "1" if job.params.get("apply_best") else "0",
+                      job.owner or "", "search", "1" if job.params.get("apply_best") else "0",
                       *[json.dumps({"params": t["params"], "seed": t["seed"]}) for t in trials])
         code = r[0].decode()
         if code == "nf":

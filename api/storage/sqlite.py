@@ -83,12 +83,14 @@ CREATE INDEX IF NOT EXISTS trials_by_status ON trials (status, job_id, idx);
 """
 # columns added after the first release; added to older databases on open
 JOB_MIGRATIONS = {"kind": "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'training'",
-                  "stage": "ALTER TABLE jobs ADD COLUMN stage TEXT"}
+                  "stage": "ALTER TABLE jobs ADD COLUMN stage TEXT",
+                  "owner": "ALTER TABLE jobs ADD COLUMN owner TEXT"}  # the API key name that submitted it
+MODEL_MIGRATIONS = {"owner": "ALTER TABLE models ADD COLUMN owner TEXT"}  # the API key name that created it
 
 JOB_COLUMNS = ("job_id, model_id, model_uid, status, params, min_samples, consume_buffer, n_samples, epochs_done, "
-               "progress, history, error, worker_id, model_version, created_at, started_at, finished_at, kind, stage")
+               "progress, history, error, worker_id, model_version, created_at, started_at, finished_at, kind, stage, owner")
 
-MODEL_COLUMNS = """m.model_id, m.uid, m.version, m.info, m.created_at, m.updated_at,
+MODEL_COLUMNS = """m.model_id, m.uid, m.version, m.info, m.created_at, m.updated_at, m.owner,
     (SELECT COALESCE(SUM(n), 0) FROM samples s WHERE s.model_id = m.model_id AND s.job_id IS NULL) AS buffer_size,
     (SELECT job_id FROM jobs j WHERE j.model_id = m.model_id AND j.model_uid = m.uid ORDER BY seq DESC LIMIT 1) AS latest_job_id,
     (SELECT status FROM jobs j WHERE j.model_id = m.model_id AND j.model_uid = m.uid ORDER BY seq DESC LIMIT 1) AS latest_job_status"""
@@ -102,7 +104,7 @@ def _job(row: sqlite3.Row) -> JobRecord:
         progress=json.loads(row["progress"]) if row["progress"] else None, history=json.loads(row["history"]),
         error=row["error"], worker_id=row["worker_id"], model_version=row["model_version"],
         created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
-        kind=row["kind"], stage=row["stage"],
+        kind=row["kind"], stage=row["stage"], owner=row["owner"],
     )
 
 
@@ -120,6 +122,7 @@ def _model(row: sqlite3.Row) -> ModelRecord:
     return ModelRecord(
         model_id=row["model_id"], uid=row["uid"], version=row["version"], info=json.loads(row["info"]),
         created_at=row["created_at"], updated_at=row["updated_at"], buffer_size=row["buffer_size"], latest_job=latest,
+        owner=row["owner"],
     )
 
 
@@ -132,10 +135,12 @@ class SQLiteStore(Store):
         con = self._con()
         con.execute("PRAGMA journal_mode=WAL")
         con.executescript(SCHEMA)
-        columns = {row[1] for row in con.execute("PRAGMA table_info(jobs)")}
-        for column, statement in JOB_MIGRATIONS.items():
-            if column not in columns:
-                con.execute(statement)
+        for table, migrations in (("jobs", JOB_MIGRATIONS), ("models", MODEL_MIGRATIONS)):
+            columns = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+            for column, statement in migrations.items():
+                if column not in columns:
+                    con.execute(statement)
+        con.execute("CREATE INDEX IF NOT EXISTS models_by_owner ON models (owner, created_at)")
 
     # -- plumbing -------------------------------------------------------------
     def _con(self) -> sqlite3.Connection:
@@ -185,13 +190,14 @@ class SQLiteStore(Store):
         return row
 
     # -- models ---------------------------------------------------------------
-    def create_model(self, model_id: str, blob: bytes, info: dict) -> ModelRecord:
+    def create_model(self, model_id: str, blob: bytes, info: dict, owner: str | None = None) -> ModelRecord:
         now = time.time()
         with self._tx() as con:
             try:
                 con.execute(
-                    "INSERT INTO models (model_id, uid, version, info, blob, created_at, updated_at) VALUES (?, ?, 1, ?, ?, ?, ?)",
-                    (model_id, uuid.uuid4().hex, json.dumps(info), blob, now, now),
+                    "INSERT INTO models (model_id, uid, version, info, blob, created_at, updated_at, owner) "
+                    "VALUES (?, ?, 1, ?, ?, ?, ?, ?)",
+                    (model_id, uuid.uuid4().hex, json.dumps(info), blob, now, now, owner),
                 )
             except sqlite3.IntegrityError:
                 raise ModelExists(model_id) from None
@@ -201,11 +207,12 @@ class SQLiteStore(Store):
     def get_model(self, model_id: str) -> ModelRecord:
         return _model(self._model_row(self._con(), model_id))
 
-    def list_models(self, offset: int, limit: int) -> tuple[list[ModelRecord], int]:
+    def list_models(self, offset: int, limit: int, owner: str | None = None) -> tuple[list[ModelRecord], int]:
         con = self._con()
-        rows = con.execute(f"SELECT {MODEL_COLUMNS} FROM models m ORDER BY m.created_at, m.model_id LIMIT ? OFFSET ?",
-                           (limit, offset)).fetchall()
-        total = con.execute("SELECT COUNT(*) FROM models").fetchone()[0]
+        where, args = ("WHERE m.owner = ?", (owner,)) if owner is not None else ("", ())
+        rows = con.execute(f"SELECT {MODEL_COLUMNS} FROM models m {where} ORDER BY m.created_at, m.model_id LIMIT ? OFFSET ?",
+                           (*args, limit, offset)).fetchall()
+        total = con.execute(f"SELECT COUNT(*) FROM models m {where}", args).fetchone()[0]
         return [_model(r) for r in rows], total
 
     def model_stamp(self, model_id: str) -> tuple[str, int]:
@@ -297,9 +304,9 @@ class SQLiteStore(Store):
         inline = x is not None and len(x) > 0
         con.execute(
             "INSERT INTO jobs (job_id, model_id, model_uid, status, params, min_samples, consume_buffer, created_at, "
-            "kind, stage, n_samples) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "kind, stage, n_samples, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (job.job_id, job.model_id, model["uid"], "queued" if inline else "buffering", json.dumps(job.params),
-             job.min_samples, int(job.consume_buffer), job.created_at, kind, stage, len(x) if inline else 0),
+             job.min_samples, int(job.consume_buffer), job.created_at, kind, stage, len(x) if inline else 0, job.owner),
         )
         if inline:
             x = np.ascontiguousarray(x)
@@ -318,12 +325,15 @@ class SQLiteStore(Store):
         rows = con.execute("SELECT * FROM trials WHERE job_id = ? ORDER BY idx", (job.job_id,)).fetchall()
         return with_trials(job, [_trial(r) for r in rows])
 
-    def list_jobs(self, model_id: str, offset: int, limit: int) -> tuple[list[JobRecord], int]:
+    def list_jobs(self, model_id: str, offset: int, limit: int, owner: str | None = None) -> tuple[list[JobRecord], int]:
         con = self._con()
         uid = self._model_row(con, model_id)["uid"]
-        rows = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE model_id = ? AND model_uid = ? ORDER BY seq DESC "
-                           "LIMIT ? OFFSET ?", (model_id, uid, limit, offset)).fetchall()
-        total = con.execute("SELECT COUNT(*) FROM jobs WHERE model_id = ? AND model_uid = ?", (model_id, uid)).fetchone()[0]
+        where, args = "model_id = ? AND model_uid = ?", (model_id, uid)
+        if owner is not None:
+            where, args = where + " AND owner = ?", (*args, owner)
+        rows = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                           (*args, limit, offset)).fetchall()
+        total = con.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}", args).fetchone()[0]
         return [self._with_trials(con, _job(r)) for r in rows], total
 
     def promote_ready_jobs(self) -> list[JobRecord]:

@@ -1,5 +1,6 @@
 """What is particular to the SQLite store: file layout, blobs, one running job per model."""
 
+import sqlite3
 import time
 import uuid
 
@@ -8,7 +9,7 @@ import numpy as np
 from neural_net import Network
 from api.services import describe
 from api.storage.base import JobRecord
-from api.storage.sqlite import SQLiteStore
+from api.storage.sqlite import SCHEMA, SQLiteStore
 
 
 def new_job(model_id: str) -> JobRecord:
@@ -53,3 +54,18 @@ def test_two_connections_see_each_others_commits(tmp_path):
     writer, reader = SQLiteStore(path), SQLiteStore(path)
     writer.create_model("m", b"npz", {"k": 1})
     assert reader.get_model("m").info == {"k": 1}
+
+
+def test_a_database_from_before_owners_gains_the_columns(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    con = sqlite3.connect(path)
+    con.executescript(SCHEMA)  # the first release's tables: no owner (nor kind, stage) columns
+    con.execute("INSERT INTO models (model_id, uid, version, info, blob, created_at, updated_at) "
+                "VALUES ('old', 'u', 1, '{}', x'00', 0, 0)")
+    con.commit()
+    con.close()
+    store = SQLiteStore(path)
+    assert store.get_model("old").owner is None  # visible to admins only under NN_TENANCY
+    assert store.create_model("new", b"b", {}, owner="alice").owner == "alice"
+    assert store.create_job(new_job("new")).owner is None
+    store.close()

@@ -79,6 +79,32 @@ def test_models_create_list_replace_delete(store):
     assert store.list_models(0, 10)[1] == 1
 
 
+def test_owners_are_kept_and_filter_the_lists(store):
+    """Tenancy (api/auth.py): the owner is written at creation; lists by owner page and count that owner's only."""
+    for i, owner in enumerate(["alice", "bob", "alice", None, "alice"]):
+        store.create_model(f"m{i}", b"b", {}, owner=owner)
+    assert [store.get_model(f"m{i}").owner for i in range(5)] == ["alice", "bob", "alice", None, "alice"]
+    page, total = store.list_models(0, 2, owner="alice")
+    assert [m.model_id for m in page] == ["m0", "m2"] and total == 3 and page[0].owner == "alice"
+    assert [m.model_id for m in store.list_models(2, 2, owner="alice")[0]] == ["m4"]
+    assert store.list_models(0, 10, owner="carol") == ([], 0)
+    assert store.list_models(0, 10)[1] == 5  # no owner: every model
+    assert store.load_model("m1")[1].owner == "bob"
+    jobs = []
+    for owner in ["alice", "bob", "alice"]:
+        jobs.append(store.create_job(JobRecord(**{**vars(job("m0")), "owner": owner})))
+    searched, trials = search("m0", 2)
+    searched.owner = "alice"
+    jobs.append(store.create_search_job(searched, trials))
+    assert [j.owner for j in jobs] == ["alice", "bob", "alice", "alice"]
+    assert store.get_job(jobs[1].job_id).owner == "bob" and store.get_job(jobs[3].job_id).owner == "alice"
+    page, total = store.list_jobs("m0", 0, 2, owner="alice")
+    assert [j.job_id for j in page] == [jobs[3].job_id, jobs[2].job_id] and total == 3  # newest first
+    assert [j.job_id for j in store.list_jobs("m0", 2, 2, owner="alice")[0]] == [jobs[0].job_id]
+    assert store.list_jobs("m0", 0, 10, owner="bob")[1] == 1 and store.list_jobs("m0", 0, 10)[1] == 4
+    assert store.create_job(job("m1")).owner is None
+
+
 def test_buffer_append_limit_clear(store):
     store.create_model("m", b"b", {})
     assert store.append_samples("m", *rows(3), 10) == 3
