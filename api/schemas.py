@@ -95,11 +95,12 @@ class ModelPublic(BaseModel):
     created_at: datetime = Field(description="When the model was created (UTC).")
     updated_at: datetime = Field(description="When its weights last changed (UTC).")
     config: dict[str, Any] = Field(description="The core's network configuration (get_config()).")
+    owner: str | None = Field(None, description="Name of the API key that created it (NN_API_KEYS); null without keys.")
 
     @classmethod
     def from_record(cls, r: ModelRecord) -> "ModelPublic":
         info = r.info
-        return cls(model_id=r.model_id, version=r.version, buffer_size=r.buffer_size,
+        return cls(model_id=r.model_id, version=r.version, buffer_size=r.buffer_size, owner=r.owner,
                    latest_job=JobSummary(**r.latest_job) if r.latest_job else None,
                    created_at=_utc(r.created_at), updated_at=_utc(r.updated_at),
                    **{k: info[k] for k in ("layer_sizes", "activations", "loss", "task", "dtype", "input_size",
@@ -108,7 +109,7 @@ class ModelPublic(BaseModel):
 
 class ModelsPublic(BaseModel):
     data: list[ModelPublic] = Field(description="One page of models, oldest first.")
-    count: int = Field(description="Total number of models.")
+    count: int = Field(description="Total number of models (under NN_TENANCY, of the models this key sees).")
 
 
 # -- outputs and evaluation -------------------------------------------------------
@@ -344,10 +345,11 @@ class JobPublic(BaseModel):
         "(`on: validation`), or on all its samples without a validation split (`on: training`); classifiers "
         "include accuracy, precision, recall, f1 and the confusion_matrix (rows: true class), regressors mae, "
         "rmse, r2 and pearson_r."))
+    owner: str | None = Field(None, description="Name of the API key that submitted it (NN_API_KEYS); null without keys.")
 
     @classmethod
     def from_record(cls, r: JobRecord) -> "JobPublic":
-        return cls(kind=r.kind, stage=r.stage, search=SearchSummary.from_record(r) if r.kind == "search" else None,
+        return cls(kind=r.kind, stage=r.stage, owner=r.owner, search=SearchSummary.from_record(r) if r.kind == "search" else None,
                    job_id=r.job_id, model_id=r.model_id, status=r.status, params=r.params, min_samples=r.min_samples,
                    consume_buffer=r.consume_buffer, n_samples=r.n_samples, epochs_completed=r.epochs_done,
                    progress=Progress(**r.progress) if r.progress else None, history=r.history, error=r.error,
@@ -358,7 +360,7 @@ class JobPublic(BaseModel):
 
 class JobsPublic(BaseModel):
     data: list[JobPublic] = Field(description="One page of jobs, newest first.")
-    count: int = Field(description="Total number of the model's jobs.")
+    count: int = Field(description="Total number of the model's jobs (under NN_TENANCY, of the jobs this key sees).")
 
 
 class ModelProgress(BaseModel):

@@ -39,7 +39,7 @@ CANCEL_CHECK_INTERVAL = 0.05  # seconds between reads of the job's cancel flag w
 
 
 # -- the service side: check the request, make the trials ---------------------------------------------
-def submit_search(service: Service, model_id: str, req: SearchCreate) -> JobRecord:
+def submit_search(service: Service, model_id: str, req: SearchCreate, owner: str | None = None) -> JobRecord:
     """Checks every trial before anything is stored, then stores the job and its pending trials."""
     info = service.store.get_model(model_id).info
     metric = req.metric.removeprefix("val_")
@@ -61,7 +61,7 @@ def submit_search(service: Service, model_id: str, req: SearchCreate) -> JobReco
               "seed": req.seed, "apply_best": req.apply_best, "defaults": defaults}
     job = JobRecord(job_id=uuid.uuid4().hex, model_id=model_id, model_uid="", status="buffering", params=params,
                     min_samples=max(req.min_samples, req.folds or 2), consume_buffer=req.consume_buffer,
-                    created_at=time.time(), kind="search", stage="trials")
+                    created_at=time.time(), kind="search", stage="trials", owner=owner)
     trials = [new_trial(i, p, req.seed + i) for i, p in enumerate(candidates)]
     job = service.store.create_search_job(job, trials, x, y, service.settings.max_buffer_samples)
     log_transition(job, None)

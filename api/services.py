@@ -16,7 +16,7 @@ from neural_net import Network, activations, initializers, losses, optimizers, s
 from neural_net.errors import NeuralNetError
 from neural_net.layers import LAYER_TYPES
 
-from api.errors import InvalidInput, ModelNotFound, ModelVersionNotFound, NoJobs, PayloadTooLarge
+from api.errors import InvalidInput, JobNotFound, ModelNotFound, ModelVersionNotFound, NoJobs, PayloadTooLarge
 from api.model_cache import CachedModel, ModelCache
 from api.schemas import EvaluateRequest, JobCreate, LayerSpec, ModelCreate, OutputRequest, SamplesCreate, Weights
 from api.settings import Settings
@@ -212,7 +212,7 @@ class Service:
                                    f"{current} (GET /models/{model_id} shows it)")
 
     # -- models -------------------------------------------------------------------
-    def create_model(self, req: ModelCreate) -> ModelRecord:
+    def create_model(self, req: ModelCreate, owner: str | None = None) -> ModelRecord:
         weight_init = _check_name("weight initialiser", req.weight_init, ["auto"] + initializers.weight_names(), "weight_init")
         bias_init = _check_name("bias initialiser", req.bias_init, initializers.bias_names(), "bias_init")
         loss = _check_name("loss", req.loss, ["auto"] + losses.names(), "loss")
@@ -221,7 +221,7 @@ class Service:
         else:
             net = self._network_from_sizes(req, weight_init, bias_init, loss)
         model_id = req.model_id or uuid.uuid4().hex[:16]
-        record = self.store.create_model(model_id, net.to_bytes(), describe(net))
+        record = self.store.create_model(model_id, net.to_bytes(), describe(net), owner=owner)
         log.info("model %s: created %s (%d parameters)", model_id, net.layer_sizes, net.n_params)
         return record
 
@@ -290,8 +290,17 @@ class Service:
     def get_model(self, model_id: str) -> ModelRecord:
         return self.store.get_model(model_id)
 
-    def list_models(self, offset: int, limit: int) -> tuple[list[ModelRecord], int]:
-        return self.store.list_models(offset, limit)
+    def list_models(self, offset: int, limit: int, owner: str | None = None) -> tuple[list[ModelRecord], int]:
+        return self.store.list_models(offset, limit, owner=owner)
+
+    # -- tenancy (api/auth.py): another owner's model or job is as absent -----------------
+    def check_model_owner(self, model_id: str, owner: str) -> None:
+        if self.store.get_model(model_id).owner != owner:
+            raise ModelNotFound(model_id)
+
+    def check_job_owner(self, job_id: str, owner: str) -> None:
+        if self.store.get_job(job_id).owner != owner:
+            raise JobNotFound(job_id)
 
     def delete_model(self, model_id: str) -> None:
         cancelled = self.store.delete_model(model_id)
@@ -307,7 +316,7 @@ class Service:
             return to_onnx(Network.from_bytes(blob), name=model_id)
         return blob
 
-    def import_model(self, data: bytes, model_id: str | None) -> ModelRecord:
+    def import_model(self, data: bytes, model_id: str | None, owner: str | None = None) -> ModelRecord:
         if not data:
             raise InvalidInput("the request holds no file; send a .npz from GET /models/{model_id}/export "
                                "as the raw body or as the multipart field `file`")
@@ -319,7 +328,7 @@ class Service:
             raise InvalidInput(f"not a model file (.npz from GET /models/{{model_id}}/export): {exc}") from None
         self._check_architecture(net.layer_sizes)
         model_id = model_id or uuid.uuid4().hex[:16]
-        record = self.store.create_model(model_id, data, describe(net))
+        record = self.store.create_model(model_id, data, describe(net), owner=owner)
         log.info("model %s: imported %s", model_id, net.layer_sizes)
         return record
 
@@ -458,7 +467,7 @@ class Service:
         x = self._inputs(info, inputs)
         return x, self._targets(info, targets, len(x))
 
-    def submit_job(self, model_id: str, req: JobCreate) -> JobRecord:
+    def submit_job(self, model_id: str, req: JobCreate, owner: str | None = None) -> JobRecord:
         info = self.store.get_model(model_id).info
         params = self._fit_params(info, req)
         x, y = self.inline_samples(info, req.inputs, req.targets, "to train on the buffer")
@@ -466,7 +475,7 @@ class Service:
             raise InvalidInput(f"min_samples={req.min_samples} but the job carries {len(x)} inline samples, which are "
                                "exactly what it trains on; send more inputs, or leave inputs out to wait for the buffer")
         job = JobRecord(job_id=uuid.uuid4().hex, model_id=model_id, model_uid="", status="buffering", params=params,
-                        min_samples=req.min_samples, consume_buffer=req.consume_buffer, created_at=time.time())
+                        min_samples=req.min_samples, consume_buffer=req.consume_buffer, created_at=time.time(), owner=owner)
         job = self.store.create_job(job, x, y, self.settings.max_buffer_samples)
         log_transition(job, None)
         self.promote()
@@ -475,11 +484,11 @@ class Service:
     def get_job(self, job_id: str) -> JobRecord:
         return self.store.get_job(job_id)
 
-    def list_jobs(self, model_id: str, offset: int, limit: int) -> tuple[list[JobRecord], int]:
-        return self.store.list_jobs(model_id, offset, limit)
+    def list_jobs(self, model_id: str, offset: int, limit: int, owner: str | None = None) -> tuple[list[JobRecord], int]:
+        return self.store.list_jobs(model_id, offset, limit, owner=owner)
 
-    def latest_job(self, model_id: str) -> JobRecord:
-        jobs, _ = self.store.list_jobs(model_id, 0, 1)
+    def latest_job(self, model_id: str, owner: str | None = None) -> JobRecord:
+        jobs, _ = self.store.list_jobs(model_id, 0, 1, owner=owner)
         if not jobs:
             raise NoJobs(model_id)
         return jobs[0]

@@ -27,8 +27,11 @@ class Settings(BaseSettings):
     redis_timeout: float = Field(2.0, gt=0, description="Seconds a Redis command may take before the request answers 503.")
     lease_seconds: float = Field(10.0, gt=0, description="A running job's lease (backend=redis): a worker silent this long "
                                                          "loses the job, which resumes elsewhere from its checkpoint.")
-    api_keys: str = Field("", description="Comma-separated API keys; when set, every route but /health, the docs and "
+    api_keys: str = Field("", description="Comma-separated API keys, each `name:key:scope` (scope read, train or admin) "
+                                          "or a bare key (full access); when set, every route but /health, the docs and "
                                           "the dashboard page needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.")
+    tenancy: bool = Field(False, description="Models and jobs belong to the name of the key that created them; keys "
+                                             "other than admin see only their own (others answer 404). Needs NN_API_KEYS.")
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS (e.g. https://app.example.com, "
                                               "or *); CORS is off when empty.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the service and workers.")

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from api.auth import creator_name, visible_owner
 from api.routes import get_service
 from api.schemas import JobCreate, JobPublic, JobsPublic, ModelProgress, Progress
 from api.services import Service
@@ -20,8 +21,9 @@ SSE_KEEPALIVE = 15.0  # seconds between comment lines on a quiet stream
 
 @model_router.post("/training-jobs", status_code=202, response_model=JobPublic,
                    summary="Submit a training job (waits in 'buffering' until min_samples are buffered)")
-def submit_job(model_id: str, body: JobCreate, response: Response, service: Service = Depends(get_service)) -> JobPublic:
-    job = service.submit_job(model_id, body)
+def submit_job(model_id: str, body: JobCreate, response: Response, owner: str | None = Depends(creator_name),
+               service: Service = Depends(get_service)) -> JobPublic:
+    job = service.submit_job(model_id, body, owner)
     response.headers["Location"] = f"/jobs/{job.job_id}"
     return JobPublic.from_record(job)
 
@@ -29,14 +31,15 @@ def submit_job(model_id: str, body: JobCreate, response: Response, service: Serv
 @model_router.get("/jobs", response_model=JobsPublic, summary="The model's training jobs, newest first")
 def list_jobs(model_id: str, offset: int = Query(0, ge=0, le=2**62, description="Jobs to skip."),
               limit: int = Query(50, ge=1, le=500, description="Jobs per page."),
-              service: Service = Depends(get_service)) -> JobsPublic:
-    records, count = service.list_jobs(model_id, offset, limit)
+              owner: str | None = Depends(visible_owner), service: Service = Depends(get_service)) -> JobsPublic:
+    records, count = service.list_jobs(model_id, offset, limit, owner)
     return JobsPublic(data=[JobPublic.from_record(r) for r in records], count=count)
 
 
 @model_router.get("/progress", response_model=ModelProgress, summary="Progress of the model's latest job")
-def model_progress(model_id: str, service: Service = Depends(get_service)) -> ModelProgress:
-    job = service.latest_job(model_id)
+def model_progress(model_id: str, owner: str | None = Depends(visible_owner),
+                   service: Service = Depends(get_service)) -> ModelProgress:
+    job = service.latest_job(model_id, owner)
     return ModelProgress(model_id=model_id, job_id=job.job_id, status=job.status,
                          progress=Progress(**job.progress) if job.progress else None)
 

@@ -4,6 +4,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from api import etag
+from api.auth import creator_name, visible_owner
 from api.routes import get_service
 from api.schemas import (BufferPublic, EvaluateRequest, EvaluateResponse, ModelCreate, ModelPublic, ModelsPublic,
                          OutputRequest, OutputResponse, SamplesCreate, Weights)
@@ -19,15 +20,16 @@ NPZ_BODY = {"requestBody": {"content": {
 
 
 @router.post("", status_code=201, response_model=ModelPublic, summary="Create a model from layer sizes")
-def create_model(body: ModelCreate, service: Service = Depends(get_service)) -> ModelPublic:
-    return ModelPublic.from_record(service.create_model(body))
+def create_model(body: ModelCreate, owner: str | None = Depends(creator_name),
+                 service: Service = Depends(get_service)) -> ModelPublic:
+    return ModelPublic.from_record(service.create_model(body, owner))
 
 
 @router.get("", response_model=ModelsPublic, summary="List models, oldest first")
 def list_models(offset: int = Query(0, ge=0, le=2**62, description="Models to skip."),
                 limit: int = Query(50, ge=1, le=500, description="Models per page."),
-                service: Service = Depends(get_service)) -> ModelsPublic:
-    records, count = service.list_models(offset, limit)
+                owner: str | None = Depends(visible_owner), service: Service = Depends(get_service)) -> ModelsPublic:
+    records, count = service.list_models(offset, limit, owner)
     return ModelsPublic(data=[ModelPublic.from_record(r) for r in records], count=count)
 
 
@@ -35,14 +37,14 @@ def list_models(offset: int = Query(0, ge=0, le=2**62, description="Models to sk
              summary="Create a model from a .npz file (raw body or multipart field `file`)")
 async def import_model(request: Request, model_id: str | None = Query(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
                                                                       description="Id of the new model; generated when absent."),
-                       service: Service = Depends(get_service)) -> ModelPublic:
+                       owner: str | None = Depends(creator_name), service: Service = Depends(get_service)) -> ModelPublic:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         form = await request.form()
         upload = form.get("file")
         data = await upload.read() if hasattr(upload, "read") else b""
     else:
         data = await request.body()
-    return ModelPublic.from_record(await run_in_threadpool(service.import_model, data, model_id))
+    return ModelPublic.from_record(await run_in_threadpool(service.import_model, data, model_id, owner))
 
 
 @router.get("/{model_id}", response_model=ModelPublic, summary="Architecture, version, buffer size and latest job")

@@ -1,0 +1,258 @@
+"""Scopes and tenancy (api/auth.py) on real apps: every route the app has (so routes added later too) x every
+scope x owner/other key, with tenancy on and off; bare keys and keyless services as before. Apps without workers."""
+
+import re
+import uuid
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.auth import allows, http_routes, is_open, parse_keys, required_scope
+from api.errors import JobNotFound, ModelNotFound
+from api.settings import Settings
+from tests.api.conftest import IRIS, X4, Y3, running_app, settings_for
+from tests.servers import start_server, stop_server
+
+KEYS = {  # key -> (name, scope); alice's keys share her name, so each scope has an owner and an other
+    "alice-read-key": ("alice", "read"), "alice-train-key": ("alice", "train"), "alice-admin-key": ("alice", "admin"),
+    "bob-read-key": ("bob", "read"), "bob-train-key": ("bob", "train"), "root-admin-key": ("root", "admin"),
+}
+BARE = "bare-key-of-before"
+API_KEYS = ",".join(f"{name}:{key}:{scope}" for key, (name, scope) in KEYS.items()) + f", {BARE}"
+MODEL = "alices"
+
+
+def h(key: str) -> dict:
+    return {"X-API-Key": key}
+
+
+def make_fixtures(client) -> str:
+    """Alice's model (re-created after a DELETE) and her job on it; the job is cancelled, so its event stream ends."""
+    if client.get(f"/models/{MODEL}", headers=h("root-admin-key")).status_code == 404:
+        assert client.post("/models", json={**IRIS, "model_id": MODEL}, headers=h("alice-train-key")).status_code == 201
+    job = client.post(f"/models/{MODEL}/training-jobs", json={"min_samples": 1000}, headers=h("alice-train-key")).json()
+    assert client.post(f"/jobs/{job['job_id']}/cancel", headers=h("alice-train-key")).json()["status"] == "cancelled"
+    return job["job_id"]
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tenancy", "no-tenancy"])
+def secured(request, tmp_path_factory):
+    with running_app(tmp_path_factory.mktemp("data"), workers=0, api_keys=API_KEYS, tenancy=request.param) as client:
+        client.tenancy = request.param
+        yield client
+
+
+def routes(app) -> list[tuple[str, str]]:
+    """(method, path template) of every protected route of the app, whoever added it."""
+    return sorted((method, route.path) for route in http_routes(app) if not is_open(route.path) for method in route.methods)
+
+
+def fill(template: str, job_id: str) -> str:
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        return MODEL if name in ("model_id", "model_name") else job_id if name == "job_id" else "1"
+
+    return re.sub(r"\{(\w+)(?::\w+)?\}", value, template)
+
+
+def absent_detail(template: str, job_id: str) -> str | None:
+    """The 404 a route answers when the model or job it names does not exist (None: it names neither)."""
+    if "{job_id}" in template:
+        return str(JobNotFound(job_id))
+    if "{model_id}" in template or "{model_name}" in template:
+        return str(ModelNotFound(MODEL))
+    return None
+
+
+# -- the matrix ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key", list(KEYS) + [BARE])
+def test_every_route_answers_each_scope_and_owner_as_the_table_says(secured, key):
+    name, scope = KEYS.get(key, ("admin", "admin"))
+    documented = secured.get("/openapi.json").json()["paths"]
+    checked, wrong = 0, []
+    for method, template in routes(secured.app):
+        job_id = make_fixtures(secured)
+        needed = required_scope(method, template, secured.tenancy)
+        operation = documented.get(template, {}).get(method.lower())
+        if operation is not None and operation["x-required-scope"] != needed:
+            wrong.append(f"{method} {template}: documented {operation['x-required-scope']}, enforced {needed}")
+        body = {} if method in ("POST", "PUT", "PATCH") else None
+        response = secured.request(method, fill(template, job_id), json=body, headers=h(key))
+        detail = response.json().get("detail", "") if "json" in response.headers.get("content-type", "") else ""
+        hidden = secured.tenancy and scope != "admin" and name != "alice"
+        absent = absent_detail(template, job_id)
+        if not allows(scope, needed):
+            if response.status_code != 403 or f"scope '{needed}'" not in detail or f"has scope '{scope}'" not in detail:
+                wrong.append(f"{method} {template}: {scope} key, needs {needed}: {response.status_code} {detail}")
+        elif hidden and absent is not None:
+            if (response.status_code, detail) != (404, absent):
+                wrong.append(f"{method} {template}: another name's {scope} key: {response.status_code} {detail}")
+        elif response.status_code in (401, 403) or (response.status_code == 404 and detail == absent):
+            wrong.append(f"{method} {template}: {name}'s {scope} key refused: {response.status_code} {detail}")
+        checked += 1
+    assert checked >= 20 and not wrong, "\n".join(wrong)
+
+
+def test_the_table_gives_each_route_the_scope_the_issue_names():
+    expected = {
+        ("GET", "/models"): "read", ("GET", "/models/{model_id}"): "read", ("GET", "/jobs/{job_id}/events"): "read",
+        ("POST", "/models/{model_id}/output"): "read", ("POST", "/models/{model_id}/evaluate"): "read",
+        ("POST", "/v2/models/{model_name}/infer"): "read", ("HEAD", "/models/{model_id}/weights"): "read",
+        ("POST", "/models"): "train", ("POST", "/models/{model_id}/samples"): "train",
+        ("POST", "/models/{model_id}/training-jobs"): "train", ("POST", "/models/{model_id}/search-jobs"): "train",
+        ("POST", "/datasets"): "train", ("POST", "/jobs/{job_id}/cancel"): "train",
+        ("DELETE", "/models/{model_id}"): "admin", ("DELETE", "/datasets/{dataset_id}"): "admin",
+        ("PUT", "/models/{model_id}/weights"): "admin", ("POST", "/models/import"): "admin",
+        ("POST", "/models/{id}/versions/{v}/restore"): "admin", ("GET", "/jobs"): "read", ("GET", "/metrics"): "read",
+    }
+    assert {route: required_scope(*route) for route in expected} == expected
+    assert required_scope("GET", "/metrics", tenancy=True) == "admin"  # it names every tenant's models
+    assert required_scope("POST", None) == "train" and required_scope("GET", None) == "read"  # no route: by method
+
+
+# -- keys ------------------------------------------------------------------------------------------------
+def test_key_entries_bare_and_scoped():
+    keys = parse_keys(" old-key , half:colon , ci:k:ey:train, alice:a1:read,alice:a2:admin ")
+    assert [(k.name, k.key, k.scope) for k in keys] == [
+        ("admin", b"old-key", "admin"), ("admin", b"half:colon", "admin"), ("ci", b"k:ey", "train"),
+        ("alice", b"a1", "read"), ("alice", b"a2", "admin")]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("alice:k:write", "entry 1 ('alice') has scope 'write'; use one of read, train, admin"),
+    ("ok-key, :k:read", "entry 2: the name ''"), ("a b:k:read", "the name 'a b'"),
+    ("alice::train", "empty key"), ("a:same:read,b:same:train", "same key twice"),
+])
+def test_a_malformed_entry_stops_the_service_and_names_it_without_the_key(tmp_path, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        create_app(settings_for(tmp_path, workers=0, api_keys=value))
+    assert "same" not in str(error.value).replace("same key", "")  # the key itself is never shown
+
+
+def test_tenancy_needs_keys(tmp_path):
+    with pytest.raises(ValueError, match="NN_TENANCY=true needs NN_API_KEYS"):
+        create_app(settings_for(tmp_path, workers=0, tenancy=True))
+
+
+def test_a_bare_key_alone_keeps_full_access_as_before(tmp_path):
+    with running_app(tmp_path, workers=0, api_keys=BARE, tenancy=True) as client:
+        model = client.post("/models", json=IRIS, headers=h(BARE)).json()
+        assert model["owner"] == "admin"
+        assert client.put("/models/iris/weights", json={"layers": []}, headers=h(BARE)).status_code == 422  # let in
+        assert client.delete("/models/iris", headers=h(BARE)).status_code == 204
+
+
+def test_without_keys_every_route_is_open_and_records_have_no_owner(tmp_path):
+    with running_app(tmp_path, workers=0) as client:
+        for method, template in routes(client.app):
+            job_id = "nope"
+            response = client.request(method, fill(template, job_id), json={} if method in ("POST", "PUT") else None)
+            assert response.status_code not in (401, 403), (method, template, response.text)
+        assert client.post("/models", json={**IRIS, "model_id": "free"}).json()["owner"] is None
+        schema = client.get("/openapi.json").json()
+        assert schema["paths"]["/models"]["post"]["x-required-scope"] == "train"
+        assert "security" not in schema["paths"]["/models"]["post"] and "403" not in schema["paths"]["/models"]["post"]["responses"]
+
+
+# -- scopes ----------------------------------------------------------------------------------------------
+def test_403_comes_before_the_body_is_read(secured):
+    received = []
+
+    def body():
+        for _ in range(1000):
+            received.append(1)
+            yield b"x" * 65536
+
+    response = secured.post(f"/models/{MODEL}/samples", content=body(), headers=h("alice-read-key"))
+    assert response.status_code == 403 and len(received) <= 2
+    assert response.json()["detail"] == (
+        "POST /models/{model_id}/samples needs an API key with scope 'train'; this key ('alice') has scope 'read'. "
+        "Use a key with scope 'train' or 'admin' (NN_API_KEYS entries are name:key:scope)")
+
+
+def test_docs_show_each_operations_scope(secured):
+    schema = secured.get("/openapi.json").json()
+    output = schema["paths"]["/models/{model_id}/output"]["post"]
+    assert output["x-required-scope"] == "read" and "API key scope: `read`" in output["description"]
+    assert output["responses"]["403"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorDetail"}
+    assert schema["paths"]["/models/{model_id}"]["delete"]["x-required-scope"] == "admin"
+    assert schema["paths"]["/models/{model_id}/weights"]["put"]["x-required-scope"] == "admin"
+    assert schema["paths"]["/metrics"]["get"]["x-required-scope"] == ("admin" if secured.tenancy else "read")
+    assert "x-required-scope" not in schema["paths"]["/health"]["get"]
+
+
+# -- tenancy ----------------------------------------------------------------------------------------------
+def test_cancel_own_jobs(secured):
+    def job(key: str) -> str:
+        made = secured.post(f"/models/{MODEL}/training-jobs", json={"min_samples": 1000}, headers=h(key))
+        assert made.status_code == 202, made.text
+        return made.json()["job_id"]
+
+    make_fixtures(secured)
+    assert secured.post(f"/jobs/{job('alice-train-key')}/cancel", headers=h("alice-train-key")).status_code == 200
+    others = secured.post(f"/jobs/{job('alice-train-key')}/cancel", headers=h("bob-train-key"))
+    assert others.status_code == (404 if secured.tenancy else 200)  # without tenancy a train key cancels any job
+    assert secured.post(f"/jobs/{job('alice-train-key')}/cancel", headers=h("alice-read-key")).status_code == 403
+    assert secured.post(f"/jobs/{job('alice-train-key')}/cancel", headers=h("root-admin-key")).status_code == 200
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def tenant_app(request, tmp_path):
+    overrides = {"workers": 0, "api_keys": API_KEYS, "tenancy": True}
+    if request.param == "redis":
+        from tests.api.storage.test_store_contract import REDIS_URL, redis_available
+
+        if not redis_available():
+            pytest.skip(f"no Redis at {REDIS_URL}")
+        overrides.update(backend="redis", redis_url=REDIS_URL, redis_prefix=f"test-{uuid.uuid4().hex[:8]}")
+    app = create_app(settings_for(tmp_path, **overrides))
+    with TestClient(app) as client:
+        yield client
+    if request.param == "redis":
+        app.state.service.store.reset()
+
+
+def test_lists_hold_only_what_the_key_sees_with_totals_to_match(tenant_app):
+    client = tenant_app
+    for model_id, key in [("a1", "alice-train-key"), ("b1", "bob-train-key"), ("a2", "alice-train-key"),
+                          ("r1", "root-admin-key"), ("a3", "alice-train-key")]:
+        assert client.post("/models", json={**IRIS, "model_id": model_id}, headers=h(key)).json()["owner"] == key.split("-")[0]
+
+    def models(key: str, **query) -> tuple[list[str], int]:
+        page = client.get("/models", params=query, headers=h(key)).json()
+        return [m["model_id"] for m in page["data"]], page["count"]
+
+    assert models("alice-read-key") == (["a1", "a2", "a3"], 3)  # the name's read key sees the name's models
+    assert models("alice-train-key", offset=1, limit=1) == (["a2"], 3)
+    assert models("bob-read-key") == (["b1"], 1)
+    assert models("root-admin-key") == (["a1", "b1", "a2", "r1", "a3"], 5) == models("alice-admin-key")
+
+    submitted = {key: client.post("/models/a1/training-jobs", json={"min_samples": 1000}, headers=h(key)).json()["job_id"]
+                 for key in ("alice-train-key", "root-admin-key")}
+    samples = client.post("/models/a1/samples", json={"inputs": X4, "targets": Y3}, headers=h("alice-train-key"))
+    assert samples.json()["buffer_size"] == 6
+    mine = client.get("/models/a1/jobs", headers=h("alice-read-key")).json()
+    assert [j["job_id"] for j in mine["data"]] == [submitted["alice-train-key"]] and mine["count"] == 1
+    assert client.get("/models/a1/jobs", headers=h("root-admin-key")).json()["count"] == 2
+    assert client.get("/models/a1/progress", headers=h("alice-read-key")).json()["job_id"] == submitted["alice-train-key"]
+    assert client.get(f"/jobs/{submitted['root-admin-key']}", headers=h("alice-train-key")).status_code == 404
+    assert client.get("/models/a1/jobs", headers=h("bob-train-key")).status_code == 404
+    assert client.post("/models/a1/output", json={"inputs": X4}, headers=h("bob-read-key")).status_code == 404
+    assert client.post("/models/a1/output", json={"inputs": X4}, headers=h("alice-read-key")).status_code == 200
+
+
+def test_a_real_server_with_scoped_keys_from_the_environment(tmp_path):
+    url, process = start_server(tmp_path, NN_API_KEYS=API_KEYS, NN_TENANCY="true", NN_WORKERS="0")
+    try:
+        with httpx.Client(base_url=url, timeout=10) as http:
+            assert http.post("/models", json=IRIS, headers=h("alice-read-key")).status_code == 403
+            assert http.post("/models", json=IRIS, headers={"Authorization": "Bearer alice-train-key"}).status_code == 201
+            assert http.get("/models/iris", headers=h("bob-train-key")).status_code == 404
+            assert http.get("/models", headers=h("bob-train-key")).json()["count"] == 0
+            assert http.delete("/models/iris", headers=h("alice-train-key")).status_code == 403
+            assert http.delete("/models/iris", headers=h("root-admin-key")).status_code == 204
+            assert http.get("/metrics", headers=h("alice-read-key")).status_code == 403
+    finally:
+        stop_server(process)
