@@ -103,6 +103,10 @@ def test_owners_are_kept_and_filter_the_lists(store):
     assert [j.job_id for j in store.list_jobs("m0", 2, 2, owner="alice")[0]] == [jobs[0].job_id]
     assert store.list_jobs("m0", 0, 10, owner="bob")[1] == 1 and store.list_jobs("m0", 0, 10)[1] == 4
     assert store.create_job(job("m1")).owner is None
+    store.delete_model("m2")  # a deleted model leaves its owner's list; its namesake may belong to another
+    store.create_model("m2", b"b", {}, owner="bob")
+    assert [m.model_id for m in store.list_models(0, 10, owner="alice")[0]] == ["m0", "m4"]
+    assert store.list_models(0, 10, owner="bob")[1] == 2
 
 
 def test_buffer_append_limit_clear(store):
