@@ -14,7 +14,8 @@ from api.auth import install_access_control
 from api.errors import error_response, install_error_handlers
 from api.openapi_errors import document_errors
 from api.metrics import MetricsMiddleware, build_registry
-from api.routes import health, jobs, metrics, models, pages, search, v2
+from api.notify import Deliverer
+from api.routes import health, jobs, metrics, models, pages, search, v2, versions
 from api.services import Service
 from api.settings import Settings, get_settings
 from api.worker import WorkerPool, open_store
@@ -88,9 +89,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        deliverer = Deliverer(service.store, settings)  # job notifications, sent by every API process (api/notify.py)
         if settings.backend == "redis":  # a stateless replica: RQ workers (python main.py worker) train, sweep, recover
             log.info("service started: backend redis at %s, queue %r", service.store.url_for_humans, settings.redis_queue)
+            deliverer.start()
             yield
+            await run_in_threadpool(deliverer.stop)
             log.info("service stopped")
             return
         lock = DataDirLock(settings)
@@ -98,11 +102,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await run_in_threadpool(service.requeue_interrupted)  # jobs a crash left running resume from their checkpoint
         pool = WorkerPool(settings, service)
         pool.start()
+        deliverer.start()
         app.state.pool = pool
         log.info("service started: backend %s, %d workers, data in %s", settings.backend, settings.workers, settings.data_dir)
         try:
             yield
         finally:
+            await run_in_threadpool(deliverer.stop)
             await pool.stop()
             app.state.pool = None
             lock.release()
@@ -120,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry, requests, latency = build_registry(service)
     app.state.metrics_registry = registry
     app.add_middleware(MetricsMiddleware, requests=requests, latency=latency)  # outermost: sees 413s too
-    for router in (health.router, models.router, jobs.model_router, search.router, jobs.router, pages.router, metrics.router,
-                   v2.router):
+    for router in (health.router, models.router, versions.router, jobs.model_router, search.router, jobs.router, pages.router,
+                   metrics.router, v2.router):
         app.include_router(router)
     return app

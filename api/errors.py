@@ -32,6 +32,12 @@ class JobNotFound(ServiceError):
         super().__init__(f"training job {job_id!r} does not exist; list a model's jobs with GET /models/{{model_id}}/jobs")
 
 
+class VersionNotFound(ModelVersionNotFound):
+    def __init__(self, model_id: str, version: int):
+        super().__init__(f"model {model_id!r} has no version {version} (never made, or pruned: NN_KEEP_VERSIONS); "
+                         f"GET /models/{model_id}/versions lists the kept ones")
+
+
 class NoJobs(ServiceError):
     def __init__(self, model_id: str):
         super().__init__(f"model {model_id!r} has no training jobs yet; start one with POST /models/{model_id}/training-jobs")

@@ -30,7 +30,7 @@ V2_ERROR = {
 DESCRIPTIONS = {
     "400": "Invalid inference request: input name, datatype, shape, data or binary sizes",
     "401": "Missing or wrong API key (when NN_API_KEYS is set)",
-    "404": "Unknown model or job",
+    "404": "Unknown model, job or model version",
     "409": "Conflict: the model exists, is being trained, or is at another version; or the job already ended",
     "412": "If-Match names a version of the model that is no longer current",
     "413": "Over a size limit: request body, samples per request, or buffer",

@@ -71,7 +71,8 @@ class Dispatcher:
 def open_redis_store(settings: Settings, *, worker: bool = False) -> RedisStore:
     """The store with its dispatcher. Workers retry commands through short outages; the API answers 503 at once."""
     store = RedisStore(settings.redis_url, prefix=settings.redis_prefix, lease_seconds=settings.lease_seconds,
-                       socket_timeout=settings.redis_timeout, retries=5 if worker else 0)
+                       socket_timeout=settings.redis_timeout, retries=5 if worker else 0,
+                       keep_versions=settings.keep_versions)
     store.on_queued = Dispatcher(store.redis, settings.redis_queue, settings.redis_prefix).enqueue
     return store
 

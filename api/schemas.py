@@ -1,12 +1,13 @@
 """Request and response bodies, a small family per resource. Every request rejects unknown
 fields and NaN/Inf; each example works as-is in /docs (the job example trains the model example)."""
 
+import time
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.storage.base import JobRecord, ModelRecord, rank_trials
+from api.storage.base import JobRecord, ModelRecord, Notification, VersionRecord, rank_trials
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 Row = list[float]
@@ -112,6 +113,38 @@ class ModelsPublic(BaseModel):
     count: int = Field(description="Total number of models (under NN_TENANCY, of the models this key sees).")
 
 
+# -- versions --------------------------------------------------------------------
+class VersionPublic(BaseModel):
+    model_id: str = Field(description="Id of the model.")
+    version: int = Field(description="The version number; the model's current version is the highest.")
+    current: bool = Field(description="Whether this is the model's current version.")
+    source: Literal["create", "import", "job", "put", "restore"] = Field(
+        description="What made it: POST /models (create), POST /models/import, a training or search job's commit (job), "
+                    "PUT /models/{model_id}/weights (put), or POST .../versions/{v}/restore (restore).")
+    job_id: str | None = Field(None, description="source=job: the job that made it.")
+    job_status: str | None = Field(None, description="source=job: how that job ended (a cancelled or failed job keeps "
+                                                     "its last checkpoint).")
+    restored_from: int | None = Field(None, description="source=restore: the version it equals.")
+    created_at: datetime = Field(description="When the version was made (UTC).")
+    epochs_trained: int = Field(description="Epochs the network of this version was trained, over all jobs.")
+    n_params: int = Field(description="Trainable parameters.")
+    metrics: dict[str, Any] | None = Field(None, description="source=job: the job's final metrics (as in GET /jobs/{job_id}).")
+
+    @classmethod
+    def from_record(cls, r: VersionRecord, current: int) -> "VersionPublic":
+        return cls(model_id=r.model_id, version=r.version, current=r.version == current, source=r.source["source"],
+                   job_id=r.source.get("job_id"), job_status=r.source.get("job_status"),
+                   restored_from=r.source.get("restored_from"), created_at=_utc(r.created_at),
+                   epochs_trained=r.info.get("epochs_trained", 0), n_params=r.info.get("n_params", 0), metrics=r.metrics)
+
+
+class VersionsPublic(BaseModel):
+    data: list[VersionPublic] = Field(description="The kept versions, newest (the current one) first.")
+    count: int = Field(description="Number of kept versions.")
+    current_version: int = Field(description="The model's current version.")
+    keep: int = Field(description="Previous versions kept beside the current one (NN_KEEP_VERSIONS); older ones are pruned.")
+
+
 # -- outputs and evaluation -------------------------------------------------------
 class OutputRequest(Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{
@@ -195,6 +228,31 @@ class EarlyStoppingOptions(Request):
     restore_best: bool = Field(True, description="End with the weights of the best epoch.")
 
 
+class NotifyTarget(Request):
+    url: str = Field(min_length=1, max_length=2048, description="http(s) URL that gets the final job record (POST, JSON) "
+                                                                "when the job ends; its host must be in NN_NOTIFY_ALLOW.")
+    secret: str = Field(min_length=1, max_length=256, description="Key of the X-NN-Signature header: sha256=<hex "
+                                                                  "HMAC-SHA256 of the body with this secret>. Never shown again.")
+
+
+class NotifyPublic(BaseModel):
+    url: str = Field(description="Where the final job record is POSTed.")
+    status: Literal["pending", "delivered", "failed"] = Field(description="pending (the job has not ended, or delivery "
+                                                                          "is being retried), delivered (a 2xx answer), "
+                                                                          "failed (no 2xx within NN_NOTIFY_RETRY_SECONDS).")
+    attempts: int = Field(description="Delivery attempts so far.")
+    last_error: str | None = Field(description="Why the last attempt failed.")
+    last_attempt_at: datetime | None = Field(description="When the last attempt was made (UTC).")
+    next_attempt_at: datetime | None = Field(description="When the next attempt is due, while pending after a failure (UTC).")
+    delivered_at: datetime | None = Field(description="When a receiver answered 2xx (UTC).")
+
+    @classmethod
+    def from_record(cls, n: Notification) -> "NotifyPublic":
+        return cls(url=n.url, status=n.status, attempts=n.attempts, last_error=n.last_error,
+                   last_attempt_at=_utc(n.last_attempt_at), delivered_at=_utc(n.delivered_at),
+                   next_attempt_at=_utc(n.next_attempt_at) if n.status == "pending" and n.attempts else None)
+
+
 class JobCreate(Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "inputs": IRIS_X, "targets": IRIS_Y, "min_samples": 6, "epochs": 50, "batch_size": 2,
@@ -224,6 +282,8 @@ class JobCreate(Request):
     clip_norm: float | None = Field(None, gt=0, description="Clip the global gradient norm to this value.")
     shuffle: bool = Field(True, description="Shuffle the samples every epoch.")
     seed: int | None = Field(None, ge=0, description="Seed of shuffling and dropout for this job; the model's generator when absent.")
+    notify: NotifyTarget | None = Field(None, description="POST the final job record to this URL when the job ends "
+                                                          "(README: Notifications).")
 
 
 class Progress(BaseModel):
@@ -286,6 +346,8 @@ class SearchCreate(Request):
     consume_buffer: bool = Field(False, description="Take the buffered samples out of the buffer. Default false: the search "
                                                     "uses a copy. When true, they are used up only if apply_best trains the "
                                                     "model with them; otherwise they go back to the buffer when the search ends.")
+    notify: NotifyTarget | None = Field(None, description="POST the final job record to this URL when the job ends "
+                                                          "(README: Notifications).")
 
 
 class TrialPublic(BaseModel):
@@ -346,10 +408,16 @@ class JobPublic(BaseModel):
         "include accuracy, precision, recall, f1 and the confusion_matrix (rows: true class), regressors mae, "
         "rmse, r2 and pearson_r."))
     owner: str | None = Field(None, description="Name of the API key that submitted it (NN_API_KEYS); null without keys.")
+    duration_seconds: float | None = Field(None, description="Seconds from the start of training to the end (to now "
+                                                             "while it runs); null before it starts.")
+    notify: NotifyPublic | None = Field(None, description="The job's notification (when submitted with `notify`): "
+                                                          "its URL and delivery status.")
 
     @classmethod
     def from_record(cls, r: JobRecord) -> "JobPublic":
+        duration = None if r.started_at is None else max(0.0, (r.finished_at or time.time()) - r.started_at)
         return cls(kind=r.kind, stage=r.stage, owner=r.owner, search=SearchSummary.from_record(r) if r.kind == "search" else None,
+                   duration_seconds=duration, notify=NotifyPublic.from_record(r.notification) if r.notification else None,
                    job_id=r.job_id, model_id=r.model_id, status=r.status, params=r.params, min_samples=r.min_samples,
                    consume_buffer=r.consume_buffer, n_samples=r.n_samples, epochs_completed=r.epochs_done,
                    progress=Progress(**r.progress) if r.progress else None, history=r.history, error=r.error,
@@ -360,7 +428,8 @@ class JobPublic(BaseModel):
 
 class JobsPublic(BaseModel):
     data: list[JobPublic] = Field(description="One page of jobs, newest first.")
-    count: int = Field(description="Total number of the model's jobs (under NN_TENANCY, of the jobs this key sees).")
+    count: int = Field(description="Total number of jobs that match (all of the model's, for /models/{model_id}/jobs; "
+                                   "under NN_TENANCY, of the jobs this key sees).")
 
 
 class ModelProgress(BaseModel):

@@ -54,6 +54,7 @@ def submit_search(service: Service, model_id: str, req: SearchCreate, owner: str
     for i, params in enumerate(candidates):
         _check_candidate(service, info, build, defaults, params, f"trial {i} {params}", built)
     x, y = service.inline_samples(info, req.inputs, req.targets, "to search on the buffer")
+    service.check_notify(req.notify)
     if x is not None and len(x) < (req.folds or 2):
         raise InvalidInput(f"{len(x)} samples; a search needs at least {req.folds or 2} (one per fold)")
     params = {"space": {k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in req.space.items()},
@@ -63,10 +64,11 @@ def submit_search(service: Service, model_id: str, req: SearchCreate, owner: str
                     min_samples=max(req.min_samples, req.folds or 2), consume_buffer=req.consume_buffer,
                     created_at=time.time(), kind="search", stage="trials", owner=owner)
     trials = [new_trial(i, p, req.seed + i) for i, p in enumerate(candidates)]
+    service.add_notification(job.job_id, req.notify)
     job = service.store.create_search_job(job, trials, x, y, service.settings.max_buffer_samples)
     log_transition(job, None)
     service.promote()
-    return service.store.get_job(job.job_id)
+    return service.get_job(job.job_id)
 
 
 def _candidates(req: SearchCreate) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ Functions take plain values or request schemas, talk to a `Store`, use the core,
 domain errors of `api.errors`.
 """
 
+import dataclasses
 import logging
 import math
 import time
@@ -16,11 +17,13 @@ from neural_net import Network, activations, initializers, losses, optimizers, s
 from neural_net.errors import NeuralNetError
 from neural_net.layers import LAYER_TYPES
 
-from api.errors import InvalidInput, JobNotFound, ModelNotFound, ModelVersionNotFound, NoJobs, PayloadTooLarge
+from api import notify
+from api.errors import InvalidInput, JobNotFound, ModelNotFound, NoJobs, PayloadTooLarge, ServiceError
 from api.model_cache import CachedModel, ModelCache
-from api.schemas import EvaluateRequest, JobCreate, LayerSpec, ModelCreate, OutputRequest, SamplesCreate, Weights
+from api.schemas import (EvaluateRequest, JobCreate, LayerSpec, ModelCreate, NotifyTarget, OutputRequest, SamplesCreate,
+                         Weights)
 from api.settings import Settings
-from api.storage.base import JobRecord, ModelRecord, Store
+from api.storage.base import JobRecord, ModelRecord, Notification, Store, VersionRecord, source_of
 
 log = logging.getLogger("api.jobs")
 
@@ -206,10 +209,15 @@ class Service:
         return self.kept_version(model_id, uid, version, current)
 
     def kept_version(self, model_id: str, uid: str, version: int, current: int) -> CachedModel:
-        """An older kept version of the model. None is kept yet: 404. Where versions are kept, a version's weights
-        never change, so it may be cached as (uid, version) like the current one (``self.cache.get``/``put``)."""
-        raise ModelVersionNotFound(f"model {model_id!r} has no kept version {version}; its current version is "
-                                   f"{current} (GET /models/{model_id} shows it)")
+        """An older kept version of the model (VersionNotFound, 404, when it was pruned or never made). A kept
+        version's weights never change, so it is cached as (uid, version) like the current one."""
+        entry = self.cache.get(uid, version)
+        if entry is None:
+            blob, kept = self.store.get_version(model_id, version)
+            record = dataclasses.replace(self.store.get_model(model_id), uid=kept.uid, version=kept.version,
+                                         info=kept.info, updated_at=kept.created_at)
+            entry = self.cache.put(Network.from_bytes(blob), record, len(blob))
+        return entry
 
     # -- models -------------------------------------------------------------------
     def create_model(self, req: ModelCreate, owner: str | None = None) -> ModelRecord:
@@ -308,8 +316,9 @@ class Service:
             log.info("job %s model %s: cancelled (model deleted)", job_id, model_id)
         log.info("model %s: deleted", model_id)
 
-    def export_model(self, model_id: str, format: str = "npz") -> bytes:
-        blob = self.store.load_model(model_id)[0]
+    def export_model(self, model_id: str, format: str = "npz", version: int | None = None) -> bytes:
+        """The current version's file, or a kept older version's."""
+        blob = self.store.load_model(model_id)[0] if version is None else self.store.get_version(model_id, version)[0]
         if format == "onnx":
             from api.onnx_export import to_onnx  # onnx is imported only when someone asks for it
 
@@ -328,17 +337,17 @@ class Service:
             raise InvalidInput(f"not a model file (.npz from GET /models/{{model_id}}/export): {exc}") from None
         self._check_architecture(net.layer_sizes)
         model_id = model_id or uuid.uuid4().hex[:16]
-        record = self.store.create_model(model_id, data, describe(net), owner=owner)
+        record = self.store.create_model(model_id, data, describe(net), owner=owner, source=source_of("import"))
         log.info("model %s: imported %s", model_id, net.layer_sizes)
         return record
 
     # -- outputs ------------------------------------------------------------------
-    def output(self, model_id: str, req: OutputRequest) -> dict[str, Any]:
+    def output(self, model_id: str, req: OutputRequest, version: int | None = None) -> dict[str, Any]:
         if (req.inputs is None) == (req.input is None):
             raise InvalidInput("give either `inputs` (a list of vectors) or `input` (one vector)")
         if req.include_gradients and req.targets is None:
             raise InvalidInput("include_gradients needs `targets`: the gradient is of the cost between outputs and targets")
-        model = self.served_model(model_id)
+        model = self.served_model(model_id) if version is None else self.served_version(model_id, version)
         rows = req.inputs if req.inputs is not None else [req.input]
         if not rows:
             raise InvalidInput("inputs hold no samples; send at least one vector")
@@ -368,8 +377,8 @@ class Service:
             result["cost"] = jsonable(cost)
         return result
 
-    def evaluate(self, model_id: str, req: EvaluateRequest) -> dict[str, Any]:
-        model = self.served_model(model_id)
+    def evaluate(self, model_id: str, req: EvaluateRequest, version: int | None = None) -> dict[str, Any]:
+        model = self.served_model(model_id) if version is None else self.served_version(model_id, version)
         x = self._inputs(model.record.info, req.inputs)
         y = self._targets(model.record.info, req.targets, len(x))
         with model.lock:
@@ -389,6 +398,35 @@ class Service:
         updated = self.store.replace_model(model_id, net.to_bytes(), describe(net), expected_version=req.version)
         log.info("model %s: weights replaced (version %d)", model_id, updated.version)
         return updated
+
+    # -- versions -------------------------------------------------------------------------
+    def _with_metrics(self, versions: list[VersionRecord]) -> list[VersionRecord]:
+        """Each version made by a job gets that job's final metrics (jobs are kept, so they are read here)."""
+        for v in versions:
+            job_id = v.source.get("job_id")
+            if job_id:
+                try:
+                    v.metrics = (self.store.get_job(job_id).progress or {}).get("metrics")
+                except ServiceError:
+                    v.metrics = None
+        return versions
+
+    def list_versions(self, model_id: str) -> list[VersionRecord]:
+        return self._with_metrics(self.store.list_versions(model_id))
+
+    def get_version(self, model_id: str, version: int) -> VersionRecord:
+        return self._with_metrics([self.store.get_version(model_id, version)[1]])[0]
+
+    def version_weights(self, model_id: str, version: int) -> dict[str, Any]:
+        model = self.served_version(model_id, version)
+        return {"layers": jsonable(model.net.get_weights()), "version": model.record.version}
+
+    def restore_version(self, model_id: str, version: int) -> ModelRecord:
+        """A new version whose weights (and optimizer state, epochs trained) equal those of ``version``."""
+        blob, kept = self.store.get_version(model_id, version)
+        record = self.store.replace_model(model_id, blob, kept.info, source=source_of("restore", restored_from=version))
+        log.info("model %s: version %d restored as version %d", model_id, version, record.version)
+        return record
 
     # -- training buffer -------------------------------------------------------------
     def add_samples(self, model_id: str, req: SamplesCreate) -> int:
@@ -474,18 +512,43 @@ class Service:
         if x is not None and req.min_samples > len(x):
             raise InvalidInput(f"min_samples={req.min_samples} but the job carries {len(x)} inline samples, which are "
                                "exactly what it trains on; send more inputs, or leave inputs out to wait for the buffer")
+        self.check_notify(req.notify)
         job = JobRecord(job_id=uuid.uuid4().hex, model_id=model_id, model_uid="", status="buffering", params=params,
                         min_samples=req.min_samples, consume_buffer=req.consume_buffer, created_at=time.time(), owner=owner)
+        self.add_notification(job.job_id, req.notify)
         job = self.store.create_job(job, x, y, self.settings.max_buffer_samples)
         log_transition(job, None)
         self.promote()
-        return self.store.get_job(job.job_id)
+        return self.get_job(job.job_id)
 
     def get_job(self, job_id: str) -> JobRecord:
-        return self.store.get_job(job_id)
+        return self.with_notifications([self.store.get_job(job_id)])[0]
 
     def list_jobs(self, model_id: str, offset: int, limit: int, owner: str | None = None) -> tuple[list[JobRecord], int]:
-        return self.store.list_jobs(model_id, offset, limit, owner=owner)
+        jobs, count = self.store.list_jobs(model_id, offset, limit, owner=owner)
+        return self.with_notifications(jobs), count
+
+    def list_all_jobs(self, offset: int, limit: int, *, status: str | None = None, model_id: str | None = None,
+                      kind: str | None = None, owner: str | None = None) -> tuple[list[JobRecord], int]:
+        jobs, count = self.store.list_all_jobs(offset, limit, status=status, model_id=model_id, kind=kind, owner=owner)
+        return self.with_notifications(jobs), count
+
+    # -- notifications (api/notify.py delivers them) ------------------------------------
+    def check_notify(self, target: NotifyTarget | None) -> None:
+        """A refused URL is a 422 before anything is stored."""
+        if target is not None:
+            notify.check_url(target.url, self.settings.notify_allow)
+
+    def add_notification(self, job_id: str, target: NotifyTarget | None) -> None:
+        """Written just before the job: a deliverer ignores it until the job exists and has ended."""
+        if target is not None:
+            self.store.add_notification(Notification(job_id=job_id, url=target.url, secret=target.secret))
+
+    def with_notifications(self, jobs: list[JobRecord]) -> list[JobRecord]:
+        notes = self.store.get_notifications([j.job_id for j in jobs]) if jobs else {}
+        for job in jobs:
+            job.notification = notes.get(job.job_id)
+        return jobs
 
     def latest_job(self, model_id: str, owner: str | None = None) -> JobRecord:
         jobs, _ = self.store.list_jobs(model_id, 0, 1, owner=owner)
@@ -498,7 +561,7 @@ class Service:
         job = self.store.cancel_job(job_id)
         if job.status != before:
             log_transition(job, before)
-        return job
+        return self.with_notifications([job])[0]
 
     def requeue_interrupted(self, worker_ids: list[str] | None = None) -> list[JobRecord]:
         """Jobs left running by a crash or a dead worker: back to queued (or cancelled if asked)."""

@@ -49,6 +49,16 @@ class Settings(BaseSettings):
     progress_interval: float = Field(0.2, gt=0, description="Seconds between progress writes of a running job.")
     poll_interval: float = Field(0.2, gt=0, description="Seconds an idle worker waits before looking for work again.")
     shutdown_timeout: float = Field(10.0, gt=0, description="Seconds workers get to stop at shutdown before they are killed.")
+    keep_versions: int = Field(10, ge=0, le=1000, description="Previous versions of a model's weights kept beside the current "
+                                                             "one (GET /models/{model_id}/versions); older ones are pruned.")
+    notify_allow: str = Field("", description="Comma-separated hosts that job notifications may be sent to (exact names or "
+                                              "IPs, or *.example.com for subdomains); empty: notifications are refused.")
+    notify_timeout: float = Field(5.0, gt=0, le=60, description="Seconds one notification request may take.")
+    notify_retry_seconds: float = Field(3600.0, gt=0, description="Seconds after a job's end during which a failed "
+                                                                  "notification is retried; then it is marked failed.")
+    notify_backoff: float = Field(1.0, gt=0, description="Seconds before the first retry of a notification; doubles "
+                                                         "after each failure, up to 300.")
+    notify_interval: float = Field(0.5, gt=0, description="Seconds between the deliverer's looks for notifications due.")
     worker_nice: int = Field(10, ge=0, le=19, description="Niceness added to training workers, so requests go first "
                                                           "when the CPUs are shared (0: same priority).")
 

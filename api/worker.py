@@ -38,7 +38,7 @@ def open_store(settings: Settings) -> Store:
         return open_redis_store(settings)
     from api.storage.sqlite import SQLiteStore
 
-    return SQLiteStore(settings.data_dir / "nn.sqlite3")
+    return SQLiteStore(settings.data_dir / "nn.sqlite3", keep_versions=settings.keep_versions)
 
 
 class _JobCallback(Callback):

@@ -1,6 +1,6 @@
 import asyncio
 import json
-from typing import AsyncIterator
+from typing import AsyncIterator, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -42,6 +42,19 @@ def model_progress(model_id: str, owner: str | None = Depends(visible_owner),
     job = service.latest_job(model_id, owner)
     return ModelProgress(model_id=model_id, job_id=job.job_id, status=job.status,
                          progress=Progress(**job.progress) if job.progress else None)
+
+
+@router.get("", response_model=JobsPublic, summary="Jobs of every model, newest first, filtered by status, model and kind")
+def list_all_jobs(status: Literal["buffering", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"] | None =
+                  Query(None, description="Only jobs in this status."),
+                  model_id: str | None = Query(None, max_length=64, description="Only jobs of this model id (deleted "
+                                                                               "models' jobs included)."),
+                  kind: Literal["training", "search"] | None = Query(None, description="Only training or search jobs."),
+                  offset: int = Query(0, ge=0, le=2**62, description="Jobs to skip."),
+                  limit: int = Query(50, ge=1, le=500, description="Jobs per page."),
+                  owner: str | None = Depends(visible_owner), service: Service = Depends(get_service)) -> JobsPublic:
+    records, count = service.list_all_jobs(offset, limit, status=status, model_id=model_id, kind=kind, owner=owner)
+    return JobsPublic(data=[JobPublic.from_record(r) for r in records], count=count)
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Status, progress, history and result of a job")

@@ -12,6 +12,9 @@ from api.services import Service
 
 router = APIRouter(prefix="/models", tags=["models"])
 
+VERSION_QUERY = Query(None, ge=1, le=2**62, description="A kept version of the model (GET /models/{model_id}/versions) "
+                                                     "to compute with instead of the current one, e.g. to compare old and new.")
+
 NPZ_BODY = {"requestBody": {"content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}},
@@ -64,13 +67,15 @@ def delete_model(model_id: str, service: Service = Depends(get_service)) -> Resp
 
 @router.post("/{model_id}/output", response_model=OutputResponse,
              summary="Outputs, predictions and, with targets, the cost and its gradients")
-def output(model_id: str, body: OutputRequest, service: Service = Depends(get_service)) -> dict:
-    return service.output(model_id, body)
+def output(model_id: str, body: OutputRequest, version: int | None = VERSION_QUERY,
+           service: Service = Depends(get_service)) -> dict:
+    return service.output(model_id, body, version)
 
 
 @router.post("/{model_id}/evaluate", response_model=EvaluateResponse, summary="Loss and metrics on labelled data")
-def evaluate(model_id: str, body: EvaluateRequest, service: Service = Depends(get_service)) -> dict:
-    return service.evaluate(model_id, body)
+def evaluate(model_id: str, body: EvaluateRequest, version: int | None = VERSION_QUERY,
+             service: Service = Depends(get_service)) -> dict:
+    return service.evaluate(model_id, body, version)
 
 
 @router.get("/{model_id}/weights", response_model=Weights, summary="Weights and biases of every layer")

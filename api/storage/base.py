@@ -50,6 +50,40 @@ class JobRecord:
     stage: str | None = None  # search jobs: "trials" while trials run, "apply" while the best configuration trains
     trials: list[dict[str, Any]] | None = None  # search jobs, on reads: every trial by index (see TRIAL_STATUSES)
     owner: str | None = None  # name of the API key that submitted it (api/auth.py); None without keys
+    notification: "Notification | None" = None  # attached by the service on reads, when the job has one
+
+
+@dataclass
+class VersionRecord:
+    """One kept version of a model's weights, keyed by (model uid, version)."""
+
+    model_id: str
+    uid: str
+    version: int
+    info: dict[str, Any]  # the summary of that version's network, as ModelRecord.info
+    source: dict[str, Any]  # {"source": "create" | "import" | "job" | "put" | "restore", "job_id", "job_status", "restored_from"}
+    created_at: float
+    metrics: dict[str, Any] | None = None  # filled by the service: the final metrics of the job that made it
+
+
+@dataclass
+class Notification:
+    """Where to POST a job's final record when it ends, and how delivery went."""
+
+    job_id: str
+    url: str
+    secret: str
+    status: str = "pending"  # pending -> delivered | failed (gave up after NN_NOTIFY_RETRY_SECONDS)
+    attempts: int = 0
+    last_error: str | None = None
+    last_attempt_at: float | None = None
+    next_attempt_at: float = 0.0
+    delivered_at: float | None = None
+
+
+def source_of(kind: str, **details: Any) -> dict[str, Any]:
+    """The ``source`` of a new version: what made it (create, import, job, put, restore) and details."""
+    return {"source": kind, **{k: v for k, v in details.items() if v is not None}}
 
 
 TRIAL_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
@@ -97,8 +131,10 @@ class Store(ABC):
 
     # -- models ---------------------------------------------------------------
     @abstractmethod
-    def create_model(self, model_id: str, blob: bytes, info: dict, owner: str | None = None) -> ModelRecord:
-        """Raises ModelExists. ``owner`` is kept on the record (tenancy, api/auth.py)."""
+    def create_model(self, model_id: str, blob: bytes, info: dict, owner: str | None = None,
+                     source: dict | None = None) -> ModelRecord:
+        """Raises ModelExists. ``owner`` is kept on the record (tenancy, api/auth.py). Version 1 is kept with
+        ``source`` (default: create)."""
 
     @abstractmethod
     def get_model(self, model_id: str) -> ModelRecord:
@@ -118,13 +154,24 @@ class Store(ABC):
         """The committed ``.npz`` bytes and the record of that same version."""
 
     @abstractmethod
-    def replace_model(self, model_id: str, blob: bytes, info: dict, expected_version: int | None = None) -> ModelRecord:
-        """New weights from a client; version += 1. Raises ModelBusy while a job trains it,
-        VersionConflict when ``expected_version`` is given and stale."""
+    def replace_model(self, model_id: str, blob: bytes, info: dict, expected_version: int | None = None,
+                      source: dict | None = None) -> ModelRecord:
+        """New weights from a client; version += 1, kept with ``source`` (default: put). Raises ModelBusy
+        while a job trains it, VersionConflict when ``expected_version`` is given and stale."""
 
     @abstractmethod
     def delete_model(self, model_id: str) -> list[str]:
-        """Cancels the model's active jobs, deletes it and its buffer; returns the cancelled job ids."""
+        """Cancels the model's active jobs, deletes it, its buffer and its versions; returns the cancelled job ids."""
+
+    # -- versions: every change of a model's weights (create, job commit, PUT, restore) is kept in the same
+    # atomic step, keyed by (model uid, version); the newest NN_KEEP_VERSIONS + 1 (the current one included)
+    @abstractmethod
+    def list_versions(self, model_id: str) -> list[VersionRecord]:
+        """The kept versions of the model, newest (the current one) first. Raises ModelNotFound."""
+
+    @abstractmethod
+    def get_version(self, model_id: str, version: int) -> tuple[bytes, VersionRecord]:
+        """The ``.npz`` bytes and record of one kept version. Raises ModelNotFound, VersionNotFound."""
 
     # -- training buffer ------------------------------------------------------
     @abstractmethod
@@ -193,6 +240,30 @@ class Store(ABC):
         checkpoint if there is one), version += 1, in the same transaction, unless the model was
         deleted meanwhile. A job that changed no weights gives its samples back to the buffer;
         otherwise they are gone."""
+
+    @abstractmethod
+    def list_all_jobs(self, offset: int, limit: int, *, status: str | None = None, model_id: str | None = None,
+                      kind: str | None = None, owner: str | None = None) -> tuple[list[JobRecord], int]:
+        """Jobs of every model (deleted ones included), newest first, filtered (``owner``: tenancy); and the
+        number that match."""
+
+    # -- notifications: kept beside the jobs; a deliverer sends those of ended jobs (api/notify.py)
+    @abstractmethod
+    def add_notification(self, note: Notification) -> None:
+        """Stores where to notify job ``note.job_id`` (written before the job, so none is ever missed)."""
+
+    @abstractmethod
+    def get_notifications(self, job_ids: list[str]) -> dict[str, Notification]:
+        """The notifications of these jobs, by job id (jobs without one are absent)."""
+
+    @abstractmethod
+    def due_notifications(self, now: float, limit: int) -> list[tuple[Notification, JobRecord]]:
+        """Pending notifications of ended jobs whose next attempt is due, oldest due first, claimed for a
+        while (so that several deliverers never send the same one at once)."""
+
+    @abstractmethod
+    def record_attempt(self, job_id: str, *, status: str, error: str | None, next_attempt_at: float, now: float) -> None:
+        """The result of one delivery attempt: attempts += 1, and the new status."""
 
     @abstractmethod
     def count_queued(self) -> int:

@@ -47,7 +47,8 @@ from redis.retry import Retry
 
 from api.errors import (JobNotCancellable, JobNotFound, LeaseLost, ModelBusy, ModelExists, ModelNotFound,
                         PayloadTooLarge, StoreUnavailable, VersionConflict)
-from api.storage.base import JobRecord, ModelRecord, Store, new_trial, with_trials
+from api.storage import redis_registry as registry
+from api.storage.base import JobRecord, ModelRecord, Notification, Store, VersionRecord, new_trial, source_of, with_trials
 
 log = logging.getLogger("api.redis")
 
@@ -79,6 +80,24 @@ def unpack_samples(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
 # Shared by the scripts that end a job: the model takes the blob (or the checkpoint), version += 1,
 # when it still is the same model (uid); unused consumed samples go back to the buffer's front.
 _FINISH = """
+-- the model's current weights become its kept version (uid, version); older than the newest keep + 1 are pruned
+local function keep_version(P, mid, source, now)
+  local f = redis.call('HMGET', P..':m:'..mid, 'uid', 'version', 'blob', 'info')
+  local index, version = P..':vers:'..f[1], tonumber(f[2])
+  redis.call('HSET', P..':v:'..f[1]..':'..f[2], 'model_id', mid, 'blob', f[3], 'info', f[4], 'source', source,
+    'created_at', now)
+  redis.call('ZADD', index, version, f[2])
+  local oldest = version - tonumber(redis.call('GET', P..':conf:keep_versions') or '10')
+  for _, v in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. oldest)) do
+    redis.call('DEL', P..':v:'..f[1]..':'..v)
+  end
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. oldest)
+end
+-- the index of GET /jobs: an ended job leaves P:jobs:active for its status's index (statuses that never change)
+local function index_ended(P, jid, status)
+  redis.call('ZREM', P..':jobs:active', jid)
+  redis.call('ZADD', P..':jobs:s:'..status, redis.call('HGET', P..':j:'..jid, 'seq'), jid)
+end
 local function finish(P, jid, status, has_blob, blob, info, use_ckpt, err, now)
   local jk = P..':j:'..jid
   local mid = redis.call('HGET', jk, 'model_id')
@@ -95,6 +114,7 @@ local function finish(P, jid, status, has_blob, blob, info, use_ckpt, err, now)
     if same then
       version = redis.call('HINCRBY', mk, 'version', 1)
       redis.call('HSET', mk, 'blob', blob, 'info', info, 'updated_at', now)
+      keep_version(P, mid, cjson.encode({source = 'job', job_id = jid, job_status = status}), now)
     end
     redis.call('DEL', js)
   elseif redis.call('HGET', jk, 'consume_buffer') == '1' and same then
@@ -106,6 +126,7 @@ local function finish(P, jid, status, has_blob, blob, info, use_ckpt, err, now)
     redis.call('DEL', js)
   end
   redis.call('HSET', jk, 'status', status, 'finished_at', now)
+  index_ended(P, jid, status)
   if err ~= '' then redis.call('HSET', jk, 'error', err) end
   if version then redis.call('HSET', jk, 'model_version', version) else redis.call('HDEL', jk, 'model_version') end
   redis.call('HDEL', jk, 'checkpoint', 'checkpoint_info', 'worker_id')
@@ -181,6 +202,8 @@ if owner ~= '' then
   redis.call('ZADD', P..':owned:'..owner, now, mid)
 end
 redis.call('DEL', P..':buf:'..mid, P..':bufn:'..mid, P..':mjobs:'..mid)
+redis.call('SET', P..':conf:keep_versions', ARGV[9])
+keep_version(P, mid, ARGV[8], now)
 return 1
 """,
     "replace_model": """
@@ -193,6 +216,8 @@ local busy = redis.call('GET', P..':busy:'..mid)
 if busy then return {'busy', busy} end
 redis.call('HINCRBY', mk, 'version', 1)
 redis.call('HSET', mk, 'blob', blob, 'info', info, 'updated_at', now)
+redis.call('SET', P..':conf:keep_versions', ARGV[8])
+keep_version(P, mid, ARGV[7], now)
 return {'ok'}
 """,
     "delete_model": """
@@ -205,6 +230,7 @@ for _, jid in ipairs(redis.call('ZRANGE', P..':mjobs:'..mid, 0, -1)) do
   local status = redis.call('HGET', jk, 'status')
   if status == 'buffering' or status == 'queued' then
     redis.call('HSET', jk, 'status', 'cancelled', 'error', 'model deleted', 'finished_at', now)
+    index_ended(P, jid, 'cancelled')
     redis.call('HDEL', jk, 'checkpoint', 'checkpoint_info')
     redis.call('ZREM', P..':buffering', jid)
     redis.call('ZREM', P..':queued', jid)
@@ -220,7 +246,9 @@ for _, jid in ipairs(redis.call('ZRANGE', P..':mjobs:'..mid, 0, -1)) do
 end
 local owner = redis.call('HGET', mk, 'owner')
 if owner then redis.call('ZREM', P..':owned:'..owner, mid) end
-redis.call('DEL', mk, P..':buf:'..mid, P..':bufn:'..mid, P..':mjobs:'..mid)
+local uid = redis.call('HGET', mk, 'uid')
+for _, v in ipairs(redis.call('ZRANGE', P..':vers:'..uid, 0, -1)) do redis.call('DEL', P..':v:'..uid..':'..v) end
+redis.call('DEL', mk, P..':buf:'..mid, P..':bufn:'..mid, P..':mjobs:'..mid, P..':vers:'..uid)
 redis.call('ZREM', P..':models', mid)
 return cancelled
 """,
@@ -252,6 +280,9 @@ redis.call('HSET', P..':j:'..jid, 'model_id', mid, 'model_uid', uid, 'status', '
 if owner ~= '' then redis.call('HSET', P..':j:'..jid, 'owner', owner) end
 redis.call('ZADD', P..':buffering', seq, jid)
 redis.call('ZADD', P..':mjobs:'..mid, seq, jid)
+for _, index in ipairs({'jobs', 'jobs:active', 'jobs:m:'..mid, 'jobs:k:'..(search and 'search' or 'training')}) do
+  redis.call('ZADD', P..':'..index, seq, jid)  -- GET /jobs (list_all_jobs)
+end
 if search then  -- ARGV[13]: apply_best, then one {"params", "seed"} per trial
   redis.call('HSET', P..':j:'..jid, 'kind', 'search', 'stage', 'trials', 'apply', ARGV[13], 't_pending', #ARGV - 13,
     't_running', 0, 't_ok', 0)
@@ -493,8 +524,9 @@ def _guard(method: Callable) -> Callable:
 
 class RedisStore(Store):
     def __init__(self, url: str, *, prefix: str = "nn", lease_seconds: float = 10.0, socket_timeout: float = 5.0,
-                 retries: int = 0, on_queued: Callable[[list[str]], None] | None = None):
+                 retries: int = 0, on_queued: Callable[[list[str]], None] | None = None, keep_versions: int = 10):
         self.prefix = prefix
+        self.keep_versions = keep_versions  # the scripts that change weights store it in P:conf:keep_versions
         self.lease_ms = int(lease_seconds * 1000)
         self.on_queued = on_queued  # called with the ids of jobs that became queued (the runner enqueues them)
         # retries=0 (the API): a request answers 503 at once; workers ride out short outages
@@ -576,8 +608,10 @@ class RedisStore(Store):
 
     # -- models -------------------------------------------------------------------
     @_guard
-    def create_model(self, model_id: str, blob: bytes, info: dict, owner: str | None = None) -> ModelRecord:
-        if not self._run("create_model", model_id, uuid.uuid4().hex, json.dumps(info), blob, repr(time.time()), owner or ""):
+    def create_model(self, model_id: str, blob: bytes, info: dict, owner: str | None = None,
+                     source: dict | None = None) -> ModelRecord:
+        if not self._run("create_model", model_id, uuid.uuid4().hex, json.dumps(info), blob, repr(time.time()), owner or "",
+                         json.dumps(source or source_of("create")), self.keep_versions):
             raise ModelExists(model_id)
         return self.get_model(model_id)
 
@@ -632,9 +666,11 @@ class RedisStore(Store):
         return bytes(f[9]), self._model(model_id, f)
 
     @_guard
-    def replace_model(self, model_id: str, blob: bytes, info: dict, expected_version: int | None = None) -> ModelRecord:
+    def replace_model(self, model_id: str, blob: bytes, info: dict, expected_version: int | None = None,
+                      source: dict | None = None) -> ModelRecord:
         r = self._run("replace_model", model_id, blob, json.dumps(info),
-                      "" if expected_version is None else str(expected_version), repr(time.time()))
+                      "" if expected_version is None else str(expected_version), repr(time.time()),
+                      json.dumps(source or source_of("put")), self.keep_versions)
         code = r[0].decode()
         if code == "nf":
             raise ModelNotFound(model_id)
@@ -653,6 +689,15 @@ class RedisStore(Store):
         if r is None:
             raise ModelNotFound(model_id)
         return [j.decode() for j in r]
+
+    # -- versions (api/storage/redis_registry.py) ----------------------------------------
+    @_guard
+    def list_versions(self, model_id: str) -> list[VersionRecord]:
+        return registry.list_versions(self, model_id)
+
+    @_guard
+    def get_version(self, model_id: str, version: int) -> tuple[bytes, VersionRecord]:
+        return registry.get_version(self, model_id, version)
 
     # -- training buffer ------------------------------------------------------
     def _full(self, model_id: str, size: int, max_buffer: int) -> PayloadTooLarge:
@@ -904,6 +949,35 @@ class RedisStore(Store):
             pipe.exists(self._key("busy", (mid or b"").decode()))
         busy = pipe.execute() if ids else []
         return [j for j, b in zip(ids, busy) if not b]
+
+    def _jobs(self, ids: list[str]) -> list[JobRecord]:
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self._key("j", job_id), JOB_FIELDS)
+        rows = pipe.execute() if ids else []
+        return [self._with_trials(self._job(j, f)) for j, f in zip(ids, rows) if f[0] is not None]
+
+    @_guard
+    def list_all_jobs(self, offset: int, limit: int, *, status: str | None = None, model_id: str | None = None,
+                      kind: str | None = None, owner: str | None = None) -> tuple[list[JobRecord], int]:
+        return registry.list_all_jobs(self, offset, limit, status, model_id, kind, owner)
+
+    # -- notifications (api/storage/redis_registry.py) --------------------------------------
+    @_guard
+    def add_notification(self, note: Notification) -> None:
+        registry.add_notification(self, note)
+
+    @_guard
+    def get_notifications(self, job_ids: list[str]) -> dict[str, Notification]:
+        return registry.get_notifications(self, job_ids)
+
+    @_guard
+    def due_notifications(self, now: float, limit: int) -> list[tuple[Notification, JobRecord]]:
+        return registry.due_notifications(self, now, limit)
+
+    @_guard
+    def record_attempt(self, job_id: str, *, status: str, error: str | None, next_attempt_at: float, now: float) -> None:
+        registry.record_attempt(self, job_id, status, error, next_attempt_at, now)
 
     @_guard
     def count_queued(self) -> int:

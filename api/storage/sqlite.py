@@ -15,8 +15,9 @@ from typing import Iterator
 
 import numpy as np
 
-from api.errors import JobNotCancellable, JobNotFound, ModelBusy, ModelExists, ModelNotFound, PayloadTooLarge, VersionConflict
-from api.storage.base import JobRecord, ModelRecord, Store, with_trials
+from api.errors import (JobNotCancellable, JobNotFound, ModelBusy, ModelExists, ModelNotFound, PayloadTooLarge,
+                        VersionConflict, VersionNotFound)
+from api.storage.base import JobRecord, ModelRecord, Notification, Store, VersionRecord, source_of, with_trials
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -80,6 +81,28 @@ CREATE TABLE IF NOT EXISTS trials (  -- a search job's trials (api/search.py)
     PRIMARY KEY (job_id, idx)
 );
 CREATE INDEX IF NOT EXISTS trials_by_status ON trials (status, job_id, idx);
+CREATE TABLE IF NOT EXISTS versions (  -- kept versions of models' weights, written in the transaction that made them
+    uid        TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    model_id   TEXT NOT NULL,
+    blob       BLOB NOT NULL,
+    info       TEXT NOT NULL,
+    source     TEXT NOT NULL,       -- JSON: {"source": "create" | "import" | "job" | "put" | "restore", ...}
+    created_at REAL NOT NULL,
+    PRIMARY KEY (uid, version)
+);
+CREATE TABLE IF NOT EXISTS notifications (  -- where to POST a job's final record (api/notify.py)
+    job_id          TEXT PRIMARY KEY,
+    url             TEXT NOT NULL,
+    secret          TEXT NOT NULL,
+    status          TEXT NOT NULL,  -- pending, delivered, failed
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    last_attempt_at REAL,
+    next_attempt_at REAL NOT NULL,
+    delivered_at    REAL
+);
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications (status, next_attempt_at);
 """
 # columns added after the first release; added to older databases on open
 JOB_MIGRATIONS = {"kind": "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'training'",
@@ -126,8 +149,18 @@ def _model(row: sqlite3.Row) -> ModelRecord:
     )
 
 
+def _version(row: sqlite3.Row) -> VersionRecord:
+    return VersionRecord(model_id=row["model_id"], uid=row["uid"], version=row["version"], info=json.loads(row["info"]),
+                         source=json.loads(row["source"]), created_at=row["created_at"])
+
+
+def _notification(row: sqlite3.Row) -> Notification:
+    return Notification(**{k: row[k] for k in row.keys()})
+
+
 class SQLiteStore(Store):
-    def __init__(self, path: Path | str, busy_timeout: float = 30.0):
+    def __init__(self, path: Path | str, busy_timeout: float = 30.0, keep_versions: int = 10):
+        self.keep_versions = keep_versions
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._busy_timeout = busy_timeout
@@ -190,7 +223,8 @@ class SQLiteStore(Store):
         return row
 
     # -- models ---------------------------------------------------------------
-    def create_model(self, model_id: str, blob: bytes, info: dict, owner: str | None = None) -> ModelRecord:
+    def create_model(self, model_id: str, blob: bytes, info: dict, owner: str | None = None,
+                     source: dict | None = None) -> ModelRecord:
         now = time.time()
         with self._tx() as con:
             try:
@@ -202,6 +236,7 @@ class SQLiteStore(Store):
             except sqlite3.IntegrityError:
                 raise ModelExists(model_id) from None
             con.execute("DELETE FROM samples WHERE model_id = ?", (model_id,))  # leftovers of a deleted namesake
+            self._keep_version(con, model_id, source or source_of("create"))
             return _model(self._model_row(con, model_id))
 
     def get_model(self, model_id: str) -> ModelRecord:
@@ -231,7 +266,8 @@ class SQLiteStore(Store):
             con.execute("COMMIT")
         return bytes(blob), record
 
-    def replace_model(self, model_id: str, blob: bytes, info: dict, expected_version: int | None = None) -> ModelRecord:
+    def replace_model(self, model_id: str, blob: bytes, info: dict, expected_version: int | None = None,
+                      source: dict | None = None) -> ModelRecord:
         with self._tx() as con:
             current = _model(self._model_row(con, model_id))
             if expected_version is not None and expected_version != current.version:
@@ -244,6 +280,7 @@ class SQLiteStore(Store):
                                 f"or cancel it with POST /jobs/{busy[0]}/cancel")
             con.execute("UPDATE models SET blob = ?, info = ?, version = version + 1, updated_at = ? WHERE model_id = ?",
                         (blob, json.dumps(info), time.time(), model_id))
+            self._keep_version(con, model_id, source or source_of("put"))
             return _model(self._model_row(con, model_id))
 
     def delete_model(self, model_id: str) -> list[str]:
@@ -259,10 +296,47 @@ class SQLiteStore(Store):
                 else:
                     con.execute("UPDATE jobs SET status = 'cancelling', error = 'model deleted' WHERE job_id = ?", (job_id,))
             con.execute("DELETE FROM samples WHERE model_id = ?", (model_id,))
+            con.execute("DELETE FROM versions WHERE uid = (SELECT uid FROM models WHERE model_id = ?)", (model_id,))
             con.execute("DELETE FROM models WHERE model_id = ?", (model_id,))
             for job_id, _ in rows:
                 self._settle(con, job_id)
             return [r[0] for r in rows]
+
+    # -- versions -------------------------------------------------------------
+    def _keep_version(self, con: sqlite3.Connection, model_id: str, source: dict) -> None:
+        """Keeps the model's current weights as its version (in the transaction that made them) and
+        prunes versions older than the newest NN_KEEP_VERSIONS + 1."""
+        con.execute("INSERT OR REPLACE INTO versions (uid, version, model_id, blob, info, source, created_at) "
+                    "SELECT uid, version, model_id, blob, info, ?, updated_at FROM models WHERE model_id = ?",
+                    (json.dumps(source), model_id))
+        con.execute("DELETE FROM versions WHERE (uid, version) IN (SELECT v.uid, v.version FROM versions v JOIN models m "
+                    "ON m.uid = v.uid WHERE m.model_id = ? AND v.version < m.version - ?)", (model_id, self.keep_versions))
+
+    _VERSIONS = ("SELECT v.model_id, v.uid, v.version, v.info, v.source, v.created_at FROM versions v JOIN models m "
+                 "ON m.uid = v.uid AND v.version <= m.version WHERE m.model_id = ?")
+
+    def list_versions(self, model_id: str) -> list[VersionRecord]:
+        con = self._con()
+        con.execute("BEGIN")
+        try:
+            self._model_row(con, model_id)
+            rows = con.execute(self._VERSIONS + " ORDER BY v.version DESC", (model_id,)).fetchall()
+        finally:
+            con.execute("COMMIT")
+        return [_version(r) for r in rows]
+
+    def get_version(self, model_id: str, version: int) -> tuple[bytes, VersionRecord]:
+        con = self._con()
+        con.execute("BEGIN")
+        try:
+            self._model_row(con, model_id)
+            row = con.execute(self._VERSIONS.replace("v.created_at", "v.created_at, v.blob") + " AND v.version = ?",
+                              (model_id, version)).fetchone()
+        finally:
+            con.execute("COMMIT")
+        if row is None:
+            raise VersionNotFound(model_id, version)
+        return bytes(row["blob"]), _version(row)
 
     # -- training buffer ------------------------------------------------------
     def _append(self, con: sqlite3.Connection, model_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int) -> int:
@@ -434,6 +508,7 @@ class SQLiteStore(Store):
                                   "WHERE model_id = ? AND uid = ?", (blob, json.dumps(info), now, job.model_id, job.model_uid))
             if updated.rowcount:
                 version = con.execute("SELECT version FROM models WHERE model_id = ?", (job.model_id,)).fetchone()[0]
+                self._keep_version(con, job.model_id, source_of("job", job_id=job.job_id, job_status=status))
             con.execute("DELETE FROM samples WHERE job_id = ?", (job.job_id,))
         elif job.consume_buffer:
             con.execute("UPDATE samples SET job_id = NULL WHERE job_id = ?", (job.job_id,))  # unused: back to the buffer
@@ -451,6 +526,54 @@ class SQLiteStore(Store):
         with self._tx() as con:
             job = _job(self._job_row(con, job_id))
             return self._finish(con, job, status, blob=blob, info=info, use_checkpoint=use_checkpoint, error=error)
+
+    def list_all_jobs(self, offset: int, limit: int, *, status: str | None = None, model_id: str | None = None,
+                      kind: str | None = None, owner: str | None = None) -> tuple[list[JobRecord], int]:
+        where, args = [], []
+        for column, value in (("status", status), ("model_id", model_id), ("kind", kind), ("owner", owner)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        con = self._con()
+        con.execute("BEGIN")  # the page and its count from one snapshot
+        try:
+            rows = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs{clause} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                               (*args, limit, offset)).fetchall()
+            total = con.execute(f"SELECT COUNT(*) FROM jobs{clause}", args).fetchone()[0]
+            jobs = [self._with_trials(con, _job(r)) for r in rows]
+        finally:
+            con.execute("COMMIT")
+        return jobs, total
+
+    def add_notification(self, note: Notification) -> None:
+        with self._tx() as con:
+            con.execute("INSERT OR REPLACE INTO notifications (job_id, url, secret, status, attempts, next_attempt_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", (note.job_id, note.url, note.secret, note.status, note.attempts,
+                                                      note.next_attempt_at))
+
+    def get_notifications(self, job_ids: list[str]) -> dict[str, Notification]:
+        found: dict[str, Notification] = {}
+        for i in range(0, len(job_ids), 500):
+            chunk = job_ids[i:i + 500]
+            rows = self._con().execute(f"SELECT * FROM notifications WHERE job_id IN ({', '.join('?' * len(chunk))})",
+                                       chunk).fetchall()
+            found.update((r["job_id"], _notification(r)) for r in rows)
+        return found
+
+    def due_notifications(self, now: float, limit: int) -> list[tuple[Notification, JobRecord]]:
+        rows = self._con().execute(
+            "SELECT n.job_id FROM notifications n JOIN jobs j ON j.job_id = n.job_id WHERE n.status = 'pending' AND "
+            "n.next_attempt_at <= ? AND j.status IN ('succeeded', 'failed', 'cancelled') ORDER BY n.next_attempt_at "
+            "LIMIT ?", (now, limit)).fetchall()  # one service owns the data directory: no claim needed
+        notes = self.get_notifications([r[0] for r in rows])
+        return [(notes[r[0]], self.get_job(r[0])) for r in rows if r[0] in notes]
+
+    def record_attempt(self, job_id: str, *, status: str, error: str | None, next_attempt_at: float, now: float) -> None:
+        with self._tx() as con:
+            con.execute("UPDATE notifications SET status = ?, attempts = attempts + 1, last_error = ?, last_attempt_at = ?, "
+                        "next_attempt_at = ?, delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END "
+                        "WHERE job_id = ?", (status, error, now, next_attempt_at, status, now, job_id))
 
     def count_queued(self) -> int:
         return self._con().execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]

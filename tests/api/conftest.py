@@ -65,3 +65,52 @@ def create(client, **overrides) -> dict:
     response = client.post("/models", json=body)
     assert response.status_code == 201, response.text
     return response.json()
+
+
+REDIS_URL = __import__("os").environ.get("NN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def redis_available() -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
+    except Exception:
+        return False
+
+
+@contextmanager
+def backend_app(backend: str, data_dir: Path, keep_data: bool = False, **overrides):
+    """A TestClient on either backend with no workers: tests run jobs with `run_queued`, the workers' own code.
+    The redis one uses NN_TEST_REDIS_URL under a key prefix and queue of its own, deleted afterwards
+    unless ``keep_data`` (a later app on the same ``redis_prefix`` then sees them)."""
+    if backend == "redis":
+        if not redis_available():
+            pytest.skip(f"no Redis at {REDIS_URL}")
+        import uuid
+
+        prefix = overrides.pop("redis_prefix", f"t-{uuid.uuid4().hex[:8]}")
+        overrides = {"backend": "redis", "redis_url": REDIS_URL, "redis_prefix": prefix,
+                     "redis_queue": f"{prefix}-training", **overrides}
+    app = create_app(settings_for(data_dir, workers=0, **overrides))
+    try:
+        with TestClient(app) as c:
+            yield c
+    finally:
+        if backend == "redis" and not keep_data:
+            store = app.state.service.store
+            store.reset()
+            store.redis.delete(f"rq:queue:{overrides['redis_queue']}")
+
+
+def run_queued(client, worker_id: str = "test-worker") -> list[dict]:
+    """Claims and runs every runnable training job in this process (api.worker.run_job, as a worker would)."""
+    import threading
+
+    from api.worker import run_job
+
+    store, settings = client.app.state.service.store, client.app.state.settings
+    done = []
+    while (job := store.claim_job(worker_id)) is not None:
+        done.append(run_job(store, job, settings, threading.Event()))
+    return [client.get(f"/jobs/{j.job_id}").json() for j in done]

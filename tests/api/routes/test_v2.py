@@ -98,13 +98,13 @@ def test_errors_reach_the_client_with_the_protocol_status(client):
     for kwargs, status, words in [({"datatype": "INT32"}, "400", "send FP32 or FP64"),
                                   ({"shape": (2, 3)}, "400", "send [batch, 4]"),
                                   ({"name": "x"}, "400", "named 'input'"),
-                                  ({"version": "7"}, "404", "no kept version 7")]:
+                                  ({"version": "7"}, "404", "has no version 7")]:
         with pytest.raises(InferenceServerException) as error:
             infer(**kwargs)
         assert error.value.status() == status and words in error.value.message(), error.value.message()
 
 
-def test_a_new_version_is_served_at_once_and_the_old_one_is_not_kept(server, client):
+def test_a_new_version_is_served_at_once_and_the_old_one_too(server, client):
     url = server
     weights = httpx.get(f"{url}/models/bin/weights").json()
     weights["layers"][1]["biases"] = [-50.0]
@@ -114,8 +114,12 @@ def test_a_new_version_is_served_at_once_and_the_old_one_is_not_kept(server, cli
     result = client.infer("bin", [tensor], model_version="2")
     assert result.as_numpy("predictions").tolist() == [0, 0]
     assert result.get_response()["model_version"] == "2"
+    old = client.infer("bin", [tensor], model_version="1")  # kept (GET /models/bin/versions): served as it was
+    assert old.get_response()["model_version"] == "1"
+    assert old.as_numpy("predictions").tolist() == httpx.post(f"{url}/models/bin/output?version=1",
+                                                             json={"inputs": X4[:2]}).json()["predictions"]
     with pytest.raises(InferenceServerException) as error:
-        client.infer("bin", [tensor], model_version="1")
+        client.infer("bin", [tensor], model_version="3")
     assert error.value.status() == "404"
 
 

@@ -1,0 +1,196 @@
+"""Job notifications (api/notify.py) against a real receiver on loopback, on both backends: the final job
+record arrives signed (HMAC-SHA256 with the job's secret), a 500 is retried, hosts outside NN_NOTIFY_ALLOW
+and non-http(s) URLs are refused at submit, and a pending delivery survives a restart of the service."""
+
+import hashlib
+import hmac
+import json
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.api.conftest import IRIS, X4, Y3, backend_app, run_queued, wait_for, wait_job
+from tests.servers import start_server, stop_server
+
+SECRET = "s3cret-for-tests"
+FAST = {"notify_allow": "127.0.0.1", "notify_interval": 0.05, "notify_backoff": 0.05}
+
+
+class Receiver:
+    """An HTTP server on loopback that records each POST and answers the next status of ``answers`` (then 200)."""
+
+    def __init__(self, answers=()):
+        self.answers, self.received = list(answers), []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status = receiver.answers.pop(0) if receiver.answers else 200
+                receiver.received.append((dict(self.headers), body, status))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextmanager
+def receiver(answers=()):
+    r = Receiver(answers)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request):
+    return request.param
+
+
+def submit(client, url, waiting=False):
+    """A job that trains on inline samples, or (``waiting``) one that waits in buffering for 100 samples."""
+    body = {"min_samples": 100} if waiting else {"inputs": X4, "targets": Y3, "epochs": 3}
+    response = client.post("/models/iris/training-jobs", json={**body, "notify": {"url": url, "secret": SECRET}})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def verified(headers: dict, body: bytes) -> bool:
+    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(headers["X-NN-Signature"], expected)
+
+
+def test_the_final_record_arrives_signed(backend, tmp_path):
+    with receiver() as r, backend_app(backend, tmp_path, **FAST) as client:
+        client.post("/models", json=IRIS)
+        job = submit(client, r.url)
+        assert job["notify"] == {"url": r.url, "status": "pending", "attempts": 0, "last_error": None,
+                                 "last_attempt_at": None, "next_attempt_at": None, "delivered_at": None}
+        assert SECRET not in json.dumps(job)
+        run_queued(client)
+        wait_for(lambda: r.received, bool)
+        headers, body, _ = r.received[0]
+        assert verified(headers, body) and headers["Content-Type"] == "application/json"
+        assert headers["X-NN-Event"] == "job.succeeded"
+        record = json.loads(body)
+        assert record["job_id"] == job["job_id"] and record["status"] == "succeeded" and record["metrics"]
+        assert "notify" not in record and SECRET not in body.decode()
+        shown = wait_for(lambda: client.get(f"/jobs/{job['job_id']}").json()["notify"], lambda n: n["status"] == "delivered")
+        assert shown["attempts"] == 1 and shown["delivered_at"] and shown["last_error"] is None
+        assert len(r.received) == 1
+
+
+def test_a_cancelled_job_notifies_too_and_a_500_is_retried(backend, tmp_path):
+    with receiver(answers=[500]) as r, backend_app(backend, tmp_path, **FAST) as client:
+        client.post("/models", json=IRIS)
+        job = submit(client, r.url, waiting=True)  # waits in buffering
+        client.post(f"/jobs/{job['job_id']}/cancel")
+        shown = wait_for(lambda: client.get(f"/jobs/{job['job_id']}").json()["notify"], lambda n: n["status"] == "delivered")
+        assert shown["attempts"] == 2 and [status for _, _, status in r.received] == [500, 200]
+        assert all(verified(h, b) for h, b, _ in r.received)
+        assert json.loads(r.received[1][1])["status"] == "cancelled"
+
+
+def test_delivery_gives_up_after_the_retry_window(backend, tmp_path):
+    with receiver(answers=[500] * 100) as r, backend_app(backend, tmp_path, **FAST, notify_retry_seconds=0.2) as client:
+        client.post("/models", json=IRIS)
+        job = submit(client, r.url, waiting=True)
+        client.post(f"/jobs/{job['job_id']}/cancel")
+        shown = wait_for(lambda: client.get(f"/jobs/{job['job_id']}").json()["notify"], lambda n: n["status"] == "failed")
+        assert shown["last_error"] == "HTTP 500 from the receiver" and shown["attempts"] == len(r.received) >= 1
+
+
+@pytest.mark.parametrize("url, allow, message", [
+    ("http://10.0.0.1/hook", "127.0.0.1", "host '10.0.0.1' is not allowed; allowed hosts (NN_NOTIFY_ALLOW): 127.0.0.1"),
+    ("http://127.0.0.1/hook", "", "NN_NOTIFY_ALLOW is empty"),
+    ("http://evil.example.org/hook", "*.example.com", "not allowed"),
+    ("ftp://127.0.0.1/hook", "127.0.0.1", "http:// or https://"),
+    ("http://user:pw@127.0.0.1/hook", "127.0.0.1", "must not hold credentials"),
+    ("not a url", "127.0.0.1", "http:// or https://"),
+])
+def test_refused_urls_are_422_at_submit(tmp_path, url, allow, message):
+    with backend_app("sqlite", tmp_path, notify_allow=allow) as client:
+        client.post("/models", json=IRIS)
+        body = {"inputs": X4, "targets": Y3, "notify": {"url": url, "secret": SECRET}}
+        for path, extra in (("training-jobs", {}), ("search-jobs", {"space": {"learning_rate": [0.1]}, "folds": 2})):
+            response = client.post(f"/models/iris/{path}", json={**body, **extra})
+            assert response.status_code == 422 and message in response.json()["detail"], response.text
+        assert client.get("/jobs").json()["count"] == 0  # nothing was stored
+
+
+def test_subdomain_patterns_are_allowed(tmp_path):
+    with backend_app("sqlite", tmp_path, notify_allow="*.example.com") as client:
+        client.post("/models", json=IRIS)
+        response = client.post("/models/iris/training-jobs", json={"min_samples": 10, "notify": {
+            "url": "https://hooks.example.com/nn", "secret": SECRET}})
+        assert response.status_code == 202 and response.json()["notify"]["status"] == "pending"
+
+
+def test_a_search_job_notifies(tmp_path):
+    with receiver() as r, backend_app("sqlite", tmp_path, **FAST) as client:
+        client.post("/models", json=IRIS)
+        job = client.post("/models/iris/search-jobs", json={"inputs": X4, "targets": Y3, "space": {"learning_rate": [0.1]},
+                                                            "folds": 2, "epochs": 2,
+                                                            "notify": {"url": r.url, "secret": SECRET}}).json()
+        client.post(f"/jobs/{job['job_id']}/cancel")
+        wait_for(lambda: r.received, bool)
+        record = json.loads(r.received[0][1])
+        assert record["kind"] == "search" and record["status"] == "cancelled" and verified(*r.received[0][:2])
+
+
+def test_a_pending_delivery_survives_a_restart_sqlite(tmp_path):
+    """A real service answers 500s' retries until it stops; the next one on the same data directory delivers."""
+    import httpx
+
+    env = {"NN_NOTIFY_ALLOW": "127.0.0.1", "NN_NOTIFY_INTERVAL": "0.05", "NN_NOTIFY_BACKOFF": "0.05"}
+    with receiver(answers=[500] * 1000) as r:
+        url, process = start_server(tmp_path, **env)
+        try:
+            httpx.post(f"{url}/models", json=IRIS)
+            job = httpx.post(f"{url}/models/iris/training-jobs", json={"inputs": X4, "targets": Y3, "epochs": 3,
+                                                                       "notify": {"url": r.url, "secret": SECRET}}).json()
+            wait_for(lambda: httpx.get(f"{url}/jobs/{job['job_id']}").json(),
+                     lambda j: j["status"] == "succeeded" and j["notify"]["attempts"] >= 1)
+        finally:
+            stop_server(process)
+        r.answers.clear()  # the receiver is fixed while the service is down
+        tried = len(r.received)
+        url, process = start_server(tmp_path, **env)
+        try:
+            shown = wait_for(lambda: httpx.get(f"{url}/jobs/{job['job_id']}").json()["notify"],
+                             lambda n: n["status"] == "delivered")
+            assert shown["attempts"] == len(r.received) > tried and r.received[-1][2] == 200
+            assert verified(*r.received[-1][:2]) and json.loads(r.received[-1][1])["status"] == "succeeded"
+        finally:
+            stop_server(process)
+
+
+def test_a_pending_delivery_survives_a_restart_redis(tmp_path):
+    """Replica processes share Redis: one that stops leaves the delivery pending, a new one delivers it."""
+    import uuid
+
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    with receiver(answers=[500] * 1000) as r:
+        with backend_app("redis", tmp_path, **FAST, redis_prefix=prefix, keep_data=True) as client:
+            client.post("/models", json=IRIS)
+            job = submit(client, r.url)
+            run_queued(client)
+            wait_for(lambda: client.get(f"/jobs/{job['job_id']}").json()["notify"], lambda n: n["attempts"] >= 1)
+        r.answers.clear()
+        with backend_app("redis", tmp_path, **FAST, redis_prefix=prefix) as client:
+            shown = wait_for(lambda: client.get(f"/jobs/{job['job_id']}").json()["notify"],
+                             lambda n: n["status"] == "delivered")
+            assert shown["attempts"] == len(r.received) and verified(*r.received[-1][:2])
