@@ -284,6 +284,9 @@ class JobCreate(Request):
     seed: int | None = Field(None, ge=0, description="Seed of shuffling and dropout for this job; the model's generator when absent.")
     notify: NotifyTarget | None = Field(None, description="POST the final job record to this URL when the job ends "
                                                           "(README: Notifications).")
+    max_loss_ratio: float | None = Field(None, gt=1, description="The job fails as diverged, and the model keeps its weights "
+                                         "from before the job, if its final loss (on the samples of its final metrics) is "
+                                         "more than this many times the loss it started from; NN_MAX_LOSS_RATIO when absent.")
 
 
 class Progress(BaseModel):

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from neural_net import Callback, activations, initializers
+from neural_net import Callback, activations, initializers, metrics
 from neural_net.errors import NeuralNetError
 from neural_net.selection import FIT_PARAMETERS, dense_builder, grid, random_samples, run_trial, split_params
 
@@ -32,9 +32,6 @@ log = logging.getLogger("api.search")
 ARCHITECTURE_PARAMETERS = ("hidden_sizes", "activation", "dropout", "weight_init", "bias_init")
 SEARCHABLE = ARCHITECTURE_PARAMETERS + FIT_PARAMETERS
 MAX_TRIALS = 1000
-METRICS = {"multiclass": ("loss", "accuracy", "precision", "recall", "f1"),
-           "binary": ("loss", "accuracy", "precision", "recall", "f1", "roc_auc"),
-           "regression": ("loss", "mae", "rmse", "r2", "pearson_r")}
 CANCEL_CHECK_INTERVAL = 0.05  # seconds between reads of the job's cancel flag while a trial trains
 
 
@@ -43,7 +40,7 @@ def submit_search(service: Service, model_id: str, req: SearchCreate, owner: str
     """Checks every trial before anything is stored, then stores the job and its pending trials."""
     info = service.store.get_model(model_id).info
     metric = req.metric.removeprefix("val_")
-    valid = METRICS.get(info["task"], METRICS["regression"])
+    valid = metrics.names(info["task"])  # what the core's evaluate reports for this task
     if metric not in valid:
         raise InvalidInput(f"metric {req.metric!r} is not reported for this {info['task']} model; valid: {', '.join(valid)}")
     candidates = _candidates(req)

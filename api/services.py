@@ -86,6 +86,13 @@ def _activation_spec(spec: LayerSpec, where: str) -> str | dict[str, float]:
     return {"name": name, **options} if options else name
 
 
+def _check_finite(what: str, arrays: tuple, dtype: str) -> None:
+    """Refuses (422) a computed result that overflowed: JSON has no Inf or NaN to answer with."""
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise InvalidInput(f"{what} overflowed {dtype} (Inf or NaN): the inputs or the model's weights are too large; "
+                           "scale the inputs down (e.g. to mean 0, std 1) or check the weights with GET /models/{model_id}/weights")
+
+
 class Service:
     def __init__(self, store: Store, settings: Settings):
         self.store = store
@@ -355,25 +362,33 @@ class Service:
         x = self._inputs(info, rows)
         y = self._targets(info, req.targets, len(x)) if req.targets is not None else None
         result: dict[str, Any] = {"model_id": model_id, "model_version": model.record.version}
-        if req.include_activations or y is not None:
-            with model.lock:  # these keep per-call state on the layers
-                if req.include_activations:
-                    out, layers = net.forward(x, return_activations=True)
-                    result["activations"] = [{"z": jsonable(layer["z"]), "a": jsonable(layer["a"])} for layer in layers]
-                else:
-                    out = net.predict(x)
-                if y is not None and req.include_gradients:
-                    cost, grads = net.gradients(x, y)
-                    result["gradients"] = [{"weights": jsonable(g["weights"]), "biases": jsonable(g.get("biases"))}
-                                           for g in grads]
-                elif y is not None:
-                    cost = net.evaluate(x, y)["loss"]
-        else:
-            out = net.predict(x)
+        dtype = info["dtype"]
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf or NaN, refused below
+            if req.include_activations or y is not None:
+                with model.lock:  # these keep per-call state on the layers
+                    if req.include_activations:
+                        out, layers = net.forward(x, return_activations=True)
+                        for i, layer in enumerate(layers):
+                            _check_finite(f"layer {i}'s activations", (layer["z"], layer["a"]), dtype)
+                        result["activations"] = [{"z": jsonable(layer["z"]), "a": jsonable(layer["a"])} for layer in layers]
+                    else:
+                        out = net.predict(x)
+                    if y is not None and req.include_gradients:
+                        cost, grads = net.gradients(x, y)
+                        for i, g in enumerate(grads):
+                            _check_finite(f"layer {i}'s gradients", tuple(v for v in g.values() if v is not None), dtype)
+                        result["gradients"] = [{"weights": jsonable(g["weights"]), "biases": jsonable(g.get("biases"))}
+                                               for g in grads]
+                    elif y is not None:
+                        cost = net.evaluate(x, y)["loss"]
+            else:
+                out = net.predict(x)
+        _check_finite("the outputs", (out,), dtype)
         result["outputs"] = jsonable(out)
         classes = class_indices(net, out)
         result["predictions"] = None if classes is None else classes.tolist()
         if y is not None:
+            _check_finite("the cost", (np.asarray(cost),), dtype)
             result["cost"] = jsonable(cost)
         return result
 
@@ -493,7 +508,7 @@ class Service:
             "learning_rate": req.learning_rate, "schedule": schedule, "schedule_options": options or None,
             "l1": req.l1, "l2": req.l2, "dropout": dropout, "validation_split": req.validation_split,
             "early_stopping": req.early_stopping.model_dump() if req.early_stopping else None,
-            "clip_norm": req.clip_norm, "shuffle": req.shuffle, "seed": req.seed,
+            "clip_norm": req.clip_norm, "shuffle": req.shuffle, "seed": req.seed, "max_loss_ratio": req.max_loss_ratio,
         }
 
     def inline_samples(self, info: dict, inputs, targets, otherwise: str) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     max_samples_per_request: int = Field(10_000, ge=1, description="Most samples (rows) in one request.")
     max_buffer_samples: int = Field(1_000_000, ge=1, description="Most samples waiting in one model's training buffer.")
     max_epochs: int = Field(10_000, ge=1, description="Most epochs of one training job.")
+    max_loss_ratio: float = Field(10.0, gt=1, description="A training job fails as diverged, and its model keeps the "
+                                  "weights it had before the job, when its loss on the samples of its final metrics ends "
+                                  "more than this many times the loss it started from (a job's max_loss_ratio overrides it).")
     max_request_bytes: int = Field(32 * MiB, ge=1024, description="Largest request body in bytes.")
     model_cache_mb: float = Field(256, ge=0, description="Memory each API process may hold in deserialised models "
                                                           "(least recently used go first; 0: load on every request).")

@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any
 
+import numpy as np
 
 from neural_net import Callback, Network, schedules
 from neural_net.errors import NeuralNetError, NonFiniteError
@@ -109,11 +110,21 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
     job_dropout = params.pop("dropout", None)
     job_dropout = own_dropout if job_dropout is None else job_dropout
     seed = params.pop("seed", None)
+    max_loss_ratio = params.pop("max_loss_ratio", None) or settings.max_loss_ratio
+    try:  # the loss the job starts from, on the samples its final metrics use (the blow-up guard below)
+        start_net = net if checkpoint is None else Network.from_bytes(start or store.load_model(job.model_id)[0])
+        start_loss = (_final_metrics(start_net, x, y, params.get("validation_split")) or {}).get("loss")
+    except Exception:  # model deleted meanwhile: the job ends below as usual
+        start_loss = None
     if seed is not None and checkpoint is None:  # a resumed job keeps the RNG state of its checkpoint
         net.reseed(seed)
 
     def snapshot() -> tuple[bytes, dict]:
-        """The network as the model should keep it: the model's own dropout rates, not the job's."""
+        """The network as the model should keep it: the model's own dropout rates, not the job's.
+        Non-finite weights are never checkpointed nor committed (the core restores finite ones first)."""
+        if not np.isfinite(net._flat).all():
+            raise NonFiniteError("training diverged: the weights became NaN or Inf; lower the learning_rate, "
+                                 "add clip_norm, or scale the inputs", epoch=callback.epoch)
         net.set_dropout(own_dropout)
         try:
             return net.to_bytes(), describe(net)
@@ -129,11 +140,17 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
         # a resumed job's schedule continues from its epochs so far (reduce_on_plateau keeps state)
         params["schedule"] = schedules.get(params.get("schedule") or "constant",
                                            **(params.pop("schedule_options", None) or {})).replay(job.history)
-        net.fit(x, y, callbacks=[callback], initial_epoch=job.epochs_done, **params)
+        if checkpoint is None or job.epochs_done < params.get("epochs", 1):
+            net.fit(x, y, callbacks=[callback], initial_epoch=job.epochs_done, **params)
+        # else the checkpoint covers every epoch (stopped after the last one): the job ends with it
     except NonFiniteError as exc:
         message = str(exc).removeprefix("training ")
         if not message.startswith("diverged"):
             message = f"diverged at epoch {exc.epoch or callback.epoch + 1}: {message}"
+        # the core restored the last finished epoch, which is the checkpoint: the model takes it unless it blew up
+        blown_up = _blown_up(start_loss, _final_metrics(net, x, y, params.get("validation_split")), max_loss_ratio)
+        if blown_up:
+            return _finish(store, job, "failed", error=f"{message} Nor is that epoch kept: {blown_up}")
         return _finish(store, job, "failed", use_checkpoint=True, error=message)
     except NeuralNetError as exc:
         return _finish(store, job, "failed", use_checkpoint=True, error=str(exc))
@@ -150,11 +167,29 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
         for record in requeued:
             log_transition(record, "running")
         return requeued[0] if requeued else store.get_job(job.job_id)
-    blob, info = snapshot()
+    try:
+        blob, info = snapshot()
+    except NonFiniteError as exc:
+        return _finish(store, job, "failed", use_checkpoint=True, error=str(exc).removeprefix("training "))
+    metrics = _final_metrics(net, x, y, params.get("validation_split"))
+    blown_up = _blown_up(start_loss, metrics, max_loss_ratio)
+    if blown_up:  # the model keeps its weights from before the job
+        return _finish(store, job, "failed", error=f"diverged: {blown_up}")
     final = store.get_job(job.job_id).progress or {}
-    final.update(percent=100.0, eta_seconds=0.0, metrics=_final_metrics(net, x, y, params.get("validation_split")))
+    final.update(percent=100.0, eta_seconds=0.0, metrics=metrics)
     store.set_progress(job.job_id, final)
     return _finish(store, job, "succeeded", blob=blob, info=info)
+
+
+def _blown_up(start_loss: float | None, metrics: dict | None, ratio: float) -> str | None:
+    """Why a job must not replace its model: its loss on the samples of its final metrics ended more than `ratio`
+    times the loss it started from (NN_MAX_LOSS_RATIO, or the job's max_loss_ratio). None if fine."""
+    end_loss = (metrics or {}).get("loss")
+    if start_loss is None or end_loss is None or not start_loss > 0 or end_loss <= ratio * start_loss:
+        return None
+    return (f"the loss on the {metrics['samples']} {metrics['on']} samples rose from {start_loss:.4g} before "
+            f"the job to {end_loss:.4g}, more than max_loss_ratio={ratio:g} times; the model keeps its weights from "
+            "before the job. Lower the learning_rate, add clip_norm, or raise max_loss_ratio if this is expected.")
 
 
 def _final_metrics(net: Network, x, y, validation_split: float | None) -> dict | None:

@@ -7,6 +7,19 @@ precision 0). ROC AUC is the probability that a random positive scores above a r
 """
 import numpy as np
 
+# What `Network.evaluate` reports besides "loss", per task (`Network.task`); confusion_matrix aside.
+BY_TASK = {
+    "multiclass": ("accuracy", "precision", "recall", "f1"),
+    "binary": ("accuracy", "precision", "recall", "f1", "roc_auc"),
+    "multilabel": ("accuracy",),
+    "regression": ("mae", "rmse", "r2", "pearson_r"),
+}
+
+
+def names(task):
+    """The metrics `Network.evaluate` reports for a task, "loss" first."""
+    return ("loss", *BY_TASK[task])
+
 
 def accuracy(y_true, y_pred):
     return float(np.mean(y_true == y_pred)) if len(y_true) else 0.0

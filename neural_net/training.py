@@ -164,6 +164,12 @@ class Run:
             snapshot = (net._flat.copy(), {k: v.copy() for k, v in self.optimizer.state.items()}, self.optimizer.t)
             epoch_started = time.perf_counter()
             stop, loss_sum, correct, seen = self._epoch(epoch, lr, started, snapshot)
+            if not self._state_is_finite():  # the last step overflowed: the loss it reported was still finite
+                self._restore(snapshot, epoch)
+                raise NonFiniteError(
+                    f"training diverged at epoch {epoch + 1}: the weights or the optimizer state became NaN or Inf; "
+                    f"the weights were restored to the end of epoch {epoch}. Lower the learning_rate (now {lr:g}), "
+                    "add clip_norm, or scale the inputs.", epoch=epoch + 1)
             if seen < self.n:  # stopped by a callback inside the epoch
                 history.stopped = True
                 break
@@ -191,6 +197,17 @@ class Run:
         self._notify("on_train_end", history)
         return history
 
+    def _state_is_finite(self):
+        """Every weight and every optimizer state array is finite (one pass over each, once an epoch)."""
+        arrays = [self.net._flat, *self.optimizer.state.values()]
+        return all(np.isfinite(array).all() for array in arrays)
+
+    def _restore(self, snapshot, epoch):
+        """Back to the weights and optimizer state of the end of `epoch` (the start of the failed one)."""
+        self.net._flat[...] = snapshot[0]
+        self.optimizer.load_state_dict({"t": snapshot[2], "arrays": snapshot[1]})
+        self.net.epochs_trained = epoch
+
     def _epoch(self, epoch, lr, started, snapshot):
         # Overflow is reported as NonFiniteError with advice below, not as NumPy warnings.
         with np.errstate(over="ignore", invalid="ignore"):
@@ -215,9 +232,7 @@ class Run:
                 yb = np.take(y, index, axis=0, out=yb_full[:m], mode="clip")
             value, out = net._train_step(xb, yb, self.loss, self.optimizer, lr, self.l1, self.l2, self.clip_norm)
             if not math.isfinite(value):
-                net._flat[...] = snapshot[0]
-                self.optimizer.load_state_dict({"t": snapshot[2], "arrays": snapshot[1]})
-                net.epochs_trained = epoch
+                self._restore(snapshot, epoch)
                 raise NonFiniteError(
                     f"training diverged at epoch {epoch + 1}: the loss became {value}; the weights were restored "
                     f"to the end of epoch {epoch}. Lower the learning_rate (now {lr:g}), add clip_norm, or scale the inputs.",

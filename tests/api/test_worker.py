@@ -157,3 +157,126 @@ def test_shutdown_requeues_and_a_restart_resumes(tmp_path):
         done = wait_job(client, job["job_id"])
         assert done["status"] == "cancelled"
         assert client.get("/models/m").json()["epochs_trained"] == done["epochs_completed"]
+
+
+# -- guards: divergence, blow-ups and resuming at the last epoch, on both stores --------------------
+import os  # noqa: E402
+
+from api.errors import LeaseLost  # noqa: E402
+
+REDIS_URL = os.environ.get("NN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _redis_available() -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def open_store(request, tmp_path):
+    """Opens stores on one backend: on Redis every call is another client of the same keys (another worker)."""
+    opened = []
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+
+    def make(lease_seconds: float = 5.0):
+        if request.param == "sqlite":
+            store = SQLiteStore(tmp_path / "guards.sqlite3")
+        else:
+            if not _redis_available():
+                pytest.skip(f"no Redis at {REDIS_URL}")
+            from api.storage.redis_store import RedisStore
+
+            store = RedisStore(REDIS_URL, prefix=prefix, lease_seconds=lease_seconds)
+        opened.append(store)
+        return store
+
+    yield make
+    if request.param == "redis" and opened:
+        opened[0].reset()
+    for store in opened:
+        store.close()
+
+
+def start_job(store, net: Network, params: dict, x=X, y=Y, worker="w1") -> JobRecord:
+    if "m" not in [m.model_id for m in store.list_models(0, 10)[0]]:
+        store.create_model("m", net.to_bytes(), describe(net))
+    job = JobRecord(job_id=uuid.uuid4().hex, model_id="m", model_uid="", status="buffering",
+                    params={**PARAMS, "dropout": None, **params}, min_samples=1, consume_buffer=True, created_at=time.time())
+    store.create_job(job, x, y)
+    store.promote_ready_jobs()
+    return store.claim_job(worker)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_divergence_never_commits_non_finite_weights(open_store, tmp_path, optimizer):
+    store = open_store()
+    net = Network.from_layer_sizes([3, 6, 2], activations=["relu", "softmax"], seed=0)
+    job = start_job(store, net, {"optimizer": optimizer, "learning_rate": 1e300, "batch_size": len(X), "epochs": 3})
+    done = run_job(store, job, settings(tmp_path), threading.Event())
+    assert done.status == "failed" and done.error.startswith("diverged at epoch 1")
+    kept = Network.from_bytes(store.load_model("m")[0])
+    assert np.isfinite(kept._flat).all()
+    np.testing.assert_array_equal(kept._flat, net._flat)  # no finite epoch: the model keeps its weights
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])  # adam ends finite (loss ~4e5), sgd's epoch 2 is NaN
+def test_a_blow_up_fails_and_the_model_keeps_its_weights(open_store, tmp_path, optimizer):
+    store = open_store()
+    net = Network.from_layer_sizes([3, 6, 2], activations=["relu", "softmax"], seed=0)
+    net.fit(X, Y, epochs=200, batch_size=8, optimizer="adam", learning_rate=0.05)
+    assert net.evaluate(X, Y)["accuracy"] == 1.0
+    job = start_job(store, net, {"optimizer": optimizer, "learning_rate": 1e6, "epochs": 5})
+    done = run_job(store, job, settings(tmp_path), threading.Event())
+    assert done.status == "failed" and "max_loss_ratio=10" in done.error and "keeps its weights" in done.error
+    model = store.get_model("m")
+    assert model.version == 1
+    np.testing.assert_array_equal(Network.from_bytes(store.load_model("m")[0])._flat, net._flat)
+    if optimizer == "adam":  # the same job with the guard relaxed replaces the model, as asked
+        job = start_job(store, net, {"optimizer": optimizer, "learning_rate": 1e6, "epochs": 5, "max_loss_ratio": 1e300})
+        assert run_job(store, job, settings(tmp_path), threading.Event()).status == "succeeded"
+
+
+def test_a_job_whose_checkpoint_covers_every_epoch_succeeds_with_it(open_store, tmp_path):
+    store = open_store()
+    net = Network.from_layer_sizes([3, 6, 2], activations=["relu", "softmax"], seed=0)
+    job = start_job(store, net, {"epochs": 3})
+    stop = threading.Event()
+    save_checkpoint = store.save_checkpoint
+
+    def stop_at_the_last_epoch(job_id, blob, info, done, *rest):
+        save_checkpoint(job_id, blob, info, done, *rest)
+        if done == 3:
+            stop.set()  # SIGTERM noticed at the end of the last epoch: the job goes back to the queue
+
+    store.save_checkpoint = stop_at_the_last_epoch
+    requeued = run_job(store, job, settings(tmp_path), stop)
+    assert requeued.status == "queued" and requeued.epochs_done == 3
+    other = open_store()
+    done = run_job(other, other.claim_job("w2"), settings(tmp_path), threading.Event())
+    assert done.status == "succeeded" and done.model_version == 2 and [h["epoch"] for h in done.history] == [1, 2, 3]
+    assert other.get_model("m").version == 2 and other.get_model("m").info["epochs_trained"] == 3
+
+
+@pytest.mark.parametrize("open_store", ["redis"], indirect=True)  # leases exist on the redis backend only
+def test_a_lease_lost_after_the_last_checkpoint_finishes_once(open_store, tmp_path):
+    store = open_store(lease_seconds=0.5)
+    sweeper = open_store(lease_seconds=0.5)
+    net = Network.from_layer_sizes([3, 6, 2], activations=["relu", "softmax"], seed=0)
+    job = start_job(store, net, {"epochs": 3})
+    save_checkpoint = store.save_checkpoint
+
+    def lose_the_lease_after_the_last_epoch(job_id, blob, info, done, *rest):
+        save_checkpoint(job_id, blob, info, done, *rest)
+        if done == 3:  # the worker stalls until its lease expires and the sweeper requeues the job
+            wait_for(lambda: sweeper.recover_expired(), lambda jobs: [j for j in jobs if j.job_id == job_id], timeout=10)
+
+    store.save_checkpoint = lose_the_lease_after_the_last_epoch
+    with pytest.raises(LeaseLost):
+        run_job(store, job, settings(tmp_path), threading.Event())
+    assert sweeper.get_job(job.job_id).status == "queued" and sweeper.get_model("m").version == 1
+    done = run_job(sweeper, sweeper.claim_job("w2"), settings(tmp_path), threading.Event())
+    assert done.status == "succeeded" and done.model_version == 2 and sweeper.get_model("m").version == 2

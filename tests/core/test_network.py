@@ -332,6 +332,21 @@ def test_l1_l2_shrink_weights():
     assert np.linalg.norm(regular._flat[:regular._n_weights]) < np.linalg.norm(plain._flat[:plain._n_weights])
 
 
+@pytest.mark.parametrize("sizes, activations, task", [
+    ([2, 3], ["softmax"], "multiclass"), ([2, 1], ["sigmoid"], "binary"),
+    ([2, 3], ["sigmoid"], "multilabel"), ([2, 2], ["linear"], "regression")])
+def test_metric_names_are_what_evaluate_reports_for_each_task(sizes, activations, task):
+    from neural_net import metrics
+
+    loss = "binary_cross_entropy" if task == "multilabel" else "auto"
+    net = Network.from_layer_sizes(sizes, activations=activations, loss=loss, seed=0)
+    x = np.random.default_rng(0).normal(size=(8, 2))
+    y = {"multiclass": np.arange(8) % 3, "binary": np.arange(8) % 2, "multilabel": np.eye(3)[np.arange(8) % 3],
+         "regression": x}[task]
+    assert net.task == task
+    assert set(net.evaluate(x, y)) - {"confusion_matrix"} == set(metrics.names(task))
+
+
 def test_evaluate_returns_metrics():
     x, y = blobs(60)
     result = small_net().evaluate(x, y)

@@ -219,6 +219,23 @@ def test_nan_and_infinity_are_rejected(client, iris):
         assert "finite" in response.json()["detail"]
 
 
+def test_overflow_is_a_422_that_says_what_overflowed(client, iris):
+    response = client.post("/models/iris/output", json={"inputs": [[3e38, 3e38, 3e38, 3e38]], "include_activations": True})
+    assert response.status_code == 422, response.text
+    assert "overflowed float32" in response.json()["detail"] and "scale the inputs" in response.json()["detail"]
+
+
+def test_weights_that_overflow_give_a_422_on_output(client):
+    create(client, model_id="huge", layer_sizes=[2, 2, 1], activations=["relu", "linear"])
+    weights = client.get("/models/huge/weights").json()
+    weights["layers"][0]["weights"] = [[3e38, 3e38], [3e38, 3e38]]
+    assert client.put("/models/huge/weights", json=weights).status_code == 200
+    for extra in ({}, {"include_activations": True}, {"targets": [1.0], "include_gradients": True}):
+        response = client.post("/models/huge/output", json={"inputs": [[1.0, 1.0]], **extra})
+        assert response.status_code == 422 and "overflowed" in response.json()["detail"], response.text
+    assert client.get("/models/huge/weights").status_code == 200
+
+
 def test_malformed_json_is_422(client, iris):
     response = client.post("/models/iris/output", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 422

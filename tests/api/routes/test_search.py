@@ -129,6 +129,20 @@ def test_invalid_searches_are_refused_before_anything_is_stored(client2, change,
     assert client2.get("/models/checks/jobs").json()["count"] == 0
 
 
+def test_a_multilabel_search_takes_the_metrics_the_core_reports(client2):
+    create(client2, model_id="labels", layer_sizes=[2, 4, 3], activations=["relu", "sigmoid"],
+           loss="binary_cross_entropy", seed=0)
+    targets = [[int(a > 0), int(b > 0), int(a + b > 0)] for a, b in X[:60]]
+    body = {"inputs": X[:60], "targets": targets, "space": {"learning_rate": [0.01, 0.03]}, "validation_split": 0.25,
+            "seed": 0, "epochs": 3, "batch_size": 16}
+    refused = client2.post("/models/labels/search-jobs", json={**body, "metric": "mae"})
+    assert refused.status_code == 422 and "multilabel" in refused.json()["detail"]
+    assert "valid: loss, accuracy" in refused.json()["detail"]
+    done = wait_job(client2, submit(client2, "labels", **body, metric="accuracy")["job_id"])
+    assert done["status"] == "succeeded", done
+    assert [t["status"] for t in done["search"]["trials"]] == ["succeeded", "succeeded"]
+
+
 def test_the_docs_example_works_on_the_docs_model(client2):
     model = ModelCreate.model_config["json_schema_extra"]["examples"][0]
     client2.post("/models", json={**model, "model_id": "docs-iris"}).raise_for_status()
