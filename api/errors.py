@@ -2,6 +2,7 @@
 
 import logging
 import re
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -127,20 +128,104 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request.url.path, status, str(exc))
 
 
+# A union member's tag in pydantic's error locations, e.g. 'list[list[float]]' in body.targets.list[list[float]].0
+_UNION_TAG = re.compile(r"[\[\]-]|^(int|float|str|bool|list|dict|none)$")
+_NUMBER_ERRORS = {"float_type": "a number", "float_parsing": "a number", "int_type": "a whole number",
+                  "int_parsing": "a whole number", "int_from_float": "a whole number"}
+FLAT_INPUTS = "inputs is a list of rows, e.g. [[1, 2, 3, 4]]; for a single vector use input"
+BOOLEAN_TARGETS = ("targets hold true/false; send numbers: class indices (e.g. [0, 1, 1]) or values, "
+                   "with 1 for true and 0 for false")
+
+
+def _clean(loc) -> list:
+    """The location without 'body' and without union tags: ['inputs', 0, 1]."""
+    parts = list(loc)[1:] if loc and loc[0] in ("body", "query", "path", "header") else list(loc)
+    return [p for p in parts if not (isinstance(p, str) and _UNION_TAG.search(p))]
+
+
+def _where(loc) -> str:
+    """'inputs[0][1]', 'layers[2].units'."""
+    text = ""
+    for part in _clean(loc):
+        text += f"[{part}]" if isinstance(part, int) else ("." if text else "") + str(part)
+    return text or "body"
+
+
+def _received(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    if value is None:
+        return "null"
+    return {list: "a list", dict: "an object"}.get(type(value), repr(value))
+
+
+def _one_branch(errors: list[dict]) -> list[dict]:
+    """For a field that takes one of several shapes (targets: rows, or one number per sample), keep the
+    errors of the shape the value came closest to: the deepest one, leaf mistakes before wrong nesting."""
+    kept, branches = [], {}
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        at = next((i for i, p in enumerate(loc) if isinstance(p, str) and _UNION_TAG.search(p)), None)
+        if at is None:
+            kept.append(error)
+        else:
+            branches.setdefault(loc[:at], []).append(error)
+    for prefix, group in branches.items():
+        best = max(group, key=lambda e: (len(e["loc"]), e.get("type") not in ("list_type", "dict_type", "model_type")))
+        kept.extend(e for e in group if e["loc"][len(prefix)] == best["loc"][len(prefix)])
+    return kept
+
+
 def _describe(error: dict) -> str:
-    where = ".".join(str(part) for part in error.get("loc", ()))
-    if error.get("type") == "extra_forbidden":
+    kind, value, where = error.get("type"), error.get("input"), _where(error.get("loc", ()))
+    field = (_clean(error.get("loc", ())) or ["body"])[0]
+    if kind == "extra_forbidden":
         return f"{where}: unknown field; check its spelling against the schema in /docs"
+    if field == "inputs" and kind == "list_type" and isinstance(value, (int, float, str)):
+        return FLAT_INPUTS
+    if field == "targets" and isinstance(value, bool):
+        return BOOLEAN_TARGETS
+    if kind in _NUMBER_ERRORS:
+        hint = "; send numbers without quotes" if isinstance(value, str) else ""
+        return f"{where}: expected {_NUMBER_ERRORS[kind]}; received {_received(value)}{hint}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"{where}: expected true or false; received {_received(value)}"
+    if kind == "string_type":
+        return f"{where}: expected text in quotes; received {_received(value)}"
+    if kind == "list_type":
+        return f"{where}: expected a list [...]; received {_received(value)}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        if where == "body":
+            return f"send a JSON object with Content-Type: application/json; received {_received(value)}"
+        return f"{where}: expected an object {{...}}; received {_received(value)}"
     return f"{where}: {error.get('msg', 'invalid value')}"
 
 
+def _lines(errors: list[dict]) -> list[str]:
+    """One line per kind of mistake in a field: the first place, and how many more are like it."""
+    groups: dict[tuple, list[str]] = {}
+    for error in errors:
+        field = (_clean(error.get("loc", ())) or ["body"])[0]
+        groups.setdefault((field, error.get("type")), []).append(_describe(error))
+    lines = []
+    for (field, _), described in groups.items():
+        unique = list(dict.fromkeys(described))
+        more = len(unique) - 1
+        lines.append(unique[0] + (f" (and {more} more like it in {field})" if more else ""))
+    return lines
+
+
 async def handle_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """Pydantic's errors as one readable sentence, the raw list kept under ``errors``."""
-    errors = list(exc.errors())
-    shown = "; ".join(_describe(e) for e in errors[:5])
-    if len(errors) > 5:
-        shown += f"; and {len(errors) - 5} more"
-    raw = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:20]]
+    """Pydantic's errors as one readable line per mistake (the same mistake in many places once), the
+    raw list kept under ``errors``."""
+    errors = _one_branch(list(exc.errors()))
+    lines = list(dict.fromkeys(_lines(errors)))
+    shown = "; ".join(lines[:5])
+    if len(lines) > 5:
+        shown += f"; and {len(lines) - 5} more"
+    raw = [{"loc": _clean(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:20]]
     return error_response(request.url.path, 422, shown, errors=raw)
 
 

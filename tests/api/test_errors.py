@@ -1,0 +1,60 @@
+"""The first mistakes a new user makes get one line each that says what to send (api/errors.py)."""
+
+import pytest
+
+from tests.api.conftest import IRIS
+
+INTERNAL = ("list[", "float", "int]", "Input should", "body.")
+
+
+@pytest.fixture(scope="module")
+def iris(idle_client):
+    assert idle_client.post("/models", json=IRIS).status_code == 201
+    return idle_client
+
+
+def detail(client, path, body):
+    response = client.post(path, json=body)
+    assert response.status_code == 422, response.text
+    text = response.json()["detail"]
+    assert not any(word in text for word in INTERNAL), text
+    return text
+
+
+def test_a_flat_vector_in_inputs(iris):
+    text = detail(iris, "/models/iris/output", {"inputs": [5.1, 3.5, 1.4, 0.2]})
+    assert text == "inputs is a list of rows, e.g. [[1, 2, 3, 4]]; for a single vector use input"
+
+
+@pytest.mark.parametrize("path, body, expected", [
+    ("/models/iris/output", {"inputs": [["5.1", "3.5", "1.4", "0.2"]]},
+     "inputs[0][0]: expected a number; received the text '5.1'; send numbers without quotes (and 3 more like it in inputs)"),
+    ("/models/iris/output", {"input": [5.1, "3.5", 1.4, 0.2]},
+     "input[1]: expected a number; received the text '3.5'; send numbers without quotes"),
+    ("/models/iris/evaluate", {"inputs": [[5.1, 3.5, 1.4, 0.2]], "targets": ["setosa"]},
+     "targets[0]: expected a number; received the text 'setosa'; send numbers without quotes"),
+    ("/models/iris/training-jobs", {"epochs": "10"},
+     "epochs: expected a whole number; received the text '10'; send numbers without quotes"),
+    ("/models", {"input_size": 4, "layers": [{"type": "dense", "units": "3"}]},
+     "layers[0].units: expected a whole number; received the text '3'; send numbers without quotes"),
+])
+def test_strings_where_numbers_belong(iris, path, body, expected):
+    assert detail(iris, path, body) == expected
+
+
+@pytest.mark.parametrize("targets", [[True, False], [[True, False, False], [False, True, False]]])
+def test_booleans_as_targets(iris, targets):
+    text = detail(iris, "/models/iris/samples", {"inputs": [[5.1, 3.5, 1.4, 0.2]] * 2, "targets": targets})
+    assert text == ("targets hold true/false; send numbers: class indices (e.g. [0, 1, 1]) or values, "
+                    "with 1 for true and 0 for false")
+
+
+def test_names_are_case_insensitive(idle_client):
+    response = idle_client.post("/models", json={"layer_sizes": [4, 8, 3], "activations": ["ReLU", "Softmax"],
+                                                 "weight_init": "He", "loss": "Cross_Entropy"})
+    assert response.status_code == 201, response.text
+    assert response.json()["activations"] == ["relu", "softmax"] and response.json()["loss"] == "cross_entropy"
+    job = idle_client.post(f"/models/{response.json()['model_id']}/training-jobs",
+                           json={"optimizer": "Adam", "schedule": "Reduce_On_Plateau", "min_samples": 5})
+    assert job.status_code == 202, job.text
+    assert (job.json()["params"]["optimizer"], job.json()["params"]["schedule"]) == ("adam", "reduce_on_plateau")
