@@ -15,6 +15,9 @@ class ApiError(Exception):
         super().__init__(f"HTTP {status_code}: {detail}")
         self.status_code, self.detail = status_code, detail
 
+    def __repr__(self):
+        return f"ApiError(status_code={self.status_code}, detail={self.detail!r})"
+
 
 def _listify(values):
     """NumPy arrays (or anything with tolist) to JSON lists; None stays None."""
@@ -28,6 +31,9 @@ class Client:
 
     def close(self):
         self.http.close()
+
+    def __repr__(self):
+        return f"Client(base_url={str(self.http.base_url).rstrip('/')!r})"
 
     def __enter__(self):
         return self
@@ -130,22 +136,44 @@ class Client:
 
 
 class Job:
-    """A training job: `record` is its latest JSON record from the service."""
+    """A training or search job. `record` is its latest JSON record from the service, and every field
+    of it reads as an attribute of the same name: `job.job_id`, `job.status`, `job.model_id`,
+    `job.progress`, `job.history`, `job.metrics`, ... (as of the last refresh)."""
 
     def __init__(self, client, record):
         self.client, self.record = client, record
-        self.id = record["job_id"]
+
+    def __getattr__(self, name):
+        record = self.__dict__.get("record") or {}
+        if name in record:
+            return record[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}; its fields are: {', '.join(record)}")
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self.__dict__.get("record") or {}))
 
     @property
-    def status(self):
-        return self.record["status"]
+    def id(self):
+        """The same as `job_id` (older name)."""
+        return self.record["job_id"]
+
+    def __repr__(self):
+        r, p = self.record, self.record.get("progress") or {}
+        parts = [f"job_id={r['job_id']!r}", f"model_id={r.get('model_id')!r}", f"status={r.get('status')!r}"]
+        if p.get("epoch") is not None:
+            parts.append(f"epoch={p['epoch']}/{p.get('epochs')}")
+        last = (r.get("history") or [{}])[-1]
+        loss = last.get("loss", p.get("loss"))
+        if loss is not None:
+            parts.append(f"loss={loss:.4g}")
+        return f"Job({', '.join(parts)})"
 
     def refresh(self):
-        self.record = self.client._json("GET", f"/jobs/{self.id}")
+        self.record = self.client._json("GET", f"/jobs/{self.job_id}")
         return self.record
 
     def cancel(self):
-        self.record = self.client._json("POST", f"/jobs/{self.id}/cancel")
+        self.record = self.client._json("POST", f"/jobs/{self.job_id}/cancel")
         return self.record
 
     def wait(self, progress=False, timeout=None, poll_interval=0.5, stream=True, out=None):
@@ -160,7 +188,7 @@ class Job:
                 pass  # fall back to polling below
         while self.status not in TERMINAL:
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {self.id} still {self.status} after {timeout} s")
+                raise TimeoutError(f"job {self.job_id} still {self.status} after {timeout} s")
             time.sleep(poll_interval)
             self.refresh()
             if bar:
@@ -172,7 +200,7 @@ class Job:
     def _follow_stream(self, bar, deadline):
         read_timeout = None if deadline is None else max(deadline - time.monotonic(), 0.1)
         timeout = httpx.Timeout(10.0, read=read_timeout)
-        with self.client.http.stream("GET", f"/jobs/{self.id}/events", timeout=timeout) as response:
+        with self.client.http.stream("GET", f"/jobs/{self.job_id}/events", timeout=timeout) as response:
             if response.status_code >= 400:
                 raise ApiError(response.status_code, response.read().decode(errors="replace"))
             event = None

@@ -75,7 +75,7 @@ def test_command_line_end_to_end_on_a_small_csv(server, moons, tmp_path):
     assert trained.returncode == 0, trained.stderr
     job_id = trained.stdout.strip()
     assert "succeeded" in trained.stderr
-    status = cli("status", job_id)
+    status = cli("status", job_id, "--json")
     assert status.returncode == 0 and '"status": "succeeded"' in status.stdout
     predicted = cli("predict", "--model", "cli-moons", "--data", str(inputs))
     assert predicted.returncode == 0 and len(predicted.stdout.strip().splitlines()) == 3
@@ -90,3 +90,22 @@ def test_load_data_reads_csv_headers_and_npz(tmp_path):
     (tmp_path / "d.csv").write_text("a,b,t1,t2\n1,2,3,4\n5,6,7,8\n")
     x, y = load_data(str(tmp_path / "d.csv"), n_targets=2)
     assert x.tolist() == [[1, 2], [5, 6]] and y.tolist() == [[3, 4], [7, 8]]
+
+
+def test_objects_read_like_their_json(server, moons):
+    x, y = moons
+    with Client(server) as api:
+        assert repr(api) == f"Client(base_url={server!r})"
+        api.create_model([2, 4, 1], activations=["tanh", "sigmoid"], model_id="client-repr", seed=0)
+        job = api.train("client-repr", inputs=x, targets=y, epochs=2, batch_size=50)
+        assert job.job_id == job.record["job_id"] == job.id and job.model_id == "client-repr"
+        job.wait(stream=False, timeout=60, poll_interval=0.05)
+        assert (job.status, len(job.history), job.error) == ("succeeded", 2, None)
+        loss = job.history[-1]["loss"]
+        assert repr(job) == f"Job(job_id={job.job_id!r}, model_id='client-repr', status='succeeded', epoch=2/2, loss={loss:.4g})"
+        assert "job_id" in dir(job)
+        with pytest.raises(AttributeError, match="its fields are: job_id"):
+            job.jobid
+        with pytest.raises(ApiError) as info:
+            api.get_model("nope")
+        assert repr(info.value).startswith("ApiError(status_code=404, detail=\"model 'nope' does not exist")

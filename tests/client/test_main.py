@@ -1,0 +1,67 @@
+"""The command line (client/__main__.py): the README's example runs as written, from another folder,
+against a real server; `status` fits on one screen; every option explains itself."""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from client.__main__ import build_parser, history_table, summary
+from tests.conftest import ROOT
+
+
+def readme_cli_lines():
+    text = (ROOT / "README.md").read_text()
+    block = text.split("The command line on top of it", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_example_runs_as_written_from_another_folder(server, tmp_path):
+    """Each line of the README's block, in a folder holding only a copy of examples/data (the import
+    path stands for the installed package)."""
+    shutil.copytree(ROOT / "examples" / "data", tmp_path / "examples" / "data")
+    env = {**os.environ, "NN_URL": server, "PYTHONPATH": str(ROOT)}
+    outputs = {}
+    job_id = None
+    lines = readme_cli_lines()
+    assert lines[0].startswith("python -m client train") and "examples/data/moons.csv" in lines[0]
+    for line in lines:
+        command = line.replace("JOB_ID", job_id or "JOB_ID").split()
+        assert command[:3] == ["python", "-m", "client"], line
+        done = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+        outputs[line] = done.stdout
+        if command[3] == "train":
+            job_id = done.stdout.strip()
+    status = outputs["python -m client status JOB_ID"]
+    assert status.splitlines()[0] == f"job {job_id} (training) on model moons: succeeded"
+    assert "epoch 50/50" in status and re.search(r"loss \d", status) and re.search(r"accuracy \d", status)
+    assert "ETA" not in status and len(status.splitlines()) <= 10
+    history = outputs["python -m client status JOB_ID --history"].splitlines()
+    assert history[-51].split()[:3] == ["epoch", "loss", "accuracy"] and history[-1].split()[0] == "50"
+    predictions = outputs["python -m client predict --model moons --data examples/data/moons-new.csv"].splitlines()
+    assert len(predictions) == 8 and all(row.split(",")[-1] in ("0", "1") for row in predictions)
+    assert (tmp_path / "moons.onnx").stat().st_size > 0
+
+
+def test_status_of_a_running_job_shows_the_eta():
+    record = {"job_id": "j1", "model_id": "m", "kind": "training", "status": "running", "params": {"epochs": 20},
+              "epochs_completed": 3, "history": [{"epoch": 3, "loss": 0.25, "accuracy": 0.9, "learning_rate": 0.01}],
+              "progress": {"epoch": 4, "epochs": 20, "percent": 17.5, "loss": 0.2, "eta_seconds": 75.0,
+                           "learning_rate": 0.01, "samples_per_second": 1234.0}}
+    text = summary(record)
+    assert text.splitlines() == ["job j1 (training) on model m: running", "epoch 4/20 (18%)", "loss 0.25  accuracy 0.9",
+                                 "ETA 1m15s  learning rate 0.01  1234 samples/s"]
+    assert history_table(record).splitlines() == ["epoch  loss  accuracy  learning_rate", "    3  0.25       0.9           0.01"]
+
+
+def test_every_option_has_help_text():
+    def check(parser, where):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    check(sub, f"{where} {name}")
+            elif not isinstance(action, argparse._HelpAction):
+                assert action.help, f"{where}: {action.option_strings or action.dest} has no help text"
+    check(build_parser(), "python -m client")
