@@ -8,7 +8,7 @@ import sys
 
 import uvicorn
 
-from api.app import create_app
+from api.app import DataDirInUse, DataDirLock, create_app
 from api.settings import get_settings
 
 app = create_app()
@@ -20,4 +20,9 @@ if __name__ == "__main__":
         from api.rq_runner import run_worker
 
         sys.exit(run_worker(settings))
+    if settings.backend == "sqlite":
+        try:
+            DataDirLock(settings).check()  # one line, not uvicorn's traceback of a failed lifespan
+        except DataDirInUse as exc:
+            sys.exit(f"error: {exc}")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)

@@ -59,6 +59,10 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+class DataDirInUse(RuntimeError):
+    """Another service process holds the data directory."""
+
+
 class DataDirLock:
     """One service owns a data directory: a second one would requeue the first one's running jobs."""
 
@@ -73,7 +77,13 @@ class DataDirLock:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.handle.close()
-            raise RuntimeError(f"another service is using {self.path.parent}; stop it or set another NN_DATA_DIR") from None
+            raise DataDirInUse(f"another service is using {self.path.parent.resolve()}; stop it or set another "
+                               "NN_DATA_DIR") from None
+
+    def check(self) -> None:
+        """Raise DataDirInUse now, before a server starts, rather than from inside its lifespan."""
+        self.acquire()
+        self.release()
 
     def release(self) -> None:
         if self.handle is not None:

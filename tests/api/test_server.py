@@ -131,3 +131,16 @@ def test_uvicorn_main_app_works(tmp_path):
         assert health.json()["status"] == "ok" and health.json()["workers"] == 0
     finally:
         stop_server(process)
+
+
+def test_a_second_service_on_the_same_data_dir_says_so_in_one_line(tmp_path):
+    url, first = start_server(tmp_path)
+    try:
+        env = {**os.environ, "NN_PORT": str(free_port()), "NN_DATA_DIR": str(tmp_path), "NN_WORKERS": "1"}
+        second = subprocess.run([sys.executable, "main.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert second.stderr.strip() == (f"error: another service is using {tmp_path.resolve()}; "
+                                         "stop it or set another NN_DATA_DIR"), second.stderr
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200  # the first one is untouched
+    finally:
+        stop_server(first)
