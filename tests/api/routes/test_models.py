@@ -1,12 +1,17 @@
 """Models: create, read, list, delete, outputs with gradients, evaluation, weights, export/import."""
 
 import io
+import json
+import shlex
+import subprocess
 
+import httpx
 import numpy as np
 import pytest
 
 from neural_net import Network
-from tests.api.conftest import X4, Y3, create
+from tests.api.conftest import TERMINAL, X4, Y3, create, wait_for
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +110,7 @@ def test_the_default_weight_init_is_auto(client):
     ([{"type": "dense", "units": 3}, {"type": "batch_norm", "units": 3}], "layers[1]: a batch_norm layer takes no units"),
     ([{"type": "dense", "units": 3, "momentum": 0.5}], "a dense layer takes no momentum"),
     ([{"type": "dense", "units": 3, "dropout": 0.5}], "output layer cannot have dropout"),
-    ([{"type": "dense", "units": 3, "colour": "red"}], "layers.0.colour: unknown field"),
+    ([{"type": "dense", "units": 3, "colour": "red"}], "layers[0].colour: unknown field"),
     ([{"type": "dense", "units": 4000}] * 3, "NN_MAX_PARAMETERS"),
     ([{"type": "dense", "units": 5000}], "NN_MAX_LAYER_SIZE"),
     ([{"type": "batch_norm"}] * 33, "NN_MAX_LAYERS"),
@@ -308,3 +313,24 @@ def test_import_rejects_what_is_not_a_model(client):
         response = client.post("/models/import", content=data, headers={"content-type": "application/octet-stream"})
         assert response.status_code == 422, data
         assert "model file" in response.json()["detail"] or "no file" in response.json()["detail"]
+
+
+def test_the_readme_layers_spec_examples_work_as_written(server):
+    """Each curl command of the README's layers spec section, against a real server, answers 2xx,
+    and its job trains with a reduced learning rate."""
+    section = (ROOT / "README.md").read_text().split("### Layers spec", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [" ".join(part.rstrip("\\").strip() for part in chunk.splitlines())
+                for chunk in ("\n" + section).split("\ncurl ")[1:]]
+    commands = ["curl " + c.split("\n#")[0] for c in commands]
+    assert len(commands) == 3
+    answers = []
+    for command in commands:
+        argv = [arg.replace("localhost:8000", server) for arg in shlex.split(command.split(" #")[0])]
+        done = subprocess.run(argv + ["-w", "\n%{http_code}"], capture_output=True, text=True, timeout=30)
+        body, status = done.stdout.rsplit("\n", 1)
+        assert status.startswith("2"), f"{command}\n{status} {body}"
+        answers.append(json.loads(body))
+    assert answers[0]["n_params"] == 147 and answers[0]["activations"] == ["leaky_relu", "linear", "softmax"]
+    job = wait_for(lambda: httpx.get(f"{server}/jobs/{answers[1]['job_id']}").json(), lambda j: j["status"] in TERMINAL, 60)
+    assert job["status"] == "succeeded", job
+    assert answers[2]["config"]["layers"][1]["activation"] == {"name": "sigmoid", "slope": 2.0}
