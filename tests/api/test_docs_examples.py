@@ -10,8 +10,6 @@ The walk reads the OpenAPI document, so routes added later are walked too. For e
 - bodies that are not JSON (file uploads) have no example to try and are left out.
 """
 
-import pytest
-
 from tests.api.conftest import running_app
 
 
