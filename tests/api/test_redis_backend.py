@@ -6,6 +6,7 @@ middle of a job, which finishes on the other worker with the same weights as an 
 samples are appended from both replicas at once.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -56,7 +57,8 @@ class Cluster:
         self.prefix = f"e2e-{uuid.uuid4().hex[:8]}"
         self.env = {**os.environ, "NN_BACKEND": "redis", "NN_REDIS_URL": REDIS_URL, "NN_REDIS_PREFIX": self.prefix,
                     "NN_REDIS_QUEUE": f"{self.prefix}-training", "NN_LEASE_SECONDS": "1.5", "NN_LOG_LEVEL": "warning",
-                    "NN_PROGRESS_INTERVAL": "0.1", "NN_DATA_DIR": str(tmp), "PYTHONUNBUFFERED": "1"}
+                    "NN_PROGRESS_INTERVAL": "0.1", "NN_DATA_DIR": str(tmp), "PYTHONUNBUFFERED": "1",
+                    "NN_NOTIFY_ALLOW": "127.0.0.1", "NN_NOTIFY_INTERVAL": "0.1", "NN_NOTIFY_BACKOFF": "0.1"}
         self.tmp = tmp
         self.replicas: list[tuple[subprocess.Popen, str]] = []
         self.workers: list[subprocess.Popen] = []
@@ -161,6 +163,31 @@ def test_job_across_replicas(cluster):
     assert model["version"] == 2 and model["buffer_size"] == 0
     out = httpx.post(f"{b}/models/across/output", json={"inputs": x[:3]}, timeout=10)
     assert out.status_code == 200 and out.json()["model_version"] == 2
+
+
+def test_versions_notification_and_jobs_list_across_replicas(cluster):
+    """An RQ worker commits the job; the replicas' deliverers send its record (after a 500), signed, once
+    delivered; the other replica lists the version it made and the job in GET /jobs."""
+    from tests.api.test_notify import SECRET, Receiver, verified
+
+    a, b = cluster.urls
+    _model(a, "notified")
+    x, y = _data(32)
+    receiver = Receiver(answers=[500])
+    try:
+        job = httpx.post(f"{a}/models/notified/training-jobs", timeout=10, json={
+            "inputs": x, "targets": y, "min_samples": 32, "epochs": 3, "notify": {"url": receiver.url, "secret": SECRET}}).json()
+        note = wait_for(lambda: (lambda n: n if n["status"] == "delivered" else None)(
+            httpx.get(f"{b}/jobs/{job['job_id']}", timeout=10).json()["notify"]), 60, "the notification")
+        assert note["attempts"] == 2 and [status for _, _, status in receiver.received] == [500, 200]
+        assert all(verified(headers, body) for headers, body, _ in receiver.received)
+        assert json.loads(receiver.received[-1][1])["status"] == "succeeded"
+    finally:
+        receiver.close()
+    versions = httpx.get(f"{b}/models/notified/versions", timeout=10).json()["data"]
+    assert [(v["version"], v["source"], v["job_id"]) for v in versions] == [(2, "job", job["job_id"]), (1, "create", None)]
+    listed = httpx.get(f"{a}/jobs", params={"model_id": "notified", "status": "succeeded"}, timeout=10).json()
+    assert [j["job_id"] for j in listed["data"]] == [job["job_id"]] and listed["data"][0]["duration_seconds"] > 0
 
 
 def test_sigkill_worker_mid_job_resumes_from_checkpoint(cluster):

@@ -57,3 +57,21 @@ def test_jobs_of_every_model_newest_first_with_filters(client):
 def test_bad_filters_are_422(client, query):
     response = client.get(f"/jobs?{query}")
     assert response.status_code == 422 and response.json()["detail"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_under_tenancy_a_key_lists_only_its_names_jobs(backend, tmp_path):
+    from tests.api.test_auth import API_KEYS, h
+
+    with backend_app(backend, tmp_path, api_keys=API_KEYS, tenancy=True) as client:
+        for model_id, key in (("a1", "alice-train-key"), ("b1", "bob-train-key")):
+            assert client.post("/models", json={**IRIS, "model_id": model_id}, headers=h(key)).status_code == 201
+        jobs = {}
+        for name, model_id in (("alice", "a1"), ("bob", "b1"), ("alice2", "a1")):
+            key = f"{name.rstrip('2')}-train-key"
+            made = client.post(f"/models/{model_id}/training-jobs", json={"min_samples": 100}, headers=h(key))
+            jobs[name] = made.json()["job_id"]
+        assert ids(client.get("/jobs", headers=h("alice-read-key"))) == [jobs["alice2"], jobs["alice"]]
+        assert ids(client.get("/jobs?status=buffering&limit=1&offset=1", headers=h("alice-read-key"))) == [jobs["alice"]]
+        assert client.get("/jobs?model_id=a1", headers=h("bob-read-key")).json() == {"data": [], "count": 0}
+        assert ids(client.get("/jobs", headers=h("root-admin-key"))) == [jobs["alice2"], jobs["bob"], jobs["alice"]]
