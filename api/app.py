@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import __version__
 from api.auth import install_access_control
-from api.errors import error_response, install_error_handlers
+from api.errors import StoreUnavailable, error_response, install_error_handlers
 from api.openapi_errors import document_errors
 from api.metrics import MetricsMiddleware, build_registry
 from api.notify import Deliverer
@@ -102,6 +102,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         deliverer = Deliverer(service.store, settings)  # job notifications, sent by every API process (api/notify.py)
         if settings.backend == "redis":  # a stateless replica: RQ workers (python main.py worker) train, sweep, recover
             log.info("service started: backend redis at %s, queue %r", service.store.url_for_humans, settings.redis_queue)
+            try:
+                await run_in_threadpool(service.store.index_existing_jobs)  # for GET /jobs, once per prefix
+            except StoreUnavailable as exc:
+                log.warning("jobs stored before GET /jobs existed are indexed at the next start: %s", exc)
             deliverer.start()
             yield
             await run_in_threadpool(deliverer.stop)

@@ -109,6 +109,29 @@ def list_all_jobs(store: "RedisStore", offset: int, limit: int, status: str | No
             store.redis.delete(key)
 
 
+def index_existing_jobs(store: "RedisStore") -> int:
+    """Indexes, once per prefix, the jobs stored before GET /jobs existed (the scripts index every new job).
+    Safe to run from several replicas at once; returns the number of jobs it indexed."""
+    flag = store._key("jobs", "indexed")
+    if store.redis.exists(flag):
+        return 0
+    count = 0
+    for raw in store.redis.scan_iter(match=store._key("j", "*"), count=500):
+        job_id = raw.decode().removeprefix(store._key("j", ""))
+        seq, model_id, kind, status = store.redis.hmget(raw, ["seq", "model_id", "kind", "status"])
+        if seq is None or model_id is None or status is None:
+            continue
+        status = status.decode()
+        pipe = store.redis.pipeline(transaction=False)
+        for index in ("jobs", f"jobs:m:{model_id.decode()}", f"jobs:k:{(kind or b'training').decode()}",
+                      f"jobs:s:{status}" if status in TERMINAL else "jobs:active"):
+            pipe.zadd(f"{store.prefix}:{index}", {job_id: int(seq)})
+        pipe.execute()
+        count += 1
+    store.redis.set(flag, "1")
+    return count
+
+
 # -- notifications ----------------------------------------------------------------------------
 def _note(job_id: str, f: list) -> Notification:
     v = dict(zip(NOTE_FIELDS, (None if x is None else x.decode() for x in f)))

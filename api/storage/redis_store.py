@@ -962,6 +962,11 @@ class RedisStore(Store):
                       kind: str | None = None, owner: str | None = None) -> tuple[list[JobRecord], int]:
         return registry.list_all_jobs(self, offset, limit, status, model_id, kind, owner)
 
+    @_guard
+    def index_existing_jobs(self) -> int:
+        """Jobs stored before GET /jobs had its indexes get them (once per prefix; at the API's start)."""
+        return registry.index_existing_jobs(self)
+
     # -- notifications (api/storage/redis_registry.py) --------------------------------------
     @_guard
     def add_notification(self, note: Notification) -> None:
