@@ -15,7 +15,7 @@ from api.errors import StoreUnavailable, error_response, install_error_handlers
 from api.openapi_errors import document_errors
 from api.metrics import MetricsMiddleware, build_registry
 from api.notify import Deliverer
-from api.routes import health, jobs, metrics, models, pages, search, v2, versions
+from api.routes import datasets, health, jobs, metrics, models, pages, search, v2, versions
 from api.services import Service
 from api.settings import Settings, get_settings
 from api.worker import WorkerPool, open_store
@@ -26,6 +26,20 @@ DESCRIPTION = """Create NumPy neural networks, compute their outputs and gradien
 them asynchronously in worker processes, with progress you can poll or stream."""
 
 
+def _streams_itself(scope: Scope) -> bool:
+    """File uploads (POST /datasets, a file body to /models/{id}/samples) stream to disk under their own
+    limit, NN_MAX_DATASET_BYTES (api/uploads.py); JSON bodies stay under NN_MAX_REQUEST_BYTES here."""
+    path = scope["path"]
+    if scope["method"] != "POST":
+        return False
+    if path == "/datasets":
+        return True
+    if path.startswith("/models/") and path.endswith("/samples"):
+        media = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+        return bool(media) and media != b"application/json" and not media.endswith(b"+json")
+    return False
+
+
 class BodyLimit:
     """Answers 413 when a request body is larger than NN_MAX_REQUEST_BYTES (declared or streamed)."""
 
@@ -33,7 +47,7 @@ class BodyLimit:
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or _streams_itself(scope):
             return await self.app(scope, receive, send)
         too_large = error_response(scope["path"], 413, f"request body larger than {self.max_bytes} bytes "
                                                        "(NN_MAX_REQUEST_BYTES); send fewer samples per request")
@@ -140,7 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry, requests, latency = build_registry(service)
     app.state.metrics_registry = registry
     app.add_middleware(MetricsMiddleware, requests=requests, latency=latency)  # outermost: sees 413s too
-    for router in (health.router, models.router, versions.router, jobs.model_router, search.router, jobs.router, pages.router,
-                   metrics.router, v2.router):
+    for router in (health.router, models.router, versions.router, jobs.model_router, search.router, jobs.router,
+                   datasets.router, pages.router, metrics.router, v2.router):
         app.include_router(router)
     return app

@@ -44,6 +44,22 @@ class NoJobs(ServiceError):
         super().__init__(f"model {model_id!r} has no training jobs yet; start one with POST /models/{model_id}/training-jobs")
 
 
+class DatasetNotFound(ServiceError):
+    def __init__(self, dataset_id: str):
+        super().__init__(f"dataset {dataset_id!r} does not exist; list datasets with GET /datasets or upload one "
+                         "with POST /datasets")
+
+
+class DatasetExists(ServiceError):
+    def __init__(self, dataset_id: str):
+        super().__init__(f"dataset {dataset_id!r} already exists; choose another dataset_id or DELETE "
+                         f"/datasets/{dataset_id} first")
+
+
+class DatasetInUse(ServiceError):
+    """A training or search job still reads the dataset."""
+
+
 class ModelExists(ServiceError):
     def __init__(self, model_id: str):
         super().__init__(f"model {model_id!r} already exists; choose another model_id or DELETE /models/{model_id} first")
@@ -86,6 +102,9 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     ModelVersionNotFound: 404,
     JobNotFound: 404,
     NoJobs: 404,
+    DatasetNotFound: 404,
+    DatasetExists: 409,
+    DatasetInUse: 409,
     ModelExists: 409,
     ModelBusy: 409,
     VersionConflict: 409,

@@ -179,13 +179,18 @@ class OutputResponse(BaseModel):
     activations: list[LayerActivations] | None = Field(None, description="Per-layer z and a, when asked.")
 
 
+DATASET_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+DatasetId = Annotated[str, Field(pattern=DATASET_ID_PATTERN)]
+
+
 class LabelledSamples(Request):
-    """Inputs with their targets; the body of /evaluate and of /samples."""
+    """Inputs with their targets, or a dataset; the body of /evaluate and of /samples."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": IRIS_X, "targets": IRIS_Y}]})
 
-    inputs: Rows = Field(min_length=1, description="Input vectors, one row per sample.")
-    targets: Targets = Field(min_length=1, description="Expected outputs: rows, or one class index / value per sample.")
+    inputs: Rows | None = Field(None, min_length=1, description="Input vectors, one row per sample.")
+    targets: Targets | None = Field(None, min_length=1, description="Expected outputs: rows, or one class index / value per sample.")
+    dataset: DatasetId | None = Field(None, description="Id of an uploaded dataset (POST /datasets), instead of inputs and targets.")
 
 
 class EvaluateRequest(LabelledSamples):
@@ -261,6 +266,10 @@ class JobCreate(Request):
     inputs: Rows | None = Field(None, description="The job's own samples: it trains on exactly these (queued at once, the "
                                 "buffer is not used); absent: the job waits for the buffer.")
     targets: Targets | None = Field(None, description="Targets of `inputs`: rows, or one class index / value per sample.")
+    dataset: DatasetId | None = Field(None, description="Train on this uploaded dataset (POST /datasets) instead of the "
+                                                        "buffer: the job is queued at once and the buffer is left as it is.")
+    validation_dataset: DatasetId | None = Field(None, description="An uploaded dataset to validate on after every epoch "
+                                                                   "(instead of validation_split).")
     min_samples: int = Field(1, ge=1, le=2**31 - 1, description="Without inputs: the job waits in 'buffering' until the buffer holds this many samples.")
     consume_buffer: bool = Field(True, description="Take the buffered samples out of the buffer (no other job sees them); "
                                                    "false trains on a copy and leaves the buffer as it is.")
@@ -345,6 +354,8 @@ class SearchCreate(Request):
     inputs: Rows | None = Field(None, description="The search's own samples (the buffer is not used or changed); absent: "
                                                   "the search waits for and uses the model's buffer.")
     targets: Targets | None = Field(None, description="Targets of `inputs`: rows, or one class index / value per sample.")
+    dataset: DatasetId | None = Field(None, description="Search on this uploaded dataset (POST /datasets) instead of "
+                                                        "inline samples or the buffer.")
     min_samples: int = Field(1, ge=1, le=2**31 - 1, description="Without inputs: the job waits in 'buffering' until the buffer holds this many samples (at least `folds`).")
     consume_buffer: bool = Field(False, description="Take the buffered samples out of the buffer. Default false: the search "
                                                     "uses a copy. When true, they are used up only if apply_best trains the "
@@ -422,7 +433,7 @@ class JobPublic(BaseModel):
         return cls(kind=r.kind, stage=r.stage, owner=r.owner, search=SearchSummary.from_record(r) if r.kind == "search" else None,
                    duration_seconds=duration, notify=NotifyPublic.from_record(r.notification) if r.notification else None,
                    job_id=r.job_id, model_id=r.model_id, status=r.status, params=r.params, min_samples=r.min_samples,
-                   consume_buffer=r.consume_buffer, n_samples=r.n_samples, epochs_completed=r.epochs_done,
+                   consume_buffer=r.consume_buffer, n_samples=r.params.get("dataset_samples", r.n_samples), epochs_completed=r.epochs_done,
                    progress=Progress(**r.progress) if r.progress else None, history=r.history, error=r.error,
                    metrics=(r.progress or {}).get("metrics"),
                    model_version=r.model_version, created_at=_utc(r.created_at), started_at=_utc(r.started_at),
@@ -451,3 +462,36 @@ class Health(BaseModel):
     queue_length: int | None = Field(None, description="backend=redis: RQ jobs waiting on the training queue; "
                                                        "sqlite: the same as queued_jobs.")
     version: str = Field(description="Service version.")
+
+
+# -- datasets -----------------------------------------------------------------------
+class TargetSummary(BaseModel):
+    shape: list[int] = Field(description="Shape of the targets: [n] (a class index or value per sample) or [n, k].")
+    min: float = Field(description="Smallest target value.")
+    max: float = Field(description="Largest target value.")
+    mean: float = Field(description="Mean target value.")
+    classes: list[int] | None = Field(description="Integer targets (or one-hot rows): the classes present; null otherwise.")
+    counts: list[int] | None = Field(description="Samples per class, in the order of `classes`.")
+
+
+class DatasetPublic(BaseModel):
+    dataset_id: str = Field(description="Id of the dataset; give it as `dataset` to jobs, searches, /evaluate and /samples.")
+    name: str | None = Field(description="The name given at upload.")
+    n_samples: int = Field(description="Samples (rows).")
+    n_features: int = Field(description="Values per input vector.")
+    dtype: str = Field(description="Floating point type of the inputs as stored: float32 or float64.")
+    targets: TargetSummary = Field(description="What the targets hold.")
+    bytes: int = Field(description="Size of the stored NPZ file (GET /datasets/{dataset_id}/download).")
+    sha256: str = Field(description="SHA-256 of the stored NPZ file: the same as the uploaded file when it was an "
+                                    "uncompressed NPZ of float32/float64 `inputs` and `targets`.")
+    format: str = Field(description="Format of the upload: npz, csv or json.")
+    created_at: datetime = Field(description="When the dataset was uploaded (UTC).")
+
+    @classmethod
+    def from_record(cls, r) -> "DatasetPublic":
+        return cls(**{**r.__dict__, "created_at": _utc(r.created_at)})
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic] = Field(description="One page of datasets, oldest first.")
+    count: int = Field(description="Total number of datasets.")

@@ -21,10 +21,11 @@ from neural_net import Callback, activations, initializers, metrics
 from neural_net.errors import NeuralNetError
 from neural_net.selection import FIT_PARAMETERS, dense_builder, grid, random_samples, run_trial, split_params
 
-from api.errors import InvalidInput, LeaseLost, ModelNotFound, StoreUnavailable
+from api.errors import DatasetNotFound, InvalidInput, LeaseLost, ModelNotFound, StoreUnavailable
 from api.schemas import JobCreate, SearchCreate
 from api.services import Service, jsonable, log_transition
 from api.settings import Settings
+from api.datasets import job_samples
 from api.storage.base import JobRecord, Store, new_trial, rank_trials
 
 log = logging.getLogger("api.search")
@@ -57,12 +58,22 @@ def submit_search(service: Service, model_id: str, req: SearchCreate, owner: str
     params = {"space": {k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in req.space.items()},
               "trials": req.trials, "folds": req.folds, "validation_split": req.validation_split, "metric": req.metric,
               "seed": req.seed, "apply_best": req.apply_best, "defaults": defaults}
+    used = service.dataset_params(model_id, info, req, params)  # queued at once, the buffer untouched
+    if params.get("dataset_samples", req.folds or 2) < (req.folds or 2):
+        raise InvalidInput(f"dataset {req.dataset!r} has {params['dataset_samples']} samples; a search needs at least "
+                           f"{req.folds or 2} (one per fold)")
     job = JobRecord(job_id=uuid.uuid4().hex, model_id=model_id, model_uid="", status="buffering", params=params,
-                    min_samples=max(req.min_samples, req.folds or 2), consume_buffer=req.consume_buffer,
+                    min_samples=0 if used else max(req.min_samples, req.folds or 2),
+                    consume_buffer=False if used else req.consume_buffer,
                     created_at=time.time(), kind="search", stage="trials", owner=owner)
     trials = [new_trial(i, p, req.seed + i) for i, p in enumerate(candidates)]
     service.add_notification(job.job_id, req.notify)
-    job = service.store.create_search_job(job, trials, x, y, service.settings.max_buffer_samples)
+    service.datasets.use(used, job.job_id)
+    try:
+        job = service.store.create_search_job(job, trials, x, y, service.settings.max_buffer_samples)
+    except BaseException:
+        service.datasets.release(used, job.job_id)
+        raise
     log_transition(job, None)
     service.promote()
     return service.get_job(job.job_id)
@@ -167,7 +178,7 @@ def run_search_trial(store: Store, job: JobRecord, trial: dict, settings: Settin
     index, p = trial["index"], job.params
     try:
         _, model = store.load_model(job.model_id)
-        x, y = store.job_samples(job.job_id)
+        x, y, _ = job_samples(store, job, settings, model.info)
         result = run_trial(builder_for(model.info), x, y, trial["params"], index, p["metric"], p.get("folds"),
                            p.get("validation_split") or 0.2, p.get("seed"), p.get("defaults"),
                            callbacks=[_TrialCallback(store, job.job_id, stop_event)])
@@ -177,6 +188,8 @@ def run_search_trial(store: Store, job: JobRecord, trial: dict, settings: Settin
         return _end(store, job, store.finish_trial(job.job_id, index, "cancelled"))
     except ModelNotFound:
         return _end(store, job, store.finish_trial(job.job_id, index, "cancelled", error="model deleted"))
+    except (InvalidInput, DatasetNotFound) as exc:  # its dataset
+        return _end(store, job, store.finish_trial(job.job_id, index, "failed", error=str(exc)))
     except (LeaseLost, StoreUnavailable):
         raise  # backend=redis: the trial's lease decides who runs it
     except NeuralNetError as exc:

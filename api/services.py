@@ -12,12 +12,14 @@ import uuid
 from typing import Any
 
 import numpy as np
+from fastapi.concurrency import run_in_threadpool
 
 from neural_net import Network, activations, initializers, losses, optimizers, schedules
 from neural_net.errors import NeuralNetError
 from neural_net.layers import LAYER_TYPES
 
 from api import notify
+from api.dataset_service import DatasetService
 from api.errors import InvalidInput, JobNotFound, ModelNotFound, NoJobs, PayloadTooLarge, ServiceError
 from api.model_cache import CachedModel, ModelCache
 from api.schemas import (EvaluateRequest, JobCreate, LayerSpec, ModelCreate, NotifyTarget, OutputRequest, SamplesCreate,
@@ -98,6 +100,7 @@ class Service:
         self.store = store
         self.settings = settings
         self.cache = ModelCache(int(settings.model_cache_mb * 1024 * 1024))
+        self.datasets = DatasetService(store, settings)
 
     def healthy(self) -> bool:
         try:
@@ -392,10 +395,20 @@ class Service:
             result["cost"] = jsonable(cost)
         return result
 
+    def _labelled(self, model_id: str, info: dict, req: EvaluateRequest | SamplesCreate) -> tuple[np.ndarray, np.ndarray]:
+        """The arrays of a request's inline `inputs`/`targets`, or of its `dataset`."""
+        if req.dataset is not None:
+            if req.inputs is not None or req.targets is not None:
+                raise InvalidInput("give either `dataset` or `inputs` and `targets`, not both")
+            return self.datasets.arrays(model_id, info, req.dataset)
+        if req.inputs is None or req.targets is None:
+            raise InvalidInput("give `inputs` and `targets` (or the id of an uploaded `dataset`)")
+        x = self._inputs(info, req.inputs)
+        return x, self._targets(info, req.targets, len(x))
+
     def evaluate(self, model_id: str, req: EvaluateRequest, version: int | None = None) -> dict[str, Any]:
         model = self.served_model(model_id) if version is None else self.served_version(model_id, version)
-        x = self._inputs(model.record.info, req.inputs)
-        y = self._targets(model.record.info, req.targets, len(x))
+        x, y = self._labelled(model_id, model.record.info, req)
         with model.lock:
             metrics = model.net.evaluate(x, y)
         return {"model_id": model_id, "model_version": model.record.version, "n_samples": len(x),
@@ -446,9 +459,31 @@ class Service:
     # -- training buffer -------------------------------------------------------------
     def add_samples(self, model_id: str, req: SamplesCreate) -> int:
         info = self.store.get_model(model_id).info
-        x = self._inputs(info, req.inputs)
-        y = self._targets(info, req.targets, len(x))
-        size = self.store.append_samples(model_id, x, y, self.settings.max_buffer_samples)
+        x, y = self._labelled(model_id, info, req)
+        return self._append(model_id, x, y)
+
+    async def add_samples_file(self, model_id: str, body, content_type: str, content_length: str | None, *,
+                               fmt: str | None = None, targets: list[str] | None = None) -> int:
+        """Appends the samples of a file body (NPZ, CSV or JSON, as for POST /datasets) to the buffer."""
+        info = (await run_in_threadpool(self.store.get_model, model_id)).info  # 404 before the body is read
+        async with self.datasets.received(body, content_type, content_length, fmt, targets, None) as (_, data, _, _):
+            return await run_in_threadpool(self._append_file, model_id, info, data)
+
+    def _append_file(self, model_id: str, info: dict, data) -> int:
+        x, y = self.datasets.upload_arrays(data, model_id, info)
+        return self._append(model_id, x, y)
+
+    def _append(self, model_id: str, x: np.ndarray, y: np.ndarray) -> int:
+        """Appends rows in batches of about 32 MB (one store write each; the buffer limit is checked first)."""
+        limit = self.settings.max_buffer_samples
+        if len(x) > limit - self.store.count_samples(model_id):
+            raise PayloadTooLarge(f"the buffer of model {model_id!r} would hold more than NN_MAX_BUFFER_SAMPLES={limit} "
+                                  "samples; train on it or clear it first, or train on the dataset directly")
+        step = max(1, (32 << 20) // max(1, x.shape[1] * x.dtype.itemsize))
+        size = 0
+        for start in range(0, len(x), step):
+            size = self.store.append_samples(model_id, np.ascontiguousarray(x[start:start + step]),
+                                             np.ascontiguousarray(y[start:start + step]), limit)
         self.promote()
         return size
 
@@ -520,18 +555,48 @@ class Service:
         x = self._inputs(info, inputs)
         return x, self._targets(info, targets, len(x))
 
+    def dataset_params(self, model_id: str, info: dict, req, params: dict[str, Any]) -> list[str]:
+        """Checks a job's `dataset` (and `validation_dataset`) against the model and records them in its
+        params; returns the dataset ids the job will read. A job with a dataset leaves the buffer alone."""
+        used = []
+        if req.dataset is not None:
+            if req.inputs is not None or req.targets is not None:
+                raise InvalidInput("give either `dataset` or inline `inputs` and `targets`, not both")
+            buffer_options = sorted({"min_samples", "consume_buffer"} & req.model_fields_set)
+            if buffer_options:
+                raise InvalidInput(f"{', '.join(buffer_options)} are about the buffer; a job with `dataset` trains on "
+                                   "the dataset, so leave them out")
+            record = self.datasets.check(model_id, info, req.dataset)
+            params.update(dataset=req.dataset, dataset_samples=record.n_samples)
+            used.append(req.dataset)
+        if getattr(req, "validation_dataset", None) is not None:
+            if req.validation_split:
+                raise InvalidInput("give either validation_split or validation_dataset, not both")
+            self.datasets.check(model_id, info, req.validation_dataset, "validation_dataset")
+            params["validation_dataset"] = req.validation_dataset
+            used.append(req.validation_dataset)
+        return used
+
     def submit_job(self, model_id: str, req: JobCreate, owner: str | None = None) -> JobRecord:
         info = self.store.get_model(model_id).info
         params = self._fit_params(info, req)
+        used = self.dataset_params(model_id, info, req, params)
         x, y = self.inline_samples(info, req.inputs, req.targets, "to train on the buffer")
         if x is not None and req.min_samples > len(x):
             raise InvalidInput(f"min_samples={req.min_samples} but the job carries {len(x)} inline samples, which are "
                                "exactly what it trains on; send more inputs, or leave inputs out to wait for the buffer")
         self.check_notify(req.notify)
+        from_dataset = req.dataset is not None  # queued at once (min_samples 0), the buffer untouched (a copy)
         job = JobRecord(job_id=uuid.uuid4().hex, model_id=model_id, model_uid="", status="buffering", params=params,
-                        min_samples=req.min_samples, consume_buffer=req.consume_buffer, created_at=time.time(), owner=owner)
+                        min_samples=0 if from_dataset else req.min_samples,
+                        consume_buffer=False if from_dataset else req.consume_buffer, created_at=time.time(), owner=owner)
         self.add_notification(job.job_id, req.notify)
-        job = self.store.create_job(job, x, y, self.settings.max_buffer_samples)
+        self.datasets.use(used, job.job_id)
+        try:
+            job = self.store.create_job(job, x, y, self.settings.max_buffer_samples)
+        except BaseException:
+            self.datasets.release(used, job.job_id)
+            raise
         log_transition(job, None)
         self.promote()
         return self.get_job(job.job_id)

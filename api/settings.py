@@ -45,7 +45,13 @@ class Settings(BaseSettings):
     max_loss_ratio: float = Field(10.0, gt=1, description="A training job fails as diverged, and its model keeps the "
                                   "weights it had before the job, when its loss on the samples of its final metrics ends "
                                   "more than this many times the loss it started from (a job's max_loss_ratio overrides it).")
-    max_request_bytes: int = Field(32 * MiB, ge=1024, description="Largest request body in bytes.")
+    max_request_bytes: int = Field(32 * MiB, ge=1024, description="Largest request body in bytes (file uploads to "
+                                                                  "/datasets and /samples have their own limit).")
+    dataset_dir: Path | None = Field(None, description="Folder of uploaded datasets; default NN_DATA_DIR/datasets. With "
+                                                      "backend=redis, a folder every API replica and worker reaches "
+                                                      "(a shared file system).")
+    max_dataset_bytes: int = Field(2 * 1024 * MiB, ge=1024, description="Largest dataset upload (a file body) in bytes.")
+    max_dataset_rows: int = Field(10_000_000, ge=1, description="Most samples (rows) in one dataset.")
     model_cache_mb: float = Field(256, ge=0, description="Memory each API process may hold in deserialised models "
                                                           "(least recently used go first; 0: load on every request).")
 
@@ -64,6 +70,10 @@ class Settings(BaseSettings):
     notify_interval: float = Field(0.5, gt=0, description="Seconds between the deliverer's looks for notifications due.")
     worker_nice: int = Field(10, ge=0, le=19, description="Niceness added to training workers, so requests go first "
                                                           "when the CPUs are shared (0: same priority).")
+
+
+def dataset_root(settings: Settings) -> Path:
+    return settings.dataset_dir or settings.data_dir / "datasets"
 
 
 @lru_cache

@@ -21,7 +21,8 @@ import numpy as np
 from neural_net import Callback, Network, schedules
 from neural_net.errors import NeuralNetError, NonFiniteError
 
-from api.errors import LeaseLost, StoreUnavailable
+from api.datasets import job_samples
+from api.errors import DatasetNotFound, InvalidInput, LeaseLost, StoreUnavailable
 from api.services import describe, jsonable, log_transition
 from api.settings import Settings
 from api.storage.base import JobRecord, Store
@@ -102,9 +103,14 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
         net = Network.from_bytes(checkpoint or start or store.load_model(job.model_id)[0])
     except Exception as exc:  # model deleted meanwhile, or unreadable
         return _finish(store, job, "failed", error=f"cannot load the model: {exc}")
-    x, y = store.job_samples(job.job_id)
+    try:
+        x, y, validation = job_samples(store, job, settings, describe(net))
+    except (InvalidInput, DatasetNotFound) as exc:  # its dataset
+        return _finish(store, job, "failed", error=str(exc))
     if len(x) == 0:
         return _finish(store, job, "failed", error="the job has no samples; add samples and submit a new job")
+    for key in ("dataset", "dataset_samples", "validation_dataset"):
+        params.pop(key, None)
 
     own_dropout = [layer.dropout for layer in net.layers]
     job_dropout = params.pop("dropout", None)
@@ -113,7 +119,7 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
     max_loss_ratio = params.pop("max_loss_ratio", None) or settings.max_loss_ratio
     try:  # the loss the job starts from, on the samples its final metrics use (the blow-up guard below)
         start_net = net if checkpoint is None else Network.from_bytes(start or store.load_model(job.model_id)[0])
-        start_loss = (_final_metrics(start_net, x, y, params.get("validation_split")) or {}).get("loss")
+        start_loss = (_final_metrics(start_net, x, y, params.get("validation_split"), validation) or {}).get("loss")
     except Exception:  # model deleted meanwhile: the job ends below as usual
         start_loss = None
     if seed is not None and checkpoint is None:  # a resumed job keeps the RNG state of its checkpoint
@@ -141,14 +147,14 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
         params["schedule"] = schedules.get(params.get("schedule") or "constant",
                                            **(params.pop("schedule_options", None) or {})).replay(job.history)
         if checkpoint is None or job.epochs_done < params.get("epochs", 1):
-            net.fit(x, y, callbacks=[callback], initial_epoch=job.epochs_done, **params)
+            net.fit(x, y, callbacks=[callback], initial_epoch=job.epochs_done, validation_data=validation, **params)
         # else the checkpoint covers every epoch (stopped after the last one): the job ends with it
     except NonFiniteError as exc:
         message = str(exc).removeprefix("training ")
         if not message.startswith("diverged"):
             message = f"diverged at epoch {exc.epoch or callback.epoch + 1}: {message}"
         # the core restored the last finished epoch, which is the checkpoint: the model takes it unless it blew up
-        blown_up = _blown_up(start_loss, _final_metrics(net, x, y, params.get("validation_split")), max_loss_ratio)
+        blown_up = _blown_up(start_loss, _final_metrics(net, x, y, params.get("validation_split"), validation), max_loss_ratio)
         if blown_up:
             return _finish(store, job, "failed", error=f"{message} Nor is that epoch kept: {blown_up}")
         return _finish(store, job, "failed", use_checkpoint=True, error=message)
@@ -171,7 +177,7 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
         blob, info = snapshot()
     except NonFiniteError as exc:
         return _finish(store, job, "failed", use_checkpoint=True, error=str(exc).removeprefix("training "))
-    metrics = _final_metrics(net, x, y, params.get("validation_split"))
+    metrics = _final_metrics(net, x, y, params.get("validation_split"), validation)
     blown_up = _blown_up(start_loss, metrics, max_loss_ratio)
     if blown_up:  # the model keeps its weights from before the job
         return _finish(store, job, "failed", error=f"diverged: {blown_up}")
@@ -192,11 +198,15 @@ def _blown_up(start_loss: float | None, metrics: dict | None, ratio: float) -> s
             "before the job. Lower the learning_rate, add clip_norm, or raise max_loss_ratio if this is expected.")
 
 
-def _final_metrics(net: Network, x, y, validation_split: float | None) -> dict | None:
-    """The trained model's loss and metrics (confusion matrix included for classifiers) on the
-    samples fit held out for validation (the last fraction), or on all its samples without any."""
+def _final_metrics(net: Network, x, y, validation_split: float | None, validation: tuple | None = None) -> dict | None:
+    """The trained model's loss and metrics (confusion matrix included for classifiers) on its
+    validation_dataset, or the samples fit held out for validation (the last fraction), or on all its
+    samples without any."""
     n_val = int(round(len(x) * validation_split)) if validation_split else 0
-    on, (x, y) = ("validation", (x[-n_val:], y[-n_val:])) if 0 < n_val < len(x) else ("training", (x, y))
+    if validation is not None:
+        on, (x, y) = "validation", validation
+    else:
+        on, (x, y) = ("validation", (x[-n_val:], y[-n_val:])) if 0 < n_val < len(x) else ("training", (x, y))
     try:
         return jsonable({"on": on, "samples": len(x), **net.evaluate(x, y)})
     except NeuralNetError:  # e.g. outputs that overflow: the job still succeeded

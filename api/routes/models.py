@@ -2,12 +2,15 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from api import etag
 from api.auth import creator_name, visible_owner
 from api.routes import get_service
+from api.routes.datasets import FILE_BODY, file_options
 from api.schemas import (BufferPublic, EvaluateRequest, EvaluateResponse, ModelCreate, ModelPublic, ModelsPublic,
-                         OutputRequest, OutputResponse, SamplesCreate, Weights)
+                         IRIS_X, IRIS_Y, OutputRequest, OutputResponse, SamplesCreate, Weights)
 from api.services import Service
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -98,9 +101,40 @@ def set_weights(model_id: str, body: Weights, response: Response,
     return ModelPublic.from_record(record)
 
 
-@router.post("/{model_id}/samples", response_model=BufferPublic, summary="Append samples to the training buffer")
-def add_samples(model_id: str, body: SamplesCreate, service: Service = Depends(get_service)) -> BufferPublic:
-    return BufferPublic(model_id=model_id, buffer_size=service.add_samples(model_id, body))
+SAMPLES_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": SamplesCreate.model_json_schema(),
+                         "examples": {"inline": {"value": {"inputs": IRIS_X, "targets": IRIS_Y}},
+                                      "dataset": {"value": {"dataset": "iris"}}}},
+    **{media: body for media, body in FILE_BODY["requestBody"]["content"].items() if media != "application/json"}}}}
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";")[0].strip().lower()
+    return not media or media == "application/json" or media.endswith("+json")
+
+
+async def _json_body(request: Request, schema):
+    """The JSON body validated against ``schema`` off the event loop; FastAPI's 422 when it does not fit."""
+    body = await request.body()
+    try:
+        return await run_in_threadpool(schema.model_validate_json, body)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+@router.post("/{model_id}/samples", response_model=BufferPublic, openapi_extra=SAMPLES_BODY,
+             summary="Append samples to the training buffer: inline, from a dataset, or from a file body")
+async def add_samples(model_id: str, request: Request, options: dict = Depends(file_options),
+                      service: Service = Depends(get_service)) -> BufferPublic:
+    """JSON `{"inputs", "targets"}` or `{"dataset": id}` (a copy of an uploaded dataset), or a file body as
+    for POST /datasets (NPZ, CSV with ?target=, JSON), raw or as the multipart field `file`."""
+    content_type = request.headers.get("content-type", "")
+    if _is_json(content_type) and options["fmt"] in (None, "json"):
+        body = await _json_body(request, SamplesCreate)
+        return BufferPublic(model_id=model_id, buffer_size=await run_in_threadpool(service.add_samples, model_id, body))
+    size = await service.add_samples_file(model_id, request.stream(), content_type,
+                                          request.headers.get("content-length"), **options)
+    return BufferPublic(model_id=model_id, buffer_size=size)
 
 
 @router.get("/{model_id}/samples", response_model=BufferPublic, summary="Size of the training buffer")

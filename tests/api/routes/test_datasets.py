@@ -1,0 +1,287 @@
+"""Datasets: every upload format, every bad upload as a 4xx naming the problem, and their use by
+training jobs, searches, /evaluate and /samples (embedded backend; Redis in test_redis_backend.py)."""
+
+import hashlib
+import io
+import json
+
+import numpy as np
+import pytest
+
+from tests.api.conftest import X4, Y3, create, running_app, wait_job
+
+HEADER = b"sepal_length,sepal_width,petal_length,petal_width,species\n"
+IRIS_CSV = HEADER + b"".join(b",".join(str(v).encode() for v in x + [y]) + b"\n" for x, y in zip(X4, Y3))
+
+
+def npz_bytes(compressed: bool = False, **arrays) -> bytes:
+    buffer = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
+    return buffer.getvalue()
+
+
+IRIS_NPZ = npz_bytes(inputs=np.array(X4, np.float32), targets=np.array(Y3, np.int64))
+
+
+def upload(client, content: bytes, media: str = "application/octet-stream", **params):
+    return client.post("/datasets", content=content, headers={"content-type": media}, params=params)
+
+
+def created(response) -> dict:
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    with running_app(tmp_path_factory.mktemp("data")) as client:
+        create(client, model_id="iris")
+        yield client
+
+
+# -- formats ---------------------------------------------------------------------------------------
+def test_npz_in_the_stored_form_is_kept_as_uploaded(app):
+    body = created(upload(app, IRIS_NPZ, "application/x-npz", name="iris", dataset_id="iris-npz"))
+    assert body["dataset_id"] == "iris-npz" and body["name"] == "iris" and body["format"] == "npz"
+    assert (body["n_samples"], body["n_features"], body["dtype"]) == (6, 4, "float32")
+    assert body["targets"]["classes"] == [0, 1, 2] and body["targets"]["counts"] == [2, 2, 2]
+    assert body["bytes"] == len(IRIS_NPZ) and body["sha256"] == hashlib.sha256(IRIS_NPZ).hexdigest()
+    assert app.get("/datasets/iris-npz").json() == body
+    download = app.get("/datasets/iris-npz/download")
+    assert download.status_code == 200 and download.content == IRIS_NPZ
+    listed = app.get("/datasets", params={"limit": 500}).json()
+    assert body in listed["data"] and listed["count"] >= 1
+
+
+def test_npz_multipart_with_x_y_compressed_and_integer_inputs_is_converted(app):
+    x = np.arange(24, dtype=np.uint8).reshape(6, 4)
+    data = npz_bytes(compressed=True, x=x, y=np.eye(3)[Y3])
+    body = created(app.post("/datasets", files={"file": ("pixels.npz", data, "application/octet-stream")}))
+    assert (body["n_samples"], body["n_features"], body["dtype"]) == (6, 4, "float32")
+    assert body["targets"]["shape"] == [6, 3] and body["targets"]["counts"] == [2, 2, 2]
+    stored = np.load(io.BytesIO(app.get(f"/datasets/{body['dataset_id']}/download").content))
+    assert sorted(stored.files) == ["inputs", "targets"] and stored["inputs"].dtype == np.float32
+    np.testing.assert_array_equal(stored["inputs"], x)
+    assert body["sha256"] == hashlib.sha256(app.get(f"/datasets/{body['dataset_id']}/download").content).hexdigest()
+
+
+def test_csv_default_target_is_the_last_column(app):
+    body = created(upload(app, IRIS_CSV, "text/csv"))
+    assert (body["n_samples"], body["n_features"], body["format"]) == (6, 4, "csv")
+    assert body["targets"]["classes"] == [0, 1, 2]
+    stored = np.load(io.BytesIO(app.get(f"/datasets/{body['dataset_id']}/download").content))
+    np.testing.assert_allclose(stored["inputs"], np.array(X4, np.float32))
+
+
+def test_csv_named_targets_quotes_crlf_and_exponents(app):
+    text = b'a,b,"c",d\r\n1,2e0,"3",4\r\n-5.5,6,7,8\r\n\r\n'
+    body = created(upload(app, text, "text/csv", target=["a", "c"]))
+    assert (body["n_samples"], body["n_features"]) == (2, 2)
+    assert body["targets"]["shape"] == [2, 2] and body["targets"]["min"] == -5.5
+    stored = np.load(io.BytesIO(app.get(f"/datasets/{body['dataset_id']}/download").content))
+    np.testing.assert_array_equal(stored["inputs"], [[2, 4], [6, 8]])
+    np.testing.assert_array_equal(stored["targets"], [[1, 3], [-5.5, 7]])
+
+
+def test_csv_multipart_by_file_name(app):
+    body = created(app.post("/datasets", files={"file": ("iris.csv", IRIS_CSV)}, params={"target": "species"}))
+    assert body["format"] == "csv" and body["n_features"] == 4
+
+
+def test_json_for_small_data(app):
+    body = created(app.post("/datasets", json={"inputs": X4, "targets": Y3}, params={"dtype": "float64"}))
+    assert (body["format"], body["dtype"], body["n_samples"]) == ("json", "float64", 6)
+
+
+def test_regression_targets_summarised_by_min_max_mean(app):
+    body = created(upload(app, npz_bytes(inputs=np.ones((4, 2)), targets=np.array([0.5, 1.5, 2.0, 4.0])), format="npz"))
+    summary = body["targets"]
+    assert summary["classes"] is None and (summary["min"], summary["max"], summary["mean"]) == (0.5, 4.0, 2.0)
+    assert body["dtype"] == "float64"  # float64 NPZ inputs stay float64
+
+
+# -- bad uploads -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("content, media, params, status, words", [
+    (IRIS_NPZ[:len(IRIS_NPZ) // 2], "application/x-npz", {}, 422, "truncated"),
+    (npz_bytes(features=np.ones((2, 2))), "application/x-npz", {}, 422, "no array 'inputs'"),
+    (npz_bytes(inputs=np.ones(3), targets=np.ones(3)), "application/x-npz", {}, 422, "2-D"),
+    (npz_bytes(inputs=np.ones((3, 2)), targets=np.ones(2)), "application/x-npz", {}, 422, "3 rows but targets has 2"),
+    (npz_bytes(inputs=np.array([[1.0, np.nan]]), targets=np.ones(1)), "application/x-npz", {}, 422, "inputs[0, 1] is nan"),
+    (npz_bytes(inputs=np.array([["a", "b"]]), targets=np.ones(1)), "application/x-npz", {}, 422, "numbers"),
+    (HEADER + b"1,2,3,4,0\n1,2,3\n", "text/csv", {}, 422, "line 3 has 3 values but the header names 5"),
+    (HEADER + b"1,2,3,4,0\n1,x,3,4,0\n", "text/csv", {}, 422, "line 3, column 'sepal_width': 'x' is not a number"),
+    (HEADER + b"1,2,3,4,0\n1,nan,3,4,0\n", "text/csv", {}, 422, "line 3, column 'sepal_width' is nan"),
+    (HEADER + b"1,2,3,4,0\n1,\xff,3,4,0\n", "text/csv", {}, 422, "line 3 is not UTF-8"),
+    (b"\xff\xfe,a\n1,2\n", "text/csv", {}, 422, "not UTF-8"),
+    (HEADER + b"1,2,3,4,0\n\n1,2,3,4,0\n", "text/csv", {}, 422, "line 3 is empty"),
+    (IRIS_CSV, "text/csv", {"target": "label"}, 422, "no column 'label'"),
+    (HEADER, "text/csv", {}, 422, "no data lines"),
+    (IRIS_NPZ, "application/x-npz", {"target": "species"}, 422, "?target= names CSV columns"),
+    (b"", "text/csv", {}, 422, "holds no file"),
+    (b'{"inputs": [[1, 2], [3]], "targets": [0, 1]}', "application/json", {}, 422, "rows of different lengths"),
+    (b'{"inputs": [[1, 2]]}', "application/json", {}, 422, "exactly"),
+    (b"\xff{", "application/json", {}, 422, "JSON"),
+])
+def test_bad_upload(app, content, media, params, status, words):
+    before = app.get("/datasets").json()["count"]
+    response = upload(app, content, media, **params)
+    assert response.status_code == status, response.text
+    assert words in response.json()["detail"]
+    assert app.get("/datasets").json()["count"] == before
+
+
+def test_multipart_without_a_file_field(app):
+    response = app.post("/datasets", files={"data": ("a.csv", IRIS_CSV)})
+    assert response.status_code == 422 and "no field named `file`" in response.json()["detail"]
+
+
+def test_taken_id_and_unknown_id(app):
+    created(upload(app, IRIS_NPZ, dataset_id="taken"))
+    response = upload(app, IRIS_NPZ, dataset_id="taken")
+    assert response.status_code == 409 and "already exists" in response.json()["detail"]
+    for path in ("/datasets/nope", "/datasets/nope/download"):
+        response = app.get(path)
+        assert response.status_code == 404 and "GET /datasets" in response.json()["detail"]
+
+
+def test_size_and_row_limits(tmp_path):
+    with running_app(tmp_path, workers=0, max_dataset_bytes=2048, max_dataset_rows=5, max_request_bytes=1024) as small:
+        big = npz_bytes(inputs=np.ones((100, 10)), targets=np.ones(100))
+        response = upload(small, big, "application/x-npz")
+        assert response.status_code == 413 and "NN_MAX_DATASET_BYTES" in response.json()["detail"]
+        chunked = small.post("/datasets", content=iter([big[:1000], big[1000:]]), headers={"content-type": "application/x-npz"})
+        assert chunked.status_code == 413 and "NN_MAX_DATASET_BYTES" in chunked.json()["detail"]
+        response = upload(small, IRIS_CSV, "text/csv")
+        assert response.status_code == 413 and "NN_MAX_DATASET_ROWS" in response.json()["detail"]
+        response = upload(small, IRIS_NPZ, "application/x-npz")
+        assert response.status_code == 413 and "NN_MAX_DATASET_ROWS" in response.json()["detail"]
+        response = small.post("/datasets", json={"inputs": [[0.123456] * 10] * 30, "targets": [0] * 30})
+        assert response.status_code == 413 and "NN_MAX_REQUEST_BYTES" in response.json()["detail"]
+        assert small.get("/datasets").json()["count"] == 0
+
+
+# -- use ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def iris_id(app):
+    return created(upload(app, IRIS_CSV, "text/csv"))["dataset_id"]
+
+
+@pytest.fixture(scope="module")
+def wide_id(app):
+    return created(upload(app, npz_bytes(inputs=np.ones((6, 5), np.float32), targets=np.eye(4)[[0, 1, 2, 3, 0, 1]])))["dataset_id"]
+
+
+def test_evaluate_on_a_dataset_equals_inline(app, iris_id):
+    by_id = app.post("/models/iris/evaluate", json={"dataset": iris_id})
+    inline = app.post("/models/iris/evaluate", json={"inputs": X4, "targets": Y3})
+    assert by_id.status_code == 200, by_id.text
+    assert by_id.json()["n_samples"] == 6
+    assert by_id.json()["metrics"]["loss"] == pytest.approx(inline.json()["metrics"]["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"dataset": "WIDE"}, "has 5 features per sample but model 'iris' takes 4 inputs"),
+    ({"dataset": "IRIS", "inputs": X4, "targets": Y3}, "not both"),
+    ({"dataset": "missing"}, "does not exist"),
+    ({"inputs": X4}, "give `inputs` and `targets`"),
+])
+def test_evaluate_bad_dataset(app, iris_id, wide_id, body, words):
+    body = {k: {"WIDE": wide_id, "IRIS": iris_id}.get(v, v) if k == "dataset" else v for k, v in body.items()}
+    response = app.post("/models/iris/evaluate", json=body)
+    assert response.status_code in (404, 422), response.text
+    assert words in response.json()["detail"]
+
+
+def test_targets_shape_checked_against_the_model(app):
+    create(app, model_id="three-out", layer_sizes=[5, 4, 3], activations=["relu", "sigmoid"])
+    wide = created(upload(app, npz_bytes(inputs=np.ones((2, 5)), targets=np.ones((2, 4)))))["dataset_id"]
+    response = app.post("/models/three-out/evaluate", json={"dataset": wide})
+    assert response.status_code == 422
+    assert "has 4 targets per sample but model 'three-out' has 3 outputs" in response.json()["detail"]
+    labels = created(upload(app, npz_bytes(inputs=np.ones((2, 4)), targets=np.array([0, 7]))))["dataset_id"]
+    response = app.post("/models/iris/samples", json={"dataset": labels})
+    assert response.status_code == 422 and "labels from 0 to 7" in response.json()["detail"]
+
+
+def test_samples_from_a_dataset_and_from_file_bodies(app, iris_id):
+    create(app, model_id="buffered")
+    assert app.post("/models/buffered/samples", json={"dataset": iris_id}).json()["buffer_size"] == 6
+    response = app.post("/models/buffered/samples", content=IRIS_CSV, headers={"content-type": "text/csv"})
+    assert response.status_code == 200, response.text
+    assert response.json()["buffer_size"] == 12
+    response = app.post("/models/buffered/samples", files={"file": ("iris.npz", IRIS_NPZ)})
+    assert response.json()["buffer_size"] == 18
+    response = app.post("/models/buffered/samples", content=HEADER + b"1,2,3\n", headers={"content-type": "text/csv"})
+    assert response.status_code == 422 and "line 2 has 3 values" in response.json()["detail"]
+    response = app.post("/models/buffered/samples", content=b"a,b\n1,0\n", headers={"content-type": "text/csv"})
+    assert response.status_code == 422 and "1 features per sample but model 'buffered' takes 4" in response.json()["detail"]
+    assert app.get("/models/buffered/samples").json()["buffer_size"] == 18
+    response = app.post("/models/nope/samples", content=IRIS_CSV, headers={"content-type": "text/csv"})
+    assert response.status_code == 404
+
+
+def test_training_job_from_a_dataset_with_a_validation_dataset(app, iris_id):
+    create(app, model_id="trained")
+    app.post("/models/trained/samples", json={"inputs": X4[:2], "targets": Y3[:2]})
+    job = app.post("/models/trained/training-jobs", json={"dataset": iris_id, "validation_dataset": iris_id,
+                                                         "epochs": 3, "batch_size": 2, "seed": 0})
+    assert job.status_code == 202, job.text
+    assert job.json()["params"]["dataset"] == iris_id
+    done = wait_job(app, job.json()["job_id"])
+    assert done["status"] == "succeeded", done
+    assert done["n_samples"] == 6 and "val_loss" in done["history"][-1]
+    assert done["metrics"]["on"] == "validation" and done["metrics"]["samples"] == 6
+    assert app.get("/models/trained/samples").json()["buffer_size"] == 2  # the buffer is left as it was
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"dataset": "WIDE"}, "5 features per sample but model 'iris' takes 4"),
+    ({"dataset": "IRIS", "min_samples": 5}, "min_samples are about the buffer"),
+    ({"dataset": "IRIS", "inputs": X4, "targets": Y3}, "not both"),
+    ({"validation_dataset": "IRIS", "validation_split": 0.2}, "not both"),
+    ({"validation_dataset": "missing"}, "does not exist"),
+])
+def test_bad_dataset_jobs(app, iris_id, wide_id, body, words):
+    body = {k: {"WIDE": wide_id, "IRIS": iris_id}.get(v, v) if "dataset" in k else v for k, v in body.items()}
+    response = app.post("/models/iris/training-jobs", json=body)
+    assert response.status_code in (404, 422), response.text
+    assert words in response.json()["detail"]
+
+
+def test_search_on_a_dataset(app, iris_id):
+    create(app, model_id="searched")
+    response = app.post("/models/searched/search-jobs", json={
+        "dataset": iris_id, "space": {"learning_rate": [0.01, 0.05]}, "folds": 2, "epochs": 2, "batch_size": 2})
+    assert response.status_code == 202, response.text
+    done = wait_job(app, response.json()["job_id"])
+    assert done["status"] == "succeeded", done
+    assert done["search"]["trials_done"] == 2 and done["search"]["best"] is not None
+
+
+def test_delete_answers_409_while_a_job_uses_the_dataset(tmp_path):
+    with running_app(tmp_path, workers=0) as idle:
+        create(idle, model_id="iris")
+        dataset = created(upload(idle, IRIS_CSV, "text/csv"))["dataset_id"]
+        job = idle.post("/models/iris/training-jobs", json={"dataset": dataset, "epochs": 1}).json()
+        assert job["status"] == "queued"  # no buffer to wait for
+        response = idle.delete(f"/datasets/{dataset}")
+        assert response.status_code == 409 and job["job_id"] in response.json()["detail"]
+        search = idle.post("/models/iris/search-jobs", json={"dataset": dataset, "space": {"epochs": [1]}}).json()
+        idle.post(f"/jobs/{job['job_id']}/cancel")
+        response = idle.delete(f"/datasets/{dataset}")
+        assert response.status_code == 409 and search["job_id"] in response.json()["detail"]
+        idle.post(f"/jobs/{search['job_id']}/cancel")
+        assert idle.delete(f"/datasets/{dataset}").status_code == 204
+        assert idle.get(f"/datasets/{dataset}").status_code == 404
+        assert idle.delete(f"/datasets/{dataset}").status_code == 404
+        response = idle.post("/models/iris/training-jobs", json={"dataset": dataset})
+        assert response.status_code == 404
+
+
+def test_openapi_documents_the_file_bodies(app):
+    spec = app.get("/openapi.json").json()
+    body = spec["paths"]["/datasets"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "text/csv", "application/x-npz", "application/json"} <= set(body)
+    samples = spec["paths"]["/models/{model_id}/samples"]["post"]["requestBody"]["content"]
+    assert "dataset" in samples["application/json"]["schema"]["properties"] and "text/csv" in samples
+    assert json.dumps(spec)  # serialisable
