@@ -264,10 +264,15 @@ def _fast_block(block: bytes, n_columns: int) -> np.ndarray | None:
     """Plain decimal numbers ([-]digits[.digits]) separated by ',' and '\\n', parsed with whole-array
     NumPy operations (several times faster than numpy.loadtxt); None when anything else is in the block."""
     b = np.frombuffer(block, np.uint8)
-    ends = np.flatnonzero((b == 44) | (b == 10))
+    is_newline = b == 10
+    ends = np.flatnonzero(is_newline | (b == 44))
     n_fields = len(ends)
-    if n_fields == 0 or n_fields % n_columns:
+    n_rows = block.count(b"\n")
+    if n_fields == 0 or n_fields != n_rows * n_columns:
         return None
+    if not np.array_equal(np.searchsorted(ends, np.flatnonzero(is_newline)),
+                          np.arange(n_columns - 1, n_fields, n_columns)):
+        return None  # ragged rows that happen to add up: the slow path names them
     starts = np.empty_like(ends)
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
@@ -275,7 +280,7 @@ def _fast_block(block: bytes, n_columns: int) -> np.ndarray | None:
     longest = int(lengths.max())
     if lengths.min() == 0 or longest > 30:
         return None
-    value = np.zeros(n_fields)
+    value = None  # set by the first character of every field
     digits_after_dot = None
     negative = None
     dot_seen = np.zeros(n_fields, bool)
@@ -289,7 +294,9 @@ def _fast_block(block: bytes, n_columns: int) -> np.ndarray | None:
         digit = chars - np.uint8(48)
         is_digit = digit < 10
         if is_digit.all():
-            if active is None:
+            if value is None:
+                value = digit.astype(np.float64)
+            elif active is None:
                 value *= 10
                 value += digit
             else:
@@ -308,7 +315,9 @@ def _fast_block(block: bytes, n_columns: int) -> np.ndarray | None:
             return None
         digit[odd] = 0
         kept = np.where(is_digit, 10.0, 1.0)
-        if active is None:
+        if value is None:
+            value = digit.astype(np.float64)
+        elif active is None:
             value = value * kept + digit
         else:
             value[active] = value[active] * kept + digit
@@ -318,8 +327,6 @@ def _fast_block(block: bytes, n_columns: int) -> np.ndarray | None:
         if (lengths[negative] == 1).any():
             return None  # a lone '-'
         value[negative] = -value[negative]
-    if np.count_nonzero(b[ends] == 10) * n_columns != n_fields:
-        return None  # ragged rows: the slow path names them
     return value.reshape(-1, n_columns)
 
 

@@ -86,8 +86,10 @@ class Client:
             body["include_activations"] = True
         return self._json("POST", f"/models/{model_id}/output", json=body)
 
-    def evaluate(self, model_id, inputs, targets):
-        return self._json("POST", f"/models/{model_id}/evaluate", json={"inputs": _listify(inputs), "targets": _listify(targets)})
+    def evaluate(self, model_id, inputs=None, targets=None, dataset=None):
+        """Loss and metrics on inline samples, or on an uploaded dataset (its id)."""
+        body = {"dataset": dataset} if dataset is not None else {"inputs": _listify(inputs), "targets": _listify(targets)}
+        return self._json("POST", f"/models/{model_id}/evaluate", json=body)
 
     def get_weights(self, model_id):
         return self._json("GET", f"/models/{model_id}/weights")
@@ -108,6 +110,37 @@ class Client:
         params = {"model_id": model_id} if model_id else {}
         return self._json("POST", "/models/import", content=data, params=params,
                           headers={"Content-Type": "application/octet-stream"})
+
+    # datasets
+    def upload_dataset(self, data, format=None, target=None, name=None, dataset_id=None):
+        """Upload a dataset: `data` is the bytes of an .npz, .csv or .json file, or a path to one, or a pair
+        (inputs, targets) of arrays (sent as NPZ). Returns the dataset's record (dataset_id, n_samples, ...)."""
+        if isinstance(data, tuple):
+            import io
+
+            import numpy as np
+
+            buffer = io.BytesIO()
+            np.savez(buffer, inputs=np.asarray(data[0]), targets=np.asarray(data[1]))
+            data, format = buffer.getvalue(), "npz"
+        elif not isinstance(data, (bytes, bytearray)):
+            path = str(data)
+            format = format or path.rsplit(".", 1)[-1].lower()
+            with open(path, "rb") as handle:
+                data = handle.read()
+        params = {k: v for k, v in {"format": format, "target": target, "name": name, "dataset_id": dataset_id}.items()
+                  if v is not None}
+        return self._json("POST", "/datasets", content=data, params=params,
+                          headers={"Content-Type": "application/octet-stream"})
+
+    def get_dataset(self, dataset_id):
+        return self._json("GET", f"/datasets/{dataset_id}")
+
+    def list_datasets(self, offset=0, limit=100):
+        return self._json("GET", "/datasets", params={"offset": offset, "limit": limit})
+
+    def delete_dataset(self, dataset_id):
+        return self._json("DELETE", f"/datasets/{dataset_id}")
 
     # training buffer and jobs
     def add_samples(self, model_id, inputs, targets):

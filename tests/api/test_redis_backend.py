@@ -338,3 +338,24 @@ def test_search_trials_run_on_both_workers_and_the_best_is_applied(cluster):
     for t in trials[:2]:
         expected = run_trial(builder_for(info), xs, ys, t["params"], t["index"], "accuracy", 2, 0.2, 5, defaults)
         assert t["score"] == expected.score
+
+
+def test_training_from_a_dataset_uploaded_to_another_replica(cluster):
+    """Replicas and workers share the dataset folder (here NN_DATA_DIR/datasets, the same for all)."""
+    a, b = cluster.urls
+    _model(a, "from-dataset")
+    x, y = _data(64, seed=5)
+    csv = "x0,x1,label\n" + "".join(f"{u},{v},{t}\n" for (u, v), t in zip(x, y))
+    dataset = httpx.post(f"{a}/datasets", content=csv, headers={"content-type": "text/csv"}, timeout=30)
+    assert dataset.status_code == 201, dataset.text
+    dataset_id = dataset.json()["dataset_id"]
+    job = httpx.post(f"{b}/models/from-dataset/training-jobs", json={"dataset": dataset_id, "epochs": 3,
+                                                                     "batch_size": 16, "seed": 0}, timeout=10)
+    assert job.status_code == 202, job.text
+    done = wait_for(lambda: _finished(a, job.json()["job_id"]), 60, "the job to finish")
+    assert done["status"] == "succeeded", done
+    assert done["n_samples"] == 64 and done["model_version"] == 2
+    evaluated = httpx.post(f"{b}/models/from-dataset/evaluate", json={"dataset": dataset_id}, timeout=10)
+    assert evaluated.status_code == 200 and evaluated.json()["n_samples"] == 64
+    assert httpx.delete(f"{b}/datasets/{dataset_id}", timeout=10).status_code == 204
+    assert httpx.get(f"{a}/datasets/{dataset_id}", timeout=10).status_code == 404

@@ -1,0 +1,63 @@
+"""The dataset folder's crash safety: a real server SIGKILLed in the middle of an upload leaves no
+dataset, half or whole, and what it left in .tmp is swept once stale."""
+
+import io
+import os
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from api.datasets import STALE_SECONDS, DatasetStore
+from tests.api.conftest import wait_for
+from tests.servers import start_server, stop_server
+
+
+def _npz(rows: int) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, inputs=np.ones((rows, 100), np.float32), targets=np.zeros(rows, np.int64))
+    return buffer.getvalue()
+
+
+def _received(tmp: Path) -> int:
+    """Bytes of uploads being received now."""
+    return sum(f.stat().st_size for f in tmp.glob("*/upload")) if tmp.exists() else 0
+
+
+def test_sigkill_mid_upload_leaves_no_dataset(tmp_path):
+    data = _npz(20_000)  # 8 MB
+    url, process = start_server(tmp_path, NN_WORKERS=0)
+    try:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /datasets HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npz\r\n"
+                         + f"Content-Length: {len(data)}\r\n\r\n".encode() + data[:len(data) // 2])
+            wait_for(lambda: _received(tmp_path / "datasets" / ".tmp"), lambda n: n > 1_000_000, timeout=30)
+            process.kill()
+            process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert list((tmp_path / "datasets" / ".tmp").iterdir())  # the upload was under way
+    url, process = start_server(tmp_path, NN_WORKERS=0)
+    try:
+        assert httpx.get(f"{url}/datasets").json() == {"data": [], "count": 0}
+        response = httpx.post(f"{url}/datasets", content=data, headers={"content-type": "application/x-npz"}, timeout=60)
+        assert response.status_code == 201, response.text
+        assert httpx.get(f"{url}/datasets").json()["count"] == 1
+    finally:
+        stop_server(process)
+
+
+def test_stale_leftovers_are_swept_and_never_listed(tmp_path):
+    store = DatasetStore(tmp_path)
+    folder = store.new_upload()
+    (folder / "data.npz").write_bytes(_npz(3))
+    (folder / "meta.json").write_text("{}")  # converted, never renamed into place: not a dataset
+    assert store.page(0, 10) == ([], 0)
+    old = time.time() - STALE_SECONDS - 10
+    os.utime(folder, (old, old))
+    DatasetStore(tmp_path)
+    assert not folder.exists()
