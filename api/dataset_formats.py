@@ -9,8 +9,11 @@ that form is kept as uploaded (no second copy is written); its uncompressed memb
 import csv
 import io
 import json
+import os
 import struct
 import zipfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +24,7 @@ from api.errors import InvalidInput, PayloadTooLarge
 FORMATS = ("npz", "csv", "json")
 CHUNK_BYTES = 16 * 1024 * 1024  # rows converted or checked at a time, by size
 CSV_BLOCK = 2 * 1024 * 1024  # bytes of CSV text parsed at a time
+PARSE_THREADS = min(4, os.cpu_count() or 1)  # blocks parsed at once
 INPUT_DTYPES = ("<f4", "<f8")
 TARGET_DTYPES = ("<i8", "<f4", "<f8")
 MAX_CLASSES = 1000  # integer targets with at most this many distinct values are summarised as classes
@@ -390,6 +394,26 @@ def _count_rows(path: Path, header_end: int) -> tuple[int, int]:
     return count + 1, end
 
 
+def _numbered(blocks: Iterator[bytes], line: int) -> Iterator[tuple[bytes, int]]:
+    """Each block with the file line it starts on."""
+    for block in blocks:
+        yield block, line
+        line += block.count(b"\n")
+
+
+def _in_threads(function, items: Iterator[tuple], workers: int = PARSE_THREADS) -> Iterator:
+    """``function(*item)`` for each item, in order, ``workers`` at a time (NumPy releases the GIL in the
+    parser's array operations), holding at most ``workers + 1`` blocks in memory."""
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(function, *item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def convert_csv(source: Path, dest: Path, max_rows: int, target_columns: list[str] | None = None,
                 dtype: str | None = None) -> None:
     """A CSV file with a header row; the target column(s) by name (default: the last column)."""
@@ -421,28 +445,35 @@ def convert_csv(source: Path, dest: Path, max_rows: int, target_columns: list[st
     input_dtype = np.dtype(dtype or "float32")
     target_values = np.empty((n, len(target_index)))
     contiguous = feature_index == list(range(len(feature_index))) and target_index == list(range(len(feature_index), len(columns)))
-    done, line = 0, 2
+    done = 0
+
+    def parse(block: bytes, first_line: int) -> tuple[np.ndarray, np.ndarray]:
+        if b"\r" in block:
+            block = block.replace(b"\r\n", b"\n")
+        rows = _fast_block(block, len(columns))
+        if rows is None:
+            rows = _slow_block(block, len(columns), first_line, columns)
+        if not np.isfinite(rows).all():
+            index = np.argwhere(~np.isfinite(rows))[0]
+            raise InvalidInput(f"line {first_line + int(index[0])}, column {columns[int(index[1])]!r} is "
+                               f"{rows[tuple(index)]}: datasets must hold finite numbers")
+        inputs = rows[:, :len(feature_index)] if contiguous else rows[:, feature_index]
+        with np.errstate(over="ignore"):
+            return inputs.astype(input_dtype), rows[:, target_index]
 
     def input_chunks() -> Iterator[np.ndarray]:
-        nonlocal done, line
+        nonlocal done
         with open(source, "rb") as handle:
             handle.seek(header_end)
-            for block in _blocks(handle, CSV_BLOCK, end):
-                if b"\r" in block:
-                    block = block.replace(b"\r\n", b"\n")
-                rows = _fast_block(block, len(columns))
-                if rows is None:
-                    rows = _slow_block(block, len(columns), line, columns)
-                if done + len(rows) > n:
+            line = 2
+            for inputs, targets in _in_threads(parse, _numbered(_blocks(handle, CSV_BLOCK, end), line)):
+                if done + len(inputs) > n:
                     raise InvalidInput(f"line {line + n - done} is empty; remove empty lines from the CSV file")
-                if not np.isfinite(rows).all():
-                    index = np.argwhere(~np.isfinite(rows))[0]
-                    raise InvalidInput(f"line {line + int(index[0])}, column {columns[int(index[1])]!r} is "
-                                       f"{rows[tuple(index)]}: datasets must hold finite numbers")
-                target_values[done:done + len(rows)] = rows[:, target_index]
-                done += len(rows)
-                line += len(rows)
-                yield rows[:, :len(feature_index)] if contiguous else rows[:, feature_index]
+                if not np.isfinite(inputs).all():
+                    raise InvalidInput(f"inputs too large for {input_dtype.name} near line {line}; scale them")
+                target_values[done:done + len(inputs)] = targets
+                done += len(inputs)
+                yield inputs
 
     writer = NpzWriter(dest)
     try:
