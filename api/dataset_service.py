@@ -34,7 +34,7 @@ class DatasetService:
         try:
             limit = (self.settings.max_request_bytes, "NN_MAX_REQUEST_BYTES: JSON is for small data; upload NPZ or CSV") \
                 if fmt == "json" or uploads.is_json(content_type) else (self.settings.max_dataset_bytes, "NN_MAX_DATASET_BYTES")
-            upload = await uploads.receive(body, content_type, content_length, folder / "upload", *limit)
+            upload = await uploads.receive(body, content_type, content_length, folder / "upload", *limit, asked=fmt)
             data, sha256, fmt = await run_in_threadpool(self._convert, folder, upload, fmt, targets, dtype)
             yield folder, data, sha256, fmt
         finally:
@@ -50,7 +50,7 @@ class DatasetService:
                                   "(NN_MAX_REQUEST_BYTES); upload larger data as NPZ or CSV")
         data, kept = self.files.convert(folder, upload.path, fmt, targets=targets, dtype=dtype,
                                         max_rows=self.settings.max_dataset_rows)
-        return data, upload.sha256 if kept else None, fmt
+        return data, upload.sha256 if kept and upload.sha256 else None, fmt
 
     async def create(self, body: AsyncIterator[bytes], content_type: str, content_length: str | None, *,
                      fmt: str | None = None, targets: list[str] | None = None, dtype: str | None = None,

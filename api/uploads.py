@@ -24,7 +24,7 @@ SUFFIX_FORMATS = {".npz": "npz", ".csv": "csv", ".json": "json"}
 class Upload:
     path: Path  # the received file
     size: int  # its bytes
-    sha256: str  # of its bytes
+    sha256: str | None  # of its bytes, when it may be kept as uploaded (an NPZ)
     format_hint: str | None  # from the Content-Type, the part's Content-Type or its file name
 
 
@@ -43,11 +43,13 @@ def is_json(content_type: str) -> bool:
 class _Sink:
     """Writes the body (or the ``file`` part of a multipart body) to ``path``, hashing it on the way."""
 
-    def __init__(self, path: Path, content_type: str):
+    def __init__(self, path: Path, content_type: str, asked: str | None):
         self.handle = open(path, "wb")
         self.digest = hashlib.sha256()
         self.size = 0
+        self.asked = asked
         self.hint = _format_of(content_type)
+        self.hashing = self._may_be_kept()
         self.parser = None
         media, options = parse_options_header(content_type)
         if media == b"multipart/form-data":
@@ -86,6 +88,7 @@ class _Sink:
             self.found = True
             filename = options.get(b"filename", b"").decode("utf-8", "replace")
             self.hint = _format_of(self.headers.get(b"content-type", b"").decode("latin-1"), filename)
+            self.hashing = self._may_be_kept()
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self.in_file:
@@ -94,8 +97,13 @@ class _Sink:
     def _part_end(self) -> None:
         self.in_file = False
 
+    def _may_be_kept(self) -> bool:
+        """Only an NPZ upload can be kept as uploaded, so only then is its hash the dataset's."""
+        return (self.asked or self.hint) not in ("csv", "json")
+
     def _write(self, data: bytes) -> None:
-        self.digest.update(data)
+        if self.hashing:
+            self.digest.update(data)
         self.handle.write(data)
         self.size += len(data)
 
@@ -120,13 +128,13 @@ class _Sink:
 
 
 async def receive(chunks: AsyncIterator[bytes], content_type: str, content_length: str | None, path: Path,
-                  limit: int, limit_name: str) -> Upload:
+                  limit: int, limit_name: str, asked: str | None = None) -> Upload:
     """Streams the body to ``path``; PayloadTooLarge as soon as it passes ``limit`` bytes."""
     too_large = PayloadTooLarge(f"the upload is larger than {limit} bytes ({limit_name}); split the data into "
                                 "several datasets or ask the operator to raise the limit")
     if content_length is not None and content_length.isdigit() and int(content_length) > limit:
         raise too_large
-    sink = await run_in_threadpool(_Sink, path, content_type)
+    sink = await run_in_threadpool(_Sink, path, content_type, asked)
     received, batch, pending = 0, [], 0
     try:
         async for chunk in chunks:
@@ -147,7 +155,8 @@ async def receive(chunks: AsyncIterator[bytes], content_type: str, content_lengt
     if sink.size == 0:
         raise InvalidInput("the request holds no file; send an NPZ, CSV or JSON file as the raw body or as the "
                            "multipart field `file`")
-    return Upload(path=path, size=sink.size, sha256=sink.digest.hexdigest(), format_hint=sink.hint)
+    return Upload(path=path, size=sink.size, sha256=sink.digest.hexdigest() if sink.hashing else None,
+                  format_hint=sink.hint)
 
 
 def resolve_format(upload: Upload, asked: str | None) -> str:
