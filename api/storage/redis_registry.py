@@ -11,8 +11,8 @@ a job transition. The keys (P is the prefix):
     P:npending              zset  job id -> next attempt time, while pending
     P:nclaim:{job}          a deliverer's claim (SET NX PX), so two API replicas never send one at once
 
-Versions and the job indexes are written inside the scripts that change weights and create or end
-jobs (``keep_version`` and ``index_ended`` in redis_store's Lua prelude, and ``create_job``).
+Versions and the job indexes are written inside the transactions that change weights and create or end
+jobs (``RedisTx.insert_model``, ``save_model``, ``insert_job`` and ``save_job`` in api.storage.redis_tx).
 """
 
 import json

@@ -1,23 +1,24 @@
 """The embedded store: one SQLite file in WAL mode, one connection per thread and process.
 
-Every write runs in a ``BEGIN IMMEDIATE`` transaction, so the buffer rows a job claims change
-owner in the same transaction that queues the job: no sample is used twice or lost.
+Every write is one rule of ``api.storage.lifecycle`` run inside a ``BEGIN IMMEDIATE`` transaction
+(``atomic``), so the buffer rows a job claims change owner in the same transaction that queues the
+job: no sample is used twice or lost. This file holds the SQL only: the tables, the reads, and
+the primitives of ``lifecycle.Tx``.
 """
 
 import json
 import sqlite3
 import threading
-import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 
-from api.errors import (JobNotCancellable, JobNotFound, ModelBusy, ModelExists, ModelNotFound, PayloadTooLarge,
-                        VersionConflict, VersionNotFound)
-from api.storage.base import JobRecord, ModelRecord, Notification, Store, VersionRecord, source_of, with_trials
+from api.errors import JobNotFound, ModelNotFound, VersionNotFound
+from api.storage.base import JobRecord, ModelRecord, Notification, Store, VersionRecord, with_trials
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -197,16 +198,16 @@ class SQLiteStore(Store):
             raise
         con.execute("COMMIT")
 
+    def atomic(self, step: Callable[["SQLiteTx"], T], fence: str | None = None) -> T:
+        """One ``BEGIN IMMEDIATE`` transaction (one machine, no leases: ``fence`` is unused)."""
+        with self._tx() as con:
+            return step(SQLiteTx(con, self.keep_versions))
+
     def close(self) -> None:
         con = getattr(self._local, "con", None)
         if con is not None:
             con.close()
             self._local.con = None
-
-    @staticmethod
-    def _buffered(con: sqlite3.Connection, model_id: str) -> int:
-        row = con.execute("SELECT COALESCE(SUM(n), 0) FROM samples WHERE model_id = ? AND job_id IS NULL", (model_id,)).fetchone()
-        return int(row[0])
 
     @staticmethod
     def _model_row(con: sqlite3.Connection, model_id: str) -> sqlite3.Row:
@@ -215,29 +216,19 @@ class SQLiteStore(Store):
             raise ModelNotFound(model_id)
         return row
 
-    @staticmethod
-    def _job_row(con: sqlite3.Connection, job_id: str) -> sqlite3.Row:
-        row = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise JobNotFound(job_id)
-        return row
+    # -- reads ----------------------------------------------------------------
+    def has_jobs(self, statuses: tuple[str, ...]) -> bool:
+        query = f"SELECT 1 FROM jobs WHERE status IN ({', '.join('?' * len(statuses))}) LIMIT 1"
+        return self._con().execute(query, statuses).fetchone() is not None
 
-    # -- models ---------------------------------------------------------------
-    def create_model(self, model_id: str, blob: bytes, info: dict, owner: str | None = None,
-                     source: dict | None = None) -> ModelRecord:
-        now = time.time()
-        with self._tx() as con:
-            try:
-                con.execute(
-                    "INSERT INTO models (model_id, uid, version, info, blob, created_at, updated_at, owner) "
-                    "VALUES (?, ?, 1, ?, ?, ?, ?, ?)",
-                    (model_id, uuid.uuid4().hex, json.dumps(info), blob, now, now, owner),
-                )
-            except sqlite3.IntegrityError:
-                raise ModelExists(model_id) from None
-            con.execute("DELETE FROM samples WHERE model_id = ?", (model_id,))  # leftovers of a deleted namesake
-            self._keep_version(con, model_id, source or source_of("create"))
-            return _model(self._model_row(con, model_id))
+    def job_status(self, job_id: str) -> str | None:
+        row = self._con().execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def may_have_pending_trials(self) -> bool:
+        return self._con().execute("SELECT 1 FROM trials t JOIN jobs j ON j.job_id = t.job_id WHERE t.status = "
+                                   "'pending' AND j.status IN ('queued', 'running') AND j.stage = 'trials' LIMIT 1"
+                                   ).fetchone() is not None
 
     def get_model(self, model_id: str) -> ModelRecord:
         return _model(self._model_row(self._con(), model_id))
@@ -266,51 +257,47 @@ class SQLiteStore(Store):
             con.execute("COMMIT")
         return bytes(blob), record
 
-    def replace_model(self, model_id: str, blob: bytes, info: dict, expected_version: int | None = None,
-                      source: dict | None = None) -> ModelRecord:
-        with self._tx() as con:
-            current = _model(self._model_row(con, model_id))
-            if expected_version is not None and expected_version != current.version:
-                raise VersionConflict(f"model {model_id!r} is at version {current.version}, not {expected_version}; "
-                                      f"GET its weights again and retry")
-            busy = con.execute("SELECT job_id FROM jobs WHERE model_id = ? AND status IN ('running', 'cancelling') "
-                               "AND stage IS NOT 'trials'", (model_id,)).fetchone()
-            if busy is not None:
-                raise ModelBusy(f"model {model_id!r} is being trained by job {busy[0]!r}; wait for it to finish "
-                                f"or cancel it with POST /jobs/{busy[0]}/cancel")
-            con.execute("UPDATE models SET blob = ?, info = ?, version = version + 1, updated_at = ? WHERE model_id = ?",
-                        (blob, json.dumps(info), time.time(), model_id))
-            self._keep_version(con, model_id, source or source_of("put"))
-            return _model(self._model_row(con, model_id))
+    def count_samples(self, model_id: str) -> int:
+        con = self._con()
+        self._model_row(con, model_id)
+        return SQLiteTx(con).buffered(model_id)
 
-    def delete_model(self, model_id: str) -> list[str]:
-        now = time.time()
-        with self._tx() as con:
-            self._model_row(con, model_id)
-            rows = con.execute("SELECT job_id, status FROM jobs WHERE model_id = ? AND status IN "
-                               "('buffering', 'queued', 'running', 'cancelling')", (model_id,)).fetchall()
-            for job_id, status in rows:
-                if status in ("buffering", "queued"):
-                    con.execute("UPDATE jobs SET status = 'cancelled', error = 'model deleted', finished_at = ?, "
-                                "checkpoint = NULL WHERE job_id = ?", (now, job_id))
-                else:
-                    con.execute("UPDATE jobs SET status = 'cancelling', error = 'model deleted' WHERE job_id = ?", (job_id,))
-            con.execute("DELETE FROM samples WHERE model_id = ?", (model_id,))
-            con.execute("DELETE FROM versions WHERE uid = (SELECT uid FROM models WHERE model_id = ?)", (model_id,))
-            con.execute("DELETE FROM models WHERE model_id = ?", (model_id,))
-            for job_id, _ in rows:
-                self._settle(con, job_id)
-            return [r[0] for r in rows]
+    def get_job(self, job_id: str) -> JobRecord:
+        con = self._con()
+        row = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return self._with_trials(con, _job(row))
 
-    # -- versions -------------------------------------------------------------
-    def _keep_version(self, con: sqlite3.Connection, model_id: str, source: dict) -> None:
-        """Keeps the model's current weights as its version (in the transaction that made them) and
-        prunes versions older than the newest NN_KEEP_VERSIONS + 1."""
-        con.execute("INSERT OR REPLACE INTO versions (uid, version, model_id, blob, info, source, created_at) "
-                    "SELECT uid, version, model_id, blob, info, ?, updated_at FROM models WHERE model_id = ?",
-                    (json.dumps(source), model_id))
-        con.execute("DELETE FROM versions WHERE (uid, version) IN (SELECT v.uid, v.version FROM versions v JOIN models m "
-                    "ON m.uid = v.uid WHERE m.model_id = ? AND v.version < m.version - ?)", (model_id, self.keep_versions))
+    @staticmethod
+    def _with_trials(con: sqlite3.Connection, job: JobRecord) -> JobRecord:
+        return with_trials(job, SQLiteTx(con).trials(job.job_id)) if job.kind == "search" else job
+
+    def list_jobs(self, model_id: str, offset: int, limit: int, owner: str | None = None) -> tuple[list[JobRecord], int]:
+        con = self._con()
+        uid = self._model_row(con, model_id)["uid"]
+        where, args = "model_id = ? AND model_uid = ?", (model_id, uid)
+        if owner is not None:
+            where, args = where + " AND owner = ?", (*args, owner)
+        rows = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                           (*args, limit, offset)).fetchall()
+        total = con.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}", args).fetchone()[0]
+        return [self._with_trials(con, _job(r)) for r in rows], total
+
+    def job_samples(self, job_id: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._con().execute("SELECT n, n_in, n_out, dtype, x, y FROM samples WHERE job_id = ? ORDER BY id",
+                                   (job_id,)).fetchall()
+        if not rows:
+            return np.empty((0, 0)), np.empty((0, 0))
+        xs = [np.frombuffer(r["x"], dtype=r["dtype"]).reshape(r["n"], r["n_in"]) for r in rows]
+        ys = [np.frombuffer(r["y"], dtype=r["dtype"]).reshape(r["n"], r["n_out"]) for r in rows]
+        return np.concatenate(xs), np.concatenate(ys)
+
+    def load_checkpoint(self, job_id: str) -> bytes | None:
+        row = self._con().execute("SELECT checkpoint FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return None if row[0] is None else bytes(row[0])
 
     _VERSIONS = ("SELECT v.model_id, v.uid, v.version, v.info, v.source, v.created_at FROM versions v JOIN models m "
                  "ON m.uid = v.uid AND v.version <= m.version WHERE m.model_id = ?")
@@ -337,195 +324,6 @@ class SQLiteStore(Store):
         if row is None:
             raise VersionNotFound(model_id, version)
         return bytes(row["blob"]), _version(row)
-
-    # -- training buffer ------------------------------------------------------
-    def _append(self, con: sqlite3.Connection, model_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int) -> int:
-        size = self._buffered(con, model_id)
-        if max_buffer and size + len(x) > max_buffer:
-            raise PayloadTooLarge(f"the buffer of model {model_id!r} would hold {size + len(x)} samples, more than "
-                                  f"NN_MAX_BUFFER_SAMPLES={max_buffer}; train on it or clear it first")
-        x = np.ascontiguousarray(x)
-        y = np.ascontiguousarray(y, dtype=x.dtype)
-        con.execute("INSERT INTO samples (model_id, n, n_in, n_out, dtype, x, y) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (model_id, len(x), x.shape[1], y.shape[1], x.dtype.str, x.tobytes(), y.tobytes()))
-        return size + len(x)
-
-    def append_samples(self, model_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int) -> int:
-        with self._tx() as con:
-            self._model_row(con, model_id)
-            return self._append(con, model_id, x, y, max_buffer)
-
-    def count_samples(self, model_id: str) -> int:
-        con = self._con()
-        self._model_row(con, model_id)
-        return self._buffered(con, model_id)
-
-    def clear_samples(self, model_id: str) -> int:
-        with self._tx() as con:
-            self._model_row(con, model_id)
-            return con.execute("DELETE FROM samples WHERE model_id = ? AND job_id IS NULL", (model_id,)).rowcount
-
-    # -- jobs -----------------------------------------------------------------
-    def create_job(self, job: JobRecord, x: np.ndarray | None = None, y: np.ndarray | None = None, max_buffer: int = 0) -> JobRecord:
-        with self._tx() as con:
-            self._insert_job(con, job, "training", None, x, y)
-            return _job(self._job_row(con, job.job_id))
-
-    def _insert_job(self, con: sqlite3.Connection, job: JobRecord, kind: str, stage: str | None,
-                    x: np.ndarray | None, y: np.ndarray | None) -> None:
-        """Inline samples are the job's own from this transaction on: it is queued at once, the buffer untouched."""
-        model = self._model_row(con, job.model_id)
-        inline = x is not None and len(x) > 0
-        con.execute(
-            "INSERT INTO jobs (job_id, model_id, model_uid, status, params, min_samples, consume_buffer, created_at, "
-            "kind, stage, n_samples, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (job.job_id, job.model_id, model["uid"], "queued" if inline else "buffering", json.dumps(job.params),
-             job.min_samples, int(job.consume_buffer), job.created_at, kind, stage, len(x) if inline else 0, job.owner),
-        )
-        if inline:
-            x = np.ascontiguousarray(x)
-            y = np.ascontiguousarray(y, dtype=x.dtype)
-            con.execute("INSERT INTO samples (model_id, job_id, n, n_in, n_out, dtype, x, y) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (job.model_id, job.job_id, len(x), x.shape[1], y.shape[1], x.dtype.str, x.tobytes(), y.tobytes()))
-
-    def get_job(self, job_id: str) -> JobRecord:
-        con = self._con()
-        return self._with_trials(con, _job(self._job_row(con, job_id)))
-
-    @staticmethod
-    def _with_trials(con: sqlite3.Connection, job: JobRecord) -> JobRecord:
-        if job.kind != "search":
-            return job
-        rows = con.execute("SELECT * FROM trials WHERE job_id = ? ORDER BY idx", (job.job_id,)).fetchall()
-        return with_trials(job, [_trial(r) for r in rows])
-
-    def list_jobs(self, model_id: str, offset: int, limit: int, owner: str | None = None) -> tuple[list[JobRecord], int]:
-        con = self._con()
-        uid = self._model_row(con, model_id)["uid"]
-        where, args = "model_id = ? AND model_uid = ?", (model_id, uid)
-        if owner is not None:
-            where, args = where + " AND owner = ?", (*args, owner)
-        rows = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
-                           (*args, limit, offset)).fetchall()
-        total = con.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}", args).fetchone()[0]
-        return [self._with_trials(con, _job(r)) for r in rows], total
-
-    def promote_ready_jobs(self) -> list[JobRecord]:
-        con = self._con()
-        if con.execute("SELECT 1 FROM jobs WHERE status = 'buffering' LIMIT 1").fetchone() is None:
-            return []  # the common case takes no write lock
-        promoted = []
-        with self._tx() as con:
-            waiting = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'buffering' ORDER BY seq").fetchall()
-            blocked: set[str] = set()  # first come, first served within a model
-            for row in waiting:
-                job = _job(row)
-                if job.model_id in blocked:
-                    continue
-                available = self._buffered(con, job.model_id)
-                if available < job.min_samples:
-                    blocked.add(job.model_id)
-                    continue
-                if job.consume_buffer:
-                    con.execute("UPDATE samples SET job_id = ? WHERE model_id = ? AND job_id IS NULL", (job.job_id, job.model_id))
-                else:
-                    con.execute("INSERT INTO samples (model_id, job_id, n, n_in, n_out, dtype, x, y) "
-                                "SELECT model_id, ?, n, n_in, n_out, dtype, x, y FROM samples "
-                                "WHERE model_id = ? AND job_id IS NULL ORDER BY id", (job.job_id, job.model_id))
-                con.execute("UPDATE jobs SET status = 'queued', n_samples = ? WHERE job_id = ?", (available, job.job_id))
-                promoted.append(_job(self._job_row(con, job.job_id)))
-        return promoted
-
-    _NEXT_QUEUED = (f"SELECT {JOB_COLUMNS} FROM jobs j WHERE j.status = 'queued' AND j.stage IS NOT 'trials' AND NOT EXISTS "
-                    "(SELECT 1 FROM jobs r WHERE r.model_id = j.model_id AND r.status IN ('running', 'cancelling') "
-                    "AND r.stage IS NOT 'trials') ORDER BY j.seq LIMIT 1")
-
-    def claim_job(self, worker_id: str) -> JobRecord | None:
-        if self._con().execute(self._NEXT_QUEUED).fetchone() is None:
-            return None
-        with self._tx() as con:
-            row = con.execute(self._NEXT_QUEUED).fetchone()
-            if row is None:
-                return None
-            con.execute("UPDATE jobs SET status = 'running', worker_id = ?, started_at = COALESCE(started_at, ?) "
-                        "WHERE job_id = ?", (worker_id, time.time(), row["job_id"]))
-            return _job(self._job_row(con, row["job_id"]))
-
-    def job_samples(self, job_id: str) -> tuple[np.ndarray, np.ndarray]:
-        rows = self._con().execute("SELECT n, n_in, n_out, dtype, x, y FROM samples WHERE job_id = ? ORDER BY id",
-                                   (job_id,)).fetchall()
-        if not rows:
-            return np.empty((0, 0)), np.empty((0, 0))
-        xs = [np.frombuffer(r["x"], dtype=r["dtype"]).reshape(r["n"], r["n_in"]) for r in rows]
-        ys = [np.frombuffer(r["y"], dtype=r["dtype"]).reshape(r["n"], r["n_out"]) for r in rows]
-        return np.concatenate(xs), np.concatenate(ys)
-
-    def set_progress(self, job_id: str, progress: dict) -> None:
-        with self._tx() as con:
-            con.execute("UPDATE jobs SET progress = ? WHERE job_id = ? AND status IN ('running', 'cancelling')",
-                        (json.dumps(progress), job_id))
-
-    def save_checkpoint(self, job_id: str, blob: bytes, info: dict, epochs_done: int, history: list[dict],
-                        progress: dict) -> None:
-        with self._tx() as con:
-            con.execute("UPDATE jobs SET checkpoint = ?, checkpoint_info = ?, epochs_done = ?, history = ?, progress = ? "
-                        "WHERE job_id = ? AND status IN ('running', 'cancelling')",
-                        (blob, json.dumps(info), epochs_done, json.dumps(history), json.dumps(progress), job_id))
-
-    def load_checkpoint(self, job_id: str) -> bytes | None:
-        row = self._con().execute("SELECT checkpoint FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise JobNotFound(job_id)
-        return None if row[0] is None else bytes(row[0])
-
-    def cancel_job(self, job_id: str) -> JobRecord:
-        with self._tx() as con:
-            job = _job(self._job_row(con, job_id))
-            if job.status in ("buffering", "queued"):
-                return self._finish(con, job, "cancelled", use_checkpoint=True)
-            if job.status == "running":
-                con.execute("UPDATE jobs SET status = 'cancelling' WHERE job_id = ?", (job_id,))
-                self._settle(con, job_id)  # a search with no running trial ends now
-                return self._with_trials(con, _job(self._job_row(con, job_id)))
-            if job.status == "cancelling":
-                return self._with_trials(con, job)
-            raise JobNotCancellable(f"job {job_id!r} already ended {job.status!r}; only waiting or running jobs can be cancelled")
-
-    def cancel_requested(self, job_id: str) -> bool:
-        row = self._con().execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return row is None or row[0] != "running"
-
-    def _finish(self, con: sqlite3.Connection, job: JobRecord, status: str, *, blob: bytes | None = None,
-                info: dict | None = None, use_checkpoint: bool = False, error: str | None = None) -> JobRecord:
-        now = time.time()
-        if blob is None and use_checkpoint:
-            row = con.execute("SELECT checkpoint, checkpoint_info FROM jobs WHERE job_id = ?", (job.job_id,)).fetchone()
-            if row["checkpoint"] is not None:
-                blob, info = row["checkpoint"], json.loads(row["checkpoint_info"])
-        version = None
-        if blob is not None:
-            updated = con.execute("UPDATE models SET blob = ?, info = ?, version = version + 1, updated_at = ? "
-                                  "WHERE model_id = ? AND uid = ?", (blob, json.dumps(info), now, job.model_id, job.model_uid))
-            if updated.rowcount:
-                version = con.execute("SELECT version FROM models WHERE model_id = ?", (job.model_id,)).fetchone()[0]
-                self._keep_version(con, job.model_id, source_of("job", job_id=job.job_id, job_status=status))
-            con.execute("DELETE FROM samples WHERE job_id = ?", (job.job_id,))
-        elif job.consume_buffer:
-            con.execute("UPDATE samples SET job_id = NULL WHERE job_id = ?", (job.job_id,))  # unused: back to the buffer
-        else:
-            con.execute("DELETE FROM samples WHERE job_id = ?", (job.job_id,))  # a copy of the buffer
-        con.execute("UPDATE jobs SET status = ?, error = COALESCE(?, error), finished_at = ?, model_version = ?, "
-                    "checkpoint = NULL, checkpoint_info = NULL, worker_id = NULL WHERE job_id = ?",
-                    (status, error, now, version, job.job_id))
-        con.execute("UPDATE trials SET status = 'cancelled', finished_at = ? WHERE job_id = ? AND status IN "
-                    "('pending', 'running')", (now, job.job_id))  # a search's remaining trials stop
-        return self._with_trials(con, _job(self._job_row(con, job.job_id)))
-
-    def finish_job(self, job_id: str, status: str, *, blob: bytes | None = None, info: dict | None = None,
-                   use_checkpoint: bool = False, error: str | None = None) -> JobRecord:
-        with self._tx() as con:
-            job = _job(self._job_row(con, job_id))
-            return self._finish(con, job, status, blob=blob, info=info, use_checkpoint=use_checkpoint, error=error)
 
     def list_all_jobs(self, offset: int, limit: int, *, status: str | None = None, model_id: str | None = None,
                       kind: str | None = None, owner: str | None = None) -> tuple[list[JobRecord], int]:
@@ -585,98 +383,122 @@ class SQLiteStore(Store):
                    con.execute("SELECT progress FROM jobs WHERE status = 'running' AND progress IS NOT NULL")]
         return counts, running
 
-    def requeue_jobs(self, *, worker_ids: list[str] | None = None, job_ids: list[str] | None = None) -> list[JobRecord]:
-        query = f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('running', 'cancelling')"
-        args: list[str] = []
-        for column, values in (("worker_id", worker_ids), ("job_id", job_ids)):
-            if values is not None:
-                query += f" AND {column} IN ({', '.join('?' * len(values))})"
-                args += values
-        changed = []
-        with self._tx() as con:
-            trial_query = "SELECT DISTINCT job_id FROM trials WHERE status = 'running'"
-            if worker_ids is not None:
-                trial_query += f" AND worker_id IN ({', '.join('?' * len(worker_ids))})"
-            trial_args = worker_ids or []
-            for (search_id,) in con.execute(trial_query, trial_args).fetchall():
-                if job_ids is None or search_id in job_ids:
-                    con.execute("UPDATE trials SET status = 'pending', worker_id = NULL WHERE job_id = ? AND status = "
-                                "'running'" + (f" AND worker_id IN ({', '.join('?' * len(worker_ids))})" if worker_ids is not None else ""),
-                                [search_id, *trial_args])
-                    self._settle(con, search_id)
-            for row in con.execute(query + " ORDER BY seq", args).fetchall():
-                job = _job(row)
-                if job.status == "cancelling":
-                    changed.append(self._finish(con, job, "cancelled", use_checkpoint=True))
-                else:
-                    con.execute("UPDATE jobs SET status = 'queued', worker_id = NULL WHERE job_id = ?", (job.job_id,))
-                    changed.append(_job(self._job_row(con, job.job_id)))
-        return changed
+class SQLiteTx:
+    """The primitives of ``lifecycle.Tx`` inside one open transaction: each one SQL statement or two."""
 
-    # -- search jobs ------------------------------------------------------------------
-    def create_search_job(self, job: JobRecord, trials: list[dict], x: np.ndarray | None = None,
-                          y: np.ndarray | None = None, max_buffer: int = 0) -> JobRecord:
-        with self._tx() as con:
-            self._insert_job(con, job, "search", "trials", x, y)
-            con.executemany("INSERT INTO trials (job_id, idx, status, params, seed) VALUES (?, ?, 'pending', ?, ?)",
-                            [(job.job_id, t["index"], json.dumps(t["params"]), t["seed"]) for t in trials])
-            return self._with_trials(con, _job(self._job_row(con, job.job_id)))
+    def __init__(self, con: sqlite3.Connection, keep_versions: int = 10):
+        self.con, self.keep_versions = con, keep_versions
 
-    _NEXT_TRIAL = ("SELECT t.job_id, t.idx FROM trials t JOIN jobs j ON j.job_id = t.job_id WHERE t.status = 'pending' "
-                   "AND j.status IN ('queued', 'running') AND j.stage = 'trials' {only} ORDER BY j.seq, t.idx LIMIT 1")
+    # -- reads --
+    def model(self, model_id: str) -> ModelRecord | None:
+        row = self.con.execute(f"SELECT {MODEL_COLUMNS} FROM models m WHERE m.model_id = ?", (model_id,)).fetchone()
+        return None if row is None else _model(row)
 
-    def claim_trial(self, worker_id: str, job_id: str | None = None) -> tuple[JobRecord, dict] | None:
-        query = self._NEXT_TRIAL.format(only="AND t.job_id = ?" if job_id else "")
-        args = (job_id,) if job_id else ()
-        if self._con().execute(query, args).fetchone() is None:
-            return None  # the common case takes no write lock
-        with self._tx() as con:
-            row = con.execute(query, args).fetchone()
-            if row is None:
-                return None
-            now = time.time()
-            con.execute("UPDATE trials SET status = 'running', worker_id = ?, started_at = ? WHERE job_id = ? AND idx = ?",
-                        (worker_id, now, row["job_id"], row["idx"]))
-            con.execute("UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?) WHERE job_id = ?",
-                        (now, row["job_id"]))
-            job = self._with_trials(con, _job(self._job_row(con, row["job_id"])))
-            return job, job.trials[[t["index"] for t in job.trials].index(row["idx"])]
+    def job(self, job_id: str) -> JobRecord | None:
+        row = self.con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else _job(row)
 
-    def _settle(self, con: sqlite3.Connection, job_id: str) -> str | None:
-        """Ends a search job in its trials stage when nothing is left to run; returns its new status."""
-        job = _job(self._job_row(con, job_id))
-        if job.kind != "search" or job.stage != "trials" or job.status not in ("queued", "running", "cancelling"):
-            return None
-        counts = dict(con.execute("SELECT status, COUNT(*) FROM trials WHERE job_id = ? GROUP BY status", (job_id,)).fetchall())
-        if counts.get("running"):
-            return None
-        if job.status == "cancelling":
-            return self._finish(con, job, "cancelled").status
-        if counts.get("pending"):
-            return None
-        if not counts.get("succeeded"):
-            return self._finish(con, job, "failed", error="every trial failed; see each trial's error").status
-        if job.params.get("apply_best"):
-            con.execute("UPDATE jobs SET stage = 'apply', status = 'queued' WHERE job_id = ?", (job_id,))
-            return "queued"
-        return self._finish(con, job, "succeeded").status
+    def jobs(self, statuses: tuple[str, ...], model_id: str | None = None) -> list[JobRecord]:
+        query = f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ({', '.join('?' * len(statuses))})"
+        args = [*statuses]
+        if model_id is not None:
+            query += " AND model_id = ?"
+            args.append(model_id)
+        return [_job(r) for r in self.con.execute(query + " ORDER BY seq", args).fetchall()]
 
-    def finish_trial(self, job_id: str, index: int, status: str, *, score: float | None = None,
-                     metrics: dict | None = None, error: str | None = None) -> JobRecord:
-        with self._tx() as con:
-            self._job_row(con, job_id)
-            updated = con.execute("UPDATE trials SET status = ?, score = ?, metrics = ?, error = ?, finished_at = ? "
-                                  "WHERE job_id = ? AND idx = ? AND status = 'running'",
-                                  (status, score, None if metrics is None else json.dumps(metrics), error, time.time(),
-                                   job_id, index))
-            if updated.rowcount:
-                self._settle(con, job_id)
-            return self._with_trials(con, _job(self._job_row(con, job_id)))
+    def buffered(self, model_id: str) -> int:
+        return int(self.con.execute("SELECT COALESCE(SUM(n), 0) FROM samples WHERE model_id = ? AND job_id IS NULL",
+                                    (model_id,)).fetchone()[0])
 
-    def release_trial(self, job_id: str, index: int) -> JobRecord:
-        with self._tx() as con:
-            self._job_row(con, job_id)
-            con.execute("UPDATE trials SET status = 'pending', worker_id = NULL, started_at = NULL "
-                        "WHERE job_id = ? AND idx = ? AND status = 'running'", (job_id, index))
-            self._settle(con, job_id)
-            return self._with_trials(con, _job(self._job_row(con, job_id)))
+    def trials(self, job_id: str) -> list[dict]:
+        return [_trial(r) for r in self.con.execute("SELECT * FROM trials WHERE job_id = ? ORDER BY idx", (job_id,))]
+
+    def checkpoint(self, job_id: str) -> tuple[bytes, dict] | None:
+        row = self.con.execute("SELECT checkpoint, checkpoint_info FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None or row[0] is None else (bytes(row[0]), json.loads(row[1]))
+
+    # -- writes --
+    def insert_model(self, model_id: str, uid: str, blob: bytes, info: dict, owner: str | None, source: dict,
+                     now: float) -> None:
+        self.con.execute("INSERT INTO models (model_id, uid, version, info, blob, created_at, updated_at, owner) "
+                         "VALUES (?, ?, 1, ?, ?, ?, ?, ?)", (model_id, uid, json.dumps(info), blob, now, now, owner))
+        self.con.execute("DELETE FROM samples WHERE model_id = ?", (model_id,))  # leftovers of a deleted namesake
+        self._keep_version(model_id, source)
+
+    def save_model(self, model_id: str, blob: bytes, info: dict, version: int, source: dict, now: float) -> None:
+        self.con.execute("UPDATE models SET blob = ?, info = ?, version = ?, updated_at = ? WHERE model_id = ?",
+                         (blob, json.dumps(info), version, now, model_id))
+        self._keep_version(model_id, source)
+
+    def _keep_version(self, model_id: str, source: dict) -> None:
+        """The model's current weights become its kept version; those older than the newest keep + 1 go."""
+        self.con.execute("INSERT OR REPLACE INTO versions (uid, version, model_id, blob, info, source, created_at) "
+                         "SELECT uid, version, model_id, blob, info, ?, updated_at FROM models WHERE model_id = ?",
+                         (json.dumps(source), model_id))
+        self.con.execute("DELETE FROM versions WHERE (uid, version) IN (SELECT v.uid, v.version FROM versions v JOIN "
+                         "models m ON m.uid = v.uid WHERE m.model_id = ? AND v.version < m.version - ?)",
+                         (model_id, self.keep_versions))
+
+    def drop_model(self, model_id: str) -> None:
+        self.con.execute("DELETE FROM samples WHERE model_id = ? AND job_id IS NULL", (model_id,))
+        self.con.execute("DELETE FROM versions WHERE uid = (SELECT uid FROM models WHERE model_id = ?)", (model_id,))
+        self.con.execute("DELETE FROM models WHERE model_id = ?", (model_id,))
+
+    def insert_job(self, job: JobRecord) -> None:
+        self.con.execute("INSERT INTO jobs (job_id, model_id, model_uid, status, params, min_samples, consume_buffer, "
+                         "created_at, kind, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (job.job_id, job.model_id, job.model_uid, job.status, json.dumps(job.params), job.min_samples,
+                          int(job.consume_buffer), job.created_at, job.kind, job.owner))
+        self.save_job(job)
+
+    def save_job(self, job: JobRecord) -> None:
+        self.con.execute(
+            "UPDATE jobs SET status = ?, n_samples = ?, epochs_done = ?, progress = ?, history = ?, error = ?, "
+            "worker_id = ?, model_version = ?, started_at = ?, finished_at = ?, stage = ? WHERE job_id = ?",
+            (job.status, job.n_samples, job.epochs_done, None if job.progress is None else json.dumps(job.progress),
+             json.dumps(job.history), job.error, job.worker_id, job.model_version, job.started_at, job.finished_at,
+             job.stage, job.job_id))
+
+    def put_checkpoint(self, job_id: str, blob: bytes, info: dict) -> None:
+        self.con.execute("UPDATE jobs SET checkpoint = ?, checkpoint_info = ? WHERE job_id = ?",
+                         (blob, json.dumps(info), job_id))
+
+    def drop_checkpoint(self, job_id: str) -> None:
+        self.con.execute("UPDATE jobs SET checkpoint = NULL, checkpoint_info = NULL WHERE job_id = ?", (job_id,))
+
+    def insert_trials(self, job_id: str, trials: list[dict]) -> None:
+        self.con.executemany("INSERT INTO trials (job_id, idx, status, params, seed) VALUES (?, ?, ?, ?, ?)",
+                             [(job_id, t["index"], t["status"], json.dumps(t["params"]), t["seed"]) for t in trials])
+
+    def save_trial(self, job_id: str, trial: dict) -> None:
+        self.con.execute("UPDATE trials SET status = ?, score = ?, metrics = ?, error = ?, worker_id = ?, started_at = ?, "
+                         "finished_at = ? WHERE job_id = ? AND idx = ?",
+                         (trial["status"], trial["score"], None if trial["metrics"] is None else json.dumps(trial["metrics"]),
+                          trial["error"], trial["worker_id"], trial["started_at"], trial["finished_at"], job_id,
+                          trial["index"]))
+
+    def add_samples(self, model_id: str, job_id: str | None, x: np.ndarray, y: np.ndarray) -> None:
+        x = np.ascontiguousarray(x)
+        y = np.ascontiguousarray(y, dtype=x.dtype)
+        self.con.execute("INSERT INTO samples (model_id, job_id, n, n_in, n_out, dtype, x, y) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (model_id, job_id, len(x), x.shape[1], y.shape[1], x.dtype.str, x.tobytes(), y.tobytes()))
+
+    def claim_buffer(self, model_id: str, job_id: str, copy: bool) -> None:
+        if copy:
+            self.con.execute("INSERT INTO samples (model_id, job_id, n, n_in, n_out, dtype, x, y) "
+                             "SELECT model_id, ?, n, n_in, n_out, dtype, x, y FROM samples "
+                             "WHERE model_id = ? AND job_id IS NULL ORDER BY id", (job_id, model_id))
+        else:
+            self.con.execute("UPDATE samples SET job_id = ? WHERE model_id = ? AND job_id IS NULL", (job_id, model_id))
+
+    def return_samples(self, job_id: str, model_id: str, n: int) -> None:
+        self.con.execute("UPDATE samples SET job_id = NULL WHERE job_id = ?", (job_id,))  # rows keep their place (id)
+
+    def drop_samples(self, job_id: str) -> None:
+        self.con.execute("DELETE FROM samples WHERE job_id = ?", (job_id,))
+
+    def clear_buffer(self, model_id: str) -> None:
+        self.con.execute("DELETE FROM samples WHERE model_id = ? AND job_id IS NULL", (model_id,))
+
+    def ready(self, job_id: str) -> None:
+        """Nothing to do: the embedded workers poll the jobs table."""
