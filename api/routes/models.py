@@ -102,9 +102,8 @@ def set_weights(model_id: str, body: Weights, response: Response,
 
 
 SAMPLES_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": SamplesCreate.model_json_schema(),
-                         "examples": {"inline": {"value": {"inputs": IRIS_X, "targets": IRIS_Y}},
-                                      "dataset": {"value": {"dataset": "iris"}}}},
+    "application/json": {"schema": SamplesCreate.model_json_schema(),  # or {"dataset": "<dataset_id>"}
+                         "example": {"inputs": IRIS_X, "targets": IRIS_Y}},
     **{media: body for media, body in FILE_BODY["requestBody"]["content"].items() if media != "application/json"}}}}
 
 
