@@ -9,6 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.storage.base import ACTIVE, TERMINAL
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others count as OTHER
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -54,9 +55,16 @@ def build_registry(service):
     return registry, requests, latency
 
 
+def labels(scope: Scope) -> tuple[str, str]:
+    """(method, route) from fixed sets, so no client can grow the registry: a known HTTP method or
+    OTHER, and the matched route's template (/models/{model_id}, not the raw path) or unmatched."""
+    method = scope["method"] if scope["method"] in METHODS else "OTHER"
+    route = scope.get("route")
+    return method, getattr(route, "path", None) or "unmatched"
+
+
 class MetricsMiddleware:
-    """Counts each request by its route template (/models/{model_id}, not the raw path, so the
-    label set stays small) and observes its latency up to the end of the response body."""
+    """Counts each request by its labels (above) and observes its latency up to the end of the response body."""
 
     def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram):
         self.app, self.requests, self.latency = app, requests, latency
@@ -76,8 +84,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, record_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.requests.labels(scope["method"], template, str(status)).inc()
+            method, template = labels(scope)
+            self.requests.labels(method, template, str(status)).inc()
             if not template.endswith("/events"):  # streams last as long as the job; their latency says nothing
-                self.latency.labels(scope["method"], template).observe(time.perf_counter() - started)
+                self.latency.labels(method, template).observe(time.perf_counter() - started)
