@@ -7,13 +7,14 @@ from pydantic import ValidationError
 
 from api import etag
 from api.auth import creator_name, visible_owner
+from api.json_body import JsonBodyRoute
 from api.routes import get_service
 from api.routes.datasets import FILE_BODY, file_options
 from api.schemas import (BufferPublic, EvaluateRequest, EvaluateResponse, ModelCreate, ModelPublic, ModelsPublic,
                          IRIS_X, IRIS_Y, OutputRequest, OutputResponse, SamplesCreate, Weights)
 from api.services import Service
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], route_class=JsonBodyRoute)
 
 VERSION_QUERY = Query(None, ge=1, le=2**62, description="A kept version of the model (GET /models/{model_id}/versions) "
                                                      "to compute with instead of the current one, e.g. to compare old and new.")

@@ -1,12 +1,13 @@
 from fastapi import APIRouter, Depends, Response
 
 from api.auth import creator_name
+from api.json_body import JsonBodyRoute
 from api.routes import get_service
 from api.schemas import JobPublic, SearchCreate
 from api.search import submit_search
 from api.services import Service
 
-router = APIRouter(prefix="/models/{model_id}", tags=["jobs"])
+router = APIRouter(prefix="/models/{model_id}", tags=["jobs"], route_class=JsonBodyRoute)
 
 
 @router.post("/search-jobs", status_code=202, response_model=JobPublic,

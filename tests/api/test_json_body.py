@@ -1,0 +1,119 @@
+"""JSON bodies (api/json_body.py): bounded before any Python object is built, parsed by orjson and
+validated off the event loop, with messages that say what to send; JSON responses by orjson."""
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from api import json_body
+from api.app import create_app
+from api.json_body import BodyScan, OrjsonResponse, nesting_depth
+from tests.api.conftest import IRIS, X4, settings_for
+
+SEND_JSON = "send a JSON object with Content-Type: application/json"
+
+
+@pytest.fixture(scope="module")
+def app_client(tmp_path_factory):
+    app = create_app(settings_for(tmp_path_factory.mktemp("data"), workers=0, max_samples_per_request=100))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.post("/models", json=IRIS).status_code == 201
+        yield client
+
+
+def one_value_rows(n: int) -> bytes:
+    return b'{"inputs": [' + b"[0]," * (n - 1) + b"[0]]}"
+
+
+@pytest.fixture
+def parses(monkeypatch):
+    """Counts the bodies that reach the JSON parser."""
+    calls = []
+    real = orjson.loads
+
+    def counting(data):
+        calls.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(json_body.orjson, "loads", counting)
+    return calls
+
+
+@pytest.mark.parametrize("path", ["/models/iris/output", "/models/iris/samples", "/models/nowhere/output"])
+def test_many_rows_are_refused_by_the_byte_scan_before_parsing(app_client, parses, path):
+    response = app_client.post(path, content=one_value_rows(50_000), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413, response.text
+    detail = response.json()["detail"]
+    assert "NN_MAX_SAMPLES_PER_REQUEST" in detail and "JSON arrays and objects" in detail
+    assert parses == []  # refused while reading: no Python object was built, even for a model that does not exist
+
+
+def test_bodies_within_the_limit_are_parsed_and_answered(app_client, parses):
+    response = app_client.post("/models/iris/output", json={"inputs": X4 * 16})
+    assert response.status_code == 200 and len(response.json()["outputs"]) == 96 and len(parses) == 1
+
+
+def test_weights_bodies_have_their_own_row_limit(app_client):
+    weights = app_client.get("/models/iris/weights").json()  # 4 + 8 rows: over nothing, under the layer limit
+    assert app_client.put("/models/iris/weights", json={"layers": weights["layers"]}).status_code == 200
+
+
+def test_deep_nesting_is_refused(app_client, parses):
+    body = b'{"inputs": ' + b"[" * 60 + b"]" * 60 + b"}"
+    response = app_client.post("/models/iris/output", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and "NN_MAX_JSON_DEPTH" in response.json()["detail"]
+    assert parses == []
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_that_is_not_declared_json_says_what_to_send(app_client, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = app_client.post("/models/iris/output", content=orjson.dumps({"inputs": X4}), headers=headers)
+    assert response.status_code == 422 and SEND_JSON in response.json()["detail"]
+
+
+@pytest.mark.parametrize("body", [b"[[1, 2, 3, 4]]", b"42", b'"inputs"', b"null"])
+def test_a_json_value_that_is_not_an_object_says_what_to_send(app_client, body):
+    response = app_client.post("/models/iris/output", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and SEND_JSON in response.json()["detail"]
+
+
+def test_malformed_json_gives_the_position_and_a_hint(app_client):
+    response = app_client.post("/models/iris/output", content=b'{"inputs": [[1, 2,, 3]]}',
+                               headers={"Content-Type": "application/json"})
+    detail = response.json()["detail"]
+    assert response.status_code == 422 and "not valid JSON" in detail
+    assert "line 1, column 19" in detail and "commas" in detail
+    cut = app_client.post("/models/iris/output", content=b'{"inputs": [[1, 2', headers={"Content-Type": "application/json"})
+    assert "line 1" in cut.json()["detail"] and "close every bracket" in cut.json()["detail"]
+
+
+def test_integers_beyond_64_bits_keep_their_exact_message(app_client):
+    response = app_client.post("/models", json={"layer_sizes": [4, 10**30]})
+    assert response.status_code == 422 and "NN_MAX_LAYER_SIZE" in response.json()["detail"]
+
+
+def test_empty_bodies_still_name_the_missing_body(app_client):
+    response = app_client.post("/models/iris/output", headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and "body" in response.json()["detail"]
+
+
+def test_the_openapi_document_keeps_the_request_schemas(app_client):
+    schema = app_client.get("/openapi.json").json()
+    body = schema["paths"]["/models/{model_id}/output"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/OutputRequest"}
+
+
+def test_the_scan_counts_containers_and_depth():
+    scan = BodyScan(max_containers=3)
+    assert scan.feed(b'{"a": [[1], ') and not scan.feed(b"[2]]}")
+    assert (scan.opened, scan.closed) == (4, 4)
+    assert nesting_depth(b'{"a": [[1], [2]]}') == 3 and nesting_depth(b"1") == 0
+
+
+def test_responses_by_orjson_write_nan_as_null_and_numpy_natively():
+    body = OrjsonResponse({"x": math.nan, "y": np.arange(3, dtype=np.float32), "z": np.float64(math.inf)}).body
+    assert orjson.loads(body) == {"x": None, "y": [0.0, 1.0, 2.0], "z": None}
