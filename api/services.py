@@ -70,6 +70,13 @@ def log_transition(job: JobRecord, before: str | None) -> None:
     log.info("job %s model %s: %s -> %s%s", job.job_id, job.model_id, before or "new", job.status, extra)
 
 
+def check_model_id(model_id: str | None) -> None:
+    """'.' and '..' fit the id pattern but name directories in paths and URLs (a client or proxy resolves them)."""
+    if model_id in (".", ".."):
+        raise InvalidInput(f"model_id {model_id!r} is not allowed: '.' and '..' name directories in URLs and paths, "
+                           "so /models/{model_id} could never reach it; use letters, digits, '_', '-' and '.'")
+
+
 def _check_name(kind: str, name: str, valid: list[str], where: str) -> str:
     """The name in lower case (names are case-insensitive), or InvalidInput listing the valid ones."""
     if name.lower() not in valid:
@@ -231,6 +238,7 @@ class Service:
 
     # -- models -------------------------------------------------------------------
     def create_model(self, req: ModelCreate, owner: str | None = None) -> ModelRecord:
+        check_model_id(req.model_id)
         weight_init = _check_name("weight initialiser", req.weight_init, ["auto"] + initializers.weight_names(), "weight_init")
         bias_init = _check_name("bias initialiser", req.bias_init, initializers.bias_names(), "bias_init")
         loss = _check_name("loss", req.loss, ["auto"] + losses.names(), "loss")
@@ -336,6 +344,7 @@ class Service:
         return blob
 
     def import_model(self, data: bytes, model_id: str | None, owner: str | None = None) -> ModelRecord:
+        check_model_id(model_id)
         if not data:
             raise InvalidInput("the request holds no file; send a .npz from GET /models/{model_id}/export "
                                "as the raw body or as the multipart field `file`")

@@ -334,3 +334,13 @@ def test_the_readme_layers_spec_examples_work_as_written(server):
     job = wait_for(lambda: httpx.get(f"{server}/jobs/{answers[1]['job_id']}").json(), lambda j: j["status"] in TERMINAL, 60)
     assert job["status"] == "succeeded", job
     assert answers[2]["config"]["layers"][1]["activation"] == {"name": "sigmoid", "slope": 2.0}
+
+
+@pytest.mark.parametrize("model_id", [".", ".."])
+def test_dot_ids_are_refused_with_the_reason(client, iris, model_id):
+    created = client.post("/models", json={"layer_sizes": [4, 3], "model_id": model_id})
+    assert created.status_code == 422 and "'.' and '..' name directories" in created.json()["detail"]
+    data = client.get("/models/iris/export").content
+    imported = client.post("/models/import", params={"model_id": model_id}, content=data)
+    assert imported.status_code == 422 and "'.' and '..' name directories" in imported.json()["detail"]
+    assert client.post("/models", json={"layer_sizes": [4, 3], "model_id": f"v1{model_id}2"}).status_code == 201
