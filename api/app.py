@@ -6,12 +6,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi.datastructures import Default
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import __version__
+from api import __version__, logs
 from api.auth import install_access_control
 from api.errors import StoreUnavailable, error_response, install_error_handlers
+from api.json_body import OrjsonResponse
 from api.openapi_errors import document_errors
 from api.metrics import MetricsMiddleware, build_registry
 from api.notify import Deliverer
@@ -108,6 +110,7 @@ class DataDirLock:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    logs.install()  # control characters in logged paths, ids and headers are escaped
     logging.getLogger("api").setLevel(settings.log_level.upper())
     service = Service(open_store(settings), settings)
 
@@ -143,7 +146,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("service stopped")
 
     app = FastAPIOffline(title="Neural network training service", version=__version__, description=DESCRIPTION,
-                         lifespan=lifespan, redoc_url=None)  # api/routes/pages.py serves /redoc
+                         lifespan=lifespan, redoc_url=None,  # api/routes/pages.py serves /redoc
+                         # routes with a response model are serialised by pydantic-core; the others by orjson
+                         default_response_class=Default(OrjsonResponse))
     app.state.settings = settings
     app.state.service = service
     app.state.pool = None

@@ -93,6 +93,15 @@ class StoreUnavailable(ServiceError):
     """The shared store (Redis) cannot be reached; the request may be retried."""
 
 
+class TooManyStreams(ServiceError):
+    """Every event-stream slot (NN_MAX_STREAMS) of this process is taken; retry after `retry_after` seconds."""
+
+    def __init__(self, limit: int, retry_after: int = 5):
+        super().__init__(f"{limit} event streams are open on this server (NN_MAX_STREAMS); retry in {retry_after} s, "
+                         "or poll GET /jobs/{job_id} instead")
+        self.retry_after = retry_after
+
+
 class LeaseLost(ServiceError):
     """A worker's lease on its job expired (backend=redis); another worker may own the job, so it writes nothing."""
 
@@ -113,6 +122,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     InvalidInput: 422,
     PayloadTooLarge: 413,
     StoreUnavailable: 503,
+    TooManyStreams: 503,
     NeuralNetError: 422,  # ShapeError, UnknownNameError, NonFiniteError, ConfigError
 }
 
@@ -144,7 +154,9 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     if status == 500:
         log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(request.url.path, 500, "internal error; the server log has the details")
-    return error_response(request.url.path, status, str(exc))
+    retry_after = getattr(exc, "retry_after", None)
+    return error_response(request.url.path, status, str(exc),
+                          headers={"Retry-After": str(retry_after)} if retry_after is not None else None)
 
 
 # A union member's tag in pydantic's error locations, e.g. 'list[list[float]]' in body.targets.list[list[float]].0

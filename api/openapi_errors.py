@@ -35,7 +35,8 @@ DESCRIPTIONS = {
     "412": "If-Match names a version of the model that is no longer current",
     "413": "Over a size limit: request body, samples per request, or buffer",
     "422": "Invalid input: wrong types, shapes, names, NaN/Inf, unknown fields, values out of range",
-    "503": "The store (Redis) cannot be reached; retry later",
+    "503": "The store (Redis) cannot be reached, or (event streams) NN_MAX_STREAMS are open; retry later "
+           "(Retry-After says when)",
 }
 ETAG_GETS = ("/models/{model_id}", "/models/{model_id}/weights")  # GETs that answer 304 to If-None-Match
 

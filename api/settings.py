@@ -54,6 +54,18 @@ class Settings(BaseSettings):
     max_dataset_rows: int = Field(10_000_000, ge=1, description="Most samples (rows) in one dataset.")
     model_cache_mb: float = Field(256, ge=0, description="Memory each API process may hold in deserialised models "
                                                           "(least recently used go first; 0: load on every request).")
+    max_json_depth: int = Field(32, ge=4, le=512, description="Deepest nesting of arrays and objects in a JSON body.")
+    max_streams: int = Field(64, ge=1, description="Most event streams (/jobs/{id}/events) open at once in one API "
+                                                  "process; past it 503 with Retry-After.")
+    stream_max_seconds: float = Field(3600.0, gt=0, description="A stream ends after this many seconds with a "
+                                                               "'timeout' event; clients reconnect (EventSource does).")
+    stream_keepalive_seconds: float = Field(15.0, gt=0, description="Seconds between keep-alive comments on a quiet stream.")
+    header_timeout: float = Field(10.0, gt=0, description="Seconds a client gets to send a request's headers (from "
+                                                          "connecting, or from the previous response) before the "
+                                                          "connection is closed (python main.py only).")
+    keep_alive_timeout: int = Field(5, ge=1, description="Seconds an idle keep-alive connection stays open (uvicorn).")
+    max_connections: int = Field(1000, ge=1, description="Connections and requests at once in one API process; past "
+                                                         "it uvicorn answers 503 (python main.py only).")
 
     progress_interval: float = Field(0.2, gt=0, description="Seconds between progress writes of a running job.")
     poll_interval: float = Field(0.2, gt=0, description="Seconds an idle worker waits before looking for work again.")

@@ -1,5 +1,6 @@
 import asyncio
 import json
+import time
 from typing import AsyncIterator, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -7,16 +8,17 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from api.auth import creator_name, visible_owner
+from api.errors import TooManyStreams
+from api.json_body import JsonBodyRoute
 from api.routes import get_service
 from api.schemas import JobCreate, JobPublic, JobsPublic, ModelProgress, Progress
 from api.services import Service
 from api.storage.base import TERMINAL
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
-model_router = APIRouter(prefix="/models/{model_id}", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=JsonBodyRoute)
+model_router = APIRouter(prefix="/models/{model_id}", tags=["jobs"], route_class=JsonBodyRoute)
 
-SSE_INTERVAL = 0.2  # seconds between looks at the store while streaming
-SSE_KEEPALIVE = 15.0  # seconds between comment lines on a quiet stream
+SSE_INTERVAL = 0.2  # seconds between looks at the store while streaming (keep-alive and maximum: settings)
 
 
 @model_router.post("/training-jobs", status_code=202, response_model=JobPublic,
@@ -71,10 +73,54 @@ def _event(name: str, data: dict) -> str:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 
 
-@router.get("/{job_id}/events", summary="Server-Sent Events: one 'progress' event per update, then 'end'",
-            response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+class StreamSlots:
+    """At most NN_MAX_STREAMS event streams at once in this process; each open one holds a slot."""
+
+    def __init__(self, limit: int):
+        self.limit, self.open = limit, 0
+
+    def take(self) -> None:
+        if self.open >= self.limit:
+            raise TooManyStreams(self.limit)
+        self.open += 1
+
+    def give_back(self) -> None:
+        self.open -= 1
+
+
+class SlotStreamingResponse(StreamingResponse):
+    """Gives its slot back however the response ends (finished, client gone, or never started)."""
+
+    def __init__(self, content, slots: StreamSlots, **kwargs):
+        super().__init__(content, **kwargs)
+        self.slots = slots
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slots.give_back()
+
+
+def stream_slots(request: Request) -> StreamSlots:
+    state = request.app.state
+    if getattr(state, "stream_slots", None) is None:
+        state.stream_slots = StreamSlots(state.settings.max_streams)
+    return state.stream_slots
+
+
+@router.get("/{job_id}/events", summary="Server-Sent Events: one 'progress' event per update, then 'end' (or 'timeout')",
+            response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}},
+            description="A stream sends a keep-alive comment every NN_STREAM_KEEPALIVE_SECONDS while the job is quiet "
+                        "and ends after NN_STREAM_MAX_SECONDS with a 'timeout' event (EventSource reconnects by "
+                        "itself). At most NN_MAX_STREAMS streams are open at once per server: past that, 503 with "
+                        "Retry-After.")
 async def job_events(job_id: str, request: Request, service: Service = Depends(get_service)) -> StreamingResponse:
     first = await run_in_threadpool(service.get_job, job_id)  # 404 before the stream starts
+    settings = request.app.state.settings
+    slots = stream_slots(request)
+    slots.take()  # 503 when every slot is taken
+    keepalive, ends_at = settings.stream_keepalive_seconds, time.monotonic() + settings.stream_max_seconds
 
     async def stream() -> AsyncIterator[str]:
         job, last, quiet = first, None, 0.0
@@ -88,14 +134,19 @@ async def job_events(job_id: str, request: Request, service: Service = Depends(g
                 last, quiet = state, 0.0
                 yield _event("progress", {"job_id": job.job_id, "status": job.status, "epochs_completed": job.epochs_done,
                                           "progress": public.progress.model_dump() if public.progress else None})
-            elif quiet >= SSE_KEEPALIVE:
+            elif quiet >= keepalive:
                 quiet = 0.0
                 yield ": keep-alive\n\n"
-            await asyncio.sleep(SSE_INTERVAL)
-            quiet += SSE_INTERVAL
+            if time.monotonic() >= ends_at:
+                yield _event("timeout", {"job_id": job.job_id, "status": job.status, "detail": (
+                    f"the stream was open {settings.stream_max_seconds:g} s (NN_STREAM_MAX_SECONDS); reconnect to "
+                    "follow the job further")})
+                return
+            await asyncio.sleep(min(SSE_INTERVAL, keepalive))
+            quiet += min(SSE_INTERVAL, keepalive)
             if await request.is_disconnected():
                 return
             job = await run_in_threadpool(service.get_job, job_id)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return SlotStreamingResponse(stream(), slots, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

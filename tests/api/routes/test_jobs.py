@@ -1,7 +1,9 @@
 """Training jobs over HTTP: every state, cancel, divergence, SSE, validation, one writer per model."""
 
 import json
+import time
 
+import httpx
 import numpy as np
 import pytest
 
@@ -238,3 +240,58 @@ def test_inline_samples_fewer_than_min_samples_are_refused(idle_client):
     create(idle_client, model_id="inline-min")
     response = idle_client.post("/models/inline-min/training-jobs", json={"inputs": X4, "targets": Y3, "min_samples": 7})
     assert response.status_code == 422 and "min_samples" in response.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def stream_server(tmp_path_factory):
+    """A real server without workers (a job stays buffering: its stream would never end by itself),
+    with 2 stream slots, quick keep-alives and 2-second streams."""
+    from tests.servers import start_server, stop_server
+
+    url, process = start_server(tmp_path_factory.mktemp("data"), NN_WORKERS=0, NN_MAX_STREAMS=2,
+                                NN_STREAM_KEEPALIVE_SECONDS=0.3, NN_STREAM_MAX_SECONDS=2)
+    assert httpx.post(f"{url}/models", json={"model_id": "s", "layer_sizes": [4, 3]}).status_code == 201
+    job = httpx.post(f"{url}/models/s/training-jobs", json={"min_samples": 10**5}).json()
+    yield url, job["job_id"]
+    stop_server(process)
+
+
+def read_until(lines, wanted: str, timeout: float = 30.0) -> list[str]:
+    """Lines of a stream (an iter_lines() iterator) up to the first that starts with `wanted`."""
+    seen, deadline = [], time.monotonic() + timeout
+    for line in lines:
+        seen.append(line)
+        if line.startswith(wanted):
+            return seen
+        if time.monotonic() > deadline:
+            break
+    pytest.fail(f"no {wanted!r} line within {timeout} s: {seen[-5:]}")
+
+
+def test_event_streams_are_capped_with_retry_after(stream_server):
+    url, job_id = stream_server
+    timeout = httpx.Timeout(10.0)
+    with httpx.stream("GET", f"{url}/jobs/{job_id}/events", timeout=timeout) as first, \
+            httpx.stream("GET", f"{url}/jobs/{job_id}/events", timeout=timeout) as second:
+        assert first.status_code == second.status_code == 200
+        lines = first.iter_lines(), second.iter_lines()  # kept: a dropped iterator closes its response
+        read_until(lines[0], "event: progress"), read_until(lines[1], "event: progress")
+        refused = httpx.get(f"{url}/jobs/{job_id}/events", timeout=timeout)
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0
+        assert "NN_MAX_STREAMS" in refused.json()["detail"]
+
+    def opens():  # the slots come back when the clients leave
+        with httpx.stream("GET", f"{url}/jobs/{job_id}/events", timeout=timeout) as again:
+            return again.status_code
+    wait_for(opens, lambda status: status == 200, timeout=30)
+
+
+def test_a_quiet_stream_sends_keep_alives_and_ends_after_its_maximum(stream_server):
+    url, job_id = stream_server
+    with httpx.stream("GET", f"{url}/jobs/{job_id}/events", timeout=httpx.Timeout(10.0)) as response:
+        lines = response.iter_lines()
+        read_until(lines, ": keep-alive")
+        read_until(lines, "event: timeout")
+        data = json.loads(read_until(lines, "data:")[-1].removeprefix("data:"))
+        assert data["status"] == "buffering" and "NN_STREAM_MAX_SECONDS" in data["detail"]
+        assert list(lines) == [""]  # and the server ended the stream
