@@ -3,19 +3,19 @@
 `python main.py worker` starts a training worker for NN_BACKEND=redis (an RQ worker on NN_REDIS_QUEUE).
 """
 
-import logging
 import sys
 
 import uvicorn
 
 from api.app import DataDirInUse, DataDirLock, create_app
+from api.server import configure_logging, uvicorn_options
 from api.settings import get_settings
 
 app = create_app()
 
 if __name__ == "__main__":
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     if sys.argv[1:2] == ["worker"]:
         from api.rq_runner import run_worker
 
@@ -25,4 +25,4 @@ if __name__ == "__main__":
             DataDirLock(settings).check()  # one line, not uvicorn's traceback of a failed lifespan
         except DataDirInUse as exc:
             sys.exit(f"error: {exc}")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(app, **uvicorn_options(settings))  # header timeout, keep-alive timeout, connection cap

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -144,3 +145,39 @@ def test_a_second_service_on_the_same_data_dir_says_so_in_one_line(tmp_path):
         assert httpx.get(f"{url}/health", timeout=5).status_code == 200  # the first one is untouched
     finally:
         stop_server(first)
+
+
+def closed_by_server(sock, timeout: float) -> bool:
+    """True when the server closes the connection within `timeout` s (recv gives b"" or a reset)."""
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if sock.recv(1024) == b"":
+                return True
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def test_connections_that_never_finish_their_headers_are_closed(tmp_path):
+    url, process = start_server(tmp_path, NN_WORKERS=0, NN_HEADER_TIMEOUT=1)
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        slow = []
+        for i in range(20):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            slow.append(sock)
+        keep_alive = socket.create_connection(("127.0.0.1", port))  # a finished request, then a slow second one
+        keep_alive.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert keep_alive.recv(4096).startswith(b"HTTP/1.1 200")
+        keep_alive.sendall(b"GET /health HTTP/1.1\r\n")
+        assert all(closed_by_server(sock, timeout=15) for sock in [*slow, keep_alive])
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200  # complete requests still get through
+    finally:
+        for sock in slow:
+            sock.close()
+        stop_server(process)
