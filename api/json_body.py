@@ -6,7 +6,7 @@ looks at the body, it:
 1. refuses a body that is not JSON (`Content-Type` other than application/json) with a 422 that says
    to send a JSON object with `Content-Type: application/json`;
 2. reads the body chunk by chunk and, as the chunks arrive, counts its arrays and objects (`[` and
-   `{`, a byte scan at C speed) and its nesting depth. A body over the route's limit is refused with
+   `{`, a byte scan at C speed); its nesting depth is checked from its brackets before parsing. A body over the route's limit is refused with
    413 before a single Python object is built (the rest of it is read and dropped, so the client sees
    the answer). The limit follows NN_MAX_SAMPLES_PER_REQUEST (two arrays per sample: an input row and
    a target row) or, for weights, NN_MAX_LAYERS x NN_MAX_LAYER_SIZE rows;
@@ -72,25 +72,26 @@ def is_json(content_type: str | None) -> bool:
 
 
 class BodyScan:
-    """Counts the arrays and objects that a body's chunks open and close, in C (bytes.count)."""
+    """Counts the arrays and objects that a body's chunks open, in C (bytes.count)."""
 
     def __init__(self, max_containers: int):
         self.max_containers = max_containers
-        self.opened = self.closed = 0
+        self.opened = 0
 
     def feed(self, chunk: bytes) -> bool:
         """False once the body is over the limit."""
         self.opened += chunk.count(b"[") + chunk.count(b"{")
-        self.closed += chunk.count(b"]") + chunk.count(b"}")
-        return max(self.opened, self.closed) <= self.max_containers
+        return self.opened <= self.max_containers
 
 
-def nesting_depth(body: bytes) -> int:
-    """Deepest nesting of arrays and objects; the body's brackets are bounded by the scan, so this is cheap."""
-    brackets = np.frombuffer(body.translate(None, NOT_BRACKETS), np.uint8)
-    if not brackets.size:
+def nesting_depth(body: bytes, max_containers: int) -> int:
+    """Deepest nesting of arrays and objects (0 when the brackets cannot balance: orjson then says where)."""
+    brackets = body.translate(None, NOT_BRACKETS)
+    if len(brackets) > 2 * max_containers:  # more closers than the openers allowed: not JSON
         return 0
-    return int(np.cumsum(STEP[brackets], dtype=np.int32).max())
+    if not brackets:
+        return 0
+    return int(np.cumsum(STEP[np.frombuffer(brackets, np.uint8)], dtype=np.int32).max())
 
 
 async def read_bounded(request: Request, scan: BodyScan) -> bytes | None:
@@ -119,9 +120,9 @@ def _position_hint(body: bytes, exc: orjson.JSONDecodeError) -> str:
             f"near {around!r}; {hint}")
 
 
-def parse_and_validate(body: bytes, body_field: Any, wants_object: bool, max_depth: int) -> Any:
+def parse_and_validate(body: bytes, body_field: Any, wants_object: bool, max_depth: int, max_containers: int) -> Any:
     """Runs in a worker thread: the depth bound, orjson, then the route's schema (errors as FastAPI reports them)."""
-    depth = nesting_depth(body)
+    depth = nesting_depth(body, max_containers)
     if depth > max_depth:
         raise InvalidInput(f"the body nests arrays and objects {depth} deep; at most {max_depth} (NN_MAX_JSON_DEPTH): "
                            f"{SEND_JSON}")
@@ -171,7 +172,7 @@ class JsonBodyRoute(APIRoute):
                                       f"takes at most {what}: send the rows in several requests")
             if body:
                 request._json = await to_thread.run_sync(parse_and_validate, body, prevalidate, wants_object,
-                                                         settings.max_json_depth)
+                                                         settings.max_json_depth, limit)
             request._body = body
             return await handle(request)
 

@@ -110,8 +110,9 @@ def test_the_openapi_document_keeps_the_request_schemas(app_client):
 def test_the_scan_counts_containers_and_depth():
     scan = BodyScan(max_containers=3)
     assert scan.feed(b'{"a": [[1], ') and not scan.feed(b"[2]]}")
-    assert (scan.opened, scan.closed) == (4, 4)
-    assert nesting_depth(b'{"a": [[1], [2]]}') == 3 and nesting_depth(b"1") == 0
+    assert scan.opened == 4
+    assert nesting_depth(b'{"a": [[1], [2]]}', 10) == 3 and nesting_depth(b"1", 10) == 0
+    assert nesting_depth(b"]" * 100, 10) == 0  # cannot balance: left to orjson's message
 
 
 def test_responses_by_orjson_write_nan_as_null_and_numpy_natively():
