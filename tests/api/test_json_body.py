@@ -6,11 +6,13 @@ import math
 import numpy as np
 import orjson
 import pytest
+from fastapi.params import Form
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from api import json_body
 from api.app import create_app
-from api.json_body import BodyScan, OrjsonResponse, nesting_depth
+from api.json_body import BodyScan, JsonBodyRoute, OrjsonResponse, nesting_depth
 from tests.api.conftest import IRIS, X4, settings_for
 
 SEND_JSON = "send a JSON object with Content-Type: application/json"
@@ -118,3 +120,17 @@ def test_the_scan_counts_containers_and_depth():
 def test_responses_by_orjson_write_nan_as_null_and_numpy_natively():
     body = OrjsonResponse({"x": math.nan, "y": np.arange(3, dtype=np.float32), "z": np.float64(math.inf)}).body
     assert orjson.loads(body) == {"x": None, "y": [0.0, 1.0, 2.0], "z": None}
+
+
+def test_every_route_with_a_json_body_reads_it_through_the_bounded_layer(app_client):
+    def routes(items):
+        for route in items:
+            if hasattr(route, "original_router"):  # an included router
+                yield from routes(route.original_router.routes)
+            else:
+                yield route
+
+    json_routes = [r for r in routes(app_client.app.routes) if isinstance(r, APIRoute) and r.body_field is not None
+                   and not isinstance(r.body_field.field_info, Form)]
+    assert len(json_routes) >= 6
+    assert [r.path for r in json_routes if not isinstance(r, JsonBodyRoute)] == []  # use route_class=JsonBodyRoute
