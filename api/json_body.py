@@ -30,7 +30,7 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.params import Form
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse
 
 from api.errors import InvalidInput, PayloadTooLarge
@@ -134,6 +134,12 @@ def parse_and_validate(body: bytes, body_field: Any, wants_object: bool, max_dep
         raise InvalidInput(f"the body is a JSON {type(value).__name__.replace('NoneType', 'null')}, not an object; {SEND_JSON}")
     if body_field is None:
         return value
+    if isinstance(body_field, type) and issubclass(body_field, BaseModel):  # a schema, not a FastAPI field
+        try:
+            return body_field.model_validate(value)
+        except ValidationError as exc:
+            errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+            raise RequestValidationError(errors, body=value) from None
     validated, errors = body_field.validate(value, {}, loc=("body",))
     if errors and any(error.get("type") in INT_ERRORS for error in errors):
         # orjson reads an integer beyond 64 bits as a float; the stdlib keeps it exact, so its error names the limit
@@ -142,6 +148,18 @@ def parse_and_validate(body: bytes, body_field: Any, wants_object: bool, max_dep
     if errors:
         raise RequestValidationError(errors, body=value)
     return validated
+
+
+async def read_json(request: Request, model: type[BaseModel]) -> BaseModel:
+    """For a route that reads its body itself (one that also takes files): the same bounds, parser and
+    thread as JsonBodyRoute, validated against ``model``."""
+    settings: Settings = request.app.state.settings
+    limit, what = container_limit(model, settings)
+    body = await read_bounded(request, BodyScan(limit))
+    if body is None:
+        raise PayloadTooLarge(f"the body holds more than {limit} JSON arrays and objects (rows); a request "
+                              f"takes at most {what}: send the rows in several requests")
+    return await to_thread.run_sync(parse_and_validate, body, model, True, settings.max_json_depth, limit)
 
 
 class JsonBodyRoute(APIRoute):

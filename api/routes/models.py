@@ -2,12 +2,10 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
 from api import etag
 from api.auth import creator_name, visible_owner
-from api.json_body import JsonBodyRoute
+from api.json_body import JsonBodyRoute, read_json
 from api.routes import get_service
 from api.routes.datasets import FILE_BODY, file_options
 from api.schemas import (BufferPublic, EvaluateRequest, EvaluateResponse, ModelCreate, ModelPublic, ModelsPublic,
@@ -114,12 +112,9 @@ def _is_json(content_type: str) -> bool:
 
 
 async def _json_body(request: Request, schema):
-    """The JSON body validated against ``schema`` off the event loop; FastAPI's 422 when it does not fit."""
-    body = await request.body()
-    try:
-        return await run_in_threadpool(schema.model_validate_json, body)
-    except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+    """The JSON body validated against ``schema`` off the event loop (bounded as every JSON body: api/json_body.py);
+    FastAPI's 422 when it does not fit."""
+    return await read_json(request, schema)
 
 
 @router.post("/{model_id}/samples", response_model=BufferPublic, openapi_extra=SAMPLES_BODY,
