@@ -237,6 +237,10 @@ def test_lists_hold_only_what_the_key_sees_with_totals_to_match(tenant_app):
     mine = client.get("/models/a1/jobs", headers=h("alice-read-key")).json()
     assert [j["job_id"] for j in mine["data"]] == [submitted["alice-train-key"]] and mine["count"] == 1
     assert client.get("/models/a1/jobs", headers=h("root-admin-key")).json()["count"] == 2
+    every = client.get("/jobs", params={"model_id": "a1"}, headers=h("alice-train-key")).json()  # GET /jobs too
+    assert [j["job_id"] for j in every["data"]] == [submitted["alice-train-key"]] and every["count"] == 1
+    assert client.get("/jobs", headers=h("bob-read-key")).json()["count"] == 0
+    assert client.get("/jobs", headers=h("root-admin-key")).json()["count"] == 2
     assert client.get("/models/a1/progress", headers=h("alice-read-key")).json()["job_id"] == submitted["alice-train-key"]
     assert client.get(f"/jobs/{submitted['root-admin-key']}", headers=h("alice-train-key")).status_code == 404
     assert client.get("/models/a1/jobs", headers=h("bob-train-key")).status_code == 404
