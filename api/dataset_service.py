@@ -54,12 +54,12 @@ class DatasetService:
 
     async def create(self, body: AsyncIterator[bytes], content_type: str, content_length: str | None, *,
                      fmt: str | None = None, targets: list[str] | None = None, dtype: str | None = None,
-                     name: str | None = None, dataset_id: str | None = None) -> DatasetRecord:
+                     name: str | None = None, dataset_id: str | None = None, owner: str | None = None) -> DatasetRecord:
         if dataset_id is not None:
             await run_in_threadpool(self._check_free, dataset_id)  # before the body is read
         async with self.received(body, content_type, content_length, fmt, targets, dtype) as (folder, data, sha256, fmt):
             record = await run_in_threadpool(self.files.publish, folder, data, fmt=fmt, name=name,
-                                             dataset_id=dataset_id, sha256=sha256)
+                                             dataset_id=dataset_id, sha256=sha256, owner=owner)
         log.info("dataset %s: uploaded %s, %d x %d, %d bytes", record.dataset_id, fmt, record.n_samples,
                  record.n_features, record.bytes)
         return record
@@ -74,14 +74,15 @@ class DatasetService:
         raise DatasetExists(dataset_id)
 
     # -- reads and deletes ----------------------------------------------------------------------
-    def get(self, dataset_id: str) -> DatasetRecord:
-        return self.files.get(dataset_id)
+    # ``viewer``: the API key name whose datasets a caller sees under NN_TENANCY; None: every dataset
+    def get(self, dataset_id: str, viewer: str | None = None) -> DatasetRecord:
+        return self.files.get(dataset_id, viewer)
 
-    def page(self, offset: int, limit: int) -> tuple[list[DatasetRecord], int]:
-        return self.files.page(offset, limit)
+    def page(self, offset: int, limit: int, viewer: str | None = None) -> tuple[list[DatasetRecord], int]:
+        return self.files.page(offset, limit, viewer)
 
-    def path(self, dataset_id: str) -> Path:
-        return self.files.path(dataset_id)
+    def path(self, dataset_id: str, viewer: str | None = None) -> Path:
+        return self.files.path(dataset_id, viewer)
 
     def _job_status(self, job_id: str) -> str:
         try:
@@ -89,20 +90,22 @@ class DatasetService:
         except JobNotFound:
             return "unknown"
 
-    def delete(self, dataset_id: str) -> None:
-        self.files.delete(dataset_id, self._job_status)
+    def delete(self, dataset_id: str, viewer: str | None = None) -> None:
+        self.files.delete(dataset_id, self._job_status, viewer)
         log.info("dataset %s: deleted", dataset_id)
 
     # -- use by models ----------------------------------------------------------------------------
-    def check(self, model_id: str, info: dict, dataset_id: str, what: str = "dataset") -> DatasetRecord:
+    def check(self, model_id: str, info: dict, dataset_id: str, what: str = "dataset",
+              viewer: str | None = None) -> DatasetRecord:
         """The dataset's record, after checking its width and target shape against the model's."""
-        record = self.files.get(dataset_id)
+        record = self.files.get(dataset_id, viewer)
         check_fits(model_id, info, record.n_features, record.targets, f"{what} {dataset_id!r}")
         return record
 
-    def arrays(self, model_id: str, info: dict, dataset_id: str, what: str = "dataset") -> tuple[np.ndarray, np.ndarray]:
+    def arrays(self, model_id: str, info: dict, dataset_id: str, what: str = "dataset",
+               viewer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(inputs, prepared targets) of a checked dataset, in the model's dtype."""
-        self.check(model_id, info, dataset_id, what)
+        self.check(model_id, info, dataset_id, what, viewer)
         return model_arrays(*self.files.arrays(dataset_id), info, f"{what} {dataset_id!r}")
 
     def use(self, dataset_ids: list[str], job_id: str) -> None:

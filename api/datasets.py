@@ -49,6 +49,7 @@ class DatasetRecord:
     sha256: str
     format: str  # the uploaded format
     created_at: float
+    owner: str | None = None  # the API key name that uploaded it (NN_TENANCY: only that name sees it)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -161,11 +162,11 @@ class DatasetStore:
         return data, False
 
     def publish(self, folder: Path, data: Path, *, fmt: str, name: str | None, dataset_id: str | None,
-                sha256: str | None) -> DatasetRecord:
+                sha256: str | None, owner: str | None = None) -> DatasetRecord:
         """Makes a converted upload a dataset: the record beside the file, both fsync'd, one rename."""
         dataset_id = dataset_id or uuid.uuid4().hex[:16]
         record = DatasetRecord(dataset_id=dataset_id, name=name, **formats.describe(data), bytes=data.stat().st_size,
-                               sha256=sha256 or _sha256(data), format=fmt, created_at=time.time())
+                               sha256=sha256 or _sha256(data), format=fmt, created_at=time.time(), owner=owner)
         with open(data, "rb+") as handle:
             os.fsync(handle.fileno())
         meta = folder / "meta.json"
@@ -186,27 +187,31 @@ class DatasetStore:
         return record
 
     # -- reads ----------------------------------------------------------------------------
-    def get(self, dataset_id: str) -> DatasetRecord:
+    def get(self, dataset_id: str, owner: str | None = None) -> DatasetRecord:
+        """The record; DatasetNotFound when it is absent or, with ``owner``, someone else's."""
         try:
             with open(self._folder(dataset_id) / "meta.json") as handle:
-                return DatasetRecord(**json.load(handle))
+                record = DatasetRecord(**json.load(handle))
         except (FileNotFoundError, NotADirectoryError):
             raise DatasetNotFound(dataset_id) from None
+        if owner is not None and record.owner != owner:
+            raise DatasetNotFound(dataset_id)
+        return record
 
-    def page(self, offset: int, limit: int) -> tuple[list[DatasetRecord], int]:
+    def page(self, offset: int, limit: int, owner: str | None = None) -> tuple[list[DatasetRecord], int]:
         records = []
         for entry in self.root.iterdir():
             if entry.name.startswith("."):
                 continue
             try:
-                records.append(self.get(entry.name))
+                records.append(self.get(entry.name, owner))
             except DatasetNotFound:
-                continue  # deleted meanwhile
+                continue  # deleted meanwhile, or another owner's
         records.sort(key=lambda r: (r.created_at, r.dataset_id))
         return records[offset:offset + limit], len(records)
 
-    def path(self, dataset_id: str) -> Path:
-        self.get(dataset_id)
+    def path(self, dataset_id: str, owner: str | None = None) -> Path:
+        self.get(dataset_id, owner)
         return self._folder(dataset_id) / "data.npz"
 
     def arrays(self, dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -229,11 +234,11 @@ class DatasetStore:
         except (OSError, DatasetNotFound):
             pass
 
-    def delete(self, dataset_id: str, job_status) -> None:
+    def delete(self, dataset_id: str, job_status, owner: str | None = None) -> None:
         """Deletes a dataset unless a job still uses it. ``job_status(job_id)`` says "active", "ended" or "unknown"."""
         with self._locked():
             folder = self._folder(dataset_id)
-            self.get(dataset_id)
+            self.get(dataset_id, owner)
             for use in sorted((folder / "uses").iterdir()):
                 status = job_status(use.name)
                 if status == "ended" or (status == "unknown" and time.time() - use.stat().st_mtime > PENDING_USE_SECONDS):

@@ -486,6 +486,8 @@ class DatasetPublic(BaseModel):
                                     "uncompressed NPZ of float32/float64 `inputs` and `targets`.")
     format: str = Field(description="Format of the upload: npz, csv or json.")
     created_at: datetime = Field(description="When the dataset was uploaded (UTC).")
+    owner: str | None = Field(None, description="Name of the API key that uploaded it (null without keys); under "
+                                                "NN_TENANCY only that name (and admin keys) see and use it.")
 
     @classmethod
     def from_record(cls, r) -> "DatasetPublic":

@@ -37,7 +37,8 @@ CANCEL_CHECK_INTERVAL = 0.05  # seconds between reads of the job's cancel flag w
 
 
 # -- the service side: check the request, make the trials ---------------------------------------------
-def submit_search(service: Service, model_id: str, req: SearchCreate, owner: str | None = None) -> JobRecord:
+def submit_search(service: Service, model_id: str, req: SearchCreate, owner: str | None = None,
+                  viewer: str | None = None) -> JobRecord:
     """Checks every trial before anything is stored, then stores the job and its pending trials."""
     info = service.store.get_model(model_id).info
     metric = req.metric.removeprefix("val_")
@@ -58,7 +59,7 @@ def submit_search(service: Service, model_id: str, req: SearchCreate, owner: str
     params = {"space": {k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in req.space.items()},
               "trials": req.trials, "folds": req.folds, "validation_split": req.validation_split, "metric": req.metric,
               "seed": req.seed, "apply_best": req.apply_best, "defaults": defaults}
-    used = service.dataset_params(model_id, info, req, params)  # queued at once, the buffer untouched
+    used = service.dataset_params(model_id, info, req, params, viewer)  # queued at once, the buffer untouched
     if params.get("dataset_samples", req.folds or 2) < (req.folds or 2):
         raise InvalidInput(f"dataset {req.dataset!r} has {params['dataset_samples']} samples; a search needs at least "
                            f"{req.folds or 2} (one per fold)")

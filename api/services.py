@@ -404,20 +404,22 @@ class Service:
             result["cost"] = jsonable(cost)
         return result
 
-    def _labelled(self, model_id: str, info: dict, req: EvaluateRequest | SamplesCreate) -> tuple[np.ndarray, np.ndarray]:
-        """The arrays of a request's inline `inputs`/`targets`, or of its `dataset`."""
+    def _labelled(self, model_id: str, info: dict, req: EvaluateRequest | SamplesCreate,
+                  viewer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The arrays of a request's inline `inputs`/`targets`, or of its `dataset` (one ``viewer`` sees)."""
         if req.dataset is not None:
             if req.inputs is not None or req.targets is not None:
                 raise InvalidInput("give either `dataset` or `inputs` and `targets`, not both")
-            return self.datasets.arrays(model_id, info, req.dataset)
+            return self.datasets.arrays(model_id, info, req.dataset, viewer=viewer)
         if req.inputs is None or req.targets is None:
             raise InvalidInput("give `inputs` and `targets` (or the id of an uploaded `dataset`)")
         x = self._inputs(info, req.inputs)
         return x, self._targets(info, req.targets, len(x))
 
-    def evaluate(self, model_id: str, req: EvaluateRequest, version: int | None = None) -> dict[str, Any]:
+    def evaluate(self, model_id: str, req: EvaluateRequest, version: int | None = None,
+                 viewer: str | None = None) -> dict[str, Any]:
         model = self.served_model(model_id) if version is None else self.served_version(model_id, version)
-        x, y = self._labelled(model_id, model.record.info, req)
+        x, y = self._labelled(model_id, model.record.info, req, viewer)
         with model.lock:
             metrics = model.net.evaluate(x, y)
         return {"model_id": model_id, "model_version": model.record.version, "n_samples": len(x),
@@ -466,9 +468,9 @@ class Service:
         return record
 
     # -- training buffer -------------------------------------------------------------
-    def add_samples(self, model_id: str, req: SamplesCreate) -> int:
+    def add_samples(self, model_id: str, req: SamplesCreate, viewer: str | None = None) -> int:
         info = self.store.get_model(model_id).info
-        x, y = self._labelled(model_id, info, req)
+        x, y = self._labelled(model_id, info, req, viewer)
         return self._append(model_id, x, y)
 
     async def add_samples_file(self, model_id: str, body, content_type: str, content_length: str | None, *,
@@ -564,7 +566,7 @@ class Service:
         x = self._inputs(info, inputs)
         return x, self._targets(info, targets, len(x))
 
-    def dataset_params(self, model_id: str, info: dict, req, params: dict[str, Any]) -> list[str]:
+    def dataset_params(self, model_id: str, info: dict, req, params: dict[str, Any], viewer: str | None = None) -> list[str]:
         """Checks a job's `dataset` (and `validation_dataset`) against the model and records them in its
         params; returns the dataset ids the job will read. A job with a dataset leaves the buffer alone."""
         used = []
@@ -575,21 +577,21 @@ class Service:
             if buffer_options:
                 raise InvalidInput(f"{', '.join(buffer_options)} are about the buffer; a job with `dataset` trains on "
                                    "the dataset, so leave them out")
-            record = self.datasets.check(model_id, info, req.dataset)
+            record = self.datasets.check(model_id, info, req.dataset, viewer=viewer)
             params.update(dataset=req.dataset, dataset_samples=record.n_samples)
             used.append(req.dataset)
         if getattr(req, "validation_dataset", None) is not None:
             if req.validation_split:
                 raise InvalidInput("give either validation_split or validation_dataset, not both")
-            self.datasets.check(model_id, info, req.validation_dataset, "validation_dataset")
+            self.datasets.check(model_id, info, req.validation_dataset, "validation_dataset", viewer)
             params["validation_dataset"] = req.validation_dataset
             used.append(req.validation_dataset)
         return used
 
-    def submit_job(self, model_id: str, req: JobCreate, owner: str | None = None) -> JobRecord:
+    def submit_job(self, model_id: str, req: JobCreate, owner: str | None = None, viewer: str | None = None) -> JobRecord:
         info = self.store.get_model(model_id).info
         params = self._fit_params(info, req)
-        used = self.dataset_params(model_id, info, req, params)
+        used = self.dataset_params(model_id, info, req, params, viewer)
         x, y = self.inline_samples(info, req.inputs, req.targets, "to train on the buffer")
         if x is not None and req.min_samples > len(x):
             raise InvalidInput(f"min_samples={req.min_samples} but the job carries {len(x)} inline samples, which are "

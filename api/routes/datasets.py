@@ -3,6 +3,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 
+from api.auth import creator_name, visible_owner
 from api.dataset_service import DatasetService
 from api.routes import get_service
 from api.schemas import DATASET_ID_PATTERN, IRIS_X, IRIS_Y, DatasetPublic, DatasetsPublic
@@ -43,36 +44,41 @@ async def upload_dataset(request: Request, options: dict = Depends(file_options)
                          name: str | None = Query(None, max_length=200, description="A name for people."),
                          dataset_id: str | None = Query(None, pattern=DATASET_ID_PATTERN,
                                                         description="Id of the new dataset; generated when absent."),
+                         owner: str | None = Depends(creator_name),
                          datasets: DatasetService = Depends(get_datasets)) -> DatasetPublic:
     """The body is the file itself (`Content-Type: application/x-npz`, `text/csv` or `application/json`) or
     the multipart field `file` (the /docs file button). It streams to disk as it arrives, up to
     NN_MAX_DATASET_BYTES and NN_MAX_DATASET_ROWS; the dataset exists only once it is whole."""
     record = await datasets.create(request.stream(), request.headers.get("content-type", ""),
                                    request.headers.get("content-length"), dtype=dtype, name=name,
-                                   dataset_id=dataset_id, **options)
+                                   dataset_id=dataset_id, owner=owner, **options)
     return DatasetPublic.from_record(record)
 
 
 @router.get("", response_model=DatasetsPublic, summary="List datasets, oldest first")
 def list_datasets(offset: int = Query(0, ge=0, le=2**62, description="Datasets to skip."),
                   limit: int = Query(50, ge=1, le=500, description="Datasets per page."),
+                  viewer: str | None = Depends(visible_owner),
                   datasets: DatasetService = Depends(get_datasets)) -> DatasetsPublic:
-    records, count = datasets.page(offset, limit)
+    records, count = datasets.page(offset, limit, viewer)
     return DatasetsPublic(data=[DatasetPublic.from_record(r) for r in records], count=count)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, summary="Sizes, target summary and checksum of a dataset")
-def get_dataset(dataset_id: str, datasets: DatasetService = Depends(get_datasets)) -> DatasetPublic:
-    return DatasetPublic.from_record(datasets.get(dataset_id))
+def get_dataset(dataset_id: str, viewer: str | None = Depends(visible_owner),
+                datasets: DatasetService = Depends(get_datasets)) -> DatasetPublic:
+    return DatasetPublic.from_record(datasets.get(dataset_id, viewer))
 
 
 @router.get("/{dataset_id}/download", response_class=FileResponse, summary="The dataset as an NPZ file (inputs, targets)",
             responses={200: {"content": {"application/x-npz": {}}}})
-def download_dataset(dataset_id: str, datasets: DatasetService = Depends(get_datasets)) -> FileResponse:
-    return FileResponse(datasets.path(dataset_id), media_type="application/x-npz", filename=f"{dataset_id}.npz")
+def download_dataset(dataset_id: str, viewer: str | None = Depends(visible_owner),
+                     datasets: DatasetService = Depends(get_datasets)) -> FileResponse:
+    return FileResponse(datasets.path(dataset_id, viewer), media_type="application/x-npz", filename=f"{dataset_id}.npz")
 
 
 @router.delete("/{dataset_id}", status_code=204, summary="Delete a dataset (409 while a job or search uses it)")
-def delete_dataset(dataset_id: str, datasets: DatasetService = Depends(get_datasets)) -> Response:
-    datasets.delete(dataset_id)
+def delete_dataset(dataset_id: str, viewer: str | None = Depends(visible_owner),
+                   datasets: DatasetService = Depends(get_datasets)) -> Response:
+    datasets.delete(dataset_id, viewer)
     return Response(status_code=204)

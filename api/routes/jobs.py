@@ -24,8 +24,8 @@ SSE_INTERVAL = 0.2  # seconds between looks at the store while streaming (keep-a
 @model_router.post("/training-jobs", status_code=202, response_model=JobPublic,
                    summary="Submit a training job (waits in 'buffering' until min_samples are buffered)")
 def submit_job(model_id: str, body: JobCreate, response: Response, owner: str | None = Depends(creator_name),
-               service: Service = Depends(get_service)) -> JobPublic:
-    job = service.submit_job(model_id, body, owner)
+               viewer: str | None = Depends(visible_owner), service: Service = Depends(get_service)) -> JobPublic:
+    job = service.submit_job(model_id, body, owner, viewer)
     response.headers["Location"] = f"/jobs/{job.job_id}"
     return JobPublic.from_record(job)
 

@@ -76,8 +76,8 @@ def output(model_id: str, body: OutputRequest, version: int | None = VERSION_QUE
 
 @router.post("/{model_id}/evaluate", response_model=EvaluateResponse, summary="Loss and metrics on labelled data")
 def evaluate(model_id: str, body: EvaluateRequest, version: int | None = VERSION_QUERY,
-             service: Service = Depends(get_service)) -> dict:
-    return service.evaluate(model_id, body, version)
+             viewer: str | None = Depends(visible_owner), service: Service = Depends(get_service)) -> dict:
+    return service.evaluate(model_id, body, version, viewer)
 
 
 @router.get("/{model_id}/weights", response_model=Weights, summary="Weights and biases of every layer")
@@ -120,13 +120,13 @@ async def _json_body(request: Request, schema):
 @router.post("/{model_id}/samples", response_model=BufferPublic, openapi_extra=SAMPLES_BODY,
              summary="Append samples to the training buffer: inline, from a dataset, or from a file body")
 async def add_samples(model_id: str, request: Request, options: dict = Depends(file_options),
-                      service: Service = Depends(get_service)) -> BufferPublic:
+                      viewer: str | None = Depends(visible_owner), service: Service = Depends(get_service)) -> BufferPublic:
     """JSON `{"inputs", "targets"}` or `{"dataset": id}` (a copy of an uploaded dataset), or a file body as
     for POST /datasets (NPZ, CSV with ?target=, JSON), raw or as the multipart field `file`."""
     content_type = request.headers.get("content-type", "")
     if _is_json(content_type) and options["fmt"] in (None, "json"):
         body = await _json_body(request, SamplesCreate)
-        return BufferPublic(model_id=model_id, buffer_size=await run_in_threadpool(service.add_samples, model_id, body))
+        return BufferPublic(model_id=model_id, buffer_size=await run_in_threadpool(service.add_samples, model_id, body, viewer))
     size = await service.add_samples_file(model_id, request.stream(), content_type,
                                           request.headers.get("content-length"), **options)
     return BufferPublic(model_id=model_id, buffer_size=size)

@@ -1,6 +1,6 @@
 from fastapi import APIRouter, Depends, Response
 
-from api.auth import creator_name
+from api.auth import creator_name, visible_owner
 from api.json_body import JsonBodyRoute
 from api.routes import get_service
 from api.schemas import JobPublic, SearchCreate
@@ -13,7 +13,7 @@ router = APIRouter(prefix="/models/{model_id}", tags=["jobs"], route_class=JsonB
 @router.post("/search-jobs", status_code=202, response_model=JobPublic,
              summary="Submit a hyper-parameter search (grid or random, k-fold or hold-out); its trials run in parallel")
 def submit_search_job(model_id: str, body: SearchCreate, response: Response, owner: str | None = Depends(creator_name),
-                      service: Service = Depends(get_service)) -> JobPublic:
-    job = submit_search(service, model_id, body, owner)
+                      viewer: str | None = Depends(visible_owner), service: Service = Depends(get_service)) -> JobPublic:
+    job = submit_search(service, model_id, body, owner, viewer)
     response.headers["Location"] = f"/jobs/{job.job_id}"
     return JobPublic.from_record(job)

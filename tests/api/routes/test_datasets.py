@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.api.conftest import X4, Y3, create, running_app, wait_job
+from tests.api.conftest import IRIS as IRIS_MODEL, X4, Y3, create, running_app, wait_job
 
 HEADER = b"sepal_length,sepal_width,petal_length,petal_width,species\n"
 IRIS_CSV = HEADER + b"".join(b",".join(str(v).encode() for v in x + [y]) + b"\n" for x, y in zip(X4, Y3))
@@ -285,3 +285,28 @@ def test_openapi_documents_the_file_bodies(app):
     samples = spec["paths"]["/models/{model_id}/samples"]["post"]["requestBody"]["content"]
     assert "dataset" in samples["application/json"]["schema"]["properties"] and "text/csv" in samples
     assert json.dumps(spec)  # serialisable
+
+
+def test_tenancy_a_dataset_is_its_uploaders(tmp_path):
+    keys = "alice:alice-key:train,bob:bob-key:train,root:root-key:admin"
+    alice, bob, root = ({"Authorization": f"Bearer {k}"} for k in ("alice-key", "bob-key", "root-key"))
+    with running_app(tmp_path, workers=0, api_keys=keys, tenancy=True) as client:
+        for headers, model in ((alice, "a"), (bob, "b")):
+            assert client.post("/models", json={**IRIS_MODEL, "model_id": model}, headers=headers).status_code == 201
+        mine = client.post("/datasets", content=IRIS_CSV, headers={**alice, "content-type": "text/csv"}).json()
+        assert mine["owner"] == "alice"
+        dataset = mine["dataset_id"]
+        assert client.get("/datasets", headers=alice).json()["count"] == 1
+        assert client.get("/datasets", headers=bob).json() == {"data": [], "count": 0}
+        assert client.get("/datasets", headers=root).json()["count"] == 1
+        for method, path, body in (("GET", f"/datasets/{dataset}", None), ("GET", f"/datasets/{dataset}/download", None),
+                                   ("POST", "/models/b/evaluate", {"dataset": dataset}),
+                                   ("POST", "/models/b/samples", {"dataset": dataset}),
+                                   ("POST", "/models/b/training-jobs", {"dataset": dataset}),
+                                   ("POST", "/models/b/training-jobs", {"validation_dataset": dataset}),
+                                   ("POST", "/models/b/search-jobs", {"dataset": dataset, "space": {"epochs": [1]}})):
+            response = client.request(method, path, json=body, headers=bob)
+            assert response.status_code == 404 and f"dataset {dataset!r} does not exist" in response.json()["detail"], path
+        assert client.post("/models/a/evaluate", json={"dataset": dataset}, headers=alice).status_code == 200
+        assert client.get(f"/datasets/{dataset}", headers=root).status_code == 200
+        assert client.delete(f"/datasets/{dataset}", headers=root).status_code == 204
