@@ -349,7 +349,9 @@ class Service:
             raise InvalidInput("the request holds no file; send a .npz from GET /models/{model_id}/export "
                                "as the raw body or as the multipart field `file`")
         try:
-            net = Network.from_bytes(data)
+            s = self.settings  # the architecture is checked against the limits before anything is allocated
+            net = Network.from_bytes(data, max_layers=s.max_layers, max_layer_size=s.max_layer_size,
+                                     max_parameters=s.max_parameters)
         except NeuralNetError as exc:
             raise InvalidInput(f"not a model file: {exc}") from None
         except Exception as exc:  # a damaged zip can fail in many ways

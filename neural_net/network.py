@@ -403,9 +403,11 @@ class Network:
         return serialization.to_bytes(self)
 
     @classmethod
-    def from_bytes(cls, data):
-        """A network from `to_bytes()` output; see `serialization.from_bytes` for what is checked."""
-        return serialization.from_bytes(cls, data)
+    def from_bytes(cls, data, max_layers=None, max_layer_size=None, max_parameters=None):
+        """A network from `to_bytes()` output. Files from elsewhere: pass limits (dense layers, units per
+        layer input included, parameters); the architecture is checked against them before anything is
+        allocated, and every array's size before it is read (see `serialization.from_bytes`)."""
+        return serialization.from_bytes(cls, data, max_layers, max_layer_size, max_parameters)
 
     def save(self, path):
         """Write `to_bytes()` to a path or a binary file object (.npz, no pickle)."""

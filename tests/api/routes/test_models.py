@@ -344,3 +344,16 @@ def test_dot_ids_are_refused_with_the_reason(client, iris, model_id):
     imported = client.post("/models/import", params={"model_id": model_id}, content=data)
     assert imported.status_code == 422 and "'.' and '..' name directories" in imported.json()["detail"]
     assert client.post("/models", json={"layer_sizes": [4, 3], "model_id": f"v1{model_id}2"}).status_code == 201
+
+
+@pytest.mark.parametrize("name", ["zip bomb", "a 20000x20000 layer", "5000 layers", "NaN weights", "Inf optimizer state",
+                                  "optimizer step -1e30", "epochs_trained 1e30", "an unknown member"])
+def test_import_refuses_a_crafted_file_naming_the_problem(client, name):
+    from tests.core.test_serialization import CRAFTED
+
+    make, words = CRAFTED[name]
+    words = {"a 20000x20000 layer": "20000 values; at most 4096", "5000 layers": "at most 32"}.get(name, words)
+    response = client.post("/models/import", params={"model_id": "crafted"}, content=make(),
+                           headers={"content-type": "application/octet-stream"})
+    assert response.status_code == 422 and words in response.json()["detail"], response.text
+    assert client.get("/models/crafted").status_code == 404
