@@ -51,12 +51,10 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _streams_itself(scope):
             return await self.app(scope, receive, send)
-        too_large = error_response(scope["path"], 413, f"request body larger than {self.max_bytes} bytes "
-                                                       "(NN_MAX_REQUEST_BYTES); send fewer samples per request")
-        length = dict(scope["headers"]).get(b"content-length")
+        length = next((value for name, value in scope["headers"] if name == b"content-length"), None)
         if length is not None:
             if length.isdigit() and int(length) > self.max_bytes:
-                return await too_large(scope, receive, send)
+                return await self._too_large(scope, receive, send)
             return await self.app(scope, receive, send)
         # no declared length (chunked): read up to the limit here, then replay it to the app
         messages, received = [], 0
@@ -65,7 +63,7 @@ class BodyLimit:
             messages.append(message)
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                return await too_large(scope, receive, send)
+                return await self._too_large(scope, receive, send)
             if message["type"] != "http.request" or not message.get("more_body", False):
                 break
 
@@ -73,6 +71,12 @@ class BodyLimit:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Built only when needed: the common request should not pay for rendering an error."""
+        response = error_response(scope["path"], 413, f"request body larger than {self.max_bytes} bytes "
+                                                      "(NN_MAX_REQUEST_BYTES); send fewer samples per request")
+        await response(scope, receive, send)
 
 
 class DataDirInUse(RuntimeError):
