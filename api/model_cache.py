@@ -9,6 +9,7 @@ new key, so stale weights are never served; old keys age out by least-recent use
 
 import threading
 from collections import OrderedDict
+from typing import Callable
 from dataclasses import dataclass, field
 
 from neural_net import Network
@@ -40,6 +41,7 @@ class ModelCache:
         self._entries: OrderedDict[tuple[str, int], CachedModel] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._loading: dict[tuple[str, int], threading.Lock] = {}  # one loader per key; the others wait for it
         self.hits = self.misses = self.evictions = 0
 
     def get(self, uid: str, version: int) -> CachedModel | None:
@@ -51,6 +53,24 @@ class ModelCache:
             self._entries.move_to_end((uid, version))
             self.hits += 1
             return entry
+
+    def get_or_load(self, uid: str, version: int, load: Callable[[], tuple[Network, ModelRecord, int]]) -> CachedModel:
+        """The entry of (uid, version), calling ``load`` (-> network, its record, its saved size) on a miss. Concurrent
+        misses of one key load once: 16 requests arriving together for a new version deserialise it once, not 16 times.
+        The loaded record's key is what gets cached (it may be newer than the one asked for)."""
+        entry = self.get(uid, version)
+        if entry is not None:
+            return entry
+        with self._lock:
+            gate = self._loading.setdefault((uid, version), threading.Lock())
+        try:
+            with gate:
+                with self._lock:
+                    entry = self._entries.get((uid, version))
+                return entry if entry is not None else self.put(*load())
+        finally:
+            with self._lock:
+                self._loading.pop((uid, version), None)
 
     def put(self, net: Network, record: ModelRecord, blob_size: int) -> CachedModel:
         """Caches ``net`` as ``record``'s (uid, version) and returns its entry; a network larger than the

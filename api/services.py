@@ -211,11 +211,11 @@ class Service:
         except ModelNotFound:
             self.cache.discard(model_id)
             raise
-        entry = self.cache.get(uid, version)
-        if entry is None:
+        def load() -> tuple[Network, ModelRecord, int]:
             blob, record = self.store.load_model(model_id)  # may be newer than the stamp: it is cached as what it is
-            entry = self.cache.put(Network.from_bytes(blob), record, len(blob))
-        return entry
+            return Network.from_bytes(blob), record, len(blob)
+
+        return self.cache.get_or_load(uid, version, load)
 
     def served_version(self, model_id: str, version: int) -> CachedModel:
         """The network of one ``version``: the current one as ``served_model``, an older one from

@@ -3,6 +3,9 @@ commit, a PUT of weights and a delete (with re-creation under the same id) are s
 in one process (SQLite) and across two real replicas sharing Redis."""
 
 import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -47,6 +50,28 @@ def test_a_zero_budget_caches_nothing_and_discard_drops_every_version():
     cache.put(net, _record("a", 2), 100)
     cache.discard("a")
     assert cache.stats()["entries"] == 0 and cache.stats()["bytes"] == 0
+
+
+def test_concurrent_misses_of_one_version_load_it_once():
+    cache, net, started, release, loads = ModelCache(max_bytes=10**9), _net(), [], threading.Event(), []
+
+    def load():
+        loads.append(1)
+        release.wait(10)
+        return net, _record("a", 3), 100
+
+    def request():
+        started.append(1)
+        return cache.get_or_load("a", 3, load)
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(request) for _ in range(8)]
+        deadline = time.monotonic() + 10
+        while len(started) < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()
+        entries = [f.result() for f in futures]
+    assert len(loads) == 1 and all(e is entries[0] for e in entries)
 
 
 def _metric(text: str, name: str) -> float:

@@ -1,0 +1,427 @@
+"""Issue 12's data-path goals, each printed as a ratio measured in one run, on both backends.
+
+Starts real servers on loopback (`python main.py`, uvicorn) and compares, on a 784-256-128-10 softmax MLP:
+
+  - the model cache on vs off (NN_MODEL_CACHE_MB=0): 1-sample POST /models/{id}/output p50;
+  - /output vs a bare FastAPI app that parses the same body (same uvicorn, same log level): p50 of one
+    sample (goal <= 1.3x) and requests/s under 16 connections with `wrk` (goal >= 60 %, 0 errors);
+  - V2 binary infer of 1024x784 vs JSON /output of the same rows (goal >= 10x);
+  - JSON before vs after: 2,000x784 appends and 1024-row /output against a checkout of the baseline
+    (`git worktree add /tmp/base-serving 9b2c819`; skipped when --baseline is missing);
+  - with --kserve-python (a venv where `pip install kserve` went), the same V2 requests against KServe's
+    model server holding the same weights, side by side.
+
+Other helpers add rows with ``@goal("...")`` (see GOALS below): a function of the Context returning rows.
+
+    python bench/data_path.py                                   # both backends, Redis db 0 under a prefix
+    python bench/data_path.py --backends sqlite --seconds 5
+    python bench/data_path.py --redis-url redis://127.0.0.1:6379/4 --kserve-python /tmp/kserve-venv/bin/python
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.servers import free_port  # noqa: E402
+
+MODEL = {"model_id": "mnist-mlp", "layer_sizes": [784, 256, 128, 10], "activations": ["relu", "relu", "softmax"],
+         "seed": 0}
+N_IN = 784
+
+
+# -- servers --------------------------------------------------------------------------------------
+def _wait_up(url: str, process: subprocess.Popen, path: str = "/health", timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited with {process.returncode}")
+        try:
+            if httpx.get(url + path, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"{url} did not answer {path} within {timeout} s")
+
+
+@contextmanager
+def server(cwd: Path, env: dict[str, str], args: list[str] | None = None, path: str = "/health",
+           python: str = sys.executable) -> Iterator[str]:
+    port = free_port()
+    full_env = {**os.environ, "NN_PORT": str(port), "NN_HOST": "127.0.0.1", "NN_LOG_LEVEL": "warning", **env}
+    process = subprocess.Popen([python, *(args or ["main.py"])], cwd=cwd, env={**full_env, "PORT": str(port)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_up(url, process, path)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def bare_app(port: int) -> None:
+    """The floor: FastAPI parsing the same body into the same shape (strict floats, no NaN), answering ten
+    numbers per row, served by uvicorn like main.py."""
+    import uvicorn
+    from fastapi import FastAPI
+    from pydantic import BaseModel, ConfigDict
+
+    class Body(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+        inputs: list[list[float]]
+
+    app = FastAPI()
+
+    @app.post("/output")
+    def output(body: Body) -> dict:
+        return {"outputs": [[0.1] * 10 for _ in body.inputs]}
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+# -- measurements ---------------------------------------------------------------------------------
+def p50(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+def interleaved_p50(targets: dict[str, Callable[[], httpx.Response]], n: int, rounds: int = 6) -> dict[str, float]:
+    """p50 ms of each target's request, alternating in rounds so that a busy moment hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in targets}
+    for send in targets.values():  # warm-up: caches, connections, first-call imports
+        for _ in range(3):
+            send().raise_for_status()
+    for _ in range(rounds):
+        for name, send in targets.items():
+            for _ in range(max(1, n // rounds)):
+                started = time.perf_counter()
+                response = send()
+                times[name].append(time.perf_counter() - started)
+                response.raise_for_status()
+    return {name: p50(t) for name, t in times.items()}
+
+
+def wrk(url: str, body: bytes, seconds: float, connections: int = 16, headers: dict | None = None) -> dict:
+    """Requests/s and errors (non-2xx and socket errors) of Debian's wrk posting ``body``."""
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write('wrk.method = "POST"\n')
+        script.write(f"wrk.body = {json.dumps(body.decode())}\n")  # a JSON string literal is a valid Lua string here
+        for key, value in headers.items():
+            script.write(f'wrk.headers["{key}"] = "{value}"\n')
+    try:
+        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", script.name, url],
+                             capture_output=True, text=True, timeout=seconds + 30).stdout
+    finally:
+        os.unlink(script.name)
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise RuntimeError(f"wrk gave no figures: {out[-500:]}")
+    rate = float(found.group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sockets.groups())) if sockets else 0)
+    return {"rps": rate, "errors": errors}
+
+
+def v2_body(x: np.ndarray, binary: bool) -> tuple[bytes, dict]:
+    """A V2 infer request for ``x`` (FP32) as Triton's client sends it: JSON data, or binary input and outputs."""
+    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32"}
+    if not binary:
+        return json.dumps({"id": "1", "inputs": [{**tensor, "data": x.ravel().tolist()}]}).encode(), {
+            "Content-Type": "application/json"}
+    raw = np.ascontiguousarray(x, "<f4").tobytes()
+    header = json.dumps({"id": "1", "inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    return header + raw, {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
+
+
+# -- the report ------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    backend: str
+    goal: str
+    measured: str
+    ratio: float
+    target: str
+    met: bool | None = None  # None: informative, no goal
+
+
+@dataclass
+class Context:
+    """What a goal function gets: the backend, the servers (url by name) and the inputs used."""
+    backend: str
+    urls: dict[str, str]
+    args: argparse.Namespace
+    env: dict[str, str]
+    x1: np.ndarray = field(default_factory=lambda: np.random.default_rng(0).random((1, N_IN), np.float32))
+    x1024: np.ndarray = field(default_factory=lambda: np.random.default_rng(1).random((1024, N_IN), np.float32))
+
+
+GOALS: list[tuple[str, Callable[[Context], list[Row]]]] = []
+
+
+def goal(name: str):
+    """Registers a function ``(Context) -> list[Row]``; it runs once per backend, in registration order."""
+    def register(fn):
+        GOALS.append((name, fn))
+        return fn
+    return register
+
+
+def _json_rows(x: np.ndarray) -> bytes:
+    return json.dumps({"inputs": np.round(x.astype(np.float64), 6).tolist()}).encode()
+
+
+def _poster(http: httpx.Client, url: str, body: bytes, headers: dict | None = None) -> Callable[[], httpx.Response]:
+    headers = headers or {"Content-Type": "application/json"}
+    return lambda: http.post(url, content=body, headers=headers)
+
+
+@goal("model cache and the bare-app floor")
+def cache_and_floor(ctx: Context) -> list[Row]:
+    body = _json_rows(ctx.x1)
+    out = f"/models/{MODEL['model_id']}/output"
+    with httpx.Client(timeout=60) as http:
+        p = interleaved_p50({"bare": _poster(http, ctx.urls["bare"] + "/output", body),
+                             "on": _poster(http, ctx.urls["cache_on"] + out, body),
+                             "off": _poster(http, ctx.urls["cache_off"] + out, body)}, ctx.args.requests)
+    bare_wrk = wrk(ctx.urls["bare"] + "/output", body, ctx.args.seconds)
+    ours_wrk = wrk(ctx.urls["cache_on"] + out, body, ctx.args.seconds)
+    rps = ours_wrk["rps"] / bare_wrk["rps"]
+    return [
+        Row(ctx.backend, "1-sample /output p50, cache off / on", f"{p['off']:.2f} / {p['on']:.2f} ms",
+            p["off"] / p["on"], "informative"),
+        Row(ctx.backend, "1-sample /output p50 / bare app p50", f"{p['on']:.2f} / {p['bare']:.2f} ms",
+            p["on"] / p["bare"], "<= 1.3", p["on"] / p["bare"] <= 1.3),
+        Row(ctx.backend, "wrk 16 conns: /output req/s / bare app req/s",
+            f"{ours_wrk['rps']:.0f} / {bare_wrk['rps']:.0f} req/s, errors {ours_wrk['errors']} / {bare_wrk['errors']}",
+            rps, ">= 0.6, 0 errors", rps >= 0.6 and ours_wrk["errors"] == 0),
+    ]
+
+
+@goal("V2 binary vs JSON /output")
+def v2_vs_json(ctx: Context) -> list[Row]:
+    mid = MODEL["model_id"]
+    binary, headers = v2_body(ctx.x1024, binary=True)
+    v2json, json_headers = v2_body(ctx.x1024, binary=False)
+    with httpx.Client(timeout=120) as http:
+        p = interleaved_p50({"binary": _poster(http, f"{ctx.urls['cache_on']}/v2/models/{mid}/infer", binary, headers),
+                             "v2json": _poster(http, f"{ctx.urls['cache_on']}/v2/models/{mid}/infer", v2json, json_headers),
+                             "json": _poster(http, f"{ctx.urls['cache_on']}/models/{mid}/output", _json_rows(ctx.x1024))},
+                            ctx.args.big_requests, rounds=3)
+    ratio = p["json"] / p["binary"]
+    return [Row(ctx.backend, "1024x784: JSON /output p50 / V2 binary infer p50", f"{p['json']:.1f} / {p['binary']:.1f} ms",
+                ratio, ">= 10", ratio >= 10),
+            Row(ctx.backend, "1024x784: V2 JSON infer p50 / V2 binary infer p50", f"{p['v2json']:.1f} / {p['binary']:.1f} ms",
+                p["v2json"] / p["binary"], "informative")]
+
+
+@goal("JSON before vs after")
+def json_before_after(ctx: Context) -> list[Row]:
+    if "baseline" not in ctx.urls:
+        return []
+    mid = MODEL["model_id"]
+    rng = np.random.default_rng(2)
+    x = rng.random((2000, N_IN), np.float32)
+    append = json.dumps({"inputs": np.round(x.astype(np.float64), 6).tolist(),
+                         "targets": rng.integers(0, 10, 2000).tolist()}).encode()
+    big = _json_rows(ctx.x1024)
+    rows = []
+    with httpx.Client(timeout=300) as http:
+        for name, url in (("after", ctx.urls["cache_on"]), ("before", ctx.urls["baseline"])):
+            http.delete(f"{url}/models/{mid}/samples")
+        p = interleaved_p50({"after": _poster(http, f"{ctx.urls['cache_on']}/models/{mid}/samples", append),
+                             "before": _poster(http, f"{ctx.urls['baseline']}/models/{mid}/samples", append)},
+                            ctx.args.big_requests, rounds=3)
+        for url in (ctx.urls["cache_on"], ctx.urls["baseline"]):
+            http.delete(f"{url}/models/{mid}/samples")
+        rows.append(Row(ctx.backend, "2000x784 JSON append samples/s, after / before",
+                        f"{2000 / p['after'] * 1000:,.0f} / {2000 / p['before'] * 1000:,.0f} samples/s",
+                        p["before"] / p["after"], ">= 2 (hostile-http)", p["before"] / p["after"] >= 2))
+        p = interleaved_p50({"after": _poster(http, f"{ctx.urls['cache_on']}/models/{mid}/output", big),
+                             "before": _poster(http, f"{ctx.urls['baseline']}/models/{mid}/output", big)},
+                            ctx.args.big_requests, rounds=3)
+        rows.append(Row(ctx.backend, "1024-row JSON /output throughput, after / before",
+                        f"{p['after']:.1f} / {p['before']:.1f} ms", p["before"] / p["after"], ">= 2 (hostile-http)",
+                        p["before"] / p["after"] >= 2))
+    return rows
+
+
+@goal("KServe side by side")
+def kserve_side_by_side(ctx: Context) -> list[Row]:
+    if "kserve" not in ctx.urls:
+        return []
+    mid, rows = MODEL["model_id"], []
+    with httpx.Client(timeout=120) as http:
+        for label, x, binary in (("1-sample V2 binary", ctx.x1, True), ("1-sample V2 JSON", ctx.x1, False),
+                                 ("1024-row V2 binary", ctx.x1024, True), ("1024-row V2 JSON", ctx.x1024, False)):
+            body, headers = v2_body(x, binary)
+            p = interleaved_p50({"ours": _poster(http, f"{ctx.urls['cache_on']}/v2/models/{mid}/infer", body, headers),
+                                 "kserve": _poster(http, f"{ctx.urls['kserve']}/v2/models/{mid}/infer", body, headers)},
+                                ctx.args.requests if len(x) == 1 else ctx.args.big_requests, rounds=3)
+            rows.append(Row(ctx.backend, f"{label} p50: KServe / ours", f"{p['kserve']:.2f} / {p['ours']:.2f} ms",
+                            p["kserve"] / p["ours"], "> 1", p["kserve"] > p["ours"]))
+    body, headers = v2_body(ctx.x1, False)
+    ours = wrk(f"{ctx.urls['cache_on']}/v2/models/{mid}/infer", body, ctx.args.seconds, headers=headers)
+    theirs = wrk(f"{ctx.urls['kserve']}/v2/models/{mid}/infer", body, ctx.args.seconds, headers=headers)
+    rows.append(Row(ctx.backend, "wrk 16 conns, 1-sample V2 JSON req/s: ours / KServe",
+                    f"{ours['rps']:.0f} / {theirs['rps']:.0f} req/s, errors {ours['errors']} / {theirs['errors']}",
+                    ours["rps"] / theirs["rps"], "> 1, 0 errors", ours["rps"] > theirs["rps"] and ours["errors"] == 0))
+    return rows
+
+
+KSERVE_MODEL = '''
+import sys, numpy as np, kserve
+from kserve import InferRequest, InferResponse, InferOutput, Model, ModelServer
+
+class MLP(Model):
+    def __init__(self, name, path):
+        super().__init__(name)
+        arrays = np.load(path)
+        self.layers = [(arrays[f"w{i}"], arrays[f"b{i}"]) for i in range(len(arrays.files) // 2)]
+        self.ready = True
+
+    def predict(self, request: InferRequest, headers=None):
+        x = request.inputs[0].as_numpy().astype(np.float32)
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w + b
+            x = np.maximum(x, 0) if i < len(self.layers) - 1 else np.exp(x - x.max(1, keepdims=True))
+        x /= x.sum(1, keepdims=True)
+        out = InferOutput(name="output", shape=list(x.shape), datatype="FP32")
+        out.set_data_from_numpy(x, binary_data=request.use_binary_outputs)
+        return InferResponse(model_name=self.name, infer_outputs=[out], response_id=request.id,
+                             use_binary_outputs=request.use_binary_outputs, requested_outputs=request.request_outputs)
+
+if __name__ == "__main__":
+    ModelServer(http_port=int(sys.argv[3]), enable_grpc=False, workers=1, enable_latency_logging=False,
+                access_log_format=None).start([MLP(sys.argv[1], sys.argv[2])])
+'''
+
+
+@contextmanager
+def kserve_server(python: str, weights: dict) -> Iterator[str]:
+    work = Path(tempfile.mkdtemp(prefix="kserve-"))
+    np.savez(work / "mlp.npz", **{f"{k}{i}": np.asarray(layer[name], np.float32)
+                                  for i, layer in enumerate(weights["layers"]) for k, name in (("w", "weights"), ("b", "biases"))})
+    (work / "serve.py").write_text(KSERVE_MODEL)
+    port = free_port()
+    process = subprocess.Popen([python, "serve.py", MODEL["model_id"], "mlp.npz", str(port)], cwd=work,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_up(url, process, f"/v2/models/{MODEL['model_id']}/ready", timeout=120)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(15)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def backend_servers(backend: str, args: argparse.Namespace) -> Iterator[Context]:
+    tmp = Path(tempfile.mkdtemp(prefix="data-path-"))
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+
+    def env(name: str, **extra) -> dict[str, str]:
+        if backend == "redis":  # one prefix per code base: replicas of one code base share it, as in production
+            return {"NN_BACKEND": "redis", "NN_REDIS_URL": args.redis_url, "NN_REDIS_PREFIX": f"{prefix}-{name}", **extra}
+        return {"NN_DATA_DIR": str(tmp / name), "NN_WORKERS": "0", **extra}
+
+    urls: dict[str, str] = {}
+    with contextlib_exit_stack() as stack:
+        urls["bare"] = stack.enter_context(server(ROOT, {}, [__file__, "--bare-app"]))
+        urls["cache_on"] = stack.enter_context(server(ROOT, env("after")))
+        urls["cache_off"] = stack.enter_context(server(ROOT, env("after" if backend == "redis" else "off",
+                                                                 NN_MODEL_CACHE_MB="0")))
+        if args.baseline and Path(args.baseline, "main.py").exists():
+            urls["baseline"] = stack.enter_context(server(Path(args.baseline), env("before")))
+        for name in ("cache_on", "cache_off", "baseline"):
+            if name in urls and not (backend == "redis" and name == "cache_off"):
+                httpx.post(f"{urls[name]}/models", json=MODEL, timeout=30).raise_for_status()
+        if args.kserve_python:
+            weights = httpx.get(f"{urls['cache_on']}/models/{MODEL['model_id']}/weights", timeout=30).json()
+            urls["kserve"] = stack.enter_context(kserve_server(args.kserve_python, weights))
+        try:
+            yield Context(backend, urls, args, env("after"))
+        finally:
+            if backend == "redis":
+                import redis
+
+                client = redis.Redis.from_url(args.redis_url)
+                for key in client.scan_iter(match=f"{prefix}-*", count=1000):
+                    client.delete(key)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def contextlib_exit_stack():
+    from contextlib import ExitStack
+
+    return ExitStack()
+
+
+def print_table(rows: list[Row]) -> None:
+    print("| backend | goal | measured | ratio | target | met |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        met = "" if r.met is None else ("yes" if r.met else "**no**")
+        print(f"| {r.backend} | {r.goal} | {r.measured} | {r.ratio:.2f}x | {r.target} | {met} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bare-app", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--backends", default="sqlite,redis")
+    parser.add_argument("--redis-url", default=os.environ.get("NN_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--baseline", default="/tmp/base-serving", help="checkout of the baseline (9b2c819)")
+    parser.add_argument("--kserve-python", default=None, help="python of a venv with kserve installed")
+    parser.add_argument("--seconds", type=float, default=5, help="wrk duration per run")
+    parser.add_argument("--requests", type=int, default=300, help="1-sample requests per target for p50")
+    parser.add_argument("--big-requests", type=int, default=15, help="1024-row / 2000-row requests per target")
+    parser.add_argument("--json", default=None, help="also write the rows to this file")
+    args = parser.parse_args()
+    if args.bare_app:
+        bare_app(int(os.environ["PORT"]))
+        return 0
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed (Debian: apt-get install wrk)")
+    rows: list[Row] = []
+    for backend in args.backends.split(","):
+        with backend_servers(backend, args) as ctx:
+            for name, fn in GOALS:
+                print(f"[{backend}] {name} ...", file=sys.stderr, flush=True)
+                rows += fn(ctx)
+    print_table(rows)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+    return 0 if all(r.met is not False for r in rows if "hostile-http" not in r.target) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
