@@ -149,6 +149,17 @@ def wrk(url: str, body: bytes, seconds: float, connections: int = 16, headers: d
     return {"rps": rate, "errors": errors}
 
 
+def wrk_interleaved(targets: dict[str, tuple[str, bytes, dict | None]], seconds: float, rounds: int = 3) -> dict:
+    """``wrk`` on each target in turn, ``rounds`` times, so that the machine's other load falls on all alike:
+    the median requests/s of each and its summed errors."""
+    runs: dict[str, list[dict]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, (url, body, headers) in targets.items():
+            runs[name].append(wrk(url, body, max(1.0, seconds / rounds), headers=headers))
+    return {name: {"rps": statistics.median(r["rps"] for r in got), "errors": sum(r["errors"] for r in got)}
+            for name, got in runs.items()}
+
+
 def v2_body(x: np.ndarray, binary: bool) -> tuple[bytes, dict]:
     """A V2 infer request for ``x`` (FP32) as Triton's client sends it: JSON data, or binary input and outputs."""
     tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32"}
@@ -211,8 +222,9 @@ def cache_and_floor(ctx: Context) -> list[Row]:
         p = interleaved_p50({"bare": _poster(http, ctx.urls["bare"] + "/output", body),
                              "on": _poster(http, ctx.urls["cache_on"] + out, body),
                              "off": _poster(http, ctx.urls["cache_off"] + out, body)}, ctx.args.requests)
-    bare_wrk = wrk(ctx.urls["bare"] + "/output", body, ctx.args.seconds)
-    ours_wrk = wrk(ctx.urls["cache_on"] + out, body, ctx.args.seconds)
+    got = wrk_interleaved({"bare": (ctx.urls["bare"] + "/output", body, None),
+                           "ours": (ctx.urls["cache_on"] + out, body, None)}, ctx.args.seconds)
+    bare_wrk, ours_wrk = got["bare"], got["ours"]
     rps = ours_wrk["rps"] / bare_wrk["rps"]
     return [
         Row(ctx.backend, "1-sample /output p50, cache off / on", f"{p['off']:.2f} / {p['on']:.2f} ms",
@@ -236,7 +248,17 @@ def v2_vs_json(ctx: Context) -> list[Row]:
                              "json": _poster(http, f"{ctx.urls['cache_on']}/models/{mid}/output", _json_rows(ctx.x1024))},
                             ctx.args.big_requests, rounds=3)
     ratio = p["json"] / p["binary"]
-    return [Row(ctx.backend, "1024x784: JSON /output p50 / V2 binary infer p50", f"{p['json']:.1f} / {p['binary']:.1f} ms",
+    from neural_net import Network  # the same network, in this process: the floor that no protocol removes
+
+    net = Network.from_bytes(httpx.get(f"{ctx.urls['cache_on']}/models/{mid}/export", timeout=60).content)
+    math = []
+    for _ in range(ctx.args.big_requests * 2):
+        started = time.perf_counter()
+        net.predict(ctx.x1024)
+        math.append(time.perf_counter() - started)
+    return [Row(ctx.backend, "1024x784: V2 binary infer p50 / the forward pass alone (in process)",
+                f"{p['binary']:.1f} / {p50(math):.1f} ms", p["binary"] / p50(math), "informative"),
+            Row(ctx.backend, "1024x784: JSON /output p50 / V2 binary infer p50", f"{p['json']:.1f} / {p['binary']:.1f} ms",
                 ratio, ">= 10", ratio >= 10),
             Row(ctx.backend, "1024x784: V2 JSON infer p50 / V2 binary infer p50", f"{p['v2json']:.1f} / {p['binary']:.1f} ms",
                 p["v2json"] / p["binary"], "informative")]
@@ -288,8 +310,9 @@ def kserve_side_by_side(ctx: Context) -> list[Row]:
             rows.append(Row(ctx.backend, f"{label} p50: KServe / ours", f"{p['kserve']:.2f} / {p['ours']:.2f} ms",
                             p["kserve"] / p["ours"], "> 1", p["kserve"] > p["ours"]))
     body, headers = v2_body(ctx.x1, False)
-    ours = wrk(f"{ctx.urls['cache_on']}/v2/models/{mid}/infer", body, ctx.args.seconds, headers=headers)
-    theirs = wrk(f"{ctx.urls['kserve']}/v2/models/{mid}/infer", body, ctx.args.seconds, headers=headers)
+    got = wrk_interleaved({"ours": (f"{ctx.urls['cache_on']}/v2/models/{mid}/infer", body, headers),
+                           "kserve": (f"{ctx.urls['kserve']}/v2/models/{mid}/infer", body, headers)}, ctx.args.seconds)
+    ours, theirs = got["ours"], got["kserve"]
     rows.append(Row(ctx.backend, "wrk 16 conns, 1-sample V2 JSON req/s: ours / KServe",
                     f"{ours['rps']:.0f} / {theirs['rps']:.0f} req/s, errors {ours['errors']} / {theirs['errors']}",
                     ours["rps"] / theirs["rps"], "> 1, 0 errors", ours["rps"] > theirs["rps"] and ours["errors"] == 0))
@@ -400,7 +423,7 @@ def main() -> int:
     parser.add_argument("--redis-url", default=os.environ.get("NN_REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--baseline", default="/tmp/base-serving", help="checkout of the baseline (9b2c819)")
     parser.add_argument("--kserve-python", default=None, help="python of a venv with kserve installed")
-    parser.add_argument("--seconds", type=float, default=5, help="wrk duration per run")
+    parser.add_argument("--seconds", type=float, default=6, help="wrk seconds per server (in 3 alternating runs)")
     parser.add_argument("--requests", type=int, default=300, help="1-sample requests per target for p50")
     parser.add_argument("--big-requests", type=int, default=15, help="1024-row / 2000-row requests per target")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
