@@ -2,12 +2,13 @@
 
 import fcntl
 import logging
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.datastructures import Default
 from fastapi_offline import FastAPIOffline
+from threadpoolctl import threadpool_limits
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import __version__, logs
@@ -120,6 +121,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # BLAS threads of this process's requests (workers are other processes): concurrent requests each computing
+        # on one core serve many small requests far better than one BLAS thread pool they all queue for
+        blas = threadpool_limits(limits=settings.api_blas_threads, user_api="blas") if settings.api_blas_threads else nullcontext()
+        with blas:
+            async with service_lifespan(app):
+                yield
+
+    @asynccontextmanager
+    async def service_lifespan(app: FastAPI):
         deliverer = Deliverer(service.store, settings)  # job notifications, sent by every API process (api/notify.py)
         if settings.backend == "redis":  # a stateless replica: RQ workers (python main.py worker) train, sweep, recover
             log.info("service started: backend redis at %s, queue %r", service.store.url_for_humans, settings.redis_queue)

@@ -228,13 +228,13 @@ class Service:
     def kept_version(self, model_id: str, uid: str, version: int, current: int) -> CachedModel:
         """An older kept version of the model (VersionNotFound, 404, when it was pruned or never made). A kept
         version's weights never change, so it is cached as (uid, version) like the current one."""
-        entry = self.cache.get(uid, version)
-        if entry is None:
+        def load() -> tuple[Network, ModelRecord, int]:
             blob, kept = self.store.get_version(model_id, version)
             record = dataclasses.replace(self.store.get_model(model_id), uid=kept.uid, version=kept.version,
                                          info=kept.info, updated_at=kept.created_at)
-            entry = self.cache.put(Network.from_bytes(blob), record, len(blob))
-        return entry
+            return Network.from_bytes(blob), record, len(blob)
+
+        return self.cache.get_or_load(uid, version, load)
 
     # -- models -------------------------------------------------------------------
     def create_model(self, req: ModelCreate, owner: str | None = None) -> ModelRecord:

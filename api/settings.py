@@ -52,6 +52,9 @@ class Settings(BaseSettings):
                                                       "(a shared file system).")
     max_dataset_bytes: int = Field(2 * 1024 * MiB, ge=1024, description="Largest dataset upload (a file body) in bytes.")
     max_dataset_rows: int = Field(10_000_000, ge=1, description="Most samples (rows) in one dataset.")
+    api_blas_threads: int = Field(1, ge=0, description="BLAS threads of each API process's requests (1: concurrent "
+                                  "requests each compute on one core; 0: the BLAS library's default). Training workers "
+                                  "are other processes and keep the default.")
     model_cache_mb: float = Field(256, ge=0, description="Memory each API process may hold in deserialised models "
                                                           "(least recently used go first; 0: load on every request).")
     max_json_depth: int = Field(32, ge=4, le=512, description="Deepest nesting of arrays and objects in a JSON body.")
