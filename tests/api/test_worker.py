@@ -22,11 +22,11 @@ PARAMS = {"epochs": 6, "batch_size": 8, "optimizer": "adam", "learning_rate": 0.
           "early_stopping": None, "clip_norm": None, "shuffle": True, "seed": 7}
 
 
-def setup_job(tmp_path, name="s") -> tuple[SQLiteStore, JobRecord]:
+def setup_job(tmp_path, name="s", **params) -> tuple[SQLiteStore, JobRecord]:
     store = SQLiteStore(tmp_path / f"{name}.sqlite3")
     net = Network.from_layer_sizes([3, 6, 2], activations=["relu", "softmax"], seed=0)
     store.create_model("m", net.to_bytes(), describe(net))
-    job = JobRecord(job_id=uuid.uuid4().hex, model_id="m", model_uid="", status="buffering", params=dict(PARAMS),
+    job = JobRecord(job_id=uuid.uuid4().hex, model_id="m", model_uid="", status="buffering", params={**PARAMS, **params},
                     min_samples=1, consume_buffer=True, created_at=time.time())
     store.create_job(job, X, Y)
     store.promote_ready_jobs()
@@ -60,12 +60,18 @@ def test_progress_moves_smoothly_and_every_epoch_is_checkpointed(tmp_path):
     assert model.info["config"]["layers"][0].get("dropout") is None
 
 
-def test_resume_after_an_interruption_is_bitwise_identical(tmp_path):
-    store, job = setup_job(tmp_path, "straight")
-    run_job(store, job, settings(tmp_path), threading.Event())
+# min_delta 10: no epoch after the first counts as an improvement, so the rate halves after every epoch;
+# a resumed job must go on from its plateau state, not start the schedule afresh
+PLATEAU = {"schedule": "reduce_on_plateau", "schedule_options": {"factor": 0.5, "patience": 1, "min_delta": 10.0}}
+
+
+@pytest.mark.parametrize("schedule", [{}, PLATEAU], ids=["constant", "reduce_on_plateau"])
+def test_resume_after_an_interruption_is_bitwise_identical(tmp_path, schedule):
+    store, job = setup_job(tmp_path, "straight", **schedule)
+    straight = run_job(store, job, settings(tmp_path), threading.Event())
     expected = final_params(store)
 
-    store, job = setup_job(tmp_path, "interrupted")
+    store, job = setup_job(tmp_path, "interrupted", **schedule)
     stop = threading.Event()
     save_checkpoint = store.save_checkpoint
 
@@ -82,6 +88,10 @@ def test_resume_after_an_interruption_is_bitwise_identical(tmp_path):
     job = store.claim_job("another-worker")
     done = run_job(store, job, settings(tmp_path), threading.Event())
     assert done.status == "succeeded" and [h["epoch"] for h in done.history] == [1, 2, 3, 4, 5, 6]
+    rates = [h["learning_rate"] for h in done.history]
+    assert rates == [h["learning_rate"] for h in straight.history]
+    if schedule:
+        assert rates == [0.01, 0.01, 0.005, 0.0025, 0.00125, 0.000625]
     np.testing.assert_array_equal(final_params(store), expected)
 
 
