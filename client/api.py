@@ -59,8 +59,12 @@ class Client:
     def health(self):
         return self._json("GET", "/health")
 
-    def create_model(self, layer_sizes, activations=None, model_id=None, **options):
-        body = {"layer_sizes": list(layer_sizes), **options}
+    def create_model(self, layer_sizes=None, activations=None, model_id=None, **options):
+        """From layer sizes ([4, 8, 3]) and activations, or from `input_size=` and `layers=[{"type": "dense",
+        "units": 8, ...}, {"type": "batch_norm"}, ...]`; other options as in POST /models."""
+        body = dict(options)
+        if layer_sizes is not None:
+            body["layer_sizes"] = list(layer_sizes)
         if activations is not None:
             body["activations"] = list(activations)
         if model_id is not None:

@@ -96,7 +96,9 @@ def test_objects_read_like_their_json(server, moons):
     x, y = moons
     with Client(server) as api:
         assert repr(api) == f"Client(base_url={server!r})"
-        api.create_model([2, 4, 1], activations=["tanh", "sigmoid"], model_id="client-repr", seed=0)
+        api.create_model(input_size=2, layers=[{"type": "dense", "units": 4, "activation": "tanh", "use_bias": False},
+                                               {"type": "batch_norm"}, {"type": "dense", "units": 1, "activation": "sigmoid"}],
+                         model_id="client-repr", seed=0)
         job = api.train("client-repr", inputs=x, targets=y, epochs=2, batch_size=50)
         assert job.job_id == job.record["job_id"] == job.id and job.model_id == "client-repr"
         job.wait(stream=False, timeout=60, poll_interval=0.05)
