@@ -161,7 +161,8 @@ def cmd_export(api, args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m client", description=__doc__.split("\n\n")[0],
+    prog = "nn" if os.path.basename(sys.argv[0]) == "nn" else "python -m client"  # the console script, or -m
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                      epilog="Set NN_URL and NN_API_KEY instead of --url and --api-key.")
     parser.add_argument("--url", default=os.environ.get("NN_URL", "http://127.0.0.1:8000"),
                         help="base URL of the service (default: $NN_URL or http://127.0.0.1:8000)")
