@@ -86,6 +86,12 @@ def test_create_from_a_layers_spec(client):
     assert [type(layer).__name__ for layer in net.layers] == ["Dense", "BatchNorm", "Dense"]
     weights = client.get("/models/spec/weights").json()["layers"]
     assert weights[0]["biases"] is None and len(weights[1]["biases"]) == 3
+    assert client.put("/models/spec/weights", json={"layers": weights}).status_code == 200  # the same shape back
+    biased = [{**weights[0], "biases": [0.0] * 16}, weights[1]]
+    refused = client.put("/models/spec/weights", json={"layers": biased})
+    assert refused.status_code == 422 and "use_bias=False" in refused.json()["detail"]
+    gradients = client.post("/models/spec/output", json={"inputs": X4, "targets": Y3, "include_gradients": True}).json()
+    assert gradients["gradients"][0]["biases"] is None and len(gradients["gradients"][1]["biases"]) == 3
     # a sloped sigmoid, and names in any case
     sloped = create(client, model_id="sloped", layer_sizes=None, activations=None, input_size=2,
                     layers=[{"type": "Dense", "units": 1, "activation": "Sigmoid", "slope": 2.0}])
