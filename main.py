@@ -8,10 +8,14 @@ import sys
 import uvicorn
 
 from api.app import DataDirInUse, DataDirLock, create_app
+from api.errors import StoreUnavailable
 from api.server import configure_logging, uvicorn_options
 from api.settings import get_settings
 
-app = create_app()
+try:
+    app = create_app()
+except StoreUnavailable as exc:  # e.g. a damaged database: one line that says how to recover, not a traceback
+    sys.exit(f"error: {exc}")
 
 if __name__ == "__main__":
     settings = get_settings()

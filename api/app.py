@@ -118,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logs.install()  # control characters in logged paths, ids and headers are escaped
     logging.getLogger("api").setLevel(settings.log_level.upper())
     service = Service(open_store(settings), settings)
+    service.store.check_integrity()  # a damaged SQLite database refuses to start (StoreUnavailable says how to recover)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

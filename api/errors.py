@@ -90,7 +90,8 @@ class PayloadTooLarge(ServiceError):
 
 
 class StoreUnavailable(ServiceError):
-    """The shared store (Redis) cannot be reached; the request may be retried."""
+    """The store cannot be used: Redis cannot be reached (the request may be retried), or the SQLite
+    database is unreadable or damaged (the message says how to recover)."""
 
 
 class TooManyStreams(ServiceError):

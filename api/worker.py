@@ -339,5 +339,8 @@ class WorkerPool:
                 log.warning("worker %s did not stop in time; killing it", worker_id)
                 process.kill()
                 await asyncio.to_thread(process.join, 5)
-        await asyncio.to_thread(self.service.requeue_interrupted, list(self.processes))
+        try:
+            await asyncio.to_thread(self.service.requeue_interrupted, list(self.processes))
+        except StoreUnavailable as exc:  # a damaged database: the next start refuses and says how to recover
+            log.error("cannot requeue interrupted jobs: %s", exc)
         self.processes.clear()

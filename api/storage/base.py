@@ -25,6 +25,10 @@ T = TypeVar("T")
 class Store(ABC):
     """Persistent state of the service. Every method is atomic on its own."""
 
+    def check_integrity(self) -> None:
+        """Raises StoreUnavailable when the stored data is damaged (the service refuses to start); a no-op
+        where the store has nothing to check."""
+
     # -- what each store implements ---------------------------------------------------------
     @abstractmethod
     def atomic(self, step: Callable[[Tx], T], fence: str | None = None) -> T:

@@ -6,16 +6,18 @@ job: no sample is used twice or lost. This file holds the SQL only: the tables, 
 the primitives of ``lifecycle.Tx``.
 """
 
+import functools
 import json
 import sqlite3
 import threading
+import types
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 
-from api.errors import JobNotFound, ModelNotFound, VersionNotFound
+from api.errors import JobNotFound, ModelNotFound, StoreUnavailable, VersionNotFound
 from api.storage.base import JobRecord, ModelRecord, Notification, Store, VersionRecord, with_trials
 
 T = TypeVar("T")
@@ -166,15 +168,25 @@ class SQLiteStore(Store):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._busy_timeout = busy_timeout
         self._local = threading.local()
-        con = self._con()
-        con.execute("PRAGMA journal_mode=WAL")
-        con.executescript(SCHEMA)
-        for table, migrations in (("jobs", JOB_MIGRATIONS), ("models", MODEL_MIGRATIONS)):
-            columns = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
-            for column, statement in migrations.items():
-                if column not in columns:
-                    con.execute(statement)
-        con.execute("CREATE INDEX IF NOT EXISTS models_by_owner ON models (owner, created_at)")
+        try:
+            con = self._con()
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(SCHEMA)
+            for table, migrations in (("jobs", JOB_MIGRATIONS), ("models", MODEL_MIGRATIONS)):
+                columns = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+                for column, statement in migrations.items():
+                    if column not in columns:
+                        con.execute(statement)
+            con.execute("CREATE INDEX IF NOT EXISTS models_by_owner ON models (owner, created_at)")
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable(unusable(self.path, exc)) from None
+
+    def check_integrity(self) -> None:
+        """``PRAGMA quick_check`` (every page and index readable, in O(size)); StoreUnavailable if it fails."""
+        problems = [row[0] for row in self._con().execute("PRAGMA quick_check(5)").fetchall()]
+        if problems != ["ok"]:
+            found = " ".join(" ".join(problems).split())  # one line
+            raise StoreUnavailable(unusable(self.path, f"PRAGMA quick_check: {found[:200]}"))
 
     # -- plumbing -------------------------------------------------------------
     def _con(self) -> sqlite3.Connection:
@@ -382,6 +394,32 @@ class SQLiteStore(Store):
         running = [json.loads(row[0]) for row in
                    con.execute("SELECT progress FROM jobs WHERE status = 'running' AND progress IS NOT NULL")]
         return counts, running
+
+def unusable(path: Path, problem) -> str:
+    """What a client or an operator reads when the database cannot be used, with how to recover."""
+    return (f"the database {path} cannot be used ({problem}); if it is damaged: stop the service, keep a copy of "
+            f"{path.name}*, then restore a backup or run `sqlite3 {path} .recover | sqlite3 recovered.sqlite3` "
+            f"and move recovered.sqlite3 to {path} (deleting {path.name}-wal and {path.name}-shm)")
+
+
+def _unavailable_when_unusable(method):
+    """sqlite3's errors for a damaged or unreadable database become StoreUnavailable (503), once for every
+    method; a constraint or a programming error stays what it is."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable(unusable(self.path, exc)) from exc
+    return wrapper
+
+
+for _name, _member in list(vars(SQLiteStore).items()):
+    if isinstance(_member, types.FunctionType) and not _name.startswith("_"):
+        setattr(SQLiteStore, _name, _unavailable_when_unusable(_member))
+
 
 class SQLiteTx:
     """The primitives of ``lifecycle.Tx`` inside one open transaction: each one SQL statement or two."""

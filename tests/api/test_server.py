@@ -147,6 +147,18 @@ def test_a_second_service_on_the_same_data_dir_says_so_in_one_line(tmp_path):
         stop_server(first)
 
 
+def test_a_damaged_database_refuses_to_start_in_one_line(tmp_path):
+    from tests.api.storage.test_sqlite import damaged_database
+
+    path = damaged_database(tmp_path)
+    env = {**os.environ, "NN_PORT": str(free_port()), "NN_DATA_DIR": str(tmp_path), "NN_WORKERS": "0"}
+    started = subprocess.run([sys.executable, "main.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 1
+    lines = started.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: the database {path} cannot be used"), started.stderr
+    assert ".recover" in lines[0]
+
+
 def closed_by_server(sock, timeout: float) -> bool:
     """True when the server closes the connection within `timeout` s (recv gives b"" or a reset)."""
     sock.settimeout(0.2)

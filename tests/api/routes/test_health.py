@@ -1,9 +1,10 @@
 """Health, the root redirect, offline docs, and request examples that work when tried in /docs."""
 
+import numpy as np
 import pytest
 
 from api import schemas
-from tests.api.conftest import wait_job
+from tests.api.conftest import create, running_app, wait_job
 
 
 def test_health(client):
@@ -54,3 +55,16 @@ def test_the_examples_work_together(client):
     assert wait_job(client, job.json()["job_id"])["status"] == "succeeded"
     # the weights example fits the example model (it was one 2x2 layer, which fit no example)
     assert client.put(f"/models/{model_id}/weights", json=example(schemas.Weights)).status_code == 200
+
+
+def test_an_unreadable_database_gives_503_and_degraded_health(tmp_path):
+    with running_app(tmp_path, workers=0) as client:
+        create(client, model_id="m")
+        for name in ("nn.sqlite3", "nn.sqlite3-wal", "nn.sqlite3-shm"):  # damaged while the service runs
+            target = tmp_path / name
+            target.write_bytes(np.random.default_rng(0).bytes(max(target.stat().st_size, 4096)))
+        for path in ("/models", "/models/m", "/models/m/jobs"):
+            response = client.get(path)
+            assert response.status_code == 503, response.text
+            assert "nn.sqlite3 cannot be used" in response.json()["detail"] and ".recover" in response.json()["detail"]
+        assert client.get("/health").json()["status"] == "degraded"

@@ -3,11 +3,15 @@
 import sqlite3
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 
 from neural_net import Network
 from api.services import describe
+import pytest
+
+from api.errors import StoreUnavailable
 from api.storage.base import JobRecord
 from api.storage.sqlite import SCHEMA, SQLiteStore
 
@@ -69,3 +73,43 @@ def test_a_database_from_before_owners_gains_the_columns(tmp_path):
     assert store.create_model("new", b"b", {}, owner="alice").owner == "alice"
     assert store.create_job(new_job("new")).owner is None
     store.close()
+
+
+def damaged_database(tmp_path) -> Path:
+    """A database holding a model with 34 jobs, then random bytes over every page but the first (as the
+    hostile pass's page overwrites did): it still opens."""
+    path = tmp_path / "nn.sqlite3"
+    store = SQLiteStore(path)
+    store.create_model("m", bytes(200_000), {})
+    for _ in range(34):
+        store.create_job(new_job("m"))
+    store._con().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    page = 4096
+    rng = np.random.default_rng(0)
+    with open(path, "r+b") as handle:
+        pages = path.stat().st_size // page
+        for index in rng.choice(np.arange(1, pages), size=pages // 3, replace=False):
+            handle.seek(int(index) * page)
+            handle.write(rng.bytes(page))
+    return path
+
+
+def test_a_damaged_database_fails_the_quick_check_naming_the_file_and_the_recovery(tmp_path):
+    path = damaged_database(tmp_path)
+    with pytest.raises(StoreUnavailable) as refused:
+        SQLiteStore(path).check_integrity()
+    assert str(path) in str(refused.value) and ".recover" in str(refused.value)
+    SQLiteStore(tmp_path / "fresh.sqlite3").check_integrity()  # a sound database passes
+
+
+def test_an_unreadable_database_raises_store_unavailable_from_every_method(tmp_path):
+    store = SQLiteStore(tmp_path / "nn.sqlite3")
+    store.create_model("m", b"npz", {})
+    for name in ("nn.sqlite3", "nn.sqlite3-wal", "nn.sqlite3-shm"):  # overwritten while the store is open
+        target = tmp_path / name
+        target.write_bytes(np.random.default_rng(1).bytes(max(target.stat().st_size, 4096)))
+    for call in (lambda: store.list_models(0, 10), lambda: store.get_model("m"), lambda: store.count_queued()):
+        with pytest.raises(StoreUnavailable, match="cannot be used"):
+            call()
+
