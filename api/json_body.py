@@ -72,16 +72,26 @@ def is_json(content_type: str | None) -> bool:
 
 
 class BodyScan:
-    """Counts the arrays and objects that a body's chunks open, in C (bytes.count)."""
+    """Counts the arrays and objects that a body's chunks open, and its quotes, in C (bytes.count).
+    Strings are bounded like containers (two per array or object: keys and names), so a body of
+    millions of short strings is refused as cheaply as one of millions of rows."""
 
     def __init__(self, max_containers: int):
         self.max_containers = max_containers
-        self.opened = 0
+        self.opened = self.quotes = 0
 
     def feed(self, chunk: bytes) -> bool:
         """False once the body is over the limit."""
         self.opened += chunk.count(b"[") + chunk.count(b"{")
-        return self.opened <= self.max_containers
+        self.quotes += chunk.count(b'"')
+        return self.opened <= self.max_containers and self.quotes <= 4 * self.max_containers
+
+    def refusal(self, limit: int, what: str) -> PayloadTooLarge:
+        if self.opened > self.max_containers:
+            return PayloadTooLarge(f"the body holds more than {limit} JSON arrays and objects (rows); a request "
+                                   f"takes at most {what}: send the rows in several requests")
+        return PayloadTooLarge(f"the body holds more than {2 * limit} strings; a request takes at most {what} "
+                               "and a few names: send numbers as numbers, and the rows in several requests")
 
 
 def nesting_depth(body: bytes, max_containers: int) -> int:
@@ -122,6 +132,10 @@ def _position_hint(body: bytes, exc: orjson.JSONDecodeError) -> str:
 
 def parse_and_validate(body: bytes, body_field: Any, wants_object: bool, max_depth: int, max_containers: int) -> Any:
     """Runs in a worker thread: the depth bound, orjson, then the route's schema (errors as FastAPI reports them)."""
+    literals = body.count(b"true") + body.count(b"false") + body.count(b"null")
+    if literals > 2 * max_containers:  # each could be one validation error: a million cost 15 s and 1 GB
+        raise PayloadTooLarge(f"the body holds {literals} true/false/null values; rows hold numbers (1 for true, "
+                              "0 for false), and a request has only a few options")
     depth = nesting_depth(body, max_containers)
     if depth > max_depth:
         raise InvalidInput(f"the body nests arrays and objects {depth} deep; at most {max_depth} (NN_MAX_JSON_DEPTH): "
@@ -155,10 +169,10 @@ async def read_json(request: Request, model: type[BaseModel]) -> BaseModel:
     thread as JsonBodyRoute, validated against ``model``."""
     settings: Settings = request.app.state.settings
     limit, what = container_limit(model, settings)
-    body = await read_bounded(request, BodyScan(limit))
+    scan = BodyScan(limit)
+    body = await read_bounded(request, scan)
     if body is None:
-        raise PayloadTooLarge(f"the body holds more than {limit} JSON arrays and objects (rows); a request "
-                              f"takes at most {what}: send the rows in several requests")
+        raise scan.refusal(limit, what)
     return await to_thread.run_sync(parse_and_validate, body, model, True, settings.max_json_depth, limit)
 
 
@@ -186,8 +200,7 @@ class JsonBodyRoute(APIRoute):
                 return await handle(request)  # no body: FastAPI says which field is required
             body = await read_bounded(request, scan)
             if body is None:
-                raise PayloadTooLarge(f"the body holds more than {limit} JSON arrays and objects (rows); a request "
-                                      f"takes at most {what}: send the rows in several requests")
+                raise scan.refusal(limit, what)
             if body:
                 request._json = await to_thread.run_sync(parse_and_validate, body, prevalidate, wants_object,
                                                          settings.max_json_depth, limit)

@@ -58,7 +58,8 @@ class ModelCreate(Request):
             {"type": "dense", "units": 3, "activation": "softmax"}], "seed": 0}]})
 
     model_id: str | None = Field(None, pattern=MODEL_ID_PATTERN, description="Id of the new model, [A-Za-z0-9_.-]{1,64}; generated when absent.")
-    layer_sizes: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=2, description="Units per layer, input first: [4, 8, 3] is 4 inputs, 8 hidden units, 3 outputs. "
+    # fail_fast: a million zeros are one error, not a million (rows are bounded by api/json_body.py instead)
+    layer_sizes: Annotated[list[Annotated[int, Field(ge=1)]], Field(fail_fast=True)] | None = Field(None, min_length=2, description="Units per layer, input first: [4, 8, 3] is 4 inputs, 8 hidden units, 3 outputs. "
                                                                                                   "Or give `input_size` and `layers` instead.")
     input_size: int | None = Field(None, ge=1, description="With `layers`: values per input vector.")
     layers: list[LayerSpec] | None = Field(None, min_length=1, description="Instead of `layer_sizes`: the layers after the input, each "

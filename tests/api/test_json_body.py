@@ -53,6 +53,21 @@ def test_many_rows_are_refused_by_the_byte_scan_before_parsing(app_client, parse
     assert parses == []  # refused while reading: no Python object was built, even for a model that does not exist
 
 
+def test_many_strings_are_refused_by_the_byte_scan_before_parsing(app_client, parses):
+    body = b'{"inputs": [[' + b'"a",' * 20_000 + b'"a"]]}'
+    response = app_client.post("/models/iris/output", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and "strings" in response.json()["detail"] and parses == []
+
+
+def test_a_million_wrong_values_are_refused_or_one_error_not_a_million(app_client, parses):
+    trues = app_client.post("/models/iris/output", content=b'{"inputs": [[' + b"true," * 300_000 + b"true]]}",
+                            headers={"Content-Type": "application/json"})
+    assert trues.status_code == 413 and "true/false/null" in trues.json()["detail"] and parses == []
+    zeros = app_client.post("/models", content=b'{"layer_sizes": [' + b"0," * 300_000 + b"0]}",
+                            headers={"Content-Type": "application/json"})
+    assert zeros.status_code == 422 and len(zeros.json()["errors"]) == 1, zeros.text[:300]
+
+
 def test_bodies_within_the_limit_are_parsed_and_answered(app_client, parses):
     response = app_client.post("/models/iris/output", json={"inputs": X4 * 16})
     assert response.status_code == 200 and len(response.json()["outputs"]) == 96 and len(parses) == 1
