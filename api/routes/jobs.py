@@ -3,6 +3,7 @@ import json
 import time
 from typing import AsyncIterator, Literal
 
+import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
@@ -19,6 +20,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=JsonBodyRoute)
 model_router = APIRouter(prefix="/models/{model_id}", tags=["jobs"], route_class=JsonBodyRoute)
 
 SSE_INTERVAL = 0.2  # seconds between looks at the store while streaming (keep-alive and maximum: settings)
+STREAM_THREADS = 4  # worker threads all streams of a process share for those looks
 
 
 @model_router.post("/training-jobs", status_code=202, response_model=JobPublic,
@@ -74,10 +76,13 @@ def _event(name: str, data: dict) -> str:
 
 
 class StreamSlots:
-    """At most NN_MAX_STREAMS event streams at once in this process; each open one holds a slot."""
+    """At most NN_MAX_STREAMS event streams at once in this process; each open one holds a slot. Their
+    looks at the store share STREAM_THREADS threads, so open streams never starve requests of the
+    thread pool (a stream just looks less often when the machine is busy)."""
 
     def __init__(self, limit: int):
         self.limit, self.open = limit, 0
+        self.threads = anyio.CapacityLimiter(STREAM_THREADS)
 
     def take(self) -> None:
         if self.open >= self.limit:
@@ -146,7 +151,7 @@ async def job_events(job_id: str, request: Request, service: Service = Depends(g
             quiet += min(SSE_INTERVAL, keepalive)
             if await request.is_disconnected():
                 return
-            job = await run_in_threadpool(service.get_job, job_id)
+            job = await anyio.to_thread.run_sync(service.get_job, job_id, limiter=slots.threads)
 
     return SlotStreamingResponse(stream(), slots, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
