@@ -132,7 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def service_lifespan(app: FastAPI):
         deliverer = Deliverer(service.store, settings)  # job notifications, sent by every API process (api/notify.py)
-        if settings.backend == "redis":  # a stateless replica: RQ workers (python main.py worker) train, sweep, recover
+        if settings.backend == "redis":  # a stateless replica: RQ workers (python main.py worker) train; RQ requeues abandoned jobs
             log.info("service started: backend redis at %s, queue %r", service.store.url_for_humans, settings.redis_queue)
             try:
                 await run_in_threadpool(service.store.index_existing_jobs)  # for GET /jobs, once per prefix

@@ -1,19 +1,28 @@
-"""The Redis backend's job runner: training jobs go through an RQ queue to worker processes on any machine.
+"""The Redis backend's job runner: RQ's queue and registries are the one queue; the store holds state.
 
-The embedded backend's runner is `api.worker.WorkerPool` (processes polling the SQLite store); this
-one enqueues one RQ job per training job, ``train(job_id)``, whose worker claims the job in the
-`RedisStore` with a lease and runs the same `api.worker.run_job` as the embedded workers.
+What RQ does (its own mechanisms, nothing re-implemented here):
+- **The queue.** Each job that can be claimed now (a queued training job whose model is free, or
+  one pending trial of a search) is one RQ job ``train(job_id)`` on NN_REDIS_QUEUE. It is enqueued
+  by ``Queue.enqueue_call(pipeline=...)`` inside the same MULTI/EXEC that makes the job claimable
+  (``RedisStore(enqueue=...)``), so the store's state and RQ's queue never disagree and nothing
+  reconciles them. ``rq info`` and rq-dashboard show the true queue.
+- **Workers on any machine**: ``python main.py worker`` or ``rq worker -w api.rq_runner.TrainingWorker``.
+- **Worker heartbeats and abandoned jobs.** While a job trains, a heartbeat thread refreshes RQ's
+  worker, execution and job heartbeats (``maintain_heartbeats``) every lease/3 s with a TTL of about
+  one lease. When a worker is SIGKILLed its execution in RQ's StartedJobRegistry expires; RQ's
+  registry cleanup (``StartedJobRegistry.cleanup``, run by one worker every lease/2 s) treats the RQ job
+  as abandoned and **retries** it (``Retry(max=RETRIES)``); the next ``train(job_id)`` takes
+  the job over from its checkpoint. When the retries are spent RQ moves the RQ job to its **failed
+  registry** and the training job ends ``failed``.
 
-- ``python main.py worker`` (or ``rq worker -w api.rq_runner.TrainingWorker nn-training`` with the
-  same NN_ environment) starts a worker. It retries with backoff while Redis is unreachable.
-- A heartbeat thread renews the job's lease every lease/3 seconds; every write for the job is
-  fenced by the lease token, so a worker that lost its lease cannot overwrite anything.
-- Each worker also runs a sweeper thread: buffering jobs whose buffer filled are promoted, running
-  jobs whose lease expired (a worker SIGKILLed) go back to the queue from their checkpoint, and
-  every queued job that no live RQ job carries is enqueued again.
+What the project adds (RQ lacks it): the **lease with fencing**. A claim sets ``P:lease:{job}`` with
+a random token; the heartbeat renews it, and every write for the job is a transaction that checks
+the token, so a worker that lost its job (frozen, cut off, presumed dead) can never overwrite the
+work of the worker that took it over: a resumed job ends bitwise equal to an uninterrupted one.
 """
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -22,8 +31,8 @@ import time
 from dataclasses import dataclass
 
 import redis
-from rq import Queue, SimpleWorker
-from rq.job import Job, JobStatus
+from rq import Queue, Retry, SimpleWorker
+from rq.job import Callback, Job
 
 from api.errors import LeaseLost, StoreUnavailable
 from api.settings import Settings, get_settings
@@ -32,56 +41,37 @@ from api.storage.redis_store import RedisStore
 log = logging.getLogger("api.rq")
 
 TRAIN_FUNCTION = "api.rq_runner.train"
-LIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.CREATED}
 WORKER_TTL = 60  # seconds an RQ worker stays listed after its last heartbeat
+RETRIES = 5  # times RQ runs a job again whose worker died, before the job fails
 
 
-class Dispatcher:
-    """Puts training jobs on the RQ queue; remembers which RQ job carries which training job."""
+class Enqueuer:
+    """Adds one RQ job per claimable job to a MULTI/EXEC of the store (``RedisStore(enqueue=...)``)."""
 
-    def __init__(self, connection: redis.Redis, queue_name: str, prefix: str):
-        self.connection, self.prefix = connection, prefix
+    def __init__(self, connection: redis.Redis, queue_name: str):
         self.queue = Queue(queue_name, connection=connection)
 
-    def _marker(self, job_id: str) -> str:
-        return f"{self.prefix}:dispatch:{job_id}"
-
-    def enqueue(self, job_ids: list[str]) -> None:
+    def __call__(self, pipe: redis.client.Pipeline, job_ids: list[str]) -> None:
         for job_id in job_ids:
-            rq_job = self.queue.enqueue(TRAIN_FUNCTION, job_id, job_timeout=-1, result_ttl=300, failure_ttl=86400,
-                                        description=f"train {job_id}")
-            self.connection.set(self._marker(job_id), rq_job.id, ex=7 * 86400)
-
-    def enqueue_missing(self, job_ids: list[str]) -> list[str]:
-        """Enqueues those of ``job_ids`` that no queued or running RQ job carries (lost or no-op runs)."""
-        if not job_ids:
-            return []
-        markers = self.connection.mget([self._marker(j) for j in job_ids])
-        carried = {j: m.decode() for j, m in zip(job_ids, markers) if m}
-        live = set()
-        if carried:
-            for job_id, rq_job in zip(carried, Job.fetch_many(list(carried.values()), connection=self.connection)):
-                if rq_job is not None and rq_job.get_status(refresh=False) in LIVE:
-                    live.add(job_id)
-        missing = [j for j in job_ids if j not in live]
-        self.enqueue(missing)
-        return missing
+            self.queue.enqueue_call(TRAIN_FUNCTION, args=(job_id,), timeout=-1, result_ttl=300, failure_ttl=86400,
+                                    description=f"train {job_id}", retry=Retry(max=RETRIES),
+                                    on_failure=Callback(train_failed), pipeline=pipe)
 
 
 def open_redis_store(settings: Settings, *, worker: bool = False) -> RedisStore:
-    """The store with its dispatcher. Workers retry commands through short outages; the API answers 503 at once."""
+    """The store, enqueuing on RQ. Workers retry commands through short outages; the API answers 503 at once."""
     store = RedisStore(settings.redis_url, prefix=settings.redis_prefix, lease_seconds=settings.lease_seconds,
                        socket_timeout=settings.redis_timeout, retries=5 if worker else 0,
                        keep_versions=settings.keep_versions)
-    store.on_queued = Dispatcher(store.redis, settings.redis_queue, settings.redis_prefix).enqueue
+    store.enqueue = Enqueuer(store.redis, settings.redis_queue)
     return store
 
 
 def queue_stats(store: RedisStore, settings: Settings) -> dict:
     """What /health shows for the redis backend: RQ queue length, live workers, queued training jobs."""
-    queue = Queue(settings.redis_queue, connection=store.redis)
     from rq import Worker
 
+    queue = Queue(settings.redis_queue, connection=store.redis)
     return {"queue_length": queue.count, "workers_alive": Worker.count(connection=store.redis, queue=queue),
             "queued_jobs": store.count_queued()}
 
@@ -91,9 +81,9 @@ def queue_stats(store: RedisStore, settings: Settings) -> dict:
 class _Context:
     settings: Settings
     store: RedisStore
-    dispatcher: Dispatcher
     worker_id: str
     stop_event: threading.Event
+    worker: "TrainingWorker | None" = None
 
 
 _context: _Context | None = None
@@ -106,102 +96,116 @@ def context() -> _Context:
     with _context_lock:
         if _context is None:
             settings = get_settings()
-            store = open_redis_store(settings, worker=True)
-            _context = _Context(settings, store, Dispatcher(store.redis, settings.redis_queue, settings.redis_prefix),
-                                f"{socket.gethostname()}-{os.getpid()}", threading.Event())
+            _context = _Context(settings, open_redis_store(settings, worker=True), f"{socket.gethostname()}-{os.getpid()}",
+                                threading.Event())
         return _context
 
 
-def sweep(ctx: _Context) -> None:
-    """Promote full buffers, requeue jobs with an expired lease, enqueue queued jobs nothing carries."""
-    ctx.store.promote_ready_jobs()
-    ctx.store.recover_expired()
-    ctx.store.recover_expired_trials()
-    ctx.dispatcher.enqueue_missing(ctx.store.runnable_queued())
-
-
 class _Heartbeat(threading.Thread):
-    def __init__(self, store: RedisStore, job_id: str, interval: float):
-        super().__init__(name=f"lease-{job_id[:8]}", daemon=True)
-        self.store, self.job_id, self.interval = store, job_id, interval
+    """Renews the job's lease and RQ's heartbeats (worker, execution, job) every lease/3 seconds."""
+
+    def __init__(self, ctx: _Context, lease: str, rq_job: Job | None):
+        super().__init__(name=f"lease-{lease[:8]}", daemon=True)
+        self.ctx, self.lease, self.rq_job = ctx, lease, rq_job
         self.done = threading.Event()
 
     def run(self) -> None:
-        while not self.done.wait(self.interval):
+        worker = self.ctx.worker
+        while not self.done.wait(self.ctx.settings.lease_seconds / 3):
             try:
-                if not self.store.renew_lease(self.job_id):
-                    log.warning("job %s: lease lost; the training stops at its next check", self.job_id)
+                if not self.ctx.store.renew_lease(self.lease):
+                    log.warning("job %s: lease lost; the training stops at its next check", self.lease)
                     return
-            except StoreUnavailable as exc:
-                log.warning("job %s: cannot renew the lease: %s", self.job_id, exc)
+                execution = worker.execution if worker is not None else None
+                if execution is not None and self.rq_job is not None:
+                    worker.maintain_heartbeats(self.rq_job, execution)
+            except (StoreUnavailable, redis.RedisError) as exc:
+                log.warning("job %s: cannot renew the lease: %s", self.lease, exc)
+
+
+def _claim(ctx: _Context, job_id: str):
+    """Takes the job (or one trial) over, waiting out the lease of a worker that RQ presumed dead early."""
+    deadline = time.monotonic() + 2 * ctx.settings.lease_seconds + 1
+    while True:
+        job = ctx.store.claim_job(ctx.worker_id, job_id=job_id, take_over=True)
+        trial = None if job is not None else ctx.store.claim_trial(ctx.worker_id, job_id=job_id, take_over=True)
+        if job is not None or trial is not None or not ctx.store.lease_alive(job_id) or time.monotonic() > deadline:
+            return job, trial
+        ctx.stop_event.wait(0.2)
 
 
 def train(job_id: str) -> str:
-    """The RQ job: claim the training job (if it still waits and its model is free) and run it."""
+    """The RQ job: claim the training job (or one trial of a search job) and run it."""
+    from rq import get_current_job
+
+    from api.search import run_search_trial
     from api.worker import run_job
 
     ctx = context()
-    job = ctx.store.claim_job(ctx.worker_id, job_id=job_id)
-    trial = None if job is not None else ctx.store.claim_trial(ctx.worker_id, job_id=job_id)  # one trial of a search
+    job, trial = _claim(ctx, job_id)
     if job is None and trial is None:
-        return "skipped: not queued, or its model is being trained by another job"
+        return "skipped: not claimable (ended, cancelled, or already taken)"
     lease = job_id if trial is None else f"{job_id}|{trial[1]['index']}"
-    heartbeat = _Heartbeat(ctx.store, lease, ctx.settings.lease_seconds / 3)
+    heartbeat = _Heartbeat(ctx, lease, get_current_job())
     heartbeat.start()
     try:
         if trial is not None:
-            from api.search import run_search_trial
-
-            status = f"trial {trial[1]['index']}: " + run_search_trial(ctx.store, *trial, ctx.settings, ctx.stop_event).status
-        else:
-            status = run_job(ctx.store, job, ctx.settings, ctx.stop_event).status
+            return f"trial {trial[1]['index']}: " + run_search_trial(ctx.store, *trial, ctx.settings, ctx.stop_event).status
+        return run_job(ctx.store, job, ctx.settings, ctx.stop_event).status
     except LeaseLost as exc:
         log.warning("%s", exc)
-        status = "abandoned (lease lost)"
-    except StoreUnavailable as exc:
-        log.warning("job %s: %s; it resumes from its checkpoint when its lease expires", job_id, exc)
-        status = "abandoned (Redis unreachable)"
+        return "abandoned (lease lost): another worker runs it"
     finally:
         heartbeat.done.set()
         try:
             ctx.store.release_lease(lease)
         except StoreUnavailable:
             pass
-    try:
-        sweep(ctx)  # the model's next queued job can run now
-    except StoreUnavailable:
-        pass
-    return status
+
+
+def train_failed(rq_job: Job, connection, exc_type, exc_value, tb) -> None:
+    """RQ's failure callback (also called for abandoned jobs): once RQ retries no more, the job ends failed."""
+    if rq_job.retries_left:
+        return  # RQ runs it again; that run takes the job over from its checkpoint
+    job_id = rq_job.args[0]
+    reason = f"{exc_type.__name__ if exc_type else 'error'}: {exc_value}" if exc_value else "its worker died"
+    context().store.fail_abandoned(job_id, f"given up after {RETRIES + 1} runs by RQ ({reason}); see RQ's failed "
+                                           f"registry, RQ job {rq_job.id}")
 
 
 class TrainingWorker(SimpleWorker):
-    """An RQ worker that trains in its own process (a SIGKILL takes the training with it, and the lease
-    expires), sweeps in a background thread and, on SIGTERM/SIGINT, puts its job back on the queue
-    from the last checkpoint instead of finishing it."""
+    """An RQ worker that trains in its own process (a SIGKILL takes the training with it, and RQ
+    finds the job abandoned), keeps RQ's heartbeats short (about one lease) and runs RQ's abandoned-job
+    handling every lease/2 s; on SIGTERM/SIGINT it puts its job back on the queue from the last
+    checkpoint instead of finishing it."""
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return math.ceil(context().settings.lease_seconds) + 1
 
     def work(self, *args, **kwargs) -> bool:
         ctx = context()
-        self._sweeper_stop = threading.Event()
-        sweeper = threading.Thread(target=self._sweep_loop, args=(ctx,), name="nn-sweeper", daemon=True)
-        sweeper.start()
+        ctx.worker = self
+        self._maintenance_stop = threading.Event()
+        threading.Thread(target=self._maintain, args=(ctx,), name="nn-rq-maintenance", daemon=True).start()
         try:
             return super().work(*args, **kwargs)
         finally:
-            self._sweeper_stop.set()
+            self._maintenance_stop.set()
 
-    def _sweep_loop(self, ctx: _Context) -> None:
-        interval = min(1.0, ctx.settings.lease_seconds / 4)
-        delay, last_beat = interval, time.monotonic()
-        while not self._sweeper_stop.wait(delay):
+    def _maintain(self, ctx: _Context) -> None:
+        """RQ's abandoned-job handling (StartedJobRegistry.cleanup: retry, or the failed registry) every
+        lease/2 seconds, also while this worker trains; one worker at a time (a lock that just expires)."""
+        delay = interval = max(0.5, ctx.settings.lease_seconds / 2)
+        lock = f"{ctx.settings.redis_prefix}:rq-cleanup"
+        while not self._maintenance_stop.wait(delay):
             try:
-                sweep(ctx)
-                if time.monotonic() - last_beat > WORKER_TTL / 3:  # stay listed during long jobs
-                    last_beat = time.monotonic()
-                    self.connection.expire(self.key, WORKER_TTL + 60)
+                if self.connection.set(lock, self.name, nx=True, px=int(interval * 1000)):
+                    for queue in self.queues:
+                        queue.started_job_registry.cleanup(exception_handlers=self._exc_handlers)
                 delay = interval
             except Exception as exc:  # Redis away: back off, keep trying
                 delay = min(30.0, delay * 2)
-                log.warning("sweeper: %s; next try in %.1fs", exc, delay)
+                log.warning("RQ maintenance: %s; next try in %.1fs", exc, delay)
 
     def request_stop(self, signum, frame):
         context().stop_event.set()  # a running job goes back to the queue after its current batch

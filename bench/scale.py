@@ -58,13 +58,15 @@ def wait_jobs(service: Service, job_ids: list[str], timeout: float = 600) -> flo
 
 def submit_all(service: Service, specs: list[tuple]) -> list[str]:
     """Stores every job first and then puts them all on the RQ queue at once, so the workers never wait
-    for the submitter (the workers' sweepers may still start a few early; the clock starts at the first start)."""
-    enqueue, service.store.on_queued = service.store.on_queued, None
+    for the submitter (the clock starts at the first start)."""
+    enqueue, service.store.enqueue = service.store.enqueue, None
     try:
         jobs = [submit(service, *spec) for spec in specs]
     finally:
-        service.store.on_queued = enqueue
-    enqueue(jobs)
+        service.store.enqueue = enqueue
+    with service.store.redis.pipeline() as pipe:  # RQ's queue takes them all in one MULTI/EXEC
+        enqueue(pipe, jobs)
+        pipe.execute()
     return jobs
 
 

@@ -68,7 +68,7 @@ class Tx(Protocol):
     def return_samples(self, job_id: str, model_id: str, n: int) -> None: ...  # to the buffer's front
     def drop_samples(self, job_id: str) -> None: ...
     def clear_buffer(self, model_id: str) -> None: ...
-    def ready(self, job_id: str) -> None: ...  # the job, or one more of its trials, can be claimed now
+    def ready(self, job_id: str) -> None: ...  # the job (or one more of its trials) can be claimed now: a runner may enqueue it
 
 
 def move(job: JobRecord, status: str) -> JobRecord:
@@ -171,14 +171,30 @@ def create_job(tx: Tx, job: JobRecord, x: np.ndarray | None, y: np.ndarray | Non
         tx.insert_trials(job.job_id, trials)
     if inline:
         tx.add_samples(job.model_id, job.job_id, x, y)
-        _ready(tx, job, trials)
+        _offer(tx, job)
     return job
 
 
-def _ready(tx: Tx, job: JobRecord, trials: list[dict] | None) -> None:
-    """A queued job can be claimed; a search in its trials stage once per pending trial."""
-    pending = sum(t["status"] == "pending" for t in trials) if job.stage == "trials" and trials else 1
-    for _ in range(pending):
+def _head(tx: Tx, model_id: str) -> JobRecord | None:
+    """The model's oldest queued job that writes it (the next one ``claim`` takes)."""
+    return next((j for j in tx.jobs((QUEUED,), model_id) if j.stage != "trials"), None)
+
+
+def _offer_head(tx: Tx, model_id: str) -> None:
+    """The model's writer changed or its head of line left: the new head can be claimed, if nothing writes now."""
+    head = _head(tx, model_id)
+    if head is not None and busy_with(tx, model_id) is None:
+        tx.ready(head.job_id)
+
+
+def _offer(tx: Tx, job: JobRecord) -> None:
+    """A job just became queued: it can be claimed now if it heads its model's line and nothing writes the model
+    (one ``ready`` per claimable job, so a queue built from them never holds a job twice); a search in its
+    trials stage once per pending trial (trials never wait for the model)."""
+    if job.stage == "trials":
+        for _ in [t for t in tx.trials(job.job_id) if t["status"] == "pending"]:
+            tx.ready(job.job_id)
+    elif _head(tx, job.model_id).job_id == job.job_id and busy_with(tx, job.model_id) is None:
         tx.ready(job.job_id)
 
 
@@ -196,7 +212,7 @@ def promote_ready(tx: Tx) -> list[JobRecord]:
         tx.claim_buffer(job.model_id, job.job_id, copy=not job.consume_buffer)
         move(job, QUEUED).n_samples = available
         tx.save_job(job)
-        _ready(tx, job, tx.trials(job.job_id) if job.stage == "trials" else None)
+        _offer(tx, job)
         promoted.append(job)
     return promoted
 
@@ -244,6 +260,8 @@ def finish(tx: Tx, job: JobRecord, status: str, now: float, *, blob: bytes | Non
     that had not ended are cancelled. Finishing an ended job changes nothing."""
     if job.status in TERMINAL:
         return job
+    writer = job.stage != "trials" and (job.status in (RUNNING, CANCELLING) or (job.status == QUEUED and
+                                                                                  _head(tx, job.model_id).job_id == job.job_id))
     if blob is None and use_checkpoint:
         blob, info = tx.checkpoint(job.job_id) or (None, None)
     model = tx.model(job.model_id)
@@ -264,6 +282,8 @@ def finish(tx: Tx, job: JobRecord, status: str, now: float, *, blob: bytes | Non
     if job.kind == "search":
         for trial in tx.trials(job.job_id):
             _stop_trial(tx, job.job_id, trial, now)
+    if writer:  # it wrote the model, or headed its line: the next job may go
+        _offer_head(tx, job.model_id)
     return job
 
 
@@ -295,7 +315,7 @@ def requeue(tx: Tx, job: JobRecord, now: float, reason: str | None = None) -> Jo
         job.history = [*job.history, {"event": "restart", "restart": restarts + 1, "epoch": job.epochs_done,
                                       "time": now, "reason": reason}]
     tx.save_job(job)
-    tx.ready(job.job_id)
+    _offer_head(tx, job.model_id)
     return job
 
 
@@ -343,7 +363,7 @@ def settle(tx: Tx, job_id: str, now: float) -> None:
     elif job.params.get("apply_best"):
         job.stage = "apply"
         tx.save_job(move(job, QUEUED))
-        tx.ready(job_id)
+        _offer(tx, job)
     else:
         finish(tx, job, SUCCEEDED, now)
 

@@ -68,11 +68,13 @@ def _guard(method: Callable) -> Callable:
 
 class RedisStore(Store):
     def __init__(self, url: str, *, prefix: str = "nn", lease_seconds: float = 10.0, socket_timeout: float = 5.0,
-                 retries: int = 0, on_queued: Callable[[list[str]], None] | None = None, keep_versions: int = 10):
+                 retries: int = 0, enqueue: Callable[[redis.client.Pipeline, list[str]], None] | None = None,
+                 keep_versions: int = 10):
         self.prefix = prefix
         self.keep_versions = keep_versions
         self.lease_ms = int(lease_seconds * 1000)
-        self.on_queued = on_queued  # called with the ids of jobs that became claimable (the runner enqueues them)
+        # the runner's queue (api/rq_runner.py): called inside the MULTI of every step that made jobs claimable
+        self.enqueue = enqueue
         # retries=0 (the API): a request answers 503 at once; workers ride out short outages
         retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries) if retries else Retry(NoBackoff(), 0)
         self.redis = redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
@@ -89,17 +91,11 @@ class RedisStore(Store):
         with self._lock:
             return self._tokens.get(key, "")
 
-    def _notify(self, job_ids: list[str]) -> None:
-        if job_ids and self.on_queued is not None:
-            try:
-                self.on_queued(job_ids)
-            except Exception:  # the sweepers enqueue it later
-                log.exception("could not enqueue jobs %s; a worker's sweeper will", job_ids)
-
     @_guard
-    def atomic(self, step: Callable[["RedisTx"], T], fence: str | None = None, token: str = "") -> T:
-        """WATCH what ``step`` reads, then MULTI/EXEC its writes; again from the start on a conflict."""
-        token = token or (self._token(fence) if fence else "")
+    def atomic(self, step: Callable[["RedisTx"], T], fence: str | None = None) -> T:
+        """WATCH what ``step`` reads, then MULTI/EXEC its writes, and the runner's enqueue of every job it made
+        claimable; again from the start on a conflict."""
+        token = self._token(fence) if fence else ""
         for attempt in range(10_000):
             with self.redis.pipeline(transaction=True) as pipe:
                 tx = RedisTx(pipe, self._key, self.redis, self.keep_versions)
@@ -110,11 +106,12 @@ class RedisStore(Store):
                     pipe.multi()
                     for name, *args in tx.ops:
                         getattr(pipe, name)(*args)
+                    if tx.ready_ids and self.enqueue is not None:
+                        self.enqueue(pipe, tx.ready_ids)
                     pipe.execute()
                 except redis.WatchError:
                     time.sleep(random.random() * min(0.05, 0.0002 * 2 ** min(attempt, 10)))
                     continue
-            self._notify(tx.ready_ids)
             return result
         raise StoreUnavailable("the Redis store is too contended to commit; retry in a few seconds")
 
@@ -301,15 +298,19 @@ class RedisStore(Store):
         return {s: n for s, n in counts.items() if n}, [json.loads(p) for p in progress if p]
 
     # -- leases: claims take one, fenced writes check it (Store.atomic's ``fence``) ------------------
-    def claim_job(self, worker_id: str, job_id: str | None = None) -> JobRecord | None:
-        """As the interface says; with ``job_id``, that job only (the RQ runner's case). Takes a lease."""
+    def claim_job(self, worker_id: str, job_id: str | None = None, take_over: bool = False) -> JobRecord | None:
+        """As the interface says, taking a lease; with ``job_id``, that job only (the RQ runner's case). With
+        ``take_over``, a job whose worker's lease expired is first requeued from its checkpoint."""
         if job_id is None and not self.has_jobs((QUEUED,)):
             return None
         token = uuid.uuid4().hex
 
         def step(tx: RedisTx) -> JobRecord | None:
+            if take_over and job_id is not None:
+                self._requeue_expired(tx, job_id)
             job = lifecycle.claim(tx, worker_id, time.time(), job_id)
             if job is not None:
+                tx.ready_ids = [j for j in tx.ready_ids if j != job.job_id]  # the caller carries it
                 tx.ops.append(("set", self._key("lease", job.job_id), token, None, self.lease_ms))
             return job
 
@@ -320,10 +321,15 @@ class RedisStore(Store):
             self._tokens[job.job_id] = token
         return self.get_job(job.job_id)
 
-    def claim_trial(self, worker_id: str, job_id: str | None = None) -> tuple[JobRecord, dict] | None:
+    def claim_trial(self, worker_id: str, job_id: str | None = None, take_over: bool = False) -> tuple[JobRecord, dict] | None:
+        """As the interface says, taking a lease; with ``take_over``, ``job_id``'s trials whose worker's lease
+        expired go back to pending first (their own RQ jobs, retried by RQ, claim them)."""
         token = uuid.uuid4().hex
 
         def step(tx: RedisTx) -> tuple[JobRecord, dict] | None:
+            if take_over and job_id is not None:
+                self._release_expired_trials(tx, job_id)
+                tx.ready_ids = [j for j in tx.ready_ids if j != job_id]
             claimed = lifecycle.claim_trial(tx, worker_id, time.time(), job_id)
             if claimed is not None:
                 tx.ops.append(("set", self._key("lease", f"{claimed[0].job_id}|{claimed[1]['index']}"), token, None,
@@ -368,54 +374,62 @@ class RedisStore(Store):
         token = self._token(job_id)
         return bool(token) and self.redis.get(self._key("lease", job_id)) != token.encode()
 
-    # -- what the runner needs ---------------------------------------------------------
-    def _expired(self, tx: "RedisTx", key: str) -> bool:
+    # -- taking over from a worker that died (RQ found its job abandoned and runs it again) -------------
+    def _expired(self, tx: RedisTx, key: str) -> bool:
         tx.pipe.watch(self._key("lease", key))
         return not tx.pipe.exists(self._key("lease", key))
 
-    def recover_expired(self) -> list[JobRecord]:
-        """Jobs whose worker's lease expired (killed, stalled, cut off): back to the queue from their
-        checkpoint, with a restart note in their history; ``cancelling`` ones end ``cancelled``."""
-        def step(tx: RedisTx, job_id: str) -> JobRecord | None:
-            job = tx.job(job_id)
-            if job is None or job.status not in (RUNNING, CANCELLING) or not self._expired(tx, job_id):
-                return None
-            reason = ("the worker stopped renewing its lease (killed or cut off); resumed from the checkpoint after "
-                      f"epoch {job.epochs_done}")
-            return lifecycle.requeue(tx, job, time.time(), reason)
+    def _requeue_expired(self, tx: RedisTx, job_id: str) -> JobRecord | None:
+        job = tx.job(job_id)
+        if job is None or job.status not in (RUNNING, CANCELLING) or job.stage == "trials" or not self._expired(tx, job_id):
+            return None
+        reason = ("the worker stopped renewing its lease (killed or cut off); resumed from the checkpoint after "
+                  f"epoch {job.epochs_done}")
+        log.warning("job %s: lease expired; %s", job_id, "requeued" if job.status == RUNNING else "cancelled")
+        return lifecycle.requeue(tx, job, time.time(), reason)
 
-        changed = []
-        for job in self.atomic(lambda tx: [j for j in tx.jobs((RUNNING, CANCELLING)) if j.stage != "trials"]):
-            done = self.atomic(lambda tx: step(tx, job.job_id))
-            if done is not None:
-                log.warning("job %s: lease expired; %s", job.job_id, "requeued" if done.status == QUEUED else done.status)
-                changed.append(self.get_job(job.job_id))
-        return changed
+    def _release_expired_trials(self, tx: RedisTx, job_id: str) -> list[int]:
+        job = tx.job(job_id)
+        if job is None or job.stage != "trials":
+            return []
+        expired = [t["index"] for t in tx.trials(job_id) if t["status"] == "running"
+                   and self._expired(tx, f"{job_id}|{t['index']}")]
+        for index in expired:
+            log.warning("search %s: trial %s lost its worker; it runs again", job_id, index)
+            lifecycle.release_trial(tx, job_id, index, time.time())
+        return expired
+
+    def lease_alive(self, job_id: str) -> bool:
+        """Whether a worker still holds the job (or one of its running trials)."""
+        try:
+            job = self.get_job(job_id)
+        except JobNotFound:
+            return False
+        keys = [f"{job_id}|{t['index']}" for t in job.trials or [] if t["status"] == "running"] if job.stage == "trials" \
+            else [job_id] if job.status in (RUNNING, CANCELLING) else []
+        return bool(keys) and bool(self.redis.exists(*[self._key("lease", k) for k in keys]))
+
+    def recover_expired(self) -> list[JobRecord]:
+        """Every job whose worker's lease expired goes back to the queue from its checkpoint, with a restart
+        note in its history (``cancelling`` ones end ``cancelled``). The RQ runner does this per job when RQ
+        runs an abandoned job again (``claim_job(take_over=True)``); this is the same for all of them at once."""
+        running = self.atomic(lambda tx: [j.job_id for j in tx.jobs((RUNNING, CANCELLING)) if j.stage != "trials"])
+        changed = [self.atomic(lambda tx: self._requeue_expired(tx, job_id)) for job_id in running]
+        return [self.get_job(j.job_id) for j in changed if j is not None]
 
     def recover_expired_trials(self) -> list[str]:
         """Running trials whose worker's lease expired go back to pending; returns their job ids."""
-        def step(tx: RedisTx, job_id: str, index: int) -> bool:
-            if not self._expired(tx, f"{job_id}|{index}"):
-                return False
-            lifecycle.release_trial(tx, job_id, index, time.time())
-            return True
+        searches = self.atomic(lambda tx: [j.job_id for j in tx.jobs((QUEUED, RUNNING, CANCELLING)) if j.stage == "trials"])
+        return [job_id for job_id in searches if self.atomic(lambda tx: self._release_expired_trials(tx, job_id))]
 
-        running = self.atomic(lambda tx: [(j.job_id, t["index"]) for j in tx.jobs((QUEUED, RUNNING, CANCELLING))
-                                          if j.stage == "trials" for t in tx.trials(j.job_id) if t["status"] == "running"])
-        jobs = []
-        for job_id, index in running:
-            if self.atomic(lambda tx: step(tx, job_id, index)):
-                log.warning("search %s: trial %s lost its worker; it runs again", job_id, index)
-                jobs.append(job_id)
-        return jobs
+    def fail_abandoned(self, job_id: str, error: str) -> None:
+        """RQ gave up on the job (its workers kept dying): it ends failed (a search: its orphaned trials)."""
+        def step(tx: RedisTx) -> None:
+            job, now = tx.job(job_id), time.time()
+            if job is not None and job.stage == "trials":
+                for t in [t for t in tx.trials(job_id) if t["status"] == "running" and self._expired(tx, f"{job_id}|{t['index']}")]:
+                    lifecycle.finish_trial(tx, job_id, t["index"], "failed", now, error=error)
+            elif job is not None and job.status in (RUNNING, CANCELLING) and self._expired(tx, job_id):
+                lifecycle.finish(tx, job, lifecycle.FAILED, now, use_checkpoint=True, error=error)
 
-    def runnable_queued(self) -> list[str]:
-        """Queued jobs, oldest first, whose model no job trains now; then search jobs with pending trials."""
-        def step(tx: RedisTx) -> list[str]:
-            jobs = tx.jobs((QUEUED, RUNNING))
-            training = [j.job_id for j in jobs if j.status == QUEUED and j.stage != "trials"
-                        and not lifecycle.busy_with(tx, j.model_id)]
-            return training + [j.job_id for j in jobs if j.stage == "trials"
-                               and any(t["status"] == "pending" for t in tx.trials(j.job_id))]
-
-        return self.atomic(step)
+        self.atomic(step)

@@ -1,0 +1,106 @@
+"""RQ as the one queue of the redis backend: every claimable job is one RQ job, enqueued in the transaction
+that made it claimable; a job RQ runs again after its worker died is taken over from its checkpoint; when RQ
+gives up, the job fails. Uses NN_TEST_REDIS_URL (skipped when no Redis answers there)."""
+
+import shutil
+import subprocess
+import threading
+import uuid
+
+import pytest
+
+from api import rq_runner
+from api.errors import LeaseLost, ModelNotFound
+from api.settings import Settings
+from tests.api.conftest import wait_for
+from tests.api.storage.test_store_contract import REDIS_URL, job, redis_available, rows, search
+
+pytestmark = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_URL}")
+
+
+@pytest.fixture
+def runner():
+    from rq import Queue
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    settings = Settings(backend="redis", redis_url=REDIS_URL, redis_prefix=prefix, redis_queue=f"{prefix}-training",
+                        lease_seconds=0.3)
+    store = rq_runner.open_redis_store(settings)
+    queue = Queue(settings.redis_queue, connection=store.redis)
+    yield settings, store, queue
+    store.reset()
+    queue.delete(delete_jobs=True)
+
+
+def carried(queue) -> list[str]:
+    """The training job each RQ job on the queue carries, in queue order."""
+    from rq.job import Job
+
+    return [Job.fetch(i, connection=queue.connection).args[0] for i in queue.job_ids]
+
+
+def test_each_claimable_job_is_one_rq_job_enqueued_in_the_same_transaction(runner):
+    settings, store, queue = runner
+    store.create_model("m", b"b", {})
+    store.create_model("n", b"b", {})
+    a = store.create_job(job("m"), *rows(2), max_buffer=0).job_id
+    b = store.create_job(job("m"), *rows(2), max_buffer=0).job_id
+    assert carried(queue) == [a]  # b waits behind a: its model takes one job at a time
+    c = store.create_job(job("n", min_samples=2)).job_id
+    store.append_samples("n", *rows(2), 0)
+    assert carried(queue) == [a] and [j.job_id for j in store.promote_ready_jobs()] == [c]
+    assert carried(queue) == [a, c]
+    with pytest.raises(ModelNotFound):
+        store.create_job(job("gone"), *rows(2), max_buffer=0)
+    assert carried(queue) == [a, c]  # a step that failed enqueued nothing
+    assert store.claim_job("w", job_id=a).status == "running" and carried(queue) == [a, c]
+    store.finish_job(a, "succeeded", blob=b"v2", info={})
+    assert carried(queue) == [a, c, b]  # the model is free: its next job can run
+    store.cancel_job(b)
+    s = store.create_search_job(*search("m", 3), *rows(4), max_buffer=0).job_id
+    assert carried(queue) == [a, c, b, s, s, s]  # one per trial; trials never wait for the model
+    assert store.count_queued() == 2  # c and s (a ran, b was cancelled)
+    rq_cli = shutil.which("rq")
+    if rq_cli:  # RQ's own monitor shows the same queue
+        out = subprocess.run([rq_cli, "info", "--url", REDIS_URL, "--only-queues", "--raw", settings.redis_queue],
+                             capture_output=True, text=True, timeout=60).stdout
+        assert f"queue {settings.redis_queue} 6" in out, out
+
+
+def test_a_job_rq_runs_again_is_taken_over_from_its_checkpoint(runner):
+    settings, store, queue = runner
+    other = rq_runner.open_redis_store(settings)
+    store.create_model("m", b"b", {})
+    j = store.create_job(job("m"), *rows(2), max_buffer=0).job_id
+    assert store.claim_job("dead", job_id=j, take_over=True).worker_id == "dead"
+    store.save_checkpoint(j, b"ckpt", {}, 1, [{"epoch": 1}], {})
+    assert other.claim_job("new", job_id=j, take_over=True) is None  # its lease is alive: nothing to take over
+    wait_for(lambda: other.lease_alive(j), lambda alive: not alive, timeout=10)  # no heartbeat: the lease expires
+    taken = other.claim_job("new", job_id=j, take_over=True)
+    assert (taken.status, taken.worker_id, taken.epochs_done) == ("running", "new", 1)
+    assert taken.history[-1]["event"] == "restart" and taken.history[-1]["restart"] == 1
+    assert carried(queue) == [j]  # the RQ job that runs it again carries it: nothing new was enqueued
+    with pytest.raises(LeaseLost):  # the presumed-dead worker can write nothing
+        store.finish_job(j, "succeeded", blob=b"stale", info={})
+    assert other.finish_job(j, "succeeded", blob=b"good", info={}).model_version == 2
+
+
+def test_when_rq_gives_up_the_job_fails(runner, monkeypatch):
+    from rq.job import Job
+
+    settings, store, queue = runner
+    store.create_model("m", b"b", {})
+    j = store.create_job(job("m"), *rows(2), max_buffer=0).job_id
+    store.claim_job("dead", job_id=j)
+    store.save_checkpoint(j, b"ckpt", {}, 1, [], {})
+    monkeypatch.setattr(rq_runner, "_context", rq_runner._Context(settings, store, "w", threading.Event()))
+    rq_job = Job.fetch(queue.job_ids[0], connection=store.redis)
+    assert rq_job.retries_left == rq_runner.RETRIES
+    rq_runner.train_failed(rq_job, store.redis, None, None, None)  # RQ retries: nothing changes
+    assert store.get_job(j).status == "running"
+    rq_job.retries_left = 0
+    wait_for(lambda: store.lease_alive(j), lambda alive: not alive, timeout=10)
+    rq_runner.train_failed(rq_job, store.redis, None, None, None)
+    failed = store.get_job(j)
+    assert failed.status == "failed" and "given up" in failed.error and failed.model_version == 2  # its checkpoint
+    assert store.load_model("m")[0] == b"ckpt"
