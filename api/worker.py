@@ -191,7 +191,12 @@ def _blown_up(start_loss: float | None, metrics: dict | None, ratio: float) -> s
     """Why a job must not replace its model: its loss on the samples of its final metrics ended more than `ratio`
     times the loss it started from (NN_MAX_LOSS_RATIO, or the job's max_loss_ratio). None if fine."""
     end_loss = (metrics or {}).get("loss")
-    if start_loss is None or end_loss is None or not start_loss > 0 or end_loss <= ratio * start_loss:
+    if start_loss is None or not start_loss > 0:
+        return None
+    if end_loss is None:  # evaluate failed or gave Inf/NaN: the trained network's outputs overflow
+        return (f"the loss, {start_loss:.4g} before the job, cannot be computed after it (the outputs overflow); the "
+                "model keeps its weights from before the job. Lower the learning_rate, add clip_norm, or scale the inputs.")
+    if end_loss <= ratio * start_loss:
         return None
     return (f"the loss on the {metrics['samples']} {metrics['on']} samples rose from {start_loss:.4g} before "
             f"the job to {end_loss:.4g}, more than max_loss_ratio={ratio:g} times; the model keeps its weights from "

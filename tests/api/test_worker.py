@@ -290,3 +290,13 @@ def test_a_lease_lost_after_the_last_checkpoint_finishes_once(open_store, tmp_pa
     assert sweeper.get_job(job.job_id).status == "queued" and sweeper.get_model("m").version == 1
     done = run_job(sweeper, sweeper.claim_job("w2"), settings(tmp_path), threading.Event())
     assert done.status == "succeeded" and done.model_version == 2 and sweeper.get_model("m").version == 2
+
+
+def test_the_blow_up_guard_also_refuses_a_network_whose_loss_cannot_be_computed():
+    from api.worker import _blown_up
+
+    fine = {"loss": 4.9, "samples": 40, "on": "training"}
+    assert _blown_up(0.5, fine, 10) is None and _blown_up(None, None, 10) is None
+    assert "max_loss_ratio=10" in _blown_up(0.5, {**fine, "loss": 5.1}, 10)
+    assert "cannot be computed" in _blown_up(0.5, None, 10) and "cannot be computed" in _blown_up(0.5, {**fine, "loss": None}, 10)
+
