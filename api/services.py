@@ -422,8 +422,9 @@ class Service:
                  viewer: str | None = None) -> dict[str, Any]:
         model = self.served_model(model_id) if version is None else self.served_version(model_id, version)
         x, y = self._labelled(model_id, model.record.info, req, viewer)
-        with model.lock:
+        with model.lock, np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf or NaN, refused below
             metrics = model.net.evaluate(x, y)
+        _check_finite("the loss", (np.asarray(metrics["loss"]),), model.record.info["dtype"])
         return {"model_id": model_id, "model_version": model.record.version, "n_samples": len(x),
                 "metrics": jsonable(metrics)}
 

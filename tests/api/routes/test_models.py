@@ -244,6 +244,8 @@ def test_weights_that_overflow_give_a_422_on_output(client):
     for extra in ({}, {"include_activations": True}, {"targets": [1.0], "include_gradients": True}):
         response = client.post("/models/huge/output", json={"inputs": [[1.0, 1.0]], **extra})
         assert response.status_code == 422 and "overflowed" in response.json()["detail"], response.text
+    response = client.post("/models/huge/evaluate", json={"inputs": [[1.0, 1.0]], "targets": [1.0]})
+    assert response.status_code == 422 and "the loss overflowed" in response.json()["detail"], response.text
     assert client.get("/models/huge/weights").status_code == 200
 
 
