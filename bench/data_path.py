@@ -11,7 +11,10 @@ Starts real servers on loopback (`python main.py`, uvicorn) and compares, on a 7
   - with --kserve-python (a venv where `pip install kserve` went), the same V2 requests against KServe's
     model server holding the same weights, side by side.
 
-Other helpers add rows with ``@goal("...")`` (see GOALS below): a function of the Context returning rows.
+  - datasets (issue 12 section 3): a 60,000x784 NPZ upload vs JSON appends of the same rows, and a 60,000-row
+    CSV upload's rows/s (bench/datasets.py measures them in full: server RSS, numpy.loadtxt).
+
+More rows are functions registered with ``@goal("...")`` (see GOALS below) taking the Context.
 
     python bench/data_path.py                                   # both backends, Redis db 0 under a prefix
     python bench/data_path.py --backends sqlite --seconds 5
@@ -19,6 +22,7 @@ Other helpers add rows with ``@goal("...")`` (see GOALS below): a function of th
 """
 
 import argparse
+import io
 import json
 import os
 import re
@@ -319,6 +323,51 @@ def kserve_side_by_side(ctx: Context) -> list[Row]:
     return rows
 
 
+def _datasets_bench():
+    """bench/datasets.py's helpers (loaded by path: a `datasets` package may be installed)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_datasets", ROOT / "bench" / "datasets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@goal("datasets: NPZ upload vs JSON appends, CSV rows/s")
+def dataset_ingest(ctx: Context) -> list[Row]:
+    """The goals of issue 12 section 3 in this table; bench/datasets.py measures them in full (RSS, loadtxt)."""
+    if ctx.args.dataset_rows <= 0:
+        return []
+    ds, url, mid = _datasets_bench(), ctx.urls["cache_on"], MODEL["model_id"]
+    n = ctx.args.dataset_rows
+    x, y = ds.mnist_like(n)
+    inputs = (x / 255.0).astype(np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, inputs=inputs, targets=y.astype(np.int64))
+    started = time.perf_counter()
+    status, body = ds.post_file(url, "/datasets", buffer.getvalue(), "application/x-npz")
+    npz_rate = n / (time.perf_counter() - started)
+    assert status == 201, body
+    n_json = min(n, 6000)
+    with httpx.Client(timeout=600) as http:
+        started = time.perf_counter()
+        for start in range(0, n_json, 2000):
+            chunk = json.dumps({"inputs": inputs[start:start + 2000].tolist(), "targets": y[start:start + 2000].tolist()})
+            http.post(f"{url}/models/{mid}/samples", content=chunk, headers={"content-type": "application/json"}
+                      ).raise_for_status()
+        json_rate = n_json / (time.perf_counter() - started)
+        http.delete(f"{url}/models/{mid}/samples")
+    text = ds.csv_file(n).read_bytes()
+    started = time.perf_counter()
+    status, body = ds.post_file(url, "/datasets?target=label", text, "text/csv")
+    csv_rate = n / (time.perf_counter() - started)
+    assert status == 201, body
+    return [Row(ctx.backend, f"{n:,}x784 NPZ upload / JSON appends (2,000 per request), samples/s",
+                f"{npz_rate:,.0f} / {json_rate:,.0f} samples/s", npz_rate / json_rate, ">= 20", npz_rate / json_rate >= 20),
+            Row(ctx.backend, f"{n:,}-row, 785-column CSV upload, rows/s / 50,000", f"{csv_rate:,.0f} rows/s",
+                csv_rate / 50_000, ">= 1", csv_rate >= 50_000)]
+
+
 KSERVE_MODEL = '''
 import sys, numpy as np, kserve
 from kserve import InferRequest, InferResponse, InferOutput, Model, ModelServer
@@ -373,7 +422,8 @@ def backend_servers(backend: str, args: argparse.Namespace) -> Iterator[Context]
 
     def env(name: str, **extra) -> dict[str, str]:
         if backend == "redis":  # one prefix per code base: replicas of one code base share it, as in production
-            return {"NN_BACKEND": "redis", "NN_REDIS_URL": args.redis_url, "NN_REDIS_PREFIX": f"{prefix}-{name}", **extra}
+            return {"NN_BACKEND": "redis", "NN_REDIS_URL": args.redis_url, "NN_REDIS_PREFIX": f"{prefix}-{name}",
+                    "NN_DATA_DIR": str(tmp / name), **extra}  # datasets live in a folder every replica reaches
         return {"NN_DATA_DIR": str(tmp / name), "NN_WORKERS": "0", **extra}
 
     urls: dict[str, str] = {}
@@ -426,6 +476,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=6, help="wrk seconds per server (in 3 alternating runs)")
     parser.add_argument("--requests", type=int, default=300, help="1-sample requests per target for p50")
     parser.add_argument("--big-requests", type=int, default=15, help="1024-row / 2000-row requests per target")
+    parser.add_argument("--dataset-rows", type=int, default=60_000, help="rows of the dataset ingest goals (0: skip)")
+    parser.add_argument("--only", default="", help="run only the goals whose name contains this text")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args()
     if args.bare_app:
@@ -436,7 +488,7 @@ def main() -> int:
     rows: list[Row] = []
     for backend in args.backends.split(","):
         with backend_servers(backend, args) as ctx:
-            for name, fn in GOALS:
+            for name, fn in [(name, fn) for name, fn in GOALS if args.only in name]:
                 print(f"[{backend}] {name} ...", file=sys.stderr, flush=True)
                 rows += fn(ctx)
     print_table(rows)
