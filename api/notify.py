@@ -106,7 +106,7 @@ class Deliverer:
         if error is None:
             status, next_at = "delivered", now
         else:
-            next_at = now + min(MAX_DELAY, self.settings.notify_backoff * 2 ** note.attempts)
+            next_at = now + min(MAX_DELAY, self.settings.notify_backoff * 2.0 ** min(note.attempts, 30))
             ended = job.finished_at or now
             status = "failed" if next_at - ended > self.settings.notify_retry_seconds else "pending"
         self.store.record_attempt(job.job_id, status=status, error=error, next_attempt_at=next_at, now=now)

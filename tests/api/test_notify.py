@@ -194,3 +194,28 @@ def test_a_pending_delivery_survives_a_restart_redis(tmp_path):
             shown = wait_for(lambda: client.get(f"/jobs/{job['job_id']}").json()["notify"],
                              lambda n: n["status"] == "delivered")
             assert shown["attempts"] == len(r.received) and verified(*r.received[-1][:2])
+
+
+
+def test_the_delay_between_attempts_doubles_up_to_five_minutes_even_after_many(tmp_path):
+    """The backoff, on a real store and a closed port: no float overflow after thousands of attempts
+    (possible with a long NN_NOTIFY_RETRY_SECONDS)."""
+    from api.notify import MAX_DELAY, Deliverer
+    from api.storage.base import JobRecord, Notification
+    from api.storage.sqlite import SQLiteStore
+    from tests.api.conftest import settings_for
+
+    store = SQLiteStore(tmp_path / "nn.sqlite3")
+    store.create_model("m", b"blob", {"n": 1})
+    job = store.create_job(JobRecord(job_id="j", model_id="m", model_uid="", status="buffering", params={},
+                                     min_samples=10, consume_buffer=True, created_at=0.0))
+    store.add_notification(Notification(job_id="j", url="http://127.0.0.1:9/closed", secret=SECRET))
+    job = store.cancel_job(job.job_id)
+    deliverer = Deliverer(store, settings_for(tmp_path, notify_allow="127.0.0.1", notify_backoff=0.05,
+                                              notify_retry_seconds=10**9))
+    for attempts, delay in ((0, 0.05), (3, 0.4), (5000, MAX_DELAY)):
+        note = Notification(job_id="j", url="http://127.0.0.1:9/closed", secret=SECRET, attempts=attempts)
+        assert deliverer.deliver(note, job) == "pending"
+        kept = store.get_notifications(["j"])["j"]
+        assert kept.next_attempt_at - kept.last_attempt_at == pytest.approx(delay) and kept.last_error
+    deliverer.stop()
