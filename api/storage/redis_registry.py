@@ -5,7 +5,7 @@ a job transition. The keys (P is the prefix):
 
     P:vers:{uid}            zset  the kept versions of a model incarnation (score = version)
     P:v:{uid}:{version}     hash  model_id, blob, info, source (JSON), created_at
-    P:jobs, P:jobs:m:{model}, P:jobs:k:{kind}, P:jobs:s:{ended status}, P:jobs:active
+    P:jobs, P:jobs:m:{model}, P:jobs:k:{kind}, P:jobs:s:{status}, P:jobs:active
                             zsets of job ids by sequence number (GET /jobs)
     P:n:{job}               hash  a job's notification: url, secret, status, attempts, last_error, times
     P:npending              zset  job id -> next attempt time, while pending
@@ -68,15 +68,14 @@ def get_version(store: "RedisStore", model_id: str, version: int) -> tuple[bytes
 # -- all jobs -------------------------------------------------------------------------------
 def list_all_jobs(store: "RedisStore", offset: int, limit: int, status: str | None, model_id: str | None,
                   kind: str | None, owner: str | None) -> tuple[list[JobRecord], int]:
-    """One index per filter; several are intersected in Redis (ZINTERSTORE into a short-lived key). An active
-    status (buffering .. cancelling) and an owner (tenancy) are checked here on each candidate, 500 at a
-    time: the active jobs are as few as the work in progress; an owner's are read from all (or the filtered) jobs."""
+    """One index per filter (every status has its own, kept by ``RedisTx.save_job``); several are intersected
+    in Redis (ZINTERSTORE into a short-lived key). An owner (tenancy) is checked here on each candidate, 500
+    at a time, as ``list_jobs`` does."""
     indexes = [store._key("jobs", "m", model_id)] if model_id is not None else []
     if kind is not None:
         indexes.append(store._key("jobs", "k", kind))
-    active = status is not None and status not in TERMINAL
     if status is not None:
-        indexes.append(store._key("jobs", "active") if active else store._key("jobs", "s", status))
+        indexes.append(store._key("jobs", "s", status))
     indexes = indexes or [store._key("jobs")]
     key = indexes[0]
     if len(indexes) > 1:
@@ -86,18 +85,16 @@ def list_all_jobs(store: "RedisStore", offset: int, limit: int, status: str | No
         pipe.expire(key, 60)
         pipe.execute()
     try:
-        if not active and owner is None:
+        if owner is None:
             ids = [j.decode() for j in store.redis.zrevrange(key, offset, offset + limit - 1)]
             return store._jobs(ids), int(store.redis.zcard(key))
         page, total, start, chunk = [], 0, 0, 500
         while ids := [j.decode() for j in store.redis.zrevrange(key, start, start + chunk - 1)]:
             pipe = store.redis.pipeline(transaction=False)
             for job_id in ids:
-                pipe.hmget(store._key("j", job_id), ["status", "owner"])
-            for job_id, (found, who) in zip(ids, pipe.execute()):
-                if found is None or (active and found.decode() != status):
-                    continue
-                if owner is not None and (who is None or who.decode() != owner):
+                pipe.hget(store._key("j", job_id), "owner")
+            for job_id, who in zip(ids, pipe.execute()):
+                if who is None or who.decode() != owner:
                     continue
                 if offset <= total < offset + limit:
                     page.append(job_id)
@@ -110,7 +107,7 @@ def list_all_jobs(store: "RedisStore", offset: int, limit: int, status: str | No
 
 
 def index_existing_jobs(store: "RedisStore") -> int:
-    """Indexes, once per prefix, the jobs stored before GET /jobs existed (the scripts index every new job).
+    """Indexes, once per prefix, the jobs stored before GET /jobs existed (``RedisTx`` indexes every new job).
     Safe to run from several replicas at once; returns the number of jobs it indexed."""
     flag = store._key("jobs", "indexed")
     if store.redis.exists(flag):
@@ -123,8 +120,8 @@ def index_existing_jobs(store: "RedisStore") -> int:
             continue
         status = status.decode()
         pipe = store.redis.pipeline(transaction=False)
-        for index in ("jobs", f"jobs:m:{model_id.decode()}", f"jobs:k:{(kind or b'training').decode()}",
-                      f"jobs:s:{status}" if status in TERMINAL else "jobs:active"):
+        indexes = ["jobs", f"jobs:m:{model_id.decode()}", f"jobs:k:{(kind or b'training').decode()}", f"jobs:s:{status}"]
+        for index in indexes + ([] if status in TERMINAL else ["jobs:active"]):
             pipe.zadd(f"{store.prefix}:{index}", {job_id: int(seq)})
         pipe.execute()
         count += 1
