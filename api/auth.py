@@ -37,7 +37,8 @@ from api.settings import Settings
 log = logging.getLogger("api")
 
 # Pages and documents that hold no data: the dashboard asks for the key itself and sends it on its fetches.
-OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/dashboard"})
+OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/dashboard",
+                        "/favicon.svg"})
 OPEN_PREFIXES = ("/static-offline-docs/",)  # the Swagger UI and ReDoc bundles
 
 SECURITY_SCHEMES = {

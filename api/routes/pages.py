@@ -3,18 +3,28 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
 router = APIRouter(tags=["pages"])
-DASHBOARD = Path(__file__).resolve().parents[1] / "static" / "dashboard.html"
+STATIC = Path(__file__).resolve().parents[1] / "static"
+DASHBOARD = STATIC / "dashboard.html"
+FAVICON = STATIC / "favicon.svg"
 OFFLINE_ASSETS = "/static-offline-docs"  # fastapi-offline's mount of the Swagger UI and ReDoc bundles
 
 
 @router.get("/dashboard", response_class=HTMLResponse, summary="Live training dashboard (HTML page)")
 def dashboard() -> HTMLResponse:
-    """Models, their jobs with progress bars, and the selected job's loss curves updating live from
-    its event stream. The page asks for the API key when the service needs one."""
+    """Models with their versions (restore button), every job with filters and paging, and the selected
+    job's loss, accuracy and learning-rate curves updating live from its event stream (a second job's
+    curves can overlay them). Link to a model or job with `/dashboard?model=..&job=..`. The page asks
+    for the API key when the service needs one."""
     return HTMLResponse(DASHBOARD.read_text(encoding="utf-8"))
+
+
+@router.get("/favicon.svg", include_in_schema=False)
+def favicon() -> Response:
+    """The dashboard's icon, served by the service itself (no outside request)."""
+    return Response(FAVICON.read_bytes(), media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})
 
 
 @router.get("/redoc", include_in_schema=False)
