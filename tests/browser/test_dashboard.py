@@ -118,6 +118,7 @@ def test_without_ids_it_opens_the_running_job_then_shows_no_eta_once_it_ended(se
     page.wait_for_selector("#models tr[data-model='clf']", timeout=DEADLINE)
     page.wait_for_function("document.getElementById('error').textContent === ''", timeout=DEADLINE)
     assert overlapping_labels(page) == []  # a constant learning rate of 0.001: small tick values
+    assert hidden_cells(page) == []
     screenshot(page, "dashboard_running_1280x800.png")
 
     page.click("#cancel")
@@ -204,11 +205,14 @@ def test_the_all_jobs_view_filters_and_pages(service, page):
     page.select_option("#f-status", "succeeded")
     page.select_option("#f-limit", "10")
     page.wait_for_function("document.getElementById('page-info').textContent === '1-10 of 12'", timeout=DEADLINE)
-    rows = page.eval_on_selector_all("#jobs tr", "rows => rows.map(r => [r.dataset.job, r.cells[1].textContent, r.cells[2].textContent])")
+    rows = page.eval_on_selector_all("#jobs tr", "rows => rows.map(r => [r.dataset.job, r.cells[1].textContent, r.cells[2].textContent, r.cells[5].textContent])")
     assert len(rows) == 10 and {r[2] for r in rows} == {"succeeded"} and {r[1] for r in rows} == {"pager"}
+    assert all(r[3].endswith(" s") for r in rows)  # each job's duration_seconds
     assert [r[0] for r in rows] == service["pager"][::-1]  # newest first
     assert query(page) == {"job": service["a"], "status": "succeeded", "limit": "10"}
     assert page.is_disabled("#prev") and not page.is_disabled("#next")
+    assert hidden_cells(page) == []  # every model's jobs, with the model column, still fit 1280x800
+    screenshot(page, "dashboard_all_jobs_1280x800.png")
 
     page.click("#next")
     page.wait_for_function("document.getElementById('page-info').textContent === '11-12 of 12'", timeout=DEADLINE)
