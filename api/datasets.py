@@ -16,6 +16,7 @@ worker must reach the same folder (NN_DATASET_DIR on a shared file system).
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -31,7 +32,9 @@ from api import dataset_formats as formats
 from neural_net import losses
 from neural_net.errors import NeuralNetError
 
-from api.errors import DatasetExists, DatasetInUse, DatasetNotFound, InvalidInput
+from api.errors import DatasetExists, DatasetInUse, DatasetNotFound, InvalidInput, StoreUnavailable
+
+log = logging.getLogger("api.datasets")
 
 STALE_SECONDS = 86400  # left-overs in .tmp older than this are removed
 PENDING_USE_SECONDS = 60.0  # a use whose job is not stored yet (being submitted) counts for this long
@@ -104,10 +107,13 @@ class DatasetStore:
         self.root = Path(root)
         self.tmp = self.root / ".tmp"
         self.trash = self.root / ".trash"
-        for folder in (self.root, self.tmp, self.trash):
-            folder.mkdir(parents=True, exist_ok=True)
-        if sweep:
-            self._sweep()
+        try:
+            for folder in (self.root, self.tmp, self.trash):
+                folder.mkdir(parents=True, exist_ok=True)
+            if sweep:
+                self._sweep()
+        except OSError as exc:  # the service still starts; uploads answer 503 until the folder is writable
+            log.warning("dataset folder %s is not usable (%s); set NN_DATASET_DIR", self.root, exc)
 
     def _sweep(self) -> None:
         """Removes what crashed uploads and deletes left behind."""
@@ -138,7 +144,12 @@ class DatasetStore:
     def new_upload(self) -> Path:
         """A fresh folder under .tmp for one upload; the caller removes it (``discard``) when done."""
         folder = self.tmp / uuid.uuid4().hex
-        folder.mkdir()
+        try:
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            folder.mkdir()
+        except OSError as exc:
+            raise StoreUnavailable(f"the dataset folder {self.root} cannot be written ({exc.strerror}); the operator "
+                                   "sets NN_DATASET_DIR to a writable folder") from None
         return folder
 
     @staticmethod
@@ -200,7 +211,7 @@ class DatasetStore:
 
     def page(self, offset: int, limit: int, owner: str | None = None) -> tuple[list[DatasetRecord], int]:
         records = []
-        for entry in self.root.iterdir():
+        for entry in self.root.iterdir() if self.root.is_dir() else ():
             if entry.name.startswith("."):
                 continue
             try:
@@ -224,6 +235,7 @@ class DatasetStore:
     # -- uses and deletes -----------------------------------------------------------------
     def add_use(self, dataset_id: str, user: str) -> None:
         """Marks ``dataset_id`` as read by job ``user`` (before the job is stored), so deletes answer 409."""
+        self.get(dataset_id)
         with self._locked():
             self.get(dataset_id)
             (self._folder(dataset_id) / "uses" / user).touch()
@@ -236,6 +248,7 @@ class DatasetStore:
 
     def delete(self, dataset_id: str, job_status, owner: str | None = None) -> None:
         """Deletes a dataset unless a job still uses it. ``job_status(job_id)`` says "active", "ended" or "unknown"."""
+        self.get(dataset_id, owner)
         with self._locked():
             folder = self._folder(dataset_id)
             self.get(dataset_id, owner)

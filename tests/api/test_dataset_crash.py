@@ -61,3 +61,16 @@ def test_stale_leftovers_are_swept_and_never_listed(tmp_path):
     os.utime(folder, (old, old))
     DatasetStore(tmp_path)
     assert not folder.exists()
+
+
+def test_an_unwritable_dataset_folder_answers_503_and_the_service_still_runs(tmp_path):
+    from tests.api.conftest import running_app
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the dataset folder should be")
+    with running_app(tmp_path / "data", workers=0, dataset_dir=blocker / "datasets") as client:
+        assert client.get("/health").json()["status"] == "ok"
+        assert client.get("/datasets").json() == {"data": [], "count": 0}
+        response = client.post("/datasets", json={"inputs": [[1.0]], "targets": [0]})
+        assert response.status_code == 503 and "NN_DATASET_DIR" in response.json()["detail"]
+        assert client.delete("/datasets/x").status_code == 404
