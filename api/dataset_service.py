@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from api import dataset_formats as formats
 from api import uploads
 from api.datasets import DatasetRecord, DatasetStore, model_arrays
-from api.errors import InvalidInput, JobNotFound, PayloadTooLarge
+from api.errors import DatasetExists, DatasetNotFound, InvalidInput, JobNotFound, PayloadTooLarge
 from api.settings import Settings, dataset_root
 from api.storage.base import ACTIVE, Store
 
@@ -65,8 +65,6 @@ class DatasetService:
         return record
 
     def _check_free(self, dataset_id: str) -> None:
-        from api.errors import DatasetExists, DatasetNotFound
-
         try:
             self.files.get(dataset_id)
         except DatasetNotFound:

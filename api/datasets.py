@@ -33,6 +33,7 @@ from neural_net import losses
 from neural_net.errors import NeuralNetError
 
 from api.errors import DatasetExists, DatasetInUse, DatasetNotFound, InvalidInput, StoreUnavailable
+from api.settings import dataset_root
 
 log = logging.getLogger("api.datasets")
 
@@ -89,8 +90,6 @@ def model_arrays(inputs: np.ndarray, targets: np.ndarray, info: dict, what: str)
 def job_samples(store, job, settings, info: dict) -> tuple[np.ndarray, np.ndarray, tuple | None]:
     """A job's training arrays (its dataset's, or the samples it claimed from the buffer) and its
     validation_dataset's arrays, if it has one, all ready for the model described by ``info``."""
-    from api.settings import dataset_root
-
     dataset, validation = job.params.get("dataset"), job.params.get("validation_dataset")
     files = DatasetStore(dataset_root(settings), sweep=False) if dataset or validation else None
     if dataset:
