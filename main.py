@@ -7,7 +7,8 @@ import sys
 
 import uvicorn
 
-from api.app import DataDirInUse, DataDirLock, create_app
+from api.app import create_app
+from api.backend import DataDirInUse
 from api.errors import StoreUnavailable
 from api.server import configure_logging, uvicorn_options
 from api.settings import get_settings
@@ -21,12 +22,9 @@ if __name__ == "__main__":
     settings = get_settings()
     configure_logging(settings)
     if sys.argv[1:2] == ["worker"]:
-        from api.rq_runner import run_worker
-
-        sys.exit(run_worker(settings))
-    if settings.backend == "sqlite":
-        try:
-            DataDirLock(settings).check()  # one line, not uvicorn's traceback of a failed lifespan
-        except DataDirInUse as exc:
-            sys.exit(f"error: {exc}")
+        sys.exit(app.state.backend.run_worker())
+    try:
+        app.state.backend.check_exclusive()  # one line, not uvicorn's traceback of a failed lifespan
+    except DataDirInUse as exc:
+        sys.exit(f"error: {exc}")
     uvicorn.run(app, **uvicorn_options(settings))  # header timeout, keep-alive timeout, connection cap

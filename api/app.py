@@ -1,6 +1,5 @@
 """`create_app(settings)`: the FastAPI application, its lifespan (store, recovery, workers) and middleware."""
 
-import fcntl
 import logging
 from contextlib import asynccontextmanager, nullcontext
 
@@ -13,15 +12,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import __version__, logs
 from api.auth import install_access_control
-from api.errors import StoreUnavailable, error_response, install_error_handlers
+from api.errors import error_response, install_error_handlers
 from api.json_body import OrjsonResponse
 from api.openapi_errors import document_errors
 from api.metrics import MetricsMiddleware, build_registry
 from api.notify import Deliverer
 from api.routes import datasets, health, jobs, metrics, models, pages, search, v2, versions
+from api.backend import open_backend
 from api.services import Service
 from api.settings import Settings, get_settings
-from api.worker import WorkerPool, open_store
 
 log = logging.getLogger("api")
 
@@ -80,44 +79,12 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-class DataDirInUse(RuntimeError):
-    """Another service process holds the data directory."""
-
-
-class DataDirLock:
-    """One service owns a data directory: a second one would requeue the first one's running jobs."""
-
-    def __init__(self, settings: Settings):
-        self.path = settings.data_dir / "service.lock"
-        self.handle = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "w")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.close()
-            raise DataDirInUse(f"another service is using {self.path.parent.resolve()}; stop it or set another "
-                               "NN_DATA_DIR") from None
-
-    def check(self) -> None:
-        """Raise DataDirInUse now, before a server starts, rather than from inside its lifespan."""
-        self.acquire()
-        self.release()
-
-    def release(self) -> None:
-        if self.handle is not None:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
-            self.handle = None
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logs.install()  # control characters in logged paths, ids and headers are escaped
     logging.getLogger("api").setLevel(settings.log_level.upper())
-    service = Service(open_store(settings), settings)
+    backend = open_backend(settings)
+    service = Service(backend.store, settings)
     service.store.check_integrity()  # a damaged SQLite database refuses to start (StoreUnavailable says how to recover)
 
     @asynccontextmanager
@@ -132,33 +99,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def service_lifespan(app: FastAPI):
         deliverer = Deliverer(service.store, settings)  # job notifications, sent by every API process (api/notify.py)
-        if settings.backend == "redis":  # a stateless replica: RQ workers (python main.py worker) train; RQ requeues abandoned jobs
-            log.info("service started: backend redis at %s, queue %r", service.store.url_for_humans, settings.redis_queue)
-            try:
-                await run_in_threadpool(service.store.index_existing_jobs)  # for GET /jobs, once per prefix
-            except StoreUnavailable as exc:
-                log.warning("jobs stored before GET /jobs existed are indexed at the next start: %s", exc)
+        async with backend.running():
             deliverer.start()
-            yield
-            await run_in_threadpool(deliverer.stop)
-            log.info("service stopped")
-            return
-        lock = DataDirLock(settings)
-        lock.acquire()
-        await run_in_threadpool(service.requeue_interrupted)  # jobs a crash left running resume from their checkpoint
-        pool = WorkerPool(settings, service)
-        pool.start()
-        deliverer.start()
-        app.state.pool = pool
-        log.info("service started: backend %s, %d workers, data in %s", settings.backend, settings.workers, settings.data_dir)
-        try:
-            yield
-        finally:
-            await run_in_threadpool(deliverer.stop)
-            await pool.stop()
-            app.state.pool = None
-            lock.release()
-            log.info("service stopped")
+            try:
+                yield
+            finally:
+                await run_in_threadpool(deliverer.stop)
+        log.info("service stopped")
 
     app = FastAPIOffline(title="Neural network training service", version=__version__, description=DESCRIPTION,
                          lifespan=lifespan, redoc_url=None,  # api/routes/pages.py serves /redoc
@@ -166,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                          default_response_class=Default(OrjsonResponse))
     app.state.settings = settings
     app.state.service = service
-    app.state.pool = None
+    app.state.backend = backend
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     document_errors(app, settings)

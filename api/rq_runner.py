@@ -31,12 +31,14 @@ import time
 from dataclasses import dataclass
 
 import redis
-from rq import Queue, Retry, SimpleWorker
+from rq import Queue, Retry, SimpleWorker, get_current_job
 from rq.job import Callback, Job
 
 from api.errors import LeaseLost, StoreUnavailable
 from api.settings import Settings, get_settings
+from api.search_trials import run_search_trial
 from api.storage.redis_store import RedisStore
+from api.worker import run_job
 
 log = logging.getLogger("api.rq")
 
@@ -136,11 +138,6 @@ def _claim(ctx: _Context, job_id: str):
 
 def train(job_id: str) -> str:
     """The RQ job: claim the training job (or one trial of a search job) and run it."""
-    from rq import get_current_job
-
-    from api.search import run_search_trial
-    from api.worker import run_job
-
     ctx = context()
     job, trial = _claim(ctx, job_id)
     if job is None and trial is None:
@@ -214,10 +211,6 @@ class TrainingWorker(SimpleWorker):
 
 def run_worker(settings: Settings) -> int:
     """``python main.py worker``: an RQ worker on the training queue, restarted with backoff while Redis is away."""
-    if settings.backend != "redis":
-        log.error("`python main.py worker` needs NN_BACKEND=redis (the sqlite backend runs NN_WORKERS processes "
-                  "inside `python main.py`)")
-        return 2
     ctx = context()
     stop = ctx.stop_event
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -6,7 +6,6 @@ domain errors of `api.errors`.
 
 import dataclasses
 import logging
-import math
 import time
 import uuid
 from typing import Any
@@ -14,45 +13,21 @@ from typing import Any
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
-from neural_net import Network, activations, initializers, losses, optimizers, schedules
+from neural_net import Network, losses
 from neural_net.errors import NeuralNetError
-from neural_net.layers import LAYER_TYPES
 
-from api import notify
+from api import notify, records
 from api.dataset_service import DatasetService
 from api.errors import InvalidInput, JobNotFound, ModelNotFound, NoJobs, PayloadTooLarge, ServiceError
 from api.model_cache import CachedModel, ModelCache
-from api.schemas import (EvaluateRequest, JobCreate, LayerSpec, ModelCreate, NotifyTarget, OutputRequest, SamplesCreate,
+from api.records import describe, jsonable, log_transition
+from api.schemas import (EvaluateRequest, JobCreate, ModelCreate, NotifyTarget, OutputRequest, SamplesCreate,
                          Weights)
 from api.settings import Settings
+from api.specs import check_architecture, check_model_id, fit_config, network_from_request
 from api.storage.base import JobRecord, ModelRecord, Notification, Store, VersionRecord, source_of
 
 log = logging.getLogger("api.jobs")
-
-
-def describe(net: Network) -> dict[str, Any]:
-    """The summary kept beside a model's bytes, so listing models never loads a network."""
-    return {
-        "layer_sizes": net.layer_sizes, "activations": [layer.activation.name for layer in net.layers],
-        "loss": net.loss_name, "task": net.task, "dtype": net.dtype.name, "input_size": net.input_size,
-        "output_size": net.output_size, "n_params": int(net.n_params), "epochs_trained": int(net.epochs_trained),
-        "config": net.get_config(),
-    }
-
-
-def jsonable(value: Any) -> Any:
-    """NumPy values as plain Python; NaN and Inf (JSON has neither) as None."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, (np.integer, bool, int)):
-        return value if isinstance(value, (bool, int)) else int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 def class_indices(net: Network, outputs: np.ndarray) -> np.ndarray | None:
@@ -63,36 +38,6 @@ def class_indices(net: Network, outputs: np.ndarray) -> np.ndarray | None:
     if net.task == "binary":
         return (outputs[:, 0] > (0.0 if net.loss.from_logits else 0.5)).astype(np.int64)
     return None
-
-
-def log_transition(job: JobRecord, before: str | None) -> None:
-    extra = f" ({job.error})" if job.error else ""
-    log.info("job %s model %s: %s -> %s%s", job.job_id, job.model_id, before or "new", job.status, extra)
-
-
-def check_model_id(model_id: str | None) -> None:
-    """'.' and '..' fit the id pattern but name directories in paths and URLs (a client or proxy resolves them)."""
-    if model_id in (".", ".."):
-        raise InvalidInput(f"model_id {model_id!r} is not allowed: '.' and '..' name directories in URLs and paths, "
-                           "so /models/{model_id} could never reach it; use letters, digits, '_', '-' and '.'")
-
-
-def _check_name(kind: str, name: str, valid: list[str], where: str) -> str:
-    """The name in lower case (names are case-insensitive), or InvalidInput listing the valid ones."""
-    if name.lower() not in valid:
-        raise InvalidInput(f"unknown {kind} {name!r} in {where}; valid names: {', '.join(valid)}")
-    return name.lower()
-
-
-def _activation_spec(spec: LayerSpec, where: str) -> str | dict[str, float]:
-    """A layer's activation as the core's registry takes it: a name, or {"name", "alpha" | "slope"}."""
-    name = _check_name("activation", spec.activation or "linear", activations.names(), f"{where}.activation")
-    options = {key: value for key, value in (("alpha", spec.alpha), ("slope", spec.slope)) if value is not None}
-    takes = {"leaky_relu": {"alpha"}, "elu": {"alpha"}, "sigmoid": {"slope"}}.get(name, set())
-    if set(options) - takes:
-        raise InvalidInput(f"{where}: activation {name!r} takes no {' or '.join(sorted(set(options) - takes))}; "
-                           "alpha belongs to leaky_relu and elu, slope to sigmoid")
-    return {"name": name, **options} if options else name
 
 
 def _check_finite(what: str, arrays: tuple, dtype: str) -> None:
@@ -116,19 +61,6 @@ class Service:
         except Exception:
             log.exception("store check failed")
             return False
-
-    def queue_stats(self) -> dict[str, int]:
-        """Queued jobs; for backend=redis also the RQ queue's length and live workers. {} when the store is away."""
-        try:
-            if self.settings.backend == "redis":
-                from api.rq_runner import queue_stats
-
-                return queue_stats(self.store, self.settings)
-            queued = self.store.count_queued()
-            return {"queued_jobs": queued, "queue_length": queued}
-        except Exception:
-            log.exception("queue check failed")
-            return {}
 
     def metrics_snapshot(self) -> dict[str, Any]:
         """Jobs per state, summed samples/s of running jobs and every model's buffer size (/metrics)."""
@@ -186,18 +118,6 @@ class Service:
             raise InvalidInput(f"targets hold values too large for {info['dtype']}")
         return y
 
-    def _check_architecture(self, sizes: list[int], n_params: int | None = None) -> None:
-        """sizes: the input size, then each layer's units; n_params: the count when not that of dense layers with biases."""
-        s = self.settings
-        if len(sizes) - 1 > s.max_layers:
-            raise InvalidInput(f"{len(sizes) - 1} layers after the input; at most {s.max_layers} (NN_MAX_LAYERS)")
-        if max(sizes) > s.max_layer_size:
-            raise InvalidInput(f"a layer of {max(sizes)} units; at most {s.max_layer_size} (NN_MAX_LAYER_SIZE)")
-        if n_params is None:
-            n_params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
-        if n_params > s.max_parameters:
-            raise InvalidInput(f"{n_params} parameters; at most {s.max_parameters} (NN_MAX_PARAMETERS): use fewer or smaller layers")
-
     def _load(self, model_id: str) -> tuple[Network, ModelRecord]:
         """A fresh network of the committed version, for callers that change it."""
         blob, record = self.store.load_model(model_id)
@@ -238,80 +158,11 @@ class Service:
 
     # -- models -------------------------------------------------------------------
     def create_model(self, req: ModelCreate, owner: str | None = None) -> ModelRecord:
-        check_model_id(req.model_id)
-        weight_init = _check_name("weight initialiser", req.weight_init, ["auto"] + initializers.weight_names(), "weight_init")
-        bias_init = _check_name("bias initialiser", req.bias_init, initializers.bias_names(), "bias_init")
-        loss = _check_name("loss", req.loss, ["auto"] + losses.names(), "loss")
-        if req.layers is not None:
-            net = self._network_from_layers(req, weight_init, bias_init, loss)
-        else:
-            net = self._network_from_sizes(req, weight_init, bias_init, loss)
+        net = network_from_request(self.settings, req)
         model_id = req.model_id or uuid.uuid4().hex[:16]
         record = self.store.create_model(model_id, net.to_bytes(), describe(net), owner=owner)
         log.info("model %s: created %s (%d parameters)", model_id, net.layer_sizes, net.n_params)
         return record
-
-    def _network_from_sizes(self, req: ModelCreate, weight_init: str, bias_init: str, loss: str) -> Network:
-        if req.layer_sizes is None or req.input_size is not None:
-            raise InvalidInput("give `layer_sizes` (e.g. [4, 8, 3]), or `input_size` with `layers` (e.g. 4 and "
-                               '[{"type": "dense", "units": 8, "activation": "relu"}, {"type": "dense", "units": 3, '
-                               '"activation": "softmax"}])')
-        self._check_architecture(req.layer_sizes)
-        n_layers = len(req.layer_sizes) - 1
-        if req.activations is not None and req.activation is not None:
-            raise InvalidInput("give either `activations` (one per layer) or `activation` (for all layers), not both")
-        names = req.activations if req.activations is not None else [req.activation or "relu"] * n_layers
-        if len(names) != n_layers:
-            raise InvalidInput(f"activations has {len(names)} names; layer_sizes {req.layer_sizes} needs one per "
-                               f"layer after the input ({n_layers})")
-        names = [_check_name("activation", name, activations.names(), f"activations[{i}]") for i, name in enumerate(names)]
-        return Network.from_layer_sizes(req.layer_sizes, activations=names, weight_init=weight_init, bias_init=bias_init,
-                                        loss=loss, dropout=req.dropout, seed=req.seed, dtype=req.dtype)
-
-    def _network_from_layers(self, req: ModelCreate, weight_init: str, bias_init: str, loss: str) -> Network:
-        """A network from `input_size` and a Keras-like `layers` list, checked against the limits before
-        anything is allocated."""
-        if req.input_size is None:
-            raise InvalidInput("`layers` needs `input_size`, the number of values per input vector")
-        others = [name for name in ("layer_sizes", "activations", "activation") if getattr(req, name) is not None]
-        if others or req.dropout != 0.0:
-            raise InvalidInput(f"with `layers`, give {', '.join(others) or 'dropout'} inside each layer, not beside it")
-        layer_types = ", ".join(sorted(LAYER_TYPES))
-        sizes, n_params, built = [req.input_size], 0, []
-        for i, spec in enumerate(req.layers):
-            where = f"layers[{i}]"
-            kind = _check_name("layer type", spec.type, sorted(LAYER_TYPES), f"{where}.type")
-            options: dict[str, Any] = {"activation": _activation_spec(spec, where), "dropout": spec.dropout}
-            if kind == "dense":
-                if spec.units is None:
-                    raise InvalidInput(f"{where}: a dense layer needs `units`, e.g. {{\"type\": \"dense\", \"units\": 8}}")
-                wrong = [key for key in ("momentum", "eps") if getattr(spec, key) is not None]
-                use_bias = spec.use_bias is not False
-                options.update(units=spec.units, use_bias=use_bias,
-                               weight_init=_check_name("weight initialiser", spec.weight_init or weight_init,
-                                                       ["auto"] + initializers.weight_names(), f"{where}.weight_init"),
-                               bias_init=_check_name("bias initialiser", spec.bias_init or bias_init,
-                                                     initializers.bias_names(), f"{where}.bias_init"))
-                n_params += sizes[-1] * spec.units + (spec.units if use_bias else 0)
-                sizes.append(spec.units)
-            else:
-                wrong = [key for key in ("units", "use_bias", "weight_init", "bias_init") if getattr(spec, key) is not None]
-                options.update({key: getattr(spec, key) for key in ("momentum", "eps") if getattr(spec, key) is not None})
-                n_params += 2 * sizes[-1]
-                sizes.append(sizes[-1])
-            if wrong:
-                raise InvalidInput(f"{where}: a {kind} layer takes no {', '.join(wrong)} (layer types: {layer_types})")
-            built.append((kind, options))
-        self._check_architecture(sizes, n_params)
-        if req.layers[-1].dropout:
-            raise InvalidInput(f"layers[{len(req.layers) - 1}]: the output layer cannot have dropout; set it to 0")
-        net = Network(req.input_size, seed=req.seed, dtype=req.dtype, loss=loss)
-        for i, (kind, options) in enumerate(built):
-            try:
-                net.add(LAYER_TYPES[kind](**options))
-            except NeuralNetError as exc:
-                raise InvalidInput(f"layers[{i}]: {exc}") from None
-        return net
 
     def get_model(self, model_id: str) -> ModelRecord:
         return self.store.get_model(model_id)
@@ -356,7 +207,7 @@ class Service:
             raise InvalidInput(f"not a model file: {exc}") from None
         except Exception as exc:  # a damaged zip can fail in many ways
             raise InvalidInput(f"not a model file (.npz from GET /models/{{model_id}}/export): {exc}") from None
-        self._check_architecture(net.layer_sizes)
+        check_architecture(self.settings, net.layer_sizes)
         model_id = model_id or uuid.uuid4().hex[:16]
         record = self.store.create_model(model_id, data, describe(net), owner=owner, source=source_of("import"))
         log.info("model %s: imported %s", model_id, net.layer_sizes)
@@ -510,56 +361,9 @@ class Service:
         return removed
 
     def promote(self) -> None:
-        for job in self.store.promote_ready_jobs():
-            log_transition(job, "buffering")
+        records.promote(self.store)
 
     # -- training jobs -----------------------------------------------------------------
-    def _fit_params(self, info: dict, req: JobCreate) -> dict[str, Any]:
-        """The job's keyword arguments for the core's fit, checked before the job is stored."""
-        if req.epochs > self.settings.max_epochs:
-            raise InvalidInput(f"epochs={req.epochs}; at most {self.settings.max_epochs} (NN_MAX_EPOCHS)")
-        if req.min_samples > self.settings.max_buffer_samples:
-            raise InvalidInput(f"min_samples={req.min_samples} can never be reached: a buffer holds at most "
-                               f"{self.settings.max_buffer_samples} samples (NN_MAX_BUFFER_SAMPLES)")
-        optimizer = _check_name("optimizer", req.optimizer, optimizers.names(), "optimizer")
-        try:
-            optimizers.get({"name": optimizer, **({"learning_rate": req.learning_rate} if req.learning_rate else {})})
-        except NeuralNetError as exc:
-            raise InvalidInput(f"optimizer: {exc}") from None
-        options = dict(req.schedule_options or {})
-        if req.decay_rate is not None:
-            options["decay_rate"] = req.decay_rate
-        options = {k: int(v) if float(v).is_integer() and k in ("step_size", "warmup_epochs", "patience") else v for k, v in options.items()}
-        schedule = None if req.schedule is None else _check_name("schedule", req.schedule, schedules.names(), "schedule")
-        if options:
-            try:
-                schedules.get(schedule or "constant", **options)
-            except TypeError:
-                raise InvalidInput(f"schedule {schedule or 'constant'!r} does not take the options {sorted(options)}; "
-                                   "exponential takes decay_rate, step takes step_size and gamma, cosine takes min_lr, "
-                                   "reduce_on_plateau takes factor, patience, min_lr and min_delta, "
-                                   "and all take warmup_epochs") from None
-            except NeuralNetError as exc:
-                raise InvalidInput(f"schedule_options: {exc}") from None
-        dropout = None
-        if req.dropout is not None:
-            n_layers = len(info["activations"])  # one per layer, batch_norm layers included
-            rates = req.dropout if isinstance(req.dropout, list) else [req.dropout] * (n_layers - 1) + [0.0]
-            if len(rates) != n_layers:
-                raise InvalidInput(f"dropout has {len(rates)} rates; the model has {n_layers} layers after the input")
-            if any(not 0 <= r < 1 for r in rates):
-                raise InvalidInput("every dropout rate must be in [0, 1)")
-            if rates[-1]:
-                raise InvalidInput("the output layer cannot have dropout; make the last rate 0")
-            dropout = rates
-        return {
-            "epochs": req.epochs, "batch_size": req.batch_size, "optimizer": optimizer,
-            "learning_rate": req.learning_rate, "schedule": schedule, "schedule_options": options or None,
-            "l1": req.l1, "l2": req.l2, "dropout": dropout, "validation_split": req.validation_split,
-            "early_stopping": req.early_stopping.model_dump() if req.early_stopping else None,
-            "clip_norm": req.clip_norm, "shuffle": req.shuffle, "seed": req.seed, "max_loss_ratio": req.max_loss_ratio,
-        }
-
     def inline_samples(self, info: dict, inputs, targets, otherwise: str) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Checked arrays of a request's inline `inputs`/`targets`, or (None, None) when it has none."""
         if (inputs is None) != (targets is None):
@@ -593,7 +397,7 @@ class Service:
 
     def submit_job(self, model_id: str, req: JobCreate, owner: str | None = None, viewer: str | None = None) -> JobRecord:
         info = self.store.get_model(model_id).info
-        params = self._fit_params(info, req)
+        params = fit_config(self.settings, info, req).to_params()
         used = self.dataset_params(model_id, info, req, params, viewer)
         x, y = self.inline_samples(info, req.inputs, req.targets, "to train on the buffer")
         if x is not None and req.min_samples > len(x):
@@ -658,8 +462,4 @@ class Service:
         return self.with_notifications([job])[0]
 
     def requeue_interrupted(self, worker_ids: list[str] | None = None) -> list[JobRecord]:
-        """Jobs left running by a crash or a dead worker: back to queued (or cancelled if asked)."""
-        jobs = self.store.requeue_jobs(worker_ids=worker_ids)
-        for job in jobs:
-            log_transition(job, "running" if job.status == "queued" else "cancelling")
-        return jobs
+        return records.requeue_interrupted(self.store, worker_ids)

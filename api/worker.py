@@ -23,23 +23,21 @@ from neural_net.errors import NeuralNetError, NonFiniteError
 
 from api.datasets import job_samples
 from api.errors import DatasetNotFound, InvalidInput, LeaseLost, StoreUnavailable
-from api.services import describe, jsonable, log_transition
+from api import records
+from api.records import describe, jsonable, log_transition
+from api.search_trials import apply_plan, run_search_trial
 from api.settings import Settings
+from api.specs import FitConfig
 from api.storage.base import JobRecord, Store
+from api.storage.sqlite import SQLiteStore
 
 log = logging.getLogger("api.worker")
 
 CANCEL_CHECK_INTERVAL = 0.05  # seconds between reads of a job's cancel flag
 
 
-def open_store(settings: Settings) -> Store:
-    """The one place that picks the store."""
-    if settings.backend == "redis":  # shared by API replicas and RQ workers (api/rq_runner.py)
-        from api.rq_runner import open_redis_store
-
-        return open_redis_store(settings)
-    from api.storage.sqlite import SQLiteStore
-
+def open_store(settings: Settings) -> SQLiteStore:
+    """The embedded backend's store, as a worker process opens it (api/backend.py opens the service's)."""
     return SQLiteStore(settings.data_dir / "nn.sqlite3", keep_versions=settings.keep_versions)
 
 
@@ -96,9 +94,7 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
     checkpoint = store.load_checkpoint(job.job_id)
     try:
         start = None
-        if job.kind == "search":  # its apply stage: a new network of the best trial's configuration (api/search.py)
-            from api.search import apply_plan
-
+        if job.kind == "search":  # its apply stage: a new network of the best trial's configuration
             params, start = apply_plan(store, job)
         net = Network.from_bytes(checkpoint or start or store.load_model(job.model_id)[0])
     except Exception as exc:  # model deleted meanwhile, or unreadable
@@ -109,21 +105,17 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
         return _finish(store, job, "failed", error=str(exc))
     if len(x) == 0:
         return _finish(store, job, "failed", error="the job has no samples; add samples and submit a new job")
-    for key in ("dataset", "dataset_samples", "validation_dataset"):
-        params.pop(key, None)
-
+    config = FitConfig.from_params(params)
     own_dropout = [layer.dropout for layer in net.layers]
-    job_dropout = params.pop("dropout", None)
-    job_dropout = own_dropout if job_dropout is None else job_dropout
-    seed = params.pop("seed", None)
-    max_loss_ratio = params.pop("max_loss_ratio", None) or settings.max_loss_ratio
+    job_dropout = own_dropout if config.dropout is None else config.dropout
+    max_loss_ratio = config.max_loss_ratio or settings.max_loss_ratio
     try:  # the loss the job starts from, on the samples its final metrics use (the blow-up guard below)
         start_net = net if checkpoint is None else Network.from_bytes(start or store.load_model(job.model_id)[0])
-        start_loss = (_final_metrics(start_net, x, y, params.get("validation_split"), validation) or {}).get("loss")
+        start_loss = (_final_metrics(start_net, x, y, config.validation_split, validation) or {}).get("loss")
     except Exception:  # model deleted meanwhile: the job ends below as usual
         start_loss = None
-    if seed is not None and checkpoint is None:  # a resumed job keeps the RNG state of its checkpoint
-        net.reseed(seed)
+    if config.seed is not None and checkpoint is None:  # a resumed job keeps the RNG state of its checkpoint
+        net.reseed(config.seed)
 
     def snapshot() -> tuple[bytes, dict]:
         """The network as the model should keep it: the model's own dropout rates, not the job's.
@@ -144,17 +136,17 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
     callback = _JobCallback(store, job, net, snapshot, stop_event, settings.progress_interval)
     try:
         # a resumed job's schedule continues from its epochs so far (reduce_on_plateau keeps state)
-        params["schedule"] = schedules.get(params.get("schedule") or "constant",
-                                           **(params.pop("schedule_options", None) or {})).replay(job.history)
-        if checkpoint is None or job.epochs_done < params.get("epochs", 1):
-            net.fit(x, y, callbacks=[callback], initial_epoch=job.epochs_done, validation_data=validation, **params)
+        schedule = schedules.get(config.schedule or "constant", **(config.schedule_options or {})).replay(job.history)
+        if checkpoint is None or job.epochs_done < config.epochs:
+            net.fit(x, y, callbacks=[callback], initial_epoch=job.epochs_done, validation_data=validation,
+                    **{**config.fit_kwargs(), "schedule": schedule, "schedule_options": None})
         # else the checkpoint covers every epoch (stopped after the last one): the job ends with it
     except NonFiniteError as exc:
         message = str(exc).removeprefix("training ")
         if not message.startswith("diverged"):
             message = f"diverged at epoch {exc.epoch or callback.epoch + 1}: {message}"
         # the core restored the last finished epoch, which is the checkpoint: the model takes it unless it blew up
-        blown_up = _blown_up(start_loss, _final_metrics(net, x, y, params.get("validation_split"), validation), max_loss_ratio)
+        blown_up = _blown_up(start_loss, _final_metrics(net, x, y, config.validation_split, validation), max_loss_ratio)
         if blown_up:
             return _finish(store, job, "failed", error=f"{message} Nor is that epoch kept: {blown_up}")
         return _finish(store, job, "failed", use_checkpoint=True, error=message)
@@ -177,7 +169,7 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
         blob, info = snapshot()
     except NonFiniteError as exc:
         return _finish(store, job, "failed", use_checkpoint=True, error=str(exc).removeprefix("training "))
-    metrics = _final_metrics(net, x, y, params.get("validation_split"), validation)
+    metrics = _final_metrics(net, x, y, config.validation_split, validation)
     blown_up = _blown_up(start_loss, metrics, max_loss_ratio)
     if blown_up:  # the model keeps its weights from before the job
         return _finish(store, job, "failed", error=f"diverged: {blown_up}")
@@ -259,13 +251,10 @@ def worker_main(settings_data: dict, worker_id: str, parent_pid: int | None = No
         os.nice(settings.worker_nice)  # training yields the CPU to the service's requests
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = open_store(settings)
-    from api.services import Service
-
-    service = Service(store, settings)
     log.info("worker %s started", worker_id)
     while not stop_event.is_set():
         try:
-            service.promote()
+            records.promote(store)
             job = store.claim_job(worker_id)
             trial = None if job is not None else store.claim_trial(worker_id)  # a search's trial (api/search.py)
         except Exception:
@@ -276,8 +265,6 @@ def worker_main(settings_data: dict, worker_id: str, parent_pid: int | None = No
             _exit_if_orphaned(parent_pid)
             continue
         if trial is not None:
-            from api.search import run_search_trial
-
             run_search_trial(store, *trial, settings, stop_event)
         else:
             run_job(store, job, settings, stop_event)
@@ -287,9 +274,9 @@ def worker_main(settings_data: dict, worker_id: str, parent_pid: int | None = No
 class WorkerPool:
     """The embedded backend's training processes, owned by the app's lifespan."""
 
-    def __init__(self, settings: Settings, service):
+    def __init__(self, settings: Settings, store: Store):
         self.settings = settings
-        self.service = service
+        self.store = store
         self.context = multiprocessing.get_context("spawn")
         self.stopping = False
         self.processes: dict[str, multiprocessing.process.BaseProcess] = {}
@@ -323,7 +310,7 @@ class WorkerPool:
             for worker_id in dead:
                 log.warning("worker %s died (exit code %s); starting a new one", worker_id, self.processes[worker_id].exitcode)
                 del self.processes[worker_id]
-            await asyncio.to_thread(self.service.requeue_interrupted, dead)
+            await asyncio.to_thread(records.requeue_interrupted, self.store, dead)
             for _ in dead:
                 self._spawn()
 
@@ -345,7 +332,7 @@ class WorkerPool:
                 process.kill()
                 await asyncio.to_thread(process.join, 5)
         try:
-            await asyncio.to_thread(self.service.requeue_interrupted, list(self.processes))
+            await asyncio.to_thread(records.requeue_interrupted, self.store, list(self.processes))
         except StoreUnavailable as exc:  # a damaged database: the next start refuses and says how to recover
             log.error("cannot requeue interrupted jobs: %s", exc)
         self.processes.clear()

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from api.schemas import JobCreate, ModelCreate  # noqa: E402
 from api.services import Service  # noqa: E402
 from api.settings import Settings  # noqa: E402
-from api.worker import open_store  # noqa: E402
+from api.backend import open_backend  # noqa: E402
 
 
 def start_workers(n: int, env: dict) -> list[subprocess.Popen]:
@@ -87,7 +87,7 @@ def run(n_workers: int, args) -> dict:
            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # one core per worker
     settings = Settings(backend="redis", redis_url=args.redis, redis_prefix=prefix, redis_queue=f"{prefix}-training",
                         max_samples_per_request=100_000, redis_timeout=10)
-    service = Service(open_store(settings), settings)
+    service = Service(open_backend(settings).store, settings)
     workers = start_workers(n_workers, env)
     try:
         from api.rq_runner import queue_stats

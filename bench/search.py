@@ -34,7 +34,8 @@ from api.schemas import ModelCreate, SearchCreate  # noqa: E402
 from api.search import submit_search  # noqa: E402
 from api.services import Service  # noqa: E402
 from api.settings import Settings  # noqa: E402
-from api.worker import open_store, worker_main  # noqa: E402
+from api.backend import open_backend  # noqa: E402
+from api.worker import worker_main  # noqa: E402
 
 SPACE = {"hidden_sizes": [[64], [128], [64, 64], [128, 64]], "learning_rate": [0.001, 0.003, 0.01, 0.03]}
 
@@ -65,7 +66,7 @@ def run(n_workers: int, args, x, y) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(backend=args.backend, data_dir=Path(tmp), redis_url=args.redis, redis_prefix=f"bench-search-{tag}",
                             redis_queue=f"bench-search-{tag}", poll_interval=0.05, progress_interval=1.0, log_level="warning")
-        service = Service(open_store(settings), settings)
+        service = Service(open_backend(settings).store, settings)
         service.create_model(ModelCreate(model_id="digits", layer_sizes=[64, 32, 10], activations=["relu", "softmax"], seed=0))
         workers = start_workers(n_workers, settings)
         try:

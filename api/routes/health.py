@@ -16,10 +16,7 @@ def root() -> RedirectResponse:
 
 @router.get("/health", response_model=Health, summary="Service status, backend, workers and version")
 def health(request: Request, service: Service = Depends(get_service)) -> Health:
-    status = "ok" if service.healthy() else "degraded"
-    pool = request.app.state.pool
-    queue = service.queue_stats() if status == "ok" else {}
-    workers = service.settings.workers if service.settings.backend == "sqlite" else queue.get("workers_alive", 0)
-    return Health(status=status, backend=service.settings.backend, workers=workers,
-                  workers_alive=queue.get("workers_alive", pool.alive if pool else 0), queued_jobs=queue.get("queued_jobs"),
-                  queue_length=queue.get("queue_length"), version=__version__)
+    healthy = service.healthy()
+    backend = request.app.state.backend
+    return Health(status="ok" if healthy else "degraded", backend=backend.name, version=__version__,
+                  **backend.status(healthy))

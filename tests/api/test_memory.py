@@ -26,11 +26,11 @@ def run_jobs(client, n: int) -> None:
 def test_worker_memory_stays_bounded_over_200_jobs(tmp_path):
     with running_app(tmp_path, poll_interval=0.01) as client:
         create(client, **IRIS)
-        (pid,) = [p.pid for p in client.app.state.pool.processes.values()]
+        (pid,) = [p.pid for p in client.app.state.backend.pool.processes.values()]
         run_jobs(client, 50)  # warm-up: imports, caches, SQLite pages
         after_warm_up = rss_mib(pid)
         run_jobs(client, 150)
         after_all = rss_mib(pid)
-        assert [p.pid for p in client.app.state.pool.processes.values()] == [pid]  # the same worker did them all
+        assert [p.pid for p in client.app.state.backend.pool.processes.values()] == [pid]  # the same worker did them all
         print(f"worker RSS after 50 jobs {after_warm_up:.1f} MiB, after 200 jobs {after_all:.1f} MiB")
         assert after_all - after_warm_up < 8, (after_warm_up, after_all)

@@ -311,7 +311,7 @@ def test_unreachable_redis_answers_503():
 
 
 def test_search_trials_run_on_both_workers_and_the_best_is_applied(cluster):
-    from api.search import builder_for
+    from api.search_trials import builder_for
     from neural_net.selection import run_trial
 
     a, b = cluster.urls

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from neural_net import Network
+from api.specs import FitConfig
 from api.storage.sqlite import SQLiteStore
 from tests.api.conftest import X4, Y3
 from tests.api.routes.test_jobs import BLOBS_X, BLOBS_Y
@@ -110,8 +111,7 @@ def test_a_job_interrupted_by_sigkill_resumes_bitwise_after_restart(tmp_path):
         layer.dropout = rate
     x = np.asarray(BLOBS_X, dtype=np.float32)
     y = np.eye(2, dtype=np.float32)[BLOBS_Y]
-    fit_params = {k: v for k, v in done["params"].items() if k not in ("dropout", "seed", "max_loss_ratio")}
-    net.fit(x, y, **fit_params)
+    net.fit(x, y, **FitConfig.from_params(done["params"]).fit_kwargs())
     np.testing.assert_array_equal(final._flat, net._flat)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from neural_net import Network
-from api.services import describe
+from api.records import describe
 from api.settings import Settings
 from api.storage.base import JobRecord
 from api.storage.sqlite import SQLiteStore
@@ -139,7 +139,7 @@ def test_a_dead_worker_is_replaced_and_shutdown_still_completes(tmp_path):
         job = client.post("/models/m/training-jobs", json={"inputs": BLOBS_X, "targets": BLOBS_Y, "epochs": 10_000,
                                                             "batch_size": 4}).json()
         wait_for(lambda: client.get(f"/jobs/{job['job_id']}").json(), lambda j: j["epochs_completed"] >= 1)
-        pool = client.app.state.pool
+        pool = client.app.state.backend.pool
         (victim,) = pool.processes.values()
         victim.kill()  # SIGKILL: the job is left 'running' by a worker that no longer exists
         wait_for(lambda: pool.processes.values(), lambda ps: victim not in ps and all(p.is_alive() for p in ps))

@@ -11,8 +11,8 @@ import pytest
 
 from neural_net import Network
 from api.schemas import ModelCreate, SearchCreate
-from api.search import run_search_trial
-from api.services import describe
+from api.search_trials import run_search_trial
+from api.records import describe
 from api.settings import Settings
 from api.storage.base import JobRecord, new_trial
 from api.storage.sqlite import SQLiteStore

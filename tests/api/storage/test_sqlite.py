@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from neural_net import Network
-from api.services import describe
+from api.records import describe
 import pytest
 
 from api.errors import StoreUnavailable
