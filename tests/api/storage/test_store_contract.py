@@ -345,7 +345,7 @@ def test_redis_unreachable_is_a_clear_503_error():
     started = time.monotonic()
     with pytest.raises(StoreUnavailable, match="unreachable"):
         store.get_model("m")
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 30  # not the minutes that retries with backoff would take
 
 
 # -- search jobs: trials that any worker claims ----------------------------------------------------
