@@ -31,9 +31,11 @@ class Store(ABC):
 
     # -- what each store implements ---------------------------------------------------------
     @abstractmethod
-    def atomic(self, step: Callable[[Tx], T], fence: str | None = None) -> T:
+    def atomic(self, step: Callable[[Tx], T], fence: str | None = None, read_first: bool = False) -> T:
         """Runs ``step`` as one atomic step and returns its result. ``fence``: a job id (or
-        "job|trial") whose lease this store must still hold (stores with leases; LeaseLost otherwise)."""
+        "job|trial") whose lease this store must still hold (stores with leases; LeaseLost otherwise).
+        ``read_first``: the step often finds nothing to do (workers polling), so a store that locks
+        may try it without the lock first."""
 
     @abstractmethod
     def has_jobs(self, statuses: tuple[str, ...]) -> bool:
@@ -117,10 +119,6 @@ class Store(ABC):
     def record_attempt(self, job_id: str, *, status: str, error: str | None, next_attempt_at: float, now: float) -> None:
         """The result of one delivery attempt: attempts += 1, and the new status."""
 
-    def may_have_pending_trials(self) -> bool:
-        """A cheap read before ``claim_trial`` takes a write step; True when unsure."""
-        return True
-
     # -- models and the buffer ----------------------------------------------------------------
     def create_model(self, model_id: str, blob: bytes, info: dict, owner: str | None = None,
                      source: dict | None = None) -> ModelRecord:
@@ -180,7 +178,7 @@ class Store(ABC):
         """Marks the oldest ``queued`` job (``job_id`` only, if given) whose model has no running job as ``running``."""
         if job_id is None and not self.has_jobs((QUEUED,)):
             return None
-        job = self.atomic(lambda tx: lifecycle.claim(tx, worker_id, time.time(), job_id))
+        job = self.atomic(lambda tx: lifecycle.claim(tx, worker_id, time.time(), job_id), read_first=True)
         return None if job is None else self.get_job(job.job_id)
 
     def set_progress(self, job_id: str, progress: dict) -> None:
@@ -249,9 +247,7 @@ class Store(ABC):
     def claim_trial(self, worker_id: str, job_id: str | None = None) -> tuple[JobRecord, dict] | None:
         """Marks the oldest pending trial of a queued or running search job (``job_id``'s only, if given)
         as running, and the job as running; returns the job and the trial."""
-        if not self.may_have_pending_trials():
-            return None
-        return self.atomic(lambda tx: lifecycle.claim_trial(tx, worker_id, time.time(), job_id))
+        return self.atomic(lambda tx: lifecycle.claim_trial(tx, worker_id, time.time(), job_id), read_first=True)
 
     def finish_trial(self, job_id: str, index: int, status: str, *, score: float | None = None,
                      metrics: dict | None = None, error: str | None = None) -> JobRecord:

@@ -92,9 +92,9 @@ class RedisStore(Store):
             return self._tokens.get(key, "")
 
     @_guard
-    def atomic(self, step: Callable[["RedisTx"], T], fence: str | None = None) -> T:
+    def atomic(self, step: Callable[["RedisTx"], T], fence: str | None = None, read_first: bool = False) -> T:
         """WATCH what ``step`` reads, then MULTI/EXEC its writes, and the runner's enqueue of every job it made
-        claimable; again from the start on a conflict."""
+        claimable; again from the start on a conflict (optimistic already: ``read_first`` changes nothing)."""
         token = self._token(fence) if fence else ""
         for attempt in range(10_000):
             with self.redis.pipeline(transaction=True) as pipe:

@@ -19,7 +19,7 @@ import numpy as np
 
 from api.errors import JobNotFound, ModelNotFound, StoreUnavailable, VersionNotFound
 from api.storage.base import JobRecord, ModelRecord, Notification, Store, VersionRecord, with_trials
-from api.storage.sqlite_tx import JOB_COLUMNS, MODEL_COLUMNS, SQLiteTx, _job, _model, _notification, _version
+from api.storage.sqlite_tx import JOB_COLUMNS, MODEL_COLUMNS, ReadOnlyTx, SQLiteTx, WouldWrite, _job, _model, _notification, _version
 
 T = TypeVar("T")
 
@@ -163,8 +163,19 @@ class SQLiteStore(Store):
             raise
         con.execute("COMMIT")
 
-    def atomic(self, step: Callable[["SQLiteTx"], T], fence: str | None = None) -> T:
-        """One ``BEGIN IMMEDIATE`` transaction (one machine, no leases: ``fence`` is unused)."""
+    def atomic(self, step: Callable[["SQLiteTx"], T], fence: str | None = None, read_first: bool = False) -> T:
+        """One ``BEGIN IMMEDIATE`` transaction (one machine, no leases: ``fence`` is unused). With
+        ``read_first``, the step first runs in a read-only snapshot and takes the write lock only when it
+        has something to write (idle workers polling for work never block appends)."""
+        if read_first:
+            con = self._con()
+            con.execute("BEGIN")
+            try:
+                return step(ReadOnlyTx(SQLiteTx(con)))
+            except WouldWrite:
+                pass
+            finally:
+                con.execute("COMMIT")
         with self._tx() as con:
             return step(SQLiteTx(con, self.keep_versions))
 
@@ -189,11 +200,6 @@ class SQLiteStore(Store):
     def job_status(self, job_id: str) -> str | None:
         row = self._con().execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return None if row is None else row[0]
-
-    def may_have_pending_trials(self) -> bool:
-        return self._con().execute("SELECT 1 FROM trials t JOIN jobs j ON j.job_id = t.job_id WHERE t.status = "
-                                   "'pending' AND j.status IN ('queued', 'running') AND j.stage = 'trials' LIMIT 1"
-                                   ).fetchone() is not None
 
     def get_model(self, model_id: str) -> ModelRecord:
         return _model(self._model_row(self._con(), model_id))

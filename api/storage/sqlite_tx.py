@@ -175,3 +175,25 @@ class SQLiteTx:
 
     def ready(self, job_id: str) -> None:
         """Nothing to do: the embedded workers poll the jobs table."""
+
+
+class WouldWrite(Exception):
+    """Raised by ``ReadOnlyTx`` at a step's first write."""
+
+
+class ReadOnlyTx:
+    """A ``SQLiteTx`` whose reads work and whose first write raises ``WouldWrite`` (see ``SQLiteStore.atomic``)."""
+
+    READS = ("model", "job", "jobs", "buffered", "trials", "checkpoint")
+
+    def __init__(self, tx: SQLiteTx):
+        self.tx = tx
+
+    def __getattr__(self, name: str):
+        if name in self.READS:
+            return getattr(self.tx, name)
+
+        def write(*args, **kwargs):
+            raise WouldWrite(name)
+
+        return write

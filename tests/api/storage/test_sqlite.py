@@ -113,3 +113,23 @@ def test_an_unreadable_database_raises_store_unavailable_from_every_method(tmp_p
         with pytest.raises(StoreUnavailable, match="cannot be used"):
             call()
 
+
+
+def test_polling_for_work_takes_no_write_lock(tmp_path):
+    """Idle workers poll claim_job/claim_trial: when nothing can be claimed (here: the model's job runs and
+    another waits behind it) they read without BEGIN IMMEDIATE, so they never block appends or a commit."""
+    store = SQLiteStore(tmp_path / "nn.sqlite3", busy_timeout=0.2)
+    store.create_model("m", b"b", {})
+    x, y = np.zeros((2, 2), np.float32), np.zeros((2, 1), np.float32)
+    first, second = new_job("m"), new_job("m")
+    store.create_job(first, x, y)
+    store.create_job(second, x, y)
+    assert store.claim_job("w1").job_id == first.job_id
+    writer = sqlite3.connect(tmp_path / "nn.sqlite3", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        assert store.claim_job("w2") is None and store.claim_trial("w2") is None
+    finally:
+        writer.execute("ROLLBACK")
+    store.finish_job(first.job_id, "succeeded", blob=b"v", info={})
+    assert store.claim_job("w2").job_id == second.job_id
