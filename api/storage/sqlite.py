@@ -357,6 +357,9 @@ class SQLiteStore(Store):
 
 def unusable(path: Path, problem) -> str:
     """What a client or an operator reads when the database cannot be used, with how to recover."""
+    if isinstance(problem, sqlite3.OperationalError) and "locked" in str(problem):  # busy, not damaged
+        return (f"the database {path} stayed locked by another writer past its busy timeout ({problem}); "
+                "retry the request; if it persists, look for a process holding a long transaction on that file")
     return (f"the database {path} cannot be used ({problem}); if it is damaged: stop the service, keep a copy of "
             f"{path.name}*, then restore a backup or run `sqlite3 {path} .recover | sqlite3 recovered.sqlite3` "
             f"and move recovered.sqlite3 to {path} (deleting {path.name}-wal and {path.name}-shm)")

@@ -114,6 +114,18 @@ def test_an_unreadable_database_raises_store_unavailable_from_every_method(tmp_p
             call()
 
 
+def test_a_database_locked_past_the_busy_timeout_is_a_503_that_says_retry_not_damage(tmp_path):
+    store = SQLiteStore(tmp_path / "nn.sqlite3", busy_timeout=0.2)
+    writer = sqlite3.connect(tmp_path / "nn.sqlite3", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        with pytest.raises(StoreUnavailable, match="locked by another writer") as refused:
+            store.create_model("m", b"npz", {})
+        assert ".recover" not in str(refused.value)
+    finally:
+        writer.execute("ROLLBACK")
+    store.create_model("m", b"npz", {})
+
 
 def test_polling_for_work_takes_no_write_lock(tmp_path):
     """Idle workers poll claim_job/claim_trial: when nothing can be claimed (here: the model's job runs and
