@@ -210,7 +210,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     with Client(args.url, api_key=args.api_key) as api:
         try:
-            return args.run(api, args)
+            code = args.run(api, args)
+            sys.stdout.flush()  # a reader that went away shows here, inside the try, not at interpreter exit
+            return code
+        except BrokenPipeError:
+            # `nn predict ... | head`: the reader has what it wanted; stop quietly, as cat and grep do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
         except ApiError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

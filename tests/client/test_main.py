@@ -65,3 +65,20 @@ def test_every_option_has_help_text():
             elif not isinstance(action, argparse._HelpAction):
                 assert action.help, f"{where}: {action.option_strings or action.dest} has no help text"
     check(build_parser(), "python -m client")
+
+
+def test_predict_into_a_closed_pipe_stops_quietly(server, tmp_path):
+    """`nn predict ... | head -1`: the reader closes the pipe early; no `error: [Errno 32] Broken pipe`
+    and no traceback on stderr."""
+    from client import Client
+    with Client(server) as api:
+        api.create_model([2, 4, 1], activations=["relu", "sigmoid"], model_id="pipe", seed=0)
+    data = tmp_path / "x.csv"
+    data.write_text("\n".join(f"{i},{-i}" for i in range(2000)) + "\n")
+    env = {**os.environ, "NN_URL": server, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "client", "predict", "--model", "pipe", "--data", str(data)],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # before the client has written anything: it is still importing
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 1
+    assert stderr == ""
