@@ -24,9 +24,9 @@ from neural_net.selection import FIT_PARAMETERS, grid, random_samples, split_par
 from api.errors import InvalidInput
 from api.schemas import JobCreate, SearchCreate
 from api.records import log_transition
-from api.search_trials import builder_for
+from api.search_trials import builder_for, trial_config
 from api.services import Service
-from api.specs import check_architecture, fit_config
+from api.specs import check_layers, fit_config
 from api.storage.base import JobRecord, new_trial
 
 log = logging.getLogger("api.search")
@@ -121,9 +121,9 @@ def _check_candidate(service: Service, info: dict, build, defaults: dict, params
             raise InvalidInput(f"{where}: unknown {key} {arch[key]!r}; valid names: {', '.join(names)}")
     if "dropout" in arch and not (isinstance(arch["dropout"], (int, float)) and 0 <= arch["dropout"] < 1):
         raise InvalidInput(f"{where}: dropout must be a number in [0, 1)")
-    try:  # the limits before anything is built
-        sizes = hidden if "hidden_sizes" in arch else info["layer_sizes"][1:-1]
-        check_architecture(service.settings, [info["input_size"], *sizes, info["output_size"]])
+    try:  # the trial's own layers (the model's but what is searched) against the limits before anything is built
+        config = trial_config(info["config"], arch)
+        check_layers(service.settings, config["input_size"], config["layers"])
     except InvalidInput as exc:
         raise InvalidInput(f"{where}: {exc}") from None
     key = repr(sorted(arch.items()))

@@ -8,9 +8,9 @@ import math
 import time
 from typing import Any
 
-from neural_net import Callback
+from neural_net import Callback, Network
 from neural_net.errors import NeuralNetError
-from neural_net.selection import dense_builder, run_trial, split_params
+from neural_net.selection import run_trial, split_params
 
 from api.datasets import job_samples
 from api.errors import DatasetNotFound, InvalidInput, LeaseLost, ModelNotFound, StoreUnavailable
@@ -23,18 +23,66 @@ log = logging.getLogger("api.search")
 CANCEL_CHECK_INTERVAL = 0.05  # seconds between reads of the job's cancel flag while a trial trains
 
 
+def _name(activation) -> str:
+    return activation if isinstance(activation, str) else activation["name"]
+
+
+def trial_config(config: dict, arch: dict) -> dict:
+    """The network config of a trial: the model's own (`info["config"]`, every layer with its type and
+    options, the output layer, loss and dtype) with only what `arch` searches replaced:
+
+    - hidden_sizes: the units of the hidden dense layers (all dense layers but the last), in order, each
+      keeping its options, batch_norm layers where they are. A different number of sizes is taken only when
+      the hidden layers are one block repeated (a dense layer and what follows it up to the next dense,
+      identical but for the units; a plain stack or dense + batch_norm pairs): the block is repeated
+      once per size. A model without hidden layers gets relu dense layers with its output's initialisers.
+    - activation, dropout: set on the hidden layers that carry the non-linearity (those whose activation is
+      not linear: the dense layers, or the batch_norm after a linear dense), or on the hidden dense layers
+      when none does. Searching a layer's own activation keeps its options (alpha, slope).
+    - weight_init, bias_init: every dense layer's, the output's included.
+    Raises InvalidInput for hidden_sizes the model's layers cannot take."""
+    layers = [dict(layer) for layer in config["layers"]]
+    hidden, output = layers[:-1], layers[-1]
+    if "hidden_sizes" in arch:
+        hidden = _resize(hidden, list(arch["hidden_sizes"]), output)
+    targets = ([layer for layer in hidden if _name(layer["activation"]) != "linear"]
+               or [layer for layer in hidden if layer["type"] == "dense"])
+    for layer in targets:
+        if "activation" in arch and _name(layer["activation"]) != arch["activation"]:
+            layer["activation"] = arch["activation"]
+        if "dropout" in arch:
+            layer["dropout"] = arch["dropout"]
+    for layer in hidden + [output]:
+        if layer["type"] == "dense":
+            layer.update({key: arch[key] for key in ("weight_init", "bias_init") if key in arch})
+    return {**config, "layers": hidden + [output]}
+
+
+def _resize(hidden: list[dict], sizes: list[int], output: dict) -> list[dict]:
+    dense = [i for i, layer in enumerate(hidden) if layer["type"] == "dense"]
+    if len(sizes) == len(dense):
+        return [{**layer, "units": sizes[dense.index(i)]} if i in dense else layer for i, layer in enumerate(hidden)]
+    if not hidden:
+        block = [{"type": "dense", "activation": "relu", "weight_init": output["weight_init"], "bias_init": output["bias_init"]}]
+    else:
+        prefix = hidden[:dense[0]]  # e.g. a batch_norm of the inputs: kept in front
+        blocks = [hidden[start:end] for start, end in zip(dense, dense[1:] + [len(hidden)])]
+        strip = lambda b: [{k: v for k, v in layer.items() if k != "units"} for layer in b]  # noqa: E731
+        if any(strip(b) != strip(blocks[0]) for b in blocks):
+            current = [hidden[i]["units"] for i in dense]
+            raise InvalidInput(
+                f"hidden_sizes {sizes} has {len(sizes)} sizes; this model's hidden layers differ in type or options, "
+                f"so a search keeps their number: give {len(dense)} sizes, one per hidden dense layer (now {current}); "
+                "each keeps its activation and options")
+        return prefix + [{**layer, "units": units} if j == 0 else dict(layer)
+                         for units in sizes for j, layer in enumerate(blocks[0])]
+    return [{**block[0], "units": units} for units in sizes]
+
+
 def builder_for(info: dict):
-    """``build(params, seed)`` for the model's trials: the model's input size, output layer, loss and dtype;
-    hidden layers from params, defaulting to the model's own (sizes, first hidden activation and dropout)."""
-    layers = info["config"]["layers"]
-    dense = [layer for layer in layers if layer.get("type", "dense") == "dense"]
-    hidden = [layer["units"] for layer in dense[:-1]]
-    defaults: dict[str, Any] = {"hidden_sizes": hidden, "weight_init": dense[0].get("weight_init", "auto"),
-                                "bias_init": dense[0].get("bias_init", "zeros")}
-    if hidden:
-        defaults.update(activation=dense[0]["activation"], dropout=dense[0].get("dropout") or 0.0)
-    base = dense_builder(info["input_size"], info["output_size"], dense[-1]["activation"], info["loss"], info["dtype"])
-    return lambda params, seed=None: base({**defaults, **params}, seed)
+    """``build(params, seed)`` for the model's trials: the network of `trial_config`, with the trial's seed."""
+    config = info["config"]
+    return lambda params, seed=None: Network.from_config({**trial_config(config, params), "seed": seed})
 
 
 class TrialStopped(Exception):

@@ -90,6 +90,20 @@ def check_architecture(settings: Settings, sizes: list[int], n_params: int | Non
         raise InvalidInput(f"{n_params} parameters; at most {s.max_parameters} (NN_MAX_PARAMETERS): use fewer or smaller layers")
 
 
+def check_layers(settings: Settings, input_size: int, layers: list[dict[str, Any]]) -> None:
+    """A layers list (network config layers: type, units, use_bias) against the limits, counted as the core
+    builds it: every layer counts toward NN_MAX_LAYERS, a dense layer has n_in·units weights (+ units biases
+    unless use_bias is false), a batch_norm layer 2·width (gamma, beta) and the width of the layer before it."""
+    sizes, n_params = [input_size], 0
+    for layer in layers:
+        if layer["type"] == "dense":
+            n_params += sizes[-1] * layer["units"] + (layer["units"] if layer.get("use_bias", True) is not False else 0)
+            sizes.append(layer["units"])
+        else:
+            n_params += 2 * sizes[-1]
+            sizes.append(sizes[-1])
+    check_architecture(settings, sizes, n_params)
+
 
 def network_from_request(settings: Settings, req: ModelCreate) -> Network:
     """The network `POST /models` asks for, checked against the limits before anything is allocated."""
@@ -128,7 +142,7 @@ def _network_from_layers(settings: Settings, req: ModelCreate, weight_init: str,
     if others or req.dropout != 0.0:
         raise InvalidInput(f"with `layers`, give {', '.join(others) or 'dropout'} inside each layer, not beside it")
     layer_types = ", ".join(sorted(LAYER_TYPES))
-    sizes, n_params, built = [req.input_size], 0, []
+    built = []
     for i, spec in enumerate(req.layers):
         where = f"layers[{i}]"
         kind = check_name("layer type", spec.type, sorted(LAYER_TYPES), f"{where}.type")
@@ -143,17 +157,13 @@ def _network_from_layers(settings: Settings, req: ModelCreate, weight_init: str,
                                                    ["auto"] + initializers.weight_names(), f"{where}.weight_init"),
                            bias_init=check_name("bias initialiser", spec.bias_init or bias_init,
                                                  initializers.bias_names(), f"{where}.bias_init"))
-            n_params += sizes[-1] * spec.units + (spec.units if use_bias else 0)
-            sizes.append(spec.units)
         else:
             wrong = [key for key in ("units", "use_bias", "weight_init", "bias_init") if getattr(spec, key) is not None]
             options.update({key: getattr(spec, key) for key in ("momentum", "eps") if getattr(spec, key) is not None})
-            n_params += 2 * sizes[-1]
-            sizes.append(sizes[-1])
         if wrong:
             raise InvalidInput(f"{where}: a {kind} layer takes no {', '.join(wrong)} (layer types: {layer_types})")
         built.append((kind, options))
-    check_architecture(settings, sizes, n_params)
+    check_layers(settings, req.input_size, [{"type": kind, **options} for kind, options in built])
     if req.layers[-1].dropout:
         raise InvalidInput(f"layers[{len(req.layers) - 1}]: the output layer cannot have dropout; set it to 0")
     net = Network(req.input_size, seed=req.seed, dtype=req.dtype, loss=loss)

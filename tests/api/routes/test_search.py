@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from neural_net import Network
+from neural_net.selection import run_trial
 from api.schemas import ModelCreate, SearchCreate
 from api.search_trials import run_search_trial
 from api.records import describe
@@ -187,3 +188,71 @@ def test_a_restart_resumes_unfinished_trials_only(tmp_path):
     while (next_trial := reference.claim_trial("r")) is not None:
         straight = run_search_trial(reference, *next_trial, settings, threading.Event())
     assert [t["score"] for t in straight.trials] == [t["score"] for t in done.trials]
+
+
+# -- a model made with the layers spec keeps its architecture in trials and after apply_best ------------
+BN_LAYERS = [{"type": "dense", "units": 8, "activation": "leaky_relu", "alpha": 0.1, "use_bias": False, "dropout": 0.05},
+             {"type": "batch_norm", "momentum": 0.8},
+             {"type": "dense", "units": 1, "activation": "sigmoid", "slope": 2.0}]
+
+
+def layers_model(client, model_id: str, layers: list, **overrides) -> dict:
+    response = client.post("/models", json={"model_id": model_id, "input_size": 2, "layers": layers, "seed": 0, **overrides})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_trials_of_a_layers_model_keep_its_layers_and_apply_best_changes_only_the_units(client2):
+    own = layers_model(client2, "bn", BN_LAYERS)["config"]
+    assert [layer["type"] for layer in own["layers"]] == ["dense", "batch_norm", "dense"]
+    body = {**SEARCH, "space": {"hidden_sizes": [[8], [24]], "learning_rate": [0.001, 0.03]}, "epochs": 15}
+    done = wait_job(client2, submit(client2, "bn", inputs=X, targets=Y, apply_best=True, **body)["job_id"], timeout=60)
+    assert done["status"] == "succeeded" and done["model_version"] == 2, done["error"]
+
+    def expected(params: dict, seed: int) -> dict:  # the model's own config, the searched units, the trial's seed
+        layers = json.loads(json.dumps(own["layers"]))
+        layers[0]["units"] = params["hidden_sizes"][0]
+        return {**own, "layers": layers, "seed": seed}
+
+    # each trial's score is the core's run_trial with the same seed on the model's architecture
+    xs, ys = np.asarray(X, dtype=np.float32), np.asarray(Y, dtype=np.float32)[:, None]
+    for t in done["search"]["trials"]:
+        ref = run_trial(lambda arch, seed: Network.from_config(expected(arch, seed)), xs, ys, t["params"], t["index"],
+                        "accuracy", None, 0.25, 3, done["params"]["defaults"])
+        assert t["score"] == ref.score, t
+    # apply_best: the batch norm, the activation options, use_bias, dropout and momentum are all still there
+    best = done["search"]["best"]
+    model = client2.get("/models/bn").json()
+    assert model["config"]["layers"] == expected(best["params"], best["seed"])["layers"]
+
+
+def test_hidden_sizes_of_another_depth_repeat_the_models_block(client2):
+    own = layers_model(client2, "deeper", BN_LAYERS)["config"]
+    body = {**SEARCH, "space": {"hidden_sizes": [[4, 6]]}, "epochs": 2}
+    done = wait_job(client2, submit(client2, "deeper", inputs=X, targets=Y, apply_best=True, **body)["job_id"], timeout=60)
+    assert done["status"] == "succeeded", done["error"]
+    dense, norm, output = own["layers"]
+    layers = client2.get("/models/deeper").json()["config"]["layers"]
+    assert layers == [{**dense, "units": 4}, norm, {**dense, "units": 6}, norm, output]
+
+
+@pytest.mark.parametrize("space, words", [
+    ({"hidden_sizes": [[8]]}, "give 2 sizes, one per hidden dense layer"),
+])
+def test_a_depth_change_of_mixed_hidden_layers_is_refused(client2, space, words):
+    layers_model(client2, "mixed", [{"type": "dense", "units": 8, "activation": "relu"},
+                                    {"type": "dense", "units": 8, "activation": "tanh"},
+                                    {"type": "dense", "units": 1, "activation": "sigmoid"}])
+    response = client2.post("/models/mixed/search-jobs", json={**SEARCH, "space": space})
+    assert response.status_code == 422 and words in response.json()["detail"], response.text
+    assert client2.get("/models/mixed/jobs").json()["count"] == 0
+
+
+@pytest.mark.parametrize("hidden, words", [([[10], [11]], "56 parameters; at most 51"), ([[2, 2]], "5 layers after the input; at most 3")])
+def test_search_limits_count_batch_norm_layers_and_missing_biases_as_post_models_does(tmp_path, hidden, words):
+    # dense 10 without biases, batch norm, dense 1: 20 + 20 + 11 = 51 parameters in 3 layers, both at the limit
+    with running_app(tmp_path, workers=0, max_parameters=51, max_layers=3) as client:
+        layers_model(client, "small", [{"type": "dense", "units": 10, "use_bias": False}, {"type": "batch_norm"},
+                                       {"type": "dense", "units": 1, "activation": "sigmoid"}])
+        response = client.post("/models/small/search-jobs", json={**SEARCH, "space": {"hidden_sizes": hidden}})
+        assert response.status_code == 422 and words in response.json()["detail"], response.text
