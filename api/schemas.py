@@ -332,7 +332,8 @@ class SearchCreate(Request):
 
     space: dict[str, list[Any] | SearchRange] = Field(
         min_length=1, description="Values to try per hyper-parameter: hidden_sizes (lists of units), activation, dropout, "
-        "weight_init, bias_init (the network), epochs, batch_size, optimizer, learning_rate, l1, l2, schedule, "
+        "weight_init, bias_init (the network: every trial is the model's own layers, options and output layer with only "
+        "these replaced; hidden_sizes gives the hidden dense layers' units, another count only when they repeat one block), epochs, batch_size, optimizer, learning_rate, l1, l2, schedule, "
         "schedule_options, clip_norm, early_stopping, shuffle (training). Without `trials`: every combination of the "
         "lists (a grid). With `trials`: that many random draws; a value may then also be a range {low, high, log, integer}.")
     trials: int | None = Field(None, ge=1, le=1000, description="Random search: number of draws from `space`; absent: the whole grid.")
