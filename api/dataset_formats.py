@@ -7,6 +7,7 @@ that form is kept as uploaded (no second copy is written); its uncompressed memb
 """
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -45,11 +46,41 @@ def _write_bytes(handle, array: np.ndarray) -> None:
     handle.write(memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B"))
 
 
-class NpzWriter:
-    """Writes the stored form member by member, each from chunks, so no whole array is ever copied."""
+class _HashingFile:
+    """A file written front to back only, hashing every byte on the way. It cannot seek, so zipfile
+    writes each member's CRC and sizes after its data (a data descriptor) instead of going back to the
+    member's header: the bytes hashed are the file's bytes, and no second pass reads the file to hash it."""
 
     def __init__(self, path: Path):
-        self.zip = zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True)
+        self.handle = open(path, "wb")
+        self.digest = hashlib.sha256()
+        self.position = 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.position += self.handle.write(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, *args):
+        raise OSError("written front to back only")
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class NpzWriter:
+    """Writes the stored form member by member, each from chunks, so no whole array is ever copied;
+    ``sha256`` is the file's hash once closed."""
+
+    def __init__(self, path: Path):
+        self.file = _HashingFile(path)
+        self.zip = zipfile.ZipFile(self.file, "w", zipfile.ZIP_STORED, allowZip64=True)
 
     def member(self, name: str, dtype, shape: tuple, chunks) -> None:
         with self.zip.open(f"{name}.npy", "w", force_zip64=True) as handle:
@@ -62,7 +93,14 @@ class NpzWriter:
         self.member(name, dtype, array.shape, (array[i:i + step] for i in range(0, len(array), step)))
 
     def close(self) -> None:
-        self.zip.close()
+        try:
+            self.zip.close()
+        finally:
+            self.file.close()
+
+    @property
+    def sha256(self) -> str:
+        return self.file.digest.hexdigest()
 
 
 def _member_array(path: Path, archive: zipfile.ZipFile, name: str) -> np.ndarray:
@@ -217,19 +255,19 @@ def is_stored_form(arrays: dict[str, np.ndarray], archive: zipfile.ZipFile) -> b
             and targets.flags.c_contiguous and (targets.dtype.kind != "f" or targets.dtype == inputs.dtype))
 
 
-def convert_npz(source: Path, dest: Path, max_rows: int, dtype: str | None = None) -> bool:
+def convert_npz(source: Path, dest: Path, max_rows: int, dtype: str | None = None) -> str | None:
     """Checks an uploaded NPZ; writes the stored form to ``dest`` unless the upload already is in it
-    (and no other dtype is asked for). Returns True when ``dest`` was written."""
+    (and no other dtype is asked for). Returns the SHA-256 of ``dest`` when it was written, else None."""
     arrays, archive = open_npz(source)
     with archive:
         inputs, targets = check_arrays(_pick(arrays, ("inputs", "x")), _pick(arrays, ("targets", "y")), max_rows)
         if is_stored_form(arrays, archive) and (dtype is None or np.dtype(dtype) == inputs.dtype):
-            return False
-        write_arrays(dest, inputs, targets, dtype)
-        return True
+            return None
+        return write_arrays(dest, inputs, targets, dtype)
 
 
-def write_arrays(dest: Path, inputs: np.ndarray, targets: np.ndarray, dtype: str | None = None) -> None:
+def write_arrays(dest: Path, inputs: np.ndarray, targets: np.ndarray, dtype: str | None = None) -> str:
+    """The stored form of two arrays in ``dest``; returns its SHA-256."""
     input_dtype = _input_dtype(inputs.dtype, dtype)
     writer = NpzWriter(dest)
     try:
@@ -237,10 +275,12 @@ def write_arrays(dest: Path, inputs: np.ndarray, targets: np.ndarray, dtype: str
         writer.array("targets", targets, _target_dtype(targets, input_dtype))
     finally:
         writer.close()
+    return writer.sha256
 
 
 # -- JSON --------------------------------------------------------------------------------------------
-def convert_json(source: Path, dest: Path, max_rows: int, dtype: str | None = None) -> None:
+def convert_json(source: Path, dest: Path, max_rows: int, dtype: str | None = None) -> str:
+    """A JSON object of inputs and targets; returns the SHA-256 of the stored form written to ``dest``."""
     try:
         body = json.loads(source.read_bytes())
     except UnicodeDecodeError:
@@ -260,7 +300,7 @@ def convert_json(source: Path, dest: Path, max_rows: int, dtype: str | None = No
             raise InvalidInput(f"{name} holds {what}; every row needs the same number of numbers") from None
         arrays.append(array)
     inputs, targets = check_arrays(*arrays, max_rows)
-    write_arrays(dest, inputs, targets, dtype or "float32")
+    return write_arrays(dest, inputs, targets, dtype or "float32")
 
 
 # -- CSV --------------------------------------------------------------------------------------------
@@ -415,8 +455,9 @@ def _in_threads(function, items: Iterator[tuple], workers: int = PARSE_THREADS) 
 
 
 def convert_csv(source: Path, dest: Path, max_rows: int, target_columns: list[str] | None = None,
-                dtype: str | None = None) -> None:
-    """A CSV file with a header row; the target column(s) by name (default: the last column)."""
+                dtype: str | None = None) -> str:
+    """A CSV file with a header row; the target column(s) by name (default: the last column). Returns the
+    SHA-256 of the stored form written to ``dest``."""
     with open(source, "rb") as handle:
         first = handle.readline(1 << 20)
         header_end = handle.tell()
@@ -487,3 +528,4 @@ def convert_csv(source: Path, dest: Path, max_rows: int, target_columns: list[st
         writer.array("targets", values, _target_dtype(values, input_dtype))
     finally:
         writer.close()
+    return writer.sha256

@@ -28,7 +28,7 @@ class DatasetService:
     @asynccontextmanager
     async def received(self, body: AsyncIterator[bytes], content_type: str, content_length: str | None,
                        fmt: str | None, targets: list[str] | None, dtype: str | None):
-        """Receives a file body and converts it; yields (folder, stored NPZ path, kept upload sha256 or None, format).
+        """Receives a file body and converts it; yields (folder, stored NPZ path, its sha256 when known, format).
         The folder (under the dataset dir's .tmp) is removed afterwards unless it became a dataset."""
         folder = await run_in_threadpool(self.files.new_upload)
         try:
@@ -48,9 +48,9 @@ class DatasetService:
         if fmt == "json" and upload.size > self.settings.max_request_bytes:
             raise PayloadTooLarge(f"a JSON dataset is for small data: at most {self.settings.max_request_bytes} bytes "
                                   "(NN_MAX_REQUEST_BYTES); upload larger data as NPZ or CSV")
-        data, kept = self.files.convert(folder, upload.path, fmt, targets=targets, dtype=dtype,
-                                        max_rows=self.settings.max_dataset_rows)
-        return data, upload.sha256 if kept and upload.sha256 else None, fmt
+        data, digest = self.files.convert(folder, upload.path, fmt, targets=targets, dtype=dtype,
+                                          max_rows=self.settings.max_dataset_rows)
+        return data, digest or upload.sha256, fmt  # the upload's hash when it is kept as the stored form
 
     async def create(self, body: AsyncIterator[bytes], content_type: str, content_length: str | None, *,
                      fmt: str | None = None, targets: list[str] | None = None, dtype: str | None = None,

@@ -156,20 +156,21 @@ class DatasetStore:
         shutil.rmtree(folder, ignore_errors=True)
 
     def convert(self, folder: Path, upload: Path, fmt: str, *, targets: list[str] | None, dtype: str | None,
-                max_rows: int) -> tuple[Path, bool]:
-        """The stored form of an upload (in ``folder``), and whether that is the upload itself (it had that form)."""
+                max_rows: int) -> tuple[Path, str | None]:
+        """The stored form of an upload (in ``folder``), and its SHA-256 when the converter wrote it (hashed
+        while written); None when the stored form is the upload itself (it had that form)."""
         data = folder / "data.npz"
         if fmt == "npz":
-            if not formats.convert_npz(upload, data, max_rows, dtype):
+            digest = formats.convert_npz(upload, data, max_rows, dtype)
+            if digest is None:
                 upload.rename(data)
-                return data, True
         elif fmt == "csv":
-            formats.convert_csv(upload, data, max_rows, targets, dtype)
+            digest = formats.convert_csv(upload, data, max_rows, targets, dtype)
         elif fmt == "json":
-            formats.convert_json(upload, data, max_rows, dtype)
+            digest = formats.convert_json(upload, data, max_rows, dtype)
         else:
             raise InvalidInput(f"unknown format {fmt!r}; use one of: {', '.join(formats.FORMATS)}")
-        return data, False
+        return data, digest
 
     def publish(self, folder: Path, data: Path, *, fmt: str, name: str | None, dataset_id: str | None,
                 sha256: str | None, owner: str | None = None) -> DatasetRecord:

@@ -69,8 +69,9 @@ def test_csv_default_target_is_the_last_column(app):
     body = created(upload(app, IRIS_CSV, "text/csv"))
     assert (body["n_samples"], body["n_features"], body["format"]) == (6, 4, "csv")
     assert body["targets"]["classes"] == [0, 1, 2]
-    stored = np.load(io.BytesIO(app.get(f"/datasets/{body['dataset_id']}/download").content))
-    np.testing.assert_allclose(stored["inputs"], np.array(X4, np.float32))
+    download = app.get(f"/datasets/{body['dataset_id']}/download").content
+    np.testing.assert_allclose(np.load(io.BytesIO(download))["inputs"], np.array(X4, np.float32))
+    assert body["sha256"] == hashlib.sha256(download).hexdigest()  # hashed while written, of the stored bytes
 
 
 def test_csv_named_targets_quotes_crlf_and_exponents(app):
@@ -91,6 +92,7 @@ def test_csv_multipart_by_file_name(app):
 def test_json_for_small_data(app):
     body = created(app.post("/datasets", json={"inputs": X4, "targets": Y3}, params={"dtype": "float64"}))
     assert (body["format"], body["dtype"], body["n_samples"]) == ("json", "float64", 6)
+    assert body["sha256"] == hashlib.sha256(app.get(f"/datasets/{body['dataset_id']}/download").content).hexdigest()
 
 
 def test_regression_targets_summarised_by_min_max_mean(app):
