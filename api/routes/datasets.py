@@ -6,7 +6,8 @@ from fastapi.responses import FileResponse
 from api.auth import creator_name, visible_owner
 from api.dataset_service import DatasetService
 from api.routes import get_service
-from api.schemas import DATASET_ID_PATTERN, IRIS_X, IRIS_Y, DatasetPublic, DatasetsPublic
+from api.dataset_schemas import DatasetPublic, DatasetsPublic
+from api.schemas import DATASET_ID_PATTERN, IRIS_X, IRIS_Y
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 

@@ -1,0 +1,127 @@
+"""`create_app(settings)`: the FastAPI application, its lifespan (store, recovery, workers) and middleware."""
+
+import logging
+from contextlib import asynccontextmanager, nullcontext
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.datastructures import Default
+from fastapi_offline import FastAPIOffline
+from threadpoolctl import threadpool_limits
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import __version__, logs
+from api.auth import install_access_control
+from api.errors import error_response, install_error_handlers
+from api.json_body import OrjsonResponse
+from api.openapi_errors import document_errors
+from api.metrics import MetricsMiddleware, build_registry
+from api.notify import Deliverer
+from api.routes import datasets, health, jobs, metrics, models, pages, search, v2, versions
+from api.backend import open_backend
+from api.services import Service
+from api.settings import Settings, get_settings
+
+log = logging.getLogger("api")
+
+DESCRIPTION = """Create NumPy neural networks, compute their outputs and gradients, buffer samples and train
+them asynchronously in worker processes, with progress you can poll or stream."""
+
+
+def _streams_itself(scope: Scope) -> bool:
+    """File uploads (POST /datasets, a file body to /models/{id}/samples) stream to disk under their own
+    limit, NN_MAX_DATASET_BYTES (api/uploads.py); JSON bodies stay under NN_MAX_REQUEST_BYTES here."""
+    path = scope["path"]
+    if scope["method"] != "POST":
+        return False
+    if path == "/datasets":
+        return True
+    if path.startswith("/models/") and path.endswith("/samples"):
+        media = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+        return bool(media) and media != b"application/json" and not media.endswith(b"+json")
+    return False
+
+
+class BodyLimit:
+    """Answers 413 when a request body is larger than NN_MAX_REQUEST_BYTES (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or _streams_itself(scope):
+            return await self.app(scope, receive, send)
+        length = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+            return await self.app(scope, receive, send)
+        # no declared length (chunked): read up to the limit here, then replay it to the app
+        messages, received = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Built only when needed: the common request should not pay for rendering an error."""
+        response = error_response(scope["path"], 413, f"request body larger than {self.max_bytes} bytes "
+                                                      "(NN_MAX_REQUEST_BYTES); send fewer samples per request")
+        await response(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logs.install()  # control characters in logged paths, ids and headers are escaped
+    logging.getLogger("api").setLevel(settings.log_level.upper())
+    backend = open_backend(settings)
+    service = Service(backend.store, settings)
+    service.store.check_integrity()  # a damaged SQLite database refuses to start (StoreUnavailable says how to recover)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # BLAS threads of this process's requests (workers are other processes): concurrent requests each computing
+        # on one core serve many small requests far better than one BLAS thread pool they all queue for
+        blas = threadpool_limits(limits=settings.api_blas_threads, user_api="blas") if settings.api_blas_threads else nullcontext()
+        with blas:
+            async with service_lifespan(app):
+                yield
+
+    @asynccontextmanager
+    async def service_lifespan(app: FastAPI):
+        deliverer = Deliverer(service.store, settings)  # job notifications, sent by every API process (api/notify.py)
+        async with backend.running():
+            deliverer.start()
+            try:
+                yield
+            finally:
+                await run_in_threadpool(deliverer.stop)
+        log.info("service stopped")
+
+    app = FastAPIOffline(title="Neural network training service", version=__version__, description=DESCRIPTION,
+                         lifespan=lifespan, redoc_url=None,  # api/routes/pages.py serves /redoc
+                         # routes with a response model are serialised by pydantic-core; the others by orjson
+                         default_response_class=Default(OrjsonResponse))
+    app.state.settings = settings
+    app.state.service = service
+    app.state.backend = backend
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    document_errors(app, settings)
+    install_access_control(app, settings)  # outside BodyLimit: a request without a key is refused before its body is read
+    registry, requests, latency = build_registry(service)
+    app.state.metrics_registry = registry
+    app.add_middleware(MetricsMiddleware, requests=requests, latency=latency)  # outermost: sees 413s too
+    for router in (health.router, models.router, versions.router, jobs.model_router, search.router, jobs.router,
+                   datasets.router, pages.router, metrics.router, v2.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,206 @@
+"""The Open Inference Protocol (KServe V2 / Triton), REST: the service side, with no HTTP in it.
+
+A model has one input, ``input`` (FP32 or FP64 as the model's dtype, shape ``[-1, n_in]``), and the
+outputs ``output`` (``[-1, n_out]``, the model's dtype) and, for classifiers, ``predictions``
+(INT64 class indices, ``[-1]``). Requests carry tensors as JSON ``data`` (flat or nested, row major)
+or, with the binary tensor data extension, as raw little-endian bytes after a JSON header of
+``Inference-Header-Content-Length`` bytes (``parameters.binary_data_size`` per input). Outputs come
+back as JSON, or as bytes when the request asks (``binary_data`` per output, or
+``binary_data_output`` for all). Bad requests raise the service's domain errors; ``api/errors.py``
+answers them on ``/v2`` as ``{"error": "..."}`` with the protocol's statuses.
+"""
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from api import __version__
+from api.errors import InvalidInput, ModelVersionNotFound, PayloadTooLarge, StoreUnavailable
+from api.model_cache import CachedModel
+from api.services import Service, class_indices
+
+EXTENSIONS = ["binary_tensor_data"]
+INPUT = "input"
+DATATYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
+DATATYPE_OF = {"float32": "FP32", "float64": "FP64"}
+CLASSIFIERS = ("multiclass", "binary")
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": "nn-service", "version": __version__, "extensions": EXTENSIONS}
+
+
+def server_ready(service: Service) -> dict[str, Any]:
+    if not service.healthy():
+        raise StoreUnavailable("the store does not answer, so no model can be served; retry in a few seconds")
+    return {"ready": True}
+
+
+def _version(model_id: str, version: str | None) -> int | None:
+    if version is None:
+        return None
+    if not version.isdigit():
+        raise ModelVersionNotFound(f"model {model_id!r} has no version {version!r}; versions are whole numbers "
+                                   f"(GET /v2/models/{model_id} lists them)")
+    return int(version)
+
+
+def _model(service: Service, model_id: str, version: str | None) -> CachedModel:
+    number = _version(model_id, version)
+    return service.served_model(model_id) if number is None else service.served_version(model_id, number)
+
+
+def _outputs_of(info: dict) -> list[dict[str, Any]]:
+    datatype = DATATYPE_OF[info["dtype"]]
+    outputs = [{"name": "output", "datatype": datatype, "shape": [-1, info["output_size"]]}]
+    if info["task"] in CLASSIFIERS:
+        outputs.append({"name": "predictions", "datatype": "INT64", "shape": [-1]})
+    return outputs
+
+
+def model_metadata(service: Service, model_id: str, version: str | None = None) -> dict[str, Any]:
+    if version is None:
+        record = service.get_model(model_id)  # no network is loaded for metadata
+    else:
+        record = _model(service, model_id, version).record
+    info = record.info
+    return {"name": model_id, "versions": [str(record.version)], "platform": "numpy",
+            "inputs": [{"name": INPUT, "datatype": DATATYPE_OF[info["dtype"]], "shape": [-1, info["input_size"]]}],
+            "outputs": _outputs_of(info)}
+
+
+def model_ready(service: Service, model_id: str, version: str | None = None) -> dict[str, Any]:
+    """Raises ModelNotFound / ModelVersionNotFound (404) when it cannot serve; else it is ready."""
+    if version is None:
+        service.store.model_stamp(model_id)
+    else:
+        _model(service, model_id, version)
+    return {"name": model_id, "ready": True}
+
+
+# -- inference -------------------------------------------------------------------------------
+def _header(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
+    """The request's JSON object and the binary data after it."""
+    if header_length is None:
+        size = len(body)
+    else:
+        if not header_length.strip().isdigit() or int(header_length) > len(body):
+            raise InvalidInput(f"Inference-Header-Content-Length is {header_length!r}; it must be the byte length of "
+                               f"the JSON header at the start of the body (the body has {len(body)} bytes)")
+        size = int(header_length)
+    try:
+        request = orjson.loads(body[:size])
+    except orjson.JSONDecodeError as exc:
+        hint = ("; binary tensors need the Inference-Header-Content-Length header" if header_length is None else "")
+        raise InvalidInput(f"the inference request is not valid JSON ({exc}){hint}") from None
+    if not isinstance(request, dict):
+        raise InvalidInput("the inference request must be a JSON object with `inputs`, as in the V2 protocol")
+    return request, memoryview(body)[size:]
+
+
+def _parameters(obj: dict, where: str) -> dict:
+    parameters = obj.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f"{where}.parameters must be an object")
+    return parameters
+
+
+def _input_array(service: Service, model: CachedModel, request: dict, binary: memoryview) -> np.ndarray:
+    info = model.record.info
+    n_in, want = info["input_size"], DATATYPE_OF[info["dtype"]]
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InvalidInput(f"`inputs` must hold one tensor named {INPUT!r} ({want}, shape [batch, {n_in}])")
+    tensor = inputs[0]
+    if tensor.get("name") != INPUT:
+        raise InvalidInput(f"unknown input {tensor.get('name')!r}; this model has one input named {INPUT!r}")
+    datatype = tensor.get("datatype")
+    if datatype not in DATATYPES:
+        raise InvalidInput(f"input datatype {datatype!r} is not supported; send FP32 or FP64 (the model computes in {want})")
+    shape = tensor.get("shape")
+    if (not isinstance(shape, list) or len(shape) != 2 or not all(type(d) is int for d in shape)
+            or shape[0] < 1 or shape[1] != n_in):
+        raise InvalidInput(f"input shape {shape!r} does not fit the model; send [batch, {n_in}] with batch >= 1")
+    rows = shape[0]
+    if rows > service.settings.max_samples_per_request:
+        raise PayloadTooLarge(f"{rows} samples in one request; at most {service.settings.max_samples_per_request} "
+                              f"(NN_MAX_SAMPLES_PER_REQUEST), so send them in several requests")
+    dtype = DATATYPES[datatype]
+    parameters = _parameters(tensor, "inputs[0]")
+    if "binary_data_size" in parameters:
+        size = parameters["binary_data_size"]
+        expected = rows * n_in * dtype.itemsize
+        if size != expected or len(binary) != expected:
+            raise InvalidInput(f"binary_data_size is {size!r} and {len(binary)} bytes follow the JSON header; a "
+                               f"{datatype} tensor of shape {shape} needs exactly {expected} bytes")
+        x = np.frombuffer(binary, dtype=dtype).reshape(rows, n_in)
+    else:
+        if len(binary):
+            raise InvalidInput(f"{len(binary)} bytes follow the JSON header but no input has binary_data_size")
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise InvalidInput("inputs[0] needs `data` (numbers, row major) or parameters.binary_data_size")
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # too large for the dtype: inf, refused below
+                x = np.asarray(data, dtype=dtype)
+        except (ValueError, TypeError):
+            raise InvalidInput(f"inputs[0].data must hold numbers only, {rows * n_in} of them in row-major order") from None
+        if x.size != rows * n_in:
+            raise InvalidInput(f"inputs[0].data holds {x.size} numbers; shape {shape} needs {rows * n_in}")
+        x = x.reshape(rows, n_in)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = x.astype(model.net.dtype, copy=False)
+    if not np.isfinite(x).all():
+        raise InvalidInput(f"inputs hold NaN, Infinity or values too large for {want}; send finite numbers")
+    return x
+
+
+def _requested(request: dict, available: list[str]) -> list[tuple[str, bool]]:
+    """(name, binary) of each output to return, in the order asked."""
+    binary_all = bool(_parameters(request, "request").get("binary_data_output", False))
+    outputs = request.get("outputs")
+    if outputs is None:
+        return [(name, binary_all) for name in available]
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise InvalidInput("`outputs` must be a list of objects such as {\"name\": \"output\"}")
+    chosen = []
+    for i, output in enumerate(outputs):
+        if output.get("name") not in available:
+            raise InvalidInput(f"unknown output {output.get('name')!r}; this model's outputs: {', '.join(available)}")
+        chosen.append((output["name"], bool(_parameters(output, f"outputs[{i}]").get("binary_data", binary_all))))
+    return chosen
+
+
+def infer(service: Service, model_id: str, version: str | None, body: bytes,
+          header_length: str | None) -> tuple[bytes, int | None]:
+    """The response body and, when it holds binary outputs, the length of its JSON header."""
+    request, binary = _header(body, header_length)
+    model = _model(service, model_id, version)
+    x = _input_array(service, model, request, binary)
+    available = [o["name"] for o in _outputs_of(model.record.info)]
+    requested = _requested(request, available)
+    out = model.net.predict(x)  # predict keeps no per-call state on the network: no lock needed
+    tensors = {"output": out}
+    if "predictions" in available:
+        tensors["predictions"] = class_indices(model.net, out).astype("<i8", copy=False)
+    response: dict[str, Any] = {"model_name": model_id, "model_version": str(model.record.version), "outputs": []}
+    if isinstance(request.get("id"), str):
+        response["id"] = request["id"]
+    chunks = []
+    for name, binary_out in requested:
+        array = tensors[name]
+        entry: dict[str, Any] = {"name": name, "datatype": "INT64" if name == "predictions" else DATATYPE_OF[array.dtype.name],
+                                 "shape": list(array.shape)}
+        if binary_out:
+            raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = array.ravel()  # orjson writes NumPy arrays natively (NaN and Inf as null)
+        response["outputs"].append(entry)
+    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+

@@ -1,0 +1,103 @@
+"""Deserialised networks kept in memory by each API process, keyed by (model uid, version).
+
+A request asks the store for the model's current (uid, version) (one indexed read on SQLite, one
+HMGET on Redis) and serves the cached network of exactly that key, or loads and caches it. A new
+version (a job committed, weights replaced, on any replica) or a re-created model (new uid) is a
+new key, so stale weights are never served; old keys age out by least-recent use within
+``NN_MODEL_CACHE_MB``.
+"""
+
+import threading
+from collections import OrderedDict
+from typing import Callable
+from dataclasses import dataclass, field
+
+from neural_net import Network
+
+from api.storage.base import ModelRecord
+
+
+@dataclass
+class CachedModel:
+    net: Network
+    record: ModelRecord  # the record of this version (info, version); buffer size and latest job as of loading
+    nbytes: int
+    # Network.predict only reads shared state; calls that keep per-call state on the layers (activations,
+    # gradients, evaluate) hold this lock, as two threads may serve the same cached network.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def network_bytes(net: Network, blob_size: int) -> int:
+    """Memory a loaded network holds: its saved bytes (parameters, optimizer state, buffers) plus the
+    gradient twin of the parameters."""
+    return blob_size + int(net.n_params) * net.dtype.itemsize
+
+
+class ModelCache:
+    """Least-recently-used, bounded by bytes. ``max_bytes=0`` turns it off (every get misses)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, int], CachedModel] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._loading: dict[tuple[str, int], threading.Lock] = {}  # one loader per key; the others wait for it
+        self.hits = self.misses = self.evictions = 0
+
+    def get(self, uid: str, version: int) -> CachedModel | None:
+        with self._lock:
+            entry = self._entries.get((uid, version))
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end((uid, version))
+            self.hits += 1
+            return entry
+
+    def get_or_load(self, uid: str, version: int, load: Callable[[], tuple[Network, ModelRecord, int]]) -> CachedModel:
+        """The entry of (uid, version), calling ``load`` (-> network, its record, its saved size) on a miss. Concurrent
+        misses of one key load once: 16 requests arriving together for a new version deserialise it once, not 16 times.
+        The loaded record's key is what gets cached (it may be newer than the one asked for)."""
+        entry = self.get(uid, version)
+        if entry is not None:
+            return entry
+        with self._lock:
+            gate = self._loading.setdefault((uid, version), threading.Lock())
+        try:
+            with gate:
+                with self._lock:
+                    entry = self._entries.get((uid, version))
+                return entry if entry is not None else self.put(*load())
+        finally:
+            with self._lock:
+                self._loading.pop((uid, version), None)
+
+    def put(self, net: Network, record: ModelRecord, blob_size: int) -> CachedModel:
+        """Caches ``net`` as ``record``'s (uid, version) and returns its entry; a network larger than the
+        whole budget is returned uncached."""
+        entry = CachedModel(net, record, network_bytes(net, blob_size))
+        if entry.nbytes > self.max_bytes:
+            return entry
+        key = (record.uid, record.version)
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._entries[key] = entry
+            self._bytes += entry.nbytes
+            while self._bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.nbytes
+                self.evictions += 1
+        return entry
+
+    def discard(self, model_id: str) -> None:
+        """Drops every version of a model (it was deleted)."""
+        with self._lock:
+            for key in [k for k, e in self._entries.items() if e.record.model_id == model_id]:
+                self._bytes -= self._entries.pop(key).nbytes
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"entries": len(self._entries), "bytes": self._bytes, "max_bytes": self.max_bytes,
+                    "hits": self.hits, "misses": self.misses, "evictions": self.evictions}

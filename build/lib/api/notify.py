@@ -1,0 +1,133 @@
+"""Job notifications: when a job with ``notify`` ends, its final record is POSTed to the URL, signed.
+
+The notification is stored beside the job (written just before it) with its delivery state, so a
+restart loses nothing: a `Deliverer` thread in every API process (and every API replica with
+NN_BACKEND=redis, where a claim key keeps two replicas from sending one notification at once) looks
+for pending notifications of ended jobs, POSTs the job record, and on anything but a 2xx retries
+with doubling delays until NN_NOTIFY_RETRY_SECONDS after the job's end. At least once: a receiver
+may see a notification twice (after a crash between its answer and the record of it), so it should
+treat the job id as the delivery's idempotency key.
+
+Only http(s) URLs whose host is listed in NN_NOTIFY_ALLOW are accepted (checked at submit, and again
+before each attempt), redirects are not followed: the service cannot be made to probe its own network.
+"""
+
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import time
+from urllib.parse import urlsplit
+
+import httpx
+
+from api.errors import InvalidInput
+from api.schemas import JobPublic
+from api.settings import Settings
+from api.storage.base import JobRecord, Notification, Store
+
+log = logging.getLogger("api.notify")
+
+MAX_DELAY = 300.0  # seconds: the longest wait between two attempts
+BATCH = 20  # notifications taken per look
+
+
+def allowed_hosts(setting: str) -> list[str]:
+    return [h.strip().lower().strip("[]") for h in setting.split(",") if h.strip()]
+
+
+def host_allowed(host: str, allow: list[str]) -> bool:
+    """Exact names or IPs, or ``*.example.com`` for its subdomains."""
+    host = host.lower()
+    return any(host == entry or (entry.startswith("*.") and host.endswith(entry[1:])) for entry in allow)
+
+
+def check_url(url: str, allow_setting: str) -> None:
+    """Raises InvalidInput unless ``url`` is http(s), has no credentials, and its host is allowed."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise InvalidInput(f"notify.url {url!r} is not a valid URL ({exc}); send e.g. https://hooks.example.com/nn") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(f"notify.url must be an http:// or https:// URL with a host, e.g. https://hooks.example.com/nn; "
+                           f"got {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidInput("notify.url must not hold credentials; the receiver checks X-NN-Signature with notify.secret")
+    allow = allowed_hosts(allow_setting)
+    if not host_allowed(parts.hostname, allow):
+        listed = ", ".join(allow) if allow else "none: NN_NOTIFY_ALLOW is empty, so notifications are off"
+        raise InvalidInput(f"notify.url host {parts.hostname!r} is not allowed; allowed hosts (NN_NOTIFY_ALLOW): {listed}")
+
+
+def sign(body: bytes, secret: str) -> str:
+    """The X-NN-Signature header value: ``sha256=`` + hex HMAC-SHA256 of the exact body bytes."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def payload(job: JobRecord) -> bytes:
+    """The final job record as GET /jobs/{job_id} shows it, without the notification itself."""
+    return json.dumps(JobPublic.from_record(job).model_dump(mode="json", exclude={"notify"})).encode()
+
+
+class Deliverer:
+    """Sends due notifications; ``run_once`` does one round, ``start`` runs rounds in a thread."""
+
+    def __init__(self, store: Store, settings: Settings):
+        self.store, self.settings = store, settings
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client = httpx.Client(follow_redirects=False, trust_env=False)
+
+    def run_once(self, now: float | None = None) -> int:
+        """Attempts every notification due now; returns how many were attempted."""
+        due = self.store.due_notifications(time.time() if now is None else now, BATCH)
+        for note, job in due:
+            self.deliver(note, job)
+        return len(due)
+
+    def deliver(self, note: Notification, job: JobRecord) -> str:
+        body = payload(job)
+        error = None
+        try:
+            check_url(note.url, self.settings.notify_allow)  # the allow list may have changed since submit
+            response = self._client.post(note.url, content=body, timeout=self.settings.notify_timeout, headers={
+                "Content-Type": "application/json", "User-Agent": "nn-service-notify",
+                "X-NN-Signature": sign(body, note.secret), "X-NN-Event": f"job.{job.status}",
+                "X-NN-Delivery": f"{job.job_id}.{note.attempts + 1}"})
+            if not 200 <= response.status_code < 300:
+                error = f"HTTP {response.status_code} from the receiver"
+        except InvalidInput as exc:
+            error = str(exc)
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        now = time.time()
+        if error is None:
+            status, next_at = "delivered", now
+        else:
+            next_at = now + min(MAX_DELAY, self.settings.notify_backoff * 2.0 ** min(note.attempts, 30))
+            ended = job.finished_at or now
+            status = "failed" if next_at - ended > self.settings.notify_retry_seconds else "pending"
+        self.store.record_attempt(job.job_id, status=status, error=error, next_attempt_at=next_at, now=now)
+        log.log(logging.INFO if error is None else logging.WARNING, "job %s: notification %s (attempt %d)%s",
+                job.job_id, status, note.attempts + 1, f": {error}" if error else "")
+        return status
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.notify_interval):
+            try:
+                while self.run_once() and not self._stop.is_set():
+                    pass  # a full batch: look again at once
+            except Exception:  # the store away (503 elsewhere): try again next round
+                log.warning("notification round failed; retrying", exc_info=True)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="nn-notify", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._client.close()

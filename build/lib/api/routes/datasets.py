@@ -1,0 +1,84 @@
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import FileResponse
+
+from api.auth import creator_name, visible_owner
+from api.dataset_service import DatasetService
+from api.routes import get_service
+from api.schemas import DATASET_ID_PATTERN, IRIS_X, IRIS_Y, DatasetPublic, DatasetsPublic
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+FILE_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "An .npz, .csv or .json file."}}}},
+    "application/x-npz": BINARY,
+    "application/octet-stream": BINARY,
+    "text/csv": {"schema": {"type": "string"}, "example": "sepal_length,sepal_width,petal_length,petal_width,species\n"
+                 + "".join(",".join(map(str, x + [y])) + "\n" for x, y in zip(IRIS_X, IRIS_Y))},
+    "application/json": {"schema": {"type": "object", "required": ["inputs", "targets"], "properties": {
+        "inputs": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+        "targets": {"type": "array", "items": {}}}}, "example": {"inputs": IRIS_X, "targets": IRIS_Y}},
+}}}
+Format = Literal["npz", "csv", "json"]
+
+
+def get_datasets(request: Request) -> DatasetService:
+    return get_service(request).datasets
+
+
+def file_options(format: Format | None = Query(None, description="npz, csv or json; default: from the Content-Type or "
+                                                                   "file name, else from the file's first bytes."),
+                 target: list[str] | None = Query(None, max_length=64, description=(
+                     "CSV only: the target column(s), repeatable (?target=a&target=b); default: the last column."))) -> dict:
+    return {"fmt": format, "targets": target}
+
+
+@router.post("", status_code=201, response_model=DatasetPublic, openapi_extra=FILE_BODY,
+             summary="Upload a dataset: NPZ (inputs, targets), CSV with a header row, or JSON for small data")
+async def upload_dataset(request: Request, options: dict = Depends(file_options),
+                         dtype: Literal["float32", "float64"] | None = Query(None, description=(
+                             "Type the inputs are stored in; default float32 (float64 NPZ inputs stay float64).")),
+                         name: str | None = Query(None, max_length=200, description="A name for people."),
+                         dataset_id: str | None = Query(None, pattern=DATASET_ID_PATTERN,
+                                                        description="Id of the new dataset; generated when absent."),
+                         owner: str | None = Depends(creator_name),
+                         datasets: DatasetService = Depends(get_datasets)) -> DatasetPublic:
+    """The body is the file itself (`Content-Type: application/x-npz`, `text/csv` or `application/json`) or
+    the multipart field `file` (the /docs file button). It streams to disk as it arrives, up to
+    NN_MAX_DATASET_BYTES and NN_MAX_DATASET_ROWS; the dataset exists only once it is whole."""
+    record = await datasets.create(request.stream(), request.headers.get("content-type", ""),
+                                   request.headers.get("content-length"), dtype=dtype, name=name,
+                                   dataset_id=dataset_id, owner=owner, **options)
+    return DatasetPublic.from_record(record)
+
+
+@router.get("", response_model=DatasetsPublic, summary="List datasets, oldest first")
+def list_datasets(offset: int = Query(0, ge=0, le=2**62, description="Datasets to skip."),
+                  limit: int = Query(50, ge=1, le=500, description="Datasets per page."),
+                  viewer: str | None = Depends(visible_owner),
+                  datasets: DatasetService = Depends(get_datasets)) -> DatasetsPublic:
+    records, count = datasets.page(offset, limit, viewer)
+    return DatasetsPublic(data=[DatasetPublic.from_record(r) for r in records], count=count)
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic, summary="Sizes, target summary and checksum of a dataset")
+def get_dataset(dataset_id: str, viewer: str | None = Depends(visible_owner),
+                datasets: DatasetService = Depends(get_datasets)) -> DatasetPublic:
+    return DatasetPublic.from_record(datasets.get(dataset_id, viewer))
+
+
+@router.get("/{dataset_id}/download", response_class=FileResponse, summary="The dataset as an NPZ file (inputs, targets)",
+            responses={200: {"content": {"application/x-npz": {}}}})
+def download_dataset(dataset_id: str, viewer: str | None = Depends(visible_owner),
+                     datasets: DatasetService = Depends(get_datasets)) -> FileResponse:
+    return FileResponse(datasets.path(dataset_id, viewer), media_type="application/x-npz", filename=f"{dataset_id}.npz")
+
+
+@router.delete("/{dataset_id}", status_code=204, summary="Delete a dataset (409 while a job or search uses it)")
+def delete_dataset(dataset_id: str, viewer: str | None = Depends(visible_owner),
+                   datasets: DatasetService = Depends(get_datasets)) -> Response:
+    datasets.delete(dataset_id, viewer)
+    return Response(status_code=204)

@@ -1,0 +1,241 @@
+"""The Redis backend's job runner: RQ's queue and registries are the one queue; the store holds state.
+
+What RQ does (its own mechanisms, nothing re-implemented here):
+- **The queue.** Each job that can be claimed now (a queued training job whose model is free, or
+  one pending trial of a search) is one RQ job ``train(job_id)`` on NN_REDIS_QUEUE. It is enqueued
+  by ``Queue.enqueue_call(pipeline=...)`` inside the same MULTI/EXEC that makes the job claimable
+  (``RedisStore(enqueue=...)``), so the store's state and RQ's queue never disagree and nothing
+  reconciles them. ``rq info`` and rq-dashboard show the true queue.
+- **Workers on any machine**: ``python main.py worker`` or ``rq worker -w api.rq_runner.TrainingWorker``.
+- **Worker heartbeats and abandoned jobs.** While a job trains, a heartbeat thread refreshes RQ's
+  worker, execution and job heartbeats (``maintain_heartbeats``) every lease/3 s with a TTL of about
+  one lease. When a worker is SIGKILLed its execution in RQ's StartedJobRegistry expires; RQ's
+  registry cleanup (``StartedJobRegistry.cleanup``, run by one worker every lease/2 s) treats the RQ job
+  as abandoned and **retries** it (``Retry(max=RETRIES)``); the next ``train(job_id)`` takes
+  the job over from its checkpoint. When the retries are spent RQ moves the RQ job to its **failed
+  registry** and the training job ends ``failed``.
+
+What the project adds (RQ lacks it): the **lease with fencing**. A claim sets ``P:lease:{job}`` with
+a random token; the heartbeat renews it, and every write for the job is a transaction that checks
+the token, so a worker that lost its job (frozen, cut off, presumed dead) can never overwrite the
+work of the worker that took it over: a resumed job ends bitwise equal to an uninterrupted one.
+"""
+
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+from rq import Queue, Retry, SimpleWorker, get_current_job
+from rq.job import Callback, Job
+
+from api.errors import LeaseLost, StoreUnavailable
+from api.settings import Settings, get_settings
+from api.search_trials import run_search_trial
+from api.storage.redis_store import RedisStore
+from api.worker import run_job
+
+log = logging.getLogger("api.rq")
+
+TRAIN_FUNCTION = "api.rq_runner.train"
+WORKER_TTL = 60  # seconds an RQ worker stays listed after its last heartbeat
+RETRIES = 5  # times RQ runs a job again whose worker died, before the job fails
+
+
+class Enqueuer:
+    """Adds one RQ job per claimable job to a MULTI/EXEC of the store (``RedisStore(enqueue=...)``)."""
+
+    def __init__(self, connection: redis.Redis, queue_name: str):
+        self.queue = Queue(queue_name, connection=connection)
+
+    def __call__(self, pipe: redis.client.Pipeline, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            self.queue.enqueue_call(TRAIN_FUNCTION, args=(job_id,), timeout=-1, result_ttl=300, failure_ttl=86400,
+                                    description=f"train {job_id}", retry=Retry(max=RETRIES),
+                                    on_failure=Callback(train_failed), pipeline=pipe)
+
+
+def open_redis_store(settings: Settings, *, worker: bool = False) -> RedisStore:
+    """The store, enqueuing on RQ. Workers retry commands through short outages; the API answers 503 at once."""
+    store = RedisStore(settings.redis_url, prefix=settings.redis_prefix, lease_seconds=settings.lease_seconds,
+                       socket_timeout=settings.redis_timeout, retries=5 if worker else 0,
+                       keep_versions=settings.keep_versions)
+    store.enqueue = Enqueuer(store.redis, settings.redis_queue)
+    return store
+
+
+def queue_stats(store: RedisStore, settings: Settings) -> dict:
+    """What /health shows for the redis backend: RQ queue length, live workers, queued training jobs."""
+    from rq import Worker
+
+    queue = Queue(settings.redis_queue, connection=store.redis)
+    return {"queue_length": queue.count, "workers_alive": Worker.count(connection=store.redis, queue=queue),
+            "queued_jobs": store.count_queued()}
+
+
+# -- the worker side -------------------------------------------------------------------------------
+@dataclass
+class _Context:
+    settings: Settings
+    store: RedisStore
+    worker_id: str
+    stop_event: threading.Event
+    worker: "TrainingWorker | None" = None
+
+
+_context: _Context | None = None
+_context_lock = threading.Lock()
+
+
+def context() -> _Context:
+    """The worker process's settings, store and stop flag (made on first use, from the NN_ environment)."""
+    global _context
+    with _context_lock:
+        if _context is None:
+            settings = get_settings()
+            _context = _Context(settings, open_redis_store(settings, worker=True), f"{socket.gethostname()}-{os.getpid()}",
+                                threading.Event())
+        return _context
+
+
+class _Heartbeat(threading.Thread):
+    """Renews the job's lease and RQ's heartbeats (worker, execution, job) every lease/3 seconds."""
+
+    def __init__(self, ctx: _Context, lease: str, rq_job: Job | None):
+        super().__init__(name=f"lease-{lease[:8]}", daemon=True)
+        self.ctx, self.lease, self.rq_job = ctx, lease, rq_job
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        worker = self.ctx.worker
+        while not self.done.wait(self.ctx.settings.lease_seconds / 3):
+            try:
+                if not self.ctx.store.renew_lease(self.lease):
+                    log.warning("job %s: lease lost; the training stops at its next check", self.lease)
+                    return
+                execution = worker.execution if worker is not None else None
+                if execution is not None and self.rq_job is not None:
+                    worker.maintain_heartbeats(self.rq_job, execution)
+            except (StoreUnavailable, redis.RedisError) as exc:
+                log.warning("job %s: cannot renew the lease: %s", self.lease, exc)
+
+
+def _claim(ctx: _Context, job_id: str):
+    """Takes the job (or one trial) over, waiting out the lease of a worker that RQ presumed dead early."""
+    deadline = time.monotonic() + 2 * ctx.settings.lease_seconds + 1
+    while True:
+        job = ctx.store.claim_job(ctx.worker_id, job_id=job_id, take_over=True)
+        trial = None if job is not None else ctx.store.claim_trial(ctx.worker_id, job_id=job_id, take_over=True)
+        if job is not None or trial is not None or not ctx.store.lease_alive(job_id) or time.monotonic() > deadline:
+            return job, trial
+        ctx.stop_event.wait(0.2)
+
+
+def train(job_id: str) -> str:
+    """The RQ job: claim the training job (or one trial of a search job) and run it."""
+    ctx = context()
+    job, trial = _claim(ctx, job_id)
+    if job is None and trial is None:
+        return "skipped: not claimable (ended, cancelled, or already taken)"
+    lease = job_id if trial is None else f"{job_id}|{trial[1]['index']}"
+    heartbeat = _Heartbeat(ctx, lease, get_current_job())
+    heartbeat.start()
+    try:
+        if trial is not None:
+            return f"trial {trial[1]['index']}: " + run_search_trial(ctx.store, *trial, ctx.settings, ctx.stop_event).status
+        return run_job(ctx.store, job, ctx.settings, ctx.stop_event).status
+    except LeaseLost as exc:
+        log.warning("%s", exc)
+        return "abandoned (lease lost): another worker runs it"
+    finally:
+        heartbeat.done.set()
+        try:
+            ctx.store.release_lease(lease)
+        except StoreUnavailable:
+            pass
+
+
+def train_failed(rq_job: Job, connection, exc_type, exc_value, tb) -> None:
+    """RQ's failure callback (also called for abandoned jobs): once RQ retries no more, the job ends failed."""
+    if rq_job.retries_left:
+        return  # RQ runs it again; that run takes the job over from its checkpoint
+    job_id = rq_job.args[0]
+    reason = f"{exc_type.__name__ if exc_type else 'error'}: {exc_value}" if exc_value else "its worker died"
+    context().store.fail_abandoned(job_id, f"given up after {RETRIES + 1} runs by RQ ({reason}); see RQ's failed "
+                                           f"registry, RQ job {rq_job.id}")
+
+
+class TrainingWorker(SimpleWorker):
+    """An RQ worker that trains in its own process (a SIGKILL takes the training with it, and RQ
+    finds the job abandoned), keeps RQ's heartbeats short (about one lease) and runs RQ's abandoned-job
+    handling every lease/2 s; on SIGTERM/SIGINT it puts its job back on the queue from the last
+    checkpoint instead of finishing it."""
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return math.ceil(context().settings.lease_seconds) + 1
+
+    def work(self, *args, **kwargs) -> bool:
+        ctx = context()
+        ctx.worker = self
+        self._maintenance_stop = threading.Event()
+        threading.Thread(target=self._maintain, args=(ctx,), name="nn-rq-maintenance", daemon=True).start()
+        try:
+            return super().work(*args, **kwargs)
+        finally:
+            self._maintenance_stop.set()
+
+    def _maintain(self, ctx: _Context) -> None:
+        """RQ's abandoned-job handling (StartedJobRegistry.cleanup: retry, or the failed registry) every
+        lease/2 seconds, also while this worker trains; one worker at a time (a lock that just expires)."""
+        delay = interval = max(0.5, ctx.settings.lease_seconds / 2)
+        lock = f"{ctx.settings.redis_prefix}:rq-cleanup"
+        while not self._maintenance_stop.wait(delay):
+            try:
+                if self.connection.set(lock, self.name, nx=True, px=int(interval * 1000)):
+                    for queue in self.queues:
+                        queue.started_job_registry.cleanup(exception_handlers=self._exc_handlers)
+                delay = interval
+            except Exception as exc:  # Redis away: back off, keep trying
+                delay = min(30.0, delay * 2)
+                log.warning("RQ maintenance: %s; next try in %.1fs", exc, delay)
+
+    def request_stop(self, signum, frame):
+        context().stop_event.set()  # a running job goes back to the queue after its current batch
+        super().request_stop(signum, frame)
+
+
+def run_worker(settings: Settings) -> int:
+    """``python main.py worker``: an RQ worker on the training queue, restarted with backoff while Redis is away."""
+    ctx = context()
+    stop = ctx.stop_event
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    delay = 1.0
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout)
+            connection.ping()
+            worker = TrainingWorker([Queue(settings.redis_queue, connection=connection)], connection=connection,
+                                    worker_ttl=WORKER_TTL)
+            log.info("worker %s listening on queue %r at %s", worker.name, settings.redis_queue, ctx.store.url_for_humans)
+            worker.work(logging_level=settings.log_level.upper())
+            reason = "the worker loop ended"
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            reason = f"Redis unreachable ({exc})"
+        except Exception as exc:
+            reason = f"{exc!r}"
+        if stop.is_set():
+            break
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        delay = 1.0 if time.monotonic() - started > 60 else min(30.0, delay * 2)
+        log.warning("%s; starting again in %.0fs", reason, delay)
+        stop.wait(delay)
+    log.info("worker stopped")
+    return 0

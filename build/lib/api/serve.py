@@ -1,0 +1,42 @@
+"""Start the service or a worker: `nn-service` once the package is installed (`pip install .`), or
+`python main.py` in a checkout; both run `main`. `nn-service worker` (or `python main.py worker`) starts a
+training worker for NN_BACKEND=redis (an RQ worker on NN_REDIS_QUEUE)."""
+
+import sys
+
+import uvicorn
+from fastapi import FastAPI
+
+from api.app import create_app
+from api.backend import DataDirInUse
+from api.errors import StoreUnavailable
+from api.server import configure_logging, uvicorn_options
+from api.settings import get_settings
+
+
+def build_app() -> FastAPI:
+    """The app, or exit with one line that says how to recover (e.g. a damaged database), not a traceback."""
+    try:
+        return create_app()
+    except StoreUnavailable as exc:
+        sys.exit(f"error: {exc}")
+
+
+def run(app: FastAPI, argv: list[str]) -> int | str | None:
+    """Serve `app` with the header timeout, keep-alive timeout and connection cap (`api/server.py`), or,
+    with `worker` as the first argument, run a training worker. Returns the process's exit status."""
+    settings = get_settings()
+    configure_logging(settings)
+    if argv[:1] == ["worker"]:
+        return app.state.backend.run_worker()
+    try:
+        app.state.backend.check_exclusive()  # one line, not uvicorn's traceback of a failed lifespan
+    except DataDirInUse as exc:
+        return f"error: {exc}"
+    uvicorn.run(app, **uvicorn_options(settings))
+    return 0
+
+
+def main() -> int | str | None:
+    """The `nn-service` command (pyproject.toml's [project.scripts])."""
+    return run(build_app(), sys.argv[1:])

@@ -1,0 +1,465 @@
+"""The service layer: what the routes (and later other front ends) can do, with no HTTP in it.
+
+Functions take plain values or request schemas, talk to a `Store`, use the core, and raise the
+domain errors of `api.errors`.
+"""
+
+import dataclasses
+import logging
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+from fastapi.concurrency import run_in_threadpool
+
+from neural_net import Network, losses
+from neural_net.errors import NeuralNetError
+
+from api import notify, records
+from api.dataset_service import DatasetService
+from api.errors import InvalidInput, JobNotFound, ModelNotFound, NoJobs, PayloadTooLarge, ServiceError
+from api.model_cache import CachedModel, ModelCache
+from api.records import describe, jsonable, log_transition
+from api.schemas import (EvaluateRequest, JobCreate, ModelCreate, NotifyTarget, OutputRequest, SamplesCreate,
+                         Weights)
+from api.settings import Settings
+from api.specs import check_architecture, check_model_id, fit_config, network_from_request
+from api.storage.base import JobRecord, ModelRecord, Notification, Store, VersionRecord, source_of
+
+log = logging.getLogger("api.jobs")
+
+
+def class_indices(net: Network, outputs: np.ndarray) -> np.ndarray | None:
+    """Predicted class per row of ``outputs`` for classifiers (as ``Network.predict_classes``, without a
+    second forward pass); None for other tasks."""
+    if net.task == "multiclass":
+        return np.argmax(outputs, axis=1)
+    if net.task == "binary":
+        return (outputs[:, 0] > (0.0 if net.loss.from_logits else 0.5)).astype(np.int64)
+    return None
+
+
+def _check_finite(what: str, arrays: tuple, dtype: str) -> None:
+    """Refuses (422) a computed result that overflowed: JSON has no Inf or NaN to answer with."""
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise InvalidInput(f"{what} overflowed {dtype} (Inf or NaN): the inputs or the model's weights are too large; "
+                           "scale the inputs down (e.g. to mean 0, std 1) or check the weights with GET /models/{model_id}/weights")
+
+
+class Service:
+    def __init__(self, store: Store, settings: Settings):
+        self.store = store
+        self.settings = settings
+        self.cache = ModelCache(int(settings.model_cache_mb * 1024 * 1024))
+        self.datasets = DatasetService(store, settings)
+
+    def healthy(self) -> bool:
+        try:
+            self.store.list_models(0, 1)
+            return True
+        except Exception:
+            log.exception("store check failed")
+            return False
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Jobs per state, summed samples/s of running jobs and every model's buffer size (/metrics)."""
+        counts, running = self.store.jobs_overview()
+        buffers: dict[str, int] = {}
+        offset = 0
+        while True:
+            models, total = self.store.list_models(offset, 500)
+            buffers.update((m.model_id, m.buffer_size) for m in models)
+            offset += len(models)
+            if not models or offset >= total:
+                break
+        rate = sum(p.get("samples_per_second") or 0.0 for p in running)
+        return {"jobs": counts, "samples_per_second": rate, "buffers": buffers}
+
+    # -- validation helpers --------------------------------------------------------
+    def _check_rows(self, n: int) -> None:
+        limit = self.settings.max_samples_per_request
+        if n > limit:
+            raise PayloadTooLarge(f"{n} samples in one request; at most {limit} (NN_MAX_SAMPLES_PER_REQUEST), "
+                                  f"so send them in several requests")
+
+    def _inputs(self, info: dict, rows: list[list[float]], what: str = "inputs") -> np.ndarray:
+        self._check_rows(len(rows))
+        width = info["input_size"]
+        for i, row in enumerate(rows):
+            if len(row) != width:
+                raise InvalidInput(f"{what}[{i}] has {len(row)} values; model expects {width} per input vector")
+        with np.errstate(over="ignore"):  # too large for float32 becomes inf, caught below
+            x = np.asarray(rows, dtype=info["dtype"]).reshape(len(rows), width)
+        if not np.isfinite(x).all():
+            raise InvalidInput(f"{what} hold values too large for {info['dtype']}; scale the inputs")
+        return x
+
+    def _targets(self, info: dict, targets: list, n: int) -> np.ndarray:
+        """(n, n_out) targets from rows, or from one class index / value per sample."""
+        n_out = info["output_size"]
+        if targets and not isinstance(targets[0], list):  # one number per sample
+            if len(targets) != n and n == 1 and len(targets) == n_out:
+                targets = [targets]  # the single target row of a single input
+            elif len(targets) != n:
+                raise InvalidInput(f"{n} inputs but {len(targets)} targets; send one target per input")
+            elif n_out > 1 and info["task"] != "multiclass":
+                raise InvalidInput(f"targets must be rows of {n_out} values for this {info['task']} model; "
+                                   f"single numbers are class indices for multiclass models or values for 1-output models")
+        else:
+            if len(targets) != n:
+                raise InvalidInput(f"{n} inputs but {len(targets)} targets; send one target per input")
+            for i, row in enumerate(targets):
+                if len(row) != n_out:
+                    raise InvalidInput(f"targets[{i}] has {len(row)} values; model has {n_out} outputs")
+        with np.errstate(over="ignore"):
+            y = losses.get(info["loss"]).prepare(targets, n_out, info["dtype"])
+        if not np.isfinite(y).all():
+            raise InvalidInput(f"targets hold values too large for {info['dtype']}")
+        return y
+
+    def _load(self, model_id: str) -> tuple[Network, ModelRecord]:
+        """A fresh network of the committed version, for callers that change it."""
+        blob, record = self.store.load_model(model_id)
+        return Network.from_bytes(blob), record
+
+    def served_model(self, model_id: str) -> CachedModel:
+        """The committed version's network from this process's cache (read-only: never change it), loaded on a
+        miss. One cheap store read checks the version on every call, so a change on any replica is seen."""
+        try:
+            uid, version = self.store.model_stamp(model_id)
+        except ModelNotFound:
+            self.cache.discard(model_id)
+            raise
+        def load() -> tuple[Network, ModelRecord, int]:
+            blob, record = self.store.load_model(model_id)  # may be newer than the stamp: it is cached as what it is
+            return Network.from_bytes(blob), record, len(blob)
+
+        return self.cache.get_or_load(uid, version, load)
+
+    def served_version(self, model_id: str, version: int) -> CachedModel:
+        """The network of one ``version``: the current one as ``served_model``, an older one from
+        ``kept_version``."""
+        uid, current = self.store.model_stamp(model_id)
+        if version == current:
+            return self.served_model(model_id)
+        return self.kept_version(model_id, uid, version, current)
+
+    def kept_version(self, model_id: str, uid: str, version: int, current: int) -> CachedModel:
+        """An older kept version of the model (VersionNotFound, 404, when it was pruned or never made). A kept
+        version's weights never change, so it is cached as (uid, version) like the current one."""
+        def load() -> tuple[Network, ModelRecord, int]:
+            blob, kept = self.store.get_version(model_id, version)
+            record = dataclasses.replace(self.store.get_model(model_id), uid=kept.uid, version=kept.version,
+                                         info=kept.info, updated_at=kept.created_at)
+            return Network.from_bytes(blob), record, len(blob)
+
+        return self.cache.get_or_load(uid, version, load)
+
+    # -- models -------------------------------------------------------------------
+    def create_model(self, req: ModelCreate, owner: str | None = None) -> ModelRecord:
+        net = network_from_request(self.settings, req)
+        model_id = req.model_id or uuid.uuid4().hex[:16]
+        record = self.store.create_model(model_id, net.to_bytes(), describe(net), owner=owner)
+        log.info("model %s: created %s (%d parameters)", model_id, net.layer_sizes, net.n_params)
+        return record
+
+    def get_model(self, model_id: str) -> ModelRecord:
+        return self.store.get_model(model_id)
+
+    def list_models(self, offset: int, limit: int, owner: str | None = None) -> tuple[list[ModelRecord], int]:
+        return self.store.list_models(offset, limit, owner=owner)
+
+    # -- tenancy (api/auth.py): another owner's model or job is as absent -----------------
+    def check_model_owner(self, model_id: str, owner: str) -> None:
+        if self.store.get_model(model_id).owner != owner:
+            raise ModelNotFound(model_id)
+
+    def check_job_owner(self, job_id: str, owner: str) -> None:
+        if self.store.get_job(job_id).owner != owner:
+            raise JobNotFound(job_id)
+
+    def delete_model(self, model_id: str) -> None:
+        cancelled = self.store.delete_model(model_id)
+        for job_id in cancelled:
+            log.info("job %s model %s: cancelled (model deleted)", job_id, model_id)
+        log.info("model %s: deleted", model_id)
+
+    def export_model(self, model_id: str, format: str = "npz", version: int | None = None) -> bytes:
+        """The current version's file, or a kept older version's."""
+        blob = self.store.load_model(model_id)[0] if version is None else self.store.get_version(model_id, version)[0]
+        if format == "onnx":
+            from api.onnx_export import to_onnx  # onnx is imported only when someone asks for it
+
+            return to_onnx(Network.from_bytes(blob), name=model_id)
+        return blob
+
+    def import_model(self, data: bytes, model_id: str | None, owner: str | None = None) -> ModelRecord:
+        check_model_id(model_id)
+        if not data:
+            raise InvalidInput("the request holds no file; send a .npz from GET /models/{model_id}/export "
+                               "as the raw body or as the multipart field `file`")
+        try:
+            s = self.settings  # the architecture is checked against the limits before anything is allocated
+            net = Network.from_bytes(data, max_layers=s.max_layers, max_layer_size=s.max_layer_size,
+                                     max_parameters=s.max_parameters)
+        except NeuralNetError as exc:
+            raise InvalidInput(f"not a model file: {exc}") from None
+        except Exception as exc:  # a damaged zip can fail in many ways
+            raise InvalidInput(f"not a model file (.npz from GET /models/{{model_id}}/export): {exc}") from None
+        check_architecture(self.settings, net.layer_sizes)
+        model_id = model_id or uuid.uuid4().hex[:16]
+        record = self.store.create_model(model_id, data, describe(net), owner=owner, source=source_of("import"))
+        log.info("model %s: imported %s", model_id, net.layer_sizes)
+        return record
+
+    # -- outputs ------------------------------------------------------------------
+    def output(self, model_id: str, req: OutputRequest, version: int | None = None) -> dict[str, Any]:
+        if (req.inputs is None) == (req.input is None):
+            raise InvalidInput("give either `inputs` (a list of vectors) or `input` (one vector)")
+        if req.include_gradients and req.targets is None:
+            raise InvalidInput("include_gradients needs `targets`: the gradient is of the cost between outputs and targets")
+        model = self.served_model(model_id) if version is None else self.served_version(model_id, version)
+        rows = req.inputs if req.inputs is not None else [req.input]
+        if not rows:
+            raise InvalidInput("inputs hold no samples; send at least one vector")
+        net, info = model.net, model.record.info
+        x = self._inputs(info, rows)
+        y = self._targets(info, req.targets, len(x)) if req.targets is not None else None
+        result: dict[str, Any] = {"model_id": model_id, "model_version": model.record.version}
+        dtype = info["dtype"]
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf or NaN, refused below
+            if req.include_activations or y is not None:
+                with model.lock:  # these keep per-call state on the layers
+                    if req.include_activations:
+                        out, layers = net.forward(x, return_activations=True)
+                        for i, layer in enumerate(layers):
+                            _check_finite(f"layer {i}'s activations", (layer["z"], layer["a"]), dtype)
+                        result["activations"] = [{"z": jsonable(layer["z"]), "a": jsonable(layer["a"])} for layer in layers]
+                    else:
+                        out = net.predict(x)
+                    if y is not None and req.include_gradients:
+                        cost, grads = net.gradients(x, y)
+                        for i, g in enumerate(grads):
+                            _check_finite(f"layer {i}'s gradients", tuple(v for v in g.values() if v is not None), dtype)
+                        result["gradients"] = [{"weights": jsonable(g["weights"]), "biases": jsonable(g.get("biases"))}
+                                               for g in grads]
+                    elif y is not None:
+                        cost = net.evaluate(x, y)["loss"]
+            else:
+                out = net.predict(x)
+        _check_finite("the outputs", (out,), dtype)
+        result["outputs"] = jsonable(out)
+        classes = class_indices(net, out)
+        result["predictions"] = None if classes is None else classes.tolist()
+        if y is not None:
+            _check_finite("the cost", (np.asarray(cost),), dtype)
+            result["cost"] = jsonable(cost)
+        return result
+
+    def _labelled(self, model_id: str, info: dict, req: EvaluateRequest | SamplesCreate,
+                  viewer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The arrays of a request's inline `inputs`/`targets`, or of its `dataset` (one ``viewer`` sees)."""
+        if req.dataset is not None:
+            if req.inputs is not None or req.targets is not None:
+                raise InvalidInput("give either `dataset` or `inputs` and `targets`, not both")
+            return self.datasets.arrays(model_id, info, req.dataset, viewer=viewer)
+        if req.inputs is None or req.targets is None:
+            raise InvalidInput("give `inputs` and `targets` (or the id of an uploaded `dataset`)")
+        x = self._inputs(info, req.inputs)
+        return x, self._targets(info, req.targets, len(x))
+
+    def evaluate(self, model_id: str, req: EvaluateRequest, version: int | None = None,
+                 viewer: str | None = None) -> dict[str, Any]:
+        model = self.served_model(model_id) if version is None else self.served_version(model_id, version)
+        x, y = self._labelled(model_id, model.record.info, req, viewer)
+        with model.lock, np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf or NaN, refused below
+            metrics = model.net.evaluate(x, y)
+        _check_finite("the loss", (np.asarray(metrics["loss"]),), model.record.info["dtype"])
+        return {"model_id": model_id, "model_version": model.record.version, "n_samples": len(x),
+                "metrics": jsonable(metrics)}
+
+    def get_weights(self, model_id: str) -> dict[str, Any]:
+        model = self.served_model(model_id)
+        return {"layers": jsonable(model.net.get_weights()), "version": model.record.version}
+
+    def set_weights(self, model_id: str, req: Weights) -> ModelRecord:
+        net, record = self._load(model_id)
+        with np.errstate(over="ignore"):  # too large for float32 becomes inf, which set_weights refuses
+            net.set_weights([{"weights": layer.weights, **({} if layer.biases is None else {"biases": layer.biases})}
+                             for layer in req.layers])
+        updated = self.store.replace_model(model_id, net.to_bytes(), describe(net), expected_version=req.version)
+        log.info("model %s: weights replaced (version %d)", model_id, updated.version)
+        return updated
+
+    # -- versions -------------------------------------------------------------------------
+    def _with_metrics(self, versions: list[VersionRecord]) -> list[VersionRecord]:
+        """Each version made by a job gets that job's final metrics (jobs are kept, so they are read here)."""
+        for v in versions:
+            job_id = v.source.get("job_id")
+            if job_id:
+                try:
+                    v.metrics = (self.store.get_job(job_id).progress or {}).get("metrics")
+                except ServiceError:
+                    v.metrics = None
+        return versions
+
+    def list_versions(self, model_id: str) -> list[VersionRecord]:
+        return self._with_metrics(self.store.list_versions(model_id))
+
+    def get_version(self, model_id: str, version: int) -> VersionRecord:
+        return self._with_metrics([self.store.get_version(model_id, version)[1]])[0]
+
+    def version_weights(self, model_id: str, version: int) -> dict[str, Any]:
+        model = self.served_version(model_id, version)
+        return {"layers": jsonable(model.net.get_weights()), "version": model.record.version}
+
+    def restore_version(self, model_id: str, version: int) -> ModelRecord:
+        """A new version whose weights (and optimizer state, epochs trained) equal those of ``version``."""
+        blob, kept = self.store.get_version(model_id, version)
+        record = self.store.replace_model(model_id, blob, kept.info, source=source_of("restore", restored_from=version))
+        log.info("model %s: version %d restored as version %d", model_id, version, record.version)
+        return record
+
+    # -- training buffer -------------------------------------------------------------
+    def add_samples(self, model_id: str, req: SamplesCreate, viewer: str | None = None) -> int:
+        info = self.store.get_model(model_id).info
+        x, y = self._labelled(model_id, info, req, viewer)
+        return self._append(model_id, x, y)
+
+    async def add_samples_file(self, model_id: str, body, content_type: str, content_length: str | None, *,
+                               fmt: str | None = None, targets: list[str] | None = None) -> int:
+        """Appends the samples of a file body (NPZ, CSV or JSON, as for POST /datasets) to the buffer."""
+        info = (await run_in_threadpool(self.store.get_model, model_id)).info  # 404 before the body is read
+        async with self.datasets.received(body, content_type, content_length, fmt, targets, None) as (_, data, _, _):
+            return await run_in_threadpool(self._append_file, model_id, info, data)
+
+    def _append_file(self, model_id: str, info: dict, data) -> int:
+        x, y = self.datasets.upload_arrays(data, model_id, info)
+        return self._append(model_id, x, y)
+
+    def _append(self, model_id: str, x: np.ndarray, y: np.ndarray) -> int:
+        """Appends rows in batches of about 32 MB (one store write each; the buffer limit is checked first)."""
+        limit = self.settings.max_buffer_samples
+        if len(x) > limit - self.store.count_samples(model_id):
+            raise PayloadTooLarge(f"the buffer of model {model_id!r} would hold more than NN_MAX_BUFFER_SAMPLES={limit} "
+                                  "samples; train on it or clear it first, or train on the dataset directly")
+        step = max(1, (32 << 20) // max(1, x.shape[1] * x.dtype.itemsize))
+        size = 0
+        for start in range(0, len(x), step):
+            size = self.store.append_samples(model_id, np.ascontiguousarray(x[start:start + step]),
+                                             np.ascontiguousarray(y[start:start + step]), limit)
+        self.promote()
+        return size
+
+    def buffer_size(self, model_id: str) -> int:
+        return self.store.count_samples(model_id)
+
+    def clear_samples(self, model_id: str) -> int:
+        removed = self.store.clear_samples(model_id)
+        log.info("model %s: buffer cleared (%d samples)", model_id, removed)
+        return removed
+
+    def promote(self) -> None:
+        records.promote(self.store)
+
+    # -- training jobs -----------------------------------------------------------------
+    def inline_samples(self, info: dict, inputs, targets, otherwise: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Checked arrays of a request's inline `inputs`/`targets`, or (None, None) when it has none."""
+        if (inputs is None) != (targets is None):
+            raise InvalidInput(f"give `inputs` and `targets` together (or neither, {otherwise})")
+        if not inputs:
+            return None, None
+        x = self._inputs(info, inputs)
+        return x, self._targets(info, targets, len(x))
+
+    def dataset_params(self, model_id: str, info: dict, req, params: dict[str, Any], viewer: str | None = None) -> list[str]:
+        """Checks a job's `dataset` (and `validation_dataset`) against the model and records them in its
+        params; returns the dataset ids the job will read. A job with a dataset leaves the buffer alone."""
+        used = []
+        if req.dataset is not None:
+            if req.inputs is not None or req.targets is not None:
+                raise InvalidInput("give either `dataset` or inline `inputs` and `targets`, not both")
+            buffer_options = sorted({"min_samples", "consume_buffer"} & req.model_fields_set)
+            if buffer_options:
+                raise InvalidInput(f"{', '.join(buffer_options)} are about the buffer; a job with `dataset` trains on "
+                                   "the dataset, so leave them out")
+            record = self.datasets.check(model_id, info, req.dataset, viewer=viewer)
+            params.update(dataset=req.dataset, dataset_samples=record.n_samples)
+            used.append(req.dataset)
+        if getattr(req, "validation_dataset", None) is not None:
+            if req.validation_split:
+                raise InvalidInput("give either validation_split or validation_dataset, not both")
+            self.datasets.check(model_id, info, req.validation_dataset, "validation_dataset", viewer)
+            params["validation_dataset"] = req.validation_dataset
+            used.append(req.validation_dataset)
+        return used
+
+    def submit_job(self, model_id: str, req: JobCreate, owner: str | None = None, viewer: str | None = None) -> JobRecord:
+        info = self.store.get_model(model_id).info
+        params = fit_config(self.settings, info, req).to_params()
+        used = self.dataset_params(model_id, info, req, params, viewer)
+        x, y = self.inline_samples(info, req.inputs, req.targets, "to train on the buffer")
+        if x is not None and req.min_samples > len(x):
+            raise InvalidInput(f"min_samples={req.min_samples} but the job carries {len(x)} inline samples, which are "
+                               "exactly what it trains on; send more inputs, or leave inputs out to wait for the buffer")
+        self.check_notify(req.notify)
+        from_dataset = req.dataset is not None  # queued at once (min_samples 0), the buffer untouched (a copy)
+        job = JobRecord(job_id=uuid.uuid4().hex, model_id=model_id, model_uid="", status="buffering", params=params,
+                        min_samples=0 if from_dataset else req.min_samples,
+                        consume_buffer=False if from_dataset else req.consume_buffer, created_at=time.time(), owner=owner)
+        self.add_notification(job.job_id, req.notify)
+        self.datasets.use(used, job.job_id)
+        try:
+            job = self.store.create_job(job, x, y, self.settings.max_buffer_samples)
+        except BaseException:
+            self.datasets.release(used, job.job_id)
+            raise
+        log_transition(job, None)
+        self.promote()
+        return self.get_job(job.job_id)
+
+    def get_job(self, job_id: str) -> JobRecord:
+        return self.with_notifications([self.store.get_job(job_id)])[0]
+
+    def list_jobs(self, model_id: str, offset: int, limit: int, owner: str | None = None) -> tuple[list[JobRecord], int]:
+        jobs, count = self.store.list_jobs(model_id, offset, limit, owner=owner)
+        return self.with_notifications(jobs), count
+
+    def list_all_jobs(self, offset: int, limit: int, *, status: str | None = None, model_id: str | None = None,
+                      kind: str | None = None, owner: str | None = None) -> tuple[list[JobRecord], int]:
+        jobs, count = self.store.list_all_jobs(offset, limit, status=status, model_id=model_id, kind=kind, owner=owner)
+        return self.with_notifications(jobs), count
+
+    # -- notifications (api/notify.py delivers them) ------------------------------------
+    def check_notify(self, target: NotifyTarget | None) -> None:
+        """A refused URL is a 422 before anything is stored."""
+        if target is not None:
+            notify.check_url(target.url, self.settings.notify_allow)
+
+    def add_notification(self, job_id: str, target: NotifyTarget | None) -> None:
+        """Written just before the job: a deliverer ignores it until the job exists and has ended."""
+        if target is not None:
+            self.store.add_notification(Notification(job_id=job_id, url=target.url, secret=target.secret))
+
+    def with_notifications(self, jobs: list[JobRecord]) -> list[JobRecord]:
+        notes = self.store.get_notifications([j.job_id for j in jobs]) if jobs else {}
+        for job in jobs:
+            job.notification = notes.get(job.job_id)
+        return jobs
+
+    def latest_job(self, model_id: str, owner: str | None = None) -> JobRecord:
+        jobs, _ = self.store.list_jobs(model_id, 0, 1, owner=owner)
+        if not jobs:
+            raise NoJobs(model_id)
+        return jobs[0]
+
+    def cancel_job(self, job_id: str) -> JobRecord:
+        before = self.store.get_job(job_id).status
+        job = self.store.cancel_job(job_id)
+        if job.status != before:
+            log_transition(job, before)
+        return self.with_notifications([job])[0]
+
+    def requeue_interrupted(self, worker_ids: list[str] | None = None) -> list[JobRecord]:
+        return records.requeue_interrupted(self.store, worker_ids)

@@ -1,0 +1,229 @@
+"""Command line for the training service (`nn` once the package is installed, or `python -m client`).
+
+    python -m client train --model moons --data examples/data/moons.csv --create 2,16,1 --activations relu,sigmoid --epochs 50 --watch
+    python -m client status JOB_ID [--watch] [--history] [--json]
+    python -m client predict --model moons --data examples/data/moons-new.csv
+    python -m client export --model moons --out moons.onnx --format onnx
+
+CSV files hold one sample per row, the inputs first and the last `--targets N` columns (default 1)
+as targets; a header row is skipped. .npz files hold arrays `x` and `y` (or `inputs` and `targets`).
+Set NN_URL and NN_API_KEY (or --url and --api-key) to reach a service elsewhere.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+
+from .api import ApiError, Client
+
+
+def load_data(path, n_targets=1, with_targets=True):
+    """(inputs, targets) from a CSV or .npz file; targets is None when with_targets is False."""
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as archive:
+            x = archive["x"] if "x" in archive.files else archive["inputs"]
+            y = None
+            if with_targets:
+                y = archive["y"] if "y" in archive.files else archive["targets"]
+        return x, y
+    with open(path, newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row]
+    try:
+        [float(v) for v in rows[0]]
+    except ValueError:
+        rows = rows[1:]  # header
+    data = np.array(rows, dtype=float)
+    if not with_targets:
+        return data, None
+    x, y = data[:, :-n_targets], data[:, -n_targets:]
+    return x, (y[:, 0] if n_targets == 1 else y)
+
+
+def _hyper_parameters(args):
+    options = {"epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer}
+    for key in ("learning_rate", "validation_split"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    return options
+
+
+def cmd_train(api, args):
+    x, y = load_data(args.data, args.targets)
+    if args.create:
+        sizes = [int(v) for v in args.create.split(",")]
+        options = {"activations": args.activations.split(",")} if args.activations else {}
+        model = api.create_model(sizes, model_id=args.model, seed=args.seed, **options)
+        print(f"created model {model['model_id']}", file=sys.stderr)
+    if y is not None and y.ndim == 1 and args.labels:
+        y = y.astype(int)
+    job = api.train(args.model, inputs=x, targets=y, **_hyper_parameters(args))
+    print(job.job_id)
+    if args.watch:
+        record = job.wait(progress=True)
+        return 0 if record["status"] == "succeeded" else 1
+    return 0
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _metrics_line(values, keys=("loss", "accuracy", "val_loss", "val_accuracy")):
+    return "  ".join(f"{key} {values[key]:.4g}" for key in keys if isinstance(values.get(key), (int, float)))
+
+
+def summary(record):
+    """A job on one screen: what, its state, where it is (epoch, loss, accuracy), and how long is left."""
+    progress = record.get("progress") or {}
+    history = record.get("history") or []
+    last = history[-1] if history else {}
+    lines = [f"job {record['job_id']} ({record.get('kind', 'training')}) on model {record['model_id']}: {record['status']}"]
+    epochs = progress.get("epochs") or (record.get("params") or {}).get("epochs")
+    epoch = progress.get("epoch") or record.get("epochs_completed")
+    if epoch:
+        where = f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}"
+        if progress.get("percent") is not None:
+            where += f" ({progress['percent']:.0f}%)"
+        lines.append(where)
+    shown = _metrics_line(last)
+    if not shown and progress.get("loss") is not None:
+        shown = f"loss {progress['loss']:.4g} (this epoch so far)"
+    if shown:
+        lines.append(shown)
+    if record["status"] in ("running", "queued", "buffering", "cancelling"):
+        eta = progress.get("eta_seconds")
+        extra = [f"ETA {_duration(eta)}" if eta is not None else "ETA unknown"]
+        if progress.get("learning_rate") is not None:
+            extra.append(f"learning rate {progress['learning_rate']:.3g}")
+        if progress.get("samples_per_second"):
+            extra.append(f"{progress['samples_per_second']:.0f} samples/s")
+        if record["status"] == "buffering":
+            extra = [f"waiting for {record.get('min_samples')} samples in the buffer"]
+        lines.append("  ".join(extra))
+    metrics = record.get("metrics") or {}
+    final = _metrics_line(metrics, ("loss", "accuracy", "f1", "mae", "rmse", "r2"))
+    if final:
+        lines.append(f"final ({metrics.get('on', 'held-out')}): {final}")
+    search = record.get("search") or {}
+    if search.get("best"):
+        best = search["best"]
+        lines.append(f"best trial {best['index']}: {search.get('metric')} {best['score']:.4g} with {json.dumps(best['params'])}")
+    if record.get("error"):
+        lines.append(f"error: {record['error']}")
+    if len(history) > 1:
+        lines.append(f"{len(history)} epochs of history: add --history to see them")
+    return "\n".join(lines)
+
+
+def history_table(record):
+    """One row per epoch: epoch, then every value the history holds (loss, accuracy, val_*, learning_rate, ...)."""
+    history = record.get("history") or []
+    if not history:
+        return "no epochs finished yet"
+    keys = [key for key in dict.fromkeys(k for row in history for k in row) if key not in ("epoch", "time", "samples_per_second")]
+    rows = [["epoch", *keys]] + [[str(row.get("epoch", i + 1)), *(f"{row[k]:.4g}" if isinstance(row.get(k), (int, float))
+                                                                   else "" for k in keys)] for i, row in enumerate(history)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows)
+
+
+def cmd_status(api, args):
+    job = api.job(args.job_id)
+    record = job.wait(progress=True) if args.watch else job.record
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    print(summary(record))
+    if args.history:
+        print(history_table(record))
+    return 0
+
+
+def cmd_predict(api, args):
+    x, _ = load_data(args.data, with_targets=False)
+    result = api.output(args.model, x)
+    writer = csv.writer(sys.stdout)
+    for i, row in enumerate(result["outputs"]):
+        extra = [result["predictions"][i]] if result.get("predictions") is not None else []
+        writer.writerow([f"{v:.6g}" for v in row] + extra)
+    return 0
+
+
+def cmd_export(api, args):
+    api.export(args.model, args.out, format=args.format)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def build_parser():
+    prog = "nn" if os.path.basename(sys.argv[0]) == "nn" else "python -m client"  # the console script, or -m
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                     epilog="Set NN_URL and NN_API_KEY instead of --url and --api-key.")
+    parser.add_argument("--url", default=os.environ.get("NN_URL", "http://127.0.0.1:8000"),
+                        help="base URL of the service (default: $NN_URL or http://127.0.0.1:8000)")
+    parser.add_argument("--api-key", default=os.environ.get("NN_API_KEY"),
+                        help="API key, when the service sets NN_API_KEYS (default: $NN_API_KEY)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="submit a training job from a CSV or .npz file")
+    train.add_argument("--model", required=True, help="model id")
+    train.add_argument("--data", required=True, help="CSV (inputs then targets) or .npz (x, y)")
+    train.add_argument("--targets", type=int, default=1, help="number of target columns at the end of each CSV row")
+    train.add_argument("--labels", action="store_true", help="treat a single target column as integer class labels")
+    train.add_argument("--create", help="create the model first, from layer sizes such as 4,16,3")
+    train.add_argument("--activations", help="with --create: one activation per layer, comma separated")
+    train.add_argument("--seed", type=int, default=None, help="with --create: seed of the weights and of training")
+    train.add_argument("--epochs", type=int, default=10, help="epochs to train (default 10)")
+    train.add_argument("--batch-size", type=int, default=32, help="samples per gradient step (default 32)")
+    train.add_argument("--optimizer", default="adam", help="sgd, momentum, rmsprop, adam, ... (default adam)")
+    train.add_argument("--learning-rate", type=float, help="step size (default: the optimizer's)")
+    train.add_argument("--validation-split", type=float, help="fraction of the samples held out for validation metrics")
+    train.add_argument("--watch", action="store_true", help="show a progress bar until the job ends")
+    train.set_defaults(run=cmd_train)
+
+    status = commands.add_parser("status", help="a job on one screen: state, epoch, loss, accuracy, ETA")
+    status.add_argument("job_id", help="the id `train` printed")
+    status.add_argument("--watch", action="store_true", help="show a progress bar until the job ends, then the summary")
+    status.add_argument("--history", action="store_true", help="also print every epoch's loss, accuracy, validation metrics and learning rate")
+    status.add_argument("--json", action="store_true", help="print the job's full JSON record instead")
+    status.set_defaults(run=cmd_status)
+
+    predict = commands.add_parser("predict", help="outputs (and class predictions) as CSV")
+    predict.add_argument("--model", required=True, help="model id")
+    predict.add_argument("--data", required=True, help="CSV or .npz of inputs only")
+    predict.set_defaults(run=cmd_predict)
+
+    export = commands.add_parser("export", help="download the model as .npz or ONNX")
+    export.add_argument("--model", required=True, help="model id")
+    export.add_argument("--out", required=True, help="file to write")
+    export.add_argument("--format", choices=["npz", "onnx"], default="npz", help="npz (the core's file) or onnx (default npz)")
+    export.set_defaults(run=cmd_export)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    with Client(args.url, api_key=args.api_key) as api:
+        try:
+            code = args.run(api, args)
+            sys.stdout.flush()  # a reader that went away shows here, inside the try, not at interpreter exit
+            return code
+        except BrokenPipeError:
+            # `nn predict ... | head`: the reader has what it wanted; stop quietly, as cat and grep do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        except ApiError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except (OSError, ValueError, KeyError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

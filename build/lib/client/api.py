@@ -1,0 +1,291 @@
+"""`Client` (one method per route) and `Job` (refresh, cancel, wait with a progress bar)."""
+import json
+import sys
+import time
+
+import httpx
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class ApiError(Exception):
+    """The service answered with an error status; `status_code` and `detail` say what and why."""
+
+    def __init__(self, status_code, detail):
+        super().__init__(f"HTTP {status_code}: {detail}")
+        self.status_code, self.detail = status_code, detail
+
+    def __repr__(self):
+        return f"ApiError(status_code={self.status_code}, detail={self.detail!r})"
+
+
+def _listify(values):
+    """NumPy arrays (or anything with tolist) to JSON lists; None stays None."""
+    return values.tolist() if hasattr(values, "tolist") else values
+
+
+class Client:
+    def __init__(self, base_url="http://127.0.0.1:8000", api_key=None, timeout=30.0, transport=None):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
+
+    def close(self):
+        self.http.close()
+
+    def __repr__(self):
+        return f"Client(base_url={str(self.http.base_url).rstrip('/')!r})"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def request(self, method, path, **kwargs):
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise ApiError(response.status_code, detail)
+        return response
+
+    def _json(self, method, path, **kwargs):
+        response = self.request(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    # models
+    def health(self):
+        return self._json("GET", "/health")
+
+    def create_model(self, layer_sizes=None, activations=None, model_id=None, **options):
+        """From layer sizes ([4, 8, 3]) and activations, or from `input_size=` and `layers=[{"type": "dense",
+        "units": 8, ...}, {"type": "batch_norm"}, ...]`; other options as in POST /models."""
+        body = dict(options)
+        if layer_sizes is not None:
+            body["layer_sizes"] = list(layer_sizes)
+        if activations is not None:
+            body["activations"] = list(activations)
+        if model_id is not None:
+            body["model_id"] = model_id
+        return self._json("POST", "/models", json=body)
+
+    def get_model(self, model_id):
+        return self._json("GET", f"/models/{model_id}")
+
+    def list_models(self, offset=0, limit=100):
+        return self._json("GET", "/models", params={"offset": offset, "limit": limit})
+
+    def delete_model(self, model_id):
+        self.request("DELETE", f"/models/{model_id}")
+
+    def output(self, model_id, inputs, targets=None, include_gradients=False, include_activations=False):
+        body = {"inputs": _listify(inputs)}
+        if targets is not None:
+            body["targets"] = _listify(targets)
+        if include_gradients:
+            body["include_gradients"] = True
+        if include_activations:
+            body["include_activations"] = True
+        return self._json("POST", f"/models/{model_id}/output", json=body)
+
+    def evaluate(self, model_id, inputs=None, targets=None, dataset=None):
+        """Loss and metrics on inline samples, or on an uploaded dataset (its id)."""
+        body = {"dataset": dataset} if dataset is not None else {"inputs": _listify(inputs), "targets": _listify(targets)}
+        return self._json("POST", f"/models/{model_id}/evaluate", json=body)
+
+    def get_weights(self, model_id):
+        return self._json("GET", f"/models/{model_id}/weights")
+
+    def set_weights(self, model_id, layers):
+        layers = [{key: _listify(value) for key, value in layer.items()} for layer in layers]
+        return self._json("PUT", f"/models/{model_id}/weights", json={"layers": layers})
+
+    def export(self, model_id, path=None, format="npz"):
+        """The model as .npz (or ONNX with format="onnx") bytes; written to `path` when given."""
+        data = self.request("GET", f"/models/{model_id}/export", params={"format": format}).content
+        if path is not None:
+            with open(path, "wb") as handle:
+                handle.write(data)
+        return data
+
+    def import_model(self, data, model_id=None):
+        params = {"model_id": model_id} if model_id else {}
+        return self._json("POST", "/models/import", content=data, params=params,
+                          headers={"Content-Type": "application/octet-stream"})
+
+    # datasets
+    def upload_dataset(self, data, format=None, target=None, name=None, dataset_id=None):
+        """Upload a dataset: `data` is the bytes of an .npz, .csv or .json file, or a path to one, or a pair
+        (inputs, targets) of arrays (sent as NPZ). Returns the dataset's record (dataset_id, n_samples, ...)."""
+        if isinstance(data, tuple):
+            import io
+
+            import numpy as np
+
+            buffer = io.BytesIO()
+            np.savez(buffer, inputs=np.asarray(data[0]), targets=np.asarray(data[1]))
+            data, format = buffer.getvalue(), "npz"
+        elif not isinstance(data, (bytes, bytearray)):
+            path = str(data)
+            format = format or path.rsplit(".", 1)[-1].lower()
+            with open(path, "rb") as handle:
+                data = handle.read()
+        params = {k: v for k, v in {"format": format, "target": target, "name": name, "dataset_id": dataset_id}.items()
+                  if v is not None}
+        return self._json("POST", "/datasets", content=data, params=params,
+                          headers={"Content-Type": "application/octet-stream"})
+
+    def get_dataset(self, dataset_id):
+        return self._json("GET", f"/datasets/{dataset_id}")
+
+    def list_datasets(self, offset=0, limit=100):
+        return self._json("GET", "/datasets", params={"offset": offset, "limit": limit})
+
+    def delete_dataset(self, dataset_id):
+        return self._json("DELETE", f"/datasets/{dataset_id}")
+
+    # training buffer and jobs
+    def add_samples(self, model_id, inputs, targets):
+        """Append samples to the model's training buffer; returns the buffer size."""
+        body = {"inputs": _listify(inputs), "targets": _listify(targets)}
+        return self._json("POST", f"/models/{model_id}/samples", json=body)["buffer_size"]
+
+    def buffer_size(self, model_id):
+        return self._json("GET", f"/models/{model_id}/samples")["buffer_size"]
+
+    def clear_samples(self, model_id):
+        return self._json("DELETE", f"/models/{model_id}/samples")
+
+    def train(self, model_id, inputs=None, targets=None, **hyper_parameters):
+        """Submit a training job (inline samples are appended to the buffer first); returns a `Job`."""
+        body = dict(hyper_parameters)
+        if inputs is not None:
+            body["inputs"], body["targets"] = _listify(inputs), _listify(targets)
+        return Job(self, self._json("POST", f"/models/{model_id}/training-jobs", json=body))
+
+    def job(self, job_id):
+        return Job(self, self._json("GET", f"/jobs/{job_id}"))
+
+    def jobs(self, model_id):
+        return self._json("GET", f"/models/{model_id}/jobs")
+
+
+class Job:
+    """A training or search job. `record` is its latest JSON record from the service, and every field
+    of it reads as an attribute of the same name: `job.job_id`, `job.status`, `job.model_id`,
+    `job.progress`, `job.history`, `job.metrics`, ... (as of the last refresh)."""
+
+    def __init__(self, client, record):
+        self.client, self.record = client, record
+
+    def __getattr__(self, name):
+        record = self.__dict__.get("record") or {}
+        if name in record:
+            return record[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}; its fields are: {', '.join(record)}")
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self.__dict__.get("record") or {}))
+
+    @property
+    def id(self):
+        """The same as `job_id` (older name)."""
+        return self.record["job_id"]
+
+    def __repr__(self):
+        r, p = self.record, self.record.get("progress") or {}
+        parts = [f"job_id={r['job_id']!r}", f"model_id={r.get('model_id')!r}", f"status={r.get('status')!r}"]
+        if p.get("epoch") is not None:
+            parts.append(f"epoch={p['epoch']}/{p.get('epochs')}")
+        last = (r.get("history") or [{}])[-1]
+        loss = last.get("loss", p.get("loss"))
+        if loss is not None:
+            parts.append(f"loss={loss:.4g}")
+        return f"Job({', '.join(parts)})"
+
+    def refresh(self):
+        self.record = self.client._json("GET", f"/jobs/{self.job_id}")
+        return self.record
+
+    def cancel(self):
+        self.record = self.client._json("POST", f"/jobs/{self.job_id}/cancel")
+        return self.record
+
+    def wait(self, progress=False, timeout=None, poll_interval=0.5, stream=True, out=None):
+        """Block until the job ends; returns its final record. With progress=True, draws a bar
+        (epoch, loss, ETA) on `out` (stderr). Follows the SSE stream, falling back to polling."""
+        bar = ProgressBar(out or sys.stderr) if progress else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if stream:
+            try:
+                self._follow_stream(bar, deadline)
+            except (httpx.HTTPError, ApiError, ValueError):
+                pass  # fall back to polling below
+        while self.status not in TERMINAL:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.job_id} still {self.status} after {timeout} s")
+            time.sleep(poll_interval)
+            self.refresh()
+            if bar:
+                bar.update(self.status, self.record.get("progress"))
+        if bar:
+            bar.finish(self.record)
+        return self.record
+
+    def _follow_stream(self, bar, deadline):
+        read_timeout = None if deadline is None else max(deadline - time.monotonic(), 0.1)
+        timeout = httpx.Timeout(10.0, read=read_timeout)
+        with self.client.http.stream("GET", f"/jobs/{self.job_id}/events", timeout=timeout) as response:
+            if response.status_code >= 400:
+                raise ApiError(response.status_code, response.read().decode(errors="replace"))
+            event = None
+            for line in response.iter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data = json.loads(line[5:])
+                    if event == "end":
+                        self.record = data
+                        return
+                    if bar:
+                        bar.update(data.get("status"), data.get("progress"))
+                if deadline is not None and time.monotonic() > deadline:
+                    return
+
+
+class ProgressBar:
+    """One line redrawn in place: [#####-----]  52.0% epoch 3/5 loss 0.1234 ETA 4s."""
+
+    def __init__(self, out, width=30):
+        self.out, self.width = out, width
+        self.last = ""
+
+    def update(self, status, progress):
+        if progress:
+            percent = progress.get("percent") or 0.0
+            filled = int(self.width * percent / 100)
+            eta = progress.get("eta_seconds")
+            loss = progress.get("loss")
+            line = (f"[{'#' * filled}{'-' * (self.width - filled)}] {percent:5.1f}% "
+                    f"epoch {progress.get('epoch')}/{progress.get('epochs')}"
+                    + (f" loss {loss:.4f}" if loss is not None else "")
+                    + (f" ETA {eta:.0f}s" if eta is not None else ""))
+        else:
+            line = f"[{'-' * self.width}] {status}"
+        if line != self.last:
+            self.out.write("\r" + line.ljust(len(self.last)))
+            self.out.flush()
+            self.last = line
+
+    def finish(self, record):
+        history = record.get("history") or []
+        last = history[-1] if history else {}
+        summary = f"job {record['job_id']} {record['status']}"
+        if "loss" in last:
+            summary += f" after {len(history)} epochs, loss {last['loss']:.4f}"
+        if record.get("error"):
+            summary += f": {record['error']}"
+        self.out.write("\r" + summary.ljust(len(self.last)) + "\n")
+        self.out.flush()

@@ -1,0 +1,32 @@
+"""The core's exceptions: one small hierarchy, each saying what was expected and what was received."""
+
+
+class NeuralNetError(ValueError):
+    """Base class of every error the core raises on purpose."""
+
+
+class ShapeError(NeuralNetError):
+    """An array has the wrong shape for the network or for another array."""
+
+
+class UnknownNameError(NeuralNetError, KeyError):
+    """A name (activation, loss, optimizer, ...) is not in its registry."""
+
+    def __str__(self):  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ConfigError(NeuralNetError):
+    """A hyper-parameter or configuration value is out of range."""
+
+
+class NonFiniteError(NeuralNetError):
+    """NaN or Inf where finite numbers are required (inputs, targets or the loss)."""
+
+    def __init__(self, message, epoch=None):
+        super().__init__(message)
+        self.epoch = epoch
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end `fit` cleanly after the current batch."""

@@ -1,0 +1,130 @@
+"""Learning-rate schedules, evaluated once per epoch: `schedule(epoch, base_lr, epochs)` where `epoch`
+counts from 0 and `epochs` is the total of the run.
+
+- constant:     lr = base
+- exponential:  lr = base * decay_rate ** e             (the FastAPI seed's per-epoch decay_rate)
+- step:         lr = base * gamma ** (e // step_size)
+- cosine:       lr = min_lr + (base - min_lr) * (1 + cos(pi * e / E)) / 2 over the E post-warm-up epochs
+- reduce_on_plateau: lr = max(base * factor ** k, min_lr), where k counts the times the monitored loss
+                (val_loss when there is validation data, else loss) went `patience` epochs without
+                improving by more than min_delta (Keras ReduceLROnPlateau without cooldown)
+Every schedule takes `warmup_epochs` (default 0): for e < W, lr = base * (e + 1) / (W + 1), and the
+schedule proper starts at e = W with e counted from there.
+"""
+import math
+
+from .errors import ConfigError
+from .registry import Registry
+
+SCHEDULES = Registry("schedule")
+names = SCHEDULES.names
+get = SCHEDULES.get
+
+
+class Schedule:
+    name = None
+
+    def __init__(self, warmup_epochs=0):
+        if not (isinstance(warmup_epochs, int) and warmup_epochs >= 0):
+            raise ConfigError(f"warmup_epochs must be a whole number >= 0; received {warmup_epochs!r}")
+        self.warmup_epochs = warmup_epochs
+
+    def get_config(self):
+        return {"name": self.name, **vars(self)}
+
+    def __call__(self, epoch, base_lr, epochs):
+        if epoch < self.warmup_epochs:
+            return base_lr * (epoch + 1) / (self.warmup_epochs + 1)
+        return self.rate(epoch - self.warmup_epochs, base_lr, max(epochs - self.warmup_epochs, 1))
+
+    def rate(self, epoch, base_lr, epochs):
+        return base_lr
+
+    def on_epoch_end(self, logs):
+        """Called by `fit` after every epoch with its logs (loss, val_loss, ...); stateless schedules ignore it."""
+
+    def replay(self, records):
+        """Rebuild the state from earlier epochs' logs (e.g. a resumed run's history); returns self."""
+        for logs in records:
+            self.on_epoch_end(logs)
+        return self
+
+
+@SCHEDULES.register("constant")
+class Constant(Schedule):
+    pass
+
+
+@SCHEDULES.register("exponential")
+class Exponential(Schedule):
+    def __init__(self, decay_rate=0.96, warmup_epochs=0):
+        super().__init__(warmup_epochs)
+        if not 0 < decay_rate <= 1:
+            raise ConfigError(f"decay_rate must be in (0, 1]; received decay_rate={decay_rate}")
+        self.decay_rate = float(decay_rate)
+
+    def rate(self, epoch, base_lr, epochs):
+        return base_lr * self.decay_rate ** epoch
+
+
+@SCHEDULES.register("step")
+class Step(Schedule):
+    def __init__(self, step_size=10, gamma=0.5, warmup_epochs=0):
+        super().__init__(warmup_epochs)
+        if not (isinstance(step_size, int) and step_size >= 1) or not 0 < gamma <= 1:
+            raise ConfigError(f"step needs step_size >= 1 and 0 < gamma <= 1; received step_size={step_size}, gamma={gamma}")
+        self.step_size, self.gamma = step_size, float(gamma)
+
+    def rate(self, epoch, base_lr, epochs):
+        return base_lr * self.gamma ** (epoch // self.step_size)
+
+
+@SCHEDULES.register("cosine")
+class Cosine(Schedule):
+    def __init__(self, min_lr=0.0, warmup_epochs=0):
+        super().__init__(warmup_epochs)
+        if min_lr < 0:
+            raise ConfigError(f"min_lr must be >= 0; received min_lr={min_lr}")
+        self.min_lr = float(min_lr)
+
+    def rate(self, epoch, base_lr, epochs):
+        return self.min_lr + (base_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+
+@SCHEDULES.register("reduce_on_plateau")
+class ReduceOnPlateau(Schedule):
+    """Multiply the rate by `factor` each time the monitored loss has not improved for `patience` epochs.
+
+    State (the best loss, epochs waited, reductions made) lives in the instance: pass the same instance
+    to a later `fit` to continue, or rebuild it from a run's per-epoch logs with `replay`.
+    """
+
+    def __init__(self, factor=0.5, patience=5, min_lr=0.0, min_delta=0.0, warmup_epochs=0):
+        super().__init__(warmup_epochs)
+        if isinstance(factor, bool) or not 0 < factor < 1:
+            raise ConfigError(f"reduce_on_plateau factor must be in (0, 1); received factor={factor!r}")
+        if not (isinstance(patience, int) and not isinstance(patience, bool) and patience >= 1):
+            raise ConfigError(f"reduce_on_plateau patience must be a whole number >= 1; received patience={patience!r}")
+        if min_lr < 0 or min_delta < 0:
+            raise ConfigError(f"min_lr and min_delta must be >= 0; received min_lr={min_lr}, min_delta={min_delta}")
+        self.factor, self.patience, self.min_lr, self.min_delta = float(factor), patience, float(min_lr), float(min_delta)
+        self.best, self.waited, self.reductions = math.inf, 0, 0
+
+    def get_config(self):
+        return {"name": self.name, "factor": self.factor, "patience": self.patience, "min_lr": self.min_lr,
+                "min_delta": self.min_delta, "warmup_epochs": self.warmup_epochs}
+
+    def rate(self, epoch, base_lr, epochs):
+        return max(base_lr * self.factor ** self.reductions, self.min_lr)
+
+    def on_epoch_end(self, logs):
+        value = logs.get("val_loss", logs.get("loss"))
+        if value is None or not math.isfinite(value):
+            return
+        if value < self.best - self.min_delta:
+            self.best, self.waited = value, 0
+            return
+        self.waited += 1
+        if self.waited >= self.patience:
+            self.reductions += 1
+            self.waited = 0

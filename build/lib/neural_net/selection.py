@@ -1,0 +1,226 @@
+"""Model selection: k-fold cross-validation and grid / random hyper-parameter search.
+
+    from neural_net.selection import cross_validate, search, dense_builder
+    build = dense_builder(input_size=2, output_size=1, output_activation="sigmoid")
+    cv = cross_validate(lambda seed: build({"hidden_sizes": [16]}, seed), x, y, folds=5, epochs=30)
+    result = search(build, x, y, {"hidden_sizes": [[16], [32, 32]], "learning_rate": [1e-3, 1e-2]},
+                    folds=3, metric="accuracy", seed=0)
+    result.best.params, result.best.score
+
+Trial i gets the seed `seed + i`, so a search is reproducible from its seed. Parameters named in
+FIT_PARAMETERS go to `Network.fit`; the rest go to the builder.
+"""
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ConfigError, ShapeError
+from .network import Network
+
+FIT_PARAMETERS = ("epochs", "batch_size", "optimizer", "learning_rate", "l1", "l2", "schedule", "schedule_options",
+                  "clip_norm", "early_stopping", "shuffle")
+LOWER_IS_BETTER = ("loss", "mae", "rmse")
+
+
+def higher_is_better(metric):
+    return metric.removeprefix("val_") not in LOWER_IS_BETTER
+
+
+def fold_indices(n, folds=5, labels=None, seed=None):
+    """[(train_idx, val_idx)] for k folds that partition range(n). With `labels`, each fold holds
+    every class in proportion (class counts per fold differ by at most one)."""
+    if not (isinstance(folds, int) and 2 <= folds <= n):
+        raise ConfigError(f"folds must be a whole number from 2 to the number of samples ({n}); received {folds!r}")
+    rng = np.random.default_rng(seed)
+    assignment = np.empty(n, dtype=np.intp)
+    if labels is None:
+        order = rng.permutation(n)
+        assignment[order] = np.arange(n) % folds
+    else:
+        offset = 0
+        for label in np.unique(labels):
+            members = rng.permutation(np.flatnonzero(labels == label))
+            # deal each class round-robin, continuing where the previous class stopped
+            assignment[members] = (np.arange(members.size) + offset) % folds
+            offset += members.size
+    return [(np.flatnonzero(assignment != k), np.flatnonzero(assignment == k)) for k in range(folds)]
+
+
+def _labels_for_stratification(y):
+    y = np.asarray(y)
+    if y.ndim == 1 and np.all(np.equal(np.mod(y, 1), 0)):
+        return y.astype(np.intp)
+    if y.ndim == 2 and y.shape[1] > 1:
+        return np.argmax(y, axis=1)
+    if y.ndim == 2 and y.shape[1] == 1 and np.all(np.isin(y, (0, 1))):
+        return y[:, 0].astype(np.intp)
+    return None
+
+
+def _summary(per_fold):
+    keys = [k for k, v in per_fold[0].items() if isinstance(v, (int, float)) and v is not None]
+    mean = {k: float(np.mean([f[k] for f in per_fold if f.get(k) is not None])) for k in keys}
+    std = {k: float(np.std([f[k] for f in per_fold if f.get(k) is not None])) for k in keys}
+    return mean, std
+
+
+def cross_validate(build, x, y, folds=5, stratified=True, seed=None, callbacks_for_fold=None, **fit_args):
+    """Train a fresh network per fold and evaluate it on the held-out fold.
+
+    `build(seed)` returns a new `Network`; fold k's network gets seed `seed + k` (or None).
+    Returns {"folds": [metrics per fold], "mean": {...}, "std": {...}} with the metrics of
+    `Network.evaluate` (loss, accuracy, f1, ... or mae, rmse, r2, ...).
+    """
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.shape[0] != y.shape[0]:
+        raise ShapeError(f"inputs hold {x.shape[0]} samples but targets hold {y.shape[0]}")
+    labels = _labels_for_stratification(y) if stratified else None
+    per_fold = []
+    for k, (train, val) in enumerate(fold_indices(x.shape[0], folds, labels, seed)):
+        net = build(None if seed is None else seed + k)
+        callbacks = callbacks_for_fold(k) if callbacks_for_fold else None
+        net.fit(x[train], y[train], callbacks=callbacks, **fit_args)
+        result = net.evaluate(x[val], y[val])
+        result.pop("confusion_matrix", None)
+        per_fold.append(result)
+    mean, std = _summary(per_fold)
+    return {"folds": per_fold, "mean": mean, "std": std}
+
+
+def dense_builder(input_size, output_size, output_activation="linear", loss="auto", dtype="float32"):
+    """A `build(params, seed)` for searches over dense networks. Params: hidden_sizes (list of units),
+    activation (hidden layers), dropout (hidden layers), weight_init, bias_init."""
+
+    def build(params, seed=None):
+        hidden = list(params.get("hidden_sizes", []))
+        activations = [params.get("activation", "relu")] * len(hidden) + [output_activation]
+        dropout = [params.get("dropout", 0.0)] * len(hidden) + [0.0]
+        return Network.from_layer_sizes([input_size, *hidden, output_size], activations=activations,
+                                        weight_init=params.get("weight_init", "auto"),
+                                        bias_init=params.get("bias_init", "zeros"), dropout=dropout,
+                                        loss=loss, seed=seed, dtype=dtype)
+
+    return build
+
+
+def grid(space):
+    """Every combination of a {name: [values]} space, in a fixed order."""
+    _check_space(space)
+    names = list(space)
+    return [dict(zip(names, values)) for values in itertools.product(*(space[n] for n in names))]
+
+
+def random_samples(space, trials, seed=None):
+    """`trials` draws from a space whose values are lists (uniform choice) or ranges
+    {"low": a, "high": b, "log": bool, "integer": bool}."""
+    _check_space(space, allow_ranges=True)
+    if not (isinstance(trials, int) and trials >= 1):
+        raise ConfigError(f"trials must be a positive whole number; received {trials!r}")
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(trials):
+        params = {}
+        for name, values in space.items():
+            if isinstance(values, dict):
+                low, high = float(values["low"]), float(values["high"])
+                if values.get("log"):
+                    value = math.exp(rng.uniform(math.log(low), math.log(high)))
+                else:
+                    value = rng.uniform(low, high)
+                params[name] = int(round(value)) if values.get("integer") else float(value)
+            else:
+                params[name] = values[int(rng.integers(len(values)))]
+        samples.append(params)
+    return samples
+
+
+def _check_space(space, allow_ranges=False):
+    if not isinstance(space, dict) or not space:
+        raise ConfigError("the search space must be a non-empty dict of parameter name -> list of values")
+    for name, values in space.items():
+        if isinstance(values, dict) and allow_ranges:
+            if not {"low", "high"} <= set(values) or not values["low"] <= values["high"]:
+                raise ConfigError(f"range for {name!r} needs low <= high; received {values!r}")
+            if values.get("log") and values["low"] <= 0:
+                raise ConfigError(f"log range for {name!r} needs low > 0; received {values!r}")
+        elif not isinstance(values, (list, tuple)) or not values:
+            raise ConfigError(f"{name!r} needs a non-empty list of values" + (" or a {low, high} range" if allow_ranges else "")
+                              + f"; received {values!r}")
+
+
+@dataclass
+class Trial:
+    index: int
+    params: dict
+    score: float
+    metrics: dict
+    seed: int | None = None
+
+
+@dataclass
+class SearchResult:
+    metric: str
+    trials: list = field(default_factory=list)  # ranked, best first
+
+    @property
+    def best(self):
+        return self.trials[0] if self.trials else None
+
+
+def split_params(params):
+    fit = {k: v for k, v in params.items() if k in FIT_PARAMETERS}
+    return {k: v for k, v in params.items() if k not in FIT_PARAMETERS}, fit
+
+
+def run_trial(build, x, y, params, index, metric, folds=None, validation_split=0.2, seed=None, fit_defaults=None,
+              callbacks=None):
+    """Score one configuration: mean over `folds` cross-validation folds, or one hold-out split
+    (a seeded shuffle, then the last `validation_split` fraction)."""
+    trial_seed = None if seed is None else seed + index
+    arch, fit = split_params(params)
+    fit = {**(fit_defaults or {}), **fit}
+    if folds:
+        result = cross_validate(lambda s: build(arch, s), x, y, folds=folds, seed=trial_seed,
+                                callbacks_for_fold=(lambda k: callbacks) if callbacks else None, **fit)
+        metrics = result["mean"]
+    else:
+        x, y = np.asarray(x), np.asarray(y)
+        order = np.random.default_rng(trial_seed).permutation(x.shape[0])
+        n_val = max(1, int(round(x.shape[0] * validation_split)))
+        train, val = order[:-n_val], order[-n_val:]
+        net = build(arch, trial_seed)
+        net.fit(x[train], y[train], callbacks=callbacks, **fit)
+        metrics = net.evaluate(x[val], y[val])
+        metrics.pop("confusion_matrix", None)
+    name = metric.removeprefix("val_")
+    if metrics.get(name) is None:
+        raise ConfigError(f"metric {metric!r} is not reported for this task; available: {', '.join(sorted(metrics))}")
+    return Trial(index=index, params=params, score=float(metrics[name]), metrics=metrics, seed=trial_seed)
+
+
+def rank(trials, metric):
+    """Best first; ties keep trial order, so equal requests give equal rankings."""
+    sign = -1.0 if higher_is_better(metric) else 1.0
+    return sorted(trials, key=lambda t: (sign * t.score if math.isfinite(t.score) else math.inf, t.index))
+
+
+def search(build, x, y, space, trials=None, folds=None, validation_split=0.2, metric="loss", seed=0,
+           fit_defaults=None, on_trial=None):
+    """Grid search (trials=None) or `trials` random draws from `space`; returns a ranked `SearchResult`.
+
+    `build(params, seed)` makes a network from the non-fit parameters (see `dense_builder`).
+    `metric` is any key of `Network.evaluate` ("loss", "accuracy", "f1", "rmse", "r2", ...);
+    loss-like metrics rank lowest first, the others highest first. `on_trial(trial)` is called after
+    each trial and may return True to stop the search.
+    """
+    candidates = grid(space) if trials is None else random_samples(space, trials, seed)
+    done = []
+    for index, params in enumerate(candidates):
+        trial = run_trial(build, x, y, params, index, metric, folds, validation_split, seed, fit_defaults)
+        done.append(trial)
+        if on_trial and on_trial(trial):
+            break
+    return SearchResult(metric=metric, trials=rank(done, metric))
