@@ -24,7 +24,7 @@ NPZ_BODY = {"requestBody": {"content": {
 }, "required": True}}
 
 
-@router.post("", status_code=201, response_model=ModelPublic, summary="Create a model from layer sizes")
+@router.post("", status_code=201, response_model=ModelPublic, summary="Create a model from layer sizes or a layers list")
 def create_model(body: ModelCreate, owner: str | None = Depends(creator_name),
                  service: Service = Depends(get_service)) -> ModelPublic:
     return ModelPublic.from_record(service.create_model(body, owner))
