@@ -25,6 +25,7 @@ from typing import Any, Callable, Coroutine
 
 import numpy as np
 import orjson
+import simdjson
 from anyio import to_thread
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +43,7 @@ SEND_JSON = "send a JSON object with Content-Type: application/json, as in the e
 STEP = np.zeros(256, np.int8)  # +1 for each byte that opens an array or object, -1 for each that closes one
 STEP[list(b"[{")], STEP[list(b"]}")] = 1, -1
 NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+NOT_MARKS = bytes(b for b in range(256) if b not in b"[]{}uf")  # brackets, and a letter of each true/false/null
 
 
 class OrjsonResponse(JSONResponse):
@@ -94,9 +96,10 @@ class BodyScan:
                                "and a few names: send numbers as numbers, and the rows in several requests")
 
 
-def nesting_depth(body: bytes, max_containers: int) -> int:
-    """Deepest nesting of arrays and objects (0 when the brackets cannot balance: orjson then says where)."""
-    brackets = body.translate(None, NOT_BRACKETS)
+def nesting_depth(body: bytes, max_containers: int, brackets: bytes | None = None) -> int:
+    """Deepest nesting of arrays and objects (0 when the brackets cannot balance: orjson then says where);
+    ``brackets``: the body's brackets alone, when the caller has them."""
+    brackets = body.translate(None, NOT_BRACKETS) if brackets is None else brackets
     if len(brackets) > 2 * max_containers:  # more closers than the openers allowed: not JSON
         return 0
     if not brackets:
@@ -132,14 +135,30 @@ def _position_hint(body: bytes, exc: orjson.JSONDecodeError) -> str:
 
 def parse_and_validate(body: bytes, body_field: Any, wants_object: bool, max_depth: int, max_containers: int) -> Any:
     """Runs in a worker thread: the depth bound, orjson, then the route's schema (errors as FastAPI reports them)."""
-    literals = body.count(b"true") + body.count(b"false") + body.count(b"null")
+    marks = body.translate(None, NOT_MARKS)  # one pass over the body: its brackets, and a u or f per true/false/null
+    literals = _letters(marks)  # at least one per true, false or null: the exact count only when this is over
+    if literals > 2 * max_containers:
+        literals = body.count(b"true") + body.count(b"false") + body.count(b"null")
     if literals > 2 * max_containers:  # each could be one validation error: a million cost 15 s and 1 GB
         raise PayloadTooLarge(f"the body holds {literals} true/false/null values; rows hold numbers (1 for true, "
                               "0 for false), and a request has only a few options")
-    depth = nesting_depth(body, max_containers)
+    brackets = marks.translate(None, b"uf")
+    depth = nesting_depth(body, max_containers, brackets)
     if depth > max_depth:
         raise InvalidInput(f"the body nests arrays and objects {depth} deep; at most {max_depth} (NN_MAX_JSON_DEPTH): "
                            f"{SEND_JSON}")
+    schema = body_field if isinstance(body_field, type) else getattr(getattr(body_field, "field_info", None), "annotation", None)
+    fast = numeric_body(body, schema, brackets.count(b"[")) if wants_object else None
+    if fast is not None:
+        rest, arrays = fast
+        try:
+            validated = schema.model_validate({**rest, **{name: PLACEHOLDERS[a.ndim] for name, a in arrays.items()}})
+        except ValidationError:
+            pass  # orjson and the route's own validation below say what is wrong
+        else:
+            for name, array in arrays.items():
+                setattr(validated, name, array)
+            return validated
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -162,6 +181,58 @@ def parse_and_validate(body: bytes, body_field: Any, wants_object: bool, max_dep
     if errors:
         raise RequestValidationError(errors, body=value)
     return validated
+
+
+def _letters(text: bytes) -> int:
+    """An upper bound of the true, false and null in ``text``: each holds a u or an f, and numbers hold neither."""
+    return text.count(b"u") + text.count(b"f")
+
+
+def numeric_body(body: bytes, schema: Any, arrays_in_body: int) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """The body of a schema with ARRAY_FIELDS (input rows, targets) parsed by simdjson: those fields straight into
+    NumPy arrays (C from text to doubles, no Python float per number), the other fields as Python values.
+    None whenever the body may be anything but an object of regular rows of numbers and scalar options (a ragged
+    row, a flat vector for rows, text or a boolean in a row, a nested field, a duplicate key, malformed JSON):
+    then orjson and pydantic read it and say what is wrong, as they always did."""
+    fields = getattr(schema, "ARRAY_FIELDS", ())
+    if not fields:
+        return None
+    try:
+        doc = simdjson.Parser().parse(body)
+        if not isinstance(doc, simdjson.Object):
+            return None
+        keys = list(doc.keys())
+        if len(set(keys)) != len(keys) or any("[" in key for key in keys):
+            return None
+        rest, arrays, brackets = {}, {}, 0
+        for key in keys:
+            item = doc[key]
+            if key in fields and isinstance(item, simdjson.Array) and len(item):
+                rows = isinstance(item[0], simdjson.Array)
+                if rows != (key == "inputs") and key != "targets":  # one row in `input`, rows in `inputs`: else pydantic says so
+                    return None
+                width = len(item[0]) if rows else 1
+                if rows and (width == 0 or not all(isinstance(row, simdjson.Array) and len(row) == width for row in item)):
+                    return None
+                array = np.frombuffer(item.as_buffer(of_type="d"), np.float64)
+                if array.size != len(item) * width:
+                    return None
+                arrays[key] = array.reshape(len(item), width) if rows else array
+                brackets += 1 + (len(item) if rows else 0)
+            elif isinstance(item, (simdjson.Array, simdjson.Object)) or (isinstance(item, str) and "[" in item):
+                return None
+            else:
+                rest[key] = item
+    except (ValueError, TypeError, RuntimeError):  # not JSON, or not numbers where numbers belong
+        return None
+    # every row is an array of `width` elements and the rows hold `width` numbers each: a bracket more in the body
+    # would be an array inside a row (no key or string holds one)
+    if not arrays or arrays_in_body != brackets:
+        return None
+    return rest, arrays
+
+
+PLACEHOLDERS = {1: [0.0], 2: [[0.0]]}  # what pydantic checks in place of a field read by numeric_body
 
 
 async def read_json(request: Request, model: type[BaseModel]) -> BaseModel:

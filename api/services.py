@@ -86,9 +86,13 @@ class Service:
     def _inputs(self, info: dict, rows: list[list[float]], what: str = "inputs") -> np.ndarray:
         self._check_rows(len(rows))
         width = info["input_size"]
-        for i, row in enumerate(rows):
-            if len(row) != width:
-                raise InvalidInput(f"{what}[{i}] has {len(row)} values; model expects {width} per input vector")
+        if isinstance(rows, np.ndarray):  # read by api/json_body.py: regular rows of finite numbers
+            if rows.shape[1] != width:
+                raise InvalidInput(f"{what}[0] has {rows.shape[1]} values; model expects {width} per input vector")
+        else:
+            for i, row in enumerate(rows):
+                if len(row) != width:
+                    raise InvalidInput(f"{what}[{i}] has {len(row)} values; model expects {width} per input vector")
         with np.errstate(over="ignore"):  # too large for float32 becomes inf, caught below
             x = np.asarray(rows, dtype=info["dtype"]).reshape(len(rows), width)
         if not np.isfinite(x).all():
@@ -98,9 +102,10 @@ class Service:
     def _targets(self, info: dict, targets: list, n: int) -> np.ndarray:
         """(n, n_out) targets from rows, or from one class index / value per sample."""
         n_out = info["output_size"]
-        if targets and not isinstance(targets[0], list):  # one number per sample
+        flat = targets.ndim == 1 if isinstance(targets, np.ndarray) else bool(targets) and not isinstance(targets[0], list)
+        if flat:  # one number per sample
             if len(targets) != n and n == 1 and len(targets) == n_out:
-                targets = [targets]  # the single target row of a single input
+                targets = [targets] if isinstance(targets, list) else targets[None, :]  # the single target row of a single input
             elif len(targets) != n:
                 raise InvalidInput(f"{n} inputs but {len(targets)} targets; send one target per input")
             elif n_out > 1 and info["task"] != "multiclass":
@@ -109,7 +114,7 @@ class Service:
         else:
             if len(targets) != n:
                 raise InvalidInput(f"{n} inputs but {len(targets)} targets; send one target per input")
-            for i, row in enumerate(targets):
+            for i, row in enumerate(targets[:1] if isinstance(targets, np.ndarray) else targets):  # arrays are regular
                 if len(row) != n_out:
                     raise InvalidInput(f"targets[{i}] has {len(row)} values; model has {n_out} outputs")
         with np.errstate(over="ignore"):
@@ -221,7 +226,7 @@ class Service:
             raise InvalidInput("include_gradients needs `targets`: the gradient is of the cost between outputs and targets")
         model = self.served_model(model_id) if version is None else self.served_version(model_id, version)
         rows = req.inputs if req.inputs is not None else [req.input]
-        if not rows:
+        if len(rows) == 0:
             raise InvalidInput("inputs hold no samples; send at least one vector")
         net, info = model.net, model.record.info
         x = self._inputs(info, rows)

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import orjson
 import pytest
+from fastapi.exceptions import RequestValidationError
 from fastapi.params import Form
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
@@ -32,15 +33,22 @@ def one_value_rows(n: int) -> bytes:
 
 @pytest.fixture
 def parses(monkeypatch):
-    """Counts the bodies that reach the JSON parser."""
+    """Counts the bodies that reach a JSON parser: orjson, or simdjson for numeric rows (when it reads them)."""
     calls = []
-    real = orjson.loads
+    real, real_numeric = orjson.loads, json_body.numeric_body
 
     def counting(data):
         calls.append(len(data))
         return real(data)
 
+    def counting_numeric(body, *args):
+        parsed = real_numeric(body, *args)
+        if parsed is not None:
+            calls.append(len(body))
+        return parsed
+
     monkeypatch.setattr(json_body.orjson, "loads", counting)
+    monkeypatch.setattr(json_body, "numeric_body", counting_numeric)
     return calls
 
 
@@ -149,3 +157,26 @@ def test_every_route_with_a_json_body_reads_it_through_the_bounded_layer(app_cli
                    and not isinstance(r.body_field.field_info, Form)]
     assert len(json_routes) >= 6
     assert [r.path for r in json_routes if not isinstance(r, JsonBodyRoute)] == []  # use route_class=JsonBodyRoute
+
+
+def test_numeric_rows_arrive_as_arrays_and_anything_else_gets_pydantics_message(app_client):
+    from api.json_body import parse_and_validate
+    from api.schemas import OutputRequest, SamplesCreate
+
+    parsed = parse_and_validate(b'{"inputs": [[1, 2.5], [3, 4]], "targets": [0, 1]}', SamplesCreate, True, 64, 100)
+    assert isinstance(parsed.inputs, np.ndarray) and parsed.inputs.tolist() == [[1, 2.5], [3, 4]]
+    assert parsed.targets.tolist() == [0, 1]
+    one = parse_and_validate(b'{"input": [1, 2], "include_gradients": true, "targets": [[0, 1]]}', OutputRequest, True, 64, 100)
+    assert one.input.tolist() == [1, 2] and one.targets.shape == (1, 2) and one.include_gradients is True
+    for body, loc in [(b'{"inputs": [[1, 2], [[3], 4]], "targets": [0, 1]}', ("body", "inputs", 1, 0)),  # as many numbers
+                      (b'{"inputs": [[1, true]], "targets": [0]}', ("body", "inputs", 0, 1)),
+                      (b'{"inputs": [[1, "2"]], "targets": [0]}', ("body", "inputs", 0, 1)),
+                      (b'{"inputs": [[1, 2]], "targets": [false]}', ("body", "targets")),
+                      (b'{"inputs": [[1, 2]], "targets": [0], "inputs": [[1, null]]}', ("body", "inputs", 0, 1))]:
+        with pytest.raises(RequestValidationError) as raised:
+            parse_and_validate(body, SamplesCreate, True, 64, 100)
+        assert any(error["loc"][:len(loc)] == loc for error in raised.value.errors()), (body, raised.value.errors())
+    ragged = app_client.post("/models/iris/output", json={"inputs": [[1, 2, 3, 4], [1, 2, 3]]})
+    assert ragged.status_code == 422 and "inputs[1] has 3 values" in ragged.text, ragged.text
+    flat = app_client.post("/models/iris/output", json={"inputs": [1, 2, 3, 4]})
+    assert flat.status_code == 422, flat.text
