@@ -18,7 +18,7 @@ import orjson
 from api import __version__
 from api.errors import InvalidInput, ModelVersionNotFound, PayloadTooLarge, StoreUnavailable
 from api.model_cache import CachedModel
-from api.services import Service, class_indices
+from api.services import Service, check_finite, class_indices
 
 EXTENSIONS = ["binary_tensor_data"]
 INPUT = "input"
@@ -40,7 +40,7 @@ def server_ready(service: Service) -> dict[str, Any]:
 def _version(model_id: str, version: str | None) -> int | None:
     if version is None:
         return None
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit()) or len(version) > 18:  # int() also reads '²' and '٣'; 18 digits fit 62 bits
         raise ModelVersionNotFound(f"model {model_id!r} has no version {version!r}; versions are whole numbers "
                                    f"(GET /v2/models/{model_id} lists them)")
     return int(version)
@@ -180,7 +180,9 @@ def infer(service: Service, model_id: str, version: str | None, body: bytes,
     x = _input_array(service, model, request, binary)
     available = [o["name"] for o in _outputs_of(model.record.info)]
     requested = _requested(request, available)
-    out = model.net.predict(x)  # predict keeps no per-call state on the network: no lock needed
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf or NaN, refused below as /output does
+        out = model.net.predict(x)  # predict keeps no per-call state on the network: no lock needed
+    check_finite("the outputs", (out,), model.record.info["dtype"])
     tensors = {"output": out}
     if "predictions" in available:
         tensors["predictions"] = class_indices(model.net, out).astype("<i8", copy=False)

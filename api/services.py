@@ -40,7 +40,7 @@ def class_indices(net: Network, outputs: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def _check_finite(what: str, arrays: tuple, dtype: str) -> None:
+def check_finite(what: str, arrays: tuple, dtype: str) -> None:
     """Refuses (422) a computed result that overflowed: JSON has no Inf or NaN to answer with."""
     if not all(np.isfinite(a).all() for a in arrays):
         raise InvalidInput(f"{what} overflowed {dtype} (Inf or NaN): the inputs or the model's weights are too large; "
@@ -239,26 +239,26 @@ class Service:
                     if req.include_activations:
                         out, layers = net.forward(x, return_activations=True)
                         for i, layer in enumerate(layers):
-                            _check_finite(f"layer {i}'s activations", (layer["z"], layer["a"]), dtype)
+                            check_finite(f"layer {i}'s activations", (layer["z"], layer["a"]), dtype)
                         result["activations"] = [{"z": jsonable(layer["z"]), "a": jsonable(layer["a"])} for layer in layers]
                     else:
                         out = net.predict(x)
                     if y is not None and req.include_gradients:
                         cost, grads = net.gradients(x, y)
                         for i, g in enumerate(grads):
-                            _check_finite(f"layer {i}'s gradients", tuple(v for v in g.values() if v is not None), dtype)
+                            check_finite(f"layer {i}'s gradients", tuple(v for v in g.values() if v is not None), dtype)
                         result["gradients"] = [{"weights": jsonable(g["weights"]), "biases": jsonable(g.get("biases"))}
                                                for g in grads]
                     elif y is not None:
                         cost = net.evaluate(x, y)["loss"]
             else:
                 out = net.predict(x)
-        _check_finite("the outputs", (out,), dtype)
+        check_finite("the outputs", (out,), dtype)
         result["outputs"] = jsonable(out)
         classes = class_indices(net, out)
         result["predictions"] = None if classes is None else classes.tolist()
         if y is not None:
-            _check_finite("the cost", (np.asarray(cost),), dtype)
+            check_finite("the cost", (np.asarray(cost),), dtype)
             result["cost"] = jsonable(cost)
         return result
 
@@ -280,7 +280,7 @@ class Service:
         x, y = self._labelled(model_id, model.record.info, req, viewer)
         with model.lock, np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf or NaN, refused below
             metrics = model.net.evaluate(x, y)
-        _check_finite("the loss", (np.asarray(metrics["loss"]),), model.record.info["dtype"])
+        check_finite("the loss", (np.asarray(metrics["loss"]),), model.record.info["dtype"])
         return {"model_id": model_id, "model_version": model.record.version, "n_samples": len(x),
                 "metrics": jsonable(metrics)}
 

@@ -155,6 +155,14 @@ def test_bad_requests_are_400_or_413_with_an_error_body(tmp_path):
         r = _infer(c, json.dumps({"inputs": [good]}).encode(), model="nope")
         assert r.status_code == 404 and "does not exist" in r.json()["error"]
         assert c.get("/v2/models/iris/versions/x").json()["error"].startswith("model 'iris' has no version 'x'")
+        for version in ("²", "١", "9" * 5000):  # digits to str.isdigit, not to the protocol (int('²') raised: a 500)
+            r = c.get(f"/v2/models/iris/versions/{version}")
+            assert r.status_code == 404 and "versions are whole numbers" in r.json()["error"], (version[:9], r.text)
+        huge = [{"weights": np.full((4, 8), 1e30).tolist(), "biases": [0.0] * 8},
+                {"weights": np.full((8, 3), 1e30).tolist(), "biases": [0.0] * 3}]
+        assert c.put("/models/iris/weights", json={"layers": huge}).status_code == 200
+        r = _infer(c, json.dumps({"inputs": [{**good, "data": [1e30] * 4}]}).encode())  # 1e60 overflows float32
+        assert r.status_code == 400 and "the outputs overflowed float32" in r.json()["error"], r.text
         assert c.get("/v2/no/such/route").json() == {"error": "Not Found"}
 
 
