@@ -180,3 +180,20 @@ def test_numeric_rows_arrive_as_arrays_and_anything_else_gets_pydantics_message(
     assert ragged.status_code == 422 and "inputs[1] has 3 values" in ragged.text, ragged.text
     flat = app_client.post("/models/iris/output", json={"inputs": [1, 2, 3, 4]})
     assert flat.status_code == 422, flat.text
+
+
+def test_small_bodies_are_parsed_on_the_loop_and_large_ones_in_a_worker_thread(app_client, monkeypatch):
+    import threading
+
+    threads, real = [], json_body.parse_and_validate
+
+    def recording(*args):
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(json_body, "parse_and_validate", recording)
+    one = app_client.post("/models/iris/output", json={"input": X4[0]})
+    padded = orjson.dumps({"inputs": X4})[:-1] + b" " * json_body.INLINE_BYTES + b"}"  # over INLINE_BYTES
+    many = app_client.post("/models/iris/output", content=padded, headers={"Content-Type": "application/json"})
+    assert one.status_code == 200 and many.status_code == 200, (one.text, many.text[:200])
+    assert "AnyIO worker thread" not in threads[0] and threads[1] == "AnyIO worker thread", threads
