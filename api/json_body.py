@@ -137,8 +137,25 @@ def _position_hint(body: bytes, exc: orjson.JSONDecodeError) -> str:
             f"near {around!r}; {hint}")
 
 
-def parse_and_validate(body: bytes, body_field: Any, wants_object: bool, max_depth: int, max_containers: int) -> Any:
-    """Runs in a worker thread: the depth bound, orjson, then the route's schema (errors as FastAPI reports them)."""
+def parse_and_validate(body: bytes, body_field: Any, wants_object: bool, max_depth: int, max_containers: int,
+                       containers: int | None = None) -> Any:
+    """Runs in a worker thread (a small body: on the loop): numeric rows straight into arrays; else the bounds
+    on literals and depth, orjson, then the route's schema (errors as FastAPI reports them). ``containers``: the
+    arrays and objects of the body, when BodyScan has counted them."""
+    schema = body_field if isinstance(body_field, type) else getattr(getattr(body_field, "field_info", None), "annotation", None)
+    if wants_object and getattr(schema, "ARRAY_FIELDS", None):
+        containers = body.count(b"[") + body.count(b"{") if containers is None else containers
+        fast = numeric_body(body, schema, containers)
+        if fast is not None:
+            rest, arrays = fast
+            try:
+                validated = schema.model_validate({**rest, **{name: PLACEHOLDERS[a.ndim] for name, a in arrays.items()}})
+            except ValidationError:
+                pass  # the bounds, orjson and the route's own validation below say what is wrong
+            else:
+                for name, array in arrays.items():
+                    setattr(validated, name, array)
+                return validated
     marks = body.translate(None, NOT_MARKS)  # one pass over the body: its brackets, and a u or f per true/false/null
     literals = _letters(marks)  # at least one per true, false or null: the exact count only when this is over
     if literals > 2 * max_containers:
@@ -146,23 +163,10 @@ def parse_and_validate(body: bytes, body_field: Any, wants_object: bool, max_dep
     if literals > 2 * max_containers:  # each could be one validation error: a million cost 15 s and 1 GB
         raise PayloadTooLarge(f"the body holds {literals} true/false/null values; rows hold numbers (1 for true, "
                               "0 for false), and a request has only a few options")
-    brackets = marks.translate(None, b"uf")
-    depth = nesting_depth(body, max_containers, brackets)
+    depth = nesting_depth(body, max_containers, marks.translate(None, b"uf"))
     if depth > max_depth:
         raise InvalidInput(f"the body nests arrays and objects {depth} deep; at most {max_depth} (NN_MAX_JSON_DEPTH): "
                            f"{SEND_JSON}")
-    schema = body_field if isinstance(body_field, type) else getattr(getattr(body_field, "field_info", None), "annotation", None)
-    fast = numeric_body(body, schema, brackets.count(b"[")) if wants_object else None
-    if fast is not None:
-        rest, arrays = fast
-        try:
-            validated = schema.model_validate({**rest, **{name: PLACEHOLDERS[a.ndim] for name, a in arrays.items()}})
-        except ValidationError:
-            pass  # orjson and the route's own validation below say what is wrong
-        else:
-            for name, array in arrays.items():
-                setattr(validated, name, array)
-            return validated
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -192,12 +196,13 @@ def _letters(text: bytes) -> int:
     return text.count(b"u") + text.count(b"f")
 
 
-def numeric_body(body: bytes, schema: Any, arrays_in_body: int) -> tuple[dict, dict[str, np.ndarray]] | None:
+def numeric_body(body: bytes, schema: Any, containers: int) -> tuple[dict, dict[str, np.ndarray]] | None:
     """The body of a schema with ARRAY_FIELDS (input rows, targets) parsed by simdjson: those fields straight into
     NumPy arrays (C from text to doubles, no Python float per number), the other fields as Python values.
     None whenever the body may be anything but an object of regular rows of numbers and scalar options (a ragged
     row, a flat vector for rows, text or a boolean in a row, a nested field, a duplicate key, malformed JSON):
-    then orjson and pydantic read it and say what is wrong, as they always did."""
+    then orjson and pydantic read it and say what is wrong, as they always did. simdjson bounds its own depth
+    and reads true/false/null in C, so no bound needs checking before it. ``containers``: the body's [ and {."""
     fields = getattr(schema, "ARRAY_FIELDS", ())
     if not fields:
         return None
@@ -206,7 +211,7 @@ def numeric_body(body: bytes, schema: Any, arrays_in_body: int) -> tuple[dict, d
         if not isinstance(doc, simdjson.Object):
             return None
         keys = list(doc.keys())
-        if len(set(keys)) != len(keys) or any("[" in key for key in keys):
+        if len(set(keys)) != len(keys) or any("[" in key or "{" in key for key in keys):
             return None
         rest, arrays, brackets = {}, {}, 0
         for key in keys:
@@ -223,15 +228,15 @@ def numeric_body(body: bytes, schema: Any, arrays_in_body: int) -> tuple[dict, d
                     return None
                 arrays[key] = array.reshape(len(item), width) if rows else array
                 brackets += 1 + (len(item) if rows else 0)
-            elif isinstance(item, (simdjson.Array, simdjson.Object)) or (isinstance(item, str) and "[" in item):
+            elif isinstance(item, (simdjson.Array, simdjson.Object)) or (isinstance(item, str) and ("[" in item or "{" in item)):
                 return None
             else:
                 rest[key] = item
     except (ValueError, TypeError, RuntimeError):  # not JSON, or not numbers where numbers belong
         return None
     # every row is an array of `width` elements and the rows hold `width` numbers each: a bracket more in the body
-    # would be an array inside a row (no key or string holds one)
-    if not arrays or arrays_in_body != brackets:
+    # (beside the { of the body itself) would be an array inside a row (no key or string holds one)
+    if not arrays or containers != brackets + 1:
         return None
     return rest, arrays
 
@@ -248,7 +253,7 @@ async def read_json(request: Request, model: type[BaseModel]) -> BaseModel:
     body = await read_bounded(request, scan)
     if body is None:
         raise scan.refusal(limit, what)
-    return await to_thread.run_sync(parse_and_validate, body, model, True, settings.max_json_depth, limit)
+    return await to_thread.run_sync(parse_and_validate, body, model, True, settings.max_json_depth, limit, scan.opened)
 
 
 class JsonBodyRoute(APIRoute):
@@ -278,9 +283,10 @@ class JsonBodyRoute(APIRoute):
                 raise scan.refusal(limit, what)
             if len(body) > INLINE_BYTES:
                 request._json = await to_thread.run_sync(parse_and_validate, body, prevalidate, wants_object,
-                                                         settings.max_json_depth, limit)
+                                                         settings.max_json_depth, limit, scan.opened)
             elif body:  # a small body (one sample): parsed here in microseconds, cheaper than a hop to a thread
-                request._json = parse_and_validate(body, prevalidate, wants_object, settings.max_json_depth, limit)
+                request._json = parse_and_validate(body, prevalidate, wants_object, settings.max_json_depth, limit,
+                                                   scan.opened)
             request._body = body
             return await handle(request)
 
