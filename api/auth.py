@@ -243,13 +243,14 @@ def get_caller(request: Request) -> Caller | None:
     return getattr(request.state, "caller", None)
 
 
-def creator_name(request: Request) -> str | None:
-    """The owner of what this request creates: its key's name (None without keys)."""
+async def creator_name(request: Request) -> str | None:
+    """The owner of what this request creates: its key's name (None without keys). async (as visible_owner): a
+    plain def dependency costs a hop to a worker thread per request."""
     caller = get_caller(request)
     return caller.name if caller is not None else None
 
 
-def visible_owner(request: Request) -> str | None:
+async def visible_owner(request: Request) -> str | None:
     """The owner that lists are filtered to: the caller's name under tenancy, None (everything) for admin keys,
     without tenancy or without keys."""
     caller = get_caller(request)

@@ -5,7 +5,6 @@ from fastapi.responses import FileResponse
 
 from api.auth import creator_name, visible_owner
 from api.dataset_service import DatasetService
-from api.routes import get_service
 from api.dataset_schemas import DatasetPublic, DatasetsPublic
 from api.schemas import DATASET_ID_PATTERN, IRIS_X, IRIS_Y
 
@@ -26,11 +25,11 @@ FILE_BODY = {"requestBody": {"required": True, "content": {
 Format = Literal["npz", "csv", "json"]
 
 
-def get_datasets(request: Request) -> DatasetService:
-    return get_service(request).datasets
+async def get_datasets(request: Request) -> DatasetService:  # async: no hop to a thread (api/routes/__init__.py)
+    return request.app.state.service.datasets
 
 
-def file_options(format: Format | None = Query(None, description="npz, csv or json; default: from the Content-Type or "
+async def file_options(format: Format | None = Query(None, description="npz, csv or json; default: from the Content-Type or "
                                                                    "file name, else from the file's first bytes."),
                  target: list[str] | None = Query(None, max_length=64, description=(
                      "CSV only: the target column(s), repeatable (?target=a&target=b); default: the last column."))) -> dict:
