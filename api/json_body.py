@@ -143,7 +143,7 @@ def parse_and_validate(body: bytes, body_field: Any, wants_object: bool, max_dep
     on literals and depth, orjson, then the route's schema (errors as FastAPI reports them). ``containers``: the
     arrays and objects of the body, when BodyScan has counted them."""
     schema = body_field if isinstance(body_field, type) else getattr(getattr(body_field, "field_info", None), "annotation", None)
-    if wants_object and getattr(schema, "ARRAY_FIELDS", None):
+    if wants_object and array_fields(schema):
         containers = body.count(b"[") + body.count(b"{") if containers is None else containers
         fast = numeric_body(body, schema, containers)
         if fast is not None:
@@ -196,14 +196,25 @@ def _letters(text: bytes) -> int:
     return text.count(b"u") + text.count(b"f")
 
 
+def array_fields(schema: Any) -> tuple[str, ...]:
+    """The numeric fields of a body that numeric_body reads into arrays (services take lists or arrays there)."""
+    from api.schemas import LabelledSamples, OutputRequest  # local as in container_limit
+
+    if not isinstance(schema, type):
+        return ()
+    if issubclass(schema, OutputRequest):
+        return ("inputs", "input", "targets")
+    return ("inputs", "targets") if issubclass(schema, LabelledSamples) else ()
+
+
 def numeric_body(body: bytes, schema: Any, containers: int) -> tuple[dict, dict[str, np.ndarray]] | None:
-    """The body of a schema with ARRAY_FIELDS (input rows, targets) parsed by simdjson: those fields straight into
+    """The body of a schema with array_fields (input rows, targets) parsed by simdjson: those fields straight into
     NumPy arrays (C from text to doubles, no Python float per number), the other fields as Python values.
     None whenever the body may be anything but an object of regular rows of numbers and scalar options (a ragged
     row, a flat vector for rows, text or a boolean in a row, a nested field, a duplicate key, malformed JSON):
     then orjson and pydantic read it and say what is wrong, as they always did. simdjson bounds its own depth
     and reads true/false/null in C, so no bound needs checking before it. ``containers``: the body's [ and {."""
-    fields = getattr(schema, "ARRAY_FIELDS", ())
+    fields = array_fields(schema)
     if not fields:
         return None
     try:

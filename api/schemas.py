@@ -3,7 +3,7 @@ fields and NaN/Inf; each example works as-is in /docs (the job example trains th
 
 import time
 from datetime import datetime, timezone
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -148,9 +148,6 @@ class VersionsPublic(BaseModel):
 
 # -- outputs and evaluation -------------------------------------------------------
 class OutputRequest(Request):
-    # api/json_body.py reads these numeric fields straight into NumPy arrays when they hold only numbers (the
-    # schema and every error stay those of the lists below): services take lists or arrays
-    ARRAY_FIELDS: ClassVar[tuple[str, ...]] = ("inputs", "input", "targets")
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "inputs": IRIS_X[::2], "targets": IRIS_Y[::2], "include_gradients": True, "include_activations": False}]})
 
@@ -190,7 +187,6 @@ DatasetId = Annotated[str, Field(pattern=DATASET_ID_PATTERN)]
 class LabelledSamples(Request):
     """Inputs with their targets, or a dataset; the body of /evaluate and of /samples."""
 
-    ARRAY_FIELDS: ClassVar[tuple[str, ...]] = ("inputs", "targets")  # as in OutputRequest
     model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": IRIS_X, "targets": IRIS_Y}]})
 
     inputs: Rows | None = Field(None, min_length=1, description="Input vectors, one row per sample.")
