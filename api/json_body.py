@@ -37,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse
 
 from api.errors import InvalidInput, PayloadTooLarge
+from api.schemas import LabelledSamples, OutputRequest, Weights
 from api.settings import Settings
 
 INT_ERRORS = {"int_type", "int_from_float"}
@@ -58,8 +59,6 @@ class OrjsonResponse(JSONResponse):
 
 def container_limit(model: Any, settings: Settings) -> tuple[int, str]:
     """Most arrays and objects a body of this schema may hold, and the setting that says so."""
-    from api.schemas import Weights  # schemas import nothing of this module; kept local to keep the tree flat
-
     if isinstance(model, type) and issubclass(model, Weights):
         return (settings.max_layers * (settings.max_layer_size + 2) + SLACK,
                 f"{settings.max_layers} layers (NN_MAX_LAYERS) of at most {settings.max_layer_size} rows (NN_MAX_LAYER_SIZE)")
@@ -198,8 +197,6 @@ def _letters(text: bytes) -> int:
 
 def array_fields(schema: Any) -> tuple[str, ...]:
     """The numeric fields of a body that numeric_body reads into arrays (services take lists or arrays there)."""
-    from api.schemas import LabelledSamples, OutputRequest  # local as in container_limit
-
     if not isinstance(schema, type):
         return ()
     if issubclass(schema, OutputRequest):
