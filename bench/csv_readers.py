@@ -34,16 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from api.dataset_formats import convert_csv  # noqa: E402
-from bench.datasets import mnist_like  # noqa: E402
-
-
-def write_csv(path: Path, n: int) -> None:
-    x, y = mnist_like(n, seed=1)
-    table = [str(i).encode() for i in range(256)]
-    with open(path, "wb") as handle:
-        handle.write(",".join([f"p{i}" for i in range(784)] + ["label"]).encode() + b"\n")
-        for row, label in zip(x.tolist(), y.tolist()):
-            handle.write(b",".join([table[v] for v in row] + [table[label]]) + b"\n")
+from bench.datasets import write_csv  # noqa: E402
 
 
 def readers(path: Path, scratch: Path, loadtxt: bool) -> dict:

@@ -71,13 +71,18 @@ def csv_file(n: int) -> Path:
     path = OUT / f"mnist_like_{n}.csv"
     if not path.exists():
         OUT.mkdir(exist_ok=True)
-        x, y = mnist_like(n, seed=1)
-        table = [str(i).encode() for i in range(256)]
-        with open(path, "wb") as handle:
-            handle.write(",".join([f"p{i}" for i in range(784)] + ["label"]).encode() + b"\n")
-            for row, label in zip(x.tolist(), y.tolist()):
-                handle.write(b",".join([table[v] for v in row] + [table[label]]) + b"\n")
+        write_csv(path, n)
     return path
+
+
+def write_csv(path: Path, n: int) -> None:
+    """n rows of 784 pixel integers and a label, with a header row."""
+    x, y = mnist_like(n, seed=1)
+    table = [str(i).encode() for i in range(256)]
+    with open(path, "wb") as handle:
+        handle.write(",".join([f"p{i}" for i in range(784)] + ["label"]).encode() + b"\n")
+        for row, label in zip(x.tolist(), y.tolist()):
+            handle.write(b",".join([table[v] for v in row] + [table[label]]) + b"\n")
 
 
 def main() -> None:

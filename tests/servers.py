@@ -27,11 +27,16 @@ def start_server(data_dir, timeout=30.0, root=ROOT, **env_overrides):
     process = subprocess.Popen([sys.executable, "main.py"], cwd=root, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
+    return url, wait_until_healthy(url, process, timeout)
+
+
+def wait_until_healthy(url, process, timeout=30.0):
+    """Polls `url`/health until it answers 200; kills `process` and raises if it exits or the deadline passes."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return url, process
+                return process
         except httpx.HTTPError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:

@@ -3,12 +3,11 @@ from any folder, and finds its own static files."""
 import os
 import subprocess
 import sys
-import time
 import tomllib
 
 import httpx
 
-from tests.servers import ROOT, free_port, stop_server
+from tests.servers import ROOT, free_port, stop_server, wait_until_healthy
 
 
 def test_pyproject_declares_the_nn_service_command():
@@ -27,17 +26,7 @@ def start_nn_service(folder):
            "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(NN_SERVICE, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return url, process
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_server(process)
-            raise AssertionError("nn-service did not start")
-        time.sleep(0.1)
+    return url, wait_until_healthy(url, process, timeout=60)
 
 
 def test_nn_service_runs_from_another_folder_and_serves_its_static_files(tmp_path):
