@@ -150,7 +150,10 @@ class RedisBackend(Backend):
             await run_in_threadpool(self.store.index_existing_jobs)  # for GET /jobs, once per prefix
         except StoreUnavailable as exc:
             log.warning("jobs stored before GET /jobs existed are indexed at the next start: %s", exc)
-        yield
+        try:
+            yield
+        finally:
+            await self.store.aclose()  # the event loop's own connections (api/storage/redis_stamps.py)
 
     def run_worker(self) -> int:
         return self.rq.run_worker(self.settings)

@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 import orjson
+from fastapi.concurrency import run_in_threadpool
 
 from api import __version__
 from api.errors import InvalidInput, ModelVersionNotFound, PayloadTooLarge, StoreUnavailable
+from api.json_body import INLINE_BYTES
 from api.model_cache import CachedModel
 from api.services import Service, check_finite, class_indices
 
@@ -172,11 +174,30 @@ def _requested(request: dict, available: list[str]) -> list[tuple[str, bool]]:
     return chosen
 
 
+async def infer_on_loop(service: Service, model_id: str, version: str | None, body: bytes,
+                        header_length: str | None) -> tuple[bytes, int | None]:
+    """``infer``: on the event loop for a small body whose few rows a cached network computes in microseconds
+    (``Service.cached_on_loop``, as POST /output), else in a worker thread."""
+    if version is None and len(body) <= INLINE_BYTES:
+        request, binary = _header(body, header_length)
+        tensors = request.get("inputs")
+        shape = tensors[0].get("shape") if isinstance(tensors, list) and tensors and isinstance(tensors[0], dict) else None
+        rows = shape[0] if isinstance(shape, list) and shape and type(shape[0]) is int else 1  # bad shapes: refused below
+        model = await service.cached_on_loop(model_id, rows)
+        if model is not None:
+            return _infer(service, model_id, model, request, binary)
+    return await run_in_threadpool(infer, service, model_id, version, body, header_length)
+
+
 def infer(service: Service, model_id: str, version: str | None, body: bytes,
           header_length: str | None) -> tuple[bytes, int | None]:
     """The response body and, when it holds binary outputs, the length of its JSON header."""
     request, binary = _header(body, header_length)
-    model = _model(service, model_id, version)
+    return _infer(service, model_id, _model(service, model_id, version), request, binary)
+
+
+def _infer(service: Service, model_id: str, model: CachedModel, request: dict,
+           binary: memoryview) -> tuple[bytes, int | None]:
     x = _input_array(service, model, request, binary)
     available = [o["name"] for o in _outputs_of(model.record.info)]
     requested = _requested(request, available)

@@ -44,6 +44,11 @@ class ModelCache:
         self._loading: dict[tuple[str, int], threading.Lock] = {}  # one loader per key; the others wait for it
         self.hits = self.misses = self.evictions = 0
 
+    def peek(self, uid: str, version: int) -> CachedModel | None:
+        """The entry of (uid, version) or None, neither counted nor made recent (``get`` does both)."""
+        with self._lock:
+            return self._entries.get((uid, version))
+
     def get(self, uid: str, version: int) -> CachedModel | None:
         with self._lock:
             entry = self._entries.get((uid, version))

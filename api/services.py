@@ -28,6 +28,8 @@ from api.specs import check_architecture, check_model_id, fit_config, network_fr
 from api.storage.base import JobRecord, ModelRecord, Notification, Store, VersionRecord, source_of
 
 log = logging.getLogger("api.jobs")
+# multiply-adds (rows x parameters) of a prediction computed on the event loop: about 0.2 ms; more goes to a thread
+INLINE_WORK = 1_000_000
 
 
 def class_indices(net: Network, outputs: np.ndarray) -> np.ndarray | None:
@@ -219,12 +221,39 @@ class Service:
         return record
 
     # -- outputs ------------------------------------------------------------------
-    def output(self, model_id: str, req: OutputRequest, version: int | None = None) -> dict[str, Any]:
+    async def cached_on_loop(self, model_id: str, rows: int) -> CachedModel | None:
+        """The cached network of the current version, where predicting ``rows`` with it fits on the event loop (at
+        most INLINE_WORK): the hop to a worker thread and back costs more than the forward pass of one sample. None
+        where the work belongs in a thread: too much of it, a cache miss (loading deserialises), or a store that
+        cannot answer at once. Raises ModelNotFound."""
+        try:
+            stamp = await self.store.model_stamp_on_loop(model_id)
+        except ModelNotFound:
+            self.cache.discard(model_id)
+            raise
+        model = self.cache.peek(*stamp) if stamp is not None else None
+        if model is None or rows * model.net.n_params > INLINE_WORK:
+            return None
+        return self.cache.get(*stamp)  # counted as a hit
+
+    async def output_on_loop(self, model_id: str, req: OutputRequest) -> dict[str, Any] | None:
+        """``output`` of a plain prediction of a few rows, computed on the event loop (``cached_on_loop``); None
+        where it belongs in a thread, with targets or activations too."""
+        if req.targets is not None or req.include_activations or req.include_gradients:
+            return None
+        model = await self.cached_on_loop(model_id, len(req.inputs) if req.inputs is not None else 1)
+        return None if model is None else self.output(model_id, req, model=model)
+
+    def output(self, model_id: str, req: OutputRequest, version: int | None = None,
+               model: CachedModel | None = None) -> dict[str, Any]:
+        """Outputs (and predictions, cost, gradients, activations as asked) of ``version`` or the current one, or
+        of ``model`` when the caller has it already."""
         if (req.inputs is None) == (req.input is None):
             raise InvalidInput("give either `inputs` (a list of vectors) or `input` (one vector)")
         if req.include_gradients and req.targets is None:
             raise InvalidInput("include_gradients needs `targets`: the gradient is of the cost between outputs and targets")
-        model = self.served_model(model_id) if version is None else self.served_version(model_id, version)
+        if model is None:
+            model = self.served_model(model_id) if version is None else self.served_version(model_id, version)
         rows = req.inputs if req.inputs is not None else [req.input]
         if len(rows) == 0:
             raise InvalidInput("inputs hold no samples; send at least one vector")

@@ -5,7 +5,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api import etag
 from api.auth import creator_name, visible_owner
-from api.json_body import JsonBodyRoute, read_json
+from api.json_body import JsonBodyRoute, OrjsonResponse, read_json
 from api.routes import get_service
 from api.routes.datasets import FILE_BODY, file_options
 from api.schemas import (BufferPublic, EvaluateRequest, EvaluateResponse, ModelCreate, ModelPublic, ModelsPublic,
@@ -69,9 +69,14 @@ def delete_model(model_id: str, service: Service = Depends(get_service)) -> Resp
 
 @router.post("/{model_id}/output", response_model=OutputResponse,
              summary="Outputs, predictions and, with targets, the cost and its gradients")
-def output(model_id: str, body: OutputRequest, version: int | None = VERSION_QUERY,
-           service: Service = Depends(get_service)) -> dict:
-    return service.output(model_id, body, version)
+async def output(model_id: str, body: OutputRequest, version: int | None = VERSION_QUERY,
+                 service: Service = Depends(get_service)) -> Response:
+    """A small prediction by a cached network is computed on the event loop; the rest in a worker thread. Both are
+    answered by orjson as they are: the service builds exactly the OutputResponse fields."""
+    result = await service.output_on_loop(model_id, body) if version is None else None
+    if result is None:
+        result = await run_in_threadpool(service.output, model_id, body, version)
+    return OrjsonResponse({name: result.get(name) for name in OutputResponse.model_fields})  # None where unset
 
 
 @router.post("/{model_id}/evaluate", response_model=EvaluateResponse, summary="Loss and metrics on labelled data")

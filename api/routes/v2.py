@@ -2,7 +2,6 @@
 work unchanged. Thin routes over `api/inference.py`; errors are `{"error": "..."}` (api/errors.py)."""
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
-from fastapi.concurrency import run_in_threadpool
 
 from api import inference
 from api.routes import get_service
@@ -84,7 +83,7 @@ def _infer_response(result: tuple[bytes, int | None]) -> Response:
 async def infer(model_id: str, request: Request, header_length: str | None = HEADER_LENGTH,
                 service: Service = Depends(get_service)) -> Response:
     body = await request.body()
-    return _infer_response(await run_in_threadpool(inference.infer, service, model_id, None, body, header_length))
+    return _infer_response(await inference.infer_on_loop(service, model_id, None, body, header_length))
 
 
 @router.post("/models/{model_id}/versions/{version}/infer", response_class=Response, openapi_extra=INFER_BODY,
@@ -92,4 +91,4 @@ async def infer(model_id: str, request: Request, header_length: str | None = HEA
 async def infer_version(request: Request, model_id: str, version: str = VERSION, header_length: str | None = HEADER_LENGTH,
                         service: Service = Depends(get_service)) -> Response:
     body = await request.body()
-    return _infer_response(await run_in_threadpool(inference.infer, service, model_id, version, body, header_length))
+    return _infer_response(await inference.infer_on_loop(service, model_id, version, body, header_length))

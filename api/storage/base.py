@@ -58,6 +58,11 @@ class Store(ABC):
         """The model's (uid, version), read cheaply on every request that serves a cached network.
         Raises ModelNotFound."""
 
+    async def model_stamp_on_loop(self, model_id: str) -> tuple[str, int] | None:
+        """``model_stamp`` from the event loop, without blocking it: the (uid, version), or None where this store
+        cannot answer at once (the caller then asks ``model_stamp`` in a worker thread). Raises ModelNotFound."""
+        return None
+
     @abstractmethod
     def load_model(self, model_id: str) -> tuple[bytes, ModelRecord]:
         """The committed ``.npz`` bytes and the record of that same version."""

@@ -47,7 +47,8 @@ from api.storage import lifecycle
 from api.storage import redis_registry as registry
 from api.storage.base import JobRecord, ModelRecord, Notification, Store, VersionRecord, with_trials
 from api.storage.lifecycle import CANCELLING, QUEUED, RUNNING
-from api.storage.redis_tx import MODEL_FIELDS, RedisTx, decode_job, decode_model, unpack_samples
+from api.storage.redis_stamps import StampReader
+from api.storage.redis_tx import MODEL_FIELDS, RedisTx, decode_job, decode_model, unavailable, unpack_samples
 
 log = logging.getLogger("api.redis")
 T = TypeVar("T")
@@ -60,8 +61,7 @@ def _guard(method: Callable) -> Callable:
         try:
             return method(self, *args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise StoreUnavailable(f"the Redis store at {self.url_for_humans} is unreachable ({exc.__class__.__name__}: "
-                                   f"{exc}); retry in a few seconds") from None
+            raise unavailable(self.url_for_humans, exc) from None
 
     return wrapper
 
@@ -83,6 +83,7 @@ class RedisStore(Store):
         self.url_for_humans = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
         self._tokens: dict[str, str] = {}  # job id (or "job|trial") -> lease token, for what this store claimed
         self._lock = threading.Lock()
+        self._stamps = StampReader(url, self._key, socket_timeout, self.url_for_humans)  # reads on the event loop
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -121,6 +122,10 @@ class RedisStore(Store):
 
     def close(self) -> None:
         self.redis.close()
+
+    async def aclose(self) -> None:
+        """Closes the event loop's connections (the app's lifespan ends)."""
+        await self._stamps.aclose()
 
     def reset(self) -> None:
         """Deletes every key under the prefix (tests and benchmarks)."""
@@ -175,6 +180,9 @@ class RedisStore(Store):
         if uid is None:
             raise ModelNotFound(model_id)
         return uid.decode(), int(version)
+
+    async def model_stamp_on_loop(self, model_id: str) -> tuple[str, int] | None:
+        return await self._stamps.read(model_id)  # one HMGET shared by the requests asking together
 
     @_guard
     def load_model(self, model_id: str, with_blob: bool = True) -> tuple[bytes, ModelRecord]:

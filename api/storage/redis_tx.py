@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 import redis
 
-from api.errors import LeaseLost
+from api.errors import LeaseLost, StoreUnavailable
 from api.storage.lifecycle import TERMINAL
 from api.storage.records import JobRecord, ModelRecord
 
@@ -21,6 +21,12 @@ _JSON_FIELDS = ("params", "progress", "history")
 _INT_FIELDS = ("min_samples", "n_samples", "epochs_done", "model_version")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at")
 MODEL_FIELDS = ("uid", "version", "info", "created_at", "updated_at", "owner")
+
+
+def unavailable(where: str, exc: Exception) -> StoreUnavailable:
+    """Redis down or too slow: a StoreUnavailable (503) that says so, never a hang or a 500."""
+    return StoreUnavailable(f"the Redis store at {where} is unreachable ({exc.__class__.__name__}: {exc}); "
+                            "retry in a few seconds")
 
 
 def pack_samples(x: np.ndarray, y: np.ndarray) -> bytes:

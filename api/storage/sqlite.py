@@ -180,10 +180,11 @@ class SQLiteStore(Store):
             return step(SQLiteTx(con, self.keep_versions))
 
     def close(self) -> None:
-        con = getattr(self._local, "con", None)
-        if con is not None:
-            con.close()
-            self._local.con = None
+        for name in ("con", "quick"):
+            con = getattr(self._local, name, None)
+            if con is not None:
+                con.close()
+                setattr(self._local, name, None)
 
     @staticmethod
     def _model_row(con: sqlite3.Connection, model_id: str) -> sqlite3.Row:
@@ -214,6 +215,20 @@ class SQLiteStore(Store):
 
     def model_stamp(self, model_id: str) -> tuple[str, int]:
         row = self._con().execute("SELECT uid, version FROM models WHERE model_id = ?", (model_id,)).fetchone()
+        if row is None:
+            raise ModelNotFound(model_id)
+        return row[0], row[1]
+
+    async def model_stamp_on_loop(self, model_id: str) -> tuple[str, int] | None:
+        """The same indexed read on a connection that never waits for a lock (WAL readers do not, but for
+        recovery or a checkpoint): a database that is busy or unwell is left to ``model_stamp`` in a thread."""
+        con = getattr(self._local, "quick", None)
+        try:
+            if con is None:
+                con = self._local.quick = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+            row = con.execute("SELECT uid, version FROM models WHERE model_id = ?", (model_id,)).fetchone()
+        except sqlite3.Error:
+            return None
         if row is None:
             raise ModelNotFound(model_id)
         return row[0], row[1]

@@ -148,3 +148,43 @@ def test_two_redis_replicas_never_serve_stale_weights(tmp_path):
         assert b.post("/models/iris/output", json={"inputs": X4}).status_code == 404
     finally:
         cluster.stop()
+
+
+def test_small_predictions_are_computed_on_the_event_loop_and_large_ones_in_a_thread(tmp_path, monkeypatch):
+    """A plain prediction of a few rows by a cached network skips the hop to a worker thread (the hop costs more
+    than the math); more rows than INLINE_WORK allows, targets, or an older version go to a thread. The answers
+    have the same fields either way, and every request counts one cache hit."""
+    from api import services
+    from api.schemas import OutputResponse
+
+    threads = []
+    compute = services.Service.output
+
+    def spied(self, *args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return compute(self, *args, **kwargs)
+
+    monkeypatch.setattr(services.Service, "output", spied)
+    x = np.random.default_rng(0).random((40, 784)).round(4).tolist()
+    with running_app(tmp_path, workers=0) as client:
+        model = {"model_id": "wide", "layer_sizes": [784, 64, 10], "activations": ["relu", "softmax"], "seed": 0}
+        assert client.post("/models", json=model).status_code == 201
+        n_params = 784 * 64 + 64 + 64 * 10 + 10
+        fits = services.INLINE_WORK // n_params
+        client.post("/models/wide/output", json={"inputs": x[:1]})  # loads it
+        hits, threads[:] = _metric(client.get("/metrics").text, "nn_model_cache_hits"), []
+
+        small = client.post("/models/wide/output", json={"inputs": x[:fits]})
+        large = client.post("/models/wide/output", json={"inputs": x[:fits + 1]})
+        versioned = client.post("/models/wide/output?version=1", json={"inputs": x[:fits]})
+        with_targets = client.post("/models/wide/output", json={"inputs": x[:1], "targets": [3]})
+        assert [r.status_code for r in (small, large, versioned, with_targets)] == [200] * 4
+        on_loop = [not name.startswith("AnyIO worker") for name in threads]
+        assert on_loop == [True, False, False, False]
+        assert small.content == versioned.content  # byte for byte
+        assert list(small.json()) == list(OutputResponse.model_fields)
+        assert small.json()["cost"] is small.json()["gradients"] is small.json()["activations"] is None
+        np.testing.assert_allclose(large.json()["outputs"][:fits], small.json()["outputs"], rtol=1e-6)  # other BLAS blocks
+        assert with_targets.json()["cost"] > 0
+        assert _metric(client.get("/metrics").text, "nn_model_cache_hits") == hits + 4  # one each, not two
+        np.testing.assert_allclose(small.json()["outputs"], _expected(client, "wide", x[:fits]), rtol=1e-6)

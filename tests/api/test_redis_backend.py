@@ -305,6 +305,11 @@ def test_unreachable_redis_answers_503():
         assert r.status_code == 503 and "unreachable" in r.json()["detail"]
         r = client.post("/models", json={"layer_sizes": [2, 1]})
         assert r.status_code == 503
+        r = client.post("/models/m/output", json={"inputs": [[1.0, 2.0]]})  # its version is read on the event loop
+        assert r.status_code == 503 and "unreachable" in r.json()["detail"]
+        r = client.post("/v2/models/m/infer", json={"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32",
+                                                                 "data": [1.0, 2.0]}]})
+        assert r.status_code == 503 and "unreachable" in r.json()["error"]
         health = client.get("/health").json()
         assert health["status"] == "degraded" and health["queue_length"] is None
         assert time.monotonic() - started < 30  # at once, not after retries with backoff

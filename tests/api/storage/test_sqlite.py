@@ -145,3 +145,24 @@ def test_polling_for_work_takes_no_write_lock(tmp_path):
         writer.execute("ROLLBACK")
     store.finish_job(first.job_id, "succeeded", blob=b"v", info={})
     assert store.claim_job("w2").job_id == second.job_id
+
+
+def test_the_stamp_read_on_the_event_loop_never_waits_for_a_lock(tmp_path):
+    """A connection holding the database exclusively (a recovery, a checkpoint, a tool) makes the event loop's read
+    give up at once (None: the caller asks in a worker thread, which waits its busy timeout) instead of blocking."""
+    import asyncio
+
+    store = SQLiteStore(tmp_path / "nn.sqlite3")
+    store.create_model("a", b"1", {})
+    assert asyncio.run(store.model_stamp_on_loop("a"))[1] == 1
+    store.close()  # its connections reopen on use; the other one takes the file for itself meanwhile
+    other = sqlite3.connect(tmp_path / "nn.sqlite3", isolation_level=None)
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    started = time.monotonic()
+    assert asyncio.run(store.model_stamp_on_loop("a")) is None
+    assert time.monotonic() - started < 1.0
+    other.execute("COMMIT")
+    other.close()
+    assert asyncio.run(store.model_stamp_on_loop("a"))[1] == 1
+    store.close()

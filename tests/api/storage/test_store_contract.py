@@ -464,3 +464,31 @@ def test_checkpoints_are_deleted_when_a_job_ends(store):
     for job_id in ended:
         assert store.get_job(job_id).status in ("succeeded", "failed", "cancelled")
         assert store.load_checkpoint(job_id) is None, job_id
+
+
+def test_the_stamp_read_on_the_event_loop_sees_every_acknowledged_write(store):
+    """POST /output reads the stamp on the event loop (model_stamp_on_loop); a write acknowledged before the read
+    is asked for is always seen, also by reads asked together (Redis shares one round trip among them)."""
+    import asyncio
+
+    store.create_model("a", b"1", {})
+    store.create_model("b", b"1", {})
+
+    async def scenario():
+        for version in range(1, 6):
+            reads = [store.model_stamp_on_loop(m) for m in ("a", "b", "a", "b", "a")]
+            stamps = await asyncio.gather(*reads)
+            assert [s[1] for s in stamps] == [version] * 5
+            assert stamps[0] == store.model_stamp("a") and stamps[1] == store.model_stamp("b")
+            await asyncio.to_thread(store.replace_model, "a", b"x", {}, version)  # acknowledged, then read again
+            await asyncio.to_thread(store.replace_model, "b", b"x", {}, version)
+        with pytest.raises(ModelNotFound):
+            await store.model_stamp_on_loop("nope")
+        store.delete_model("a")
+        with pytest.raises(ModelNotFound):  # the others of its batch are answered all the same
+            await asyncio.gather(store.model_stamp_on_loop("a"), store.model_stamp_on_loop("b"))
+        assert (await store.model_stamp_on_loop("b"))[1] == 6
+        if hasattr(store, "aclose"):
+            await store.aclose()
+
+    asyncio.run(scenario())
