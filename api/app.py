@@ -121,7 +121,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry, requests, latency = build_registry(service)
     app.state.metrics_registry = registry
     app.add_middleware(MetricsMiddleware, requests=requests, latency=latency)  # outermost: sees 413s too
-    for router in (health.router, models.router, versions.router, jobs.model_router, search.router, jobs.router,
-                   datasets.router, pages.router, metrics.router, v2.router):
-        app.include_router(router)
+    include_routers(app)
     return app
+
+
+DOCUMENTED = (health.router, models.router, versions.router, jobs.model_router, search.router, jobs.router,
+              datasets.router, pages.router, metrics.router, v2.router)  # the order of /docs
+# A request is matched against the routes one pattern at a time, in the order they were included: the hot paths
+# (V2 inference, /output) go first. V2 last cost 15% of a 1-sample infer's requests/s under wrk. No two routers
+# have patterns that match the same path, so the order changes nothing else.
+MATCHED_FIRST = (v2.router, models.router)
+
+
+def include_routers(app: FastAPI) -> None:
+    for router in MATCHED_FIRST + tuple(r for r in DOCUMENTED if r not in MATCHED_FIRST):
+        app.include_router(router)
+    rank = {route.path: i for i, router in enumerate(DOCUMENTED) for route in router.routes}
+    make_schema = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = make_schema()
+            schema["paths"] = dict(sorted(schema["paths"].items(), key=lambda item: rank.get(item[0], -1)))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -71,8 +71,8 @@ def delete_model(model_id: str, service: Service = Depends(get_service)) -> Resp
              summary="Outputs, predictions and, with targets, the cost and its gradients")
 async def output(model_id: str, body: OutputRequest, version: int | None = VERSION_QUERY,
                  service: Service = Depends(get_service)) -> Response:
-    """A small prediction by a cached network is computed on the event loop; the rest in a worker thread. Both are
-    answered by orjson as they are: the service builds exactly the OutputResponse fields."""
+    # a small prediction by a cached network is computed on the event loop, the rest in a worker thread; both are
+    # answered by orjson as built (the service builds the OutputResponse fields; pydantic does not check them again)
     result = await service.output_on_loop(model_id, body) if version is None else None
     if result is None:
         result = await run_in_threadpool(service.output, model_id, body, version)
