@@ -23,16 +23,17 @@ def test_dashboard_follows_a_job_live(server, page):
                                "activations": ["relu", "softmax"], "seed": 0}).raise_for_status()
     targets = [i % 3 for i in range(300)]  # three separable blobs
     inputs = [[k + 0.4 * math.sin(i), 0.5 * k + 0.4 * math.cos(1.7 * i)] for i, k in enumerate(targets)]
+    # the job waits for its samples, so the page is watching before the first epoch, however fast the machine
     job = http.post("/models/browser/training-jobs", json={
-        "inputs": inputs, "targets": targets, "epochs": 150, "batch_size": 2, "validation_split": 0.2}).json()
+        "min_samples": 300, "epochs": 150, "batch_size": 2, "validation_split": 0.2}).json()
 
     page.goto(f"{server}/dashboard")
     page.click("#models tr:has-text('browser')")
     page.click(f"#jobs tr:has-text('{job['job_id'][:8]}')")
-    page.wait_for_function("state.history.length >= 2", timeout=60_000)
-    seen = page.evaluate("state.history.length")
-    page.wait_for_function(f"state.history.length > {seen}", timeout=60_000)  # the curve grows
-    page.wait_for_selector("#job-status.succeeded", timeout=120_000)
+    page.wait_for_selector("#job-status.buffering", timeout=20_000)
+    assert page.evaluate("state.history.length") == 0
+    http.post("/models/browser/samples", json={"inputs": inputs, "targets": targets}).raise_for_status()
+    page.wait_for_selector("#job-status.succeeded", timeout=120_000)  # followed live: the page was never reloaded
     assert page.evaluate("state.history.length") == 150
     assert page.inner_text("#s-eta") == "done"
     page.wait_for_selector("#matrix-box:not([hidden])", timeout=10_000)  # the finished classifier's heat map
