@@ -226,6 +226,8 @@ class Service:
         most INLINE_WORK): the hop to a worker thread and back costs more than the forward pass of one sample. None
         where the work belongs in a thread: too much of it, a cache miss (loading deserialises), or a store that
         cannot answer at once. Raises ModelNotFound."""
+        if self.cache.max_bytes == 0:  # the cache is off: every request loads in a thread, no read to make here
+            return None
         try:
             stamp = await self.store.model_stamp_on_loop(model_id)
         except ModelNotFound:
