@@ -61,6 +61,7 @@ ROUTE_SCOPES = {
     ("PUT", "/models/{}/weights"): "admin",  # overwrites what training produced
     ("POST", "/models/import"): "admin",
     ("POST", "/models/{}/versions/{}/restore"): "admin",
+    ("GET", "/auth/whoami"): "read",  # every key may ask what it may do (the dashboard does, to grey out the rest)
 }
 # Routes that report on every tenant's models: under NN_TENANCY only keys that see every tenant may call them.
 CROSS_TENANT = {("GET", "/metrics"), ("HEAD", "/metrics")}
@@ -255,6 +256,20 @@ async def visible_owner(request: Request) -> str | None:
     without tenancy or without keys."""
     caller = get_caller(request)
     return None if caller is None or caller.sees_all else caller.name
+
+
+def whoami(app: FastAPI, caller: Caller | None, tenancy: bool) -> dict:
+    """The caller's name and scope, and each operation its scope does not allow (``"METHOD /template"`` -> the
+    scope it needs), from the table above. Without keys (no caller): no name, full access, nothing denied."""
+    if caller is None:
+        return {"name": None, "scope": SCOPES[-1], "tenancy": False, "keys_required": False, "denied": {}}
+    denied = {}
+    for route in http_routes(app):
+        for method in sorted(route.methods):
+            needed = required_scope(method, route.path, tenancy)
+            if not is_open(route.path) and not allows(caller.scope, needed):
+                denied[f"{method} {route.path}"] = needed
+    return {"name": caller.name, "scope": caller.scope, "tenancy": tenancy, "keys_required": True, "denied": denied}
 
 
 # -- the OpenAPI document ------------------------------------------------------------------------------

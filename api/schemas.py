@@ -464,3 +464,16 @@ class Health(BaseModel):
     queue_length: int | None = Field(None, description="backend=redis: RQ jobs waiting on the training queue; "
                                                        "sqlite: the same as queued_jobs.")
     version: str = Field(description="Service version.")
+
+
+class Whoami(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "viewer", "scope": "read", "tenancy": False, "keys_required": True,
+        "denied": {"POST /jobs/{job_id}/cancel": "train", "POST /models/{model_id}/versions/{version}/restore": "admin"}}]})
+
+    name: str | None = Field(description="The key's name (its models' and jobs' owner); null when the service has no keys.")
+    scope: Literal["read", "train", "admin"] = Field(description="The key's scope (read < train < admin); admin without keys.")
+    tenancy: bool = Field(description="NN_TENANCY: a read or train key sees only its name's models and jobs.")
+    keys_required: bool = Field(description="Whether the service needs an API key (NN_API_KEYS is set).")
+    denied: dict[str, str] = Field(description="Each operation this key may not call, as 'METHOD /path/template', "
+                                               "with the scope it needs; empty for admin keys and without keys.")

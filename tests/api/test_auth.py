@@ -107,10 +107,38 @@ def test_the_table_gives_each_route_the_scope_the_issue_names():
         ("DELETE", "/models/{model_id}"): "admin", ("DELETE", "/datasets/{dataset_id}"): "admin",
         ("PUT", "/models/{model_id}/weights"): "admin", ("POST", "/models/import"): "admin",
         ("POST", "/models/{id}/versions/{v}/restore"): "admin", ("GET", "/jobs"): "read", ("GET", "/metrics"): "read",
+        ("GET", "/auth/whoami"): "read",
     }
     assert {route: required_scope(*route) for route in expected} == expected
     assert required_scope("GET", "/metrics", tenancy=True) == "admin"  # it names every tenant's models
     assert required_scope("POST", None) == "train" and required_scope("GET", None) == "read"  # no route: by method
+
+
+# -- who the caller is ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key", ["alice-read-key", "bob-train-key", "root-admin-key", BARE])
+def test_whoami_names_the_key_its_scope_and_each_operation_the_table_denies_it(secured, key):
+    name, scope = KEYS.get(key, ("admin", "admin"))
+    me = secured.get("/auth/whoami", headers=h(key))
+    assert me.status_code == 200, me.text
+    me = me.json()
+    assert (me["name"], me["scope"], me["tenancy"], me["keys_required"]) == (name, scope, secured.tenancy, True)
+    documented = secured.get("/openapi.json").json()["paths"]
+    denied = {f"{method.upper()} {path}": operation["x-required-scope"] for path, operations in documented.items()
+              for method, operation in operations.items()
+              if "x-required-scope" in operation and not allows(scope, operation["x-required-scope"])}
+    assert me["denied"] == denied  # the scopes /docs shows, which the matrix above checks are enforced
+    restore, cancel = "POST /models/{model_id}/versions/{version}/restore", "POST /jobs/{job_id}/cancel"
+    assert (me["denied"].get(restore), me["denied"].get(cancel)) == {
+        "read": ("admin", "train"), "train": ("admin", None), "admin": (None, None)}[scope]
+    assert "GET /auth/whoami" not in me["denied"] and "GET /models" not in me["denied"]
+
+
+def test_whoami_needs_a_valid_key_and_without_keys_answers_full_access(secured, tmp_path):
+    assert secured.get("/auth/whoami").status_code == 401
+    assert secured.get("/auth/whoami", headers=h("not-a-key")).status_code == 401
+    with running_app(tmp_path, workers=0) as client:
+        assert client.get("/auth/whoami").json() == {
+            "name": None, "scope": "admin", "tenancy": False, "keys_required": False, "denied": {}}
 
 
 # -- keys ------------------------------------------------------------------------------------------------
