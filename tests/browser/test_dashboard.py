@@ -1,7 +1,8 @@
 """/dashboard in headless Chromium against a real service with API keys: links, the job it opens on, the
 loss, accuracy and learning-rate curves, two jobs overlaid, ETA of ended jobs, the labelled confusion matrix,
 every column inside 1280x800 and 1920x1080 (screenshots in test-artifacts/), the favicon, a model's versions
-with restore (admin key) and its refusal (read key), and the all-jobs view with filters and paging."""
+with restore (admin key; a read key sees restore and cancel disabled, titled with the scope they need), and
+the all-jobs view with filters and paging."""
 import math
 import time
 from urllib.parse import parse_qs, urlparse
@@ -226,7 +227,7 @@ def test_the_all_jobs_view_filters_and_pages(service, page):
     assert query(page) == {"model": "pager", "job": service["a"], "status": "succeeded", "kind": "search", "limit": "10"}
 
 
-def test_restore_makes_a_version_equal_to_the_old_one_and_a_read_key_is_told_why_it_cannot(service, page):
+def test_restore_makes_a_version_equal_to_the_old_one_and_a_read_key_sees_it_disabled_with_the_scope_needed(service, page):
     http = service["http"]
     http.post(f"/jobs/{service['running']}/cancel")  # restore answers 409 while a job trains the model
     wait_job(http, service["running"])
@@ -237,7 +238,10 @@ def test_restore_makes_a_version_equal_to_the_old_one_and_a_read_key_is_told_why
     assert page.inner_text(f"#versions tr[data-version='{kept}']").startswith(f"v{kept}")
     assert "accuracy" in page.inner_text(f"#versions tr[data-version='{kept}']")
     assert page.locator(f"#versions tr[data-version='{versions[0]['version']}'] button").count() == 0  # the current one
-    page.click(f"#versions tr[data-version='{kept}'] button.restore")
+    assert page.inner_text("#whoami") == "key ops, scope admin"
+    restore = page.locator(f"#versions tr[data-version='{kept}'] button.restore")
+    assert restore.is_enabled() and restore.get_attribute("title") == f"make a new version equal to v{kept}"
+    restore.click()
     page.wait_for_function("document.getElementById('versions-msg').textContent.includes('as its new version')", timeout=DEADLINE)
     new = http.get("/models/clf").json()["version"]
     assert f"as its new version v{new}" in page.inner_text("#versions-msg")
@@ -247,11 +251,11 @@ def test_restore_makes_a_version_equal_to_the_old_one_and_a_read_key_is_told_why
     old = http.post(f"/models/clf/output?version={kept}", json={"inputs": inputs}).json()["outputs"]
     assert http.post("/models/clf/output", json={"inputs": inputs}).json()["outputs"] == old
 
-    page.fill("#apikey", READER)  # a read key: the button answers with what is missing
+    page.fill("#apikey", READER)  # a read key: restore and cancel are disabled, their titles name the scope needed
     page.dispatch_event("#apikey", "change")
-    page.wait_for_selector(f"#versions tr[data-version='{kept}'] button.restore", timeout=DEADLINE)
-    page.click(f"#versions tr[data-version='{kept}'] button.restore")
-    page.wait_for_function("document.getElementById('versions-msg').textContent.includes(\"scope 'admin'\")", timeout=DEADLINE)
-    assert "has scope 'read'" in page.inner_text("#versions-msg")
-    assert http.get("/models/clf").json()["version"] == new
+    page.wait_for_selector(f"#versions tr[data-version='{kept}'] button.restore[disabled]", timeout=DEADLINE)
+    assert page.inner_text("#whoami") == "key viewer, scope read"
+    assert restore.get_attribute("title") == "needs an API key with scope 'admin'; this key (viewer) has scope 'read'"
+    assert page.is_disabled("#cancel") and "needs an API key with scope 'train'" in page.get_attribute("#cancel", "title")
+    assert restore.is_disabled() and http.get("/models/clf").json()["version"] == new  # a disabled button is not clickable
     screenshot(page, "dashboard_versions_read_key.png")
