@@ -14,6 +14,8 @@ from typing import Callable
 
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from api.errors import ModelNotFound
 from api.storage.redis_tx import unavailable
@@ -31,8 +33,10 @@ class StampReader:
     def _bind(self, loop: asyncio.AbstractEventLoop) -> redis.asyncio.Redis:
         """The client of ``loop`` (an asyncio connection belongs to the loop that opened it)."""
         if self._loop is not loop:
+            # no retries, as the API's other reads: a Redis that does not answer is a 503 after one socket timeout
             self._client = redis.asyncio.Redis.from_url(self.url, socket_timeout=self.socket_timeout,
-                                                        socket_connect_timeout=self.socket_timeout)
+                                                        socket_connect_timeout=self.socket_timeout,
+                                                        retry=Retry(NoBackoff(), 0))
             self._loop, self._gathering = loop, {}
         return self._client
 

@@ -95,3 +95,38 @@ def test_an_unreachable_redis_is_a_store_unavailable_at_once():
         await store.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_redis_that_drops_the_connection_is_asked_once_not_retried():
+    """A server that accepts connections and closes them at once: one connection, then the 503 at once (the API does
+    not retry; its 503 tells the client to)."""
+    import socket
+    import threading
+
+    from api.storage.redis_store import RedisStore
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept():
+        while True:
+            try:
+                connection = listener.accept()[0]
+                accepted.append(connection)
+                connection.close()
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    store = RedisStore(f"redis://127.0.0.1:{listener.getsockname()[1]}/0", socket_timeout=0.2)
+
+    async def scenario():
+        with pytest.raises(StoreUnavailable, match="unreachable"):
+            await store.model_stamp_on_loop("a")
+        await store.aclose()
+
+    try:
+        asyncio.run(scenario())
+        assert len(accepted) == 1
+    finally:
+        listener.close()
