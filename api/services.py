@@ -222,11 +222,10 @@ class Service:
 
     # -- outputs ------------------------------------------------------------------
     async def cached_on_loop(self, model_id: str, rows: int) -> CachedModel | None:
-        """The cached network of the current version, where predicting ``rows`` with it fits on the event loop (at
-        most INLINE_WORK): the hop to a worker thread and back costs more than the forward pass of one sample. None
-        where the work belongs in a thread: too much of it, a cache miss (loading deserialises), or a store that
-        cannot answer at once. Raises ModelNotFound."""
-        if self.cache.max_bytes == 0:  # the cache is off: every request loads in a thread, no read to make here
+        """The cached current version, where predicting ``rows`` with it fits on the event loop (INLINE_WORK: the hop
+        to a thread costs more than one sample's forward pass); None for a thread: more work, a cache miss (loading
+        deserialises), the cache off, or a store that cannot answer at once. Raises ModelNotFound."""
+        if self.cache.max_bytes == 0:
             return None
         try:
             stamp = await self.store.model_stamp_on_loop(model_id)
@@ -239,8 +238,7 @@ class Service:
         return self.cache.get(*stamp)  # counted as a hit
 
     async def output_on_loop(self, model_id: str, req: OutputRequest) -> dict[str, Any] | None:
-        """``output`` of a plain prediction of a few rows, computed on the event loop (``cached_on_loop``); None
-        where it belongs in a thread, with targets or activations too."""
+        """``output`` of a plain prediction computed on the event loop (``cached_on_loop``); None for a thread."""
         if req.targets is not None or req.include_activations or req.include_gradients:
             return None
         model = await self.cached_on_loop(model_id, len(req.inputs) if req.inputs is not None else 1)
