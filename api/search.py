@@ -76,7 +76,6 @@ def submit_search(service: Service, model_id: str, req: SearchCreate, owner: str
         service.datasets.release(used, job.job_id)
         raise
     log_transition(job, None)
-    service.promote()
     return service.get_job(job.job_id)
 
 

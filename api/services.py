@@ -30,6 +30,7 @@ from api.storage.base import JobRecord, ModelRecord, Notification, Store, Versio
 log = logging.getLogger("api.jobs")
 # multiply-adds (rows x parameters) of a prediction computed on the event loop: about 0.2 ms; more goes to a thread
 INLINE_WORK = 1_000_000
+APPEND_BATCH_BYTES = 32 << 20  # rows appended to a buffer per store step (a request's rows may take several)
 
 
 def class_indices(net: Network, outputs: np.ndarray) -> np.ndarray | None:
@@ -373,17 +374,20 @@ class Service:
         return self._append(model_id, x, y)
 
     def _append(self, model_id: str, x: np.ndarray, y: np.ndarray) -> int:
-        """Appends rows in batches of about 32 MB (one store write each; the buffer limit is checked first)."""
+        """Appends rows in batches of about 32 MB (one store write each; the buffer limit is checked first). The last
+        batch's write also queues the model's jobs that the buffer now satisfies, so no crash leaves one waiting."""
         limit = self.settings.max_buffer_samples
         if len(x) > limit - self.store.count_samples(model_id):
             raise PayloadTooLarge(f"the buffer of model {model_id!r} would hold more than NN_MAX_BUFFER_SAMPLES={limit} "
                                   "samples; train on it or clear it first, or train on the dataset directly")
-        step = max(1, (32 << 20) // max(1, x.shape[1] * x.dtype.itemsize))
-        size = 0
+        step = max(1, APPEND_BATCH_BYTES // max(1, x.shape[1] * x.dtype.itemsize))
+        size, promoted = 0, []
         for start in range(0, len(x), step):
-            size = self.store.append_samples(model_id, np.ascontiguousarray(x[start:start + step]),
-                                             np.ascontiguousarray(y[start:start + step]), limit)
-        self.promote()
+            size, promoted = self.store.append_samples(model_id, np.ascontiguousarray(x[start:start + step]),
+                                                       np.ascontiguousarray(y[start:start + step]), limit,
+                                                       promote=start + step >= len(x))
+        for job in promoted:
+            log_transition(job, "buffering")
         return size
 
     def buffer_size(self, model_id: str) -> int:
@@ -393,9 +397,6 @@ class Service:
         removed = self.store.clear_samples(model_id)
         log.info("model %s: buffer cleared (%d samples)", model_id, removed)
         return removed
-
-    def promote(self) -> None:
-        records.promote(self.store)
 
     # -- training jobs -----------------------------------------------------------------
     def inline_samples(self, info: dict, inputs, targets, otherwise: str) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -450,7 +451,6 @@ class Service:
             self.datasets.release(used, job.job_id)
             raise
         log_transition(job, None)
-        self.promote()
         return self.get_job(job.job_id)
 
     def get_job(self, job_id: str) -> JobRecord:

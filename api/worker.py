@@ -1,9 +1,9 @@
 """Training workers: processes that claim queued jobs from the store and run the core's `fit`.
 
 `WorkerPool` (used by the app's lifespan) starts NN_WORKERS processes with the "spawn" context,
-replaces any that die and stops them at shutdown. Each worker loops: promote buffering jobs whose
-buffer is full enough, claim the oldest runnable queued job, train it with progress written to
-the store (throttled), a checkpoint after every epoch, and the cancel flag checked between batches.
+replaces any that die and stops them at shutdown. Each worker loops: claim the oldest runnable queued
+job (buffering jobs are queued by the store step that fills their buffer), train it with progress written
+to the store (throttled), a checkpoint after every epoch, and the cancel flag checked between batches.
 """
 
 import asyncio
@@ -254,7 +254,6 @@ def worker_main(settings_data: dict, worker_id: str, parent_pid: int | None = No
     log.info("worker %s started", worker_id)
     while not stop_event.is_set():
         try:
-            records.promote(store)
             job = store.claim_job(worker_id)
             trial = None if job is not None else store.claim_trial(worker_id)  # a search's trial (api/search.py)
         except Exception:

@@ -145,9 +145,13 @@ class Store(ABC):
         """Cancels the model's active jobs, deletes it, its buffer and its versions; returns the cancelled job ids."""
         return self.atomic(lambda tx: lifecycle.delete_model(tx, model_id, time.time()))
 
-    def append_samples(self, model_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int) -> int:
-        """Appends one batch of rows; returns the new buffer size. Raises PayloadTooLarge past max_buffer."""
-        return self.atomic(lambda tx: lifecycle.append_samples(tx, model_id, x, y, max_buffer))
+    def append_samples(self, model_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int,
+                       promote: bool = True) -> tuple[int, list[JobRecord]]:
+        """Appends one batch of rows; returns the new buffer size and the ``buffering`` jobs it queued in the
+        same step (``promote``: the last batch of a request; earlier ones queue nothing). Raises
+        PayloadTooLarge past max_buffer."""
+        size, promoted = self.atomic(lambda tx: lifecycle.append_samples(tx, model_id, x, y, max_buffer, promote))
+        return size, [self.get_job(j.job_id) for j in promoted]
 
     def clear_samples(self, model_id: str) -> int:
         """Empties the buffer (not samples already claimed by jobs); returns how many left."""
@@ -156,8 +160,9 @@ class Store(ABC):
     # -- jobs ---------------------------------------------------------------------------------
     def create_job(self, job: JobRecord, x: np.ndarray | None = None, y: np.ndarray | None = None,
                    max_buffer: int = 0) -> JobRecord:
-        """Stores a ``buffering`` job (with ``job.owner``); with inline samples, a ``queued`` one that owns exactly those samples
-        (claimed in the same step; the buffer is untouched). ``max_buffer`` is unused."""
+        """Stores a ``buffering`` job (with ``job.owner``), ``queued`` in the same step when the model's buffer already
+        holds ``min_samples``; with inline samples, a ``queued`` one that owns exactly those samples (claimed in the
+        same step; the buffer is untouched). ``max_buffer`` is unused."""
         self.atomic(lambda tx: lifecycle.create_job(tx, job, x, y))
         return self.get_job(job.job_id)
 
@@ -174,7 +179,8 @@ class Store(ABC):
 
     def promote_ready_jobs(self) -> list[JobRecord]:
         """Moves each ``buffering`` job whose model's buffer holds >= min_samples to ``queued``,
-        claiming the buffered rows for it in the same step."""
+        claiming the buffered rows for it in the same step. The steps that fill a buffer do this for their
+        model already; this heals what an older version (or a crash between two steps of one) left."""
         if not self.has_jobs((BUFFERING,)):
             return []  # the common case takes no write step
         return [self.get_job(j.job_id) for j in self.atomic(lifecycle.promote_ready)]

@@ -141,14 +141,17 @@ def delete_model(tx: Tx, model_id: str, now: float) -> list[str]:
     return [j.job_id for j in stopped]
 
 
-def append_samples(tx: Tx, model_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int) -> int:
+def append_samples(tx: Tx, model_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int,
+                   promote: bool = True) -> tuple[int, list[JobRecord]]:
+    """The new buffer size, and with ``promote`` (a request's last batch) the model's jobs it promoted in this same
+    step; an earlier batch of a request promotes nothing (a job would train on part of the request's rows)."""
     existing_model(tx, model_id)
     size = tx.buffered(model_id) + len(x)
     if max_buffer and size > max_buffer:
         raise PayloadTooLarge(f"the buffer of model {model_id!r} would hold {size} samples, more than "
                               f"NN_MAX_BUFFER_SAMPLES={max_buffer}; train on it or clear it first")
     tx.add_samples(model_id, None, x, y)
-    return size
+    return size, promote_ready(tx, model_id) if promote else []
 
 
 def clear_buffer(tx: Tx, model_id: str) -> int:
@@ -162,16 +165,18 @@ def clear_buffer(tx: Tx, model_id: str) -> int:
 def create_job(tx: Tx, job: JobRecord, x: np.ndarray | None, y: np.ndarray | None,
                trials: list[dict] | None = None) -> JobRecord:
     """A new job. Its inline samples are its own from this step on: it is queued at once and never
-    touches the buffer. Without them it waits in ``buffering`` for ``promote_ready``."""
+    touches the buffer. Without them it is ``buffering``, and promoted in this same step when its model's
+    buffer already holds enough (``promote_ready``)."""
     model = existing_model(tx, job.model_id)
     inline = x is not None and len(x) > 0
     job.model_uid, job.status, job.n_samples = model.uid, QUEUED if inline else BUFFERING, len(x) if inline else 0
     tx.insert_job(job)
     if trials is not None:
         tx.insert_trials(job.job_id, trials)
-    if inline:
-        tx.add_samples(job.model_id, job.job_id, x, y)
-        _offer(tx, job)
+    if not inline:
+        return next((j for j in promote_ready(tx, job.model_id) if j.job_id == job.job_id), job)
+    tx.add_samples(job.model_id, job.job_id, x, y)
+    _offer(tx, job)
     return job
 
 
@@ -198,11 +203,13 @@ def _offer(tx: Tx, job: JobRecord) -> None:
         tx.ready(job.job_id)
 
 
-def promote_ready(tx: Tx) -> list[JobRecord]:
-    """Each buffering job whose model's buffer holds >= min_samples takes the buffer (or a copy of it)
-    and is queued; first come, first served within a model."""
+def promote_ready(tx: Tx, model_id: str | None = None) -> list[JobRecord]:
+    """Each buffering job (of ``model_id`` only, if given) whose model's buffer holds >= min_samples takes
+    the buffer (or a copy of it) and is queued; first come, first served within a model. Every step that
+    fills a buffer or lets a line move runs it for that model (append, create_job, finish), so a job never
+    waits with a full buffer; ``Store.promote_ready_jobs`` heals state older than that."""
     promoted, blocked = [], set()
-    for job in tx.jobs((BUFFERING,)):
+    for job in tx.jobs((BUFFERING,), model_id):
         if job.model_id in blocked:
             continue
         available = tx.buffered(job.model_id)
@@ -260,6 +267,7 @@ def finish(tx: Tx, job: JobRecord, status: str, now: float, *, blob: bytes | Non
     that had not ended are cancelled. Finishing an ended job changes nothing."""
     if job.status in TERMINAL:
         return job
+    waited = job.status == BUFFERING
     writer = job.stage != "trials" and (job.status in (RUNNING, CANCELLING) or (job.status == QUEUED and
                                                                                   _head(tx, job.model_id).job_id == job.job_id))
     if blob is None and use_checkpoint:
@@ -271,7 +279,8 @@ def finish(tx: Tx, job: JobRecord, status: str, now: float, *, blob: bytes | Non
         job.model_version = model.version + 1
         tx.save_model(job.model_id, blob, info, job.model_version, source_of("job", job_id=job.job_id, job_status=status),
                       now)
-    if blob is None and same and job.consume_buffer and job.n_samples:
+    returned = blob is None and same and job.consume_buffer and job.n_samples
+    if returned:
         tx.return_samples(job.job_id, job.model_id, job.n_samples)
     else:
         tx.drop_samples(job.job_id)
@@ -284,6 +293,8 @@ def finish(tx: Tx, job: JobRecord, status: str, now: float, *, blob: bytes | Non
             _stop_trial(tx, job.job_id, trial, now)
     if writer:  # it wrote the model, or headed its line: the next job may go
         _offer_head(tx, job.model_id)
+    if returned or (waited and same):  # the buffer grew, or a buffering job ahead in line left
+        promote_ready(tx, job.model_id)
     return job
 
 

@@ -224,7 +224,7 @@ class RedisTx:
 
     def claim_buffer(self, model_id: str, job_id: str, copy: bool) -> None:
         buf, js = self.key("buf", model_id), self.key("js", job_id)
-        if not self._read(buf, "exists"):
+        if not self.buffered(model_id):  # counts the batches this step pushes too (not yet in Redis: no EXISTS)
             return
         if self._read(js, "exists"):
             raise RuntimeError(f"job {job_id} already holds samples")  # never: only buffering jobs claim

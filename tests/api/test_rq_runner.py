@@ -47,8 +47,8 @@ def test_each_claimable_job_is_one_rq_job_enqueued_in_the_same_transaction(runne
     b = store.create_job(job("m"), *rows(2), max_buffer=0).job_id
     assert carried(queue) == [a]  # b waits behind a: its model takes one job at a time
     c = store.create_job(job("n", min_samples=2)).job_id
-    store.append_samples("n", *rows(2), 0)
-    assert carried(queue) == [a] and [j.job_id for j in store.promote_ready_jobs()] == [c]
+    assert carried(queue) == [a]
+    assert [j.job_id for j in store.append_samples("n", *rows(2), 0)[1]] == [c]  # promoted and enqueued in one step
     assert carried(queue) == [a, c]
     with pytest.raises(ModelNotFound):
         store.create_job(job("gone"), *rows(2), max_buffer=0)

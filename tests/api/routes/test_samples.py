@@ -59,3 +59,19 @@ def test_buffer_limit(tmp_path):
         create(small, model_id="m")
         response = small.post("/models/m/samples", json={"inputs": X4, "targets": Y3})
         assert response.status_code == 413 and "NN_MAX_BUFFER_SAMPLES" in response.json()["detail"]
+
+
+def test_a_waiting_job_takes_every_row_of_the_request_that_fills_the_buffer(idle_client, monkeypatch):
+    """A request's rows go to the buffer in several store steps; only the last one queues the waiting job (in
+    that same step), so the job never trains on part of the request."""
+    from api import services
+
+    monkeypatch.setattr(services, "APPEND_BATCH_BYTES", 2 * 4 * 8)  # 2 or 4 rows of 4 inputs per step
+    create(idle_client, model_id="batched")
+    job = idle_client.post("/models/batched/training-jobs", json={"min_samples": 1, "epochs": 1}).json()
+    assert job["status"] == "buffering"
+    assert idle_client.post("/models/batched/samples", json={"inputs": X4, "targets": Y3}).json()["buffer_size"] == 6
+    got = idle_client.get(f"/jobs/{job['job_id']}").json()
+    assert (got["status"], got["n_samples"]) == ("queued", 6)
+    assert idle_client.get("/models/batched/samples").json()["buffer_size"] == 0
+

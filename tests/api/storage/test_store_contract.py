@@ -111,8 +111,8 @@ def test_owners_are_kept_and_filter_the_lists(store):
 
 def test_buffer_append_limit_clear(store):
     store.create_model("m", b"b", {})
-    assert store.append_samples("m", *rows(3), 10) == 3
-    assert store.append_samples("m", *rows(2), 10) == 5
+    assert store.append_samples("m", *rows(3), 10) == (3, [])
+    assert store.append_samples("m", *rows(2), 10) == (5, [])
     with pytest.raises(PayloadTooLarge):
         store.append_samples("m", *rows(6), 10)
     assert store.count_samples("m") == 5 and store.get_model("m").buffer_size == 5
@@ -125,19 +125,16 @@ def test_promote_claim_samples_in_order(store):
     store.append_samples("m", *rows(2, 0), 0)
     first = store.create_job(job("m", min_samples=5))
     second = store.create_job(job("m", min_samples=1))
-    assert first.status == "buffering" and store.count_samples("m") == 2
-    assert store.promote_ready_jobs() == []  # 2 < 5, and the second waits behind the first (first come, first served)
-    store.append_samples("m", *rows(2, 100), 0)
-    assert store.promote_ready_jobs() == []  # 4 < 5
-    store.append_samples("m", *rows(1, 200), 0)
-    promoted = store.promote_ready_jobs()
-    assert [j.job_id for j in promoted] == [first.job_id] and promoted[0].n_samples == 5
+    # 2 < 5, and the second waits behind the first (first come, first served)
+    assert first.status == second.status == "buffering" and store.count_samples("m") == 2
+    assert store.append_samples("m", *rows(2, 100), 0) == (4, [])  # 4 < 5
+    size, promoted = store.append_samples("m", *rows(1, 200), 0)
+    assert size == 5 and [j.job_id for j in promoted] == [first.job_id] and promoted[0].n_samples == 5
     assert store.count_samples("m") == 0 and store.get_job(second.job_id).status == "buffering"
     x, y = store.job_samples(first.job_id)
     expected = np.concatenate([rows(2, 0)[0], rows(2, 100)[0], rows(1, 200)[0]])
     assert np.array_equal(x, expected) and np.array_equal(y, expected[:, :1] * 2) and x.dtype == np.float32
-    store.append_samples("m", *rows(1, 300), 0)
-    assert [j.job_id for j in store.promote_ready_jobs()] == [second.job_id]
+    assert [j.job_id for j in store.append_samples("m", *rows(1, 300), 0)[1]] == [second.job_id]
     claimed = store.claim_job("w1")
     assert claimed.job_id == first.job_id and claimed.status == "running" and claimed.worker_id == "w1"
     assert claimed.started_at is not None
@@ -196,7 +193,7 @@ def test_copy_job_leaves_buffer(store):
     store.create_model("m", b"b", {})
     store.append_samples("m", *rows(3), 0)
     j = store.create_job(job("m", min_samples=3, consume=False))
-    assert store.promote_ready_jobs()[0].n_samples == 3
+    assert (j.status, j.n_samples) == ("queued", 3)  # the buffer held enough already
     assert store.count_samples("m") == 3 and len(store.job_samples(j.job_id)[0]) == 3
     store.claim_job("w")
     done = store.finish_job(j.job_id, "failed", error="boom")
@@ -360,12 +357,11 @@ def search(model_id: str, n: int, apply_best: bool = False) -> tuple[JobRecord, 
 
 def test_search_trials_run_in_parallel_without_blocking_the_model(store):
     store.create_model("m", b"b", {})
-    store.append_samples("m", *rows(4), 0)
     j = store.create_search_job(*search("m", 3))
     assert (j.kind, j.stage, j.status) == ("search", "trials", "buffering")
     assert [t["status"] for t in j.trials] == ["pending"] * 3 and j.progress["trials_total"] == 3
     assert store.claim_trial("w1") is None  # not promoted yet
-    store.promote_ready_jobs()
+    store.append_samples("m", *rows(4), 0)  # promotes it
     assert store.count_samples("m") == 4 and len(store.job_samples(j.job_id)[0]) == 4  # a copy (consume_buffer false)
     assert store.claim_job("w") is None  # a search in its trials stage is no training job
     (_, t0), (running, t1) = store.claim_trial("w1"), store.claim_trial("w2", job_id=j.job_id)
@@ -492,3 +488,55 @@ def test_the_stamp_read_on_the_event_loop_sees_every_acknowledged_write(store):
             await store.aclose()
 
     asyncio.run(scenario())
+
+
+def test_the_append_that_fills_the_buffer_queues_the_waiting_job_in_the_same_step(store):
+    """No separate promotion after an append: once the append that reaches min_samples returns, the job is queued
+    (an API process that dies right after it leaves no job waiting with a full buffer)."""
+    store.create_model("m", b"b", {})
+    waiting = store.create_job(job("m", min_samples=3))
+    store.append_samples("m", *rows(2, 0), 0)
+    assert store.get_job(waiting.job_id).status == "buffering"
+    store.append_samples("m", *rows(1, 100), 0)
+    got = store.get_job(waiting.job_id)
+    assert (got.status, got.n_samples) == ("queued", 3) and store.count_samples("m") == 0
+    assert np.array_equal(store.job_samples(waiting.job_id)[0], np.concatenate([rows(2, 0)[0], rows(1, 100)[0]]))
+    assert store.claim_job("w").job_id == waiting.job_id
+    copy = store.create_job(job("m", min_samples=2, consume=False))  # the buffer is empty: the append's rows are all
+    store.append_samples("m", *rows(2, 300), 0)
+    assert np.array_equal(store.job_samples(copy.job_id)[0], rows(2, 300)[0]) and store.count_samples("m") == 2
+
+
+def test_an_earlier_batch_of_a_request_promotes_nothing(store):
+    """A request's rows in several batches: only its last one promotes, so a job never trains on part of them.
+    ``promote_ready_jobs`` heals a full buffer left waiting (an older version, or a request cut off between batches)."""
+    store.create_model("m", b"b", {})
+    waiting = store.create_job(job("m", min_samples=2))
+    assert store.append_samples("m", *rows(2, 0), 0, promote=False) == (2, [])
+    assert store.get_job(waiting.job_id).status == "buffering"
+    size, promoted = store.append_samples("m", *rows(1, 100), 0)
+    assert size == 3 and [(j.job_id, j.status, j.n_samples) for j in promoted] == [(waiting.job_id, "queued", 3)]
+    assert np.array_equal(store.job_samples(waiting.job_id)[0], np.concatenate([rows(2, 0)[0], rows(1, 100)[0]]))
+    left = store.create_job(job("m", min_samples=1))
+    store.append_samples("m", *rows(1, 200), 0, promote=False)
+    assert [j.job_id for j in store.promote_ready_jobs()] == [left.job_id] and store.promote_ready_jobs() == []
+
+
+def test_a_job_that_leaves_lets_the_waiting_one_take_the_buffer_in_the_same_step(store):
+    """Samples going back to the buffer, or a buffering job ahead in line being cancelled, promote the next job in
+    that step (on Redis nothing polls: it would wait for the next append otherwise)."""
+    store.create_model("m", b"b", {})
+    store.append_samples("m", *rows(3, 0), 0)
+    first = store.create_job(job("m", min_samples=3))
+    waiting = store.create_job(job("m", min_samples=3))
+    assert (store.get_job(first.job_id).status, waiting.status) == ("queued", "buffering")
+    store.cancel_job(first.job_id)  # never trained: its samples go back to the buffer
+    got = store.get_job(waiting.job_id)
+    assert (got.status, got.n_samples) == ("queued", 3) and np.array_equal(store.job_samples(waiting.job_id)[0], rows(3, 0)[0])
+    ahead = store.create_job(job("m", min_samples=10))
+    behind = store.create_job(job("m", min_samples=1))
+    store.append_samples("m", *rows(2, 100), 0)
+    assert store.get_job(behind.job_id).status == "buffering"  # first come, first served: it waits behind `ahead`
+    store.cancel_job(ahead.job_id)
+    assert (store.get_job(behind.job_id).status, store.get_job(behind.job_id).n_samples) == ("queued", 2)
+    assert store.claim_job("w").job_id == waiting.job_id
