@@ -110,6 +110,7 @@ class EmbeddedBackend(Backend):
         lock = DataDirLock(self.settings)
         lock.acquire()
         await run_in_threadpool(records.requeue_interrupted, self.store)  # a crash's running jobs resume from their checkpoint
+        await run_in_threadpool(records.promote, self.store)  # full buffers an older version left waiting
         self.pool = WorkerPool(self.settings, self.store)
         self.pool.start()
         log.info("service started: backend sqlite, %d workers, data in %s", self.settings.workers, self.settings.data_dir)
@@ -148,8 +149,10 @@ class RedisBackend(Backend):
         log.info("service started: backend redis at %s, queue %r", self.store.url_for_humans, self.settings.redis_queue)
         try:
             await run_in_threadpool(self.store.index_existing_jobs)  # for GET /jobs, once per prefix
+            await run_in_threadpool(records.promote, self.store)  # full buffers an older version left waiting
         except StoreUnavailable as exc:
-            log.warning("jobs stored before GET /jobs existed are indexed at the next start: %s", exc)
+            log.warning("jobs stored before GET /jobs existed, and buffering jobs whose buffer an older version "
+                        "filled, are handled at the next start: %s", exc)
         try:
             yield
         finally:

@@ -75,3 +75,44 @@ def test_a_waiting_job_takes_every_row_of_the_request_that_fills_the_buffer(idle
     assert (got["status"], got["n_samples"]) == ("queued", 6)
     assert idle_client.get("/models/batched/samples").json()["buffer_size"] == 0
 
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_start_queues_a_waiting_job_whose_buffer_is_already_full(tmp_path, backend):
+    """A full buffer left waiting (stored by an older version, or a request cut off between its store steps) is
+    promoted when the service starts; on Redis the job goes on RQ's queue in that step."""
+    import uuid
+
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from tests.api.conftest import settings_for
+    from tests.api.storage.test_store_contract import REDIS_URL, redis_available
+
+    overrides = {"workers": 0}
+    if backend == "redis":
+        if not redis_available():
+            pytest.skip(f"no Redis at {REDIS_URL}")
+        prefix = f"test-{uuid.uuid4().hex[:8]}"
+        overrides.update(backend="redis", redis_url=REDIS_URL, redis_prefix=prefix, redis_queue=f"{prefix}-training")
+    settings = settings_for(tmp_path, **overrides)
+    with TestClient(create_app(settings)) as client:
+        create(client, model_id="m")
+        job_id = client.post("/models/m/training-jobs", json={"min_samples": 2, "epochs": 1}).json()["job_id"]
+        store = client.app.state.service.store
+        x = np.zeros((2, 4), dtype=client.get("/models/m").json()["dtype"])
+        store.append_samples("m", x, np.eye(3, dtype=x.dtype)[:2], 0, promote=False)
+        assert client.get(f"/jobs/{job_id}").json()["status"] == "buffering"
+    with TestClient(create_app(settings)) as client:
+        got = client.get(f"/jobs/{job_id}").json()
+        assert (got["status"], got["n_samples"]) == ("queued", 2)
+        if backend == "redis":
+            from rq import Queue
+
+            from tests.api.test_rq_runner import carried
+
+            store = client.app.state.service.store
+            queue = Queue(settings.redis_queue, connection=store.redis)
+            assert carried(queue) == [job_id]
+            store.reset()
+            queue.delete(delete_jobs=True)
