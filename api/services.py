@@ -374,8 +374,7 @@ class Service:
         return self._append(model_id, x, y)
 
     def _append(self, model_id: str, x: np.ndarray, y: np.ndarray) -> int:
-        """Appends rows in batches of about 32 MB (one store write each; the buffer limit is checked first). The last
-        batch's write also queues the model's jobs that the buffer now satisfies, so no crash leaves one waiting."""
+        """Appends rows in store steps of about 32 MB (buffer limit checked first); the last one queues ready jobs."""
         limit = self.settings.max_buffer_samples
         if len(x) > limit - self.store.count_samples(model_id):
             raise PayloadTooLarge(f"the buffer of model {model_id!r} would hold more than NN_MAX_BUFFER_SAMPLES={limit} "
