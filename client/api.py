@@ -256,36 +256,50 @@ class Job:
 
 
 class ProgressBar:
-    """One line redrawn in place: [#####-----]  52.0% epoch 3/5 loss 0.1234 ETA 4s."""
+    """One line redrawn in place: [#####-----]  52.0% epoch 3/5 loss 0.1234 ETA 4s. `finish` redraws it
+    from the job's final record, then writes a summary line below it."""
 
     def __init__(self, out, width=30):
         self.out, self.width = out, width
         self.last = ""
 
     def update(self, status, progress):
-        if progress:
-            percent = progress.get("percent") or 0.0
-            filled = int(self.width * percent / 100)
-            eta = progress.get("eta_seconds")
-            loss = progress.get("loss")
-            line = (f"[{'#' * filled}{'-' * (self.width - filled)}] {percent:5.1f}% "
-                    f"epoch {progress.get('epoch')}/{progress.get('epochs')}"
-                    + (f" loss {loss:.4f}" if loss is not None else "")
-                    + (f" ETA {eta:.0f}s" if eta is not None else ""))
-        else:
-            line = f"[{'-' * self.width}] {status}"
+        self._draw(self._line(status, progress))
+
+    def _line(self, status, progress):
+        if not progress:
+            return f"[{'-' * self.width}] {status}"
+        percent = progress.get("percent") or 0.0
+        filled = int(self.width * percent / 100)
+        eta = progress.get("eta_seconds")
+        loss = progress.get("loss")
+        return (f"[{'#' * filled}{'-' * (self.width - filled)}] {percent:5.1f}% "
+                f"epoch {progress.get('epoch')}/{progress.get('epochs')}"
+                + (f" loss {loss:.4f}" if loss is not None else "")
+                + (f" ETA {eta:.0f}s" if eta is not None else ""))
+
+    def _draw(self, line):
         if line != self.last:
             self.out.write("\r" + line.ljust(len(self.last)))
             self.out.flush()
             self.last = line
 
     def finish(self, record):
+        """The bar as the job ended, whatever progress event came last: a succeeded job at 100% (its final
+        progress), a failed or cancelled one at the epochs it completed (the model keeps those), with its status."""
+        status, progress = record["status"], record.get("progress")
+        if progress:
+            progress = {**progress, "eta_seconds": None}
+            done = record.get("epochs_completed")
+            if status != "succeeded" and progress.get("epochs") and done is not None:
+                progress.update(epoch=done, percent=100.0 * done / progress["epochs"], loss=None)
+        self._draw(self._line(status, progress) + (f" {status}" if progress else ""))
         history = record.get("history") or []
         last = history[-1] if history else {}
-        summary = f"job {record['job_id']} {record['status']}"
+        summary = f"job {record['job_id']} {status}"
         if "loss" in last:
             summary += f" after {len(history)} epochs, loss {last['loss']:.4f}"
         if record.get("error"):
             summary += f": {record['error']}"
-        self.out.write("\r" + summary.ljust(len(self.last)) + "\n")
+        self.out.write("\n" + summary + "\n")
         self.out.flush()

@@ -2,14 +2,21 @@
 import io
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 from sklearn.datasets import make_moons
 
 from client import ApiError, Client
+from client.api import ProgressBar
 from client.__main__ import load_data
 from tests.conftest import ROOT
+
+
+def screen(text):
+    """What a terminal shows after `text`: each line as its last carriage-return redraw left it."""
+    return [line.split("\r")[-1].rstrip() for line in text.split("\n") if line.split("\r")[-1].strip()]
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +35,68 @@ def test_train_and_wait_with_progress_bar(server, moons):
         out = io.StringIO()
         final = job.wait(progress=True, timeout=60, out=out)
         assert final["status"] == "succeeded" and len(final["history"]) == 200
-        assert "% epoch" in out.getvalue() and "succeeded after 200 epochs" in out.getvalue()
+        bar, summary = screen(out.getvalue())
+        # the bar ends at the job's end, whichever progress event the stream delivered last
+        assert bar.startswith("[" + "#" * 30 + "] 100.0% epoch 200/200") and bar.endswith(" succeeded")
+        assert summary.startswith(f"job {job.job_id} succeeded after 200 epochs")
         result = api.output("client-moons", x[:4])
         assert len(result["outputs"]) == 4 and len(result["predictions"]) == 4
         assert api.evaluate("client-moons", x, y)["metrics"]["accuracy"] > 0.8
+
+
+def test_the_bar_of_a_job_that_ended_before_the_wait_shows_its_end(server, moons):
+    """No progress event reaches the bar (the stream's first event is 'end', the first poll finds it ended): the bar
+    is drawn from the final record."""
+    x, y = moons
+    with Client(server) as api:
+        api.create_model([2, 8, 1], activations=["tanh", "sigmoid"], model_id="client-ended")
+        for stream in (True, False):
+            job = api.train("client-ended", inputs=x, targets=y, epochs=3, batch_size=50)
+            api.job(job.job_id).wait(timeout=60)  # `job` still holds its record from before it ran
+            out = io.StringIO()
+            assert job.wait(progress=True, timeout=60, stream=stream, poll_interval=0.05, out=out)["status"] == "succeeded"
+            bar, summary = screen(out.getvalue())
+            assert " 100.0% epoch 3/3 " in bar and bar.endswith(" succeeded") and "succeeded after 3 epochs" in summary
+
+
+def test_the_bar_of_a_cancelled_job_shows_the_epochs_it_completed(server, moons):
+    x, y = moons
+    with Client(server) as api:
+        api.create_model([2, 8, 1], activations=["tanh", "sigmoid"], model_id="client-cancel")
+        job = api.train("client-cancel", inputs=x, targets=y, epochs=10_000, batch_size=50)
+        deadline = time.monotonic() + 60
+        while not (job.status == "running" and job.epochs_completed >= 2):
+            assert time.monotonic() < deadline, job.record
+            time.sleep(0.02)
+            job.refresh()
+        job.cancel()
+        out = io.StringIO()
+        final = job.wait(progress=True, timeout=60, out=out)
+        done = final["epochs_completed"]
+        assert final["status"] == "cancelled" and done >= 2
+        bar, summary = screen(out.getvalue())
+        percent = 100.0 * done / 10_000
+        assert bar.endswith(f" {percent:5.1f}% epoch {done}/10000 cancelled"), bar
+        assert summary.startswith(f"job {job.job_id} cancelled after {done} epochs")
+
+
+def test_the_bar_redraws_the_final_record_over_the_last_event():
+    out = io.StringIO()
+    bar = ProgressBar(out, width=10)
+    bar.update("running", {"epoch": 6, "epochs": 10, "percent": 56.0, "loss": 0.5, "eta_seconds": 3.0})
+    bar.finish({"job_id": "j", "status": "succeeded", "epochs_completed": 10,
+                "history": [{"epoch": e, "loss": 0.25} for e in range(1, 11)],
+                "progress": {"epoch": 10, "epochs": 10, "percent": 100.0, "loss": 0.25, "eta_seconds": 0.0}})
+    assert screen(out.getvalue()) == ["[##########] 100.0% epoch 10/10 loss 0.2500 succeeded",
+                                      "job j succeeded after 10 epochs, loss 0.2500"]
+    out = io.StringIO()
+    bar = ProgressBar(out, width=10)
+    bar.update("running", {"epoch": 6, "epochs": 10, "percent": 56.0, "loss": 0.5, "eta_seconds": 3.0})
+    bar.finish({"job_id": "j", "status": "failed", "epochs_completed": 5, "error": "diverged at epoch 6",
+                "history": [{"epoch": e, "loss": 0.1 * e} for e in range(1, 6)],
+                "progress": {"epoch": 6, "epochs": 10, "percent": 56.0, "loss": 0.5, "eta_seconds": 3.0}})
+    assert screen(out.getvalue()) == ["[#####-----]  50.0% epoch 5/10 failed",
+                                      "job j failed after 5 epochs, loss 0.5000: diverged at epoch 6"]
 
 
 def test_wait_by_polling_and_cancel(server, moons):
