@@ -24,7 +24,7 @@ from api.records import describe, jsonable, log_transition
 from api.schemas import (EvaluateRequest, JobCreate, ModelCreate, NotifyTarget, OutputRequest, SamplesCreate,
                          Weights)
 from api.settings import Settings
-from api.specs import check_architecture, check_model_id, fit_config, network_from_request
+from api.specs import check_model_id, fit_config, network_from_file, network_from_request
 from api.storage.base import JobRecord, ModelRecord, Notification, Store, VersionRecord, source_of
 
 log = logging.getLogger("api.jobs")
@@ -207,15 +207,7 @@ class Service:
         if not data:
             raise InvalidInput("the request holds no file; send a .npz from GET /models/{model_id}/export "
                                "as the raw body or as the multipart field `file`")
-        try:
-            s = self.settings  # the architecture is checked against the limits before anything is allocated
-            net = Network.from_bytes(data, max_layers=s.max_layers, max_layer_size=s.max_layer_size,
-                                     max_parameters=s.max_parameters)
-        except NeuralNetError as exc:
-            raise InvalidInput(f"not a model file: {exc}") from None
-        except Exception as exc:  # a damaged zip can fail in many ways
-            raise InvalidInput(f"not a model file (.npz from GET /models/{{model_id}}/export): {exc}") from None
-        check_architecture(self.settings, net.layer_sizes)
+        net = network_from_file(self.settings, data)
         model_id = model_id or uuid.uuid4().hex[:16]
         record = self.store.create_model(model_id, data, describe(net), owner=owner, source=source_of("import"))
         log.info("model %s: imported %s", model_id, net.layer_sizes)

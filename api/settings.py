@@ -37,9 +37,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the service and workers.")
 
     max_parameters: int = Field(5_000_000, ge=1, description="Largest parameter count of one model.")
-    max_layers: int = Field(32, ge=1, description="Most layers after the input of a model created over HTTP "
-                            "(batch_norm layers count); an imported .npz may hold that many dense layers plus as "
-                            "many batch_norm layers.")
+    max_layers: int = Field(32, ge=1, description="Most layers after the input of a model, batch_norm layers "
+                            "included, whether created over HTTP, imported from a file or tried by a search.")
     max_layer_size: int = Field(4096, ge=1, description="Most units in one layer, input included.")
     max_samples_per_request: int = Field(10_000, ge=1, description="Most samples (rows) in one request.")
     max_buffer_samples: int = Field(1_000_000, ge=1, description="Most samples waiting in one model's training buffer.")

@@ -6,8 +6,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from neural_net import Network, activations, initializers, losses, optimizers, schedules
-from neural_net.errors import NeuralNetError
+from neural_net.errors import LimitError, NeuralNetError
 from neural_net.layers import LAYER_TYPES
+from neural_net.serialization import check_layer_count
 
 from api.errors import InvalidInput
 from api.schemas import JobCreate, LayerSpec, ModelCreate
@@ -77,23 +78,21 @@ def activation_spec(spec: LayerSpec, where: str) -> str | dict[str, float]:
     return {"name": name, **options} if options else name
 
 
-def check_architecture(settings: Settings, sizes: list[int], n_params: int | None = None) -> None:
-    """sizes: the input size, then each layer's units; n_params: the count when not that of dense layers with biases."""
-    s = settings
-    if len(sizes) - 1 > s.max_layers:
-        raise InvalidInput(f"{len(sizes) - 1} layers after the input; at most {s.max_layers} (NN_MAX_LAYERS)")
-    if max(sizes) > s.max_layer_size:
-        raise InvalidInput(f"a layer of {max(sizes)} units; at most {s.max_layer_size} (NN_MAX_LAYER_SIZE)")
-    if n_params is None:
-        n_params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
-    if n_params > s.max_parameters:
-        raise InvalidInput(f"{n_params} parameters; at most {s.max_parameters} (NN_MAX_PARAMETERS): use fewer or smaller layers")
+def limit_exceeded(exc: LimitError) -> InvalidInput:
+    """The core's LimitError, naming the setting that set the limit (max_layers: NN_MAX_LAYERS)."""
+    return InvalidInput(f"{exc} (NN_{exc.limit.upper()})")
 
 
 def check_layers(settings: Settings, input_size: int, layers: list[dict[str, Any]]) -> None:
     """A layers list (network config layers: type, units, use_bias) against the limits, counted as the core
-    builds it: every layer counts toward NN_MAX_LAYERS, a dense layer has n_in·units weights (+ units biases
-    unless use_bias is false), a batch_norm layer 2·width (gamma, beta) and the width of the layer before it."""
+    builds it: every layer counts toward NN_MAX_LAYERS (the core's check_layer_count, which an imported file
+    passes too), a dense layer has n_in·units weights (+ units biases unless use_bias is false), a batch_norm
+    layer 2·width (gamma, beta) and the width of the layer before it."""
+    s = settings
+    try:
+        check_layer_count(layers, s.max_layers)
+    except LimitError as exc:
+        raise limit_exceeded(exc) from None
     sizes, n_params = [input_size], 0
     for layer in layers:
         if layer["type"] == "dense":
@@ -102,7 +101,10 @@ def check_layers(settings: Settings, input_size: int, layers: list[dict[str, Any
         else:
             n_params += 2 * sizes[-1]
             sizes.append(sizes[-1])
-    check_architecture(settings, sizes, n_params)
+    if max(sizes) > s.max_layer_size:
+        raise InvalidInput(f"a layer of {max(sizes)} units; at most {s.max_layer_size} (NN_MAX_LAYER_SIZE)")
+    if n_params > s.max_parameters:
+        raise InvalidInput(f"{n_params} parameters; at most {s.max_parameters} (NN_MAX_PARAMETERS): use fewer or smaller layers")
 
 
 def network_from_request(settings: Settings, req: ModelCreate) -> Network:
@@ -116,12 +118,27 @@ def network_from_request(settings: Settings, req: ModelCreate) -> Network:
     return _network_from_sizes(settings, req, weight_init, bias_init, loss)
 
 
+def network_from_file(settings: Settings, data: bytes) -> Network:
+    """The network of an imported file, checked against the limits (counted as for `POST /models`) before
+    anything is allocated."""
+    s = settings
+    try:
+        return Network.from_bytes(data, max_layers=s.max_layers, max_layer_size=s.max_layer_size,
+                                  max_parameters=s.max_parameters)
+    except LimitError as exc:  # a model file, beyond NN_MAX_LAYERS, NN_MAX_LAYER_SIZE or NN_MAX_PARAMETERS
+        raise limit_exceeded(exc) from None
+    except NeuralNetError as exc:
+        raise InvalidInput(f"not a model file: {exc}") from None
+    except Exception as exc:  # a damaged zip can fail in many ways
+        raise InvalidInput(f"not a model file (.npz from GET /models/{{model_id}}/export): {exc}") from None
+
+
 def _network_from_sizes(settings: Settings, req: ModelCreate, weight_init: str, bias_init: str, loss: str) -> Network:
     if req.layer_sizes is None or req.input_size is not None:
         raise InvalidInput("give `layer_sizes` (e.g. [4, 8, 3]), or `input_size` with `layers` (e.g. 4 and "
                            '[{"type": "dense", "units": 8, "activation": "relu"}, {"type": "dense", "units": 3, '
                            '"activation": "softmax"}])')
-    check_architecture(settings, req.layer_sizes)
+    check_layers(settings, req.layer_sizes[0], [{"type": "dense", "units": units} for units in req.layer_sizes[1:]])
     n_layers = len(req.layer_sizes) - 1
     if req.activations is not None and req.activation is not None:
         raise InvalidInput("give either `activations` (one per layer) or `activation` (for all layers), not both")

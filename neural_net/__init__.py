@@ -6,7 +6,7 @@
     net.evaluate(x_test, y_test)   # {"loss": ..., "accuracy": ..., ...}
 """
 from . import activations, errors, initializers, losses, metrics, optimizers, schedules, selection
-from .errors import ConfigError, NeuralNetError, NonFiniteError, ShapeError, StopTraining, UnknownNameError
+from .errors import ConfigError, LimitError, NeuralNetError, NonFiniteError, ShapeError, StopTraining, UnknownNameError
 from .layers import BatchNorm, Dense
 from .network import Network
 from .selection import cross_validate, search
@@ -14,7 +14,7 @@ from .training import Callback, EarlyStopping, History, Progress
 
 __all__ = [
     "Network", "Dense", "BatchNorm", "History", "Callback", "Progress", "EarlyStopping",
-    "NeuralNetError", "ShapeError", "UnknownNameError", "ConfigError", "NonFiniteError", "StopTraining",
+    "NeuralNetError", "ShapeError", "UnknownNameError", "ConfigError", "LimitError", "NonFiniteError", "StopTraining",
     "cross_validate", "search",
     "activations", "errors", "initializers", "losses", "metrics", "optimizers", "schedules", "selection",
 ]

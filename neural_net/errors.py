@@ -20,6 +20,14 @@ class ConfigError(NeuralNetError):
     """A hyper-parameter or configuration value is out of range."""
 
 
+class LimitError(ConfigError):
+    """An architecture beyond a limit the caller set; `limit` names it (max_layers, max_layer_size, max_parameters)."""
+
+    def __init__(self, message, limit):
+        super().__init__(message)
+        self.limit = limit
+
+
 class NonFiniteError(NeuralNetError):
     """NaN or Inf where finite numbers are required (inputs, targets or the loss)."""
 

@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 
 from . import optimizers as optimizer_registry
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, LimitError, ShapeError
 
 FORMAT = "neural_net/1"
 MAX_HEADER_BYTES = 1 << 20  # the JSON header; a network of 1,000 layers needs about 150 KB
@@ -159,17 +159,25 @@ def _check_header(header):
     return config
 
 
+def check_layer_count(layers, max_layers):
+    """Raises LimitError when there are more than `max_layers` layers after the input (None: no limit). Every
+    layer counts, batch_norm ones included, however the network is described (layer configs, or `type` dicts)."""
+    if max_layers is None or len(layers) <= max_layers:
+        return
+    norms = sum(1 for layer in layers if isinstance(layer, dict) and layer.get("type", "dense") == "batch_norm")
+    raise LimitError(f"{len(layers)} layers after the input ({len(layers) - norms} dense, {norms} batch_norm); "
+                     f"at most {max_layers} layers, batch_norm ones included", "max_layers")
+
+
 def _check_architecture(config, max_layers, max_layer_size, max_parameters):
     """The parameter count the config needs, by arithmetic (nothing allocated), checked against the limits."""
     layers, n_in = config["layers"], config.get("input_size")
     if not _whole(n_in, 1):
         raise ConfigError(f"input_size must be a positive whole number; received {str(n_in)[:40]}")
-    dense = [layer for layer in layers if isinstance(layer, dict) and layer.get("type", "dense") == "dense"]
-    if max_layers is not None and (len(dense) > max_layers or len(layers) > 2 * max_layers):
-        raise ConfigError(f"the file declares {len(dense)} dense layers ({len(layers)} in all); at most {max_layers} "
-                          f"(and {2 * max_layers} with batch_norm layers)")
+    check_layer_count(layers, max_layers)
     if max_layer_size is not None and n_in > max_layer_size:
-        raise ConfigError(f"the file declares an input of {n_in} values; at most {max_layer_size} units per layer")
+        raise LimitError(f"the file declares an input of {n_in} values; at most {max_layer_size} units per layer",
+                         "max_layer_size")
     total = 0
     for index, layer in enumerate(layers):
         if not isinstance(layer, dict):
@@ -179,14 +187,15 @@ def _check_architecture(config, max_layers, max_layer_size, max_parameters):
             if not _whole(units, 1):
                 raise ConfigError(f"layer {index}: units must be a positive whole number; received {str(units)[:40]}")
             if max_layer_size is not None and units > max_layer_size:
-                raise ConfigError(f"layer {index} declares {units} units; at most {max_layer_size} units per layer")
+                raise LimitError(f"layer {index} declares {units} units; at most {max_layer_size} units per layer",
+                                 "max_layer_size")
             total += n_in * units + (units if layer.get("use_bias", True) is not False else 0)
             n_in = units
         else:  # batch_norm: gamma and beta per unit (from_config refuses unknown types)
             total += 2 * n_in
         if max_parameters is not None and total > max_parameters:
-            raise ConfigError(f"the file declares more than {max_parameters} parameters (at layer {index}); "
-                              f"at most {max_parameters} parameters")
+            raise LimitError(f"the file declares more than {max_parameters} parameters (at layer {index}); "
+                             f"at most {max_parameters} parameters", "max_parameters")
     return total
 
 

@@ -8,8 +8,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from neural_net import Network
-from neural_net.errors import ConfigError, NeuralNetError
+from neural_net import BatchNorm, Dense, Network
+from neural_net.errors import ConfigError, LimitError, NeuralNetError
 
 LIMITS = {"max_layers": 32, "max_layer_size": 4096, "max_parameters": 5_000_000}
 
@@ -82,7 +82,7 @@ def set_nested(path, value):
 CRAFTED = {
     "zip bomb": (zip_bomb, "declares"),
     "a 20000x20000 layer": (lambda: craft(header=big_layers), "20000"),
-    "5000 layers": (lambda: craft(header=many_layers), "5000 dense layers"),
+    "5000 layers": (lambda: craft(header=many_layers), "5000 layers after the input (5000 dense, 0 batch_norm)"),
     "NaN weights": (lambda: craft(replace={"params.npy": npy(np.full(13, np.nan, np.float32))}), "params holds NaN"),
     "Inf optimizer state": (lambda: craft(replace={"optimizer.v.npy": npy(np.full(13, np.inf, np.float32))}),
                             "optimizer.v holds NaN or Inf"),
@@ -124,6 +124,16 @@ def test_limits_are_checked_by_arithmetic_and_a_file_within_them_loads():
         Network.from_bytes(data, max_layers=1)
     with pytest.raises(ConfigError, match="at most 2 units"):
         Network.from_bytes(data, max_layer_size=2)
+
+
+def test_every_layer_counts_toward_max_layers_batch_norm_included():
+    net = Network(2, seed=0)
+    for layer in (Dense(3), BatchNorm(), Dense(1)):
+        net.add(layer)
+    assert Network.from_bytes(net.to_bytes(), max_layers=3).layer_sizes == [2, 3, 1]
+    with pytest.raises(LimitError, match=r"^3 layers after the input \(2 dense, 1 batch_norm\); at most 2 ") as refused:
+        Network.from_bytes(net.to_bytes(), max_layers=2)
+    assert refused.value.limit == "max_layers"
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adagrad"])

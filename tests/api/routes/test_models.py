@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from neural_net import Network
+from neural_net import BatchNorm, Dense, Network
 from tests.api.conftest import TERMINAL, X4, Y3, create, wait_for
 from tests.conftest import ROOT
 
@@ -316,6 +316,28 @@ def test_export_import_round_trip(client, iris):
     assert client.post("/models/import", params={"model_id": "iris-raw"}, content=exported.content).status_code == 409
 
 
+@pytest.mark.parametrize("dense, norms, status", [(16, 16, 201), (17, 16, 422), (33, 0, 422), (1, 32, 422)])
+def test_max_layers_counts_a_created_and_an_imported_model_alike(client, dense, norms, status):
+    """NN_MAX_LAYERS (32 here) counts every layer after the input, batch_norm ones included, whether the model
+    comes as a `layers` list or as a file (an import allowed as many batch_norm layers again)."""
+    kinds = ["dense", "batch_norm"] * min(dense, norms) + ["dense"] * (dense - norms) + ["batch_norm"] * (norms - dense)
+    net = Network(2, seed=0)
+    for kind in kinds:
+        net.add(Dense(2) if kind == "dense" else BatchNorm())
+    name = f"layers-{dense}-{norms}"
+    created = client.post("/models", json={"input_size": 2, "model_id": f"{name}-created",
+                                           "layers": [{"type": "dense", "units": 2} if kind == "dense" else {"type": kind}
+                                                      for kind in kinds]})
+    imported = client.post("/models/import", params={"model_id": f"{name}-imported"}, content=net.to_bytes(),
+                           headers={"content-type": "application/octet-stream"})
+    assert (created.status_code, imported.status_code) == (status, status), (created.text, imported.text)
+    for response in (created, imported):
+        if status == 422:
+            detail = response.json()["detail"]
+            assert f"{dense + norms} layers after the input ({dense} dense, {norms} batch_norm)" in detail, detail
+            assert "at most 32" in detail and "NN_MAX_LAYERS" in detail, detail
+
+
 def test_import_rejects_what_is_not_a_model(client):
     for data in (b"", b"hello", b"PK\x03\x04broken zip"):
         response = client.post("/models/import", content=data, headers={"content-type": "application/octet-stream"})
@@ -360,7 +382,8 @@ def test_import_refuses_a_crafted_file_naming_the_problem(client, name):
     from tests.core.test_serialization import CRAFTED
 
     make, words = CRAFTED[name]
-    words = {"a 20000x20000 layer": "20000 values; at most 4096", "5000 layers": "at most 32"}.get(name, words)
+    words = {"a 20000x20000 layer": "20000 values; at most 4096 units per layer (NN_MAX_LAYER_SIZE)",
+             "5000 layers": "at most 32 layers, batch_norm ones included (NN_MAX_LAYERS)"}.get(name, words)
     response = client.post("/models/import", params={"model_id": "crafted"}, content=make(),
                            headers={"content-type": "application/octet-stream"})
     assert response.status_code == 422 and words in response.json()["detail"], response.text

@@ -248,7 +248,8 @@ def test_a_depth_change_of_mixed_hidden_layers_is_refused(client2, space, words)
     assert client2.get("/models/mixed/jobs").json()["count"] == 0
 
 
-@pytest.mark.parametrize("hidden, words", [([[10], [11]], "56 parameters; at most 51"), ([[2, 2]], "5 layers after the input; at most 3")])
+@pytest.mark.parametrize("hidden, words", [([[10], [11]], "56 parameters; at most 51"),
+                                           ([[2, 2]], "5 layers after the input (3 dense, 2 batch_norm); at most 3 layers")])
 def test_search_limits_count_batch_norm_layers_and_missing_biases_as_post_models_does(tmp_path, hidden, words):
     # dense 10 without biases, batch norm, dense 1: 20 + 20 + 11 = 51 parameters in 3 layers, both at the limit
     with running_app(tmp_path, workers=0, max_parameters=51, max_layers=3) as client:
