@@ -50,7 +50,7 @@ def _version(model_id: str, version: str | None) -> int | None:
 
 def _model(service: Service, model_id: str, version: str | None) -> CachedModel:
     number = _version(model_id, version)
-    return service.served_model(model_id) if number is None else service.served_version(model_id, number)
+    return service.models.version(model_id, number)
 
 
 def _outputs_of(info: dict) -> list[dict[str, Any]]:
@@ -179,13 +179,13 @@ def _requested(request: dict, available: list[str]) -> list[tuple[str, bool]]:
 async def infer_on_loop(service: Service, model_id: str, version: str | None, body: bytes,
                         header_length: str | None) -> tuple[bytes, int | None]:
     """``infer``: on the event loop for a small body whose few rows a cached network computes in microseconds
-    (``Service.cached_on_loop``, as POST /output), else in a worker thread."""
+    (``ServedModels.on_loop``, as POST /output), else in a worker thread."""
     if version is None and len(body) <= INLINE_BYTES:
         request, binary = _header(body, header_length)
         tensors = request.get("inputs")
         shape = tensors[0].get("shape") if isinstance(tensors, list) and tensors and isinstance(tensors[0], dict) else None
         rows = shape[0] if isinstance(shape, list) and shape and type(shape[0]) is int else 1  # bad shapes: refused below
-        model = await service.cached_on_loop(model_id, rows)
+        model = await service.models.on_loop(model_id, rows)
         if model is not None:
             return _infer(service, model_id, model, request, binary)
     return await run_in_threadpool(infer, service, model_id, version, body, header_length)

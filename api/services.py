@@ -4,7 +4,6 @@ Functions take plain values or request schemas, talk to a `Store`, use the core,
 domain errors of `api.errors`.
 """
 
-import dataclasses
 import logging
 import time
 import uuid
@@ -19,7 +18,7 @@ from neural_net.errors import NeuralNetError
 from api import notify, records
 from api.dataset_service import DatasetService
 from api.errors import InvalidInput, JobNotFound, ModelNotFound, NoJobs, PayloadTooLarge, ServiceError
-from api.model_cache import CachedModel, ModelCache
+from api.model_cache import CachedModel, ModelCache, ServedModels
 from api.records import describe, jsonable, log_transition
 from api.schemas import (EvaluateRequest, JobCreate, ModelCreate, NotifyTarget, OutputRequest, SamplesCreate,
                          Weights)
@@ -28,8 +27,6 @@ from api.specs import check_model_id, fit_config, network_from_file, network_fro
 from api.storage.base import JobRecord, ModelRecord, Notification, Store, VersionRecord, source_of
 
 log = logging.getLogger("api.jobs")
-# multiply-adds (rows x parameters) of a prediction computed on the event loop: about 0.2 ms; more goes to a thread
-INLINE_WORK = 1_000_000
 APPEND_BATCH_BYTES = 32 << 20  # rows appended to a buffer per store step (a request's rows may take several)
 
 
@@ -55,6 +52,7 @@ class Service:
         self.store = store
         self.settings = settings
         self.cache = ModelCache(int(settings.model_cache_mb * 1024 * 1024))
+        self.models = ServedModels(store, self.cache)
         self.datasets = DatasetService(store, settings)
 
     def healthy(self) -> bool:
@@ -131,39 +129,6 @@ class Service:
         blob, record = self.store.load_model(model_id)
         return Network.from_bytes(blob), record
 
-    def served_model(self, model_id: str) -> CachedModel:
-        """The committed version's network from this process's cache (read-only: never change it), loaded on a
-        miss. One cheap store read checks the version on every call, so a change on any replica is seen."""
-        try:
-            uid, version = self.store.model_stamp(model_id)
-        except ModelNotFound:
-            self.cache.discard(model_id)
-            raise
-        def load() -> tuple[Network, ModelRecord, int]:
-            blob, record = self.store.load_model(model_id)  # may be newer than the stamp: it is cached as what it is
-            return Network.from_bytes(blob), record, len(blob)
-
-        return self.cache.get_or_load(uid, version, load)
-
-    def served_version(self, model_id: str, version: int) -> CachedModel:
-        """The network of one ``version``: the current one as ``served_model``, an older one from
-        ``kept_version``."""
-        uid, current = self.store.model_stamp(model_id)
-        if version == current:
-            return self.served_model(model_id)
-        return self.kept_version(model_id, uid, version, current)
-
-    def kept_version(self, model_id: str, uid: str, version: int, current: int) -> CachedModel:
-        """An older kept version of the model (VersionNotFound, 404, when it was pruned or never made). A kept
-        version's weights never change, so it is cached as (uid, version) like the current one."""
-        def load() -> tuple[Network, ModelRecord, int]:
-            blob, kept = self.store.get_version(model_id, version)
-            record = dataclasses.replace(self.store.get_model(model_id), uid=kept.uid, version=kept.version,
-                                         info=kept.info, updated_at=kept.created_at)
-            return Network.from_bytes(blob), record, len(blob)
-
-        return self.cache.get_or_load(uid, version, load)
-
     # -- models -------------------------------------------------------------------
     def create_model(self, req: ModelCreate, owner: str | None = None) -> ModelRecord:
         net = network_from_request(self.settings, req)
@@ -214,27 +179,11 @@ class Service:
         return record
 
     # -- outputs ------------------------------------------------------------------
-    async def cached_on_loop(self, model_id: str, rows: int) -> CachedModel | None:
-        """The cached current version, where predicting ``rows`` with it fits on the event loop (INLINE_WORK: the hop
-        to a thread costs more than one sample's forward pass); None for a thread: more work, a cache miss (loading
-        deserialises), the cache off, or a store that cannot answer at once. Raises ModelNotFound."""
-        if self.cache.max_bytes == 0:
-            return None
-        try:
-            stamp = await self.store.model_stamp_on_loop(model_id)
-        except ModelNotFound:
-            self.cache.discard(model_id)
-            raise
-        model = self.cache.peek(*stamp) if stamp is not None else None
-        if model is None or rows * model.net.n_params > INLINE_WORK:
-            return None
-        return self.cache.get(*stamp)  # counted as a hit
-
     async def output_on_loop(self, model_id: str, req: OutputRequest) -> dict[str, Any] | None:
-        """``output`` of a plain prediction computed on the event loop (``cached_on_loop``); None for a thread."""
+        """``output`` of a plain prediction computed on the event loop (``ServedModels.on_loop``); None for a thread."""
         if req.targets is not None or req.include_activations or req.include_gradients:
             return None
-        model = await self.cached_on_loop(model_id, len(req.inputs) if req.inputs is not None else 1)
+        model = await self.models.on_loop(model_id, len(req.inputs) if req.inputs is not None else 1)
         return None if model is None else self.output(model_id, req, model=model)
 
     def output(self, model_id: str, req: OutputRequest, version: int | None = None,
@@ -246,7 +195,7 @@ class Service:
         if req.include_gradients and req.targets is None:
             raise InvalidInput("include_gradients needs `targets`: the gradient is of the cost between outputs and targets")
         if model is None:
-            model = self.served_model(model_id) if version is None else self.served_version(model_id, version)
+            model = self.models.version(model_id, version)
         rows = req.inputs if req.inputs is not None else [req.input]
         if len(rows) == 0:
             raise InvalidInput("inputs hold no samples; send at least one vector")
@@ -298,7 +247,7 @@ class Service:
 
     def evaluate(self, model_id: str, req: EvaluateRequest, version: int | None = None,
                  viewer: str | None = None) -> dict[str, Any]:
-        model = self.served_model(model_id) if version is None else self.served_version(model_id, version)
+        model = self.models.version(model_id, version)
         x, y = self._labelled(model_id, model.record.info, req, viewer)
         with model.lock, np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf or NaN, refused below
             metrics = model.net.evaluate(x, y)
@@ -307,7 +256,7 @@ class Service:
                 "metrics": jsonable(metrics)}
 
     def get_weights(self, model_id: str) -> dict[str, Any]:
-        model = self.served_model(model_id)
+        model = self.models.current(model_id)
         return {"layers": jsonable(model.net.get_weights()), "version": model.record.version}
 
     def set_weights(self, model_id: str, req: Weights) -> ModelRecord:
@@ -338,7 +287,7 @@ class Service:
         return self._with_metrics([self.store.get_version(model_id, version)[1]])[0]
 
     def version_weights(self, model_id: str, version: int) -> dict[str, Any]:
-        model = self.served_version(model_id, version)
+        model = self.models.version(model_id, version)
         return {"layers": jsonable(model.net.get_weights()), "version": model.record.version}
 
     def restore_version(self, model_id: str, version: int) -> ModelRecord:

@@ -155,6 +155,7 @@ def test_small_predictions_are_computed_on_the_event_loop_and_large_ones_in_a_th
     than the math); more rows than INLINE_WORK allows, targets, or an older version go to a thread. The answers
     have the same fields either way, and every request counts one cache hit."""
     from api import services
+    from api.model_cache import INLINE_WORK
     from api.schemas import OutputResponse
 
     threads = []
@@ -170,7 +171,7 @@ def test_small_predictions_are_computed_on_the_event_loop_and_large_ones_in_a_th
         model = {"model_id": "wide", "layer_sizes": [784, 64, 10], "activations": ["relu", "softmax"], "seed": 0}
         assert client.post("/models", json=model).status_code == 201
         n_params = 784 * 64 + 64 + 64 * 10 + 10
-        fits = services.INLINE_WORK // n_params
+        fits = INLINE_WORK // n_params
         client.post("/models/wide/output", json={"inputs": x[:1]})  # loads it
         hits, threads[:] = _metric(client.get("/metrics").text, "nn_model_cache_hits"), []
 
