@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 import uuid
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +34,14 @@ from neural_net import losses
 from neural_net.errors import NeuralNetError
 
 from api.errors import DatasetExists, DatasetInUse, DatasetNotFound, InvalidInput, StoreUnavailable
+from api.schemas import DATASET_ID_PATTERN
 from api.settings import dataset_root
 
 log = logging.getLogger("api.datasets")
 
 STALE_SECONDS = 86400  # left-overs in .tmp older than this are removed
 PENDING_USE_SECONDS = 60.0  # a use whose job is not stored yet (being submitted) counts for this long
+DATASET_ID = re.compile(DATASET_ID_PATTERN)
 
 
 @dataclass
@@ -135,7 +138,9 @@ class DatasetStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _folder(self, dataset_id: str) -> Path:
-        if not dataset_id or dataset_id.startswith(".") or "/" in dataset_id or "\\" in dataset_id:
+        """The folder of an id an upload can have (DATASET_ID_PATTERN: no '.', '/', or a name longer than a file
+        name may be); DatasetNotFound for any other."""
+        if not DATASET_ID.fullmatch(dataset_id):
             raise DatasetNotFound(dataset_id)
         return self.root / dataset_id
 

@@ -144,6 +144,12 @@ def test_taken_id_and_unknown_id(app):
     for path in ("/datasets/nope", "/datasets/nope/download"):
         response = app.get(path)
         assert response.status_code == 404 and "GET /datasets" in response.json()["detail"]
+    # ids no upload can have (the fuzz test found a 500 for one longer than a file name may be)
+    for dataset_id in ("x" * 300, "x" * 65, "-dash-first", "a b"):
+        for method, path in (("GET", f"/datasets/{dataset_id}"), ("GET", f"/datasets/{dataset_id}/download"),
+                             ("DELETE", f"/datasets/{dataset_id}")):
+            response = app.request(method, path)
+            assert response.status_code == 404 and "GET /datasets" in response.json()["detail"], (method, path)
 
 
 def test_size_and_row_limits(tmp_path):
