@@ -18,7 +18,7 @@ from api.openapi_errors import document_errors
 from api.metrics import MetricsMiddleware, build_registry
 from api.notify import Deliverer
 from api.routes import auth, datasets, health, jobs, metrics, models, pages, search, v2, versions
-from api.backend import open_backend
+from api.backend import DataDirInUse, open_backend
 from api.services import Service
 from api.settings import Settings, get_settings
 
@@ -79,6 +79,33 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+class StartupRefused:
+    """A start the operator can fix (another service holds NN_DATA_DIR) fails the ASGI lifespan with one line
+    instead of Starlette's traceback: uvicorn logs it, then "Application startup failed. Exiting." (status 3)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            return await self.app(scope, receive, send)
+        failed: list[Message] = []
+
+        async def hold_failure(message: Message) -> None:  # its message is a traceback: sent once we know why
+            if message["type"] == "lifespan.startup.failed":
+                failed.append(message)
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, hold_failure)
+        except DataDirInUse as exc:
+            failed[:] = [{"type": "lifespan.startup.failed", "message": str(exc)}]  # reported, not raised
+        finally:
+            for message in failed:
+                await send(message)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logs.install()  # control characters in logged paths, ids and headers are escaped
@@ -115,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     app.state.backend = backend
     install_error_handlers(app)
+    app.add_middleware(StartupRefused)  # `uvicorn main:app` on a data directory in use: one line (`python main.py` checks first)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     document_errors(app, settings)
     install_access_control(app, settings)  # outside BodyLimit: a request without a key is refused before its body is read

@@ -143,6 +143,21 @@ def test_a_second_service_on_the_same_data_dir_says_so_in_one_line(tmp_path):
         stop_server(first)
 
 
+def test_uvicorn_main_app_on_a_data_dir_in_use_says_so_in_one_line(tmp_path):
+    url, first = start_server(tmp_path)
+    try:
+        env = {**os.environ, "NN_DATA_DIR": str(tmp_path), "NN_WORKERS": "1"}
+        second = subprocess.run([sys.executable, "-m", "uvicorn", "main:app", "--port", str(free_port())], cwd=ROOT,
+                                env=env, capture_output=True, text=True, timeout=60)
+        output = second.stdout + second.stderr
+        assert second.returncode != 0, output
+        assert (f"another service is using {tmp_path.resolve()}; stop it or set another NN_DATA_DIR" in output), output
+        assert "Traceback" not in output and "Exception in 'lifespan' protocol" not in output, output
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200  # the first one is untouched
+    finally:
+        stop_server(first)
+
+
 def test_a_damaged_database_refuses_to_start_in_one_line(tmp_path):
     from tests.api.storage.test_sqlite import damaged_database
 
