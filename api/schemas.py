@@ -93,7 +93,8 @@ class ModelPublic(BaseModel):
     n_params: int = Field(description="Number of trainable parameters.")
     epochs_trained: int = Field(description="Epochs trained so far, over all jobs.")
     buffer_size: int = Field(description="Samples waiting in the training buffer.")
-    latest_job: JobSummary | None = Field(description="The model's most recent training job.")
+    latest_job: JobSummary | None = Field(description="The model's most recent job; under NN_TENANCY, the most recent "
+                                                      "one the key's name submitted (one it may open), else null.")
     created_at: datetime = Field(description="When the model was created (UTC).")
     updated_at: datetime = Field(description="When its weights last changed (UTC).")
     config: dict[str, Any] = Field(description="The core's network configuration (get_config()).")

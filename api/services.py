@@ -137,11 +137,25 @@ class Service:
         log.info("model %s: created %s (%d parameters)", model_id, net.layer_sizes, net.n_params)
         return record
 
-    def get_model(self, model_id: str) -> ModelRecord:
-        return self.store.get_model(model_id)
+    def get_model(self, model_id: str, viewer: str | None = None) -> ModelRecord:
+        return self._latest_job_for(self.store.get_model(model_id), viewer)
 
     def list_models(self, offset: int, limit: int, owner: str | None = None) -> tuple[list[ModelRecord], int]:
-        return self.store.list_models(offset, limit, owner=owner)
+        records, count = self.store.list_models(offset, limit, owner=owner)
+        return [self._latest_job_for(record, owner) for record in records], count
+
+    def _latest_job_for(self, record: ModelRecord, viewer: str | None) -> ModelRecord:
+        """Tenancy: a job belongs to who submitted it, so `latest_job` is the viewer's latest on this model (or
+        None), never one it could not open; one more read only when another name submitted the model's latest."""
+        latest = record.latest_job
+        if viewer is None or latest is None or latest.get("owner") == viewer:
+            return record
+        try:
+            job = self.latest_job(record.model_id, viewer)
+            record.latest_job = {"job_id": job.job_id, "status": job.status, "owner": job.owner}
+        except (NoJobs, ModelNotFound):  # none of the viewer's, or the model was deleted since
+            record.latest_job = None
+        return record
 
     # -- tenancy (api/auth.py): another owner's model or job is as absent -----------------
     def check_model_owner(self, model_id: str, owner: str) -> None:

@@ -53,8 +53,9 @@ async def import_model(request: Request, model_id: str | None = Query(None, patt
 
 
 @router.get("/{model_id}", response_model=ModelPublic, summary="Architecture, version, buffer size and latest job")
-def get_model(model_id: str, request: Request, response: Response, service: Service = Depends(get_service)) -> ModelPublic:
-    record = service.get_model(model_id)
+def get_model(model_id: str, request: Request, response: Response, viewer: str | None = Depends(visible_owner),
+              service: Service = Depends(get_service)) -> ModelPublic:
+    record = service.get_model(model_id, viewer)
     if etag.matches(request.headers.get("if-none-match"), record):
         return Response(status_code=304, headers={"ETag": etag.model_etag(record)})
     response.headers["ETag"] = etag.model_etag(record)

@@ -14,7 +14,7 @@ class ModelRecord:
     created_at: float
     updated_at: float
     buffer_size: int = 0
-    latest_job: dict[str, Any] | None = None  # {"job_id", "status"}
+    latest_job: dict[str, Any] | None = None  # {"job_id", "status", "owner"}
     owner: str | None = None  # name of the API key that created it (api/auth.py); None without keys
 
 

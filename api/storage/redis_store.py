@@ -153,15 +153,17 @@ class RedisStore(Store):
         latest_ids = [r[0].decode() if r else None for r in raw[2::3]]
         pipe = self.redis.pipeline(transaction=False)
         for job_id in latest_ids:
-            pipe.hget(self._key("j", job_id or "-"), "status")
-        statuses = pipe.execute() if ids else []
+            pipe.hmget(self._key("j", job_id or "-"), ["status", "owner"])
+        latest_jobs = pipe.execute() if ids else []
         out = []
         for i, mid in enumerate(ids):
             f, size = raw[3 * i], raw[3 * i + 1]
             if f[0] is None:
                 out.append(None)
                 continue
-            latest = {"job_id": latest_ids[i], "status": statuses[i].decode()} if latest_ids[i] and statuses[i] else None
+            status, owner = latest_jobs[i]
+            latest = ({"job_id": latest_ids[i], "status": status.decode(), "owner": owner and owner.decode()}
+                      if latest_ids[i] and status else None)
             out.append((decode_model(mid, f, int(size or 0), latest), bytes(f[6]) if with_blob else None))
         return out
 

@@ -14,7 +14,8 @@ JOB_COLUMNS = ("job_id, model_id, model_uid, status, params, min_samples, consum
 MODEL_COLUMNS = """m.model_id, m.uid, m.version, m.info, m.created_at, m.updated_at, m.owner,
     (SELECT COALESCE(SUM(n), 0) FROM samples s WHERE s.model_id = m.model_id AND s.job_id IS NULL) AS buffer_size,
     (SELECT job_id FROM jobs j WHERE j.model_id = m.model_id AND j.model_uid = m.uid ORDER BY seq DESC LIMIT 1) AS latest_job_id,
-    (SELECT status FROM jobs j WHERE j.model_id = m.model_id AND j.model_uid = m.uid ORDER BY seq DESC LIMIT 1) AS latest_job_status"""
+    (SELECT status FROM jobs j WHERE j.model_id = m.model_id AND j.model_uid = m.uid ORDER BY seq DESC LIMIT 1) AS latest_job_status,
+    (SELECT owner FROM jobs j WHERE j.model_id = m.model_id AND j.model_uid = m.uid ORDER BY seq DESC LIMIT 1) AS latest_job_owner"""
 
 
 def _job(row: sqlite3.Row) -> JobRecord:
@@ -39,7 +40,7 @@ def _trial(row: sqlite3.Row) -> dict:
 def _model(row: sqlite3.Row) -> ModelRecord:
     latest = None
     if row["latest_job_id"] is not None:
-        latest = {"job_id": row["latest_job_id"], "status": row["latest_job_status"]}
+        latest = {"job_id": row["latest_job_id"], "status": row["latest_job_status"], "owner": row["latest_job_owner"]}
     return ModelRecord(
         model_id=row["model_id"], uid=row["uid"], version=row["version"], info=json.loads(row["info"]),
         created_at=row["created_at"], updated_at=row["updated_at"], buffer_size=row["buffer_size"], latest_job=latest,

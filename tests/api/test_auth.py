@@ -276,6 +276,34 @@ def test_lists_hold_only_what_the_key_sees_with_totals_to_match(tenant_app):
     assert client.post("/models/a1/output", json={"inputs": X4}, headers=h("alice-read-key")).status_code == 200
 
 
+def test_a_models_latest_job_is_one_the_key_may_open(tenant_app):
+    """Jobs belong to who submitted them: latest_job (GET /models/{id}, GET /models, the dashboard) shows a tenant
+    its own latest job on the model, never one it would get a 404 for; an admin key sees the model's latest."""
+    client = tenant_app
+    for model_id in ("a1", "a2"):
+        assert client.post("/models", json={**IRIS, "model_id": model_id}, headers=h("alice-train-key")).status_code == 201
+
+    def submit(model_id: str, key: str) -> str:
+        made = client.post(f"/models/{model_id}/training-jobs", json={"min_samples": 1000}, headers=h(key))
+        assert made.status_code == 202, made.text
+        return made.json()["job_id"]
+
+    alices, roots = submit("a1", "alice-train-key"), submit("a1", "root-admin-key")  # the admin's is the newest
+    only_roots = submit("a2", "root-admin-key")
+
+    def latest(key: str) -> dict:
+        one = {m: client.get(f"/models/{m}", headers=h(key)).json()["latest_job"] for m in ("a1", "a2")}
+        listed = {m["model_id"]: m["latest_job"] for m in client.get("/models", headers=h(key)).json()["data"]}
+        assert one == listed
+        return {m: job and job["job_id"] for m, job in one.items()}
+
+    assert latest("alice-read-key") == {"a1": alices, "a2": None}
+    assert latest("root-admin-key") == {"a1": roots, "a2": only_roots} == latest("alice-admin-key")
+    assert client.get(f"/jobs/{alices}", headers=h("alice-read-key")).status_code == 200
+    assert client.get(f"/jobs/{roots}", headers=h("alice-read-key")).status_code == 404  # as before
+    assert client.get("/models/a1/progress", headers=h("alice-read-key")).json()["job_id"] == alices
+
+
 def test_a_real_server_with_scoped_keys_from_the_environment(tmp_path):
     url, process = start_server(tmp_path, NN_API_KEYS=API_KEYS, NN_TENANCY="true", NN_WORKERS="0")
     try:

@@ -102,6 +102,8 @@ def test_owners_are_kept_and_filter_the_lists(store):
     assert [j.job_id for j in page] == [jobs[3].job_id, jobs[2].job_id] and total == 3  # newest first
     assert [j.job_id for j in store.list_jobs("m0", 2, 2, owner="alice")[0]] == [jobs[0].job_id]
     assert store.list_jobs("m0", 0, 10, owner="bob")[1] == 1 and store.list_jobs("m0", 0, 10)[1] == 4
+    latest = {"job_id": jobs[3].job_id, "status": jobs[3].status, "owner": "alice"}  # whose it is: api/services.py
+    assert store.get_model("m0").latest_job == latest == store.list_models(0, 1, owner="alice")[0][0].latest_job
     assert store.create_job(job("m1")).owner is None
     store.delete_model("m2")  # a deleted model leaves its owner's list; its namesake may belong to another
     store.create_model("m2", b"b", {}, owner="bob")
@@ -139,7 +141,7 @@ def test_promote_claim_samples_in_order(store):
     assert claimed.job_id == first.job_id and claimed.status == "running" and claimed.worker_id == "w1"
     assert claimed.started_at is not None
     assert store.claim_job("w2") is None  # one job per model at a time
-    assert store.get_model("m").latest_job == {"job_id": second.job_id, "status": "queued"}
+    assert store.get_model("m").latest_job == {"job_id": second.job_id, "status": "queued", "owner": None}
     jobs, total = store.list_jobs("m", 0, 10)
     assert [j.job_id for j in jobs] == [second.job_id, first.job_id] and total == 2
 
