@@ -4,6 +4,7 @@
     python -m client status JOB_ID [--watch] [--history] [--json]
     python -m client predict --model moons --data examples/data/moons-new.csv
     python -m client export --model moons --out moons.onnx --format onnx
+    python -m client whoami [--json]
 
 CSV files hold one sample per row, the inputs first and the last `--targets N` columns (default 1)
 as targets; a header row is skipped. .npz files hold arrays `x` and `y` (or `inputs` and `targets`).
@@ -154,6 +155,32 @@ def cmd_predict(api, args):
     return 0
 
 
+SCOPES = ("read", "train", "admin")
+
+
+def whoami_text(me):
+    """GET /auth/whoami on a few lines: the key's name and scope, what tenancy lets it see, and each operation
+    it may not call with the scope that operation needs (train ones first, then admin ones)."""
+    if not me["keys_required"]:
+        return "the service has no API keys: full access (scope admin), every model and job"
+    sees = f"only {me['name']}'s models and jobs" if me["tenancy"] and me["scope"] != "admin" else "every model and job"
+    lines = [f"key {me['name']}: scope {me['scope']}, tenancy {'on' if me['tenancy'] else 'off'}, sees {sees}"]
+    denied = sorted(((scope, *operation.split(" ", 1)) for operation, scope in me["denied"].items()),
+                    key=lambda entry: (SCOPES.index(entry[0]), entry[2], entry[1]))
+    if not denied:
+        return lines[0] + "\nmay call every operation"
+    lines.append(f"may not call these {len(denied)} operations (the scope each needs):")
+    width = max(len(method) for _, method, _ in denied)
+    lines += [f"  {scope:<5}  {method:<{width}}  {path}" for scope, method, path in denied]
+    return "\n".join(lines)
+
+
+def cmd_whoami(api, args):
+    me = api.whoami()
+    print(json.dumps(me, indent=2) if args.json else whoami_text(me))
+    return 0
+
+
 def cmd_export(api, args):
     api.export(args.model, args.out, format=args.format)
     print(f"wrote {args.out}", file=sys.stderr)
@@ -203,6 +230,10 @@ def build_parser():
     export.add_argument("--out", required=True, help="file to write")
     export.add_argument("--format", choices=["npz", "onnx"], default="npz", help="npz (the core's file) or onnx (default npz)")
     export.set_defaults(run=cmd_export)
+
+    whoami = commands.add_parser("whoami", help="the API key's name, scope and tenancy, and what it may not call")
+    whoami.add_argument("--json", action="store_true", help="print the service's JSON answer instead")
+    whoami.set_defaults(run=cmd_whoami)
     return parser
 
 

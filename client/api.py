@@ -55,10 +55,16 @@ class Client:
         response = self.request(method, path, **kwargs)
         return response.json() if response.content else None
 
-    # models
     def health(self):
         return self._json("GET", "/health")
 
+    def whoami(self):
+        """The API key's name, scope and tenancy, and the operations its scope may not call, as GET /auth/whoami
+        answers: {"name": "alice", "scope": "read", "tenancy": True, "keys_required": True, "denied":
+        {"POST /models": "train", ...}}; without keys on the service, full access (scope "admin", nothing denied)."""
+        return self._json("GET", "/auth/whoami")
+
+    # models
     def create_model(self, layer_sizes=None, activations=None, model_id=None, **options):
         """From layer sizes ([4, 8, 3]) and activations, or from `input_size=` and `layers=[{"type": "dense",
         "units": 8, ...}, {"type": "batch_norm"}, ...]`; other options as in POST /models."""

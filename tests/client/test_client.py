@@ -1,5 +1,6 @@
 """The Python client and its command line against a real uvicorn server."""
 import io
+import json
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from client import ApiError, Client
 from client.api import ProgressBar
 from client.__main__ import load_data
 from tests.conftest import ROOT
+from tests.servers import start_server, stop_server
 
 
 def screen(text):
@@ -176,3 +178,61 @@ def test_objects_read_like_their_json(server, moons):
         with pytest.raises(ApiError) as info:
             api.get_model("nope")
         assert repr(info.value).startswith("ApiError(status_code=404, detail=\"model 'nope' does not exist")
+
+
+# -- who am I ---------------------------------------------------------------------------------------------
+KEYS = "alice:alice-read-key:read,bob:bob-train-key:train,root:root-admin-key:admin"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory):
+    """A real server with scoped keys and tenancy, no workers."""
+    url, process = start_server(tmp_path_factory.mktemp("keys"), NN_API_KEYS=KEYS, NN_TENANCY="true", NN_WORKERS="0")
+    yield url
+    stop_server(process)
+
+
+def cli(url, *args):
+    return subprocess.run([sys.executable, "-m", "client", "--url", url, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_whoami_is_the_services_answer_for_the_key(keyed_server):
+    for key, name, scope in [("alice-read-key", "alice", "read"), ("bob-train-key", "bob", "train"),
+                             ("root-admin-key", "root", "admin")]:
+        with Client(keyed_server, api_key=key) as api:
+            me = api.whoami()
+            assert me == api.http.get("/auth/whoami").json()
+            assert (me["name"], me["scope"], me["tenancy"], me["keys_required"]) == (name, scope, True, True)
+            assert me["denied"].get("POST /models") == (None if scope != "read" else "train")
+            assert me["denied"].get("DELETE /models/{model_id}") == (None if scope == "admin" else "admin")
+    with Client(keyed_server) as api, pytest.raises(ApiError) as info:
+        api.whoami()
+    assert info.value.status_code == 401
+
+
+def test_whoami_without_keys_is_full_access(server):
+    with Client(server) as api:
+        assert api.whoami() == {"name": None, "scope": "admin", "tenancy": False, "keys_required": False, "denied": {}}
+    done = cli(server, "whoami")
+    assert done.returncode == 0 and done.stdout == "the service has no API keys: full access (scope admin), every model and job\n"
+
+
+def test_nn_whoami_lists_what_the_key_may_not_call_by_scope(keyed_server):
+    done = cli(keyed_server, "--api-key", "alice-read-key", "whoami")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    with Client(keyed_server, api_key="alice-read-key") as api:
+        denied = api.whoami()["denied"]
+    assert lines[:2] == ["key alice: scope read, tenancy on, sees only alice's models and jobs",
+                         f"may not call these {len(denied)} operations (the scope each needs):"]
+    rows = [line.split() for line in lines[2:]]
+    assert {f"{method} {path}": scope for scope, method, path in rows} == denied
+    assert [scope for scope, _, _ in rows] == sorted((scope for scope, _, _ in rows), key=["train", "admin"].index)
+    assert "  train  POST    /models" in lines
+    admin = cli(keyed_server, "--api-key", "root-admin-key", "whoami")
+    assert admin.stdout.splitlines() == ["key root: scope admin, tenancy on, sees every model and job", "may call every operation"]
+    raw = cli(keyed_server, "--api-key", "bob-train-key", "whoami", "--json")
+    assert raw.returncode == 0 and json.loads(raw.stdout)["name"] == "bob"
+    refused = cli(keyed_server, "--api-key", "not-a-key", "whoami")
+    assert refused.returncode == 2 and "HTTP 401" in refused.stderr and refused.stdout == ""
