@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from .api import ApiError, Client
+from .api import ApiError, Client, trials_ran
 
 
 def load_data(path, n_targets=1, with_targets=True):
@@ -91,6 +91,10 @@ def summary(record):
         if progress.get("percent") is not None:
             where += f" ({progress['percent']:.0f}%)"
         lines.append(where)
+    search = record.get("search") or {}
+    if search.get("trials_total"):
+        running = progress.get("trials_running")
+        lines.append(f"trials {trials_ran(search)}/{search['trials_total']} ran" + (f", {running} running" if running else ""))
     shown = _metrics_line(last)
     if not shown and progress.get("loss") is not None:
         shown = f"loss {progress['loss']:.4g} (this epoch so far)"
@@ -110,7 +114,6 @@ def summary(record):
     final = _metrics_line(metrics, ("loss", "accuracy", "f1", "mae", "rmse", "r2"))
     if final:
         lines.append(f"final ({metrics.get('on', 'held-out')}): {final}")
-    search = record.get("search") or {}
     if search.get("best"):
         best = search["best"]
         lines.append(f"best trial {best['index']}: {search.get('metric')} {best['score']:.4g} with {json.dumps(best['params'])}")

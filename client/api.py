@@ -171,6 +171,14 @@ class Client:
             body["inputs"], body["targets"] = _listify(inputs), _listify(targets)
         return Job(self, self._json("POST", f"/models/{model_id}/training-jobs", json=body))
 
+    def search(self, model_id, space, inputs=None, targets=None, **options):
+        """Submit a hyper-parameter search (`space`: {name: [values]}; folds, metric, trials, apply_best, ... as in
+        POST /models/{model_id}/search-jobs) on inline samples, a dataset (`dataset=`) or the buffer; returns a `Job`."""
+        body = {"space": space, **options}
+        if inputs is not None:
+            body["inputs"], body["targets"] = _listify(inputs), _listify(targets)
+        return Job(self, self._json("POST", f"/models/{model_id}/search-jobs", json=body))
+
     def job(self, job_id):
         return Job(self, self._json("GET", f"/jobs/{job_id}"))
 
@@ -203,7 +211,9 @@ class Job:
     def __repr__(self):
         r, p = self.record, self.record.get("progress") or {}
         parts = [f"job_id={r['job_id']!r}", f"model_id={r.get('model_id')!r}", f"status={r.get('status')!r}"]
-        if p.get("epoch") is not None:
+        if p.get("trials_total") is not None:
+            parts.append(f"trials={p.get('trials_done')}/{p['trials_total']}")
+        elif p.get("epoch") is not None:
             parts.append(f"epoch={p['epoch']}/{p.get('epochs')}")
         last = (r.get("history") or [{}])[-1]
         loss = last.get("loss", p.get("loss"))
@@ -220,9 +230,10 @@ class Job:
         return self.record
 
     def wait(self, progress=False, timeout=None, poll_interval=0.5, stream=True, out=None):
-        """Block until the job ends; returns its final record. With progress=True, draws a bar
-        (epoch, loss, ETA) on `out` (stderr). Follows the SSE stream, falling back to polling."""
-        bar = ProgressBar(out or sys.stderr) if progress else None
+        """Block until the job ends; returns its final record. With progress=True, draws a bar on `out`
+        (stderr): epoch, loss and ETA of a training job, trials done and the best score of a search. Follows
+        the SSE stream, falling back to polling."""
+        bar = ProgressBar(out or sys.stderr, kind=self.record.get("kind", "training")) if progress else None
         deadline = None if timeout is None else time.monotonic() + timeout
         if stream:
             try:
@@ -261,16 +272,23 @@ class Job:
                     return
 
 
-class ProgressBar:
-    """One line redrawn in place: [#####-----]  52.0% epoch 3/5 loss 0.1234 ETA 4s. `finish` redraws it
-    from the job's final record, then writes a summary line below it."""
+def trials_ran(search):
+    """Trials of a search record (its `search` field) that ran to an end, succeeded or failed (not cancelled)."""
+    return sum(t["status"] in ("succeeded", "failed") for t in search["trials"])
 
-    def __init__(self, out, width=30):
-        self.out, self.width = out, width
+
+class ProgressBar:
+    """One line redrawn in place: [#####-----]  52.0% epoch 3/5 loss 0.1234 ETA 4s for a training job,
+    [##--------]  25.0% trials 4/16 (2 running) best accuracy 0.97 for a search's trials (then its apply
+    stage's epochs). `finish` redraws it from the job's final record, then writes a summary line below it."""
+
+    def __init__(self, out, width=30, kind="training"):
+        self.out, self.width, self.kind = out, width, kind
         self.last = ""
 
     def update(self, status, progress):
-        self._draw(self._line(status, progress))
+        line = self._line(status, progress)
+        self._draw(line + (f" {status}" if progress and status not in ("running", None) else ""))
 
     def _line(self, status, progress):
         if not progress:
@@ -278,11 +296,22 @@ class ProgressBar:
         percent = progress.get("percent") or 0.0
         filled = int(self.width * percent / 100)
         eta = progress.get("eta_seconds")
-        loss = progress.get("loss")
-        return (f"[{'#' * filled}{'-' * (self.width - filled)}] {percent:5.1f}% "
-                f"epoch {progress.get('epoch')}/{progress.get('epochs')}"
-                + (f" loss {loss:.4f}" if loss is not None else "")
+        return (f"[{'#' * filled}{'-' * (self.width - filled)}] {percent:5.1f}% " + self._where(progress)
                 + (f" ETA {eta:.0f}s" if eta is not None else ""))
+
+    def _where(self, progress):
+        """Trials done and the best so far (a search's trials stage), else the epoch and its loss."""
+        if progress.get("trials_total") is not None:
+            running, best = progress.get("trials_running"), progress.get("best")
+            return (f"trials {progress.get('trials_done') or 0}/{progress['trials_total']}"
+                    + (f" ({running} running)" if running else "")
+                    + (f" best {progress.get('metric')} {best['score']:.4g}" if best else ""))
+        parts = ["apply best,"] if self.kind == "search" else []  # a search's apply stage trains its best trial
+        if progress.get("epoch") is not None:
+            parts.append(f"epoch {progress['epoch']}/{progress.get('epochs')}")
+        if progress.get("loss") is not None:
+            parts.append(f"loss {progress['loss']:.4f}")
+        return " ".join(parts)
 
     def _draw(self, line):
         if line != self.last:
@@ -292,20 +321,37 @@ class ProgressBar:
 
     def finish(self, record):
         """The bar as the job ended, whatever progress event came last: a succeeded job at 100% (its final
-        progress), a failed or cancelled one at the epochs it completed (the model keeps those), with its status."""
-        status, progress = record["status"], record.get("progress")
-        if progress:
+        progress), a failed or cancelled one at the epochs it completed (the model keeps those), with its status.
+        A search shows the trials that ran (succeeded or failed) and its best score, whichever stage it ended in."""
+        status, progress, search = record["status"], record.get("progress"), record.get("search")
+        if search:
+            ran, total = trials_ran(search), search["trials_total"]
+            progress = {"percent": 100.0 * ran / total if total else 0.0, "trials_done": ran, "trials_total": total,
+                        "metric": search["metric"], "best": search.get("best")}
+        elif progress:
             progress = {**progress, "eta_seconds": None}
             done = record.get("epochs_completed")
             if status != "succeeded" and progress.get("epochs") and done is not None:
                 progress.update(epoch=done, percent=100.0 * done / progress["epochs"], loss=None)
         self._draw(self._line(status, progress) + (f" {status}" if progress else ""))
+        self.out.write("\n" + self._summary(record) + "\n")
+        self.out.flush()
+
+    @staticmethod
+    def _summary(record):
         history = record.get("history") or []
         last = history[-1] if history else {}
-        summary = f"job {record['job_id']} {status}"
-        if "loss" in last:
+        summary = f"job {record['job_id']} {record['status']}"
+        search = record.get("search")
+        if search:
+            summary += f": {trials_ran(search)} of {search['trials_total']} trials"
+            best = search.get("best")
+            if best:
+                summary += f", best {search['metric']} {best['score']:.4g} (trial {best['index']})"
+            if "loss" in last:
+                summary += f"; applied: {len(history)} epochs, loss {last['loss']:.4f}"
+        elif "loss" in last:
             summary += f" after {len(history)} epochs, loss {last['loss']:.4f}"
         if record.get("error"):
             summary += f": {record['error']}"
-        self.out.write("\n" + summary + "\n")
-        self.out.flush()
+        return summary

@@ -101,6 +101,87 @@ def test_the_bar_redraws_the_final_record_over_the_last_event():
                                       "job j failed after 5 epochs, loss 0.5000: diverged at epoch 6"]
 
 
+class AddsSamplesOnFirstDraw(io.StringIO):
+    """The bar's `out`: its first line is drawn while the search waits in 'buffering' for samples; only then
+    are they added, so that line is known whatever the timing, and the search goes on to run its trials."""
+
+    def __init__(self, api, model_id, x, y):
+        super().__init__()
+        self.add = lambda: api.add_samples(model_id, x, y)
+
+    def write(self, text):
+        if not self.getvalue():
+            self.add()
+        return super().write(text)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_the_bar_of_a_search_shows_its_trials_and_best_score(server, moons, stream):
+    x, y = moons
+    model_id = f"client-search-{stream}"
+    with Client(server) as api:
+        api.create_model([2, 8, 1], activations=["relu", "sigmoid"], model_id=model_id, seed=0)
+        job = api.search(model_id, {"hidden_sizes": [[4], [8]], "learning_rate": [0.01, 0.05]}, folds=2,
+                         metric="accuracy", epochs=5, min_samples=len(x))
+        assert repr(job) == f"Job(job_id={job.job_id!r}, model_id={model_id!r}, status='buffering', trials=0/4)"
+        out = AddsSamplesOnFirstDraw(api, model_id, x, y)
+        final = job.wait(progress=True, timeout=120, stream=stream, poll_interval=0.05, out=out)
+        assert final["status"] == "succeeded" and final["search"]["trials_done"] == 4
+        text = out.getvalue()
+        assert "None" not in text and "epoch" not in text, text
+        assert text.split("\r")[1].rstrip() == f"[{'-' * 30}]   0.0% trials 0/4 buffering"
+        best = final["search"]["best"]
+        bar, summary = screen(text)
+        assert bar == f"[{'#' * 30}] 100.0% trials 4/4 best accuracy {best['score']:.4g} succeeded"
+        assert summary == f"job {job.job_id} succeeded: 4 of 4 trials, best accuracy {best['score']:.4g} (trial {best['index']})"
+        assert repr(job) == f"Job(job_id={job.job_id!r}, model_id={model_id!r}, status='succeeded', trials=4/4)"
+
+
+def test_the_bar_of_a_search_that_applies_its_best_ends_on_the_trials_and_the_epochs_applied(server, moons):
+    x, y = moons
+    with Client(server) as api:
+        api.create_model([2, 8, 1], activations=["relu", "sigmoid"], model_id="client-apply", seed=0)
+        job = api.search("client-apply", {"hidden_sizes": [[4], [8]]}, inputs=x, targets=y, folds=2, metric="loss",
+                         epochs=20, apply_best=True)
+        out = io.StringIO()
+        final = job.wait(progress=True, timeout=120, out=out)
+        assert final["status"] == "succeeded" and final["stage"] == "apply" and len(final["history"]) == 20
+        best, loss = final["search"]["best"], final["history"][-1]["loss"]
+        assert "None" not in out.getvalue()
+        bar, summary = screen(out.getvalue())
+        assert bar == f"[{'#' * 30}] 100.0% trials 2/2 best loss {best['score']:.4g} succeeded"
+        assert summary == (f"job {job.job_id} succeeded: 2 of 2 trials, best loss {best['score']:.4g} "
+                           f"(trial {best['index']}); applied: 20 epochs, loss {loss:.4f}")
+
+
+def test_the_bar_draws_each_progress_shape_without_none():
+    """A search's trials stage (buffering, trials running, the best so far), its apply stage, and a cancelled
+    search, which shows the trials that ran, not the ones cancelled."""
+    out = io.StringIO()
+    bar = ProgressBar(out, width=10, kind="search")
+    trials = {"epoch": None, "epochs": None, "loss": None, "eta_seconds": None, "trials_total": 16, "metric": "accuracy"}
+    lines = []
+    for status, progress in [
+            ("buffering", {**trials, "percent": 0.0, "trials_done": 0, "trials_running": 0, "best": None}),
+            ("running", {**trials, "percent": 18.75, "trials_done": 3, "trials_running": 2,
+                         "best": {"index": 1, "score": 0.97, "params": {}}}),
+            ("running", {"epoch": 3, "epochs": 10, "percent": 25.0, "loss": 0.5, "eta_seconds": 2.0})]:
+        bar.update(status, progress)
+        lines.append(bar.last)
+    assert lines == ["[----------]   0.0% trials 0/16 buffering",
+                     "[#---------]  18.8% trials 3/16 (2 running) best accuracy 0.97",
+                     "[##--------]  25.0% apply best, epoch 3/10 loss 0.5000 ETA 2s"]
+    out = io.StringIO()
+    bar = ProgressBar(out, width=10, kind="search")
+    ran = [{"index": i, "status": "succeeded" if i < 3 else "failed" if i < 4 else "cancelled"} for i in range(8)]
+    bar.finish({"job_id": "s", "status": "cancelled", "history": [], "error": None,
+                "progress": {**trials, "percent": 100.0, "trials_done": 8, "trials_running": 0, "best": None},
+                "search": {"metric": "f1", "trials_total": 8, "trials_done": 8, "trials": ran,
+                           "best": {"index": 2, "score": 0.875}}})
+    assert screen(out.getvalue()) == ["[#####-----]  50.0% trials 4/8 best f1 0.875 cancelled",
+                                      "job s cancelled: 4 of 8 trials, best f1 0.875 (trial 2)"]
+
+
 def test_wait_by_polling_and_cancel(server, moons):
     x, y = moons
     with Client(server) as api:

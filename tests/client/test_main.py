@@ -59,6 +59,17 @@ def test_status_of_a_running_job_shows_the_eta():
     assert history_table(record).splitlines() == ["epoch  loss  accuracy  learning_rate", "    3  0.25       0.9           0.01"]
 
 
+def test_status_of_a_running_search_shows_its_trials():
+    trials = [{"index": i, "status": status} for i, status in enumerate(["succeeded", "failed", "running", "pending"])]
+    record = {"job_id": "s1", "model_id": "m", "kind": "search", "status": "running", "params": {}, "epochs_completed": 0,
+              "history": [], "progress": {"epoch": None, "epochs": None, "percent": 50.0, "trials_done": 2,
+                                          "trials_total": 4, "trials_running": 1, "metric": "accuracy"},
+              "search": {"metric": "accuracy", "trials_total": 4, "trials_done": 2, "trials": trials,
+                         "best": {"index": 0, "score": 0.95, "params": {"hidden_sizes": [8]}}}}
+    assert summary(record).splitlines() == ["job s1 (search) on model m: running", "trials 2/4 ran, 1 running",
+                                            "ETA unknown", 'best trial 0: accuracy 0.95 with {"hidden_sizes": [8]}']
+
+
 def test_every_option_has_help_text():
     def check(parser, where):
         for action in parser._actions:
