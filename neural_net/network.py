@@ -24,6 +24,7 @@ from .losses import task as _task
 from .training import EarlyStopping, Run, check_training_options
 
 DTYPES = ("float32", "float64")
+MAX_CLASS_NAME_LENGTH = 200  # characters in one class name
 
 
 class Network:
@@ -33,7 +34,7 @@ class Network:
     >>> net.add(Dense(16, activation="relu")).add(Dense(1, activation="sigmoid"))
     """
 
-    def __init__(self, input_size, seed=None, dtype="float32", loss="auto"):
+    def __init__(self, input_size, seed=None, dtype="float32", loss="auto", class_names=None):
         if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size < 1:
             raise ConfigError(f"input_size must be a positive integer; received input_size={input_size!r}")
         if str(dtype) not in DTYPES:
@@ -47,6 +48,7 @@ class Network:
         self.layers = []
         self._loss_spec = loss if isinstance(loss, (str, dict)) or loss is None else loss.get_config()
         loss_registry.get(self._loss_spec) if self._loss_spec not in (None, "auto") else None
+        self.class_names = _class_names(class_names)
         self.optimizer = None
         self.epochs_trained = 0
         self._flat = self._grad_flat = None
@@ -55,9 +57,10 @@ class Network:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_layer_sizes(cls, layer_sizes, activations="relu", weight_init="auto", bias_init="zeros",
-                         loss="auto", dropout=0.0, seed=None, dtype="float32"):
+                         loss="auto", dropout=0.0, seed=None, dtype="float32", class_names=None):
         """Dense layers from sizes [n_in, h1, ..., n_out]; `activations` is one name for every layer or
-        one per layer after the input; `dropout` is one rate for every hidden layer or one per layer."""
+        one per layer after the input; `dropout` is one rate for every hidden layer or one per layer;
+        `class_names` names the classes of a classifier (see `check_class_names`)."""
         sizes = list(layer_sizes) if isinstance(layer_sizes, (list, tuple)) else None
         if not sizes or len(sizes) < 2:
             raise ConfigError(f"layer_sizes needs at least an input and an output size; received {layer_sizes!r}")
@@ -67,9 +70,10 @@ class Network:
             dropouts = _per_layer(list(dropout), n_layers, "dropout")
         else:
             dropouts = [dropout] * (n_layers - 1) + [0.0]
-        net = cls(sizes[0], seed=seed, dtype=dtype, loss=loss)
+        net = cls(sizes[0], seed=seed, dtype=dtype, loss=loss, class_names=class_names)
         for units, activation, rate in zip(sizes[1:], activations, dropouts):
             net.add(Dense(units, activation=activation, weight_init=weight_init, bias_init=bias_init, dropout=rate))
+        net.check_class_names()
         return net
 
     def add(self, layer):
@@ -189,6 +193,28 @@ class Network:
     def predict_classes(self, x):
         """Class index per sample: argmax for multi-class, p > 0.5 (or logit > 0) for binary."""
         return _classes(self.predict(x), self.loss)
+
+    def predict_labels(self, x):
+        """Class name per sample (`class_names[predict_classes(x)]`), like scikit-learn's `classes_[argmax]`."""
+        if self.class_names is None:
+            raise ConfigError("the network has no class_names; pass class_names=[...] when building it, "
+                              "or use predict_classes for class indices")
+        self.check_class_names()
+        return [self.class_names[k] for k in self.predict_classes(x)]
+
+    def check_class_names(self):
+        """Raises ConfigError unless `class_names` is None or names each class of a classifier: one name per
+        output for multiclass (softmax, cross_entropy), two (class 0, class 1) for binary (one sigmoid output)."""
+        if self.class_names is None:
+            return
+        task = self.task
+        if task not in ("multiclass", "binary"):
+            raise ConfigError(f"class_names are for classifiers (a softmax output, or one sigmoid output); this network's "
+                              f"task is {task}, so leave class_names out")
+        n_classes = self.output_size if task == "multiclass" else 2
+        if len(self.class_names) != n_classes:
+            what = f"one per output ({n_classes})" if task == "multiclass" else "2 (for class 0 and class 1 of the one sigmoid output)"
+            raise ConfigError(f"class_names holds {len(self.class_names)} names; this {task} network needs {what}")
 
     # ------------------------------------------------------------------ gradients
     def _output_backward(self, out, y, loss):
@@ -381,13 +407,18 @@ class Network:
 
     # ------------------------------------------------------------------ config and saving
     def get_config(self):
-        return {
+        """The constructor's arguments and the layers' configs; `class_names` only when set (files and configs
+        from before it existed load unchanged)."""
+        config = {
             "input_size": self.input_size,
             "seed": self.seed,
             "dtype": self.dtype.name,
             "loss": self._loss_spec,
             "layers": [layer.get_config() for layer in self.layers],
         }
+        if self.class_names is not None:
+            config["class_names"] = list(self.class_names)
+        return config
 
     @classmethod
     def from_config(cls, config):
@@ -432,6 +463,24 @@ def _fused(loss, last):
     """Whether the loss and the output activation combine into one stable step (p - y): only for the
     plain activation (a sigmoid with a slope other than 1 is not the logistic function it fuses with)."""
     return last.activation.get_config() == {"name": loss.fuses_with} and not loss.from_logits
+
+
+def _class_names(names):
+    """None, or a list of distinct non-empty strings of at most MAX_CLASS_NAME_LENGTH characters."""
+    if names is None:
+        return None
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"class_names must be a list of strings, one per class; received {str(names)[:80]}")
+    for index, name in enumerate(names):
+        if not 0 < len(name) <= MAX_CLASS_NAME_LENGTH:
+            raise ConfigError(f"class_names[{index}] has {len(name)} characters; a class name has 1 to {MAX_CLASS_NAME_LENGTH}")
+    seen, repeated = set(), set()
+    for name in names:
+        (repeated if name in seen else seen).add(name)
+    repeated = sorted(repeated)
+    if repeated:
+        raise ConfigError(f"class_names must be distinct; {', '.join(map(repr, repeated[:5]))} appear more than once")
+    return list(names)
 
 
 def _per_layer(value, n_layers, what):

@@ -1,6 +1,7 @@
 """The saved-network format: one .npz (a zip of .npy arrays, never pickle).
 
-Members: `header` (UTF-8 JSON: format, config, epochs_trained, rng_state, optimizer config and step),
+Members: `header` (UTF-8 JSON: format, config (with `class_names` when the network has them), epochs_trained,
+rng_state, optimizer config and step),
 `params` (every parameter, flat, weights first), `buffers.{layer}.{name}` (e.g. BatchNorm running
 statistics) and `optimizer.{name}` (optimizer state arrays, flat like `params`).
 """
@@ -22,6 +23,7 @@ _NPY_HEADER_ROOM = 65_536  # bytes an npy member may hold besides its data (magi
 def to_bytes(net):
     """The network as .npz bytes: a JSON header (config, training state, RNG state) and arrays."""
     net._ready()
+    net.check_class_names()
     header = {
         "format": FORMAT,
         "config": net.get_config(),
@@ -67,6 +69,7 @@ def from_bytes(cls, data, max_layers=None, max_layer_size=None, max_parameters=N
         net._ready()
     except (TypeError, KeyError, AttributeError) as exc:  # keys the constructors do not take
         raise ConfigError(f"not a saved network: its config does not describe a network ({str(exc)[:100]})") from None
+    net.check_class_names()  # optional (files from before class_names load without it), one per class when present
     net._flat[...] = archive.array("params", net.dtype, net._flat.shape)
     for index, layer in enumerate(net.layers):
         for name, buffer in layer.buffers.items():

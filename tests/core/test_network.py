@@ -197,6 +197,42 @@ def test_config_round_trip():
     np.testing.assert_array_equal(clone._flat, net._flat)  # same seed, same initial weights
 
 
+def test_class_names_round_trip_through_config_and_file_and_name_the_predictions():
+    x, y = blobs()
+    net = Network.from_layer_sizes([4, 8, 3], activations=["relu", "softmax"], seed=0,
+                                   class_names=["setosa", "versicolor", "virginica"])
+    net.fit(x, y, epochs=3, batch_size=16)
+    assert net.get_config()["class_names"] == ["setosa", "versicolor", "virginica"]
+    assert Network.from_config(net.get_config()).class_names == net.class_names
+    loaded = Network.from_bytes(net.to_bytes())
+    assert loaded.get_config() == net.get_config() and loaded.class_names == ["setosa", "versicolor", "virginica"]
+    assert loaded.predict_labels(x[:5]) == [net.class_names[k] for k in net.predict_classes(x[:5])]
+    binary = Network.from_layer_sizes([4, 1], activations="sigmoid", seed=0, class_names=["no", "yes"])
+    assert set(binary.predict_labels(x)) <= {"no", "yes"}
+    assert "class_names" not in small_net().get_config()  # unnamed: the config (and the file) as before
+
+
+@pytest.mark.parametrize("sizes, activations, names, message", [  # "sigmoid+bce": two sigmoid outputs, multilabel
+    ([4, 3], "softmax", ["a", "b"], "holds 2 names; this multiclass network needs one per output \\(3\\)"),
+    ([4, 1], "sigmoid", ["a", "b", "c"], "needs 2 \\(for class 0 and class 1"),
+    ([4, 2], "linear", ["a", "b"], "class_names are for classifiers"),
+    ([4, 2], "sigmoid+bce", ["a", "b"], "task is multilabel"),
+    ([4, 2], "softmax", ["a", "a"], "must be distinct; 'a'"),
+    ([4, 2], "softmax", ["a", ""], "class_names\\[1\\] has 0 characters"),
+    ([4, 2], "softmax", ["a", 2], "must be a list of strings"),
+])
+def test_class_names_must_name_each_class_of_a_classifier(sizes, activations, names, message):
+    activation, _, loss = activations.partition("+")
+    with pytest.raises(ConfigError, match=message):
+        Network.from_layer_sizes(sizes, activations=activation, class_names=names,
+                                 loss="binary_cross_entropy" if loss else "auto")
+
+
+def test_predict_labels_needs_class_names():
+    with pytest.raises(ConfigError, match="has no class_names; pass class_names"):
+        small_net().predict_labels(np.zeros((1, 4)))
+
+
 def test_set_weights_checks_every_shape_before_changing_anything():
     net = small_net()
     weights = net.get_weights()

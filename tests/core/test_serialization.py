@@ -140,3 +140,13 @@ def test_every_layer_counts_toward_max_layers_batch_norm_included():
 def test_a_deflated_file_round_trips(optimizer):
     data = craft(saved(optimizer), deflate=True)
     assert Network.from_bytes(data, **LIMITS).optimizer.get_config()["name"] == optimizer
+
+
+def test_a_file_without_class_names_loads_and_one_with_the_wrong_count_is_refused():
+    net = Network.from_layer_sizes([2, 3, 1], activations=["relu", "sigmoid"], seed=0, class_names=["off", "on"])
+    data = net.to_bytes()
+    assert Network.from_bytes(data, **LIMITS).class_names == ["off", "on"]
+    old = craft(data, header=lambda h: h["config"].pop("class_names"))  # a file from before class_names
+    assert Network.from_bytes(old, **LIMITS).class_names is None
+    with pytest.raises(ConfigError, match="class_names holds 3 names; this binary network needs 2"):
+        Network.from_bytes(craft(data, header=lambda h: h["config"].update(class_names=["a", "b", "c"])), **LIMITS)
