@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from neural_net.network import MAX_CLASS_NAME_LENGTH
+
 from api.storage.base import JobRecord, ModelRecord, Notification, VersionRecord, rank_trials
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -15,6 +17,7 @@ Rows = list[Row]
 # 2-D rows, or one number per sample: a class index (classifiers) or the value (single output).
 Targets = Rows | list[float]
 Rate = Annotated[float, Field(ge=0, lt=1)]  # a dropout rate
+ClassName = Annotated[str, Field(min_length=1, max_length=MAX_CLASS_NAME_LENGTH)]
 
 IRIS_X = [[5.1, 3.5, 1.4, 0.2], [4.9, 3.0, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4],
           [6.4, 3.2, 4.5, 1.5], [6.3, 3.3, 6.0, 2.5], [5.8, 2.7, 5.1, 1.9]]
@@ -51,7 +54,8 @@ class LayerSpec(Request):
 class ModelCreate(Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "model_id": "iris", "layer_sizes": [4, 8, 3], "activations": ["relu", "softmax"],
-        "weight_init": "he", "bias_init": "zeros", "loss": "auto", "seed": 0}, {
+        "weight_init": "he", "bias_init": "zeros", "loss": "auto", "seed": 0,
+        "class_names": ["setosa", "versicolor", "virginica"]}, {
         "model_id": "iris-bn", "input_size": 4, "layers": [
             {"type": "dense", "units": 16, "activation": "leaky_relu", "alpha": 0.1, "use_bias": False},
             {"type": "batch_norm"},
@@ -73,6 +77,9 @@ class ModelCreate(Request):
     dropout: Rate | list[Rate] = Field(0.0, description="With layer_sizes: dropout rate for every hidden layer, or one rate per layer after the input, each in [0, 1).")
     dtype: Literal["float32", "float64"] = Field("float32", description="Floating point type of weights and computations.")
     seed: int | None = Field(None, ge=0, description="Seed of the weight initialisation and training randomness; random when absent.")
+    class_names: list[ClassName] | None = Field(None, min_length=1, max_length=4096, description="Classifiers only: a distinct "
+                                                "name per class, e.g. ['setosa', 'versicolor', 'virginica']: one per output "
+                                                "after softmax, two (class 0, class 1) for one sigmoid output. Kept in the model's file.")
 
 
 class JobSummary(BaseModel):
@@ -98,6 +105,7 @@ class ModelPublic(BaseModel):
     created_at: datetime = Field(description="When the model was created (UTC).")
     updated_at: datetime = Field(description="When its weights last changed (UTC).")
     config: dict[str, Any] = Field(description="The core's network configuration (get_config()).")
+    class_names: list[str] | None = Field(None, description="Name of each class (index k is class k); null when not given.")
     owner: str | None = Field(None, description="Name of the API key that created it (NN_API_KEYS); null without keys.")
 
     @classmethod
@@ -105,7 +113,7 @@ class ModelPublic(BaseModel):
         info = r.info
         return cls(model_id=r.model_id, version=r.version, buffer_size=r.buffer_size, owner=r.owner,
                    latest_job=JobSummary(**r.latest_job) if r.latest_job else None,
-                   created_at=_utc(r.created_at), updated_at=_utc(r.updated_at),
+                   created_at=_utc(r.created_at), updated_at=_utc(r.updated_at), class_names=info["config"].get("class_names"),
                    **{k: info[k] for k in ("layer_sizes", "activations", "loss", "task", "dtype", "input_size",
                                            "output_size", "n_params", "epochs_trained", "config")})
 
@@ -176,6 +184,7 @@ class OutputResponse(BaseModel):
     model_version: int = Field(description="Version of the weights that computed this.")
     outputs: Rows = Field(description="(batch, n_out) outputs of the network.")
     predictions: list[int] | None = Field(description="Class index per sample for classifiers; null for regression.")
+    labels: list[str] | None = Field(None, description="Class name per sample, for a model created with class_names; else null.")
     cost: float | None = Field(None, description="Mean loss over the batch, when targets were given.")
     gradients: list[LayerArrays] | None = Field(None, description="d cost / d weights and biases per layer, when asked.")
     activations: list[LayerActivations] | None = Field(None, description="Per-layer z and a, when asked.")

@@ -242,6 +242,8 @@ class Service:
         result["outputs"] = jsonable(out)
         classes = class_indices(net, out)
         result["predictions"] = None if classes is None else classes.tolist()
+        if classes is not None and net.class_names is not None:
+            result["labels"] = [net.class_names[k] for k in result["predictions"]]
         if y is not None:
             check_finite("the cost", (np.asarray(cost),), dtype)
             result["cost"] = jsonable(cost)

@@ -148,7 +148,8 @@ def _network_from_sizes(settings: Settings, req: ModelCreate, weight_init: str, 
                            f"layer after the input ({n_layers})")
     names = [check_name("activation", name, activations.names(), f"activations[{i}]") for i, name in enumerate(names)]
     return Network.from_layer_sizes(req.layer_sizes, activations=names, weight_init=weight_init, bias_init=bias_init,
-                                    loss=loss, dropout=req.dropout, seed=req.seed, dtype=req.dtype)
+                                    loss=loss, dropout=req.dropout, seed=req.seed, dtype=req.dtype,
+                                    class_names=req.class_names)  # a ConfigError (422) says what the names need
 
 def _network_from_layers(settings: Settings, req: ModelCreate, weight_init: str, bias_init: str, loss: str) -> Network:
     """A network from `input_size` and a Keras-like `layers` list, checked against the limits before
@@ -183,12 +184,13 @@ def _network_from_layers(settings: Settings, req: ModelCreate, weight_init: str,
     check_layers(settings, req.input_size, [{"type": kind, **options} for kind, options in built])
     if req.layers[-1].dropout:
         raise InvalidInput(f"layers[{len(req.layers) - 1}]: the output layer cannot have dropout; set it to 0")
-    net = Network(req.input_size, seed=req.seed, dtype=req.dtype, loss=loss)
+    net = Network(req.input_size, seed=req.seed, dtype=req.dtype, loss=loss, class_names=req.class_names)
     for i, (kind, options) in enumerate(built):
         try:
             net.add(LAYER_TYPES[kind](**options))
         except NeuralNetError as exc:
             raise InvalidInput(f"layers[{i}]: {exc}") from None
+    net.check_class_names()  # a ConfigError (422) says what the names need
     return net
 
 
