@@ -16,6 +16,7 @@ ADMIN, READER = "ops-key", "viewer-key"
 SMALL, LARGE = {"width": 1280, "height": 800}, {"width": 1920, "height": 1080}
 TERMINAL = ("succeeded", "failed", "cancelled")
 DEADLINE = 60_000  # ms, for DOM conditions
+CLASS_NAMES = ["setosa", "versicolor", "a class name long enough to be shortened"]  # model clf's
 
 
 def blobs(n):
@@ -42,7 +43,7 @@ def service(tmp_path_factory):
     http = httpx.Client(base_url=url, timeout=10, headers={"Authorization": f"Bearer {ADMIN}"})
     inputs, targets = blobs(150)
     http.post("/models", json={"model_id": "clf", "layer_sizes": [2, 16, 3], "activations": ["relu", "softmax"],
-                               "seed": 0}).raise_for_status()
+                               "seed": 0, "class_names": CLASS_NAMES}).raise_for_status()
     http.post("/models", json={"model_id": "pager", "layer_sizes": [2, 4, 3], "activations": ["relu", "softmax"],
                                "seed": 1}).raise_for_status()
     a = http.post("/models/clf/training-jobs", json={
@@ -158,10 +159,11 @@ def test_a_link_to_a_model_and_job_shows_its_curves_overlaid_with_a_second_job(s
         box = page.locator(svg).bounding_box()
         assert box["width"] >= 250 and box["height"] >= 200
 
-    page.wait_for_selector("#matrix-box:not([hidden])", timeout=DEADLINE)
-    classes = ["class 0", "class 1", "class 2"]
+    page.wait_for_selector("#matrix th.true >> text=versicolor", timeout=DEADLINE)  # clf's class names label the matrix
+    classes = ["setosa", "versicolor", "a class name long enoug\u2026"]
     assert page.eval_on_selector_all("#matrix th.predicted", "t => t.map(c => c.textContent)") == classes
     assert page.eval_on_selector_all("#matrix th.true", "t => t.map(c => c.textContent)") == classes
+    assert page.get_attribute("#matrix th.true >> nth=2", "title") == f"{CLASS_NAMES[2]} (class 2)"
     matrix = http.get(f"/jobs/{a}").json()["metrics"]["confusion_matrix"]
     assert page.eval_on_selector_all("#matrix tbody tr", "rows => rows.map(r => [...r.cells].slice(1).map(c => +c.textContent))") == matrix
 
@@ -193,6 +195,8 @@ def test_the_url_follows_what_the_user_selects(service, page):
     page.wait_for_function("location.search.includes('model=pager')", timeout=DEADLINE)
     page.wait_for_function(f"document.getElementById('job-id').textContent === {service['pager'][-1]!r}", timeout=DEADLINE)
     assert query(page)["job"] == service["pager"][-1]
+    page.wait_for_function("[...document.querySelectorAll('#matrix th.true')].map(c => c.textContent).join() === "  # no names: indices
+                           "'class 0,class 1,class 2'", timeout=DEADLINE)
     page.wait_for_function("document.getElementById('versions-model').textContent === 'of pager'", timeout=DEADLINE)
 
     page.go_back()  # the browser's back button returns to the previous selection
