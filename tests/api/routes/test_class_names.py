@@ -97,3 +97,11 @@ def test_training_versions_restore_and_export_import_keep_the_names(client):
     imported = client.post("/models/import", params={"model_id": "copy"}, content=exported)
     assert imported.status_code == 201 and imported.json()["class_names"] == NAMES
     assert output(client, "copy")["labels"] == output(client, "iris")["labels"]
+
+
+def test_a_search_keeps_the_names_in_every_trial_and_in_the_network_apply_best_makes():
+    from api.search_trials import builder_for
+
+    net = Network.from_layer_sizes([4, 8, 3], activations=["relu", "softmax"], class_names=NAMES)
+    trial = builder_for({"config": net.get_config()})({"hidden_sizes": [5, 5], "activation": "tanh"}, seed=1)
+    assert trial.layer_sizes == [4, 5, 5, 3] and trial.class_names == NAMES
