@@ -19,6 +19,7 @@ from api import records
 from api.errors import StoreUnavailable
 from api.settings import Settings
 from api.storage.base import Store
+from api.storage.lifecycle import STALE_STAGING_SECONDS
 from api.worker import WorkerPool, open_store
 
 log = logging.getLogger("api")
@@ -110,6 +111,7 @@ class EmbeddedBackend(Backend):
         lock = DataDirLock(self.settings)
         lock.acquire()
         await run_in_threadpool(records.requeue_interrupted, self.store)  # a crash's running jobs resume from their checkpoint
+        await run_in_threadpool(records.drop_unfinished_appends, self.store, 0)  # no other service appends here
         await run_in_threadpool(records.promote, self.store)  # full buffers an older version left waiting
         self.pool = WorkerPool(self.settings, self.store)
         self.pool.start()
@@ -150,9 +152,11 @@ class RedisBackend(Backend):
         try:
             await run_in_threadpool(self.store.index_existing_jobs)  # for GET /jobs, once per prefix
             await run_in_threadpool(records.promote, self.store)  # full buffers an older version left waiting
+            # left by a replica that died mid-append; another replica's live append writes more often than this
+            await run_in_threadpool(records.drop_unfinished_appends, self.store, STALE_STAGING_SECONDS)
         except StoreUnavailable as exc:
-            log.warning("jobs stored before GET /jobs existed, and buffering jobs whose buffer an older version "
-                        "filled, are handled at the next start: %s", exc)
+            log.warning("jobs stored before GET /jobs existed, buffering jobs whose buffer an older version filled, "
+                        "and rows staged by appends that died are handled at the next start: %s", exc)
         try:
             yield
         finally:

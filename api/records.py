@@ -1,6 +1,7 @@
 """What the service and the job runners share: a network's stored summary, JSON-safe values, and the
-job transitions that need no request (promotion of full buffers, requeue after a crash), each logged
-once here. Below `api.services` and the runners, so neither imports the other for these."""
+changes that need no request (promotion of full buffers, requeue after a crash, rows staged by appends
+that died), each logged once here. Below `api.services` and the runners, so neither imports the other
+for these."""
 
 import logging
 import math
@@ -49,6 +50,13 @@ def promote(store: Store) -> None:
     """Buffering jobs whose buffer is full enough become queued."""
     for job in store.promote_ready_jobs():
         log_transition(job, "buffering")
+
+
+def drop_unfinished_appends(store: Store, max_age: float) -> None:
+    """Rows an append request staged and never moved into the buffer (the process died between its steps) go."""
+    dropped = store.drop_stale_staging(max_age)
+    if dropped:
+        log.info("dropped %d staged rows of append requests that did not finish", dropped)
 
 
 def requeue_interrupted(store: Store, worker_ids: list[str] | None = None) -> list[JobRecord]:

@@ -331,20 +331,33 @@ class Service:
         return self._append(model_id, x, y)
 
     def _append(self, model_id: str, x: np.ndarray, y: np.ndarray) -> int:
-        """Appends rows in store steps of about 32 MB (buffer limit checked first); the last one queues ready jobs."""
+        """Appends a request's rows all or none: store steps of about 32 MB stage them apart from the buffer (no job
+        sees them) and one last step moves them in and queues the jobs it fills; a failure drops what was staged."""
         limit = self.settings.max_buffer_samples
         if len(x) > limit - self.store.count_samples(model_id):
             raise PayloadTooLarge(f"the buffer of model {model_id!r} would hold more than NN_MAX_BUFFER_SAMPLES={limit} "
                                   "samples; train on it or clear it first, or train on the dataset directly")
         step = max(1, APPEND_BATCH_BYTES // max(1, x.shape[1] * x.dtype.itemsize))
-        size, promoted = 0, []
-        for start in range(0, len(x), step):
-            size, promoted = self.store.append_samples(model_id, np.ascontiguousarray(x[start:start + step]),
-                                                       np.ascontiguousarray(y[start:start + step]), limit,
-                                                       promote=start + step >= len(x))
+        last = max(0, len(x) - 1) // step * step  # where the last step's rows begin
+        stage_id, staged = uuid.uuid4().hex, 0
+        try:
+            for start in range(0, last, step):
+                staged = self.store.stage_samples(model_id, stage_id, x[start:start + step], y[start:start + step], limit)
+            size, promoted = self.store.append_samples(model_id, x[last:], y[last:], limit,
+                                                       staged=(stage_id, staged) if last else None)
+        except BaseException:
+            if last:
+                self._discard_staged(model_id, stage_id)
+            raise
         for job in promoted:
             log_transition(job, "buffering")
         return size
+
+    def _discard_staged(self, model_id: str, stage_id: str) -> None:
+        try:
+            self.store.discard_staged(model_id, stage_id)
+        except ServiceError as exc:  # the store is down: the rows go once they are stale (lifecycle.STALE_STAGING_SECONDS)
+            log.warning("model %s: the staged rows of a failed append stay until they are stale: %s", model_id, exc)
 
     def buffer_size(self, model_id: str) -> int:
         return self.store.count_samples(model_id)

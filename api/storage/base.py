@@ -68,7 +68,12 @@ class Store(ABC):
         """The committed ``.npz`` bytes and the record of that same version."""
 
     @abstractmethod
-    def count_samples(self, model_id: str) -> int: ...
+    def count_samples(self, model_id: str) -> int:
+        """Rows in the buffer (not those of requests still being staged)."""
+
+    @abstractmethod
+    def staging_models(self) -> list[str]:
+        """A cheap read: the models that hold staged rows of an append request (``stage_samples``)."""
 
     @abstractmethod
     def get_job(self, job_id: str) -> JobRecord:
@@ -146,12 +151,31 @@ class Store(ABC):
         return self.atomic(lambda tx: lifecycle.delete_model(tx, model_id, time.time()))
 
     def append_samples(self, model_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int,
-                       promote: bool = True) -> tuple[int, list[JobRecord]]:
-        """Appends one batch of rows; returns the new buffer size and the ``buffering`` jobs it queued in the
-        same step (``promote``: the last batch of a request; earlier ones queue nothing). Raises
-        PayloadTooLarge past max_buffer."""
-        size, promoted = self.atomic(lambda tx: lifecycle.append_samples(tx, model_id, x, y, max_buffer, promote))
+                       staged: tuple[str, int] | None = None) -> tuple[int, list[JobRecord]]:
+        """Appends a request's rows in one step: those it staged (``staged``: its stage id and the rows
+        ``stage_samples`` last returned), then ``x``; returns the new buffer size and the ``buffering`` jobs it
+        queued in the same step. Raises PayloadTooLarge past max_buffer (staged rows of other requests count),
+        StoreUnavailable when some staged rows are gone (the request is refused whole)."""
+        size, promoted = self.atomic(lambda tx: lifecycle.append_samples(tx, model_id, x, y, max_buffer, time.time(),
+                                                                         staged))
         return size, [self.get_job(j.job_id) for j in promoted]
+
+    def stage_samples(self, model_id: str, stage_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int) -> int:
+        """One step of a request too large for one (``stage_id``: new for each request): the rows are kept apart,
+        neither counted in the buffer nor seen by jobs, until ``append_samples`` moves them in. Returns the rows
+        staged so far. Raises PayloadTooLarge when the buffer and every request's staged rows would pass max_buffer."""
+        return self.atomic(lambda tx: lifecycle.stage_samples(tx, model_id, stage_id, x, y, max_buffer, time.time()))
+
+    def discard_staged(self, model_id: str, stage_id: str) -> int:
+        """Drops the rows a request staged (it failed); returns how many went."""
+        return self.atomic(lambda tx: lifecycle.drop_staged(tx, model_id, stage_id))
+
+    def drop_stale_staging(self, max_age: float = lifecycle.STALE_STAGING_SECONDS, now: float | None = None) -> int:
+        """Drops the staged rows of requests that died (a crash between two of their steps): those not written to
+        for ``max_age`` seconds (0 for all, when no other process can be appending); returns how many went."""
+        before = (time.time() if now is None else now) - max_age
+        return sum(self.atomic(lambda tx: lifecycle.drop_staged(tx, model_id, before=before))
+                   for model_id in self.staging_models())
 
     def clear_samples(self, model_id: str) -> int:
         """Empties the buffer (not samples already claimed by jobs); returns how many left."""

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from api.errors import JobNotCancellable, JobNotFound, ModelBusy, ModelExists, ModelNotFound, PayloadTooLarge, VersionConflict
+from api.errors import (JobNotCancellable, JobNotFound, ModelBusy, ModelExists, ModelNotFound, PayloadTooLarge,
+                        StoreUnavailable, VersionConflict)
 from api.storage.records import JobRecord, ModelRecord, source_of, with_trials
 
 BUFFERING, QUEUED, RUNNING, CANCELLING = "buffering", "queued", "running", "cancelling"
@@ -35,6 +36,9 @@ TRANSITIONS = {
     CANCELLING: {*TERMINAL},  # the worker stops at its next check, or the job is requeued: cancelled
 }
 TRIAL_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
+# a request's staged rows not written to for this long belong to a request that died (a live one writes its
+# steps back to back); any step on the model, and a start, removes them
+STALE_STAGING_SECONDS = 600.0
 
 
 class IllegalTransition(RuntimeError):
@@ -49,6 +53,7 @@ class Tx(Protocol):
     def job(self, job_id: str) -> JobRecord | None: ...
     def jobs(self, statuses: tuple[str, ...], model_id: str | None = None) -> list[JobRecord]: ...
     def buffered(self, model_id: str) -> int: ...
+    def staged(self, model_id: str) -> dict[str, tuple[int, float]]: ...  # stage id -> (rows, last written)
     def trials(self, job_id: str) -> list[dict]: ...
     def checkpoint(self, job_id: str) -> tuple[bytes, dict] | None: ...
 
@@ -68,6 +73,11 @@ class Tx(Protocol):
     def return_samples(self, job_id: str, model_id: str, n: int) -> None: ...  # to the buffer's front
     def drop_samples(self, job_id: str) -> None: ...
     def clear_buffer(self, model_id: str) -> None: ...
+    # a request's rows held apart (not in ``buffered``, no job takes them) until ``unstage`` moves them to the
+    # buffer's end, in order; ``drop_model`` drops the model's staged rows too
+    def stage_samples(self, model_id: str, stage_id: str, x: np.ndarray, y: np.ndarray, now: float) -> None: ...
+    def unstage(self, model_id: str, stage_id: str) -> None: ...
+    def drop_staged(self, model_id: str, stage_id: str) -> None: ...
     def ready(self, job_id: str) -> None: ...  # the job (or one more of its trials) can be claimed now: a runner may enqueue it
 
 
@@ -141,17 +151,65 @@ def delete_model(tx: Tx, model_id: str, now: float) -> list[str]:
     return [j.job_id for j in stopped]
 
 
-def append_samples(tx: Tx, model_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int,
-                   promote: bool = True) -> tuple[int, list[JobRecord]]:
-    """The new buffer size, and with ``promote`` (a request's last batch) the model's jobs it promoted in this same
-    step; an earlier batch of a request promotes nothing (a job would train on part of the request's rows)."""
-    existing_model(tx, model_id)
-    size = tx.buffered(model_id) + len(x)
-    if max_buffer and size > max_buffer:
-        raise PayloadTooLarge(f"the buffer of model {model_id!r} would hold {size} samples, more than "
+def _stagings(tx: Tx, model_id: str, now: float) -> dict[str, int]:
+    """The rows of each request the model is staging now; those of requests that died (not written to for
+    ``STALE_STAGING_SECONDS``) are dropped in this step."""
+    stale = now - STALE_STAGING_SECONDS
+    drop_staged(tx, model_id, before=stale)
+    return {stage_id: n for stage_id, (n, written) in tx.staged(model_id).items() if written >= stale}
+
+
+def _check_room(tx: Tx, model_id: str, size: int, others: int, max_buffer: int) -> None:
+    """``size``: the buffer with this request's rows; ``others``: rows other requests are staging, which count too, so
+    the limit bounds what can ever reach the buffer."""
+    if max_buffer and size + others > max_buffer:
+        staging = f" (and {others} rows of other requests being appended)" if others else ""
+        raise PayloadTooLarge(f"the buffer of model {model_id!r} would hold {size} samples{staging}, more than "
                               f"NN_MAX_BUFFER_SAMPLES={max_buffer}; train on it or clear it first")
-    tx.add_samples(model_id, None, x, y)
-    return size, promote_ready(tx, model_id) if promote else []
+
+
+def stage_samples(tx: Tx, model_id: str, stage_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int,
+                  now: float) -> int:
+    """One step of a large request: its rows are held apart under ``stage_id`` (not counted in the buffer, no job
+    takes them) until ``append_samples`` moves them in. Returns the rows staged so far."""
+    existing_model(tx, model_id)
+    stagings = _stagings(tx, model_id, now)
+    mine = stagings.pop(stage_id, 0) + len(x)
+    _check_room(tx, model_id, tx.buffered(model_id) + mine, sum(stagings.values()), max_buffer)
+    tx.stage_samples(model_id, stage_id, x, y, now)
+    return mine
+
+
+def append_samples(tx: Tx, model_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int, now: float,
+                   staged: tuple[str, int] | None = None) -> tuple[int, list[JobRecord]]:
+    """A request's rows reach the buffer in one step, all or none: those it staged (``staged``: its stage id and
+    how many rows it staged), then ``x``. The model's jobs that now have enough are promoted in this same step.
+    Returns the new buffer size and those jobs."""
+    existing_model(tx, model_id)
+    stagings = _stagings(tx, model_id, now)
+    mine = stagings.pop(staged[0], 0) if staged else 0
+    if staged and mine != staged[1]:
+        raise StoreUnavailable(f"{staged[1] - mine} of the rows this request staged for model {model_id!r} were removed "
+                               f"(no store step reached them for {STALE_STAGING_SECONDS:.0f} s, or the model was "
+                               "deleted meanwhile); nothing was added to the buffer: send the request again")
+    size = tx.buffered(model_id) + mine + len(x)
+    _check_room(tx, model_id, size, sum(stagings.values()), max_buffer)
+    if staged:
+        tx.unstage(model_id, staged[0])
+    if len(x):
+        tx.add_samples(model_id, None, x, y)
+    return size, promote_ready(tx, model_id)
+
+
+def drop_staged(tx: Tx, model_id: str, stage_id: str | None = None, before: float | None = None) -> int:
+    """Drops the rows staged under ``stage_id`` (a request that failed), or those of each of the model's requests
+    last written before ``before`` (requests that died); returns how many rows went."""
+    dropped = 0
+    for sid, (n, written) in tx.staged(model_id).items():
+        if sid == stage_id or (before is not None and written < before):
+            tx.drop_staged(model_id, sid)
+            dropped += n
+    return dropped
 
 
 def clear_buffer(tx: Tx, model_id: str) -> int:

@@ -12,6 +12,8 @@ Keys (P is the prefix, "nn" by default):
     P:owned:{owner}   zset  the same, of the models that owner (an API key name) created
     P:m:{model}       hash  uid, version, info (JSON), blob (.npz), created_at, updated_at, owner (API key name)
     P:buf:{model}     list  sample batches waiting in the buffer, oldest first;  P:bufn:{model}  their rows
+    P:stg:{model}     hash  stage id -> [rows, last written] of each append request still staging its rows, kept in
+                            P:stage:{stage id} (list of batches); P:staging  set  the models that have such requests
     P:mjobs:{model}   zset  the model's jobs by sequence number (P:seq counts)
     P:j:{job}         hash  the JobRecord fields (JSON where structured) and seq
     P:ck:{job}        hash  the job's checkpoint: blob, info
@@ -195,6 +197,10 @@ class RedisStore(Store):
 
     def count_samples(self, model_id: str) -> int:
         return self.get_model(model_id).buffer_size
+
+    @_guard
+    def staging_models(self) -> list[str]:
+        return [m.decode() for m in self.redis.smembers(self._key("staging"))]
 
     @_guard
     def get_job(self, job_id: str) -> JobRecord:

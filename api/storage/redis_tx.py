@@ -90,6 +90,7 @@ class RedisTx:
         self._seq: dict[str, int] = {}
         self._stored_status: dict[str, str | None] = {}
         self._buffered: dict[str, int] = {}
+        self._staged: dict[str, dict[str, tuple[int, float]]] = {}
         self._trials: dict[str, list[dict]] = {}
 
     def _read(self, key: str, name: str, *args) -> Any:
@@ -126,6 +127,15 @@ class RedisTx:
         if model_id not in self._buffered:
             self._buffered[model_id] = int(self._read(self.key("bufn", model_id), "get") or 0)
         return self._buffered[model_id]
+
+    def staged(self, model_id: str) -> dict[str, tuple[int, float]]:
+        return dict(self._stagings(model_id))
+
+    def _stagings(self, model_id: str) -> dict[str, tuple[int, float]]:
+        if model_id not in self._staged:
+            raw = self._read(self.key("stg", model_id), "hgetall")
+            self._staged[model_id] = {k.decode(): tuple(json.loads(v)) for k, v in raw.items()}
+        return self._staged[model_id]
 
     def trials(self, job_id: str) -> list[dict]:
         if job_id not in self._trials:
@@ -176,7 +186,10 @@ class RedisTx:
                 self.ops.append(("zrem", self.key("owned", model.owner), model_id))
             kept = [v.decode() for v in self._read(self.key("vers", model.uid), "zrange", 0, -1)]
             self.ops.append(("delete", self.key("vers", model.uid), *(self.key("v", model.uid, v) for v in kept)))
-        self._models[model_id], self._buffered[model_id] = None, 0
+        stagings = self._stagings(model_id)
+        self.ops += [("delete", self.key("stg", model_id), *(self.key("stage", s) for s in stagings)),
+                     ("srem", self.key("staging"), model_id)]
+        self._models[model_id], self._buffered[model_id], self._staged[model_id] = None, 0, {}
 
     def insert_job(self, job: JobRecord) -> None:
         seq = int(self.client.incr(self.key("seq")))  # outside the transaction: a gap if it runs again
@@ -249,6 +262,28 @@ class RedisTx:
     def clear_buffer(self, model_id: str) -> None:
         self.ops.append(("delete", self.key("buf", model_id), self.key("bufn", model_id)))
         self._buffered[model_id] = 0
+
+    def stage_samples(self, model_id: str, stage_id: str, x: np.ndarray, y: np.ndarray, now: float) -> None:
+        stagings = self._stagings(model_id)
+        stagings[stage_id] = (stagings.get(stage_id, (0, 0.0))[0] + len(x), now)
+        self.ops += [("rpush", self.key("stage", stage_id), pack_samples(x, y)),
+                     ("hset", self.key("stg", model_id), stage_id, json.dumps(stagings[stage_id])),
+                     ("sadd", self.key("staging"), model_id)]
+
+    def unstage(self, model_id: str, stage_id: str) -> None:
+        """The staged batches move, in order, to the buffer's end."""
+        stage, n = self.key("stage", stage_id), self._stagings(model_id)[stage_id][0]
+        self.ops += [("lmove", stage, self.key("buf", model_id), "LEFT", "RIGHT")] * self._read(stage, "llen")
+        self.ops.append(("incrby", self.key("bufn", model_id), n))
+        self._buffered[model_id] = self.buffered(model_id) + n
+        self.drop_staged(model_id, stage_id)
+
+    def drop_staged(self, model_id: str, stage_id: str) -> None:
+        stagings = self._stagings(model_id)
+        stagings.pop(stage_id, None)
+        self.ops += [("delete", self.key("stage", stage_id)), ("hdel", self.key("stg", model_id), stage_id)]
+        if not stagings:
+            self.ops.append(("srem", self.key("staging"), model_id))
 
     def ready(self, job_id: str) -> None:
         self.ready_ids.append(job_id)

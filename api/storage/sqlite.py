@@ -46,6 +46,19 @@ CREATE TABLE IF NOT EXISTS samples (
 );
 CREATE INDEX IF NOT EXISTS samples_by_owner ON samples (model_id, job_id);
 CREATE INDEX IF NOT EXISTS samples_by_job ON samples (job_id);
+CREATE TABLE IF NOT EXISTS staged (  -- rows of an append request not yet in the buffer (one request: one stage_id)
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    stage_id  TEXT NOT NULL,
+    model_id  TEXT NOT NULL,
+    n         INTEGER NOT NULL,
+    n_in      INTEGER NOT NULL,
+    n_out     INTEGER NOT NULL,
+    dtype     TEXT NOT NULL,
+    x         BLOB NOT NULL,
+    y         BLOB NOT NULL,
+    staged_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS staged_by_model ON staged (model_id, stage_id);
 CREATE TABLE IF NOT EXISTS jobs (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id          TEXT NOT NULL UNIQUE,
@@ -247,6 +260,9 @@ class SQLiteStore(Store):
         con = self._con()
         self._model_row(con, model_id)
         return SQLiteTx(con).buffered(model_id)
+
+    def staging_models(self) -> list[str]:
+        return [r[0] for r in self._con().execute("SELECT DISTINCT model_id FROM staged")]
 
     def get_job(self, job_id: str) -> JobRecord:
         con = self._con()

@@ -18,6 +18,13 @@ MODEL_COLUMNS = """m.model_id, m.uid, m.version, m.info, m.created_at, m.updated
     (SELECT owner FROM jobs j WHERE j.model_id = m.model_id AND j.model_uid = m.uid ORDER BY seq DESC LIMIT 1) AS latest_job_owner"""
 
 
+def _batch(x: np.ndarray, y: np.ndarray) -> tuple:
+    """A batch's columns n, n_in, n_out, dtype, x, y (raw bytes, y in x's dtype)."""
+    x = np.ascontiguousarray(x)
+    y = np.ascontiguousarray(y, dtype=x.dtype)
+    return len(x), x.shape[1], y.shape[1], x.dtype.str, x.tobytes(), y.tobytes()
+
+
 def _job(row: sqlite3.Row) -> JobRecord:
     return JobRecord(
         job_id=row["job_id"], model_id=row["model_id"], model_uid=row["model_uid"], status=row["status"],
@@ -84,6 +91,11 @@ class SQLiteTx:
         return int(self.con.execute("SELECT COALESCE(SUM(n), 0) FROM samples WHERE model_id = ? AND job_id IS NULL",
                                     (model_id,)).fetchone()[0])
 
+    def staged(self, model_id: str) -> dict[str, tuple[int, float]]:
+        rows = self.con.execute("SELECT stage_id, SUM(n), MAX(staged_at) FROM staged WHERE model_id = ? GROUP BY stage_id",
+                                (model_id,)).fetchall()
+        return {r[0]: (int(r[1]), float(r[2])) for r in rows}
+
     def trials(self, job_id: str) -> list[dict]:
         return [_trial(r) for r in self.con.execute("SELECT * FROM trials WHERE job_id = ? ORDER BY idx", (job_id,))]
 
@@ -115,6 +127,7 @@ class SQLiteTx:
 
     def drop_model(self, model_id: str) -> None:
         self.con.execute("DELETE FROM samples WHERE model_id = ? AND job_id IS NULL", (model_id,))
+        self.con.execute("DELETE FROM staged WHERE model_id = ?", (model_id,))
         self.con.execute("DELETE FROM versions WHERE uid = (SELECT uid FROM models WHERE model_id = ?)", (model_id,))
         self.con.execute("DELETE FROM models WHERE model_id = ?", (model_id,))
 
@@ -152,10 +165,8 @@ class SQLiteTx:
                           trial["index"]))
 
     def add_samples(self, model_id: str, job_id: str | None, x: np.ndarray, y: np.ndarray) -> None:
-        x = np.ascontiguousarray(x)
-        y = np.ascontiguousarray(y, dtype=x.dtype)
         self.con.execute("INSERT INTO samples (model_id, job_id, n, n_in, n_out, dtype, x, y) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (model_id, job_id, len(x), x.shape[1], y.shape[1], x.dtype.str, x.tobytes(), y.tobytes()))
+                         (model_id, job_id, *_batch(x, y)))
 
     def claim_buffer(self, model_id: str, job_id: str, copy: bool) -> None:
         if copy:
@@ -174,6 +185,20 @@ class SQLiteTx:
     def clear_buffer(self, model_id: str) -> None:
         self.con.execute("DELETE FROM samples WHERE model_id = ? AND job_id IS NULL", (model_id,))
 
+    def stage_samples(self, model_id: str, stage_id: str, x: np.ndarray, y: np.ndarray, now: float) -> None:
+        self.con.execute("INSERT INTO staged (stage_id, model_id, staged_at, n, n_in, n_out, dtype, x, y) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (stage_id, model_id, now, *_batch(x, y)))
+
+    def unstage(self, model_id: str, stage_id: str) -> None:
+        """Copied behind the buffer (so they come after every row appended before this step, as on Redis)."""
+        self.con.execute("INSERT INTO samples (model_id, job_id, n, n_in, n_out, dtype, x, y) SELECT model_id, NULL, n, "
+                         "n_in, n_out, dtype, x, y FROM staged WHERE model_id = ? AND stage_id = ? ORDER BY id",
+                         (model_id, stage_id))
+        self.drop_staged(model_id, stage_id)
+
+    def drop_staged(self, model_id: str, stage_id: str) -> None:
+        self.con.execute("DELETE FROM staged WHERE model_id = ? AND stage_id = ?", (model_id, stage_id))
+
     def ready(self, job_id: str) -> None:
         """Nothing to do: the embedded workers poll the jobs table."""
 
@@ -185,7 +210,7 @@ class WouldWrite(Exception):
 class ReadOnlyTx:
     """A ``SQLiteTx`` whose reads work and whose first write raises ``WouldWrite`` (see ``SQLiteStore.atomic``)."""
 
-    READS = ("model", "job", "jobs", "buffered", "trials", "checkpoint")
+    READS = ("model", "job", "jobs", "buffered", "staged", "trials", "checkpoint")
 
     def __init__(self, tx: SQLiteTx):
         self.tx = tx

@@ -12,8 +12,10 @@ import uuid
 import numpy as np
 import pytest
 
-from api.errors import JobNotCancellable, JobNotFound, LeaseLost, ModelBusy, ModelExists, ModelNotFound, PayloadTooLarge, VersionConflict
+from api.errors import (JobNotCancellable, JobNotFound, LeaseLost, ModelBusy, ModelExists, ModelNotFound, PayloadTooLarge,
+                        StoreUnavailable, VersionConflict)
 from api.storage.base import JobRecord
+from api.storage.lifecycle import STALE_STAGING_SECONDS
 
 REDIS_URL = os.environ.get("NN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -337,7 +339,6 @@ def test_expired_lease_fences_the_old_worker(redis_pair):
 
 
 def test_redis_unreachable_is_a_clear_503_error():
-    from api.errors import StoreUnavailable
     from api.storage.redis_store import RedisStore
 
     store = RedisStore("redis://127.0.0.1:1/0", socket_timeout=0.5)  # nothing listens on port 1
@@ -509,19 +510,64 @@ def test_the_append_that_fills_the_buffer_queues_the_waiting_job_in_the_same_ste
     assert np.array_equal(store.job_samples(copy.job_id)[0], rows(2, 300)[0]) and store.count_samples("m") == 2
 
 
-def test_an_earlier_batch_of_a_request_promotes_nothing(store):
-    """A request's rows in several batches: only its last one promotes, so a job never trains on part of them.
-    ``promote_ready_jobs`` heals a full buffer left waiting (an older version, or a request cut off between batches)."""
+def test_staged_rows_are_outside_the_buffer_until_the_requests_last_step(store):
+    """A request too large for one step stages its rows apart: they are not in the buffer's size and no job takes
+    them (one waiting, one created meanwhile) until its last step moves them all in and queues the job in that step."""
     store.create_model("m", b"b", {})
     waiting = store.create_job(job("m", min_samples=2))
-    assert store.append_samples("m", *rows(2, 0), 0, promote=False) == (2, [])
-    assert store.get_job(waiting.job_id).status == "buffering"
-    size, promoted = store.append_samples("m", *rows(1, 100), 0)
-    assert size == 3 and [(j.job_id, j.status, j.n_samples) for j in promoted] == [(waiting.job_id, "queued", 3)]
-    assert np.array_equal(store.job_samples(waiting.job_id)[0], np.concatenate([rows(2, 0)[0], rows(1, 100)[0]]))
-    left = store.create_job(job("m", min_samples=1))
-    store.append_samples("m", *rows(1, 200), 0, promote=False)
-    assert [j.job_id for j in store.promote_ready_jobs()] == [left.job_id] and store.promote_ready_jobs() == []
+    assert store.stage_samples("m", "r", *rows(2, 0), 0) == 2
+    created_meanwhile = store.create_job(job("m", min_samples=1))
+    assert store.stage_samples("m", "r", *rows(2, 100), 0) == 4
+    assert store.count_samples("m") == store.get_model("m").buffer_size == 0 and store.staging_models() == ["m"]
+    assert store.promote_ready_jobs() == [] and store.claim_job("w") is None
+    assert [store.get_job(j.job_id).status for j in (waiting, created_meanwhile)] == ["buffering", "buffering"]
+    size, promoted = store.append_samples("m", *rows(1, 200), 0, staged=("r", 4))
+    assert size == 5 and [(j.job_id, j.status, j.n_samples) for j in promoted] == [(waiting.job_id, "queued", 5)]
+    expected = np.concatenate([rows(2, 0)[0], rows(2, 100)[0], rows(1, 200)[0]])
+    assert np.array_equal(store.job_samples(waiting.job_id)[0], expected)
+    assert store.staging_models() == [] and store.count_samples("m") == 0
+
+
+def test_a_request_that_fails_midway_leaves_the_buffer_as_it_was(store):
+    """Staged rows count against the buffer limit with the buffer (so it bounds what can ever reach the buffer): a
+    last step past it is refused whole, and the request's staged rows are then discarded; so are a request's whose
+    staged rows were removed meanwhile (refused, not half added)."""
+    store.create_model("m", b"b", {})
+    store.append_samples("m", *rows(1, 0), 5)
+    store.stage_samples("m", "r", *rows(2, 100), 5)
+    store.stage_samples("m", "r", *rows(2, 200), 5)
+    with pytest.raises(PayloadTooLarge, match="4 rows of other requests"):
+        store.stage_samples("m", "other", *rows(1, 300), 5)  # 1 buffered + 4 staged + 1 > 5
+    with pytest.raises(PayloadTooLarge, match="NN_MAX_BUFFER_SAMPLES=5"):
+        store.append_samples("m", *rows(1, 400), 5, staged=("r", 4))
+    assert store.count_samples("m") == 1 and store.staging_models() == ["m"]
+    assert store.discard_staged("m", "r") == 4 and store.staging_models() == []
+    store.stage_samples("m", "gone", *rows(2, 500), 5)
+    store.discard_staged("m", "gone")
+    with pytest.raises(StoreUnavailable, match="send the request again"):
+        store.append_samples("m", *rows(1, 600), 5, staged=("gone", 2))
+    assert store.count_samples("m") == 1
+    assert np.array_equal(store.job_samples(store.create_job(job("m")).job_id)[0], rows(1, 0)[0])
+
+
+def test_rows_staged_by_a_request_that_died_are_dropped(store):
+    """A request cut off between its steps (its process died) leaves staged rows: they go when they are older than
+    the age bound (a live request writes more often), at a start or in the next step on the model; and with it."""
+    store.create_model("m", b"b", {})
+    store.stage_samples("m", "dead", *rows(2), 0)
+    assert store.drop_stale_staging(60) == 0 and store.staging_models() == ["m"]
+    assert store.drop_stale_staging(60, now=time.time() + 61) == 2 and store.staging_models() == []
+    long_ago = time.time() - STALE_STAGING_SECONDS - 1
+    store.atomic(lambda tx: tx.stage_samples("m", "dead", *rows(3), long_ago))
+    assert store.append_samples("m", *rows(2), 4) == (2, [])  # 3 stale rows neither count nor stay
+    assert store.staging_models() == [] and store.count_samples("m") == 2
+    store.stage_samples("m", "r", *rows(1), 0)
+    store.delete_model("m")
+    assert store.staging_models() == []
+    store.create_model("m", b"b", {})
+    with pytest.raises(StoreUnavailable):
+        store.append_samples("m", *rows(1), 0, staged=("r", 1))
+    assert store.count_samples("m") == 0
 
 
 def test_a_job_that_leaves_lets_the_waiting_one_take_the_buffer_in_the_same_step(store):
