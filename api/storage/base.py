@@ -72,10 +72,6 @@ class Store(ABC):
         """Rows in the buffer (not those of requests still being staged)."""
 
     @abstractmethod
-    def staging_models(self) -> list[str]:
-        """A cheap read: the models that hold staged rows of an append request (``stage_samples``)."""
-
-    @abstractmethod
     def get_job(self, job_id: str) -> JobRecord:
         """Raises JobNotFound; a search job comes with its trials."""
 
@@ -174,8 +170,11 @@ class Store(ABC):
         """Drops the staged rows of requests that died (a crash between two of their steps): those not written to
         for ``max_age`` seconds (0 for all, when no other process can be appending); returns how many went."""
         before = (time.time() if now is None else now) - max_age
-        return sum(self.atomic(lambda tx: lifecycle.drop_staged(tx, model_id, before=before))
-                   for model_id in self.staging_models())
+        return self.atomic(lambda tx: lifecycle.drop_stale_staging(tx, before), read_first=True)
+
+    def staging_models(self) -> list[str]:
+        """The models that hold staged rows of an append request (``stage_samples``)."""
+        return self.atomic(lambda tx: tx.staging_models(), read_first=True)
 
     def clear_samples(self, model_id: str) -> int:
         """Empties the buffer (not samples already claimed by jobs); returns how many left."""

@@ -54,6 +54,7 @@ class Tx(Protocol):
     def jobs(self, statuses: tuple[str, ...], model_id: str | None = None) -> list[JobRecord]: ...
     def buffered(self, model_id: str) -> int: ...
     def staged(self, model_id: str) -> dict[str, tuple[int, float]]: ...  # stage id -> (rows, last written)
+    def staging_models(self) -> list[str]: ...  # the models with staged rows
     def trials(self, job_id: str) -> list[dict]: ...
     def checkpoint(self, job_id: str) -> tuple[bytes, dict] | None: ...
 
@@ -210,6 +211,11 @@ def drop_staged(tx: Tx, model_id: str, stage_id: str | None = None, before: floa
             tx.drop_staged(model_id, sid)
             dropped += n
     return dropped
+
+
+def drop_stale_staging(tx: Tx, before: float) -> int:
+    """Drops the staged rows of every request last written before ``before`` (requests that died)."""
+    return sum(drop_staged(tx, model_id, before=before) for model_id in tx.staging_models())
 
 
 def clear_buffer(tx: Tx, model_id: str) -> int:

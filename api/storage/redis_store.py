@@ -199,10 +199,6 @@ class RedisStore(Store):
         return self.get_model(model_id).buffer_size
 
     @_guard
-    def staging_models(self) -> list[str]:
-        return [m.decode() for m in self.redis.smembers(self._key("staging"))]
-
-    @_guard
     def get_job(self, job_id: str) -> JobRecord:
         raw = self.redis.hgetall(self._key("j", job_id))
         if not raw:

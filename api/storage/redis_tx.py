@@ -137,6 +137,9 @@ class RedisTx:
             self._staged[model_id] = {k.decode(): tuple(json.loads(v)) for k, v in raw.items()}
         return self._staged[model_id]
 
+    def staging_models(self) -> list[str]:
+        return [m.decode() for m in self._read(self.key("staging"), "smembers")]
+
     def trials(self, job_id: str) -> list[dict]:
         if job_id not in self._trials:
             raw = self._read(self.key("tr", job_id), "hgetall")

@@ -261,9 +261,6 @@ class SQLiteStore(Store):
         self._model_row(con, model_id)
         return SQLiteTx(con).buffered(model_id)
 
-    def staging_models(self) -> list[str]:
-        return [r[0] for r in self._con().execute("SELECT DISTINCT model_id FROM staged")]
-
     def get_job(self, job_id: str) -> JobRecord:
         con = self._con()
         row = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()

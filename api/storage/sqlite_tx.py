@@ -96,6 +96,9 @@ class SQLiteTx:
                                 (model_id,)).fetchall()
         return {r[0]: (int(r[1]), float(r[2])) for r in rows}
 
+    def staging_models(self) -> list[str]:
+        return [r[0] for r in self.con.execute("SELECT DISTINCT model_id FROM staged")]
+
     def trials(self, job_id: str) -> list[dict]:
         return [_trial(r) for r in self.con.execute("SELECT * FROM trials WHERE job_id = ? ORDER BY idx", (job_id,))]
 
@@ -210,7 +213,7 @@ class WouldWrite(Exception):
 class ReadOnlyTx:
     """A ``SQLiteTx`` whose reads work and whose first write raises ``WouldWrite`` (see ``SQLiteStore.atomic``)."""
 
-    READS = ("model", "job", "jobs", "buffered", "staged", "trials", "checkpoint")
+    READS = ("model", "job", "jobs", "buffered", "staged", "staging_models", "trials", "checkpoint")
 
     def __init__(self, tx: SQLiteTx):
         self.tx = tx
