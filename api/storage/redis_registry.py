@@ -171,7 +171,13 @@ def due_notifications(store: "RedisStore", now: float, limit: int) -> list[tuple
                 store.redis.zadd(store._key("npending"), {job_id: now + RECHECK_SECONDS})
             continue
         if store.redis.set(store._key("nclaim", job_id), "1", nx=True, px=int(CLAIM_SECONDS * 1000)):
-            due.append((note, store.get_job(job_id)))
+            # read again under the claim: another replica may have sent it between the read above and the claim
+            # (its record_attempt drops its claim in the same MULTI as the new state), so send only if still due
+            fresh = get_notifications(store, [job_id]).get(job_id)
+            if fresh is None or fresh.status != "pending" or fresh.next_attempt_at > now:
+                store.redis.delete(store._key("nclaim", job_id))
+                continue
+            due.append((fresh, store.get_job(job_id)))
     return due
 
 

@@ -29,3 +29,38 @@ def test_jobs_stored_before_the_indexes_are_indexed_once():
     finally:
         store.reset()
         store.close()
+
+
+def test_a_notification_another_replica_sent_meanwhile_is_not_sent_again():
+    """Two replicas look for due notifications. B reads the due list, then A claims, sends and records the
+    notification before B's claim: B's claim succeeds (A's record dropped A's claim) but B must not send again
+    (the receiver saw a third attempt for a 500-then-200 delivery across two replicas, once in a full run)."""
+    import time
+
+    from api.storage.base import Notification
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    a, b = RedisStore(REDIS_URL, prefix=prefix), RedisStore(REDIS_URL, prefix=prefix)
+    try:
+        a.create_model("m", b"blob", {"n": 1})
+        made = a.create_job(job("m", min_samples=10))
+        a.add_notification(Notification(job_id=made.job_id, url="http://127.0.0.1:9/hook", secret="s"))
+        a.cancel_job(made.job_id)  # ended: its notification is due
+        claim = b.redis.set
+
+        def a_delivers_first(name, *args, **kwargs):  # B's claim, once A has sent and recorded the notification
+            if name.endswith(f":nclaim:{made.job_id}") and kwargs.get("nx") and not sent:
+                [(note, _)] = a.due_notifications(time.time(), 20)
+                a.record_attempt(note.job_id, status="delivered", error=None, next_attempt_at=time.time(), now=time.time())
+                sent.append(note)
+            return claim(name, *args, **kwargs)
+
+        sent: list = []
+        b.redis.set = a_delivers_first
+        assert b.due_notifications(time.time(), 20) == [] and len(sent) == 1
+        assert b.redis.exists(f"{prefix}:nclaim:{made.job_id}") == 0  # B let its claim go
+        assert a.get_notifications([made.job_id])[made.job_id].attempts == 1
+    finally:
+        a.reset()
+        a.close()
+        b.close()
