@@ -274,9 +274,14 @@ class RedisTx:
                      ("sadd", self.key("staging"), model_id)]
 
     def unstage(self, model_id: str, stage_id: str) -> None:
-        """The staged batches move, in order, to the buffer's end."""
-        stage, n = self.key("stage", stage_id), self._stagings(model_id)[stage_id][0]
-        self.ops += [("lmove", stage, self.key("buf", model_id), "LEFT", "RIGHT")] * self._read(stage, "llen")
+        """The staged batches move, in order, to the buffer's end. Into an empty buffer the list is renamed: LMOVE
+        answers with the element it moves, so a MULTI of LMOVEs sends every staged byte back to this client (a
+        60,000-row dataset copied into an empty buffer ran at under half its speed)."""
+        stage, buffer, n = self.key("stage", stage_id), self.key("buf", model_id), self._stagings(model_id)[stage_id][0]
+        if not self._read(buffer, "exists"):
+            self.ops.append(("rename", stage, buffer))
+        else:
+            self.ops += [("lmove", stage, buffer, "LEFT", "RIGHT")] * self._read(stage, "llen")
         self.ops.append(("incrby", self.key("bufn", model_id), n))
         self._buffered[model_id] = self.buffered(model_id) + n
         self.drop_staged(model_id, stage_id)

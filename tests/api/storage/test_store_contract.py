@@ -528,6 +528,18 @@ def test_staged_rows_are_outside_the_buffer_until_the_requests_last_step(store):
     assert store.staging_models() == [] and store.count_samples("m") == 0
 
 
+def test_staged_rows_join_a_buffer_that_holds_rows_after_them_in_order(store):
+    """Into an empty buffer the staged rows arrive whole (Redis renames the list); into one that holds rows they
+    go after those, in the order staged, then the last step's rows."""
+    store.create_model("m", b"b", {})
+    store.append_samples("m", *rows(1, 0), 0)
+    store.stage_samples("m", "r", *rows(2, 100), 0)
+    store.stage_samples("m", "r", *rows(2, 200), 0)
+    assert store.append_samples("m", *rows(1, 300), 0, staged=("r", 4))[0] == 6
+    expected = np.concatenate([rows(1, 0)[0], rows(2, 100)[0], rows(2, 200)[0], rows(1, 300)[0]])
+    assert np.array_equal(store.job_samples(store.create_job(job("m")).job_id)[0], expected)
+
+
 def test_a_request_that_fails_midway_leaves_the_buffer_as_it_was(store):
     """Staged rows count against the buffer limit with the buffer (so it bounds what can ever reach the buffer): a
     last step past it is refused whole, and the request's staged rows are then discarded; so are a request's whose
