@@ -331,20 +331,22 @@ class Service:
         return self._append(model_id, x, y)
 
     def _append(self, model_id: str, x: np.ndarray, y: np.ndarray) -> int:
-        """Appends a request's rows all or none: store steps of about 32 MB stage them apart from the buffer (no job
-        sees them) and one last step moves them in and queues the jobs it fills; a failure drops what was staged."""
+        """Appends a request's rows all or none, in batches of about 32 MB: in one step where the store can hold any
+        request in one (SQLite), else earlier steps stage them apart from the buffer (no job sees them) and one last
+        step moves them in and queues the jobs it fills; a failure drops what was staged."""
         limit = self.settings.max_buffer_samples
         if len(x) > limit - self.store.count_samples(model_id):
             raise PayloadTooLarge(f"the buffer of model {model_id!r} would hold more than NN_MAX_BUFFER_SAMPLES={limit} "
                                   "samples; train on it or clear it first, or train on the dataset directly")
         step = max(1, APPEND_BATCH_BYTES // max(1, x.shape[1] * x.dtype.itemsize))
-        last = max(0, len(x) - 1) // step * step  # where the last step's rows begin
+        # where the last step's rows begin (one step on SQLite: staging would write every row twice)
+        last = 0 if self.store.appends_in_one_step else max(0, len(x) - 1) // step * step
         stage_id, staged = uuid.uuid4().hex, 0
         try:
             for start in range(0, last, step):
                 staged = self.store.stage_samples(model_id, stage_id, x[start:start + step], y[start:start + step], limit)
             size, promoted = self.store.append_samples(model_id, x[last:], y[last:], limit,
-                                                       staged=(stage_id, staged) if last else None)
+                                                       staged=(stage_id, staged) if last else None, batch_rows=step)
         except BaseException:
             if last:
                 self._discard_staged(model_id, stage_id)

@@ -25,6 +25,10 @@ T = TypeVar("T")
 class Store(ABC):
     """Persistent state of the service. Every method is atomic on its own."""
 
+    # One step can hold an append request of any size: a SQLite transaction writes its pages as it goes. A Redis
+    # MULTI holds every write in memory until EXEC, so there a large request stages its rows first (stage_samples).
+    appends_in_one_step = False
+
     def check_integrity(self) -> None:
         """Raises StoreUnavailable when the stored data is damaged (the service refuses to start); a no-op
         where the store has nothing to check."""
@@ -147,13 +151,14 @@ class Store(ABC):
         return self.atomic(lambda tx: lifecycle.delete_model(tx, model_id, time.time()))
 
     def append_samples(self, model_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int,
-                       staged: tuple[str, int] | None = None) -> tuple[int, list[JobRecord]]:
+                       staged: tuple[str, int] | None = None, batch_rows: int | None = None) -> tuple[int, list[JobRecord]]:
         """Appends a request's rows in one step: those it staged (``staged``: its stage id and the rows
         ``stage_samples`` last returned), then ``x``; returns the new buffer size and the ``buffering`` jobs it
         queued in the same step. Raises PayloadTooLarge past max_buffer (staged rows of other requests count),
-        StoreUnavailable when some staged rows are gone (the request is refused whole)."""
+        StoreUnavailable when some staged rows are gone (the request is refused whole). ``x`` is written in batches
+        of ``batch_rows`` (all at once when None)."""
         size, promoted = self.atomic(lambda tx: lifecycle.append_samples(tx, model_id, x, y, max_buffer, time.time(),
-                                                                         staged))
+                                                                         staged, batch_rows))
         return size, [self.get_job(j.job_id) for j in promoted]
 
     def stage_samples(self, model_id: str, stage_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int) -> int:

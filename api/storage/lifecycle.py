@@ -182,7 +182,7 @@ def stage_samples(tx: Tx, model_id: str, stage_id: str, x: np.ndarray, y: np.nda
 
 
 def append_samples(tx: Tx, model_id: str, x: np.ndarray, y: np.ndarray, max_buffer: int, now: float,
-                   staged: tuple[str, int] | None = None) -> tuple[int, list[JobRecord]]:
+                   staged: tuple[str, int] | None = None, batch_rows: int | None = None) -> tuple[int, list[JobRecord]]:
     """A request's rows reach the buffer in one step, all or none: those it staged (``staged``: its stage id and
     how many rows it staged), then ``x``. The model's jobs that now have enough are promoted in this same step.
     Returns the new buffer size and those jobs."""
@@ -197,8 +197,9 @@ def append_samples(tx: Tx, model_id: str, x: np.ndarray, y: np.ndarray, max_buff
     _check_room(tx, model_id, size, sum(stagings.values()), max_buffer)
     if staged:
         tx.unstage(model_id, staged[0])
-    if len(x):
-        tx.add_samples(model_id, None, x, y)
+    step = batch_rows or max(1, len(x))
+    for start in range(0, len(x), step):
+        tx.add_samples(model_id, None, x[start:start + step], y[start:start + step])
     return size, promote_ready(tx, model_id)
 
 

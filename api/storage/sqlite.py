@@ -128,6 +128,8 @@ JOB_MIGRATIONS = {"kind": "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAUL
 MODEL_MIGRATIONS = {"owner": "ALTER TABLE models ADD COLUMN owner TEXT"}  # the API key name that created it
 
 class SQLiteStore(Store):
+    appends_in_one_step = True
+
     def __init__(self, path: Path | str, busy_timeout: float = 30.0, keep_versions: int = 10):
         self.keep_versions = keep_versions
         self.path = Path(path)

@@ -148,21 +148,30 @@ def between_steps(monkeypatch, store, before_step: int, action) -> None:
     monkeypatch.setattr(store, "atomic", step)
 
 
+def last_step(store) -> int:
+    """Which store step of a 6-row request in steps of 2 rows is its last: the third on Redis (two stage the rows),
+    the only one on SQLite (one transaction holds the whole request)."""
+    return 1 if store.appends_in_one_step else 3
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 @pytest.mark.parametrize("kind", ["inline", "dataset", "file"])
-def test_a_request_refused_at_its_last_step_leaves_the_buffer_as_it_was(tmp_path, monkeypatch, kind):
-    """All or none: 6 rows go in 3 store steps of 2; another client appends 3 rows before the last, which would
-    then pass NN_MAX_BUFFER_SAMPLES=8. The request is a 413 and the buffer holds the other client's rows only
-    (its first 4 rows were never in the buffer), so a client that retries duplicates nothing."""
+def test_a_request_refused_at_its_last_step_leaves_the_buffer_as_it_was(tmp_path, monkeypatch, kind, backend):
+    """All or none: 6 rows go in steps of 2 (in one transaction on SQLite); another client appends 3 rows before
+    the last, which would then pass NN_MAX_BUFFER_SAMPLES=8. The request is a 413 and the buffer holds the other
+    client's rows only (its first 4 rows were never in the buffer), so a client that retries duplicates nothing."""
     import numpy as np
+    from fastapi.testclient import TestClient
 
     from api import services
+    from api.app import create_app
 
     monkeypatch.setattr(services, "APPEND_BATCH_BYTES", 2 * 4 * 4)  # 2 rows of 4 float32 inputs per step
-    with running_app(tmp_path, workers=0, max_buffer_samples=8) as client:
+    with TestClient(create_app(settings_of(tmp_path, backend, max_buffer_samples=8))) as client:
         create(client, model_id="m")
         request, store = appending(client, kind), client.app.state.service.store
         other = np.asarray(X4[:3], np.float32), np.eye(3, dtype=np.float32)[Y3[:3]]
-        between_steps(monkeypatch, store, 3, lambda: store.append_samples("m", *other, 8))
+        between_steps(monkeypatch, store, last_step(store), lambda: store.append_samples("m", *other, 8))
         response = request()
         assert response.status_code == 413 and "NN_MAX_BUFFER_SAMPLES=8" in response.json()["detail"], response.text
         assert client.get("/models/m/samples").json()["buffer_size"] == 3
@@ -170,24 +179,32 @@ def test_a_request_refused_at_its_last_step_leaves_the_buffer_as_it_was(tmp_path
         assert request().status_code == 413  # 3 + 6 > 8, refused before any step
         client.delete("/models/m/samples")
         assert request().json()["buffer_size"] == 6
+        if backend == "redis":
+            store.reset()
 
 
-def test_a_job_created_between_a_requests_steps_takes_all_of_its_rows(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_job_created_between_a_requests_steps_takes_all_of_its_rows(tmp_path, monkeypatch, backend):
     """A job submitted while a request is between its store steps waits: the request's staged rows are not in the
     buffer, so it cannot be queued on part of them; the request's last step queues it with all 6."""
+    from fastapi.testclient import TestClient
+
     from api import services
+    from api.app import create_app
     from api.schemas import JobCreate
 
     monkeypatch.setattr(services, "APPEND_BATCH_BYTES", 2 * 4 * 4)
-    with running_app(tmp_path, workers=0) as client:
+    with TestClient(create_app(settings_of(tmp_path, backend))) as client:
         create(client, model_id="m")
         service, jobs = client.app.state.service, []
-        between_steps(monkeypatch, service.store, 3,
+        between_steps(monkeypatch, service.store, last_step(service.store),
                       lambda: jobs.append(service.submit_job("m", JobCreate(min_samples=1, epochs=1))))
         assert client.post("/models/m/samples", json={"inputs": X4, "targets": Y3}).json()["buffer_size"] == 6
         assert jobs[0].status == "buffering"  # at its creation: the buffer was empty
         got = client.get(f"/jobs/{jobs[0].job_id}").json()
         assert (got["status"], got["n_samples"]) == ("queued", 6)
+        if backend == "redis":
+            service.store.reset()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])

@@ -528,6 +528,36 @@ def test_staged_rows_are_outside_the_buffer_until_the_requests_last_step(store):
     assert store.staging_models() == [] and store.count_samples("m") == 0
 
 
+def test_an_append_written_in_batches_is_all_or_none(store, monkeypatch):
+    """One step writes a request in batches (SQLite: the whole request, in one transaction): a failure at its third
+    batch leaves the buffer as it was; without one, the batches arrive in order."""
+    store.create_model("m", b"b", {})
+    atomic = store.atomic
+
+    def failing_third_batch(step, *args, **kwargs):
+        def wrapped(tx):
+            add, batches = tx.add_samples, []
+
+            def add_samples(*batch):
+                batches.append(batch)
+                if len(batches) == 3:
+                    raise OSError("disk full")
+                return add(*batch)
+
+            tx.add_samples = add_samples
+            return step(tx)
+
+        return atomic(wrapped, *args, **kwargs)
+
+    monkeypatch.setattr(store, "atomic", failing_third_batch)
+    with pytest.raises(OSError, match="disk full"):
+        store.append_samples("m", *rows(6), 0, batch_rows=2)
+    monkeypatch.undo()
+    assert store.count_samples("m") == 0
+    assert store.append_samples("m", *rows(6), 0, batch_rows=2)[0] == 6
+    assert np.array_equal(store.job_samples(store.create_job(job("m")).job_id)[0], rows(6)[0])
+
+
 def test_staged_rows_join_a_buffer_that_holds_rows_after_them_in_order(store):
     """Into an empty buffer the staged rows arrive whole (Redis renames the list); into one that holds rows they
     go after those, in the order staged, then the last step's rows."""
