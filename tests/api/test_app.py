@@ -1,0 +1,30 @@
+"""api/app.py: the routers are matched in an order of their own (hot paths first) and documented in another."""
+
+import re
+
+from api.app import DOCUMENTED, MATCHED_FIRST, create_app
+from tests.api.conftest import settings_for
+
+
+def test_no_two_routers_have_patterns_that_match_one_path():
+    """What lets the hot routers be matched first: a path one router's pattern takes matches no other router's."""
+    patterns = [(i, route.path, route.path_regex) for i, router in enumerate(DOCUMENTED) for route in router.routes]
+    for i, path, _ in patterns:
+        concrete = re.sub(r"\{[^}]+\}", "x", path)
+        assert [other for j, other, regex in patterns if j != i and regex.match(concrete)] == [], path
+
+
+def test_the_hot_routers_are_matched_first_and_docs_keep_their_order(tmp_path):
+    app = create_app(settings_for(tmp_path, workers=0))
+    routed = [path for route in app.routes for path in _paths(route)]
+    first = {route.path for router in MATCHED_FIRST for route in router.routes}
+    assert {path for path in routed if path.startswith("/v2")} <= first
+    assert max(routed.index(path) for path in first) < min(routed.index(p) for p in ("/health", "/jobs", "/datasets"))
+    documented = [route.path for router in DOCUMENTED for route in router.routes if route.include_in_schema]
+    assert list(app.openapi()["paths"]) == list(dict.fromkeys(documented))
+
+
+def _paths(route) -> list[str]:
+    """The paths a route of the app holds: an included router's own (newer FastAPI keeps routers whole), or its."""
+    inner = getattr(route, "original_router", None)
+    return [r.path for r in inner.routes] if inner is not None else [getattr(route, "path", "")]
