@@ -14,10 +14,10 @@ from api.storage.base import JobRecord, ModelRecord, Notification, VersionRecord
 MODEL_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 Row = list[float]
 Rows = list[Row]
-# 2-D rows, or one number per sample: a class index (classifiers) or the value (single output).
-Targets = Rows | list[float]
 Rate = Annotated[float, Field(ge=0, lt=1)]  # a dropout rate
 ClassName = Annotated[str, Field(min_length=1, max_length=MAX_CLASS_NAME_LENGTH)]
+# 2-D rows, or one per sample: a class index or class name (classifiers), or the value (single output).
+Targets = Rows | list[float] | list[ClassName]
 
 IRIS_X = [[5.1, 3.5, 1.4, 0.2], [4.9, 3.0, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4],
           [6.4, 3.2, 4.5, 1.5], [6.3, 3.3, 6.0, 2.5], [5.8, 2.7, 5.1, 1.9]]

@@ -101,7 +101,9 @@ class Service:
         return x
 
     def _targets(self, info: dict, targets: list, n: int) -> np.ndarray:
-        """(n, n_out) targets from rows, or from one class index / value per sample."""
+        """(n, n_out) targets from rows, or from one class index, class name or value per sample."""
+        if isinstance(targets, list) and targets and isinstance(targets[0], str):
+            targets = self._class_indices(info, targets)
         n_out = info["output_size"]
         flat = targets.ndim == 1 if isinstance(targets, np.ndarray) else bool(targets) and not isinstance(targets[0], list)
         if flat:  # one number per sample
@@ -123,6 +125,20 @@ class Service:
         if not np.isfinite(y).all():
             raise InvalidInput(f"targets hold values too large for {info['dtype']}")
         return y
+
+    @staticmethod
+    def _class_indices(info: dict, names: list[str]) -> list[int]:
+        """Targets given as class names: their indices in the model's class_names."""
+        known = info["config"].get("class_names")
+        if not known:
+            raise InvalidInput(f"targets[0] is the text {names[0][:60]!r}: class names need a model created with "
+                               "class_names; send class indices or values as numbers without quotes")
+        index = {name: i for i, name in enumerate(known)}
+        unknown = next((name for name in names if name not in index), None)
+        if unknown is not None:
+            shown = ", ".join(map(repr, known[:20])) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
+            raise InvalidInput(f"target {unknown[:60]!r} is not one of the model's class_names: {shown}")
+        return [index[name] for name in names]
 
     def _load(self, model_id: str) -> tuple[Network, ModelRecord]:
         """A fresh network of the committed version, for callers that change it."""

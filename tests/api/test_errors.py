@@ -32,7 +32,8 @@ def test_a_flat_vector_in_inputs(iris):
     ("/models/iris/output", {"input": [5.1, "3.5", 1.4, 0.2]},
      "input[1]: expected a number; received the text '3.5'; send numbers without quotes"),
     ("/models/iris/evaluate", {"inputs": [[5.1, 3.5, 1.4, 0.2]], "targets": ["setosa"]},
-     "targets[0]: expected a number; received the text 'setosa'; send numbers without quotes"),
+     "targets[0] is the text 'setosa': class names need a model created with class_names; send class indices or "
+     "values as numbers without quotes"),
     ("/models/iris/training-jobs", {"epochs": "10"},
      "epochs: expected a whole number; received the text '10'; send numbers without quotes"),
     ("/models", {"input_size": 4, "layers": [{"type": "dense", "units": "3"}]},

@@ -81,6 +81,31 @@ def test_wrong_names_are_a_422_that_says_what_to_send(client, body, words):
     assert client.get("/models").json()["count"] == 0
 
 
+def test_targets_may_be_class_names_wherever_targets_are_taken(client):
+    """Appends, evaluation, /output with targets and a job's inline samples take names as they take indices."""
+    create(client, **IRIS, class_names=NAMES)
+    by_name = [NAMES[k] for k in Y3]
+    evaluated = [client.post("/models/iris/evaluate", json={"inputs": X4, "targets": t}) for t in (Y3, by_name)]
+    assert [r.status_code for r in evaluated] == [200, 200] and evaluated[0].json() == evaluated[1].json()
+    costs = [client.post("/models/iris/output", json={"inputs": X4, "targets": t}).json()["cost"] for t in (Y3, by_name)]
+    assert costs[0] == costs[1] > 0
+    assert client.post("/models/iris/samples", json={"inputs": X4, "targets": by_name}).json()["buffer_size"] == 6
+    job = client.post("/models/iris/training-jobs", json={"inputs": X4, "targets": by_name, "epochs": 1})
+    assert job.status_code == 202, job.text
+
+
+@pytest.mark.parametrize("names, targets, words", [
+    (NAMES, ["setosa", "rose", "setosa", "setosa", "setosa", "setosa"], "'rose' is not one of the model's class_names"),
+    (None, ["setosa"] * 6, "class names need a model created with class_names"),
+    (NAMES, ["setosa", 1, "setosa", "setosa", "setosa", "setosa"], "targets"),
+])
+def test_a_target_name_the_model_does_not_have_is_a_422(client, names, targets, words):
+    create(client, **IRIS, **({"class_names": names} if names else {}))
+    response = client.post("/models/iris/samples", json={"inputs": X4, "targets": targets})
+    assert response.status_code == 422 and words in response.text, response.text
+    assert client.get("/models/iris/samples").json()["buffer_size"] == 0
+
+
 def test_training_versions_restore_and_export_import_keep_the_names(client):
     create(client, **IRIS, class_names=NAMES)
     assert client.post("/models/iris/training-jobs", json={"inputs": X4, "targets": Y3, "epochs": 5}).status_code == 202
