@@ -13,7 +13,7 @@ What RQ does (its own mechanisms, nothing re-implemented here):
   registry cleanup (``StartedJobRegistry.cleanup``, run by one worker every lease/2 s) treats the RQ job
   as abandoned and **retries** it (``Retry(max=RETRIES)``); the next ``train(job_id)`` takes
   the job over from its checkpoint. When the retries are spent RQ moves the RQ job to its **failed
-  registry** and the training job ends ``failed``.
+  registry** and the training job ends ``failed`` (``cancelled`` if a cancel was asked).
 
 What the project adds (RQ lacks it): the **lease with fencing**. A claim sets ``P:lease:{job}`` with
 a random token; the heartbeat renews it, and every write for the job is a transaction that checks
@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import redis
 from rq import Queue, Retry, SimpleWorker, get_current_job
 from rq.job import Callback, Job
+from rq.registry import StartedJobRegistry
+from rq.timeouts import TimerDeathPenalty
 
 from api.errors import LeaseLost, StoreUnavailable
 from api.settings import Settings, get_settings
@@ -165,9 +167,18 @@ def train_failed(rq_job: Job, connection, exc_type, exc_value, tb) -> None:
     if rq_job.retries_left:
         return  # RQ runs it again; that run takes the job over from its checkpoint
     job_id = rq_job.args[0]
-    reason = f"{exc_type.__name__ if exc_type else 'error'}: {exc_value}" if exc_value else "its worker died"
+    detail = str(exc_value or "")  # RQ's AbandonedJobError (its worker died) has no message
+    reason = f"{exc_type.__name__ if exc_type else 'error'}: {detail}" if detail else "its worker died"
     context().store.fail_abandoned(job_id, f"given up after {RETRIES + 1} runs by RQ ({reason}); see RQ's failed "
                                            f"registry, RQ job {rq_job.id}")
+
+
+def _started_registry(queue: Queue) -> StartedJobRegistry:
+    """The queue's StartedJobRegistry for a cleanup off the main thread: RQ runs the failure callback of an
+    abandoned job under a death penalty, and its default (SIGALRM) raises ValueError outside the main thread,
+    so the callback never ran; RQ's TimerDeathPenalty (a timer thread) works in any thread."""
+    return StartedJobRegistry(queue=queue, job_class=queue.job_class, serializer=queue.serializer,
+                              death_penalty_class=TimerDeathPenalty)
 
 
 class TrainingWorker(SimpleWorker):
@@ -198,7 +209,7 @@ class TrainingWorker(SimpleWorker):
             try:
                 if self.connection.set(lock, self.name, nx=True, px=int(interval * 1000)):
                     for queue in self.queues:
-                        queue.started_job_registry.cleanup(exception_handlers=self._exc_handlers)
+                        _started_registry(queue).cleanup(exception_handlers=self._exc_handlers)
                 delay = interval
             except Exception as exc:  # Redis away: back off, keep trying
                 delay = min(30.0, delay * 2)
