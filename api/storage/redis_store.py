@@ -435,13 +435,15 @@ class RedisStore(Store):
         return [job_id for job_id in searches if self.atomic(lambda tx: self._release_expired_trials(tx, job_id))]
 
     def fail_abandoned(self, job_id: str, error: str) -> None:
-        """RQ gave up on the job (its workers kept dying): it ends failed (a search: its orphaned trials)."""
+        """RQ gave up on the job (its workers kept dying): it ends failed, or cancelled if a cancel was asked
+        (as ``requeue`` ends it); a search: its orphaned trials fail."""
         def step(tx: RedisTx) -> None:
             job, now = tx.job(job_id), time.time()
             if job is not None and job.stage == "trials":
                 for t in [t for t in tx.trials(job_id) if t["status"] == "running" and self._expired(tx, f"{job_id}|{t['index']}")]:
                     lifecycle.finish_trial(tx, job_id, t["index"], "failed", now, error=error)
             elif job is not None and job.status in (RUNNING, CANCELLING) and self._expired(tx, job_id):
-                lifecycle.finish(tx, job, lifecycle.FAILED, now, use_checkpoint=True, error=error)
+                end = lifecycle.CANCELLED if job.status == CANCELLING else lifecycle.FAILED
+                lifecycle.finish(tx, job, end, now, use_checkpoint=True, error=error)
 
         self.atomic(step)
