@@ -2,10 +2,14 @@
 that made it claimable; a job RQ runs again after its worker died is taken over from its checkpoint; when RQ
 gives up, the job fails. Uses NN_TEST_REDIS_URL (skipped when no Redis answers there)."""
 
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +19,7 @@ from api.settings import Settings
 from tests.api.conftest import wait_for
 from tests.api.storage.test_store_contract import REDIS_URL, job, redis_available, rows, search
 
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_URL}")
 
 
@@ -104,3 +109,71 @@ def test_when_rq_gives_up_the_job_fails(runner, monkeypatch):
     failed = store.get_job(j)
     assert failed.status == "failed" and "given up" in failed.error and failed.model_version == 2  # its checkpoint
     assert store.load_model("m")[0] == b"ckpt"
+
+
+def test_when_rq_gives_up_a_job_being_cancelled_it_ends_cancelled(runner, monkeypatch):
+    from rq.job import Job
+
+    settings, store, queue = runner
+    store.create_model("m", b"b", {})
+    j = store.create_job(job("m"), *rows(2), max_buffer=0).job_id
+    store.claim_job("dead", job_id=j)
+    store.save_checkpoint(j, b"ckpt", {}, 1, [], {})
+    assert store.cancel_job(j).status == "cancelling"  # its worker never stops it: it died
+    monkeypatch.setattr(rq_runner, "_context", rq_runner._Context(settings, store, "w", threading.Event()))
+    rq_job = Job.fetch(queue.job_ids[0], connection=store.redis)
+    rq_job.retries_left = 0
+    wait_for(lambda: store.lease_alive(j), lambda alive: not alive, timeout=10)
+    rq_runner.train_failed(rq_job, store.redis, None, None, None)
+    ended = store.get_job(j)
+    assert ended.status == "cancelled" and "given up" in ended.error and ended.model_version == 2
+
+
+def test_a_job_whose_workers_kept_dying_fails_and_frees_its_model(runner, tmp_path):
+    """The operator's path with real workers: a worker is SIGKILLed on the job's last run (no retries left);
+    another worker's RQ maintenance, a thread beside its training loop, finds the job abandoned and RQ's
+    failure callback ends it failed, so the next job on the model runs."""
+    from rq.job import Job
+
+    from api.schemas import JobCreate, ModelCreate
+    from api.services import Service
+
+    settings, store, queue = runner
+    service = Service(store, settings)
+    service.create_model(ModelCreate(model_id="m", layer_sizes=[2, 4, 1]))
+    x, y = rows(64)
+    body = {"inputs": x.tolist(), "targets": y.tolist(), "batch_size": 1}
+    doomed = service.submit_job("m", JobCreate(**body, epochs=10_000)).job_id
+    rq_job = Job.fetch(queue.job_ids[0], connection=store.redis)
+    rq_job.retries_left = 0  # as after RETRIES runs that all died
+    rq_job.save()
+    env = {**os.environ, "NN_BACKEND": "redis", "NN_REDIS_URL": REDIS_URL, "NN_REDIS_PREFIX": settings.redis_prefix,
+           "NN_REDIS_QUEUE": settings.redis_queue, "NN_LEASE_SECONDS": "1", "NN_LOG_LEVEL": "warning",
+           "NN_DATA_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path / "workers.log", "ab")
+
+    def worker() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "main.py", "worker"], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+    first = worker()
+    second = None
+    try:
+        wait_for(lambda: store.get_job(doomed), lambda j: j.status == "running" and j.epochs_done >= 1, timeout=60)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        after = service.submit_job("m", JobCreate(**body, epochs=1)).job_id
+        assert store.get_job(after).status == "queued"  # behind the doomed job, which holds the model
+        second = worker()
+        failed = wait_for(lambda: store.get_job(doomed), lambda j: j.status != "running", timeout=60)
+        assert failed.status == "failed" and "given up" in failed.error and "its worker died" in failed.error
+        assert failed.model_version == 2  # the model took its last checkpoint
+        done = wait_for(lambda: store.get_job(after), lambda j: j.status in ("succeeded", "failed"), timeout=60)
+        assert done.status == "succeeded" and done.model_version == 3  # the model is free again
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(15)
+        log.close()
+    assert b"signal only works in main thread" not in (tmp_path / "workers.log").read_bytes()
