@@ -30,7 +30,8 @@ class ModelVersionNotFound(ServiceError):
 
 class JobNotFound(ServiceError):
     def __init__(self, job_id: str):
-        super().__init__(f"training job {job_id!r} does not exist; list a model's jobs with GET /models/{{model_id}}/jobs")
+        super().__init__(f"training job {job_id!r} does not exist; list jobs with GET /jobs (GET /jobs?model_id=... for "
+                         "one model's)")
 
 
 class VersionNotFound(ModelVersionNotFound):
@@ -89,6 +90,10 @@ class PayloadTooLarge(ServiceError):
     """A request exceeds a size limit from the settings."""
 
 
+class FeatureUnavailable(ServiceError):
+    """An optional part of the service is not installed (its message says which extra to install)."""
+
+
 class StoreUnavailable(ServiceError):
     """The store cannot be used: Redis cannot be reached (the request may be retried), or the SQLite
     database is unreadable or damaged (the message says how to recover)."""
@@ -122,6 +127,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     JobNotCancellable: 409,
     InvalidInput: 422,
     PayloadTooLarge: 413,
+    FeatureUnavailable: 501,
     StoreUnavailable: 503,
     TooManyStreams: 503,
     NeuralNetError: 422,  # ShapeError, UnknownNameError, NonFiniteError, ConfigError

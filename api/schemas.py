@@ -234,7 +234,9 @@ class SamplesCreate(LabelledSamples):
 
 class BufferPublic(BaseModel):
     model_id: str = Field(description="Id of the model.")
-    buffer_size: int = Field(description="Samples waiting in the training buffer.")
+    buffer_size: int = Field(description="Samples waiting in the training buffer (after the jobs it filled took theirs).")
+    queued_jobs: list[str] = Field([], description="Jobs this append queued: they were waiting for samples and took "
+                                                    "them from the buffer in the same step.")
 
 
 # -- training jobs ------------------------------------------------------------------

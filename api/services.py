@@ -17,7 +17,7 @@ from neural_net.errors import NeuralNetError
 
 from api import notify, records
 from api.dataset_service import DatasetService
-from api.errors import InvalidInput, JobNotFound, ModelNotFound, NoJobs, PayloadTooLarge, ServiceError
+from api.errors import FeatureUnavailable, InvalidInput, JobNotFound, ModelNotFound, NoJobs, PayloadTooLarge, ServiceError
 from api.model_cache import CachedModel, ModelCache, ServedModels
 from api.records import describe, jsonable, log_transition
 from api.schemas import (EvaluateRequest, JobCreate, ModelCreate, NotifyTarget, OutputRequest, SamplesCreate,
@@ -192,8 +192,11 @@ class Service:
         """The current version's file, or a kept older version's."""
         blob = self.store.load_model(model_id)[0] if version is None else self.store.get_version(model_id, version)[0]
         if format == "onnx":
-            from api.onnx_export import to_onnx  # onnx is imported only when someone asks for it
-
+            try:
+                from api.onnx_export import to_onnx  # onnx is imported only when someone asks for it
+            except ImportError:
+                raise FeatureUnavailable("ONNX export needs the onnx package, which this installation lacks: "
+                                         "pip install 'nn-service[onnx]' (or -r requirements.txt); format=npz works") from None
             return to_onnx(Network.from_bytes(blob), name=model_id)
         return blob
 
@@ -330,23 +333,24 @@ class Service:
         return record
 
     # -- training buffer -------------------------------------------------------------
-    def add_samples(self, model_id: str, req: SamplesCreate, viewer: str | None = None) -> int:
+    def add_samples(self, model_id: str, req: SamplesCreate, viewer: str | None = None) -> tuple[int, list[str]]:
+        """The buffer's size after the append, and the jobs it queued (they took their samples from the buffer)."""
         info = self.store.get_model(model_id).info
         x, y = self._labelled(model_id, info, req, viewer)
         return self._append(model_id, x, y)
 
     async def add_samples_file(self, model_id: str, body, content_type: str, content_length: str | None, *,
-                               fmt: str | None = None, targets: list[str] | None = None) -> int:
+                               fmt: str | None = None, targets: list[str] | None = None) -> tuple[int, list[str]]:
         """Appends the samples of a file body (NPZ, CSV or JSON, as for POST /datasets) to the buffer."""
         info = (await run_in_threadpool(self.store.get_model, model_id)).info  # 404 before the body is read
         async with self.datasets.received(body, content_type, content_length, fmt, targets, None) as (_, data, _, _):
             return await run_in_threadpool(self._append_file, model_id, info, data)
 
-    def _append_file(self, model_id: str, info: dict, data) -> int:
+    def _append_file(self, model_id: str, info: dict, data) -> tuple[int, list[str]]:
         x, y = self.datasets.upload_arrays(data, model_id, info)
         return self._append(model_id, x, y)
 
-    def _append(self, model_id: str, x: np.ndarray, y: np.ndarray) -> int:
+    def _append(self, model_id: str, x: np.ndarray, y: np.ndarray) -> tuple[int, list[str]]:
         """Appends a request's rows all or none, in batches of about 32 MB: in one step where the store can hold any
         request in one (SQLite), else earlier steps stage them apart from the buffer (no job sees them) and one last
         step moves them in and queues the jobs it fills; a failure drops what was staged."""
@@ -369,7 +373,7 @@ class Service:
             raise
         for job in promoted:
             log_transition(job, "buffering")
-        return size
+        return size, [job.job_id for job in promoted]
 
     def _discard_staged(self, model_id: str, stage_id: str) -> None:
         try:

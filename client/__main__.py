@@ -78,7 +78,7 @@ def _metrics_line(values, keys=("loss", "accuracy", "val_loss", "val_accuracy"))
     return "  ".join(f"{key} {values[key]:.4g}" for key in keys if isinstance(values.get(key), (int, float)))
 
 
-def summary(record):
+def summary(record, history_shown=False):
     """A job on one screen: what, its state, where it is (epoch, loss, accuracy), and how long is left."""
     progress = record.get("progress") or {}
     history = record.get("history") or []
@@ -119,7 +119,7 @@ def summary(record):
         lines.append(f"best trial {best['index']}: {search.get('metric')} {best['score']:.4g} with {json.dumps(best['params'])}")
     if record.get("error"):
         lines.append(f"error: {record['error']}")
-    if len(history) > 1:
+    if len(history) > 1 and not history_shown:
         lines.append(f"{len(history)} epochs of history: add --history to see them")
     return "\n".join(lines)
 
@@ -142,7 +142,7 @@ def cmd_status(api, args):
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
-    print(summary(record))
+    print(summary(record, history_shown=args.history))
     if args.history:
         print(history_table(record))
     return 0

@@ -132,10 +132,11 @@ async def add_samples(model_id: str, request: Request, options: dict = Depends(f
     content_type = request.headers.get("content-type", "")
     if _is_json(content_type) and options["fmt"] in (None, "json"):
         body = await _json_body(request, SamplesCreate)
-        return BufferPublic(model_id=model_id, buffer_size=await run_in_threadpool(service.add_samples, model_id, body, viewer))
-    size = await service.add_samples_file(model_id, request.stream(), content_type,
-                                          request.headers.get("content-length"), **options)
-    return BufferPublic(model_id=model_id, buffer_size=size)
+        size, queued = await run_in_threadpool(service.add_samples, model_id, body, viewer)
+    else:
+        size, queued = await service.add_samples_file(model_id, request.stream(), content_type,
+                                                      request.headers.get("content-length"), **options)
+    return BufferPublic(model_id=model_id, buffer_size=size, queued_jobs=queued)
 
 
 @router.get("/{model_id}/samples", response_model=BufferPublic, summary="Size of the training buffer")
@@ -151,7 +152,9 @@ def clear_samples(model_id: str, service: Service = Depends(get_service)) -> Buf
 
 @router.get("/{model_id}/export", response_class=Response,
             summary="Download the model: the core's .npz (format=npz) or an ONNX model (format=onnx)",
-            responses={200: {"content": {"application/octet-stream": {}, "application/onnx": {}}}})
+            responses={200: {"content": {"application/octet-stream": {}, "application/onnx": {}}},
+                       501: {"description": "format=onnx on an installation without the onnx extra (the message says "
+                                            "what to install)"}})
 def export_model(model_id: str, format: Literal["npz", "onnx"] = Query("npz", description=(
         "npz: the core's file (Network.load reads it, POST /models/import takes it back); "
         "onnx: an ONNX model (opset 17, input 'input', output 'output') for onnxruntime and other runtimes.")),

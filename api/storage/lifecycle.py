@@ -200,7 +200,8 @@ def append_samples(tx: Tx, model_id: str, x: np.ndarray, y: np.ndarray, max_buff
     step = batch_rows or max(1, len(x))
     for start in range(0, len(x), step):
         tx.add_samples(model_id, None, x[start:start + step], y[start:start + step])
-    return size, promote_ready(tx, model_id)
+    promoted = promote_ready(tx, model_id)
+    return (tx.buffered(model_id) if promoted else size), promoted  # a job it queued may have taken the rows
 
 
 def drop_staged(tx: Tx, model_id: str, stage_id: str | None = None, before: float | None = None) -> int:

@@ -278,7 +278,7 @@ class RedisTx:
         answers with the element it moves, so a MULTI of LMOVEs sends every staged byte back to this client (a
         60,000-row dataset copied into an empty buffer ran at under half its speed)."""
         stage, buffer, n = self.key("stage", stage_id), self.key("buf", model_id), self._stagings(model_id)[stage_id][0]
-        if not self._read(buffer, "exists"):
+        if not self.buffered(model_id) and not self._read(buffer, "exists"):  # nothing pushed by this step either
             self.ops.append(("rename", stage, buffer))
         else:
             self.ops += [("lmove", stage, buffer, "LEFT", "RIGHT")] * self._read(stage, "llen")

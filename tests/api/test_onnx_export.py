@@ -45,3 +45,17 @@ def test_layers_without_bias_and_a_sloped_sigmoid_match():
     net.add(Dense(2, activation={"name": "sigmoid", "slope": 2.5}, use_bias=False))
     x = np.random.default_rng(3).normal(size=(9, 4))
     np.testing.assert_allclose(run_onnx(net, x), net.predict(x), atol=1e-5, rtol=1e-5)
+
+
+def test_without_the_onnx_extra_an_onnx_export_is_a_501_that_says_what_to_install(tmp_path, monkeypatch):
+    """`pip install .` leaves out the onnx extra: asking for format=onnx then was a 500 (ModuleNotFoundError)."""
+    import sys
+
+    from tests.api.conftest import IRIS, running_app
+
+    monkeypatch.setitem(sys.modules, "api.onnx_export", None)  # as if onnx were not installed: the import fails
+    with running_app(tmp_path, workers=0) as client:
+        assert client.post("/models", json=IRIS).status_code == 201
+        response = client.get("/models/iris/export", params={"format": "onnx"})
+        assert response.status_code == 501 and "pip install 'nn-service[onnx]'" in response.json()["detail"]
+        assert client.get("/models/iris/export").status_code == 200  # npz is still there

@@ -13,7 +13,7 @@ def model(idle_client):
 def test_append_count_clear(idle_client, model):
     response = idle_client.post("/models/buf/samples", json={"inputs": X4, "targets": Y3})
     assert response.status_code == 200, response.text
-    assert response.json() == {"model_id": "buf", "buffer_size": 6}
+    assert response.json() == {"model_id": "buf", "buffer_size": 6, "queued_jobs": []}
     one_hot = [[1, 0, 0], [0, 0, 1]]
     assert idle_client.post("/models/buf/samples", json={"inputs": X4[:2], "targets": one_hot}).json()["buffer_size"] == 8
     assert idle_client.get("/models/buf/samples").json()["buffer_size"] == 8
@@ -70,7 +70,8 @@ def test_a_waiting_job_takes_every_row_of_the_request_that_fills_the_buffer(idle
     create(idle_client, model_id="batched")
     job = idle_client.post("/models/batched/training-jobs", json={"min_samples": 1, "epochs": 1}).json()
     assert job["status"] == "buffering"
-    assert idle_client.post("/models/batched/samples", json={"inputs": X4, "targets": Y3}).json()["buffer_size"] == 6
+    answer = idle_client.post("/models/batched/samples", json={"inputs": X4, "targets": Y3}).json()
+    assert answer["buffer_size"] == 0 and answer["queued_jobs"] == [job["job_id"]]  # the job took all 6
     got = idle_client.get(f"/jobs/{job['job_id']}").json()
     assert (got["status"], got["n_samples"]) == ("queued", 6)
     assert idle_client.get("/models/batched/samples").json()["buffer_size"] == 0
@@ -199,7 +200,7 @@ def test_a_job_created_between_a_requests_steps_takes_all_of_its_rows(tmp_path, 
         service, jobs = client.app.state.service, []
         between_steps(monkeypatch, service.store, last_step(service.store),
                       lambda: jobs.append(service.submit_job("m", JobCreate(min_samples=1, epochs=1))))
-        assert client.post("/models/m/samples", json={"inputs": X4, "targets": Y3}).json()["buffer_size"] == 6
+        assert client.post("/models/m/samples", json={"inputs": X4, "targets": Y3}).json()["buffer_size"] == 0
         assert jobs[0].status == "buffering"  # at its creation: the buffer was empty
         got = client.get(f"/jobs/{jobs[0].job_id}").json()
         assert (got["status"], got["n_samples"]) == ("queued", 6)
