@@ -9,7 +9,8 @@ from api.services import Service
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 
-VERSION = Path(description="A model version: `version` of GET /models/{model_id}.", examples=["1"])
+VERSION = Path(description="A model version: `version` of GET /models/{model_id}.", examples=["1"],
+               openapi_examples={"first": {"summary": "the model's first version", "value": "1"}})  # Swagger UI fills it in
 INFER_EXAMPLE = {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32",
                              "data": [5.1, 3.5, 1.4, 0.2, 6.3, 3.3, 6.0, 2.5]}]}
 INFER_BODY = {"requestBody": {"required": True, "content": {

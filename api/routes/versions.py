@@ -10,7 +10,8 @@ from api.services import Service
 
 router = APIRouter(prefix="/models/{model_id}/versions", tags=["versions"])
 
-VERSION = Path(ge=1, le=2**62, description="Version number, from GET /models/{model_id}/versions.", examples=[1])
+VERSION = Path(ge=1, le=2**62, description="Version number, from GET /models/{model_id}/versions.", examples=[1],
+               openapi_examples={"first": {"summary": "the model's first version", "value": 1}})  # Swagger UI fills it in
 
 
 @router.get("", response_model=VersionsPublic, summary="The model's kept versions, newest first, with what made each")
