@@ -15,6 +15,11 @@ What RQ does (its own mechanisms, nothing re-implemented here):
   the job over from its checkpoint. When the retries are spent RQ moves the RQ job to its **failed
   registry** and the training job ends ``failed`` (``cancelled`` if a cancel was asked).
 
+- **Jobs of one store only.** Each RQ job carries the key prefix of the store that queued it
+  (``meta["nn_prefix"]``). A worker of another prefix (a wrong NN_REDIS_PREFIX, or two services on one
+  queue) logs an ERROR naming both, puts the RQ job back at the head of the queue untouched and pauses, so
+  a worker of the right store takes it: no job is completed by a worker that cannot see it.
+
 What the project adds (RQ lacks it): the **lease with fencing**. A claim sets ``P:lease:{job}`` with
 a random token; the heartbeat renews it, and every write for the job is a transaction that checks
 the token, so a worker that lost its job (frozen, cut off, presumed dead) can never overwrite the
@@ -47,19 +52,22 @@ log = logging.getLogger("api.rq")
 TRAIN_FUNCTION = "api.rq_runner.train"
 WORKER_TTL = 60  # seconds an RQ worker stays listed after its last heartbeat
 RETRIES = 5  # times RQ runs a job again whose worker died, before the job fails
+PREFIX_META = "nn_prefix"  # the RQ job's meta key naming the store prefix it was queued under
+REFUSED_PAUSE_MAX = 60.0  # seconds, at most, a worker waits after putting back a job of another store
 
 
 class Enqueuer:
     """Adds one RQ job per claimable job to a MULTI/EXEC of the store (``RedisStore(enqueue=...)``)."""
 
-    def __init__(self, connection: redis.Redis, queue_name: str):
+    def __init__(self, connection: redis.Redis, queue_name: str, prefix: str):
         self.queue = Queue(queue_name, connection=connection)
+        self.prefix = prefix
 
     def __call__(self, pipe: redis.client.Pipeline, job_ids: list[str]) -> None:
         for job_id in job_ids:
             self.queue.enqueue_call(TRAIN_FUNCTION, args=(job_id,), timeout=-1, result_ttl=300, failure_ttl=86400,
                                     description=f"train {job_id}", retry=Retry(max=RETRIES),
-                                    on_failure=Callback(train_failed), pipeline=pipe)
+                                    on_failure=Callback(train_failed), meta={PREFIX_META: self.prefix}, pipeline=pipe)
 
 
 def open_redis_store(settings: Settings, *, worker: bool = False) -> RedisStore:
@@ -67,7 +75,7 @@ def open_redis_store(settings: Settings, *, worker: bool = False) -> RedisStore:
     store = RedisStore(settings.redis_url, prefix=settings.redis_prefix, lease_seconds=settings.lease_seconds,
                        socket_timeout=settings.redis_timeout, retries=5 if worker else 0,
                        keep_versions=settings.keep_versions)
-    store.enqueue = Enqueuer(store.redis, settings.redis_queue)
+    store.enqueue = Enqueuer(store.redis, settings.redis_queue, settings.redis_prefix)
     return store
 
 
@@ -138,14 +146,34 @@ def _claim(ctx: _Context, job_id: str):
         ctx.stop_event.wait(0.2)
 
 
+def foreign_prefix(rq_job: Job | None, settings: Settings) -> str | None:
+    """The store prefix an RQ job was queued under when it is not this worker's (None: ours, or not recorded)."""
+    prefix = rq_job.meta.get(PREFIX_META) if rq_job is not None else None
+    return prefix if prefix is not None and prefix != settings.redis_prefix else None
+
+
+def mismatch_message(rq_job: Job, prefix: str, settings: Settings) -> str:
+    return (f"RQ job {rq_job.id} ({rq_job.description}) was queued by a service with NN_REDIS_PREFIX={prefix!r}, "
+            f"but this worker has NN_REDIS_PREFIX={settings.redis_prefix!r} and cannot see its job; give the worker "
+            f"the prefix of the API replicas, and give each service on one Redis database its own NN_REDIS_QUEUE")
+
+
 def train(job_id: str) -> str:
     """The RQ job: claim the training job (or one trial of a search job) and run it."""
     ctx = context()
+    rq_job = get_current_job()
+    prefix = foreign_prefix(rq_job, ctx.settings)
+    if prefix is not None:  # only a worker other than TrainingWorker gets here: fail, so RQ retries it
+        raise RuntimeError(mismatch_message(rq_job, prefix, ctx.settings))
     job, trial = _claim(ctx, job_id)
     if job is None and trial is None:
+        if ctx.store.job_status(job_id) is None:
+            log.warning("job %s: no record under prefix %r at %s; nothing to run", job_id, ctx.settings.redis_prefix,
+                        ctx.store.url_for_humans)
+            return f"skipped: no job {job_id} under prefix {ctx.settings.redis_prefix!r}"
         return "skipped: not claimable (ended, cancelled, or already taken)"
     lease = job_id if trial is None else f"{job_id}|{trial[1]['index']}"
-    heartbeat = _Heartbeat(ctx, lease, get_current_job())
+    heartbeat = _Heartbeat(ctx, lease, rq_job)
     heartbeat.start()
     try:
         if trial is not None:
@@ -166,6 +194,9 @@ def train_failed(rq_job: Job, connection, exc_type, exc_value, tb) -> None:
     """RQ's failure callback (also called for abandoned jobs): once RQ retries no more, the job ends failed."""
     if rq_job.retries_left:
         return  # RQ runs it again; that run takes the job over from its checkpoint
+    if foreign_prefix(rq_job, context().settings) is not None:
+        log.error("%s", mismatch_message(rq_job, rq_job.meta[PREFIX_META], context().settings))
+        return  # not this store's job: leave it alone
     job_id = rq_job.args[0]
     detail = str(exc_value or "")  # RQ's AbandonedJobError (its worker died) has no message
     reason = f"{exc_type.__name__ if exc_type else 'error'}: {detail}" if detail else "its worker died"
@@ -189,6 +220,24 @@ class TrainingWorker(SimpleWorker):
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return math.ceil(context().settings.lease_seconds) + 1
+
+    def execute_job(self, job: Job, queue: Queue):
+        """Runs the RQ job, unless another store queued it: then it goes back to the head of the queue
+        untouched (out of RQ's intermediate queue, in one MULTI/EXEC) and this worker pauses, so a worker of
+        that store takes it."""
+        ctx = context()
+        prefix = foreign_prefix(job, ctx.settings)
+        if prefix is None:
+            self._refused_pause = 0.0
+            return super().execute_job(job, queue)
+        with self.connection.pipeline() as pipe:
+            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            pipe.lpush(queue.key, job.id)
+            pipe.execute()
+        self._refused_pause = min(REFUSED_PAUSE_MAX, max(1.0, 2 * getattr(self, "_refused_pause", 0.0)))
+        log.error("%s; put it back on queue %r, taking jobs again in %.0fs", mismatch_message(job, prefix, ctx.settings),
+                  queue.name, self._refused_pause)
+        ctx.stop_event.wait(self._refused_pause)
 
     def work(self, *args, **kwargs) -> bool:
         ctx = context()
@@ -234,7 +283,8 @@ def run_worker(settings: Settings) -> int:
             connection.ping()
             worker = TrainingWorker([Queue(settings.redis_queue, connection=connection)], connection=connection,
                                     worker_ttl=WORKER_TTL)
-            log.info("worker %s listening on queue %r at %s", worker.name, settings.redis_queue, ctx.store.url_for_humans)
+            log.info("worker %s listening on queue %r at %s, prefix %r", worker.name, settings.redis_queue,
+                     ctx.store.url_for_humans, settings.redis_prefix)
             worker.work(logging_level=settings.log_level.upper())
             reason = "the worker loop ended"
         except (redis.ConnectionError, redis.TimeoutError) as exc:

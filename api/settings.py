@@ -22,8 +22,10 @@ class Settings(BaseSettings):
     backend: Literal["sqlite", "redis"] = Field("sqlite", description="Where state lives: 'sqlite' (embedded, one machine) "
                                                 "or 'redis' (shared by API replicas and RQ workers on many machines).")
     redis_url: str = Field("redis://localhost:6379/0", description="Redis URL for backend=redis.")
-    redis_prefix: str = Field("nn", min_length=1, description="Prefix of the service's Redis keys (backend=redis).")
-    redis_queue: str = Field("nn-training", min_length=1, description="RQ queue of training jobs (backend=redis).")
+    redis_prefix: str = Field("nn", min_length=1, description="Prefix of the service's Redis keys (backend=redis), the "
+                              "same on its replicas and workers; a worker of another prefix puts the service's jobs back.")
+    redis_queue: str = Field("nn-training", min_length=1, description="RQ queue of training jobs (backend=redis); each "
+                             "service on one Redis database needs its own (RQ's keys carry no prefix).")
     redis_timeout: float = Field(2.0, gt=0, description="Seconds a Redis command may take before the request answers 503.")
     lease_seconds: float = Field(10.0, gt=0, description="A running job's lease (backend=redis): a worker silent this long "
                                                          "loses the job, which resumes elsewhere from its checkpoint.")

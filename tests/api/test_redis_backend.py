@@ -78,8 +78,8 @@ class Cluster:
             wait_for(lambda: self._up(url), 60, f"the replica at {url}", interval=0.2)
         wait_for(lambda: self.health()["workers_alive"] >= workers, 60, "the workers to register", interval=0.2)
 
-    def add_worker(self) -> subprocess.Popen:
-        process = self._spawn(["worker"], f"worker{len(self.workers)}")
+    def add_worker(self, **env) -> subprocess.Popen:
+        process = self._spawn(["worker"], f"worker{len(self.workers)}", **env)
         self.workers.append(process)
         return process
 
@@ -97,7 +97,7 @@ class Cluster:
     def urls(self) -> list[str]:
         return [url for _, url in self.replicas]
 
-    def stop(self) -> None:
+    def stop(self, flush: bool = True) -> None:
         for process in [p for p, _ in self.replicas] + self.workers:
             if process.poll() is None:
                 process.terminate()
@@ -106,7 +106,8 @@ class Cluster:
                 process.wait(15)
             except subprocess.TimeoutExpired:
                 process.kill()
-        _redis().flushdb()  # database 15 is the tests' own: RQ's job and worker keys go too
+        if flush:
+            _redis().flushdb()  # database 15 is the tests' own: RQ's job and worker keys go too
 
 
 @pytest.fixture(scope="module")
@@ -364,3 +365,36 @@ def test_training_from_a_dataset_uploaded_to_another_replica(cluster):
     assert evaluated.status_code == 200 and evaluated.json()["n_samples"] == 64
     assert httpx.delete(f"{b}/datasets/{dataset_id}", timeout=10).status_code == 204
     assert httpx.get(f"{a}/datasets/{dataset_id}", timeout=10).status_code == 404
+
+
+def test_a_worker_of_another_prefix_leaves_the_job_to_a_worker_of_the_right_one(tmp_path):
+    """A worker with a wrong NN_REDIS_PREFIX on the service's queue used to take the RQ job, find no record,
+    and complete it: the job stayed queued for ever. It now puts the job back and says why, loudly."""
+    from rq import Queue
+
+    service = Cluster(tmp_path)
+    try:
+        service.start(replicas=1, workers=0)
+        url = service.urls[0]
+        wrong = service.add_worker(NN_REDIS_PREFIX=f"{service.prefix}-other")
+        _model(url, "mismatch")
+        x, y = _data(32, seed=7)
+        job = httpx.post(f"{url}/models/mismatch/training-jobs", json={"inputs": x, "targets": y, "epochs": 2,
+                                                                     "batch_size": 16, "seed": 0}, timeout=10)
+        assert job.status_code == 202, job.text
+        log = service.tmp / "worker0.log"
+        refusal = wait_for(lambda: [line for line in log.read_text().splitlines() if "ERROR" in line], 60,
+                           "the worker of the other prefix to refuse the job")[0]
+        assert f"NN_REDIS_PREFIX='{service.prefix}'" in refusal and f"'{service.prefix}-other'" in refusal
+        assert wrong.poll() is None  # it keeps running: it is the job that is not its own
+        assert httpx.get(f"{url}/jobs/{job.json()['job_id']}", timeout=10).json()["status"] == "queued"
+        assert service.health()["queue_length"] == 1  # back on RQ's queue, not completed
+        service.add_worker()
+        done = wait_for(lambda: _finished(url, job.json()["job_id"]), 60, "a worker of the right prefix to run it")
+        assert done["status"] == "succeeded", done
+    finally:
+        service.stop(flush=False)  # the module's cluster may still use the database
+        r = _redis()
+        for key in [*r.scan_iter(f"{service.prefix}*")]:
+            r.delete(key)
+        Queue(service.env["NN_REDIS_QUEUE"], connection=r).delete(delete_jobs=True)

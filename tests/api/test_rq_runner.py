@@ -177,3 +177,34 @@ def test_a_job_whose_workers_kept_dying_fails_and_frees_its_model(runner, tmp_pa
                 process.wait(15)
         log.close()
     assert b"signal only works in main thread" not in (tmp_path / "workers.log").read_bytes()
+
+
+def test_a_worker_of_another_prefix_puts_the_job_back_untouched(runner, monkeypatch, caplog):
+    from rq.registry import FinishedJobRegistry
+
+    settings, store, queue = runner
+    store.create_model("m", b"b", {})
+    j = store.create_job(job("m"), *rows(2), max_buffer=0).job_id
+    rq_id = queue.job_ids[0]
+    wrong = settings.model_copy(update={"redis_prefix": f"{settings.redis_prefix}-other"})
+    stop = threading.Event()
+    stop.set()  # no pause after the refusal
+    monkeypatch.setattr(rq_runner, "_context", rq_runner._Context(wrong, rq_runner.open_redis_store(wrong), "w", stop))
+    worker = rq_runner.TrainingWorker([queue], connection=store.redis)
+    with caplog.at_level("ERROR", logger="api.rq"):
+        worker.work(burst=True, max_jobs=1)
+    assert queue.job_ids == [rq_id]  # back at the head of the queue, for a worker of the right store
+    assert store.redis.llen(queue.intermediate_queue_key) == 0 and FinishedJobRegistry(queue=queue).count == 0
+    assert store.get_job(j).status == "queued"
+    refusal = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(refusal) == 1 and repr(settings.redis_prefix) in refusal[0] and repr(wrong.redis_prefix) in refusal[0]
+    assert "NN_REDIS_PREFIX" in refusal[0] and "NN_REDIS_QUEUE" in refusal[0]
+
+
+def test_train_warns_when_its_job_has_no_record(runner, monkeypatch, caplog):
+    settings, store, queue = runner
+    monkeypatch.setattr(rq_runner, "_context", rq_runner._Context(settings, store, "w", threading.Event()))
+    with caplog.at_level("WARNING", logger="api.rq"):
+        assert rq_runner.train("no-such-job").startswith("skipped")
+    assert any(r.levelname == "WARNING" and "no-such-job" in r.getMessage() and settings.redis_prefix in r.getMessage()
+               for r in caplog.records)
