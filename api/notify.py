@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from api.errors import InvalidInput
+from api.errors import InvalidInput, StoreUnavailable
 from api.schemas import JobPublic
 from api.settings import Settings
 from api.storage.base import JobRecord, Notification, Store
@@ -114,13 +114,26 @@ class Deliverer:
                 job.job_id, status, note.attempts + 1, f": {error}" if error else "")
         return status
 
+    def round(self) -> bool:
+        """Looks for due notifications (again at once while batches are full); False when the round failed."""
+        try:
+            while self.run_once() and not self._stop.is_set():
+                pass
+            return True
+        except StoreUnavailable as exc:  # the store away (503 elsewhere): one line, not a traceback every round
+            log.warning("notifications wait for the store: %s", exc)
+        except Exception:
+            log.warning("notification round failed; retrying", exc_info=True)
+        return False
+
+    def delay(self, failures: int) -> float:
+        """Seconds before the next round: NN_NOTIFY_INTERVAL, doubled after each failed round up to a minute."""
+        return min(max(60.0, self.settings.notify_interval), self.settings.notify_interval * 2.0 ** min(failures, 20))
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.settings.notify_interval):
-            try:
-                while self.run_once() and not self._stop.is_set():
-                    pass  # a full batch: look again at once
-            except Exception:  # the store away (503 elsewhere): try again next round
-                log.warning("notification round failed; retrying", exc_info=True)
+        failures = 0
+        while not self._stop.wait(self.delay(failures)):
+            failures = 0 if self.round() else failures + 1
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="nn-notify", daemon=True)

@@ -6,6 +6,7 @@ import sys
 
 import uvicorn
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from api.app import create_app
 from api.backend import DataDirInUse
@@ -15,10 +16,16 @@ from api.settings import get_settings
 
 
 def build_app() -> FastAPI:
-    """The app, or exit with one line that says how to recover (e.g. a damaged database), not a traceback."""
+    """The app, or exit with one line that says how to recover (a damaged database, a setting that cannot be
+    read), not a traceback."""
     try:
         return create_app()
     except StoreUnavailable as exc:
+        sys.exit(f"error: {exc}")
+    except ValidationError as exc:  # a setting of the wrong kind or out of range: name the variable
+        sys.exit("error: " + "; ".join(f"NN_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}"
+                                       for e in exc.errors()))
+    except ValueError as exc:  # NN_API_KEYS, NN_TENANCY, NN_REDIS_URL that cannot be used (the message names which)
         sys.exit(f"error: {exc}")
 
 

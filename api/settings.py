@@ -3,8 +3,9 @@
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -88,6 +89,18 @@ class Settings(BaseSettings):
     notify_interval: float = Field(0.5, gt=0, description="Seconds between the deliverer's looks for notifications due.")
     worker_nice: int = Field(10, ge=0, le=19, description="Niceness added to training workers, so requests go first "
                                                           "when the CPUs are shared (0: same priority).")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        """A URL redis-py reads as meant: it takes redis://host:6379/abc as database 0 without a word."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("use redis://host:6379/0 (or rediss:// for TLS, unix:///path/to/redis.sock)")
+        database = parts.path.strip("/") if parts.scheme != "unix" else ""
+        if database and not database.isdigit():
+            raise ValueError(f"the database {database!r} is not a number; use e.g. redis://host:6379/0")
+        return url
 
 
 def dataset_root(settings: Settings) -> Path:

@@ -219,3 +219,21 @@ def test_the_delay_between_attempts_doubles_up_to_five_minutes_even_after_many(t
         kept = store.get_notifications(["j"])["j"]
         assert kept.next_attempt_at - kept.last_attempt_at == pytest.approx(delay) and kept.last_error
     deliverer.stop()
+
+
+def test_while_the_store_is_away_each_round_logs_one_line_and_rounds_slow_down(caplog):
+    """A replica whose Redis does not answer logged a traceback every 0.5 s (27 in 14 s): now one line per round,
+    no traceback, and the rounds back off to one a minute; a round that works brings the interval back."""
+    import logging
+
+    from api.notify import Deliverer
+    from api.settings import Settings
+    from api.storage.redis_store import RedisStore
+
+    settings = Settings(notify_interval=0.5)
+    deliverer = Deliverer(RedisStore("redis://127.0.0.1:1/0", socket_timeout=0.2), settings)
+    with caplog.at_level(logging.WARNING, logger="api.notify"):
+        assert deliverer.round() is False
+    [record] = caplog.records
+    assert record.exc_info is None and "unreachable" in record.getMessage()
+    assert [deliverer.delay(n) for n in (0, 1, 2, 7, 8, 50)] == [0.5, 1.0, 2.0, 60.0, 60.0, 60.0]

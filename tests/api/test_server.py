@@ -204,3 +204,19 @@ def test_connections_that_never_finish_their_headers_are_closed(tmp_path):
         for sock in slow:
             sock.close()
         stop_server(process)
+
+
+def test_a_setting_that_cannot_be_used_stops_the_start_with_one_line_naming_it(tmp_path):
+    """A wrong backend name, a Redis URL without its scheme or with a database that is not a number, a malformed
+    NN_API_KEYS: `python main.py` (and `python main.py worker`) exits 1 with one line, not a traceback."""
+    cases = [({"NN_BACKEND": "Redis"}, "NN_BACKEND='Redis'"),
+             ({"NN_BACKEND": "redis", "NN_REDIS_URL": "127.0.0.1:6379/7"}, "NN_REDIS_URL='127.0.0.1:6379/7'"),
+             ({"NN_BACKEND": "redis", "NN_REDIS_URL": "redis://127.0.0.1:6379/abc"}, "the database 'abc' is not a number"),
+             ({"NN_API_KEYS": "alice:k1:write"}, "has scope 'write'")]
+    for overrides, words in cases:
+        env = {**os.environ, "NN_PORT": str(free_port()), "NN_DATA_DIR": str(tmp_path), "NN_WORKERS": "0", **overrides}
+        for argv in (["main.py"], ["main.py", "worker"]):
+            done = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+            lines = done.stderr.strip().splitlines()
+            assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], \
+                (overrides, argv, done.stderr[-2000:])
