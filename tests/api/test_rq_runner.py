@@ -90,7 +90,8 @@ def test_a_job_rq_runs_again_is_taken_over_from_its_checkpoint(runner):
     assert other.finish_job(j, "succeeded", blob=b"good", info={}).model_version == 2
 
 
-def test_when_rq_gives_up_the_job_fails(runner, monkeypatch):
+def _job_of_a_dead_worker(runner, monkeypatch, cancel: bool = False):
+    """A job claimed by a worker that died after a checkpoint (cancelled meanwhile if asked), and its RQ job."""
     from rq.job import Job
 
     settings, store, queue = runner
@@ -98,8 +99,14 @@ def test_when_rq_gives_up_the_job_fails(runner, monkeypatch):
     j = store.create_job(job("m"), *rows(2), max_buffer=0).job_id
     store.claim_job("dead", job_id=j)
     store.save_checkpoint(j, b"ckpt", {}, 1, [], {})
+    if cancel:
+        assert store.cancel_job(j).status == "cancelling"  # its worker never stops it: it died
     monkeypatch.setattr(rq_runner, "_context", rq_runner._Context(settings, store, "w", threading.Event()))
-    rq_job = Job.fetch(queue.job_ids[0], connection=store.redis)
+    return store, j, Job.fetch(queue.job_ids[0], connection=store.redis)
+
+
+def test_when_rq_gives_up_the_job_fails(runner, monkeypatch):
+    store, j, rq_job = _job_of_a_dead_worker(runner, monkeypatch)
     assert rq_job.retries_left == rq_runner.RETRIES
     rq_runner.train_failed(rq_job, store.redis, None, None, None)  # RQ retries: nothing changes
     assert store.get_job(j).status == "running"
@@ -112,16 +119,7 @@ def test_when_rq_gives_up_the_job_fails(runner, monkeypatch):
 
 
 def test_when_rq_gives_up_a_job_being_cancelled_it_ends_cancelled(runner, monkeypatch):
-    from rq.job import Job
-
-    settings, store, queue = runner
-    store.create_model("m", b"b", {})
-    j = store.create_job(job("m"), *rows(2), max_buffer=0).job_id
-    store.claim_job("dead", job_id=j)
-    store.save_checkpoint(j, b"ckpt", {}, 1, [], {})
-    assert store.cancel_job(j).status == "cancelling"  # its worker never stops it: it died
-    monkeypatch.setattr(rq_runner, "_context", rq_runner._Context(settings, store, "w", threading.Event()))
-    rq_job = Job.fetch(queue.job_ids[0], connection=store.redis)
+    store, j, rq_job = _job_of_a_dead_worker(runner, monkeypatch, cancel=True)
     rq_job.retries_left = 0
     wait_for(lambda: store.lease_alive(j), lambda alive: not alive, timeout=10)
     rq_runner.train_failed(rq_job, store.redis, None, None, None)
