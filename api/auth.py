@@ -38,7 +38,7 @@ log = logging.getLogger("api")
 
 # Pages and documents that hold no data: the dashboard asks for the key itself and sends it on its fetches.
 OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/dashboard",
-                        "/favicon.svg"})
+                        "/favicon.svg", "/favicon.ico"})
 OPEN_PREFIXES = ("/static-offline-docs/",)  # the Swagger UI and ReDoc bundles
 
 SECURITY_SCHEMES = {

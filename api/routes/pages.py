@@ -22,6 +22,7 @@ def dashboard() -> HTMLResponse:
 
 
 @router.get("/favicon.svg", include_in_schema=False)
+@router.get("/favicon.ico", include_in_schema=False)  # what browsers ask for on pages without an icon link (/docs)
 def favicon() -> Response:
     """The dashboard's icon, served by the service itself (no outside request)."""
     return Response(FAVICON.read_bytes(), media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})

@@ -53,7 +53,8 @@ def test_a_valid_key_in_either_header_is_let_in(secured, headers):
     assert secured.get("/jobs/nope/events", headers=headers).status_code == 404  # the event stream is behind the key too
 
 
-@pytest.mark.parametrize("path", ["/health", "/docs", "/redoc", "/openapi.json", "/dashboard", "/favicon.svg"])
+@pytest.mark.parametrize("path", ["/health", "/docs", "/redoc", "/openapi.json", "/dashboard", "/favicon.svg",
+                                  "/favicon.ico"])  # browsers ask for it on their own: a 401 was an error in their console
 def test_health_docs_and_the_dashboard_page_need_no_key(secured, path):
     assert secured.get(path).status_code == 200
 
