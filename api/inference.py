@@ -188,6 +188,8 @@ async def infer_on_loop(service: Service, model_id: str, version: str | None, bo
         model = await service.models.on_loop(model_id, rows)
         if model is not None:
             return _infer(service, model_id, model, request, binary)
+        # its header is parsed already: the thread loads the network and computes
+        return await run_in_threadpool(lambda: _infer(service, model_id, _model(service, model_id, None), request, binary))
     return await run_in_threadpool(infer, service, model_id, version, body, header_length)
 
 

@@ -123,31 +123,33 @@ class ServedModels:
         self.store, self.cache = store, cache
 
     def current(self, model_id: str) -> CachedModel:
-        try:
-            uid, version = self.store.model_stamp(model_id)
-        except ModelNotFound:
-            self.cache.discard(model_id)
-            raise
-
-        def load() -> tuple[Network, ModelRecord, int]:
-            blob, record = self.store.load_model(model_id)  # may be newer than the stamp: it is cached as what it is
-            return Network.from_bytes(blob), record, len(blob)
-
-        return self.cache.get_or_load(uid, version, load)
+        return self._current(model_id, *self._stamp(model_id))
 
     def version(self, model_id: str, version: int | None) -> CachedModel:
         """``version`` of the model (the current one when None). An older kept version (VersionNotFound, 404, when it
         was pruned or never made) never changes, so it is cached as (uid, version) like the current one."""
-        if version is None:
-            return self.current(model_id)
-        uid, current = self.store.model_stamp(model_id)
-        if version == current:
-            return self.current(model_id)
+        uid, current = self._stamp(model_id)
+        if version is None or version == current:
+            return self._current(model_id, uid, current)
 
         def load() -> tuple[Network, ModelRecord, int]:
             blob, kept = self.store.get_version(model_id, version)
             record = dataclasses.replace(self.store.get_model(model_id), uid=kept.uid, version=kept.version,
                                          info=kept.info, updated_at=kept.created_at)
+            return Network.from_bytes(blob), record, len(blob)
+
+        return self.cache.get_or_load(uid, version, load)
+
+    def _stamp(self, model_id: str) -> tuple[str, int]:
+        try:
+            return self.store.model_stamp(model_id)
+        except ModelNotFound:
+            self.cache.discard(model_id)
+            raise
+
+    def _current(self, model_id: str, uid: str, version: int) -> CachedModel:
+        def load() -> tuple[Network, ModelRecord, int]:
+            blob, record = self.store.load_model(model_id)  # may be newer than the stamp: it is cached as what it is
             return Network.from_bytes(blob), record, len(blob)
 
         return self.cache.get_or_load(uid, version, load)

@@ -229,7 +229,11 @@ class SQLiteStore(Store):
         return [_model(r) for r in rows], total
 
     def model_stamp(self, model_id: str) -> tuple[str, int]:
-        row = self._con().execute("SELECT uid, version FROM models WHERE model_id = ?", (model_id,)).fetchone()
+        return self._stamp(self._con(), model_id)
+
+    @staticmethod
+    def _stamp(con: sqlite3.Connection, model_id: str) -> tuple[str, int]:
+        row = con.execute("SELECT uid, version FROM models WHERE model_id = ?", (model_id,)).fetchone()
         if row is None:
             raise ModelNotFound(model_id)
         return row[0], row[1]
@@ -241,12 +245,9 @@ class SQLiteStore(Store):
         try:
             if con is None:
                 con = self._local.quick = sqlite3.connect(self.path, timeout=0, isolation_level=None)
-            row = con.execute("SELECT uid, version FROM models WHERE model_id = ?", (model_id,)).fetchone()
+            return self._stamp(con, model_id)
         except sqlite3.Error:
             return None
-        if row is None:
-            raise ModelNotFound(model_id)
-        return row[0], row[1]
 
     def load_model(self, model_id: str) -> tuple[bytes, ModelRecord]:
         con = self._con()
