@@ -6,10 +6,14 @@ outputs ``output`` (``[-1, n_out]``, the model's dtype) and, for classifiers, ``
 or, with the binary tensor data extension, as raw little-endian bytes after a JSON header of
 ``Inference-Header-Content-Length`` bytes (``parameters.binary_data_size`` per input). Outputs come
 back as JSON, or as bytes when the request asks (``binary_data`` per output, or
-``binary_data_output`` for all). Bad requests raise the service's domain errors; ``api/errors.py``
-answers them on ``/v2`` as ``{"error": "..."}`` with the protocol's statuses.
+``binary_data_output`` for all). With Triton's classification extension, ``output`` asked with
+``parameters.classification: k`` comes back as the k highest elements of each row instead: BYTES, shape
+``[batch, k]``, each ``"<value>:<index>"`` or ``"<value>:<index>:<label>"``. Bad requests raise the
+service's domain errors; ``api/errors.py`` answers them on ``/v2`` as ``{"error": "..."}`` with the
+protocol's statuses.
 """
 
+import struct
 from typing import Any
 
 import numpy as np
@@ -21,8 +25,9 @@ from api.errors import InvalidInput, ModelVersionNotFound, PayloadTooLarge, Stor
 from api.json_body import INLINE_BYTES
 from api.model_cache import CachedModel
 from api.services import Service, check_finite, class_indices
+from neural_net import Network
 
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "classification"]
 INPUT = "input"
 DATATYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 DATATYPE_OF = {"float32": "FP32", "float64": "FP64"}
@@ -160,20 +165,55 @@ def _input_array(service: Service, model: CachedModel, request: dict, binary: me
     return x
 
 
-def _requested(request: dict, available: list[str]) -> list[tuple[str, bool]]:
-    """(name, binary) of each output to return, in the order asked."""
+def _requested(request: dict, available: list[str], n_out: int) -> list[tuple[str, bool, int | None]]:
+    """(name, binary, classification count or None) of each output to return, in the order asked."""
     binary_all = bool(_parameters(request, "request").get("binary_data_output", False))
     outputs = request.get("outputs")
     if outputs is None:
-        return [(name, binary_all) for name in available]
+        return [(name, binary_all, None) for name in available]
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise InvalidInput("`outputs` must be a list of objects such as {\"name\": \"output\"}")
     chosen = []
     for i, output in enumerate(outputs):
-        if output.get("name") not in available:
-            raise InvalidInput(f"unknown output {output.get('name')!r}; this model's outputs: {', '.join(available)}")
-        chosen.append((output["name"], bool(_parameters(output, f"outputs[{i}]").get("binary_data", binary_all))))
+        name = output.get("name")
+        if name not in available:
+            raise InvalidInput(f"unknown output {name!r}; this model's outputs: {', '.join(available)}")
+        parameters = _parameters(output, f"outputs[{i}]")
+        count = parameters.get("classification")
+        if count is not None:
+            _check_count(i, name, count, n_out)
+        chosen.append((name, bool(parameters.get("binary_data", binary_all)), count))
     return chosen
+
+
+def _check_count(i: int, name: str, count: Any, n_out: int) -> None:
+    if name != "output":
+        raise InvalidInput(f"outputs[{i}] asks for a classification of {name!r}, which holds one class index per row "
+                           f"already; send {{\"name\": \"output\", \"parameters\": {{\"classification\": k}}}} for the top k")
+    if type(count) is not int or not 1 <= count <= n_out:
+        raise InvalidInput(f"outputs[{i}].parameters.classification is {count!r}; send a whole number of classes from 1 to "
+                           f"{n_out} (the elements per row of 'output')")
+
+
+def _classes(net: Network, out: np.ndarray, count: int) -> np.ndarray:
+    """The top ``count`` elements of each row of ``out``, highest first (ties: the lower index first), as
+    ``"<value>:<index>[:<label>]"`` strings of shape (batch, count). A value is written in the output's dtype,
+    shortest first (``float()`` reads it back exactly); labels are the model's class_names: one per element
+    after softmax, and for one sigmoid output, whose element is the score of class 1, class_names[1]."""
+    index = np.argsort(-out, axis=1, kind="stable")[:, :count]
+    values = np.take_along_axis(out, index, axis=1)
+    text = np.char.add(np.char.add(values.astype(str), ":"), index.astype(str))
+    names = net.class_names
+    if names is not None:
+        labels = np.asarray(names[1:] if net.task == "binary" else names)
+        text = np.char.add(np.char.add(text, ":"), labels[index])
+    return text
+
+
+def _bytes_tensor(strings: list[str]) -> bytes:
+    """The binary tensor data extension's BYTES: per element, its length (4 bytes, little endian), then its bytes."""
+    encoded = [s.encode() for s in strings]
+    return b"".join(struct.pack("<I", len(b)) + b for b in encoded)
 
 
 async def infer_on_loop(service: Service, model_id: str, version: str | None, body: bytes,
@@ -203,11 +243,12 @@ def infer(service: Service, model_id: str, version: str | None, body: bytes,
 def _infer(service: Service, model_id: str, model: CachedModel, request: dict,
            binary: memoryview) -> tuple[bytes, int | None]:
     x = _input_array(service, model, request, binary)
-    available = [o["name"] for o in _outputs_of(model.record.info)]
-    requested = _requested(request, available)
+    info = model.record.info
+    available = [o["name"] for o in _outputs_of(info)]
+    requested = _requested(request, available, info["output_size"])
     with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf or NaN, refused below as /output does
         out = model.net.predict(x)  # predict keeps no per-call state on the network: no lock needed
-    check_finite("the outputs", (out,), model.record.info["dtype"])
+    check_finite("the outputs", (out,), info["dtype"])
     tensors = {"output": out}
     if "predictions" in available:
         tensors["predictions"] = class_indices(model.net, out).astype("<i8", copy=False)
@@ -215,16 +256,20 @@ def _infer(service: Service, model_id: str, model: CachedModel, request: dict,
     if isinstance(request.get("id"), str):
         response["id"] = request["id"]
     chunks = []
-    for name, binary_out in requested:
-        array = tensors[name]
-        entry: dict[str, Any] = {"name": name, "datatype": "INT64" if name == "predictions" else DATATYPE_OF[array.dtype.name],
-                                 "shape": list(array.shape)}
+    for name, binary_out, count in requested:
+        if count is None:
+            array = tensors[name]
+            datatype = "INT64" if name == "predictions" else DATATYPE_OF[array.dtype.name]
+        else:  # the classification extension: strings
+            array, datatype = _classes(model.net, out, count), "BYTES"
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary_out:
-            raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            raw = (np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes() if count is None
+                   else _bytes_tensor(array.ravel().tolist()))
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
-        else:
-            entry["data"] = array.ravel()  # orjson writes NumPy arrays natively (NaN and Inf as null)
+        else:  # orjson writes numeric NumPy arrays natively (NaN and Inf as null), strings from a list
+            entry["data"] = array.ravel() if count is None else array.ravel().tolist()
         response["outputs"].append(entry)
     header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:

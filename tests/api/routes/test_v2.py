@@ -1,6 +1,6 @@
 """The Open Inference Protocol routes (api/routes/v2.py), driven by Triton's own Python HTTP client against a
-real server, in JSON and binary modes: outputs equal POST /models/{id}/output; every bad request is a
-{"error": ...} with the protocol's status."""
+real server, in JSON and binary modes: outputs equal POST /models/{id}/output, and the classification
+extension's top-k strings equal a top-k of them; every bad request is a {"error": ...} with the protocol's status."""
 
 import json
 
@@ -19,7 +19,13 @@ MODELS = {
                "dtype": "float64"},
     "reg": {"model_id": "reg", "layer_sizes": [4, 8, 2], "activations": ["relu", "linear"], "seed": 3},  # no predictions
     "bin": {"model_id": "bin", "layer_sizes": [4, 8, 1], "activations": ["relu", "sigmoid"], "seed": 4},
+    "named": {"model_id": "named", "layer_sizes": [4, 8, 5], "activations": ["relu", "softmax"], "seed": 5,
+              "class_names": ["setosa", "versicolor", "virginica", "a:b", "été"]},  # ':' and UTF-8 in labels
+    "named_bin": {"model_id": "named_bin", "layer_sizes": [4, 8, 1], "activations": ["relu", "sigmoid"], "seed": 6,
+                  "class_names": ["no", "yes"]},
 }
+# the labels of `output`'s elements: class_names after softmax; one sigmoid output scores class 1
+LABELS = {"named": MODELS["named"]["class_names"], "named_bin": ["yes"]}
 X = np.asarray(X4 * 3)  # 18 rows
 
 
@@ -64,6 +70,49 @@ def test_triton_client_outputs_equal_output_route(server, client, model_id, bina
     assert result.get_response()["model_version"] == "1"
 
 
+def _check_classes(strings, reference: dict, k: int, labels: list[str] | None) -> None:
+    """Each row of `strings` is "<value>:<index>[:<label>]" for the top k of /output's row, highest first."""
+    outputs = np.asarray(reference["outputs"])
+    assert strings.shape == (len(outputs), k)
+    top = np.argsort(-outputs, axis=1, kind="stable")[:, :k]
+    for row, values, indices in zip(strings.tolist(), outputs, top):
+        parts = [(s.decode() if isinstance(s, bytes) else s).split(":", 2) for s in row]
+        assert [int(p[1]) for p in parts] == indices.tolist()
+        np.testing.assert_allclose([float(p[0]) for p in parts], values[indices], atol=1e-5, rtol=0)
+        assert [p[2] if len(p) == 3 else None for p in parts] == [labels[i] if labels else None for i in indices]
+
+
+@pytest.mark.parametrize("model_id", ["iris", "wide64", "reg", "named", "named_bin"])
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_triton_class_count_returns_the_top_k_of_the_output_route(server, client, model_id, binary):
+    reference = _reference(server, model_id)
+    n_out = len(reference["outputs"][0])
+    tensor = triton.InferInput("input", list(X.shape), "FP32")
+    tensor.set_data_from_numpy(X.astype(np.float32), binary_data=binary)
+    classifier = reference["predictions"] is not None
+    for k in sorted({1, 2, n_out} & set(range(1, n_out + 1))):
+        outputs = [triton.InferRequestedOutput("output", binary_data=binary, class_count=k)]
+        if classifier:  # other outputs come back as before beside it
+            outputs.append(triton.InferRequestedOutput("predictions", binary_data=binary))
+        result = client.infer(model_id, [tensor], outputs=outputs)
+        entry = result.get_output("output")
+        assert entry["datatype"] == "BYTES" and entry["shape"] == [len(X), k]
+        assert ("binary_data_size" in entry.get("parameters", {})) == binary
+        _check_classes(result.as_numpy("output"), reference, k, LABELS.get(model_id))
+        if classifier:
+            assert result.as_numpy("predictions").tolist() == reference["predictions"]
+
+
+def test_triton_class_count_that_cannot_be_served_is_a_400(client):
+    tensor = triton.InferInput("input", [2, 4], "FP32")
+    tensor.set_data_from_numpy(np.asarray(X4[:2], np.float32))
+    for name, k, words in [("output", 4, "from 1 to 3"), ("output", -1, "from 1 to 3"),
+                           ("predictions", 1, "send {\"name\": \"output\", \"parameters\": {\"classification\": k}}")]:
+        with pytest.raises(InferenceServerException) as error:
+            client.infer("iris", [tensor], outputs=[triton.InferRequestedOutput(name, class_count=k)])
+        assert error.value.status() == "400" and words in error.value.message(), error.value.message()
+
+
 def test_without_requested_outputs_every_output_comes_back_binary(server, client):
     tensor = triton.InferInput("input", list(X.shape), "FP32")
     tensor.set_data_from_numpy(X.astype(np.float32))
@@ -76,7 +125,7 @@ def test_without_requested_outputs_every_output_comes_back_binary(server, client
 
 def test_health_and_metadata_through_the_client(client):
     assert client.is_server_live() and client.is_server_ready()
-    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+    assert {"binary_tensor_data", "classification"} <= set(client.get_server_metadata()["extensions"])
     assert client.is_model_ready("iris") and client.is_model_ready("iris", "1")
     assert not client.is_model_ready("nope") and not client.is_model_ready("iris", "9")
     meta = client.get_model_metadata("wide64")
@@ -164,6 +213,44 @@ def test_bad_requests_are_400_or_413_with_an_error_body(tmp_path):
         r = _infer(c, json.dumps({"inputs": [{**good, "data": [1e30] * 4}]}).encode())  # 1e60 overflows float32
         assert r.status_code == 400 and "the outputs overflowed float32" in r.json()["error"], r.text
         assert c.get("/v2/no/such/route").json() == {"error": "Not Found"}
+
+
+def test_classification_over_plain_http_json_and_binary(tmp_path):
+    rows = X4[:3]
+    good = {"name": "input", "shape": [3, 4], "datatype": "FP32", "data": rows}
+    with running_app(tmp_path, workers=0) as c:
+        assert c.post("/models", json=MODELS["named"]).status_code == 201
+        reference = c.post("/models/named/output", json={"inputs": rows}).json()
+        body = {"inputs": [good], "outputs": [{"name": "output", "parameters": {"classification": 2}}]}
+        r = c.post("/v2/models/named/infer", json=body)
+        assert r.status_code == 200 and "Inference-Header-Content-Length" not in r.headers, r.text
+        (entry,) = r.json()["outputs"]
+        assert {k: entry[k] for k in ("name", "datatype", "shape")} == {"name": "output", "datatype": "BYTES", "shape": [3, 2]}
+        assert all(isinstance(s, str) for s in entry["data"])
+        _check_classes(np.array(entry["data"], object).reshape(3, 2), reference, 2, LABELS["named"])
+        value = entry["data"][0].split(":")[0]  # the float32 output written shortest: it reads back exactly
+        assert value == str(np.float32(value)), value
+
+        body["outputs"][0]["parameters"]["binary_data"] = True  # per element: its length (4 bytes LE), its UTF-8
+        r = c.post("/v2/models/named/infer", json=body)
+        size = int(r.headers["Inference-Header-Content-Length"])
+        (binary_entry,) = json.loads(r.content[:size])["outputs"]
+        raw, strings = r.content[size:], []
+        assert binary_entry["parameters"] == {"binary_data_size": len(raw)} and binary_entry["datatype"] == "BYTES"
+        while raw:
+            length = int.from_bytes(raw[:4], "little")
+            strings.append(raw[4:4 + length].decode())
+            raw = raw[4 + length:]
+        assert strings == entry["data"]
+
+        for output, words in [({"name": "output", "parameters": {"classification": 0}}, "is 0; send a whole number of classes from 1 to 5"),
+                              ({"name": "output", "parameters": {"classification": 6}}, "from 1 to 5"),
+                              ({"name": "output", "parameters": {"classification": "2"}}, "is '2'; send a whole number"),
+                              ({"name": "output", "parameters": {"classification": 2.0}}, "is 2.0; send a whole number"),
+                              ({"name": "output", "parameters": {"classification": True}}, "is True; send a whole number"),
+                              ({"name": "predictions", "parameters": {"classification": 1}}, "asks for a classification of 'predictions'")]:
+            r = c.post("/v2/models/named/infer", json={"inputs": [good], "outputs": [{"name": "predictions"}, output]})
+            assert r.status_code == 400 and words in r.json()["error"] and "outputs[1]" in r.json()["error"], (output, r.text)
 
 
 def test_api_keys_apply_and_refusals_are_error_bodies(tmp_path):
