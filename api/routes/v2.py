@@ -23,7 +23,10 @@ INFER_BODY = {"requestBody": {"required": True, "content": {
             "parameters": {"type": "object", "description": "`binary_data_size`: the tensor's bytes follow the JSON."},
             "data": {"type": "array", "items": {}}}}},
         "outputs": {"type": "array", "items": {"type": "object", "properties": {
-            "name": {"type": "string"}, "parameters": {"type": "object"}}}}}},
+            "name": {"type": "string"}, "parameters": {"type": "object", "description": (
+                "`binary_data: true` returns this output as bytes; `classification: k` (on `output`) returns the "
+                "top k of each row as BYTES strings `<value>:<index>[:<label>]`, shape [batch, k] (Triton's "
+                "classification extension).")}}}}}},
         "example": INFER_EXAMPLE},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
                                  "description": "Binary tensor data extension: the JSON header (its length in "
