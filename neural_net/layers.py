@@ -223,9 +223,12 @@ class BatchNorm(Layer):
                     self.buffers[key] += (1.0 - self.momentum) * value
         else:
             ws, mean, var = None, self.buffers["running_mean"], self.buffers["running_var"]
-        self._inv_std = 1.0 / np.sqrt(var + self.eps)
-        self._xhat = (x - mean) * self._inv_std
-        z = np.multiply(self._xhat, gamma, out=ws["z"] if training else None)
+        # computed in locals, then kept for backward: threads predicting with one network (the service's cached
+        # models) each read their own, not what another thread's call stored in between
+        inv_std = 1.0 / np.sqrt(var + self.eps)
+        xhat = (x - mean) * inv_std
+        self._inv_std, self._xhat = inv_std, xhat
+        z = np.multiply(xhat, gamma, out=ws["z"] if training else None)
         z += beta
         return self._activate(z, training, dropout, rng, ws)
 

@@ -277,6 +277,25 @@ def test_batch_norm_uses_batch_statistics_in_training_and_running_ones_after():
     np.testing.assert_allclose(net.predict(x).std(axis=0), 1, rtol=0.01)
 
 
+def test_predict_keeps_no_state_another_call_can_change_midway(monkeypatch):
+    """Threads share one network in the service (its cached models): a call must never read back what it stored on a
+    layer, as another thread's call may have stored its own in between. Here that call runs at the worst moment."""
+    net = Network(3, seed=0).add(Dense(4)).add(BatchNorm(activation="relu")).add(Dense(2, "softmax"))
+    net.fit(np.random.default_rng(0).normal(size=(16, 3)), np.arange(16) % 2, epochs=1)
+    x, other = np.random.default_rng(1).normal(size=(5, 3)), np.random.default_rng(2).normal(size=(7, 3))
+    expected = net.predict(x)
+    stored = {}
+
+    def store_xhat(layer, value):  # another thread's predict runs just after this call stores its xhat
+        layer.__dict__["_xhat"] = value
+        if not stored:
+            stored["outer"] = value
+            net.predict(other)
+
+    monkeypatch.setattr(BatchNorm, "_xhat", property(lambda layer: layer.__dict__["_xhat"], store_xhat), raising=False)
+    np.testing.assert_array_equal(net.predict(x), expected)
+
+
 def test_history_and_progress_callbacks():
     x, y = blobs(100)
     records = []
