@@ -24,6 +24,7 @@ from api import __version__
 from api.errors import InvalidInput, ModelVersionNotFound, PayloadTooLarge, StoreUnavailable
 from api.json_body import INLINE_BYTES
 from api.model_cache import CachedModel
+from api.predict import predict
 from api.services import Service, check_finite, class_indices
 from neural_net import Network
 
@@ -250,8 +251,7 @@ def _infer(service: Service, model_id: str, model: CachedModel, request: dict,
     info = model.record.info
     available = [o["name"] for o in _outputs_of(info)]
     requested = _requested(request, available, info["output_size"])
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf or NaN, refused below as /output does
-        out = model.net.predict(x)  # predict keeps no per-call state on the network: no lock needed
+    out = predict(model.net, x)  # split across the cores when large; overflow gives Inf or NaN, refused below
     check_finite("the outputs", (out,), info["dtype"])
     tensors = {"output": out}
     if "predictions" in available:

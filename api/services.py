@@ -19,6 +19,7 @@ from api import notify, records
 from api.dataset_service import DatasetService
 from api.errors import FeatureUnavailable, InvalidInput, JobNotFound, ModelNotFound, NoJobs, PayloadTooLarge, ServiceError
 from api.model_cache import CachedModel, ModelCache, ServedModels
+from api.predict import predict
 from api.records import describe, jsonable, log_transition
 from api.schemas import (EvaluateRequest, JobCreate, ModelCreate, NotifyTarget, OutputRequest, SamplesCreate,
                          Weights)
@@ -256,7 +257,7 @@ class Service:
                     elif y is not None:
                         cost = net.evaluate(x, y)["loss"]
             else:
-                out = net.predict(x)
+                out = predict(net, x)  # split across the cores when large
         check_finite("the outputs", (out,), dtype)
         result["outputs"] = jsonable(out)
         classes = class_indices(net, out)

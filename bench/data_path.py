@@ -213,6 +213,15 @@ def _json_rows(x: np.ndarray) -> bytes:
     return json.dumps({"inputs": np.round(x.astype(np.float64), 6).tolist()}).encode()
 
 
+def _timed(fn: Callable[[], object], n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return times
+
+
 def _poster(http: httpx.Client, url: str, body: bytes, headers: dict | None = None) -> Callable[[], httpx.Response]:
     headers = headers or {"Content-Type": "application/json"}
     return lambda: http.post(url, content=body, headers=headers)
@@ -255,16 +264,21 @@ def v2_vs_json(ctx: Context) -> list[Row]:
         p = interleaved_p50({name: _poster(http, *target) for name, target in targets.items()}, ctx.args.big_requests,
                             rounds=3)
     ratio = p["json"] / p["binary"]
+    from threadpoolctl import threadpool_limits
+
+    from api.predict import predict
     from neural_net import Network  # the same network, in this process: the floor that no protocol removes
 
     net = Network.from_bytes(httpx.get(f"{ctx.urls['cache_on']}/models/{mid}/export", timeout=60).content)
-    math = []
-    for _ in range(ctx.args.big_requests * 2):
-        started = time.perf_counter()
-        net.predict(ctx.x1024)
-        math.append(time.perf_counter() - started)
+    math = _timed(lambda: net.predict(ctx.x1024), ctx.args.big_requests * 2)
+    with threadpool_limits(limits=1, user_api="blas"):  # as in an API process (NN_API_BLAS_THREADS=1)
+        one, split = _timed(lambda: net.predict(ctx.x1024), 20), _timed(lambda: predict(net, ctx.x1024), 20)
+        for _ in range(2):  # alternating, so that the machine's other load falls on both alike
+            one, split = one + _timed(lambda: net.predict(ctx.x1024), 20), split + _timed(lambda: predict(net, ctx.x1024), 20)
     return [Row(ctx.backend, "1024x784: V2 binary infer p50 / the forward pass alone (in process)",
                 f"{p['binary']:.1f} / {p50(math):.1f} ms", p["binary"] / p50(math), "informative"),
+            Row(ctx.backend, "1024x784 forward, 1 BLAS thread: whole / split across the cores (api/predict.py)",
+                f"{p50(one):.2f} / {p50(split):.2f} ms", p50(one) / p50(split), "informative"),
             Row(ctx.backend, "1024x784: JSON /output p50 / V2 binary infer p50", f"{p['json']:.1f} / {p['binary']:.1f} ms",
                 ratio, ">= 10", ratio >= 10),
             Row(ctx.backend, "1024x784: V2 JSON infer p50 / V2 binary infer p50", f"{p['v2json']:.1f} / {p['binary']:.1f} ms",
