@@ -198,13 +198,30 @@ def convert_npz(source: Path, dest: Path, max_rows: int, dtype: str | None = Non
 def write_arrays(dest: Path, inputs: np.ndarray, targets: np.ndarray, dtype: str | None = None) -> str:
     """The stored form of two arrays in ``dest``; returns its SHA-256."""
     input_dtype = _input_dtype(inputs.dtype, dtype)
+    target_dtype = _target_dtype(targets, input_dtype)
     writer = NpzWriter(dest)
     try:
-        writer.array("inputs", inputs, input_dtype)
-        writer.array("targets", targets, _target_dtype(targets, input_dtype))
+        writer.member("inputs", input_dtype, inputs.shape, _fitted(inputs, input_dtype, "inputs"))
+        writer.member("targets", target_dtype, targets.shape, _fitted(targets, target_dtype, "targets"))
     finally:
         writer.close()
     return writer.sha256
+
+
+def _fitted(array: np.ndarray, dtype: np.dtype, name: str) -> Iterator[np.ndarray]:
+    """``array`` in chunks of ``dtype``, refusing a finite value beyond its range (float64 to float32 would store
+    Inf: 3.5e38 is finite in JSON)."""
+    step = rows_per_chunk(array)
+    for start in range(0, len(array), step):
+        with np.errstate(over="ignore"):
+            chunk = np.asarray(array[start:start + step], dtype=dtype)
+        if chunk.dtype.kind == "f" and not np.isfinite(chunk).all():
+            index = np.argwhere(~np.isfinite(chunk))[0]
+            where = f"{name}[{start + int(index[0])}" + ("]" if chunk.ndim == 1 else f", {int(index[1])}]")
+            raise InvalidInput(f"{where} is {array[start:start + step][tuple(index)]}, too large for {dtype.name} "
+                               f"(at most {np.finfo(dtype).max:.6g} in magnitude); scale the values down, or upload "
+                               "with ?dtype=float64")
+        yield chunk
 
 
 # -- JSON --------------------------------------------------------------------------------------------

@@ -123,6 +123,12 @@ def test_regression_targets_summarised_by_min_max_mean(app):
     (b'{"inputs": [[1, 2], [3]], "targets": [0, 1]}', "application/json", {}, 422, "rows of different lengths"),
     (b'{"inputs": [[1, 2]]}', "application/json", {}, 422, "exactly"),
     (b"\xff{", "application/json", {}, 422, "JSON"),
+    # finite in JSON and float64, beyond float32: it was stored as inf (found by the fuzz test)
+    (b'{"inputs": [[1, 3.4028235677973366e+38]], "targets": [0]}', "application/json", {}, 422,
+     "inputs[0, 1] is 3.4028235677973366e+38, too large for float32"),
+    (b'{"inputs": [[1, 2]], "targets": [[1e39]]}', "application/json", {}, 422, "targets[0, 0] is 1e+39, too large"),
+    (npz_bytes(inputs=np.array([[1.0], [-1e300]]), targets=np.ones(2)), "application/x-npz", {"dtype": "float32"}, 422,
+     "inputs[1, 0] is -1e+300, too large for float32 (at most 3.40282e+38 in magnitude)"),
 ])
 def test_bad_upload(app, content, media, params, status, words):
     before = app.get("/datasets").json()["count"]
