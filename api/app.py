@@ -1,7 +1,10 @@
 """`create_app(settings)`: the FastAPI application, its lifespan (store, recovery, workers) and middleware."""
 
+import functools
 import logging
 from contextlib import asynccontextmanager, nullcontext
+from typing import Callable
+from urllib.parse import unquote_plus
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
@@ -79,6 +82,37 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+class SingleQueryValues:
+    """A query parameter that takes one value, given more than once (``?model_id=a&model_id=b``), is a 422 naming it:
+    FastAPI would quietly use the last one. Parameters documented as arrays (``?target=`` of POST /datasets) repeat."""
+
+    def __init__(self, app: ASGIApp, repeatable: Callable[[], set[str]]):
+        self.app, self.repeatable = app, repeatable
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and b"&" in scope["query_string"]:  # no "&", no repeat: the common case costs this
+            names = [unquote_plus(part.split(b"=", 1)[0].decode("latin-1")) for part in scope["query_string"].split(b"&")]
+            repeated = sorted({name for name in names if name and names.count(name) > 1} - self.repeatable())
+            if repeated:
+                name = repeated[0]
+                response = error_response(scope["path"], 422, f"query parameter {name[:64]!r} is given {names.count(name)} "
+                                                              "times; it takes one value, so send it once")
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def array_query_parameters(app: FastAPI) -> Callable[[], set[str]]:
+    """The names of query parameters that the OpenAPI document types as arrays, read once when first asked."""
+    def is_array(schema: dict) -> bool:
+        return schema.get("type") == "array" or any(is_array(s) for s in schema.get("anyOf", []))
+
+    @functools.cache
+    def names() -> set[str]:
+        return {p["name"] for item in app.openapi()["paths"].values() for operation in item.values()
+                for p in operation.get("parameters", []) if p["in"] == "query" and is_array(p.get("schema", {}))}
+    return names
+
+
 class StartupRefused:
     """A start the operator can fix (another service holds NN_DATA_DIR) fails the ASGI lifespan with one line
     instead of Starlette's traceback: uvicorn logs it, then "Application startup failed. Exiting." (status 3)."""
@@ -144,6 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(StartupRefused)  # `uvicorn main:app` on a data directory in use: one line (`python main.py` checks first)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(SingleQueryValues, repeatable=array_query_parameters(app))
     document_errors(app, settings)
     install_access_control(app, settings)  # outside BodyLimit: a request without a key is refused before its body is read
     registry, requests, latency = build_registry(service)

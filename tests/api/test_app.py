@@ -3,7 +3,7 @@
 import re
 
 from api.app import DOCUMENTED, MATCHED_FIRST, create_app
-from tests.api.conftest import settings_for
+from tests.api.conftest import running_app, settings_for
 
 
 def test_no_two_routers_have_patterns_that_match_one_path():
@@ -28,3 +28,17 @@ def _paths(route) -> list[str]:
     """The paths a route of the app holds: an included router's own (newer FastAPI keeps routers whole), or its."""
     inner = getattr(route, "original_router", None)
     return [r.path for r in inner.routes] if inner is not None else [getattr(route, "path", "")]
+
+
+def test_a_single_value_query_parameter_given_twice_is_a_422_naming_it(tmp_path):
+    """FastAPI would quietly use the last value: ?model_id=a&model_id=b listed b's jobs (found by the fuzz test)."""
+    with running_app(tmp_path, workers=0) as client:
+        response = client.get("/jobs?model_id=a&offset=0&model_id=b")
+        assert response.status_code == 422
+        assert response.json() == {"detail": "query parameter 'model_id' is given 2 times; it takes one value, so send it once"}
+        assert client.get("/jobs?model_id=a&offset=0&limit=5").status_code == 200
+        assert client.get("/v2/models/x/ready?a=1&a=2").json()["error"].startswith("query parameter 'a' is given 2")
+        csv = b"a,b,c\n1,2,3\n4,5,6\n"  # ?target= is an array: it repeats
+        created = client.post("/datasets?target=a&target=c", content=csv, headers={"Content-Type": "text/csv"})
+        assert created.status_code == 201, created.text
+        assert created.json()["n_features"] == 1
