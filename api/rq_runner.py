@@ -9,7 +9,10 @@ What RQ does (its own mechanisms, nothing re-implemented here):
 - **Workers on any machine**: ``python main.py worker`` or ``rq worker -w api.rq_runner.TrainingWorker``.
 - **Worker heartbeats and abandoned jobs.** While a job trains, a heartbeat thread refreshes RQ's
   worker, execution and job heartbeats (``maintain_heartbeats``) every lease/3 s with a TTL of about
-  one lease. When a worker is SIGKILLed its execution in RQ's StartedJobRegistry expires; RQ's
+  one lease (the worker key: WORKER_TTL + lease/3). An idle worker refreshes its key every dequeue timeout
+  (WORKER_TTL - 15 s, RQ's rule) with a TTL of WORKER_TTL, so a SIGKILLed worker's key is gone within
+  WORKER_TTL s idle (WORKER_TTL + lease/3 busy) and /health, which counts only workers whose key exists,
+  stops counting it. When a worker is SIGKILLed its execution in RQ's StartedJobRegistry expires; RQ's
   registry cleanup (``StartedJobRegistry.cleanup``, run by one worker every lease/2 s) treats the RQ job
   as abandoned and **retries** it (``Retry(max=RETRIES)``); the next ``train(job_id)`` takes
   the job over from its checkpoint. When the retries are spent RQ moves the RQ job to its **failed
@@ -40,6 +43,7 @@ from rq import Queue, Retry, SimpleWorker, get_current_job
 from rq.job import Callback, Job
 from rq.registry import StartedJobRegistry
 from rq.timeouts import TimerDeathPenalty
+from rq.worker import WorkerStatus
 
 from api.errors import LeaseLost, StoreUnavailable
 from api.settings import Settings, get_settings
@@ -50,7 +54,7 @@ from api.worker import run_job
 log = logging.getLogger("api.rq")
 
 TRAIN_FUNCTION = "api.rq_runner.train"
-WORKER_TTL = 60  # seconds an RQ worker stays listed after its last heartbeat
+WORKER_TTL = 20  # seconds an idle RQ worker's key lives after its heartbeat (sent every WORKER_TTL - 15 s)
 RETRIES = 5  # times RQ runs a job again whose worker died, before the job fails
 PREFIX_META = "nn_prefix"  # the RQ job's meta key naming the store prefix it was queued under
 REFUSED_PAUSE_MAX = 60.0  # seconds, at most, a worker waits after putting back a job of another store
@@ -80,11 +84,16 @@ def open_redis_store(settings: Settings, *, worker: bool = False) -> RedisStore:
 
 
 def queue_stats(store: RedisStore, settings: Settings) -> dict:
-    """What /health shows for the redis backend: RQ queue length, live workers, queued training jobs."""
+    """What /health shows for the redis backend: RQ queue length, live workers, queued training jobs.
+
+    A worker is alive while its key exists: RQ's set of a queue's workers keeps a SIGKILLed worker until
+    some worker's maintenance cleans it (every 10 minutes), so ``Worker.count`` would count it that long."""
     from rq import Worker
+    from rq.utils import missing_keys
 
     queue = Queue(settings.redis_queue, connection=store.redis)
-    return {"queue_length": queue.count, "workers_alive": Worker.count(connection=store.redis, queue=queue),
+    keys = Worker.all_keys(queue=queue)
+    return {"queue_length": queue.count, "workers_alive": len(keys) - len(missing_keys(store.redis, keys)),
             "queued_jobs": store.count_queued()}
 
 
@@ -122,28 +131,38 @@ class _Heartbeat(threading.Thread):
         self.done = threading.Event()
 
     def run(self) -> None:
-        worker = self.ctx.worker
         while not self.done.wait(self.ctx.settings.lease_seconds / 3):
             try:
                 if not self.ctx.store.renew_lease(self.lease):
                     log.warning("job %s: lease lost; the training stops at its next check", self.lease)
                     return
-                execution = worker.execution if worker is not None else None
-                if execution is not None and self.rq_job is not None:
-                    worker.maintain_heartbeats(self.rq_job, execution)
+                _rq_heartbeats(self.ctx, self.rq_job)
             except (StoreUnavailable, redis.RedisError) as exc:
                 log.warning("job %s: cannot renew the lease: %s", self.lease, exc)
 
 
-def _claim(ctx: _Context, job_id: str):
-    """Takes the job (or one trial) over, waiting out the lease of a worker that RQ presumed dead early."""
+def _rq_heartbeats(ctx: _Context, rq_job: Job | None) -> None:
+    """RQ's worker, execution and job heartbeats (a TrainingWorker's; other workers keep their own)."""
+    worker = ctx.worker
+    execution = worker.execution if worker is not None else None
+    if execution is not None and rq_job is not None:
+        worker.maintain_heartbeats(rq_job, execution)
+
+
+def _claim(ctx: _Context, job_id: str, rq_job: Job | None):
+    """Takes the job (or one trial) over, waiting out the lease of a worker that RQ presumed dead early
+    (up to two leases: RQ's heartbeats go on meanwhile, so the worker stays counted and its execution alive)."""
     deadline = time.monotonic() + 2 * ctx.settings.lease_seconds + 1
+    beat = time.monotonic() + ctx.settings.lease_seconds / 3
     while True:
         job = ctx.store.claim_job(ctx.worker_id, job_id=job_id, take_over=True)
         trial = None if job is not None else ctx.store.claim_trial(ctx.worker_id, job_id=job_id, take_over=True)
         if job is not None or trial is not None or not ctx.store.lease_alive(job_id) or time.monotonic() > deadline:
             return job, trial
         ctx.stop_event.wait(0.2)
+        if time.monotonic() >= beat:
+            _rq_heartbeats(ctx, rq_job)
+            beat = time.monotonic() + ctx.settings.lease_seconds / 3
 
 
 def foreign_prefix(rq_job: Job | None, settings: Settings) -> str | None:
@@ -165,7 +184,7 @@ def train(job_id: str) -> str:
     prefix = foreign_prefix(rq_job, ctx.settings)
     if prefix is not None:  # only a worker other than TrainingWorker gets here: fail, so RQ retries it
         raise RuntimeError(mismatch_message(rq_job, prefix, ctx.settings))
-    job, trial = _claim(ctx, job_id)
+    job, trial = _claim(ctx, job_id, rq_job)
     if job is None and trial is None:
         if ctx.store.job_status(job_id) is None:
             log.warning("job %s: no record under prefix %r at %s; nothing to run", job_id, ctx.settings.redis_prefix,
@@ -221,6 +240,16 @@ class TrainingWorker(SimpleWorker):
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return math.ceil(context().settings.lease_seconds) + 1
 
+    def heartbeat(self, timeout: int | None = None, pipeline: redis.client.Pipeline | None = None) -> None:
+        """RQ's worker heartbeat with this worker's key TTL (RQ's own is worker_ttl + 60 s, so a SIGKILLed worker
+        stayed listed that long): worker_ttl while idle, when RQ heartbeats every dequeue timeout (worker_ttl - 15 s);
+        worker_ttl + lease/3 while busy, when the heartbeat thread refreshes it every lease/3 s."""
+        super().heartbeat(self.key_ttl(), pipeline=pipeline)
+
+    def key_ttl(self) -> int:
+        busy = self.get_state() == WorkerStatus.BUSY
+        return self.worker_ttl + (math.ceil(context().settings.lease_seconds / 3) if busy else 0)
+
     def execute_job(self, job: Job, queue: Queue):
         """Runs the RQ job, unless another store queued it: then it goes back to the head of the queue
         untouched (out of RQ's intermediate queue, in one MULTI/EXEC) and this worker pauses, so a worker of
@@ -237,7 +266,9 @@ class TrainingWorker(SimpleWorker):
         self._refused_pause = min(REFUSED_PAUSE_MAX, max(1.0, 2 * getattr(self, "_refused_pause", 0.0)))
         log.error("%s; put it back on queue %r, taking jobs again in %.0fs", mismatch_message(job, prefix, ctx.settings),
                   queue.name, self._refused_pause)
-        ctx.stop_event.wait(self._refused_pause)
+        end = time.monotonic() + self._refused_pause
+        while (left := end - time.monotonic()) > 0 and not ctx.stop_event.wait(min(left, self.dequeue_timeout)):
+            self.heartbeat()  # paused, not dead: stays counted
 
     def work(self, *args, **kwargs) -> bool:
         ctx = context()

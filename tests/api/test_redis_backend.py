@@ -398,3 +398,37 @@ def test_a_worker_of_another_prefix_leaves_the_job_to_a_worker_of_the_right_one(
         for key in [*r.scan_iter(f"{service.prefix}*")]:
             r.delete(key)
         Queue(service.env["NN_REDIS_QUEUE"], connection=r).delete(delete_jobs=True)
+
+
+def test_a_sigkilled_worker_stops_counting_in_health(tmp_path):
+    """/health counted RQ's set of a queue's workers, where a SIGKILLed worker stays until another worker's
+    maintenance (minutes): a fleet whose workers had all died looked alive. It now counts workers whose key
+    exists, and the key lives WORKER_TTL s after an idle worker's heartbeat (WORKER_TTL + lease/3 busy)."""
+    from rq import Queue
+
+    from api.rq_runner import WORKER_TTL
+
+    service = Cluster(tmp_path)
+    try:
+        service.start(replicas=1, workers=2)
+        url = service.urls[0]
+        _model(url, "dies")
+        x, y = _data(256, seed=3)
+        job = httpx.post(f"{url}/models/dies/training-jobs", json={"inputs": x, "targets": y, "epochs": 10_000,
+                                                                 "batch_size": 1, "seed": 0}, timeout=10).json()
+        wait_for(lambda: httpx.get(f"{url}/jobs/{job['job_id']}", timeout=10).json()["status"] == "running", 60,
+                 "one worker to train (the other idles)", interval=0.2)
+        assert service.health()["workers_alive"] == 2
+        for process in service.workers:  # one busy, one idle
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+        lease = float(service.env["NN_LEASE_SECONDS"])
+        wait_for(lambda: service.health()["workers_alive"] == 0, 2 * WORKER_TTL + lease + 10,
+                 "the dead workers to stop counting", interval=0.5)
+    finally:
+        service.stop(flush=False)  # the module's cluster may still use the database
+        r = _redis()
+        for key in [*r.scan_iter(f"{service.prefix}*")]:
+            r.delete(key)
+        Queue(service.env["NN_REDIS_QUEUE"], connection=r).delete(delete_jobs=True)
+        r.delete(f"rq:workers:{service.env['NN_REDIS_QUEUE']}")

@@ -177,6 +177,28 @@ def test_a_job_whose_workers_kept_dying_fails_and_frees_its_model(runner, tmp_pa
     assert b"signal only works in main thread" not in (tmp_path / "workers.log").read_bytes()
 
 
+@pytest.mark.parametrize("lease", [0.3, 10.0, 600.0])
+def test_a_worker_key_outlives_the_gap_between_its_heartbeats_and_no_more_when_idle(runner, monkeypatch, lease):
+    """Idle, RQ refreshes the worker's key every dequeue timeout; busy, the heartbeat thread every lease/3 s. The
+    key's TTL covers either gap, and idle it is WORKER_TTL (RQ's own adds 60 s), which bounds how long /health
+    counts a dead worker."""
+    from rq.worker import WorkerStatus
+
+    settings, store, queue = runner
+    settings = settings.model_copy(update={"lease_seconds": lease})
+    monkeypatch.setattr(rq_runner, "_context", rq_runner._Context(settings, store, "w", threading.Event()))
+    worker = rq_runner.TrainingWorker([queue], connection=store.redis, worker_ttl=rq_runner.WORKER_TTL)
+    worker.register_birth()
+    try:
+        worker.heartbeat()
+        assert worker.dequeue_timeout + 10 <= store.redis.ttl(worker.key) <= rq_runner.WORKER_TTL
+        worker.set_state(WorkerStatus.BUSY)
+        worker.heartbeat(90)  # what RQ's maintain_heartbeats asks, whatever the lease
+        assert lease / 3 + 10 <= store.redis.ttl(worker.key) <= rq_runner.WORKER_TTL + lease / 3 + 1
+    finally:
+        worker.register_death()
+        store.redis.delete(worker.key)
+
 def test_a_worker_of_another_prefix_puts_the_job_back_untouched(runner, monkeypatch, caplog):
     from rq.registry import FinishedJobRegistry
 
