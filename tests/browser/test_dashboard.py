@@ -263,3 +263,25 @@ def test_restore_makes_a_version_equal_to_the_old_one_and_a_read_key_sees_it_dis
     assert page.is_disabled("#cancel") and "needs an API key with scope 'train'" in page.get_attribute("#cancel", "title")
     assert restore.is_disabled() and http.get("/models/clf").json()["version"] == new  # a disabled button is not clickable
     screenshot(page, "dashboard_versions_read_key.png")
+
+
+def test_long_ids_never_push_the_page_sideways(service, page):
+    """A 64-character model id in every table, at 1024 and 1280 px: a table wider than its column scrolls inside
+    its section, and the selects (model filter, compare with) fit theirs. Before, at 1024 px, the page itself
+    scrolled sideways (1133 > 1024 px) and the compare select stuck out of the job's section."""
+    http = service["http"]
+    long_id = "m" * 40 + "-a-long-model-identifier-x"[:24]
+    http.post("/models", json={"model_id": long_id, "layer_sizes": [2, 4, 3], "activations": ["relu", "softmax"],
+                               "seed": 2}).raise_for_status()
+    # a job waiting for samples: listed at once, with no worker needed (the one worker trains the running job)
+    job = http.post(f"/models/{long_id}/training-jobs", json={"min_samples": 1000}).raise_for_status()
+    for width in (1024, 1280):
+        open_page(page, f"{service['url']}/dashboard?model={long_id}&job={job.json()['job_id']}",
+                  viewport={"width": width, "height": 800})
+        page.wait_for_selector(f"#jobs tr:has-text('{long_id[:20]}')", timeout=DEADLINE)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        sticking_out = page.evaluate("""() => [...document.querySelectorAll('main select')].filter(s => {
+            const box = s.getBoundingClientRect(), section = s.closest('section').getBoundingClientRect();
+            return box.right > section.right + 0.5; }).map(s => s.id)""")
+        assert sticking_out == [], f"{width} px: {sticking_out}"
+        screenshot(page, f"dashboard_long_ids_{width}.png")
