@@ -1,5 +1,6 @@
 """Shared by the examples: command-line options, a fresh model, chunked uploads and PNG plots."""
 import argparse
+import functools
 import json
 import os
 import sys
@@ -57,13 +58,26 @@ def evaluate(api, model_id, x, y, chunk=5000):
     return merged
 
 
-def plot_history(name, history, metric="accuracy"):
-    """Loss (and validation loss) per epoch, plus `metric` when present, to out/<name>_curves.png."""
-    import matplotlib
-
+@functools.cache
+def _pyplot():
+    """matplotlib.pyplot, or None with a one-line note: the plots are extras (pip install matplotlib), and an
+    example without them still trains and prints its result."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("(no plots: pip install matplotlib to get the PNG curves in examples/out/)", file=sys.stderr)
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def plot_history(name, history, metric="accuracy"):
+    """Loss (and validation loss) per epoch, plus `metric` when present, to out/<name>_curves.png (None without
+    matplotlib)."""
+    plt = _pyplot()
+    if plt is None:
+        return None
     OUT.mkdir(exist_ok=True)
     epochs = [record["epoch"] for record in history]
     panels = [("loss", ["loss", "val_loss"])]
@@ -87,11 +101,9 @@ def plot_history(name, history, metric="accuracy"):
 
 
 def plot_confusion(name, matrix):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
+    if plt is None:
+        return None
     OUT.mkdir(exist_ok=True)
     size = len(matrix)
     figure, axis = plt.subplots(figsize=(1.2 + 0.45 * size, 1 + 0.45 * size))

@@ -11,16 +11,18 @@ from api.schemas import DATASET_ID_PATTERN, IRIS_X, IRIS_Y
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 BINARY = {"schema": {"type": "string", "format": "binary"}}
+# CSV first: Swagger UI opens on the first media type, and one chosen after "Try it out" from multipart/form-data
+# keeps the form's value in its text box (swagger-ui issue 10738), so a CSV or JSON example sent that way failed
 FILE_BODY = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-        "file": {"type": "string", "format": "binary", "description": "An .npz, .csv or .json file."}}}},
-    "application/x-npz": BINARY,
-    "application/octet-stream": BINARY,
     "text/csv": {"schema": {"type": "string"}, "example": "sepal_length,sepal_width,petal_length,petal_width,species\n"
                  + "".join(",".join(map(str, x + [y])) + "\n" for x, y in zip(IRIS_X, IRIS_Y))},
     "application/json": {"schema": {"type": "object", "required": ["inputs", "targets"], "properties": {
         "inputs": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
         "targets": {"type": "array", "items": {}}}}, "example": {"inputs": IRIS_X, "targets": IRIS_Y}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "An .npz, .csv or .json file."}}}},
+    "application/x-npz": BINARY,
+    "application/octet-stream": BINARY,
 }}}
 Format = Literal["npz", "csv", "json"]
 

@@ -17,6 +17,21 @@ def test_swagger_ui_works_offline(server, page):
     page.wait_for_selector("text=Neural network training service", timeout=20_000)
 
 
+
+def test_swagger_try_it_out_uploads_the_csv_example_of_post_datasets(server, page):
+    """A new user's first upload: POST /datasets, "Try it out", "Execute", as the page opens. multipart/form-data came
+    first before, and switching to text/csv after "Try it out" sent the form's value (Swagger UI issue 10738)."""
+    page.goto(f"{server}/docs")
+    block = page.locator("#operations-datasets-upload_dataset_datasets_post")
+    block.locator(".opblock-summary").click()
+    block.locator(".try-out__btn").click()
+    assert block.locator(".content-type-wrapper select, select.content-type").first.input_value() == "text/csv"
+    block.locator(".execute").click()
+    status = block.locator(".live-responses-table tr.response .response-col_status").first
+    status.wait_for(timeout=20_000)
+    assert status.inner_text().strip() == "201", block.locator(".live-responses-table").inner_text()
+    assert httpx.get(f"{server}/datasets").json()["count"] == 1
+
 def test_dashboard_follows_a_job_live(server, page):
     http = httpx.Client(base_url=server, timeout=10)
     http.post("/models", json={"model_id": "browser", "layer_sizes": [2, 32, 3],
