@@ -37,8 +37,9 @@ from api.settings import Settings
 log = logging.getLogger("api")
 
 # Pages and documents that hold no data: the dashboard asks for the key itself and sends it on its fetches.
+# The V2 liveness and readiness probes are open like /health: Kubernetes and KServe probes send no key.
 OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/dashboard",
-                        "/favicon.svg", "/favicon.ico"})
+                        "/favicon.svg", "/favicon.ico", "/v2/health/live", "/v2/health/ready"})
 OPEN_PREFIXES = ("/static-offline-docs/",)  # the Swagger UI and ReDoc bundles
 
 SECURITY_SCHEMES = {
