@@ -30,8 +30,9 @@ def set_weights_if_match(service: Service, model_id: str, body: Weights, if_matc
         return service.set_weights(model_id, body)
     record = service.get_model(model_id)
     if not matches(if_match, record):
-        raise PreconditionFailed(f"If-Match {if_match} is not the current ETag of model {model_id!r} "
-                                 f"({model_etag(record)}); GET it again and retry")
+        raise PreconditionFailed(f"If-Match {if_match} is not a current ETag of model {model_id!r} ({model_etag(record)} "
+                                 f"from GET /models/{model_id}, {model_etag(record, kind='w')} from its weights); "
+                                 "GET it again and retry")
     try:
         return service.set_weights(model_id, body if body.version is not None else
                                    body.model_copy(update={"version": record.version}))

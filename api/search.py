@@ -54,12 +54,12 @@ def submit_search(service: Service, model_id: str, req: SearchCreate, owner: str
         _check_candidate(service, info, build, defaults, params, f"trial {i} {params}", built)
     x, y = service.inline_samples(info, req.inputs, req.targets, "to search on the buffer")
     service.check_notify(req.notify)
-    if x is not None and len(x) < (req.folds or 2):
-        raise InvalidInput(f"{len(x)} samples; a search needs at least {req.folds or 2} (one per fold)")
     params = {"space": {k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in req.space.items()},
               "trials": req.trials, "folds": req.folds, "validation_split": req.validation_split, "metric": req.metric,
               "seed": req.seed, "apply_best": req.apply_best, "defaults": defaults}
     used = service.dataset_params(model_id, info, req, params, viewer)  # queued at once, the buffer untouched
+    if x is not None and len(x) < (req.folds or 2):  # after dataset_params: `dataset` and inline rows is the error to name
+        raise InvalidInput(f"{len(x)} samples; a search needs at least {req.folds or 2} (one per fold)")
     if params.get("dataset_samples", req.folds or 2) < (req.folds or 2):
         raise InvalidInput(f"dataset {req.dataset!r} has {params['dataset_samples']} samples; a search needs at least "
                            f"{req.folds or 2} (one per fold)")

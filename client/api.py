@@ -1,5 +1,6 @@
 """`Client` (one method per route) and `Job` (refresh, cancel, wait with a progress bar)."""
 import json
+import os
 import sys
 import time
 
@@ -17,6 +18,25 @@ class ApiError(Exception):
 
     def __repr__(self):
         return f"ApiError(status_code={self.status_code}, detail={self.detail!r})"
+
+
+def _checked(response):
+    """`response`, or ApiError with the service's message for an error status."""
+    if response.status_code >= 400:
+        response.read()
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise ApiError(response.status_code, detail)
+    return response
+
+
+def _sniff(head):
+    """The dataset format of a file from its first bytes: NPZ is a zip archive, JSON an object, else CSV."""
+    if head.startswith(b"PK"):
+        return "npz"
+    return "json" if head.lstrip()[:1] == b"{" else "csv"
 
 
 def _listify(values):
@@ -42,14 +62,7 @@ class Client:
         self.close()
 
     def request(self, method, path, **kwargs):
-        response = self.http.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise ApiError(response.status_code, detail)
-        return response
+        return _checked(self.http.request(method, path, **kwargs))
 
     def _json(self, method, path, **kwargs):
         response = self.request(method, path, **kwargs)
@@ -123,8 +136,11 @@ class Client:
 
     # datasets
     def upload_dataset(self, data, format=None, target=None, name=None, dataset_id=None):
-        """Upload a dataset: `data` is the bytes of an .npz, .csv or .json file, or a path to one, or a pair
-        (inputs, targets) of arrays (sent as NPZ). Returns the dataset's record (dataset_id, n_samples, ...)."""
+        """Upload a dataset: `data` is the bytes of an .npz, .csv or .json file, or a path to one (streamed, never
+        read whole), or a pair (inputs, targets) of arrays (sent as NPZ). The format is `format`, else the path's
+        extension, else what the first bytes say (NPZ is a zip, JSON starts with "{", anything else is CSV).
+        Returns the dataset's record (dataset_id, n_samples, ...)."""
+        params = {"target": target, "name": name, "dataset_id": dataset_id}
         if isinstance(data, tuple):
             import io
 
@@ -132,16 +148,32 @@ class Client:
 
             buffer = io.BytesIO()
             np.savez(buffer, inputs=np.asarray(data[0]), targets=np.asarray(data[1]))
-            data, format = buffer.getvalue(), "npz"
-        elif not isinstance(data, (bytes, bytearray)):
-            path = str(data)
-            format = format or path.rsplit(".", 1)[-1].lower()
-            with open(path, "rb") as handle:
-                data = handle.read()
-        params = {k: v for k, v in {"format": format, "target": target, "name": name, "dataset_id": dataset_id}.items()
-                  if v is not None}
-        return self._json("POST", "/datasets", content=data, params=params,
+            return self._upload(buffer.getvalue(), "npz", params)
+        if isinstance(data, (bytes, bytearray)):
+            return self._upload(data, format or _sniff(data[:64]), params)
+        path = str(data)
+        extension = path.rsplit(".", 1)[-1].lower() if "." in os.path.basename(path) else ""
+        with open(path, "rb") as handle:
+            if format is None:
+                format = extension if extension in ("npz", "csv", "json") else _sniff(handle.read(64))
+                handle.seek(0)
+            return self._upload(handle, format, params)
+
+    def _upload(self, content, format, params):
+        params = {k: v for k, v in {"format": format, **params}.items() if v is not None}
+        return self._json("POST", "/datasets", content=content, params=params,
                           headers={"Content-Type": "application/octet-stream"})
+
+    def download_dataset(self, dataset_id, path=None):
+        """The dataset as NPZ bytes (arrays inputs and targets), or streamed to `path` when given (returns the path)."""
+        if path is None:
+            return self.request("GET", f"/datasets/{dataset_id}/download").content
+        with self.http.stream("GET", f"/datasets/{dataset_id}/download") as response:
+            _checked(response)
+            with open(path, "wb") as handle:
+                for chunk in response.iter_bytes():
+                    handle.write(chunk)
+        return path
 
     def get_dataset(self, dataset_id):
         return self._json("GET", f"/datasets/{dataset_id}")

@@ -227,6 +227,10 @@ def test_model_reads_carry_an_etag_and_answer_304(idle):
     assert put.status_code == 200 and put.json()["version"] == 2 and put.headers["etag"] != tag
     stale = idle.put("/models/tagged/weights", json={"layers": weights.json()["layers"]}, headers={"If-Match": tag})
     assert stale.status_code == 412 and "GET it again" in stale.json()["detail"]
+    now = idle.get("/models/tagged").headers["etag"], idle.get("/models/tagged/weights").headers["etag"]
+    assert f"({now[0]} from GET /models/tagged, {now[1]} from its weights)" in stale.json()["detail"]  # both work
+    assert idle.put("/models/tagged/weights", json={"layers": weights.json()["layers"]},
+                    headers={"If-Match": now[1]}).status_code == 200
     assert idle.get("/models/tagged", headers={"If-None-Match": tag}).status_code == 200
 
     idle.delete("/models/tagged")  # a re-created namesake at version 1 has another ETag

@@ -207,6 +207,31 @@ def test_export_npz(server, tmp_path):
         assert (tmp_path / "m.npz").read_bytes() == data and data[:2] == b"PK"
 
 
+
+def test_datasets_upload_from_a_path_without_extension_and_download(server, moons, tmp_path):
+    """The format comes from the path's extension, else from the first bytes (a path with no extension, or bytes):
+    before, `irisdata` was sent as ?format=irisdata and refused with 422."""
+    x, y = moons
+    buffer = io.BytesIO()
+    np.savez(buffer, inputs=x.astype(np.float32), targets=y)
+    csv = "a,b,label\n" + "".join(f"{a},{b},{t}\n" for (a, b), t in zip(x, y))
+    (tmp_path / "npzdata").write_bytes(buffer.getvalue())
+    (tmp_path / "csvdata").write_text(csv)
+    with Client(server) as api:
+        npz = api.upload_dataset(tmp_path / "npzdata")
+        from_csv = api.upload_dataset(tmp_path / "csvdata")
+        from_bytes = api.upload_dataset(json.dumps({"inputs": x[:5].tolist(), "targets": y[:5].tolist()}).encode())
+        assert (npz["format"], from_csv["format"], from_bytes["format"]) == ("npz", "csv", "json")
+        assert npz["n_samples"] == from_csv["n_samples"] == 200 and from_bytes["n_samples"] == 5
+        path = api.download_dataset(npz["dataset_id"], tmp_path / "copy.npz")
+        with np.load(path) as copy:
+            np.testing.assert_array_equal(copy["inputs"], x.astype(np.float32))
+        assert api.download_dataset(from_bytes["dataset_id"])[:2] == b"PK"
+        with pytest.raises(ApiError) as info:
+            api.download_dataset("no-such-dataset", tmp_path / "never.npz")
+        assert info.value.status_code == 404 and "no-such-dataset" in info.value.detail
+        assert not (tmp_path / "never.npz").exists()
+
 def test_command_line_end_to_end_on_a_small_csv(server, moons, tmp_path):
     x, y = moons
     data = tmp_path / "train.csv"

@@ -270,6 +270,9 @@ def test_search_on_a_dataset(app, iris_id):
     done = wait_job(app, response.json()["job_id"])
     assert done["status"] == "succeeded", done
     assert done["search"]["trials_done"] == 2 and done["search"]["best"] is not None
+    both = app.post("/models/searched/search-jobs", json={  # one inline row: the error named is the both, not the count
+        "dataset": iris_id, "inputs": X4[:1], "targets": Y3[:1], "space": {"learning_rate": [0.01]}})
+    assert both.status_code == 422 and "give either `dataset` or inline" in both.json()["detail"], both.text
 
 
 def test_delete_answers_409_while_a_job_uses_the_dataset(tmp_path):
