@@ -5,6 +5,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api import etag
 from api.auth import creator_name, visible_owner
+from api.errors import InvalidInput
 from api.json_body import JsonBodyRoute, OrjsonResponse, read_json
 from api.routes import get_service
 from api.routes.datasets import FILE_BODY, file_options
@@ -131,6 +132,8 @@ async def add_samples(model_id: str, request: Request, options: dict = Depends(f
     for POST /datasets (NPZ, CSV with ?target=, JSON), raw or as the multipart field `file`."""
     content_type = request.headers.get("content-type", "")
     if _is_json(content_type) and options["fmt"] in (None, "json"):
+        if options["targets"]:  # it was ignored: the rows went in with the body's targets
+            raise InvalidInput("?target= names CSV columns; a JSON body gives its `targets` (or a `dataset`) itself")
         body = await _json_body(request, SamplesCreate)
         size, queued = await run_in_threadpool(service.add_samples, model_id, body, viewer)
     else:

@@ -229,6 +229,8 @@ def test_samples_from_a_dataset_and_from_file_bodies(app, iris_id):
     assert response.status_code == 422 and "line 2 has 3 values" in response.json()["detail"]
     response = app.post("/models/buffered/samples", content=b"a,b\n1,0\n", headers={"content-type": "text/csv"})
     assert response.status_code == 422 and "1 features per sample but model 'buffered' takes 4" in response.json()["detail"]
+    response = app.post("/models/buffered/samples?target=species", json={"inputs": X4[:1], "targets": Y3[:1]})
+    assert response.status_code == 422 and "a JSON body gives its `targets`" in response.json()["detail"]  # was ignored
     assert app.get("/models/buffered/samples").json()["buffer_size"] == 18
     response = app.post("/models/nope/samples", content=IRIS_CSV, headers={"content-type": "text/csv"})
     assert response.status_code == 404
