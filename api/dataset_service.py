@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api import dataset_formats as formats
 from api import uploads
-from api.datasets import DatasetRecord, DatasetStore, model_arrays
+from api.datasets import DatasetRecord, DatasetStore, check_values, model_arrays
 from api.errors import DatasetExists, DatasetNotFound, InvalidInput, JobNotFound, PayloadTooLarge
 from api.settings import Settings, dataset_root
 from api.storage.base import ACTIVE, Store
@@ -94,10 +94,14 @@ class DatasetService:
 
     # -- use by models ----------------------------------------------------------------------------
     def check(self, model_id: str, info: dict, dataset_id: str, what: str = "dataset",
-              viewer: str | None = None) -> DatasetRecord:
-        """The dataset's record, after checking its width and target shape against the model's."""
+              viewer: str | None = None, values: bool = False) -> DatasetRecord:
+        """The dataset's record, after checking its width and target shape against the model's (from the record),
+        and with ``values`` its values too (``check_values``: the file is read once, a block at a time), so a job
+        is refused at submit time with /evaluate's words instead of failing when it runs."""
         record = self.files.get(dataset_id, viewer)
         check_fits(model_id, info, record.n_features, record.targets, f"{what} {dataset_id!r}")
+        if values:
+            check_values(*self.files.arrays(dataset_id), info, f"{what} {dataset_id!r}")
         return record
 
     def arrays(self, model_id: str, info: dict, dataset_id: str, what: str = "dataset",

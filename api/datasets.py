@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from api import dataset_formats as formats
+from api.npz_writer import CHUNK_BYTES
 from neural_net import losses
 from neural_net.errors import NeuralNetError
 
@@ -75,6 +76,22 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _castable(array: np.ndarray, dtype: np.dtype, what: str, name: str) -> None:
+    """Refuses values that become Inf in the model's dtype (a float64 dataset, a float32 model)."""
+    if array.dtype.kind == "f" and array.dtype.itemsize > dtype.itemsize:
+        with np.errstate(over="ignore"):
+            if not np.isfinite(array.astype(dtype)).all():
+                raise InvalidInput(f"{what} holds {name} too large for {dtype.name}; scale them")
+
+
+def _prepared(targets: np.ndarray, info: dict, what: str) -> np.ndarray:
+    """The targets as the model's loss takes them (one-hot rows for class labels); a 422 naming what does not fit."""
+    try:
+        return losses.get(info["loss"]).prepare(np.asarray(targets), info["output_size"], np.dtype(info["dtype"]))
+    except NeuralNetError as exc:
+        raise InvalidInput(f"{what}: {exc}") from None
+
+
 def model_arrays(inputs: np.ndarray, targets: np.ndarray, info: dict, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Inputs in the model's dtype (the memory map itself when it already is) and targets prepared for its loss."""
     dtype = np.dtype(info["dtype"])
@@ -83,11 +100,25 @@ def model_arrays(inputs: np.ndarray, targets: np.ndarray, info: dict, what: str)
         if inputs.dtype != dtype:
             if not np.isfinite(x).all():
                 raise InvalidInput(f"{what} holds inputs too large for {dtype.name}; scale them")
-    try:
-        y = losses.get(info["loss"]).prepare(np.asarray(targets), info["output_size"], dtype)
-    except NeuralNetError as exc:
-        raise InvalidInput(f"{what}: {exc}") from None
-    return x, y
+    _castable(targets, dtype, what, "targets")
+    return x, _prepared(targets, info, what)
+
+
+def check_values(inputs: np.ndarray, targets: np.ndarray, info: dict, what: str) -> None:
+    """What ``model_arrays`` refuses, in its words, found a block of rows at a time, so that a memory-mapped
+    dataset is read once and never held whole: inputs or targets beyond the model's dtype, targets that do not
+    fit its loss. Inputs that need no narrowing cast are not read (an upload holds finite numbers only)."""
+    dtype, n_out = np.dtype(info["dtype"]), info["output_size"]
+    row = max(inputs[:1].nbytes, targets[:1].nbytes, n_out * dtype.itemsize, 1)
+    step = max(1, CHUNK_BYTES // row)
+    for start in range(0, len(targets), step):
+        _castable(inputs[start:start + step], dtype, what, "inputs")
+        _castable(targets[start:start + step], dtype, what, "targets")
+        try:
+            losses.get(info["loss"]).prepare(np.asarray(targets[start:start + step]), n_out, dtype)
+        except NeuralNetError as exc:
+            _prepared(targets, info, what)  # raises with the whole dataset's range, as /evaluate words it
+            raise InvalidInput(f"{what}: {exc}") from None
 
 
 def job_samples(store, job, settings, info: dict) -> tuple[np.ndarray, np.ndarray, tuple | None]:

@@ -411,13 +411,14 @@ class Service:
             if buffer_options:
                 raise InvalidInput(f"{', '.join(buffer_options)} are about the buffer; a job with `dataset` trains on "
                                    "the dataset, so leave them out")
-            record = self.datasets.check(model_id, info, req.dataset, viewer=viewer)
+            record = self.datasets.check(model_id, info, req.dataset, viewer=viewer, values=True)
             params.update(dataset=req.dataset, dataset_samples=record.n_samples)
             used.append(req.dataset)
         if getattr(req, "validation_dataset", None) is not None:
             if req.validation_split:
                 raise InvalidInput("give either validation_split or validation_dataset, not both")
-            self.datasets.check(model_id, info, req.validation_dataset, "validation_dataset", viewer)
+            self.datasets.check(model_id, info, req.validation_dataset, "validation_dataset", viewer,
+                                values=req.validation_dataset != req.dataset)  # read once when both are one
             params["validation_dataset"] = req.validation_dataset
             used.append(req.validation_dataset)
         return used

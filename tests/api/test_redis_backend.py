@@ -363,6 +363,14 @@ def test_training_from_a_dataset_uploaded_to_another_replica(cluster):
     assert done["n_samples"] == 64 and done["model_version"] == 2
     evaluated = httpx.post(f"{b}/models/from-dataset/evaluate", json={"dataset": dataset_id}, timeout=10)
     assert evaluated.status_code == 200 and evaluated.json()["n_samples"] == 64
+    # targets the model's loss refuses (a label 2 for a sigmoid output): the job is refused as /evaluate refuses them
+    bad = httpx.post(f"{a}/datasets", content="x0,x1,label\n0,1,2\n1,0,0\n", headers={"content-type": "text/csv"},
+                     timeout=10).json()["dataset_id"]
+    evaluated = httpx.post(f"{b}/models/from-dataset/evaluate", json={"dataset": bad}, timeout=10)
+    assert evaluated.status_code == 422 and "must lie in [0, 1]" in evaluated.json()["detail"], evaluated.text
+    for body in ({"dataset": bad}, {"dataset": dataset_id, "validation_dataset": bad}):
+        refused = httpx.post(f"{b}/models/from-dataset/training-jobs", json=body, timeout=10)
+        assert refused.status_code == 422 and refused.json()["detail"].endswith(evaluated.json()["detail"].split(":", 1)[1])
     assert httpx.delete(f"{b}/datasets/{dataset_id}", timeout=10).status_code == 204
     assert httpx.get(f"{a}/datasets/{dataset_id}", timeout=10).status_code == 404
 

@@ -264,6 +264,62 @@ def test_bad_dataset_jobs(app, iris_id, wide_id, body, words):
     assert words in response.json()["detail"]
 
 
+@pytest.mark.parametrize("arrays, words", [
+    ({"inputs": np.ones((2, 4), np.float32), "targets": np.array([0.5, 1.0])},
+     "cross_entropy integer labels must be whole numbers in [0, 2]; received values from 0.5 to 1.0"),
+    ({"inputs": np.array([[1e39, 0, 0, 0], [0, 0, 0, 0]]), "targets": np.array([0, 1])},
+     "holds inputs too large for float32; scale them"),
+])
+def test_a_job_is_refused_at_submit_where_evaluate_refuses_the_dataset(app, iris_id, arrays, words):
+    """Width and target shape fit, the values do not: every use answers /evaluate's 422, none stores a job that fails
+    when it runs (a search's every trial failed; a training job failed)."""
+    dataset = created(upload(app, npz_bytes(**arrays), "application/x-npz"))["dataset_id"]
+    evaluated = app.post("/models/iris/evaluate", json={"dataset": dataset})
+    assert evaluated.status_code == 422 and words in evaluated.json()["detail"], evaluated.text
+    jobs_before, buffer_before = app.get("/jobs").json()["count"], app.get("/models/iris/samples").json()["buffer_size"]
+    for path, body, what in (("samples", {"dataset": dataset}, "dataset"),
+                             ("training-jobs", {"dataset": dataset}, "dataset"),
+                             ("training-jobs", {"dataset": iris_id, "validation_dataset": dataset}, "validation_dataset"),
+                             ("training-jobs", {"validation_dataset": dataset}, "validation_dataset"),
+                             ("search-jobs", {"dataset": dataset, "space": {"learning_rate": [0.01]}}, "dataset")):
+        response = app.post(f"/models/iris/{path}", json=body)
+        assert response.status_code == 422, (path, body, response.text)
+        assert response.json()["detail"] == evaluated.json()["detail"].replace("dataset", what, 1), (path, body)
+    assert app.get("/jobs").json()["count"] == jobs_before
+    assert app.get("/models/iris/samples").json()["buffer_size"] == buffer_before
+
+
+def test_targets_beyond_the_models_dtype_are_a_422_everywhere(app):
+    create(app, model_id="regressor", layer_sizes=[4, 1], activations=["linear"])
+    dataset = created(upload(app, npz_bytes(inputs=np.ones((2, 4)), targets=np.array([[1e39], [0.0]]))))["dataset_id"]
+    for path, body in (("evaluate", {"dataset": dataset}), ("samples", {"dataset": dataset}),
+                       ("training-jobs", {"dataset": dataset}), ("training-jobs", {"validation_dataset": dataset})):
+        response = app.post(f"/models/regressor/{path}", json=body)
+        assert response.status_code == 422 and "holds targets too large for float32" in response.json()["detail"], path
+
+
+def test_the_submit_check_reads_the_file_a_block_at_a_time_and_once(app, monkeypatch):
+    """A bad label in the last block is found (its message names the whole dataset's range); a job whose dataset is
+    also its validation_dataset reads the file once."""
+    import api.dataset_service
+    import api.datasets
+
+    monkeypatch.setattr(api.datasets, "CHUNK_BYTES", 64)  # 2 rows of 4 float64 inputs per block
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 1.5])
+    bad = created(upload(app, npz_bytes(inputs=np.ones((12, 4)), targets=labels), dtype="float64"))["dataset_id"]
+    response = app.post("/models/iris/training-jobs", json={"dataset": bad})
+    assert response.status_code == 422
+    assert "received values from 0.0 to 2.0" in response.json()["detail"]
+    reads, check = [], api.datasets.check_values
+    monkeypatch.setattr(api.dataset_service, "check_values", lambda *a: reads.append(a[3]) or check(*a))
+    good = created(upload(app, npz_bytes(inputs=np.ones((12, 4)), targets=labels.round() % 3), dtype="float64"))
+    response = app.post("/models/iris/training-jobs", json={"dataset": good["dataset_id"], "epochs": 1,
+                                                           "validation_dataset": good["dataset_id"]})
+    assert response.status_code == 202, response.text
+    assert reads == [f"dataset {good['dataset_id']!r}"]
+    wait_job(app, response.json()["job_id"])
+
+
 def test_search_on_a_dataset(app, iris_id):
     create(app, model_id="searched")
     response = app.post("/models/searched/search-jobs", json={
