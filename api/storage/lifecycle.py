@@ -16,7 +16,7 @@ none is left it ends, or with ``apply_best`` goes back to ``queued`` in stage "a
 claimed and finished like a training job.
 """
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -328,9 +328,10 @@ def record_checkpoint(tx: Tx, job_id: str, blob: bytes, info: dict, epochs_done:
 def finish(tx: Tx, job: JobRecord, status: str, now: float, *, blob: bytes | None = None, info: dict | None = None,
            use_checkpoint: bool = False, error: str | None = None) -> JobRecord:
     """Ends a job. The model (if it is still the one the job was made for) takes ``blob``, or with
-    ``use_checkpoint`` the last checkpoint, version += 1. Samples that changed the model are used up;
-    otherwise consumed ones go back to the buffer's front and copies are dropped. A search's trials
-    that had not ended are cancelled. Finishing an ended job changes nothing."""
+    ``use_checkpoint`` the last checkpoint, version += 1. A job whose model was deleted ends ``cancelled``
+    whatever status was asked (its training may have ended: nothing reached a model). Samples that changed
+    the model are used up; otherwise consumed ones go back to the buffer's front and copies are dropped. A
+    search's trials that had not ended are cancelled. Finishing an ended job changes nothing."""
     if job.status in TERMINAL:
         return job
     waited = job.status == BUFFERING
@@ -340,6 +341,8 @@ def finish(tx: Tx, job: JobRecord, status: str, now: float, *, blob: bytes | Non
         blob, info = tx.checkpoint(job.job_id) or (None, None)
     model = tx.model(job.model_id)
     same = model is not None and model.uid == job.model_uid
+    if not same:  # deleted (delete_model told the job to stop) and perhaps made again: another model
+        status, error = CANCELLED, "model deleted"
     job.model_version = None
     if blob is not None and same:
         job.model_version = model.version + 1
@@ -485,11 +488,3 @@ def release_trial(tx: Tx, job_id: str, index: int, now: float) -> None:
             tx.ready(job_id)
     settle(tx, job_id, now)
 
-
-def snapshot(value: Any) -> Any:
-    """For stores: a deep copy of a JSON-like value, so cached records and written ones never alias."""
-    if isinstance(value, dict):
-        return {k: snapshot(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [snapshot(v) for v in value]
-    return value

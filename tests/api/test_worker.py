@@ -271,6 +271,25 @@ def test_a_job_whose_checkpoint_covers_every_epoch_succeeds_with_it(open_store, 
     assert other.get_model("m").version == 2 and other.get_model("m").info["epochs_trained"] == 3
 
 
+def test_a_model_deleted_between_the_last_epoch_and_the_commit_ends_the_job_cancelled(open_store, tmp_path):
+    """Training has ended (progress 100%, final metrics written) when DELETE /models arrives; the job ended
+    "succeeded" with no model_version, which clients read as "the model has new weights"."""
+    store = open_store()
+    net = Network.from_layer_sizes([3, 6, 2], activations=["relu", "softmax"], seed=0)
+    job = start_job(store, net, {"epochs": 2})
+    finish_job = store.finish_job
+
+    def delete_first(job_id, status, **kwargs):
+        assert status == "succeeded" and store.get_job(job_id).progress["percent"] == 100.0
+        store.delete_model("m")
+        return finish_job(job_id, status, **kwargs)
+
+    store.finish_job = delete_first
+    done = run_job(store, job, settings(tmp_path), threading.Event())
+    assert (done.status, done.error, done.model_version) == ("cancelled", "model deleted", None)
+    assert store.get_job(job.job_id).status == "cancelled" and store.list_models(0, 10)[1] == 0
+
+
 @pytest.mark.parametrize("open_store", ["redis"], indirect=True)  # leases exist on the redis backend only
 def test_a_lease_lost_after_the_last_checkpoint_finishes_once(open_store, tmp_path):
     store = open_store(lease_seconds=0.5)

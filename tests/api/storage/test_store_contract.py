@@ -279,6 +279,33 @@ def test_requeue_and_delete(store):
     assert done.model_version is None and store.load_model("m")[0] == b"fresh"  # the new namesake is untouched
 
 
+def test_a_job_whose_model_was_deleted_ends_cancelled_even_when_its_training_had_ended(store):
+    """The model deleted after the last epoch, before the commit: the worker asks for "succeeded" (or "failed"), but
+    nothing reached a model, so the job ends "cancelled" with "model deleted", as one deleted mid-run does."""
+    for asked, kwargs in (("succeeded", {"blob": b"trained"}), ("failed", {"use_checkpoint": True, "error": "diverged"})):
+        store.create_model("m", b"b", {})
+        j = store.create_job(job("m"), *rows(2), max_buffer=0)
+        assert store.claim_job("w").job_id == j.job_id
+        store.save_checkpoint(j.job_id, b"ckpt", {}, 1, [], {})
+        assert store.delete_model("m") == [j.job_id] and store.get_job(j.job_id).status == "cancelling"
+        done = store.finish_job(j.job_id, asked, **kwargs)
+        assert (done.status, done.error, done.model_version) == ("cancelled", "model deleted", None), asked
+        assert store.load_checkpoint(j.job_id) is None
+    store.create_model("m", b"b", {})  # deleted and made again: the namesake is another model
+    j = store.create_job(job("m"), *rows(2), max_buffer=0)
+    store.claim_job("w")
+    store.delete_model("m")
+    store.create_model("m", b"fresh", {})
+    done = store.finish_job(j.job_id, "succeeded", blob=b"trained")
+    assert (done.status, done.model_version) == ("cancelled", None) and store.load_model("m")[0] == b"fresh"
+    store.create_model("n", b"b", {})  # a cancel (not a delete) after the last epoch: the commit happens, succeeded
+    j = store.create_job(job("n"), *rows(2), max_buffer=0)
+    store.claim_job("w")
+    store.cancel_job(j.job_id)
+    done = store.finish_job(j.job_id, "succeeded", blob=b"trained")
+    assert (done.status, done.model_version) == ("succeeded", 2) and store.load_model("n")[0] == b"trained"
+
+
 def test_concurrent_appends_lose_and_duplicate_nothing(store):
     store.create_model("m", b"b", {})
     errors = []
