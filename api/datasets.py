@@ -239,11 +239,23 @@ class DatasetStore:
         try:
             with open(self._folder(dataset_id) / "meta.json") as handle:
                 record = DatasetRecord(**json.load(handle))
-        except (FileNotFoundError, NotADirectoryError):
-            raise DatasetNotFound(dataset_id) from None
+        except (FileNotFoundError, NotADirectoryError, DatasetNotFound):
+            raise DatasetNotFound(dataset_id, self._named(dataset_id, owner)) from None
         if owner is not None and record.owner != owner:
             raise DatasetNotFound(dataset_id)
         return record
+
+    def _named(self, name: str, owner: str | None) -> list[str]:
+        """Ids of the datasets called ``name`` that ``owner`` may read: a 404's hint (it reads every record)."""
+        ids = []
+        for entry in sorted(self.root.iterdir()) if self.root.is_dir() else ():
+            try:
+                meta = json.loads((entry / "meta.json").read_text())
+            except (OSError, ValueError):
+                continue  # .tmp, or deleted meanwhile
+            if meta.get("name") == name and (owner is None or meta.get("owner") == owner):
+                ids.append(meta["dataset_id"])
+        return ids
 
     def page(self, offset: int, limit: int, owner: str | None = None) -> tuple[list[DatasetRecord], int]:
         records = []

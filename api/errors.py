@@ -46,9 +46,13 @@ class NoJobs(ServiceError):
 
 
 class DatasetNotFound(ServiceError):
-    def __init__(self, dataset_id: str):
-        super().__init__(f"dataset {dataset_id!r} does not exist; list datasets with GET /datasets or upload one "
-                         "with POST /datasets")
+    def __init__(self, dataset_id: str, named: list[str] | None = None):
+        if named:  # the caller gave a name (?name= of the upload) where an id belongs
+            super().__init__(f"dataset {dataset_id!r} does not exist; {dataset_id!r} is the name of dataset "
+                             f"{' and '.join(map(repr, named[:3]))}: give its dataset_id")
+        else:
+            super().__init__(f"dataset {dataset_id!r} does not exist; list datasets with GET /datasets or upload one "
+                             "with POST /datasets")
 
 
 class DatasetExists(ServiceError):

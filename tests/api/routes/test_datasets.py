@@ -156,6 +156,12 @@ def test_taken_id_and_unknown_id(app):
                              ("DELETE", f"/datasets/{dataset_id}")):
             response = app.request(method, path)
             assert response.status_code == 404 and "GET /datasets" in response.json()["detail"], (method, path)
+    # a name where the id belongs (the README's uploads give ?name=): the 404 says whose name it is
+    named = created(upload(app, IRIS_NPZ, name="flowers-data"))["dataset_id"]
+    for response in (app.get("/datasets/flowers-data"), app.post("/models/iris/evaluate", json={"dataset": "flowers-data"})):
+        assert response.status_code == 404, response.text
+        assert response.json()["detail"] == (f"dataset 'flowers-data' does not exist; 'flowers-data' is the name of dataset "
+                                             f"{named!r}: give its dataset_id")
 
 
 def test_size_and_row_limits(tmp_path):
