@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match
 
 from neural_net.errors import NeuralNetError
@@ -116,6 +117,8 @@ class LeaseLost(ServiceError):
     """A worker's lease on its job expired (backend=redis); another worker may own the job, so it writes nothing."""
 
 
+CLIENT_CLOSED = 499  # nginx's "client closed request": counted in /metrics apart from the server's own errors
+
 STATUS_BY_ERROR: dict[type[Exception], int] = {
     ModelNotFound: 404,
     ModelVersionNotFound: 404,
@@ -135,6 +138,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     StoreUnavailable: 503,
     TooManyStreams: 503,
     NeuralNetError: 422,  # ShapeError, UnknownNameError, NonFiniteError, ConfigError
+    ClientDisconnect: CLIENT_CLOSED,  # the client hung up while its body was read: nobody reads the answer
 }
 
 
@@ -165,6 +169,8 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     if status == 500:
         log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(request.url.path, 500, "internal error; the server log has the details")
+    if status == CLIENT_CLOSED:  # what it sent is dropped (uploads are removed); the answer goes nowhere
+        log.info("%s %s: the client closed the connection before its body was read", request.method, request.url.path)
     retry_after = getattr(exc, "retry_after", None)
     return error_response(request.url.path, status, str(exc),
                           headers={"Retry-After": str(retry_after)} if retry_after is not None else None)
@@ -309,5 +315,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(ServiceError, handle_error)
     app.add_exception_handler(NeuralNetError, handle_error)
+    app.add_exception_handler(ClientDisconnect, handle_error)  # not Exception's: Starlette re-raises those (a traceback)
     app.add_exception_handler(Exception, handle_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)

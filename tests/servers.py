@@ -17,15 +17,15 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def start_server(data_dir, timeout=30.0, root=ROOT, **env_overrides):
+def start_server(data_dir, timeout=30.0, root=ROOT, log=None, **env_overrides):
     """`python main.py` on a free loopback port; returns (url, process) once /health answers.
     NN_WORKERS defaults to 1; keyword arguments are further NN_* environment variables; `root` is the
-    checkout to run (benchmarks compare against another one)."""
+    checkout to run (benchmarks compare against another one); `log`: a file for its output (else dropped)."""
     port = free_port()
     env = {**os.environ, "NN_PORT": str(port), "NN_DATA_DIR": str(data_dir), "NN_WORKERS": "1",
            **{key: str(value) for key, value in env_overrides.items()}}
     process = subprocess.Popen([sys.executable, "main.py"], cwd=root, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT if log else subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     return url, wait_until_healthy(url, process, timeout)
 

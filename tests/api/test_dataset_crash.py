@@ -74,3 +74,37 @@ def test_an_unwritable_dataset_folder_answers_503_and_the_service_still_runs(tmp
         response = client.post("/datasets", json={"inputs": [[1.0]], "targets": [0]})
         assert response.status_code == 503 and "NN_DATASET_DIR" in response.json()["detail"]
         assert client.delete("/datasets/x").status_code == 404
+
+
+def test_a_client_that_hangs_up_mid_body_is_a_499_without_a_traceback(tmp_path):
+    """Half of the declared body, then the connection closed: counted as a 500 with two ERROR tracebacks (70 lines
+    each) on every route that reads a body; it is the client's doing, so 499 and one INFO line."""
+    from tests.api.conftest import IRIS
+
+    log = open(tmp_path / "server.log", "wb")
+    url, process = start_server(tmp_path / "data", log=log, NN_WORKERS=0)
+    try:
+        assert httpx.post(f"{url}/models", json=IRIS).status_code == 201
+        port = int(url.rsplit(":", 1)[1])
+        bodies = [("/datasets", "application/x-npz", _npz(2000)), ("/models/iris/samples", "text/csv", b"a,b,c,d,t\n1,2,3,4,0\n" * 999),
+                  ("/models/iris/samples", "application/json", b'{"inputs": [' + b"[1, 2, 3, 4], " * 999),
+                  ("/models", "application/json", b'{"model_id": "m", "layer_sizes": [4, 3], "activations": ["softmax"]} ' * 99),
+                  ("/v2/models/iris/infer", "application/json", b'{"inputs": [{"name": "input", "shape": [1, 4]' + b" " * 9999)]
+        for path, media, body in bodies:
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {media}\r\nContent-Length: {len(body)}\r\n"
+                             f"\r\n".encode() + body[:len(body) // 2])
+                time.sleep(0.2)  # the server reads what came, then waits for the rest
+        counted = wait_for(lambda: "".join(line for line in httpx.get(f"{url}/metrics").text.splitlines(True)
+                                           if line.startswith("nn_http_requests_total")),
+                           lambda text: text.count('status="499"') == 4 or 'status="500"' in text, timeout=30)
+        for route in ("/datasets", "/models/{model_id}/samples", "/models", "/v2/models/{model_id}/infer"):
+            assert f'route="{route}",status="499"' in counted, route
+        assert 'status="500"' not in counted and 'route="/models/{model_id}/samples",status="499"} 2.0' in counted
+        assert not list((tmp_path / "data" / "datasets" / ".tmp").iterdir())  # the uploads were removed
+    finally:
+        stop_server(process)
+        log.close()
+    text = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in text and "ERROR" not in text, text
+    assert text.count("the client closed the connection before its body was read") == 5
