@@ -4,91 +4,147 @@ with ``inputs`` (n, features), float32 or float64, and ``targets`` (n,) or (n, k
 Every reader works from a file on disk and in chunks, so memory stays near one copy of the data (or
 less); bad content raises ``InvalidInput`` naming the array, row and column. An NPZ that already has
 that form is kept as uploaded (no second copy is written); its uncompressed members are memory-mapped.
+Of an uploaded NPZ only the members used are read, and only after their headers are checked against the
+limits; a deflated one is decompressed a chunk at a time to a file beside the output (a small NPZ can
+hold gigabytes of zeros). CSV syntax lives in api/csv_rows.py.
 """
 
-import csv
 import io
 import json
-import os
+import math
 import struct
 import zipfile
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from api import csv_rows
 from api.errors import InvalidInput, PayloadTooLarge
-from api.npz_writer import CHUNK_BYTES, NpzWriter, rows_per_chunk
+from api.npz_writer import NpzWriter, rows_per_chunk
 
 FORMATS = ("npz", "csv", "json")
-CSV_BLOCK = 2 * 1024 * 1024  # bytes of CSV text parsed at a time
-PARSE_THREADS = min(4, os.cpu_count() or 1)  # blocks parsed at once
 INPUT_DTYPES = ("<f4", "<f8")
 TARGET_DTYPES = ("<i8", "<f4", "<f8")
 MAX_CLASSES = 1000  # integer targets with at most this many distinct values are summarised as classes
-_POW10 = np.array([10.0 ** i for i in range(40)])
+MAX_NPY_HEADER = 10_000  # bytes; numpy's own bound on a .npy header
+INFLATE_BYTES = 1 << 20  # of a deflated NPZ member decompressed at a time
 
 
 # -- the stored form ---------------------------------------------------------------------------------
-def _member_array(path: Path, archive: zipfile.ZipFile, name: str) -> np.ndarray:
-    """One array of an NPZ: memory-mapped when stored uncompressed, else read (decompressed) into memory."""
-    info = archive.getinfo(name)
-    if info.compress_type != zipfile.ZIP_STORED:
-        with archive.open(info) as handle:
-            return np.lib.format.read_array(handle, allow_pickle=False)
-    with open(path, "rb") as handle:
-        handle.seek(info.header_offset)
-        local = handle.read(30)
-        if len(local) < 30 or local[:4] != b"PK\x03\x04":
-            raise InvalidInput(f"{name}: damaged zip entry; the NPZ file is truncated or corrupt")
-        name_length, extra_length = struct.unpack("<HH", local[26:30])
-        start = info.header_offset + 30 + name_length + extra_length
-        handle.seek(start)
-        version = np.lib.format.read_magic(handle)
-        if version not in ((1, 0), (2, 0)):  # 3.0 (unicode field names): read it whole
-            with archive.open(info) as member:
-                return np.lib.format.read_array(member, allow_pickle=False)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(handle)
-        offset = handle.tell()
+@dataclass
+class _Member:
+    """A .npy member of an NPZ whose header alone has been read."""
+    name: str  # without .npy
+    info: zipfile.ZipInfo
+    shape: tuple
+    fortran: bool
+    dtype: np.dtype
+    offset: int  # of its data: in the file when stored, in the member when deflated
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _npy_header(handle) -> tuple[tuple, bool, np.dtype, int]:
+    """(shape, fortran order, dtype, header bytes) of the .npy stream at ``handle``, reading its header and
+    nothing more (numpy's own reader reads a header of any declared length before it checks it)."""
+    prefix = handle.read(10)
+    if len(prefix) < 10 or prefix[:6] != b"\x93NUMPY" or prefix[6:8] not in (b"\x01\x00", b"\x02\x00"):
+        raise ValueError("not a .npy array of format 1.0 or 2.0; save it with numpy.savez")
+    if prefix[6] == 2:
+        prefix += handle.read(2)
+    length = struct.unpack("<H" if prefix[6] == 1 else "<I", prefix[8:])[0]
+    if length > MAX_NPY_HEADER:
+        raise ValueError(f"its header is {length} bytes long")
+    stream = io.BytesIO(prefix + handle.read(length))
+    version = np.lib.format.read_magic(stream)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(stream)
     if dtype.hasobject:
         raise ValueError("holds Python objects")
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if offset - start + size > info.file_size:
-        raise InvalidInput(f"{name}: its header promises {size} bytes of data that are not there; the NPZ file is "
-                           "truncated or corrupt")
-    if size == 0:
-        return np.zeros(shape, dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"its header gives it the shape {shape}")
+    return shape, fortran, dtype, len(prefix) + length
 
 
-def open_npz(path: Path) -> tuple[dict[str, np.ndarray], zipfile.ZipFile]:
-    """Every array of an NPZ file by name (``x.npy`` -> ``x``), memory-mapped where possible."""
+def _member(path: Path, archive: zipfile.ZipFile, name: str) -> _Member:
+    """The header of member ``name`` (x.npy), checked against the member's size; its data is not read."""
+    info = archive.getinfo(name)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise InvalidInput(f"array {name[:-4]!r} of the NPZ file is compressed with method {info.compress_type}; "
+                           "save the file with numpy.savez or numpy.savez_compressed")
     try:
-        archive = zipfile.ZipFile(path)
+        if info.compress_type == zipfile.ZIP_DEFLATED:
+            with archive.open(info) as handle:
+                shape, fortran, dtype, offset = _npy_header(handle)
+            start = 0
+        else:
+            with open(path, "rb") as handle:
+                handle.seek(info.header_offset)
+                local = handle.read(30)
+                if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                    raise InvalidInput(f"{name}: damaged zip entry; the NPZ file is truncated or corrupt")
+                name_length, extra_length = struct.unpack("<HH", local[26:30])
+                start = info.header_offset + 30 + name_length + extra_length
+                handle.seek(start)
+                shape, fortran, dtype, length = _npy_header(handle)
+                offset = start + length
+    except InvalidInput:
+        raise
+    except Exception as exc:  # a bad header, a truncated member, pickled objects, ...
+        raise InvalidInput(f"array {name[:-4]!r} of the NPZ file cannot be read: {exc}") from None
+    member = _Member(name[:-4], info, shape, fortran, dtype, offset)
+    if offset - start + member.nbytes > info.file_size:
+        raise InvalidInput(f"array {member.name!r} of the NPZ file: its header promises {member.nbytes} bytes of data "
+                           "that are not there; the file is truncated or corrupt")
+    return member
+
+
+def _member_array(path: Path, archive: zipfile.ZipFile, member: _Member, scratch: Path | None) -> np.ndarray:
+    """A member's array: memory-mapped when stored uncompressed; a deflated one is decompressed a chunk at a time
+    into ``scratch``/member-<name>.npy, then mapped (so memory holds one chunk, whatever the array's size)."""
+    if member.nbytes == 0:
+        return np.zeros(member.shape, member.dtype)
+    if member.info.compress_type == zipfile.ZIP_STORED:
+        return np.memmap(path, dtype=member.dtype, mode="r", offset=member.offset, shape=member.shape,
+                         order="F" if member.fortran else "C")
+    if scratch is None:
+        raise InvalidInput(f"array {member.name!r} is compressed; a stored dataset's arrays are not")
+    copy = scratch / f"member-{member.name}.npy"
+    left = member.offset + member.nbytes  # header and data: what its header promises, and no more
+    try:
+        with archive.open(member.info) as handle, open(copy, "wb") as out:
+            while left:
+                chunk = handle.read(min(left, INFLATE_BYTES))
+                if not chunk:
+                    raise ValueError("the member ends early")
+                out.write(chunk)
+                left -= len(chunk)
+            if handle.read(1):
+                raise ValueError(f"it holds more than the {member.nbytes} bytes its header promises")
+    except (ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise InvalidInput(f"array {member.name!r} of the NPZ file cannot be read: {exc}; the file is truncated "
+                           "or corrupt") from None
+    return np.load(copy, mmap_mode="r", allow_pickle=False)
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise InvalidInput(f"not a readable NPZ (zip) file: {exc}; the file may be truncated. Save it with "
                            "numpy.savez(path, inputs=..., targets=...)") from None
-    arrays = {}
-    for name in archive.namelist():
-        if not name.endswith(".npy"):
-            continue
-        try:
-            arrays[name[:-4]] = _member_array(path, archive, name)
-        except InvalidInput:
-            raise
-        except Exception as exc:  # a bad header, a truncated member, pickled objects, ...
-            raise InvalidInput(f"array {name[:-4]!r} of the NPZ file cannot be read: {exc}") from None
-    return arrays, archive
 
 
 def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The (memory-mapped) inputs and targets of a stored dataset."""
-    arrays, archive = open_npz(path)
-    archive.close()
-    return arrays["inputs"], arrays["targets"]
+    with _open_zip(path) as archive:
+        return tuple(_member_array(path, archive, _member(path, archive, f"{name}.npy"), None)
+                     for name in ("inputs", "targets"))
 
 
 # -- checks and summaries ----------------------------------------------------------------------------
@@ -166,31 +222,48 @@ def describe(path: Path) -> dict:
 
 
 # -- NPZ --------------------------------------------------------------------------------------------
-def _pick(arrays: dict[str, np.ndarray], names: tuple[str, str]) -> np.ndarray:
+def _pick(archive: zipfile.ZipFile, names: tuple[str, str]) -> str:
+    held = [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
     for name in names:
-        if name in arrays:
-            return arrays[name]
-    found = ", ".join(sorted(arrays)) or "none"
+        if name in held:
+            return f"{name}.npy"
+    found = ", ".join(sorted(held)) or "none"
     raise InvalidInput(f"the NPZ file has no array {names[0]!r} (or {names[1]!r}); it holds: {found}. Save it with "
                        "numpy.savez(path, inputs=..., targets=...)")
 
 
-def is_stored_form(arrays: dict[str, np.ndarray], archive: zipfile.ZipFile) -> bool:
+def _check_limits(members: list[_Member], max_rows: int, max_bytes: int | None) -> None:
+    """Rows and uncompressed bytes from the members' headers, before any data is read."""
+    for member in members:
+        if member.shape and member.shape[0] > max_rows:
+            raise PayloadTooLarge(f"array {member.name!r} of the NPZ file has {member.shape[0]} rows; a dataset holds "
+                                  f"at most {max_rows} samples (NN_MAX_DATASET_ROWS)")
+    if max_bytes is not None and sum(m.nbytes for m in members) > max_bytes:
+        big = max(members, key=lambda m: m.nbytes)
+        raise PayloadTooLarge(f"array {big.name!r} of the NPZ file is {big.nbytes} bytes uncompressed (shape "
+                              f"{big.shape}, {big.dtype}); a dataset's arrays hold at most {max_bytes} bytes "
+                              "(NN_MAX_DATASET_BYTES): split the data into several datasets")
+
+
+def is_stored_form(inputs: np.ndarray, targets: np.ndarray, archive: zipfile.ZipFile) -> bool:
     infos = {i.filename: i for i in archive.infolist()}
     if set(infos) != {"inputs.npy", "targets.npy"} or any(i.compress_type != zipfile.ZIP_STORED for i in infos.values()):
         return False
-    inputs, targets = arrays["inputs"], arrays["targets"]
     return (inputs.dtype.str in INPUT_DTYPES and targets.dtype.str in TARGET_DTYPES and inputs.flags.c_contiguous
             and targets.flags.c_contiguous and (targets.dtype.kind != "f" or targets.dtype == inputs.dtype))
 
 
-def convert_npz(source: Path, dest: Path, max_rows: int, dtype: str | None = None) -> str | None:
+def convert_npz(source: Path, dest: Path, max_rows: int, dtype: str | None = None, max_bytes: int | None = None) -> str | None:
     """Checks an uploaded NPZ; writes the stored form to ``dest`` unless the upload already is in it
-    (and no other dtype is asked for). Returns the SHA-256 of ``dest`` when it was written, else None."""
-    arrays, archive = open_npz(source)
-    with archive:
-        inputs, targets = check_arrays(_pick(arrays, ("inputs", "x")), _pick(arrays, ("targets", "y")), max_rows)
-        if is_stored_form(arrays, archive) and (dtype is None or np.dtype(dtype) == inputs.dtype):
+    (and no other dtype is asked for). Returns the SHA-256 of ``dest`` when it was written, else None.
+    Only the members used are read (inputs and targets, or x and y), after their headers are checked against
+    ``max_rows`` and ``max_bytes`` (their uncompressed total); deflated ones are decompressed beside ``dest``."""
+    with _open_zip(source) as archive:
+        members = [_member(source, archive, _pick(archive, names)) for names in (("inputs", "x"), ("targets", "y"))]
+        _check_limits(members, max_rows, max_bytes)
+        arrays = [_member_array(source, archive, member, dest.parent) for member in members]
+        inputs, targets = check_arrays(*arrays, max_rows)
+        if is_stored_form(inputs, targets, archive) and (dtype is None or np.dtype(dtype) == inputs.dtype):
             return None
         return write_arrays(dest, inputs, targets, dtype)
 
@@ -250,171 +323,12 @@ def convert_json(source: Path, dest: Path, max_rows: int, dtype: str | None = No
 
 
 # -- CSV --------------------------------------------------------------------------------------------
-def _fast_block(block: bytes, n_columns: int) -> np.ndarray | None:
-    """Plain decimal numbers ([-]digits[.digits]) separated by ',' and '\\n', parsed with whole-array
-    NumPy operations (several times faster than numpy.loadtxt); None when anything else is in the block."""
-    b = np.frombuffer(block, np.uint8)
-    is_newline = b == 10
-    ends = np.flatnonzero(is_newline | (b == 44))
-    n_fields = len(ends)
-    n_rows = block.count(b"\n")
-    if n_fields == 0 or n_fields != n_rows * n_columns:
-        return None
-    if not np.array_equal(np.searchsorted(ends, np.flatnonzero(is_newline)),
-                          np.arange(n_columns - 1, n_fields, n_columns)):
-        return None  # ragged rows that happen to add up: the slow path names them
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    lengths = ends - starts
-    longest = int(lengths.max())
-    if lengths.min() == 0 or longest > 30:
-        return None
-    value = None  # set by the first character of every field
-    digits_after_dot = None
-    negative = None
-    dot_seen = np.zeros(n_fields, bool)
-    active = None  # None: every field
-    for j in range(longest):
-        if j:
-            active = np.flatnonzero(lengths > j) if active is None else active[lengths[active] > j]
-            chars = b[starts[active] + j]
-        else:
-            chars = b[starts]
-        digit = chars - np.uint8(48)
-        is_digit = digit < 10
-        if is_digit.all():
-            if value is None:
-                value = digit.astype(np.float64)
-            elif active is None:
-                value *= 10
-                value += digit
-            else:
-                value[active] = value[active] * 10 + digit
-            continue
-        odd = np.flatnonzero(~is_digit)
-        fields = odd if active is None else active[odd]
-        odd_chars = chars[odd]
-        if j == 0 and (odd_chars == 45).all() and negative is None:
-            negative = fields  # a leading minus
-        elif (odd_chars == 46).all() and not dot_seen[fields].any():
-            dot_seen[fields] = True
-            digits_after_dot = digits_after_dot if digits_after_dot is not None else np.zeros(n_fields, np.int64)
-            digits_after_dot[fields] = lengths[fields] - 1 - j
-        else:
-            return None
-        digit[odd] = 0
-        kept = np.where(is_digit, 10.0, 1.0)
-        if value is None:
-            value = digit.astype(np.float64)
-        elif active is None:
-            value = value * kept + digit
-        else:
-            value[active] = value[active] * kept + digit
-    if digits_after_dot is not None:
-        value /= _POW10[digits_after_dot]
-    if negative is not None:
-        if (lengths[negative] == 1).any():
-            return None  # a lone '-'
-        value[negative] = -value[negative]
-    return value.reshape(-1, n_columns)
-
-
-def _slow_block(block: bytes, n_columns: int, first_line: int, columns: list[str]) -> np.ndarray:
-    """Anything the fast path does not take (quotes, spaces, exponents, CRLF), or the exact bad cell."""
-    try:
-        if b"\n\n" in block or block.startswith(b"\n"):
-            raise ValueError("an empty line")  # loadtxt would skip it; the loop below names it
-        return np.loadtxt(io.BytesIO(block), delimiter=",", dtype=np.float64, ndmin=2, comments=None,
-                          encoding="utf-8").reshape(-1, n_columns)
-    except (ValueError, UnicodeDecodeError):
-        pass
-    rows = []
-    for offset, raw in enumerate(block.split(b"\n")[:-1] if block.endswith(b"\n") else block.split(b"\n")):
-        line = first_line + offset
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput(f"line {line} is not UTF-8 text; save the CSV file as UTF-8") from None
-        if not text.strip():
-            raise InvalidInput(f"line {line} is empty; remove empty lines from the CSV file")
-        cells = next(csv.reader([text]))
-        if len(cells) != n_columns:
-            raise InvalidInput(f"line {line} has {len(cells)} values but the header names {n_columns} columns")
-        row = []
-        for name, cell in zip(columns, cells):
-            try:
-                row.append(float(cell))
-            except ValueError:
-                raise InvalidInput(f"line {line}, column {name!r}: {cell[:40]!r} is not a number") from None
-        rows.append(row)
-    return np.array(rows, dtype=np.float64).reshape(-1, n_columns)
-
-
-def _blocks(handle, size: int, end: int) -> Iterator[bytes]:
-    """The file up to byte ``end`` in blocks that end at a line end (the last one gets its line end)."""
-    rest = b""
-    while handle.tell() < end:
-        data = rest + handle.read(min(size, end - handle.tell()))
-        cut = data.rfind(b"\n") + 1
-        rest = data[cut:]
-        if cut:
-            yield data[:cut]
-    if rest:
-        yield rest + b"\n"
-
-
-def _count_rows(path: Path, header_end: int) -> tuple[int, int]:
-    """(data lines after the header, where the last one ends), ignoring blank lines at the end of the file."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        handle.seek(max(header_end, size - 65536))
-        tail = handle.read()
-        end = size - (len(tail) - len(tail.rstrip(b"\r\n \t")))
-        if end <= header_end:
-            return 0, end
-        handle.seek(header_end)
-        count = 0
-        while handle.tell() < end:
-            count += handle.read(min(CHUNK_BYTES, end - handle.tell())).count(b"\n")
-    return count + 1, end
-
-
-def _numbered(blocks: Iterator[bytes], line: int) -> Iterator[tuple[bytes, int]]:
-    """Each block with the file line it starts on."""
-    for block in blocks:
-        yield block, line
-        line += block.count(b"\n")
-
-
-def _in_threads(function, items: Iterator[tuple], workers: int = PARSE_THREADS) -> Iterator:
-    """``function(*item)`` for each item, in order, ``workers`` at a time (NumPy releases the GIL in the
-    parser's array operations), holding at most ``workers + 1`` blocks in memory."""
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(function, *item))
-            if len(pending) > workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 def convert_csv(source: Path, dest: Path, max_rows: int, target_columns: list[str] | None = None,
                 dtype: str | None = None) -> str:
     """A CSV file with a header row; the target column(s) by name (default: the last column). Returns the
     SHA-256 of the stored form written to ``dest``."""
-    with open(source, "rb") as handle:
-        first = handle.readline(1 << 20)
-        header_end = handle.tell()
-    try:
-        header = first.decode("utf-8-sig").rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise InvalidInput("line 1 (the header) is not UTF-8 text; save the CSV file as UTF-8") from None
-    columns = next(csv.reader([header]), [])
-    if len(columns) < 2 or not first.endswith(b"\n"):
-        raise InvalidInput("a CSV dataset needs a header row naming at least two columns (features and a target), "
-                           "then one line per sample")
+    header = csv_rows.read_header(source)
+    columns = header.columns
     targets = target_columns or [columns[-1]]
     missing = [name for name in targets if name not in columns]
     if missing:
@@ -424,7 +338,7 @@ def convert_csv(source: Path, dest: Path, max_rows: int, target_columns: list[st
     feature_index = [i for i in range(len(columns)) if i not in target_index]
     if not feature_index:
         raise InvalidInput("every column is a target; leave at least one feature column")
-    n, end = _count_rows(source, header_end)
+    n, end = csv_rows.count_rows(source, header)
     if n == 0:
         raise InvalidInput("the CSV file has a header but no data lines")
     if n > max_rows:
@@ -435,32 +349,21 @@ def convert_csv(source: Path, dest: Path, max_rows: int, target_columns: list[st
     done = 0
 
     def parse(block: bytes, first_line: int) -> tuple[np.ndarray, np.ndarray]:
-        if b"\r" in block:
-            block = block.replace(b"\r\n", b"\n")
-        rows = _fast_block(block, len(columns))
-        if rows is None:
-            rows = _slow_block(block, len(columns), first_line, columns)
-        if not np.isfinite(rows).all():
-            index = np.argwhere(~np.isfinite(rows))[0]
-            raise InvalidInput(f"line {first_line + int(index[0])}, column {columns[int(index[1])]!r} is "
-                               f"{rows[tuple(index)]}: datasets must hold finite numbers")
+        rows = csv_rows.parse_block(block, first_line, header)
         inputs = rows[:, :len(feature_index)] if contiguous else rows[:, feature_index]
         with np.errstate(over="ignore"):
             return inputs.astype(input_dtype), rows[:, target_index]
 
     def input_chunks() -> Iterator[np.ndarray]:
         nonlocal done
-        with open(source, "rb") as handle:
-            handle.seek(header_end)
-            line = 2
-            for inputs, targets in _in_threads(parse, _numbered(_blocks(handle, CSV_BLOCK, end), line)):
-                if done + len(inputs) > n:
-                    raise InvalidInput(f"line {line + n - done} is empty; remove empty lines from the CSV file")
-                if not np.isfinite(inputs).all():
-                    raise InvalidInput(f"inputs too large for {input_dtype.name} near line {line}; scale them")
-                target_values[done:done + len(inputs)] = targets
-                done += len(inputs)
-                yield inputs
+        for inputs, targets in csv_rows.in_threads(parse, csv_rows.blocks(source, header, end)):
+            if done + len(inputs) > n:
+                raise InvalidInput(f"line {2 + n - done} is empty; remove empty lines from the CSV file")
+            if not np.isfinite(inputs).all():
+                raise InvalidInput(f"inputs too large for {input_dtype.name} near line {2 + done}; scale them")
+            target_values[done:done + len(inputs)] = targets
+            done += len(inputs)
+            yield inputs
 
     writer = NpzWriter(dest)
     try:

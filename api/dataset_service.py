@@ -49,7 +49,8 @@ class DatasetService:
             raise PayloadTooLarge(f"a JSON dataset is for small data: at most {self.settings.max_request_bytes} bytes "
                                   "(NN_MAX_REQUEST_BYTES); upload larger data as NPZ or CSV")
         data, digest = self.files.convert(folder, upload.path, fmt, targets=targets, dtype=dtype,
-                                          max_rows=self.settings.max_dataset_rows)
+                                          max_rows=self.settings.max_dataset_rows,
+                                          max_bytes=self.settings.max_dataset_bytes)
         return data, digest or upload.sha256, fmt  # the upload's hash when it is kept as the stored form
 
     async def create(self, body: AsyncIterator[bytes], content_type: str, content_length: str | None, *,

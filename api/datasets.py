@@ -192,12 +192,12 @@ class DatasetStore:
         shutil.rmtree(folder, ignore_errors=True)
 
     def convert(self, folder: Path, upload: Path, fmt: str, *, targets: list[str] | None, dtype: str | None,
-                max_rows: int) -> tuple[Path, str | None]:
+                max_rows: int, max_bytes: int) -> tuple[Path, str | None]:
         """The stored form of an upload (in ``folder``), and its SHA-256 when the converter wrote it (hashed
         while written); None when the stored form is the upload itself (it had that form)."""
         data = folder / "data.npz"
         if fmt == "npz":
-            digest = formats.convert_npz(upload, data, max_rows, dtype)
+            digest = formats.convert_npz(upload, data, max_rows, dtype, max_bytes)
             if digest is None:
                 upload.rename(data)
         elif fmt == "csv":

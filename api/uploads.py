@@ -56,8 +56,9 @@ class _Sink:
             boundary = options.get(b"boundary")
             if not boundary:
                 raise InvalidInput("a multipart/form-data body needs a boundary in its Content-Type")
+            self.boundary = boundary.decode("latin-1")[:80]
             self.hint = None
-            self.found = False
+            self.found = self.ended = False
             self.in_file = False
             self.headers: dict[bytes, bytes] = {}
             self.field = self.value = b""
@@ -65,7 +66,7 @@ class _Sink:
                 "on_part_begin": self._part_begin, "on_header_field": self._header_field,
                 "on_header_value": self._header_value, "on_header_end": self._header_end,
                 "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
-                "on_part_end": self._part_end})
+                "on_part_end": self._part_end, "on_end": self._end})
 
     # multipart callbacks
     def _part_begin(self) -> None:
@@ -97,6 +98,9 @@ class _Sink:
     def _part_end(self) -> None:
         self.in_file = False
 
+    def _end(self) -> None:
+        self.ended = True
+
     def _may_be_kept(self) -> bool:
         """Only an NPZ upload can be kept as uploaded, so only then is its hash the dataset's."""
         return (self.asked or self.hint) not in ("csv", "json")
@@ -119,7 +123,10 @@ class _Sink:
     def finish(self) -> None:
         try:
             if self.parser is not None:
-                self.parser.finalize()
+                self.parser.finalize()  # says nothing of a body cut short: the closing boundary does
+                if not self.ended:
+                    raise InvalidInput("the multipart/form-data body is truncated: it has no closing boundary "
+                                       f"(--{self.boundary}--), so the file may be cut short; send the whole body again")
                 if not self.found:
                     raise InvalidInput("the multipart/form-data body has no field named `file`; send the file as "
                                        "-F file=@data.npz (curl) or with the file button of /docs")

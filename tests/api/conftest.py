@@ -1,9 +1,12 @@
 """Fixtures of the service tests: apps on a temporary data dir, and polling with deadlines."""
 
 import time
+import tracemalloc
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -114,3 +117,33 @@ def run_queued(client, worker_id: str = "test-worker") -> list[dict]:
     while (job := store.claim_job(worker_id)) is not None:
         done.append(run_job(store, job, settings, threading.Event()))
     return [client.get(f"/jobs/{j.job_id}").json() for j in done]
+
+
+def npz_with_zeros(path, members: dict, level: int = 1) -> None:
+    """An NPZ of deflated members, each ``name: array`` or ``name: (shape, dtype)`` of zeros, written 4 MB at a
+    time: a 1 MB file that holds hundreds of MB."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as archive:
+        for name, spec in members.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as handle:
+                if isinstance(spec, np.ndarray):
+                    np.lib.format.write_array(handle, spec)
+                    continue
+                shape, dtype = spec
+                np.lib.format.write_array_header_1_0(handle, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                                                              "shape": shape})
+                left = int(np.prod(shape)) * np.dtype(dtype).itemsize
+                zeros = bytes(4 << 20)
+                while left:
+                    handle.write(zeros[:min(left, len(zeros))])
+                    left -= min(left, len(zeros))
+
+
+def peak_bytes(function, *args, **kwargs):
+    """``function(*args, **kwargs)`` and the most memory this process held at once while it ran, in every thread
+    (NumPy's arrays included: they are traced)."""
+    tracemalloc.start()
+    try:
+        result = function(*args, **kwargs)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

@@ -2,11 +2,15 @@
 memory-mapped by the service, and kept byte for byte when uploaded again."""
 
 import hashlib
+import io
 import zipfile
 
 import numpy as np
+import pytest
 
 from api import dataset_formats as formats
+from api.errors import InvalidInput, PayloadTooLarge
+from tests.api.conftest import npz_with_zeros, peak_bytes
 
 
 def write_csv(path, rows) -> None:
@@ -42,3 +46,56 @@ def test_json_and_converted_npz_return_the_sha256_of_what_they_wrote(tmp_path):
     np.savez_compressed(tmp_path / "c.npz", x=np.ones((3, 2)), y=np.zeros(3))
     digest = formats.convert_npz(tmp_path / "c.npz", tmp_path / "n.npz", 10)
     assert digest == hashlib.sha256((tmp_path / "n.npz").read_bytes()).hexdigest()
+
+
+# -- uploads that hold much more than they weigh --------------------------------------------------------
+def test_an_npz_member_never_used_is_never_read(tmp_path):
+    """A 1 MB upload whose member junk.npy holds 200 MB of zeros: it was decompressed into memory."""
+    npz_with_zeros(tmp_path / "bomb.npz", {"inputs": np.ones((1000, 4), np.float32), "targets": np.zeros(1000, np.int64),
+                                           "junk": ((50_000_000,), "<f4")})
+    assert (tmp_path / "bomb.npz").stat().st_size < 2_000_000
+    digest, peak = peak_bytes(formats.convert_npz, tmp_path / "bomb.npz", tmp_path / "out.npz", 10_000)
+    assert digest == hashlib.sha256((tmp_path / "out.npz").read_bytes()).hexdigest()
+    inputs, targets = formats.load(tmp_path / "out.npz")
+    assert inputs.shape == (1000, 4) and targets.shape == (1000,)
+    assert peak < 16_000_000, peak
+
+
+def test_a_deflated_member_is_decompressed_in_chunks_to_the_disk(tmp_path):
+    npz_with_zeros(tmp_path / "big.npz", {"inputs": ((500_000, 50), "<f4"), "targets": ((500_000,), "<i8")})
+    digest, peak = peak_bytes(formats.convert_npz, tmp_path / "big.npz", tmp_path / "out.npz", 10**6)
+    assert digest is not None and formats.describe(tmp_path / "out.npz")["n_samples"] == 500_000
+    assert peak < 16_000_000, peak  # the inputs alone are 100 MB
+
+
+@pytest.mark.parametrize("members, limits, words", [
+    ({"inputs": ((25_000, 100), "<f8"), "targets": ((25_000,), "<i8")}, (10**6, 10**7),
+     "array 'inputs' of the NPZ file is 20000000 bytes uncompressed (shape (25000, 100), float64); a dataset's "
+     "arrays hold at most 10000000 bytes (NN_MAX_DATASET_BYTES): split the data into several datasets"),
+    ({"x": ((2_000_000, 1), "<f4"), "y": ((2_000_000,), "<i8")}, (10**6, 2**31),
+     "array 'x' of the NPZ file has 2000000 rows; a dataset holds at most 1000000 samples (NN_MAX_DATASET_ROWS)"),
+])
+def test_members_over_the_limits_are_refused_from_their_headers(tmp_path, members, limits, words):
+    npz_with_zeros(tmp_path / "big.npz", members)
+    with pytest.raises(PayloadTooLarge) as refused:
+        formats.convert_npz(tmp_path / "big.npz", tmp_path / "out.npz", limits[0], max_bytes=limits[1])
+    assert str(refused.value) == words
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npz"]  # nothing was decompressed
+
+
+@pytest.mark.parametrize("extra, words", [
+    (bytes(1000), "array 'inputs' of the NPZ file cannot be read: it holds more than the 80 bytes its header promises"),
+    (-8, "array 'inputs' of the NPZ file: its header promises 80 bytes of data that are not there"),
+])
+def test_a_deflated_member_longer_or_shorter_than_its_header_is_refused(tmp_path, extra, words):
+    with zipfile.ZipFile(tmp_path / "bad.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, array in (("inputs", np.ones((10, 2), np.float32)), ("targets", np.zeros(10, np.int64))):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, array)
+            data = buffer.getvalue()
+            if name == "inputs":
+                data = data + extra if isinstance(extra, bytes) else data[:extra]
+            archive.writestr(f"{name}.npy", data)
+    with pytest.raises(InvalidInput) as refused:
+        formats.convert_npz(tmp_path / "bad.npz", tmp_path / "out.npz", 100)
+    assert str(refused.value).startswith(words)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.api.conftest import IRIS as IRIS_MODEL, X4, Y3, create, running_app, wait_job
+from tests.api.conftest import IRIS as IRIS_MODEL, X4, Y3, create, npz_with_zeros, peak_bytes, running_app, wait_job
 
 HEADER = b"sepal_length,sepal_width,petal_length,petal_width,species\n"
 IRIS_CSV = HEADER + b"".join(b",".join(str(v).encode() for v in x + [y]) + b"\n" for x, y in zip(X4, Y3))
@@ -21,6 +21,9 @@ def npz_bytes(compressed: bool = False, **arrays) -> bytes:
 
 
 IRIS_NPZ = npz_bytes(inputs=np.array(X4, np.float32), targets=np.array(Y3, np.int64))
+TRUNCATED_MULTIPART = (b'--XYZ\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\nContent-Type: text/csv\r\n'
+                       b"\r\n" + IRIS_CSV)  # no closing --XYZ--: the last line may be cut short
+LONG_LINE = "line 3 is longer than 2304 bytes, more than a row of the header's 5 columns can take"
 
 
 def upload(client, content: bytes, media: str = "application/octet-stream", **params):
@@ -129,6 +132,14 @@ def test_regression_targets_summarised_by_min_max_mean(app):
     (b'{"inputs": [[1, 2]], "targets": [[1e39]]}', "application/json", {}, 422, "targets[0, 0] is 1e+39, too large"),
     (npz_bytes(inputs=np.array([[1.0], [-1e300]]), targets=np.ones(2)), "application/x-npz", {"dtype": "float32"}, 422,
      "inputs[1, 0] is -1e+300, too large for float32 (at most 3.40282e+38 in magnitude)"),
+    # a \r that ends no line: csv.reader raised "new-line character seen in unquoted field", a 500
+    (b"a,b\rx,t\n1,2,3,0\n", "text/csv", {}, 422, "line 1 (the header), column 2 holds a carriage return (\\r) that "
+     "ends no line; remove it, or save the file as CSV UTF-8 (lines ending in \\n or \\r\\n)"),
+    (b"a,b,t\n1,2\r,0\n3,4,1\n", "text/csv", {}, 422, "line 2, column 'b' holds a carriage return"),
+    (b"a,b,t\r\n1,2,0\r\r\n3,4,1\r\n", "text/csv", {}, 422, "line 2, column 't' holds a carriage return"),
+    (HEADER + b"1,2,3,4,0\n" + b"1," * 50_000 + b"0\n" + b"1,2,3,4,0\n", "text/csv", {}, 422, LONG_LINE),
+    (TRUNCATED_MULTIPART, "multipart/form-data; boundary=XYZ", {}, 422, "the multipart/form-data body is truncated: it "
+     "has no closing boundary (--XYZ--)"),
 ])
 def test_bad_upload(app, content, media, params, status, words):
     before = app.get("/datasets").json()["count"]
@@ -136,6 +147,39 @@ def test_bad_upload(app, content, media, params, status, words):
     assert response.status_code == status, response.text
     assert words in response.json()["detail"]
     assert app.get("/datasets").json()["count"] == before
+
+
+def test_csv_with_classic_mac_line_ends(app):
+    """Lines ended by a lone \r (Excel's "CSV (Macintosh)"): a 500 before."""
+    body = created(upload(app, IRIS_CSV.replace(b"\n", b"\r"), "text/csv"))
+    stored = np.load(io.BytesIO(app.get(f"/datasets/{body['dataset_id']}/download").content))
+    np.testing.assert_array_equal(stored["inputs"], np.array(X4, np.float32))
+    np.testing.assert_array_equal(stored["targets"], Y3)
+    response = upload(app, HEADER.replace(b"\n", b"\r") + b"1,2,3,4,0\r1,2\r3,4,0\r", "text/csv")
+    assert response.status_code == 422 and "line 3 has 2 values" in response.json()["detail"]
+
+
+def test_a_very_long_csv_line_is_refused_while_it_streams_in(app):
+    """One 10 MB line: the right 422, but the line was held whole several times over (a 200 MB one took 3.5 GB)."""
+    before = app.get("/datasets").json()["count"]
+    response, peak = peak_bytes(upload, app, b"a,b\n" + b"1," * 5_000_000 + b"0\n", "text/csv")
+    assert response.status_code == 422
+    assert response.json()["detail"] == ("line 2 is longer than 1536 bytes, more than a row of the header's 2 columns "
+                                         "can take; put one sample on each line, each line ending in \\n or \\r\\n")
+    assert peak < 24_000_000, peak  # a 2 MB block or so, twice
+    assert app.get("/datasets").json()["count"] == before
+
+
+def test_npz_members_other_than_inputs_and_targets_are_never_read(app, tmp_path):
+    """junk.npy, 200 MB of zeros in a 1 MB file, was decompressed into memory, on /datasets and on /samples."""
+    npz_with_zeros(tmp_path / "bomb.npz", {"inputs": np.ones((1000, 4), np.float32),
+                                           "targets": np.zeros(1000, np.int64), "junk": ((50_000_000,), "<f4")})
+    bomb = (tmp_path / "bomb.npz").read_bytes()
+    response, peak = peak_bytes(upload, app, bomb, "application/x-npz")
+    assert created(response)["n_samples"] == 1000 and peak < 24_000_000, peak
+    create(app, model_id="bombed")
+    response, peak = peak_bytes(app.post, "/models/bombed/samples", content=bomb, headers={"content-type": "application/x-npz"})
+    assert response.status_code == 200 and response.json()["buffer_size"] == 1000 and peak < 24_000_000, peak
 
 
 def test_multipart_without_a_file_field(app):
@@ -177,6 +221,15 @@ def test_size_and_row_limits(tmp_path):
         assert response.status_code == 413 and "NN_MAX_DATASET_ROWS" in response.json()["detail"]
         response = small.post("/datasets", json={"inputs": [[0.123456] * 10] * 30, "targets": [0] * 30})
         assert response.status_code == 413 and "NN_MAX_REQUEST_BYTES" in response.json()["detail"]
+        # 500 bytes that hold 64 kB: the limit is on the arrays, not on what they weigh compressed
+        zeros = npz_bytes(compressed=True, inputs=np.zeros((4, 2000)), targets=np.zeros(4))
+        create(small, model_id="wide", layer_sizes=[2000, 2], activations=["softmax"])
+        for path in ("/datasets", "/models/wide/samples"):
+            response = small.post(path, content=zeros, headers={"content-type": "application/x-npz"})
+            assert response.status_code == 413, response.text
+            assert response.json()["detail"] == ("array 'inputs' of the NPZ file is 64000 bytes uncompressed (shape (4, 2000), "
+                                                 "float64); a dataset's arrays hold at most 2048 bytes (NN_MAX_DATASET_BYTES): "
+                                                 "split the data into several datasets")
         assert small.get("/datasets").json()["count"] == 0
 
 
@@ -240,6 +293,14 @@ def test_samples_from_a_dataset_and_from_file_bodies(app, iris_id):
     assert app.get("/models/buffered/samples").json()["buffer_size"] == 18
     response = app.post("/models/nope/samples", content=IRIS_CSV, headers={"content-type": "text/csv"})
     assert response.status_code == 404
+    response = app.post("/models/buffered/samples", content=IRIS_CSV.replace(b"\n", b"\r"), headers={"content-type": "text/csv"})
+    assert response.status_code == 200 and response.json()["buffer_size"] == 24
+    for content, media, words in ((b"a,b,c,d,t\n1,2\r,0,0,1\n", "text/csv", "line 2, column 'b' holds a carriage return"),
+                                  (HEADER + b"1," * 5_000_000 + b"0\n", "text/csv", "line 2 is longer than 2304 bytes"),
+                                  (TRUNCATED_MULTIPART, "multipart/form-data; boundary=XYZ", "body is truncated")):
+        response = app.post("/models/buffered/samples", content=content, headers={"content-type": media})
+        assert response.status_code == 422 and words in response.json()["detail"], response.text
+    assert app.get("/models/buffered/samples").json()["buffer_size"] == 24
 
 
 def test_training_job_from_a_dataset_with_a_validation_dataset(app, iris_id):

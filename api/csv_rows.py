@@ -1,0 +1,255 @@
+"""CSV text to rows of numbers, streamed from a file: the header, the data lines counted, then blocks of
+about 2 MB parsed in threads. Only here is CSV syntax known; api/dataset_formats.py turns the rows into a
+dataset. Memory holds a few blocks whatever the file's size: a line longer than any row of the header's
+columns can be is refused while it streams in, before it is held whole.
+
+Lines end with ``\\n`` or ``\\r\\n``; a file whose first line ends with a lone ``\\r`` (classic Mac OS, Excel's
+"CSV (Macintosh)") is read with ``\\r`` line ends. A ``\\r`` anywhere else is a 422 naming its line and column.
+"""
+
+import csv
+import io
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from api.errors import InvalidInput
+
+CSV_BLOCK = 2 * 1024 * 1024  # bytes of CSV text parsed at a time
+PARSE_THREADS = min(4, os.cpu_count() or 1)  # blocks parsed at once
+HEADER_BYTES = 1 << 20  # the longest header line read
+CELL_BYTES = 256  # generous bytes per value (a float64 takes 24 at most): a longer line holds no sane row
+COUNT_BYTES = 16 * 1024 * 1024  # read at a time when counting lines
+_POW10 = np.array([10.0 ** i for i in range(40)])
+SAVE_AS = "save the file as CSV UTF-8 (lines ending in \\n or \\r\\n)"
+
+
+@dataclass
+class Header:
+    columns: list[str]
+    end: int  # where the data lines start, in bytes
+    eol: bytes  # b"\n" (\r\n too) or b"\r" (classic Mac OS)
+
+    @property
+    def max_line(self) -> int:
+        return len(self.columns) * CELL_BYTES + 1024
+
+
+def read_header(path: Path) -> Header:
+    """The header row's column names; a 422 when it is not UTF-8, names fewer than two columns, or holds a \\r
+    that ends no line."""
+    with open(path, "rb") as handle:
+        first = handle.readline(HEADER_BYTES)
+    eol = b"\n"
+    if b"\r" in first and b"\n" not in first:  # classic Mac OS line ends
+        eol, first = b"\r", first[:first.index(b"\r") + 1]
+    try:
+        header = first.decode("utf-8-sig").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"line 1 (the header) is not UTF-8 text; {SAVE_AS}") from None
+    if "\r" in header:
+        column = header[:header.index("\r")].count(",") + 1
+        raise InvalidInput(f"line 1 (the header), column {column} holds a carriage return (\\r) that ends no line; "
+                           f"remove it, or {SAVE_AS}")
+    columns = next(csv.reader([header]), [])
+    if len(columns) < 2 or not first.endswith(eol):
+        raise InvalidInput("a CSV dataset needs a header row naming at least two columns (features and a target), "
+                           "then one line per sample")
+    return Header(columns, len(first), eol)
+
+
+def count_rows(path: Path, header: Header) -> tuple[int, int]:
+    """(data lines after the header, where the last one ends), ignoring blank lines at the end of the file."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        handle.seek(max(header.end, size - 65536))
+        tail = handle.read()
+        end = size - (len(tail) - len(tail.rstrip(b"\r\n \t")))
+        if end <= header.end:
+            return 0, end
+        handle.seek(header.end)
+        count = 0
+        while handle.tell() < end:
+            chunk = handle.read(min(COUNT_BYTES, end - handle.tell()))
+            if header.eol == b"\r" and b"\n" in chunk:
+                line = 2 + count + chunk.count(b"\r", 0, chunk.index(b"\n"))
+                raise InvalidInput(f"line {line} ends with \\n but line 1 with a lone \\r; {SAVE_AS}")
+            count += chunk.count(header.eol)
+    return count + 1, end
+
+
+def _too_long(line: int, header: Header) -> InvalidInput:
+    return InvalidInput(f"line {line} is longer than {header.max_line} bytes, more than a row of the header's "
+                        f"{len(header.columns)} columns can take; put one sample on each line, each line ending in \\n "
+                        "or \\r\\n")
+
+
+def blocks(path: Path, header: Header, end: int) -> Iterator[tuple[bytes, int]]:
+    """The data lines up to byte ``end`` in blocks that end at a line end (the last one gets its line end),
+    each with the file line it starts on; a 422 as soon as a line grows past ``header.max_line``."""
+    line, eol, rest = 2, header.eol, b""
+    with open(path, "rb") as handle:
+        handle.seek(header.end)
+        while handle.tell() < end:
+            data = rest + handle.read(min(CSV_BLOCK, end - handle.tell()))
+            cut = data.rfind(eol) + 1
+            rest = data[cut:]
+            if len(rest) > header.max_line:
+                raise _too_long(line + data.count(eol, 0, cut), header)
+            if cut:
+                yield data[:cut], line
+                line += data.count(eol, 0, cut)
+    if rest:
+        yield rest + eol, line
+
+
+def _fast_block(block: bytes, n_columns: int) -> np.ndarray | None:
+    """Plain decimal numbers ([-]digits[.digits]) separated by ',' and '\\n', parsed with whole-array
+    NumPy operations (several times faster than numpy.loadtxt); None when anything else is in the block."""
+    b = np.frombuffer(block, np.uint8)
+    is_newline = b == 10
+    ends = np.flatnonzero(is_newline | (b == 44))
+    n_fields = len(ends)
+    n_rows = block.count(b"\n")
+    if n_fields == 0 or n_fields != n_rows * n_columns:
+        return None
+    if not np.array_equal(np.searchsorted(ends, np.flatnonzero(is_newline)),
+                          np.arange(n_columns - 1, n_fields, n_columns)):
+        return None  # ragged rows that happen to add up: the slow path names them
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    lengths = ends - starts
+    longest = int(lengths.max())
+    if lengths.min() == 0 or longest > 30:
+        return None
+    value = None  # set by the first character of every field
+    digits_after_dot = None
+    negative = None
+    dot_seen = np.zeros(n_fields, bool)
+    active = None  # None: every field
+    for j in range(longest):
+        if j:
+            active = np.flatnonzero(lengths > j) if active is None else active[lengths[active] > j]
+            chars = b[starts[active] + j]
+        else:
+            chars = b[starts]
+        digit = chars - np.uint8(48)
+        is_digit = digit < 10
+        if is_digit.all():
+            if value is None:
+                value = digit.astype(np.float64)
+            elif active is None:
+                value *= 10
+                value += digit
+            else:
+                value[active] = value[active] * 10 + digit
+            continue
+        odd = np.flatnonzero(~is_digit)
+        fields = odd if active is None else active[odd]
+        odd_chars = chars[odd]
+        if j == 0 and (odd_chars == 45).all() and negative is None:
+            negative = fields  # a leading minus
+        elif (odd_chars == 46).all() and not dot_seen[fields].any():
+            dot_seen[fields] = True
+            digits_after_dot = digits_after_dot if digits_after_dot is not None else np.zeros(n_fields, np.int64)
+            digits_after_dot[fields] = lengths[fields] - 1 - j
+        else:
+            return None
+        digit[odd] = 0
+        kept = np.where(is_digit, 10.0, 1.0)
+        if value is None:
+            value = digit.astype(np.float64)
+        elif active is None:
+            value = value * kept + digit
+        else:
+            value[active] = value[active] * kept + digit
+    if digits_after_dot is not None:
+        value /= _POW10[digits_after_dot]
+    if negative is not None:
+        if (lengths[negative] == 1).any():
+            return None  # a lone '-'
+        value[negative] = -value[negative]
+    return value.reshape(-1, n_columns)
+
+
+def _slow_block(block: bytes, first_line: int, header: Header) -> np.ndarray:
+    """Anything the fast path does not take (quotes, spaces, exponents), or the exact bad cell."""
+    columns = header.columns
+    try:
+        if b"\n\n" in block or block.startswith(b"\n"):
+            raise ValueError("an empty line")  # loadtxt would skip it; the loop below names it
+        return np.loadtxt(io.BytesIO(block), delimiter=",", dtype=np.float64, ndmin=2, comments=None,
+                          encoding="utf-8").reshape(-1, len(columns))
+    except (ValueError, UnicodeDecodeError):
+        pass
+    rows = []
+    for offset, raw in enumerate(block.split(b"\n")[:-1] if block.endswith(b"\n") else block.split(b"\n")):
+        line = first_line + offset
+        if len(raw) > header.max_line:
+            raise _too_long(line, header)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"line {line} is not UTF-8 text; {SAVE_AS}") from None
+        if not text.strip():
+            raise InvalidInput(f"line {line} is empty; remove empty lines from the CSV file")
+        try:
+            cells = next(csv.reader([text]))
+        except csv.Error as exc:
+            raise InvalidInput(f"line {line} is not CSV ({exc}); {SAVE_AS}") from None
+        if len(cells) != len(columns):
+            raise InvalidInput(f"line {line} has {len(cells)} values but the header names {len(columns)} columns")
+        row = []
+        for name, cell in zip(columns, cells):
+            try:
+                row.append(float(cell))
+            except ValueError:
+                raise InvalidInput(f"line {line}, column {name!r}: {cell[:40]!r} is not a number") from None
+        rows.append(row)
+    return np.array(rows, dtype=np.float64).reshape(-1, len(columns))
+
+
+def _newlines(block: bytes, first_line: int, header: Header) -> bytes:
+    """The block with \\n line ends; a \\r that ends no line is a 422 naming its line and column."""
+    block = block.replace(b"\r", b"\n") if header.eol == b"\r" else block.replace(b"\r\n", b"\n")
+    stray = block.find(b"\r")
+    if stray >= 0:
+        start = block.rfind(b"\n", 0, stray) + 1
+        line = first_line + block.count(b"\n", 0, stray)
+        column = header.columns[min(block.count(b",", start, stray), len(header.columns) - 1)]
+        raise InvalidInput(f"line {line}, column {column!r} holds a carriage "
+                           f"return (\\r) that ends no line; remove it, or {SAVE_AS}")
+    return block
+
+
+def parse_block(block: bytes, first_line: int, header: Header) -> np.ndarray:
+    """The rows of a block (from ``blocks``) as float64, every value finite, else a 422 naming line and column."""
+    if b"\r" in block:
+        block = _newlines(block, first_line, header)
+    rows = _fast_block(block, len(header.columns))
+    if rows is None:
+        rows = _slow_block(block, first_line, header)
+    if not np.isfinite(rows).all():
+        index = np.argwhere(~np.isfinite(rows))[0]
+        raise InvalidInput(f"line {first_line + int(index[0])}, column {header.columns[int(index[1])]!r} is "
+                           f"{rows[tuple(index)]}: datasets must hold finite numbers")
+    return rows
+
+
+def in_threads(function, items: Iterator[tuple], workers: int = PARSE_THREADS) -> Iterator:
+    """``function(*item)`` for each item, in order, ``workers`` at a time (NumPy releases the GIL in the
+    parser's array operations), holding at most ``workers + 1`` blocks in memory."""
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(function, *item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
