@@ -31,6 +31,7 @@ TARGET_DTYPES = ("<i8", "<f4", "<f8")
 MAX_CLASSES = 1000  # integer targets with at most this many distinct values are summarised as classes
 MAX_NPY_HEADER = 10_000  # bytes; numpy's own bound on a .npy header
 INFLATE_BYTES = 1 << 20  # of a deflated NPZ member decompressed at a time
+MAX_NPZ_MEMBERS = 1024
 
 
 # -- the stored form ---------------------------------------------------------------------------------
@@ -133,7 +134,14 @@ def _member_array(path: Path, archive: zipfile.ZipFile, member: _Member, scratch
 
 
 def _open_zip(path: Path) -> zipfile.ZipFile:
+    """The archive, once its end record says it has at most MAX_NPZ_MEMBERS members: zipfile holds an object per
+    member, about 6 times the bytes of the directory (2 GB of empty members would take 13 GB)."""
     try:
+        with open(path, "rb") as handle:
+            end = zipfile._EndRecData(handle)  # the end record (zip64's count included), as ZipFile reads it
+        if end and end[zipfile._ECD_ENTRIES_TOTAL] > MAX_NPZ_MEMBERS:
+            raise InvalidInput(f"the NPZ file has {end[zipfile._ECD_ENTRIES_TOTAL]} members; a dataset's has at most "
+                               f"{MAX_NPZ_MEMBERS}: save inputs and targets alone with numpy.savez(path, inputs=..., targets=...)")
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise InvalidInput(f"not a readable NPZ (zip) file: {exc}; the file may be truncated. Save it with "
