@@ -342,6 +342,10 @@ def convert_csv(source: Path, dest: Path, max_rows: int, target_columns: list[st
     if missing:
         shown = ", ".join(map(repr, columns[:20])) + (f" and {len(columns) - 20} more" if len(columns) > 20 else "")
         raise InvalidInput(f"no column {missing[0]!r} in the CSV header; ?target= names one of: {shown}")
+    twice = sorted({name for name in targets if columns.count(name) > 1 or targets.count(name) > 1})
+    if twice:  # columns.index would pick the first of them, and the second would quietly become a feature
+        raise InvalidInput(f"?target={twice[0]} is ambiguous: the CSV header or ?target= names {twice[0]!r} more "
+                           "than once; give the columns distinct names")
     target_index = [columns.index(name) for name in targets]
     feature_index = [i for i in range(len(columns)) if i not in target_index]
     if not feature_index:

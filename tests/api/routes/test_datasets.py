@@ -120,6 +120,8 @@ def test_regression_targets_summarised_by_min_max_mean(app):
     (b"\xff\xfe,a\n1,2\n", "text/csv", {}, 422, "not UTF-8"),
     (HEADER + b"1,2,3,4,0\n\n1,2,3,4,0\n", "text/csv", {}, 422, "line 3 is empty"),
     (IRIS_CSV, "text/csv", {"target": "label"}, 422, "no column 'label'"),
+    (b"a,b,c,c\n1,2,3,4\n", "text/csv", {"target": "c"}, 422, "?target=c is ambiguous"),  # which c was it?
+    (b"a,b,c\n1,2,3\n", "text/csv", {"target": ["c", "c"]}, 422, "?target=c is ambiguous"),
     (HEADER, "text/csv", {}, 422, "no data lines"),
     (IRIS_NPZ, "application/x-npz", {"target": "species"}, 422, "?target= names CSV columns"),
     (b"", "text/csv", {}, 422, "holds no file"),
