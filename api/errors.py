@@ -95,6 +95,14 @@ class PayloadTooLarge(ServiceError):
     """A request exceeds a size limit from the settings."""
 
 
+class UnsupportedEncoding(ServiceError):
+    """A request body compressed in a way the route cannot read; ``accept`` lists the codings it reads."""
+
+    def __init__(self, message: str, accept: str):
+        super().__init__(message)
+        self.headers = {"Accept-Encoding": accept}  # RFC 7694: what the server would have read
+
+
 class FeatureUnavailable(ServiceError):
     """An optional part of the service is not installed (its message says which extra to install)."""
 
@@ -134,6 +142,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     JobNotCancellable: 409,
     InvalidInput: 422,
     PayloadTooLarge: 413,
+    UnsupportedEncoding: 415,
     FeatureUnavailable: 501,
     StoreUnavailable: 503,
     TooManyStreams: 503,
@@ -171,9 +180,11 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(request.url.path, 500, "internal error; the server log has the details")
     if status == CLIENT_CLOSED:  # what it sent is dropped (uploads are removed); the answer goes nowhere
         log.info("%s %s: the client closed the connection before its body was read", request.method, request.url.path)
+    headers = dict(getattr(exc, "headers", None) or {})
     retry_after = getattr(exc, "retry_after", None)
-    return error_response(request.url.path, status, str(exc),
-                          headers={"Retry-After": str(retry_after)} if retry_after is not None else None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return error_response(request.url.path, status, str(exc), headers=headers or None)
 
 
 # A union member's tag in pydantic's error locations, e.g. 'list[list[float]]' in body.targets.list[list[float]].0

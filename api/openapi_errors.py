@@ -33,7 +33,8 @@ DESCRIPTIONS = {
     "404": "Unknown model, job or model version",
     "409": "Conflict: the model exists, is being trained, or is at another version; or the job already ended",
     "412": "If-Match names a version of the model that is no longer current",
-    "413": "Over a size limit: request body, samples per request, or buffer",
+    "413": "Over a size limit: request body (decompressed too), samples per request, or buffer",
+    "415": "Content-Encoding other than gzip or deflate (Accept-Encoding lists those read)",
     "422": "Invalid input: wrong types, shapes, names, NaN/Inf, unknown fields, values out of range",
     "503": "The store (Redis) cannot be reached, or (event streams) NN_MAX_STREAMS are open; retry later "
            "(Retry-After says when)",
@@ -53,7 +54,7 @@ def _v2_statuses(path: str, operation: dict, secured: bool) -> list[str]:
     if "{" in path:
         statuses.append("404")
     if "requestBody" in operation:
-        statuses += ["400", "413"]
+        statuses += ["400", "413", "415"]  # 415: Content-Encoding other than gzip and deflate
     return statuses + (["401"] if secured else [])
 
 
