@@ -4,7 +4,8 @@ A model has one input, ``input`` (FP32 or FP64 as the model's dtype, shape ``[-1
 outputs ``output`` (``[-1, n_out]``, the model's dtype) and, for classifiers, ``predictions``
 (INT64 class indices, ``[-1]``). Requests carry tensors as JSON ``data`` (flat or nested, row major)
 or, with the binary tensor data extension, as raw little-endian bytes after a JSON header of
-``Inference-Header-Content-Length`` bytes (``parameters.binary_data_size`` per input). Outputs come
+``Inference-Header-Content-Length`` bytes (``parameters.binary_data_size`` per input); a body may be compressed
+(``Content-Encoding`` gzip or deflate), and ``api/inference_body.py`` reads it. Outputs come
 back as JSON, or as bytes when the request asks (``binary_data`` per output, or
 ``binary_data_output`` for all). With Triton's classification extension, ``output`` asked with
 ``parameters.classification: k`` comes back as the k highest elements of each row instead: BYTES, shape
@@ -22,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api import __version__
 from api.errors import InvalidInput, ModelVersionNotFound, PayloadTooLarge, StoreUnavailable
+from api.inference_body import content_coding, data_numbers, decompress, read_request
 from api.json_body import INLINE_BYTES
 from api.model_cache import CachedModel
 from api.predict import predict
@@ -68,12 +70,18 @@ def _outputs_of(info: dict) -> list[dict[str, Any]]:
 
 
 def model_metadata(service: Service, model_id: str, version: str | None = None) -> dict[str, Any]:
-    if version is None:
-        record = service.get_model(model_id)  # no network is loaded for metadata
-    else:
-        record = _model(service, model_id, version).record
+    """``versions``: the kept versions, newest (the current one) first: those /versions/{v} serves. One read of the
+    store (the versions' records, no weights); no network is loaded for metadata."""
+    number = _version(model_id, version)
+    kept = service.store.list_versions(model_id)  # raises ModelNotFound
+    if not kept:  # a store that keeps none: the current one
+        kept = [service.store.get_model(model_id)]
+    record = kept[0] if number is None else next((v for v in kept if v.version == number), None)
+    if record is None:
+        raise ModelVersionNotFound(f"model {model_id!r} has no version {number} (never made, or pruned: "
+                                   f"NN_KEEP_VERSIONS); its versions: {', '.join(str(v.version) for v in kept)}")
     info = record.info
-    return {"name": model_id, "versions": [str(record.version)], "platform": "numpy",
+    return {"name": model_id, "versions": [str(v.version) for v in kept], "platform": "numpy",
             "inputs": [{"name": INPUT, "datatype": DATATYPE_OF[info["dtype"]], "shape": [-1, info["input_size"]]}],
             "outputs": _outputs_of(info)}
 
@@ -88,25 +96,6 @@ def model_ready(service: Service, model_id: str, version: str | None = None) -> 
 
 
 # -- inference -------------------------------------------------------------------------------
-def _header(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
-    """The request's JSON object and the binary data after it."""
-    if header_length is None:
-        size = len(body)
-    else:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
-            raise InvalidInput(f"Inference-Header-Content-Length is {header_length!r}; it must be the byte length of "
-                               f"the JSON header at the start of the body (the body has {len(body)} bytes)")
-        size = int(header_length)
-    try:
-        request = orjson.loads(body[:size])
-    except orjson.JSONDecodeError as exc:
-        hint = ("; binary tensors need the Inference-Header-Content-Length header" if header_length is None else "")
-        raise InvalidInput(f"the inference request is not valid JSON ({exc}){hint}") from None
-    if not isinstance(request, dict):
-        raise InvalidInput("the inference request must be a JSON object with `inputs`, as in the V2 protocol")
-    return request, memoryview(body)[size:]
-
-
 def _parameters(obj: dict, where: str) -> dict:
     parameters = obj.get("parameters", {})
     if not isinstance(parameters, dict):
@@ -121,12 +110,16 @@ def _input_array(service: Service, model: CachedModel, request: dict, binary: me
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidInput(f"`inputs` must hold one tensor named {INPUT!r} ({want}, shape [batch, {n_in}])")
     tensor = inputs[0]
-    if tensor.get("name") != INPUT:
-        raise InvalidInput(f"unknown input {tensor.get('name')!r}; this model has one input named {INPUT!r}")
-    datatype = tensor.get("datatype")
+    for field, what in [("name", f": {INPUT!r}"), ("datatype", f": FP32 or FP64 (the model computes in {want})"),
+                        ("shape", f", e.g. [2, {n_in}] for 2 samples of {n_in} numbers")]:
+        if field not in tensor:
+            raise InvalidInput(f"inputs[0] needs `{field}`{what}")
+    if tensor["name"] != INPUT:
+        raise InvalidInput(f"unknown input {tensor['name']!r}; this model has one input named {INPUT!r}")
+    datatype = tensor["datatype"]
     if datatype not in DATATYPES:
         raise InvalidInput(f"input datatype {datatype!r} is not supported; send FP32 or FP64 (the model computes in {want})")
-    shape = tensor.get("shape")
+    shape = tensor["shape"]
     if (not isinstance(shape, list) or len(shape) != 2 or not all(type(d) is int for d in shape)
             or shape[0] < 1 or shape[1] != n_in):
         raise InvalidInput(f"input shape {shape!r} does not fit the model; send [batch, {n_in}] with batch >= 1")
@@ -137,6 +130,9 @@ def _input_array(service: Service, model: CachedModel, request: dict, binary: me
     dtype = DATATYPES[datatype]
     parameters = _parameters(tensor, "inputs[0]")
     if "binary_data_size" in parameters:
+        if "data" in tensor:
+            raise InvalidInput("inputs[0] has both `data` and parameters.binary_data_size; send the tensor one way: "
+                               "`data` in the JSON, or its bytes after the JSON header with binary_data_size")
         size = parameters["binary_data_size"]
         expected = rows * n_in * dtype.itemsize
         if size != expected or len(binary) != expected:
@@ -149,16 +145,9 @@ def _input_array(service: Service, model: CachedModel, request: dict, binary: me
         if len(binary):
             raise InvalidInput(f"{len(binary)} bytes follow the JSON header but no input has binary_data_size")
         data = tensor.get("data")
-        if not isinstance(data, list):
+        if not isinstance(data, (list, np.ndarray)):
             raise InvalidInput("inputs[0] needs `data` (numbers, row major) or parameters.binary_data_size")
-        try:
-            with np.errstate(over="ignore", invalid="ignore"):  # too large for the dtype: inf, refused below
-                x = np.asarray(data, dtype=dtype)
-        except (ValueError, TypeError):
-            raise InvalidInput(f"inputs[0].data must hold numbers only, {rows * n_in} of them in row-major order") from None
-        if x.size != rows * n_in:
-            raise InvalidInput(f"inputs[0].data holds {x.size} numbers; shape {shape} needs {rows * n_in}")
-        x = x.reshape(rows, n_in)
+        x = data_numbers(data, dtype, shape).reshape(rows, n_in)
     with np.errstate(over="ignore", invalid="ignore"):
         x = x.astype(model.net.dtype, copy=False)
     if not np.isfinite(x).all():
@@ -176,7 +165,9 @@ def _requested(request: dict, available: list[str], n_out: int) -> list[tuple[st
         raise InvalidInput("`outputs` must be a list of objects such as {\"name\": \"output\"}")
     chosen = []
     for i, output in enumerate(outputs):
-        name = output.get("name")
+        if "name" not in output:
+            raise InvalidInput(f"outputs[{i}] needs `name`: {' or '.join(available)}")
+        name = output["name"]
         if name not in available:
             raise InvalidInput(f"unknown output {name!r}; this model's outputs: {', '.join(available)}")
         parameters = _parameters(output, f"outputs[{i}]")
@@ -221,12 +212,14 @@ def _classification(net: Network, out: np.ndarray, name: str, count: int, binary
     return entry, b"".join([part for b in encoded for part in (struct.pack("<I", len(b)), b)])
 
 
-async def infer_on_loop(service: Service, model_id: str, version: str | None, body: bytes,
-                        header_length: str | None) -> tuple[bytes, int | None]:
-    """``infer``: on the event loop for a small body whose few rows a cached network computes in microseconds
-    (``ServedModels.on_loop``, as POST /output), else in a worker thread."""
-    if version is None and len(body) <= INLINE_BYTES:
-        request, binary = _header(body, header_length)
+async def infer_on_loop(service: Service, model_id: str, version: str | None, body: bytes, header_length: str | None,
+                        content_encoding: str | None = None) -> tuple[bytes, int | None]:
+    """``infer``: on the event loop for a small uncompressed body whose few rows a cached network computes in
+    microseconds (``ServedModels.on_loop``, as POST /output), else in a worker thread (a compressed body too: it
+    may expand to NN_MAX_REQUEST_BYTES)."""
+    coding = content_coding(content_encoding)  # 415 for a coding it cannot read, before any work
+    if version is None and coding is None and len(body) <= INLINE_BYTES:
+        request, binary = read_request(body, header_length)
         tensors = request.get("inputs")
         shape = tensors[0].get("shape") if isinstance(tensors, list) and tensors and isinstance(tensors[0], dict) else None
         rows = shape[0] if isinstance(shape, list) and shape and type(shape[0]) is int else 1  # bad shapes: refused below
@@ -235,13 +228,16 @@ async def infer_on_loop(service: Service, model_id: str, version: str | None, bo
             return _infer(service, model_id, model, request, binary)
         # its header is parsed already: the thread loads the network and computes
         return await run_in_threadpool(lambda: _infer(service, model_id, _model(service, model_id, None), request, binary))
-    return await run_in_threadpool(infer, service, model_id, version, body, header_length)
+    return await run_in_threadpool(infer, service, model_id, version, body, header_length, coding)
 
 
-def infer(service: Service, model_id: str, version: str | None, body: bytes,
-          header_length: str | None) -> tuple[bytes, int | None]:
-    """The response body and, when it holds binary outputs, the length of its JSON header."""
-    request, binary = _header(body, header_length)
+def infer(service: Service, model_id: str, version: str | None, body: bytes, header_length: str | None,
+          coding: str | None = None) -> tuple[bytes, int | None]:
+    """The response body and, when it holds binary outputs, the length of its JSON header. ``coding``: the body's
+    compression (``content_coding``); Inference-Header-Content-Length counts bytes of the decompressed body."""
+    if coding is not None:
+        body = decompress(body, coding, service.settings.max_request_bytes)
+    request, binary = read_request(body, header_length)
     return _infer(service, model_id, _model(service, model_id, version), request, binary)
 
 

@@ -36,7 +36,11 @@ INFER_RESPONSES = {200: {"description": "Outputs as JSON, or (binary outputs ask
                                         "tensors' bytes, with Inference-Header-Content-Length",
                          "content": {"application/json": {}, "application/octet-stream": {}}}}
 HEADER_LENGTH = Header(None, alias="Inference-Header-Content-Length",
-                       description="Binary tensor data extension: bytes of the JSON header at the start of the body.")
+                       description="Binary tensor data extension: bytes of the JSON header at the start of the "
+                                   "(decompressed) body.")
+CONTENT_ENCODING = Header(None, alias="Content-Encoding",
+                          description="`gzip` or `deflate` (zlib) for a compressed body (Triton's client: "
+                                      "request_compression_algorithm); decompressed to at most NN_MAX_REQUEST_BYTES.")
 
 
 @router.get("", summary="Server metadata: name, version, extensions")
@@ -85,14 +89,15 @@ def _infer_response(result: tuple[bytes, int | None]) -> Response:
 @router.post("/models/{model_id}/infer", response_class=Response, openapi_extra=INFER_BODY, responses=INFER_RESPONSES,
              summary="Inference: JSON tensors or the binary tensor data extension")
 async def infer(model_id: str, request: Request, header_length: str | None = HEADER_LENGTH,
-                service: Service = Depends(get_service)) -> Response:
+                content_encoding: str | None = CONTENT_ENCODING, service: Service = Depends(get_service)) -> Response:
     body = await request.body()
-    return _infer_response(await inference.infer_on_loop(service, model_id, None, body, header_length))
+    return _infer_response(await inference.infer_on_loop(service, model_id, None, body, header_length, content_encoding))
 
 
 @router.post("/models/{model_id}/versions/{version}/infer", response_class=Response, openapi_extra=INFER_BODY,
              responses=INFER_RESPONSES, summary="Inference with one model version")
 async def infer_version(request: Request, model_id: str, version: str = VERSION, header_length: str | None = HEADER_LENGTH,
-                        service: Service = Depends(get_service)) -> Response:
+                        content_encoding: str | None = CONTENT_ENCODING, service: Service = Depends(get_service)) -> Response:
     body = await request.body()
-    return _infer_response(await inference.infer_on_loop(service, model_id, version, body, header_length))
+    return _infer_response(await inference.infer_on_loop(service, model_id, version, body, header_length,
+                                                         content_encoding))

@@ -2,7 +2,9 @@
 real server, in JSON and binary modes: outputs equal POST /models/{id}/output, and the classification
 extension's top-k strings equal a top-k of them; every bad request is a {"error": ...} with the protocol's status."""
 
+import gzip
 import json
+import zlib
 
 import httpx
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.api.conftest import IRIS, X4, running_app
+from tests.api.conftest import IRIS, X4, backend_app, running_app
 from tests.servers import start_server, stop_server
 
 MODELS = {
@@ -164,12 +166,37 @@ def test_a_new_version_is_served_at_once_and_the_old_one_too(server, client):
     assert result.as_numpy("predictions").tolist() == [0, 0]
     assert result.get_response()["model_version"] == "2"
     old = client.infer("bin", [tensor], model_version="1")  # kept (GET /models/bin/versions): served as it was
+    # the versions that can be asked for, newest first (only the current one was listed)
+    assert client.get_model_metadata("bin")["versions"] == ["2", "1"]
+    assert client.get_model_metadata("bin", "1")["versions"] == ["2", "1"]
+    assert [str(v["version"]) for v in httpx.get(f"{url}/models/bin/versions").json()["data"]] == ["2", "1"]
     assert old.get_response()["model_version"] == "1"
     assert old.as_numpy("predictions").tolist() == httpx.post(f"{url}/models/bin/output?version=1",
                                                              json={"inputs": X4[:2]}).json()["predictions"]
     with pytest.raises(InferenceServerException) as error:
         client.infer("bin", [tensor], model_version="3")
     assert error.value.status() == "404"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_model_metadata_lists_the_kept_versions_newest_first(tmp_path, backend):
+    """`versions` listed only the current one, though every kept version is served at /versions/{v}/infer."""
+    with backend_app(backend, tmp_path, keep_versions=2) as c:  # the newest 2 + 1 are kept
+        assert c.post("/models", json=IRIS).status_code == 201
+        assert c.get("/v2/models/iris").json()["versions"] == ["1"]
+        layers = c.get("/models/iris/weights").json()["layers"]
+        for _ in range(4):
+            assert c.put("/models/iris/weights", json={"layers": layers}).status_code == 200
+        kept = [str(v["version"]) for v in c.get("/models/iris/versions").json()["data"]]
+        assert kept == ["5", "4", "3"]
+        assert c.get("/v2/models/iris").json()["versions"] == kept
+        assert c.get("/v2/models/iris/versions/3").json()["versions"] == kept
+        body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": X4[0]}]}
+        for v in kept:  # each listed version can be asked for
+            assert c.post(f"/v2/models/iris/versions/{v}/infer", json=body).json()["model_version"] == v
+        r = c.get("/v2/models/iris/versions/2")  # pruned
+        assert r.status_code == 404 and r.json()["error"].endswith("its versions: 5, 4, 3"), r.text
+        assert c.get("/v2/models/nope").status_code == 404
 
 
 def _infer(c, body, headers=None, model="iris"):
@@ -181,7 +208,9 @@ def test_bad_requests_are_400_or_413_with_an_error_body(tmp_path):
     with running_app(tmp_path, workers=0, max_samples_per_request=5) as c:
         assert c.post("/models", json=IRIS).status_code == 201
         raw = np.zeros((1, 4), "<f4").tobytes()
-        header = json.dumps({"inputs": [{**good, "parameters": {"binary_data_size": 16}}]}).encode()
+        no_data = {k: v for k, v in good.items() if k != "data"}
+        header = json.dumps({"inputs": [{**no_data, "parameters": {"binary_data_size": 16}}]}).encode()
+        both = json.dumps({"inputs": [{**good, "parameters": {"binary_data_size": 16}}]}).encode()
         cases = [
             (b"{not json", None, 400, "not valid JSON"),
             (b"[1, 2]", None, 400, "JSON object"),
@@ -190,6 +219,9 @@ def test_bad_requests_are_400_or_413_with_an_error_body(tmp_path):
             (json.dumps({"inputs": [{**good, "data": [1, 2, 3, None]}]}).encode(), None, 400, "finite"),
             (json.dumps({"inputs": [{**good, "data": [1, 2, 3, 1e300]}]}).encode(), None, 400, "too large"),
             (json.dumps({"inputs": [{**good, "data": ["a", 2, 3, 4]}]}).encode(), None, 400, "numbers only"),
+            # the binary bytes were used and `data` ignored: one tensor, sent one way
+            (both + raw, {"Inference-Header-Content-Length": str(len(both))}, 400, "send the tensor one way"),
+            (both, None, 400, "has both `data` and parameters.binary_data_size"),
             (json.dumps({"inputs": [{**good, "shape": [9, 4], "data": [0] * 36}]}).encode(), None, 413, "NN_MAX_SAMPLES"),
             (json.dumps({"inputs": [good], "outputs": [{"name": "probs"}]}).encode(), None, 400, "output, predictions"),
             (header + raw[:8], {"Inference-Header-Content-Length": str(len(header))}, 400, "needs exactly 16 bytes"),
@@ -213,6 +245,84 @@ def test_bad_requests_are_400_or_413_with_an_error_body(tmp_path):
         r = _infer(c, json.dumps({"inputs": [{**good, "data": [1e30] * 4}]}).encode())  # 1e60 overflows float32
         assert r.status_code == 400 and "the outputs overflowed float32" in r.json()["error"], r.text
         assert c.get("/v2/no/such/route").json() == {"error": "Not Found"}
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_triton_client_request_and_response_compression(server, client, algorithm, binary):
+    """Content-Encoding gzip/deflate bodies are decompressed (they were a 400 about JSON or the header length, which
+    counts bytes of the decompressed body); responses asked compressed come back as they are, which the client reads."""
+    reference = _reference(server, "iris")
+    tensor = triton.InferInput("input", list(X.shape), "FP32")
+    tensor.set_data_from_numpy(X.astype(np.float32), binary_data=binary)
+    outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("output", "predictions")]
+    for kwargs in ({"request_compression_algorithm": algorithm}, {"response_compression_algorithm": algorithm},
+                   {"request_compression_algorithm": algorithm, "response_compression_algorithm": algorithm}):
+        result = client.infer("iris", [tensor], outputs=outputs, model_version="1" if binary else "", **kwargs)
+        np.testing.assert_allclose(result.as_numpy("output"), reference["outputs"], atol=1e-5, rtol=0)
+        assert result.as_numpy("predictions").tolist() == reference["predictions"], kwargs
+
+
+def test_compressed_bodies_are_bounded_and_unknown_codings_are_415(tmp_path):
+    good = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
+    body = json.dumps(good).encode()
+    with running_app(tmp_path, workers=0, max_request_bytes=64 * 1024) as c:
+        assert c.post("/models", json=IRIS).status_code == 201
+        expected = _infer(c, body).json()
+        halves = gzip.compress(body[:40]) + gzip.compress(body[40:])  # two gzip members, as gzip -c a b writes
+        for data, coding in [(gzip.compress(body), "gzip"), (gzip.compress(body), "x-gzip"), (halves, "GZIP"),
+                             (zlib.compress(body), "deflate"), (body, "identity")]:
+            r = _infer(c, data, {"Content-Encoding": coding})
+            assert r.status_code == 200 and r.json() == expected, (coding, r.text)
+        r = _infer(c, gzip.compress(body), {"Content-Encoding": "gzip"}, model="iris2")
+        assert r.status_code == 404
+        # a bomb: 10 KB that expand to 10 MB, past NN_MAX_REQUEST_BYTES (64 KiB): refused once past the limit
+        bomb = gzip.compress(b'{"inputs": [' + b" " * 10_000_000 + b"]}")
+        assert len(bomb) < 64 * 1024
+        r = _infer(c, bomb, {"Content-Encoding": "gzip"})
+        assert r.status_code == 413 and "decompresses to more than 65536 bytes (NN_MAX_REQUEST_BYTES)" in r.json()["error"]
+        for data, coding, words in [(b"not gzip", "gzip", "not valid gzip data"),
+                                    (body, "deflate", "deflate is the zlib format"),
+                                    (gzip.compress(body)[:-12], "gzip", "ends early"),
+                                    (zlib.compress(body) + b"xx", "deflate", "2 bytes follow the end of the deflate data")]:
+            r = _infer(c, data, {"Content-Encoding": coding})
+            assert r.status_code == 400 and words in r.json()["error"], (coding, r.text)
+        for coding in ("br", "gzip, br", "gzip, gzip", "compress"):
+            r = _infer(c, body, {"Content-Encoding": coding})
+            assert r.status_code == 415 and r.headers["Accept-Encoding"] == "gzip, deflate", r.text
+            assert "is not supported" in r.json()["error"] and "gzip, deflate" in r.json()["error"]
+
+
+def test_data_must_hold_numbers_and_missing_fields_are_named(tmp_path):
+    """Text and booleans were read as numbers ("1" as 1, true as 1) where /output refuses them; a missing field was
+    reported as its Python repr ("input shape None does not fit")."""
+    good = {"name": "input", "shape": [2, 4], "datatype": "FP32", "data": [[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5]]}
+    with running_app(tmp_path, workers=0) as c:
+        assert c.post("/models", json=IRIS).status_code == 201
+        expected = c.post("/v2/models/iris/infer", json={"inputs": [good]}).json()
+        for data in ([5.1, 3.5, 1.4, 0.2, 6.3, 3.3, 6.0, 2.5], [[[5.1, 3.5], [1.4, 0.2]], [[6.3, 3.3], [6.0, 2.5]]]):
+            assert c.post("/v2/models/iris/infer", json={"inputs": [{**good, "data": data}]}).json() == expected
+        # true/false elsewhere in the request change nothing
+        body = {"inputs": [good], "outputs": [{"name": "output", "parameters": {"binary_data": False}}]}
+        assert c.post("/v2/models/iris/infer", json=body).json()["outputs"] == expected["outputs"][:1]
+        for data, words in [(["1", 2, 3, 4, 5, 6, 7, 8], "it holds the text '1'"),
+                            ([True, 2, 3, 4, 5, 6, 7, 8], "it holds true"),
+                            ([[1, 2, 3, 4], [5, 6, 7, False]], "it holds false"),
+                            ([[1, 2, 3, 4], [5, 6, 7, {"x": 8}]], "it holds an object"),
+                            ([True] * 8, "it holds true")]:
+            r = c.post("/v2/models/iris/infer", json={"inputs": [{**good, "data": data}]})
+            assert r.status_code == 400 and "inputs[0].data must hold numbers only" in r.json()["error"], r.text
+            assert words in r.json()["error"], r.text
+        for field, words in [("shape", "inputs[0] needs `shape`, e.g. [2, 4]"),
+                             ("datatype", "inputs[0] needs `datatype`: FP32 or FP64"),
+                             ("name", "inputs[0] needs `name`: 'input'"),
+                             ("data", "inputs[0] needs `data`")]:
+            r = c.post("/v2/models/iris/infer", json={"inputs": [{k: v for k, v in good.items() if k != field}]})
+            assert r.status_code == 400 and words in r.json()["error"] and "None" not in r.json()["error"], r.text
+        r = c.post("/v2/models/iris/infer", json={"inputs": [good], "outputs": [{"parameters": {}}]})
+        assert r.status_code == 400 and r.json()["error"].startswith("outputs[0] needs `name`: output or predictions")
+        r = c.get("/v2/models/iris/versions/7")
+        assert r.status_code == 404 and r.json()["error"].endswith("its versions: 1"), r.text
 
 
 def test_classification_over_plain_http_json_and_binary(tmp_path):
