@@ -110,10 +110,8 @@ def _input_array(service: Service, model: CachedModel, request: dict, binary: me
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidInput(f"`inputs` must hold one tensor named {INPUT!r} ({want}, shape [batch, {n_in}])")
     tensor = inputs[0]
-    for field, what in [("name", f": {INPUT!r}"), ("datatype", f": FP32 or FP64 (the model computes in {want})"),
-                        ("shape", f", e.g. [2, {n_in}] for 2 samples of {n_in} numbers")]:
-        if field not in tensor:
-            raise InvalidInput(f"inputs[0] needs `{field}`{what}")
+    if "name" not in tensor or "datatype" not in tensor or "shape" not in tensor:
+        _missing(tensor, n_in, want)
     if tensor["name"] != INPUT:
         raise InvalidInput(f"unknown input {tensor['name']!r}; this model has one input named {INPUT!r}")
     datatype = tensor["datatype"]
@@ -153,6 +151,13 @@ def _input_array(service: Service, model: CachedModel, request: dict, binary: me
     if not np.isfinite(x).all():
         raise InvalidInput(f"inputs hold NaN, Infinity or values too large for {want}; send finite numbers")
     return x
+
+
+def _missing(tensor: dict, n_in: int, want: str) -> None:
+    for field, what in [("name", f": {INPUT!r}"), ("datatype", f": FP32 or FP64 (the model computes in {want})"),
+                        ("shape", f", e.g. [2, {n_in}] for 2 samples of {n_in} numbers")]:
+        if field not in tensor:
+            raise InvalidInput(f"inputs[0] needs `{field}`{what}")
 
 
 def _requested(request: dict, available: list[str], n_out: int) -> list[tuple[str, bool, int | None]]:

@@ -5,10 +5,11 @@ Content-Encoding, its JSON header and the binary tensor data after it, and the n
   either with ``request_compression_algorithm``) is decompressed, to at most NN_MAX_REQUEST_BYTES (413
   past it, so a small body cannot expand to gigabytes); any other coding is a 415 naming the supported
   ones. ``Inference-Header-Content-Length`` counts bytes of the decompressed body, as in Triton.
-- The JSON is parsed by simdjson, which reads a tensor's ``data`` straight into doubles in C when it
-  holds numbers only (no Python float per number: a 1024x784 request parses twice as fast as with orjson
-  and ``np.asarray``); text, true/false or null there leave ``data`` as Python values, which
-  ``data_numbers`` checks and names. Nesting is free, as in Triton: the numbers are read in row-major
+- The JSON of SIMDJSON_FROM bytes or more is parsed by simdjson, which reads a tensor's ``data`` straight
+  into doubles in C when it holds numbers only (no Python float per number: a 1024x784 request parses
+  twice as fast as with orjson and ``np.asarray``); text, true/false or null there leave ``data`` as Python
+  values. A smaller one is parsed by orjson. ``data_numbers`` checks Python values by their types, in C,
+  and names the first that is not a number. Nesting is free, as in Triton: the numbers are read in row-major
   order and only their count must fit the shape.
 """
 
@@ -21,6 +22,8 @@ import simdjson
 
 from api.errors import InvalidInput, PayloadTooLarge, UnsupportedEncoding
 
+NUMBERS = {int, float, type(None)}  # null: NaN, refused with NaN and Infinity
+SIMDJSON_FROM = 2048  # bytes: below, orjson and a type check are faster (1.4 against 5.9 us for 4 numbers)
 CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 SUPPORTED = "gzip, deflate"
 
@@ -73,7 +76,7 @@ def read_request(body: bytes, header_length: str | None) -> tuple[dict, memoryvi
                                f"the JSON header at the start of the body (the body has {len(body)} bytes)")
         size = int(header_length)
     header = body if size == len(body) else body[:size]
-    request = _parse_fast(header)
+    request = _parse_fast(header) if len(header) >= SIMDJSON_FROM else None
     if request is None:
         try:
             request = orjson.loads(header)
@@ -136,12 +139,14 @@ def data_numbers(data: Any, dtype: np.dtype, shape: list[int]) -> np.ndarray:
     if isinstance(data, np.ndarray):
         numbers = data
     else:
-        values = _leaves(data)
-        wrong = next((v for v in values if type(v) not in (int, float) and v is not None), ...)
-        if wrong is not ...:
+        numbers, types = data, set(map(type, data))  # in C: 0.2 us for 4 numbers, 12 for 784
+        if list in types:
+            numbers = _leaves(data)
+            types = set(map(type, numbers))
+        if not types <= NUMBERS:
+            wrong = next(v for v in numbers if type(v) not in NUMBERS)
             raise InvalidInput(f"inputs[0].data must hold numbers only; it holds {_describe(wrong)}: send {count} "
                                "numbers in row-major order, without quotes (1 and 0 for true and false)")
-        numbers = values
     if len(numbers) != count:
         raise InvalidInput(f"inputs[0].data holds {len(numbers)} numbers; shape {shape} needs {count}")
     with np.errstate(over="ignore", invalid="ignore"):  # too large for the dtype: inf, refused by the caller
@@ -150,8 +155,6 @@ def data_numbers(data: Any, dtype: np.dtype, shape: list[int]) -> np.ndarray:
 
 def _leaves(data: list) -> list:
     """The values of nested lists in row-major order (without recursion: JSON nests up to 1024 deep)."""
-    if not any(isinstance(v, list) for v in data):
-        return data
     leaves: list = []
     stack = [iter(data)]
     while stack:
