@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import __version__, logs
 from api.auth import install_access_control
-from api.errors import error_response, install_error_handlers
+from api.errors import error_response, install_error_handlers, is_v2
 from api.json_body import OrjsonResponse
 from api.openapi_errors import document_errors
 from api.metrics import MetricsMiddleware, build_registry
@@ -46,13 +46,23 @@ def _streams_itself(scope: Scope) -> bool:
 
 
 class BodyLimit:
-    """Answers 413 when a request body is larger than NN_MAX_REQUEST_BYTES (declared or streamed)."""
+    """Answers 413 when a request body is larger than NN_MAX_REQUEST_BYTES (declared or streamed), and 415 for a
+    compressed body outside /v2 (V2 infer reads gzip and deflate: api/inference_body.py): it was read as text and
+    refused as "not valid JSON" or "not UTF-8", which sends the user looking in the wrong place."""
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _streams_itself(scope):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        encoding = next((value for name, value in scope["headers"] if name == b"content-encoding"), b"identity")
+        if encoding.strip().lower() != b"identity" and not is_v2(scope["path"]):
+            coding = encoding.decode("latin-1")[:40]
+            response = error_response(scope["path"], 415, f"Content-Encoding {coding!r} is not supported here; send the "
+                                                          "body uncompressed", headers={"Accept-Encoding": "identity"})
+            return await response(scope, receive, send)
+        if _streams_itself(scope):
             return await self.app(scope, receive, send)
         length = next((value for name, value in scope["headers"] if name == b"content-length"), None)
         if length is not None:

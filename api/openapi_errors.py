@@ -34,7 +34,8 @@ DESCRIPTIONS = {
     "409": "Conflict: the model exists, is being trained, or is at another version; or the job already ended",
     "412": "If-Match names a version of the model that is no longer current",
     "413": "Over a size limit: request body (decompressed too), samples per request, or buffer",
-    "415": "Content-Encoding other than gzip or deflate (Accept-Encoding lists those read)",
+    "415": "A Content-Encoding the route cannot read: V2 infer reads gzip and deflate, other routes uncompressed "
+           "bodies only (Accept-Encoding lists what is read)",
     "422": "Invalid input: wrong types, shapes, names, NaN/Inf, unknown fields, values out of range",
     "503": "The store (Redis) cannot be reached, or (event streams) NN_MAX_STREAMS are open; retry later "
            "(Retry-After says when)",
@@ -67,7 +68,7 @@ def _statuses(path: str, method: str, operation: dict, secured: bool) -> list[st
     if method != "get":
         statuses.append("409")
     if "requestBody" in operation:
-        statuses.append("413")
+        statuses += ["413", "415"]  # 415: a compressed body (api/app.py's BodyLimit)
     if method == "put":
         statuses.append("412")
     if secured:

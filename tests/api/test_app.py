@@ -42,3 +42,18 @@ def test_a_single_value_query_parameter_given_twice_is_a_422_naming_it(tmp_path)
         created = client.post("/datasets?target=a&target=c", content=csv, headers={"Content-Type": "text/csv"})
         assert created.status_code == 201, created.text
         assert created.json()["n_features"] == 1
+
+
+def test_a_compressed_body_outside_v2_is_a_415_naming_the_coding(tmp_path):
+    """Read as text, a gzip body was refused as "not valid JSON" (/output) or "not UTF-8" (/datasets)."""
+    import gzip
+
+    with running_app(tmp_path, workers=0) as client:
+        body = gzip.compress(b'{"inputs": [[1, 2, 3, 4]]}')
+        for path in ("/models/iris/output", "/datasets"):
+            response = client.post(path, content=body, headers={"Content-Type": "application/json",
+                                                                 "Content-Encoding": "gzip"})
+            assert response.status_code == 415, response.text
+            assert response.json()["detail"] == "Content-Encoding 'gzip' is not supported here; send the body uncompressed"
+            assert response.headers["accept-encoding"] == "identity"
+        assert client.get("/health", headers={"Content-Encoding": "identity"}).status_code == 200
