@@ -206,6 +206,28 @@ def test_connections_that_never_finish_their_headers_are_closed(tmp_path):
         stop_server(process)
 
 
+
+def test_a_request_head_over_16_kib_is_a_400_and_the_connection_closes(tmp_path):
+    """httptools has no bound of its own on a request head (h11 had uvicorn's 16 KiB): headers sent without end
+    would have grown the server's memory until the header timeout. Bodies are not heads: 3 MB still get in."""
+    url, process = start_server(tmp_path, NN_WORKERS=0)
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Filler: " + b"a" * 8000 + b"\r\n")
+            sock.sendall(b"X-More: " + b"b" * 9000 + b"\r\n\r\n")
+            answer = sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 400"), answer
+            assert closed_by_server(sock, timeout=5)
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # just under the bound: served
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 15000 + b"\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        big = httpx.post(f"{url}/models/none/output", content=b" " * 3_000_000, timeout=30,
+                         headers={"Content-Type": "application/json"})
+        assert big.status_code in (404, 422), big.text  # read in full and answered, not refused as a head
+    finally:
+        stop_server(process)
+
 def test_a_setting_that_cannot_be_used_stops_the_start_with_one_line_naming_it(tmp_path):
     """A wrong backend name, a Redis URL without its scheme or with a database that is not a number, a malformed
     NN_API_KEYS: `python main.py` (and `python main.py worker`) exits 1 with one line, not a traceback."""
