@@ -16,7 +16,7 @@ from typing import Callable
 
 from neural_net import Network
 
-from api.errors import ModelNotFound
+from api.errors import ModelNotFound, VersionNotFound
 from api.storage.base import ModelRecord, Store
 
 # multiply-adds (rows x parameters) of a prediction computed on the event loop: about 0.2 ms; more goes to a thread
@@ -126,11 +126,15 @@ class ServedModels:
         return self._current(model_id, *self._stamp(model_id))
 
     def version(self, model_id: str, version: int | None) -> CachedModel:
-        """``version`` of the model (the current one when None). An older kept version (VersionNotFound, 404, when it
-        was pruned or never made) never changes, so it is cached as (uid, version) like the current one."""
+        """``version`` of the model (the current one when None). An older kept version never changes, so it is
+        cached as (uid, version) like the current one; but it may be pruned (NN_KEEP_VERSIONS) on any replica, so
+        the store is asked whether it is still kept (one small read) before its cached network is served:
+        VersionNotFound (404) when it was pruned or never made."""
         uid, current = self._stamp(model_id)
         if version is None or version == current:
             return self._current(model_id, uid, current)
+        if version > current or not self.store.version_kept(uid, version):
+            raise VersionNotFound(model_id, version)
 
         def load() -> tuple[Network, ModelRecord, int]:
             blob, kept = self.store.get_version(model_id, version)

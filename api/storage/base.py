@@ -111,6 +111,11 @@ class Store(ABC):
     def get_version(self, model_id: str, version: int) -> tuple[bytes, VersionRecord]:
         """The ``.npz`` bytes and record of one kept version. Raises ModelNotFound, VersionNotFound."""
 
+    @abstractmethod
+    def version_kept(self, uid: str, version: int) -> bool:
+        """Whether version ``version`` of the model incarnation ``uid`` (``model_stamp``) is still kept, not pruned:
+        one small read, made before serving an older version's cached network."""
+
     # -- notifications: kept beside the jobs; a deliverer sends those of ended jobs (api/notify.py)
     @abstractmethod
     def add_notification(self, note: Notification) -> None:

@@ -65,6 +65,10 @@ def get_version(store: "RedisStore", model_id: str, version: int) -> tuple[bytes
     return bytes(f[4]), _version(uid, version, f)
 
 
+def version_kept(store: "RedisStore", uid: str, version: int) -> bool:
+    return store.redis.zscore(store._key("vers", uid), str(version)) is not None
+
+
 # -- all jobs -------------------------------------------------------------------------------
 def list_all_jobs(store: "RedisStore", offset: int, limit: int, status: str | None, model_id: str | None,
                   kind: str | None, owner: str | None) -> tuple[list[JobRecord], int]:

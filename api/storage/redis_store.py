@@ -47,7 +47,7 @@ from redis.retry import Retry
 from api.errors import JobNotFound, ModelNotFound, StoreUnavailable
 from api.storage import lifecycle
 from api.storage import redis_registry as registry
-from api.storage.base import JobRecord, ModelRecord, Notification, Store, VersionRecord, with_trials
+from api.storage.base import JobRecord, ModelRecord, Notification, Store, with_trials
 from api.storage.lifecycle import CANCELLING, QUEUED, RUNNING
 from api.storage.redis_stamps import StampReader
 from api.storage.redis_tx import MODEL_FIELDS, RedisTx, decode_job, decode_model, unavailable, unpack_samples
@@ -262,13 +262,9 @@ class RedisStore(Store):
         return None if blob is None else bytes(blob)
 
     # -- versions (api/storage/redis_registry.py) ----------------------------------------
-    @_guard
-    def list_versions(self, model_id: str) -> list[VersionRecord]:
-        return registry.list_versions(self, model_id)
-
-    @_guard
-    def get_version(self, model_id: str, version: int) -> tuple[bytes, VersionRecord]:
-        return registry.get_version(self, model_id, version)
+    list_versions = _guard(registry.list_versions)
+    get_version = _guard(registry.get_version)
+    version_kept = _guard(registry.version_kept)
 
     @_guard
     def list_all_jobs(self, offset: int, limit: int, *, status: str | None = None, model_id: str | None = None,

@@ -327,6 +327,10 @@ class SQLiteStore(Store):
             raise VersionNotFound(model_id, version)
         return bytes(row["blob"]), _version(row)
 
+    def version_kept(self, uid: str, version: int) -> bool:
+        row = self._con().execute("SELECT 1 FROM versions WHERE uid = ? AND version = ?", (uid, version)).fetchone()
+        return row is not None
+
     def list_all_jobs(self, offset: int, limit: int, *, status: str | None = None, model_id: str | None = None,
                       kind: str | None = None, owner: str | None = None) -> tuple[list[JobRecord], int]:
         where, args = [], []

@@ -106,3 +106,27 @@ def test_a_recreated_model_starts_a_new_history(client):
     client.post("/models", json=IRIS)
     listed = client.get("/models/iris/versions").json()
     assert [(v["version"], v["source"]) for v in listed["data"]] == [(1, "create")]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_pruned_version_is_404_at_once_though_its_network_was_cached(tmp_path, backend):
+    """Version 1, once served (cached as (uid, 1)), kept being served after NN_KEEP_VERSIONS pruned it, while its
+    export was 404; after a restart all were 404."""
+    body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": X4[0]}]}
+    with backend_app(backend, tmp_path, keep_versions=1) as c:
+        c.post("/models", json=IRIS)
+        assert c.post("/v2/models/iris/versions/1/infer", json=body).status_code == 200  # cached as the current one
+        weights = c.get("/models/iris/weights").json()
+        assert c.put("/models/iris/weights", json={"layers": weights["layers"]}).status_code == 200
+        assert c.post("/v2/models/iris/versions/1/infer", json=body).status_code == 200  # kept: cached as an old one
+        train(c, epochs=2)
+        assert [v["version"] for v in c.get("/models/iris/versions").json()["data"]] == [3, 2]
+        for method, path in (("post", "/v2/models/iris/versions/1/infer"), ("get", "/v2/models/iris/versions/1/ready"),
+                             ("post", "/models/iris/output?version=1"), ("get", "/models/iris/versions/1/export"),
+                             ("post", "/models/iris/evaluate?version=1")):
+            response = getattr(c, method)(path, **({"json": body} if "infer" in path else
+                                                   {"json": {"inputs": X4, "targets": Y3}} if method == "post" else {}))
+            assert response.status_code == 404, (path, response.text)
+            assert "has no version 1 (never made, or pruned" in response.text, path
+        assert c.post("/v2/models/iris/versions/2/infer", json=body).json()["model_version"] == "2"
+        assert c.post("/v2/models/iris/versions/4/infer", json=body).status_code == 404

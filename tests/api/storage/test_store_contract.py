@@ -73,7 +73,10 @@ def test_models_create_list_replace_delete(store):
         store.replace_model("a", b"new", {"n": 3}, expected_version=5)
     assert store.replace_model("a", b"new", {"n": 3}, expected_version=1).version == 2
     assert store.load_model("a")[0] == b"new"
+    assert [store.version_kept(a.uid, v) for v in (1, 2, 3)] == [True, True, False]
+    assert not store.version_kept(store.get_model("b").uid, 2)
     assert store.delete_model("a") == []
+    assert not store.version_kept(a.uid, 1)
     for call in (lambda: store.get_model("a"), lambda: store.load_model("a"), lambda: store.delete_model("a"),
                  lambda: store.append_samples("a", *rows(1), 0), lambda: store.list_jobs("a", 0, 5)):
         with pytest.raises(ModelNotFound):
