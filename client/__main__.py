@@ -14,8 +14,10 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 
+import httpx
 import numpy as np
 
 from .api import ApiError, Client, trials_ran
@@ -240,24 +242,36 @@ def build_parser():
     return parser
 
 
+def unreachable(url, error):
+    """One line for a service the client cannot talk to (no traceback): what failed and what to check."""
+    if isinstance(error, httpx.UnsupportedProtocol):
+        return f"--url {url!r} has no http:// or https://; give it as http://{url} (--url / NN_URL)"
+    if isinstance(error, httpx.InvalidURL):
+        return f"--url {url!r} is not a URL ({error}); give it as http://HOST:PORT (--url / NN_URL)"
+    reason = re.sub(r"^\[Errno -?\d+\] ", "", str(error)).strip().lower() or type(error).__name__
+    return f"cannot reach {url} ({reason}); is the service running? (--url / NN_URL)"
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    with Client(args.url, api_key=args.api_key) as api:
-        try:
+    try:
+        with Client(args.url, api_key=args.api_key) as api:
             code = args.run(api, args)
             sys.stdout.flush()  # a reader that went away shows here, inside the try, not at interpreter exit
             return code
-        except BrokenPipeError:
-            # `nn predict ... | head`: the reader has what it wanted; stop quietly, as cat and grep do
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 1
-        except ApiError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        except (OSError, ValueError, KeyError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-
+    except BrokenPipeError:
+        # `nn predict ... | head`: the reader has what it wanted; stop quietly, as cat and grep do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (httpx.TransportError, httpx.InvalidURL) as error:  # refused, no such host, timed out, no scheme
+        print(f"error: {unreachable(args.url, error)}", file=sys.stderr)
+        return 1
+    except ApiError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 if __name__ == "__main__":
     sys.exit(main())

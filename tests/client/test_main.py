@@ -96,3 +96,21 @@ def test_predict_into_a_closed_pipe_stops_quietly(server, tmp_path):
     stderr = process.stderr.read()
     assert process.wait(timeout=60) == 1
     assert stderr == ""
+
+
+def test_an_unreachable_service_or_a_url_without_scheme_is_one_line_and_status_1(capsys):
+    """Both printed a ~50-line httpx traceback (ConnectError, UnsupportedProtocol)."""
+    import socket
+
+    from client.__main__ import main
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for url, expected in ((f"http://127.0.0.1:{port}", f"error: cannot reach http://127.0.0.1:{port} (connection refused); "
+                                                       "is the service running? (--url / NN_URL)"),
+                          ("127.0.0.1:8900", "error: --url '127.0.0.1:8900' has no http:// or https://; "
+                                             "give it as http://127.0.0.1:8900 (--url / NN_URL)")):
+        assert main(["--url", url, "whoami"]) == 1
+        captured = capsys.readouterr()
+        assert (captured.out, captured.err) == ("", expected + "\n"), url
