@@ -165,7 +165,12 @@ class Client:
                           headers={"Content-Type": "application/octet-stream"})
 
     def download_dataset(self, dataset_id, path=None):
-        """The dataset as NPZ bytes (arrays inputs and targets), or streamed to `path` when given (returns the path)."""
+        """The dataset as NPZ bytes (arrays inputs and targets), or streamed to `path` when given (returns the path);
+        a `path` ending in another extension than .npz (such as .csv) is a ValueError, as NPZ is what it would hold."""
+        extension = os.path.splitext(os.fspath(path))[1] if path is not None else ""
+        if extension and extension.lower() != ".npz":
+            raise ValueError(f"download_dataset writes NPZ (arrays inputs and targets), not {extension}: give a path "
+                             f"ending in .npz, not {os.fspath(path)!r}")
         if path is None:
             return self.request("GET", f"/datasets/{dataset_id}/download").content
         with self.http.stream("GET", f"/datasets/{dataset_id}/download") as response:
@@ -197,7 +202,8 @@ class Client:
         return self._json("DELETE", f"/models/{model_id}/samples")
 
     def train(self, model_id, inputs=None, targets=None, **hyper_parameters):
-        """Submit a training job (inline samples are appended to the buffer first); returns a `Job`."""
+        """Submit a training job; returns a `Job`. Inline `inputs`/`targets` are the job's own samples (it trains on
+        exactly those, never on the buffer, which stays as it was); without them it trains on the buffer."""
         body = dict(hyper_parameters)
         if inputs is not None:
             body["inputs"], body["targets"] = _listify(inputs), _listify(targets)

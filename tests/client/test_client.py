@@ -231,6 +231,12 @@ def test_datasets_upload_from_a_path_without_extension_and_download(server, moon
             api.download_dataset("no-such-dataset", tmp_path / "never.npz")
         assert info.value.status_code == 404 and "no-such-dataset" in info.value.detail
         assert not (tmp_path / "never.npz").exists()
+        # NPZ bytes were written into copy.csv silently
+        for wrong in (str(tmp_path / "copy.csv"), tmp_path / "copy.CSV", tmp_path / "data.json"):
+            with pytest.raises(ValueError, match=r"download_dataset writes NPZ .* give a path ending in \.npz"):
+                api.download_dataset(npz["dataset_id"], wrong)
+        assert not (tmp_path / "copy.CSV").exists()
+        assert api.download_dataset(npz["dataset_id"], tmp_path / "no-extension") == tmp_path / "no-extension"
 
 def test_command_line_end_to_end_on_a_small_csv(server, moons, tmp_path):
     x, y = moons
