@@ -130,3 +130,20 @@ def test_a_pruned_version_is_404_at_once_though_its_network_was_cached(tmp_path,
             assert "has no version 1 (never made, or pruned" in response.text, path
         assert c.post("/v2/models/iris/versions/2/infer", json=body).json()["model_version"] == "2"
         assert c.post("/v2/models/iris/versions/4/infer", json=body).status_code == 404
+
+
+def test_a_version_pruned_on_another_redis_replica_is_404_on_this_one(tmp_path):
+    """Each replica kept serving its cached copy of a version that another one had pruned."""
+    import uuid
+
+    body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": X4[0]}]}
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    with backend_app("redis", tmp_path / "a", keep_versions=1, redis_prefix=prefix, keep_data=True) as a, \
+            backend_app("redis", tmp_path / "b", keep_versions=1, redis_prefix=prefix) as b:
+        a.post("/models", json=IRIS)
+        layers = a.get("/models/iris/weights").json()["layers"]
+        assert b.put("/models/iris/weights", json={"layers": layers}).status_code == 200
+        assert a.post("/v2/models/iris/versions/1/infer", json=body).status_code == 200  # a caches version 1
+        assert b.put("/models/iris/weights", json={"layers": layers}).status_code == 200  # b prunes it
+        response = a.post("/v2/models/iris/versions/1/infer", json=body)
+        assert response.status_code == 404 and "has no version 1" in response.text, response.text
