@@ -45,6 +45,14 @@ def _streams_itself(scope: Scope) -> bool:
     return False
 
 
+def _has_body(scope: Scope) -> bool:
+    """A request with a body: a Content-Length above 0, or chunked (GET /health with Content-Encoding has none)."""
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"0", b"")):
+            return True
+    return False
+
+
 class BodyLimit:
     """Answers 413 when a request body is larger than NN_MAX_REQUEST_BYTES (declared or streamed), and 415 for a
     compressed body outside /v2 (V2 infer reads gzip and deflate: api/inference_body.py): it was read as text and
@@ -56,9 +64,10 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        encoding = next((value for name, value in scope["headers"] if name == b"content-encoding"), b"identity")
-        if encoding.strip().lower() != b"identity" and not is_v2(scope["path"]):
-            coding = encoding.decode("latin-1")[:40]
+        codings = [v.strip().lower() for name, value in scope["headers"] if name == b"content-encoding"
+                   for v in value.split(b",") if v.strip()]  # every line: repeated lines form one list (RFC 9110)
+        if any(c != b"identity" for c in codings) and _has_body(scope) and not is_v2(scope["path"]):
+            coding = b", ".join(codings).decode("latin-1")[:40]
             response = error_response(scope["path"], 415, f"Content-Encoding {coding!r} is not supported here; send the "
                                                           "body uncompressed", headers={"Accept-Encoding": "identity"})
             return await response(scope, receive, send)
@@ -94,15 +103,17 @@ class BodyLimit:
 
 class SingleQueryValues:
     """A query parameter that takes one value, given more than once (``?model_id=a&model_id=b``), is a 422 naming it:
-    FastAPI would quietly use the last one. Parameters documented as arrays (``?target=`` of POST /datasets) repeat."""
+    FastAPI would quietly use the last one. Parameters documented as arrays (``?target=`` of POST /datasets)
+    repeat, and names no route declares are ignored, repeated or not, as FastAPI ignores them (a probe's
+    ``/v2/health/ready?x=1&x=2`` stays a 200)."""
 
-    def __init__(self, app: ASGIApp, repeatable: Callable[[], set[str]]):
-        self.app, self.repeatable = app, repeatable
+    def __init__(self, app: ASGIApp, single: Callable[[], set[str]]):
+        self.app, self.single = app, single
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and b"&" in scope["query_string"]:  # no "&", no repeat: the common case costs this
             names = [unquote_plus(part.split(b"=", 1)[0].decode("latin-1")) for part in scope["query_string"].split(b"&")]
-            repeated = sorted({name for name in names if name and names.count(name) > 1} - self.repeatable())
+            repeated = sorted({name for name in names if names.count(name) > 1} & self.single())
             if repeated:
                 name = repeated[0]
                 response = error_response(scope["path"], 422, f"query parameter {name[:64]!r} is given {names.count(name)} "
@@ -111,15 +122,16 @@ class SingleQueryValues:
         await self.app(scope, receive, send)
 
 
-def array_query_parameters(app: FastAPI) -> Callable[[], set[str]]:
-    """The names of query parameters that the OpenAPI document types as arrays, read once when first asked."""
+def single_query_parameters(app: FastAPI) -> Callable[[], set[str]]:
+    """The names of query parameters that the OpenAPI document declares with one value (not arrays), read once
+    when first asked."""
     def is_array(schema: dict) -> bool:
         return schema.get("type") == "array" or any(is_array(s) for s in schema.get("anyOf", []))
 
     @functools.cache
     def names() -> set[str]:
         return {p["name"] for item in app.openapi()["paths"].values() for operation in item.values()
-                for p in operation.get("parameters", []) if p["in"] == "query" and is_array(p.get("schema", {}))}
+                for p in operation.get("parameters", []) if p["in"] == "query" and not is_array(p.get("schema", {}))}
     return names
 
 
@@ -188,7 +200,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(StartupRefused)  # `uvicorn main:app` on a data directory in use: one line (`python main.py` checks first)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    app.add_middleware(SingleQueryValues, repeatable=array_query_parameters(app))
+    app.add_middleware(SingleQueryValues, single=single_query_parameters(app))
     document_errors(app, settings)
     install_access_control(app, settings)  # outside BodyLimit: a request without a key is refused before its body is read
     registry, requests, latency = build_registry(service)

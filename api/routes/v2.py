@@ -86,12 +86,22 @@ def _infer_response(result: tuple[bytes, int | None]) -> Response:
                     headers={"Inference-Header-Content-Length": str(header_length)})
 
 
+def _codings(request: Request, first: str | None) -> str | None:
+    """Every Content-Encoding line as one list (RFC 9110: repeated lines form one list): a header parameter holds
+    only the first line, and `gzip` then `br` on two lines read as plain gzip."""
+    if first is None:
+        return None
+    lines = request.headers.getlist("content-encoding")
+    return first if len(lines) == 1 else ", ".join(lines)
+
+
 @router.post("/models/{model_id}/infer", response_class=Response, openapi_extra=INFER_BODY, responses=INFER_RESPONSES,
              summary="Inference: JSON tensors or the binary tensor data extension")
 async def infer(model_id: str, request: Request, header_length: str | None = HEADER_LENGTH,
                 content_encoding: str | None = CONTENT_ENCODING, service: Service = Depends(get_service)) -> Response:
     body = await request.body()
-    return _infer_response(await inference.infer_on_loop(service, model_id, None, body, header_length, content_encoding))
+    return _infer_response(await inference.infer_on_loop(service, model_id, None, body, header_length,
+                                                         _codings(request, content_encoding)))
 
 
 @router.post("/models/{model_id}/versions/{version}/infer", response_class=Response, openapi_extra=INFER_BODY,
@@ -100,4 +110,4 @@ async def infer_version(request: Request, model_id: str, version: str = VERSION,
                         content_encoding: str | None = CONTENT_ENCODING, service: Service = Depends(get_service)) -> Response:
     body = await request.body()
     return _infer_response(await inference.infer_on_loop(service, model_id, version, body, header_length,
-                                                         content_encoding))
+                                                         _codings(request, content_encoding)))

@@ -37,7 +37,9 @@ def test_a_single_value_query_parameter_given_twice_is_a_422_naming_it(tmp_path)
         assert response.status_code == 422
         assert response.json() == {"detail": "query parameter 'model_id' is given 2 times; it takes one value, so send it once"}
         assert client.get("/jobs?model_id=a&offset=0&limit=5").status_code == 200
-        assert client.get("/v2/models/x/ready?a=1&a=2").json()["error"].startswith("query parameter 'a' is given 2")
+        assert client.get("/v2/models/x/ready?limit=1&limit=2").json()["error"].startswith("query parameter 'limit' is given 2")
+        # names no route declares are ignored, repeated or not, as FastAPI ignores them: a probe stays a 200
+        assert client.get("/v2/health/ready?x=1&x=2").status_code == 200
         csv = b"a,b,c\n1,2,3\n4,5,6\n"  # ?target= is an array: it repeats
         created = client.post("/datasets?target=a&target=c", content=csv, headers={"Content-Type": "text/csv"})
         assert created.status_code == 201, created.text
@@ -57,3 +59,10 @@ def test_a_compressed_body_outside_v2_is_a_415_naming_the_coding(tmp_path):
             assert response.json()["detail"] == "Content-Encoding 'gzip' is not supported here; send the body uncompressed"
             assert response.headers["accept-encoding"] == "identity"
         assert client.get("/health", headers={"Content-Encoding": "identity"}).status_code == 200
+        assert client.get("/health", headers={"Content-Encoding": "gzip"}).status_code == 200  # no body: nothing to read
+        # repeated lines form one list (RFC 9110): "identity" then "gzip" was read as identity, and the body as text
+        two_lines = [("Content-Type", "application/json"), ("Content-Encoding", "identity"), ("Content-Encoding", "gzip")]
+        response = client.post("/models", content=body, headers=two_lines)
+        assert response.status_code == 415 and "'identity, gzip'" in response.json()["detail"], response.text
+        v2 = client.post("/v2/models/iris/infer", content=body, headers=[("Content-Encoding", "gzip"), ("Content-Encoding", "br")])
+        assert v2.status_code == 415 and "gzip, br" in v2.json()["error"], v2.text  # br was ignored and gzip read
