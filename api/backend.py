@@ -144,6 +144,7 @@ class RedisBackend(Backend):
 
         self.rq = rq_runner
         super().__init__(settings, rq_runner.open_redis_store(settings))
+        rq_runner.check_redis_url(self.store)  # a database or credentials Redis refuses: one line, no start
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

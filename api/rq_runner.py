@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 
 import redis
-from rq import Queue, Retry, SimpleWorker, get_current_job
+from rq import Queue, Retry, SimpleWorker, get_current_job, worker_registration
 from rq.job import Callback, Job
 from rq.registry import StartedJobRegistry
 from rq.timeouts import TimerDeathPenalty
@@ -58,6 +58,7 @@ WORKER_TTL = 20  # seconds an idle RQ worker's key lives after its heartbeat (se
 RETRIES = 5  # times RQ runs a job again whose worker died, before the job fails
 PREFIX_META = "nn_prefix"  # the RQ job's meta key naming the store prefix it was queued under
 REFUSED_PAUSE_MAX = 60.0  # seconds, at most, a worker waits after putting back a job of another store
+PREFIX_FIELD = "nn_prefix"  # the field of a TrainingWorker's RQ key naming the store prefix it serves (/health counts by it)
 
 
 class Enqueuer:
@@ -89,12 +90,40 @@ def queue_stats(store: RedisStore, settings: Settings) -> dict:
     A worker is alive while its key exists: RQ's set of a queue's workers keeps a SIGKILLed worker until
     some worker's maintenance cleans it (every 10 minutes), so ``Worker.count`` would count it that long."""
     from rq import Worker
-    from rq.utils import missing_keys
 
     queue = Queue(settings.redis_queue, connection=store.redis)
-    keys = Worker.all_keys(queue=queue)
-    return {"queue_length": queue.count, "workers_alive": len(keys) - len(missing_keys(store.redis, keys)),
-            "queued_jobs": store.count_queued()}
+    keys = sorted(Worker.all_keys(queue=queue))
+    with store.redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hget(key, PREFIX_FIELD)  # None once the key expired (a dead worker) or for another kind of worker
+        prefixes = pipe.execute()
+    alive = sum(p is not None and p.decode() == settings.redis_prefix for p in prefixes)
+    return {"queue_length": queue.count, "workers_alive": alive, "queued_jobs": store.count_queued()}
+
+
+def redis_refusal(url_for_humans: str, exc: Exception) -> str | None:
+    """The NN_REDIS_URL mistake behind a Redis error that waiting does not fix; None for an outage."""
+    text = str(exc)
+    if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in text or "NOAUTH" in text:
+        return (f"NN_REDIS_URL=redis://{url_for_humans}: Redis refused the credentials ({text}); put the right user and "
+                f"password in the URL: redis://USER:PASSWORD@host:port/db")
+    if isinstance(exc, redis.ResponseError) and "DB index is out of range" in text:
+        db = url_for_humans.rsplit("/", 1)[-1]
+        return (f"NN_REDIS_URL=redis://{url_for_humans}: database {db} does not exist on this Redis ({text}); use a "
+                f"number below its `databases` setting (16 by default)")
+    return None
+
+
+def check_redis_url(store: RedisStore) -> None:
+    """Raises ValueError (one line naming NN_REDIS_URL) for a database number or credentials Redis refuses;
+    an unreachable Redis passes (the replica starts degraded, a worker waits for it)."""
+    try:
+        store.redis.ping()
+    except redis.RedisError as exc:
+        if (message := redis_refusal(store.url_for_humans, exc)) is not None:
+            raise ValueError(message) from None
+    except StoreUnavailable:
+        pass
 
 
 # -- the worker side -------------------------------------------------------------------------------
@@ -245,6 +274,12 @@ class TrainingWorker(SimpleWorker):
         stayed listed that long): worker_ttl while idle, when RQ heartbeats every dequeue timeout (worker_ttl - 15 s);
         worker_ttl + lease/3 while busy, when the heartbeat thread refreshes it every lease/3 s."""
         super().heartbeat(self.key_ttl(), pipeline=pipeline)
+        if self.birth_date is not None:  # registered again each time: a Redis restart that lost data dropped it
+            connection = pipeline if pipeline is not None else self.connection.pipeline(transaction=False)
+            connection.hset(self.key, mapping={**self.serialize(), PREFIX_FIELD: context().settings.redis_prefix})
+            worker_registration.register(self, connection)
+            if pipeline is None:
+                connection.execute()
 
     def key_ttl(self) -> int:
         busy = self.get_state() == WorkerStatus.BUSY
@@ -270,8 +305,34 @@ class TrainingWorker(SimpleWorker):
         while (left := end - time.monotonic()) > 0 and not ctx.stop_event.wait(min(left, self.dequeue_timeout)):
             self.heartbeat()  # paused, not dead: stays counted
 
+    def register_birth(self) -> None:
+        super().register_birth()
+        self.connection.hset(self.key, PREFIX_FIELD, context().settings.redis_prefix)
+
+    def check_store(self, ctx: _Context) -> None:
+        """Refuses to start (exit status 2, one ERROR line) when NN_REDIS_URL names a database Redis refuses, or
+        another Redis than the queue's (`rq worker --url`): a probe key written on the queue's connection must be
+        visible to the store, or the worker would take jobs whose records it cannot see."""
+        try:
+            check_redis_url(ctx.store)
+            probe = f"{ctx.settings.redis_prefix}:rq-probe:{self.name}"
+            self.connection.set(probe, "1", ex=60)
+            same = ctx.store.redis.get(probe) is not None
+            self.connection.delete(probe)
+        except ValueError as exc:
+            log.error("error: %s", exc)
+            raise SystemExit(2) from None
+        if not same:
+            kwargs = self.connection.connection_pool.connection_kwargs
+            log.error("error: the worker's store NN_REDIS_URL=redis://%s is another Redis than its RQ queue's "
+                      "(redis://%s:%s/%s): it could run none of the queue's jobs; give the worker the NN_REDIS_URL of "
+                      "the API replicas and the same URL for its queue (or use `python main.py worker`)",
+                      ctx.store.url_for_humans, kwargs.get("host", "?"), kwargs.get("port", "?"), kwargs.get("db", 0))
+            raise SystemExit(2)
+
     def work(self, *args, **kwargs) -> bool:
         ctx = context()
+        self.check_store(ctx)
         ctx.worker = self
         self._maintenance_stop = threading.Event()
         threading.Thread(target=self._maintain, args=(ctx,), name="nn-rq-maintenance", daemon=True).start()
@@ -310,6 +371,7 @@ def run_worker(settings: Settings) -> int:
     while not stop.is_set():
         started = time.monotonic()
         try:
+            check_redis_url(ctx.store)
             connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout)
             connection.ping()
             worker = TrainingWorker([Queue(settings.redis_queue, connection=connection)], connection=connection,
@@ -318,7 +380,13 @@ def run_worker(settings: Settings) -> int:
                      ctx.store.url_for_humans, settings.redis_prefix)
             worker.work(logging_level=settings.log_level.upper())
             reason = "the worker loop ended"
+        except ValueError as exc:
+            log.error("error: %s", exc)
+            return 2
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if (refusal := redis_refusal(ctx.store.url_for_humans, exc)) is not None:
+                log.error("error: %s", refusal)
+                return 2
             reason = f"Redis unreachable ({exc})"
         except Exception as exc:
             reason = f"{exc!r}"

@@ -55,14 +55,21 @@ class Service:
         self.cache = ModelCache(int(settings.model_cache_mb * 1024 * 1024))
         self.models = ServedModels(store, self.cache)
         self.datasets = DatasetService(store, settings)
+        self._store_answered = True  # healthy() logs a failed check only after the store last answered
 
     def healthy(self) -> bool:
+        """Whether the store answers; a failure is logged once (one line), then again only after it has answered."""
         try:
             self.store.list_models(0, 1)
-            return True
-        except Exception:
-            log.exception("store check failed")
+        except Exception as exc:
+            if self._store_answered:
+                log.warning("store check failed: %s (not logged again until the store answers)", exc)
+            self._store_answered = False
             return False
+        if not self._store_answered:
+            log.info("store check: the store answers again")
+        self._store_answered = True
+        return True
 
     def metrics_snapshot(self) -> dict[str, Any]:
         """Jobs per state, summed samples/s of running jobs and every model's buffer size (/metrics)."""

@@ -25,6 +25,9 @@ MODEL_FIELDS = ("uid", "version", "info", "created_at", "updated_at", "owner")
 
 def unavailable(where: str, exc: Exception) -> StoreUnavailable:
     """Redis down or too slow: a StoreUnavailable (503) that says so, never a hang or a 500."""
+    if isinstance(exc, redis.AuthenticationError):
+        return StoreUnavailable(f"the Redis store at {where} refused the service's credentials ({exc}); the operator "
+                                "must fix NN_REDIS_URL")
     return StoreUnavailable(f"the Redis store at {where} is unreachable ({exc.__class__.__name__}: {exc}); "
                             "retry in a few seconds")
 

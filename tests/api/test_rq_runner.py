@@ -17,6 +17,7 @@ from api import rq_runner
 from api.errors import LeaseLost, ModelNotFound
 from api.settings import Settings
 from tests.api.conftest import wait_for
+from tests.servers import free_port
 from tests.api.storage.test_store_contract import REDIS_URL, job, redis_available, rows, search
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -228,3 +229,107 @@ def test_train_warns_when_its_job_has_no_record(runner, monkeypatch, caplog):
         assert rq_runner.train("no-such-job").startswith("skipped")
     assert any(r.levelname == "WARNING" and "no-such-job" in r.getMessage() and settings.redis_prefix in r.getMessage()
                for r in caplog.records)
+
+
+def _env(settings, tmp_path, **extra) -> dict:
+    return {**os.environ, "NN_BACKEND": "redis", "NN_REDIS_URL": REDIS_URL, "NN_REDIS_PREFIX": settings.redis_prefix,
+            "NN_REDIS_QUEUE": settings.redis_queue, "NN_LEASE_SECONDS": "1", "NN_LOG_LEVEL": "warning",
+            "NN_DATA_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1", **extra}
+
+
+def test_a_worker_whose_store_is_another_redis_than_its_queue_refuses_to_start(runner, tmp_path):
+    """`rq worker --url A` with NN_REDIS_URL=B took the job, found no record and completed it: the job stayed
+    queued for good. Now the worker says so in one line and exits 2, leaving the job on the queue."""
+    settings, store, queue = runner
+    store.create_model("m", b"b", {})
+    store.create_job(job("m"), *rows(2), max_buffer=0)
+    rq_id = queue.job_ids[0]
+    other = REDIS_URL.rsplit("/", 1)[0] + "/" + ("14" if not REDIS_URL.endswith("/14") else "13")
+    rq_cli = str(Path(sys.executable).parent / "rq")
+    out = subprocess.run([rq_cli, "worker", "-w", "api.rq_runner.TrainingWorker", "--worker-ttl", "20", "--url",
+                          REDIS_URL, settings.redis_queue], cwd=ROOT, env=_env(settings, tmp_path, NN_REDIS_URL=other),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "another Redis than its RQ queue" in out.stdout + out.stderr
+    assert queue.job_ids == [rq_id]
+
+
+@pytest.mark.parametrize("url, says", [("/99", "database 99 does not exist"),
+                                       ("bob:wrong@", "Redis refused the credentials")])
+def test_a_redis_url_redis_refuses_is_one_line_and_no_start(runner, tmp_path, url, says):
+    """A database number Redis does not have, or wrong credentials: the replica and the worker exit with one line
+    naming NN_REDIS_URL (the worker retried for ever, the replica printed a traceback or started degraded)."""
+    settings, _, _ = runner
+    base = REDIS_URL.rsplit("/", 1)[0]
+    bad = base + "/99" if url == "/99" else base.replace("redis://", "redis://" + url) + "/0"
+    for argv in (["worker"], []):
+        out = subprocess.run([sys.executable, "main.py", *argv], cwd=ROOT, env=_env(settings, tmp_path, NN_REDIS_URL=bad,
+                             NN_PORT=str(free_port())), capture_output=True, text=True, timeout=60)
+        text = out.stdout + out.stderr
+        assert out.returncode != 0 and says in text and "NN_REDIS_URL=" in text and "Traceback" not in text, text
+        assert "wrong@" not in text  # the password is not logged
+
+
+def test_a_worker_registers_again_after_redis_lost_its_data(runner, monkeypatch):
+    """A Redis restart that lost data dropped the worker from RQ's set of the queue's workers, so /health counted
+    0 live workers for good: each heartbeat registers it again."""
+    from rq.job import Job
+
+    settings, store, queue = runner
+    monkeypatch.setattr(rq_runner, "_context", rq_runner._Context(settings, store, "w", threading.Event()))
+    worker = rq_runner.TrainingWorker([queue], connection=store.redis, worker_ttl=rq_runner.WORKER_TTL)
+    worker.register_birth()
+    try:
+        assert rq_runner.queue_stats(store, settings)["workers_alive"] == 1
+        store.redis.delete(worker.key, f"rq:workers:{queue.name}", "rq:workers")  # what the restart lost
+        assert rq_runner.queue_stats(store, settings)["workers_alive"] == 0
+        worker.heartbeat()  # idle
+        assert rq_runner.queue_stats(store, settings)["workers_alive"] == 1
+        store.redis.delete(worker.key, f"rq:workers:{queue.name}")
+        with store.redis.pipeline() as pipe:  # busy: RQ's maintain_heartbeats passes a pipeline
+            worker.heartbeat(90, pipeline=pipe)
+            pipe.execute()
+        assert rq_runner.queue_stats(store, settings)["workers_alive"] == 1
+        assert store.redis.hget(worker.key, "birth") is not None  # rq info can read it again
+    finally:
+        worker.register_death()
+        store.redis.delete(worker.key)
+
+
+def test_a_worker_of_another_prefix_is_not_counted_alive(runner, monkeypatch):
+    settings, store, queue = runner
+    wrong = settings.model_copy(update={"redis_prefix": f"{settings.redis_prefix}-other"})
+    workers = []
+    try:
+        for s in (wrong, settings):
+            monkeypatch.setattr(rq_runner, "_context", rq_runner._Context(s, store, "w", threading.Event()))
+            workers.append(rq_runner.TrainingWorker([queue], connection=store.redis, worker_ttl=rq_runner.WORKER_TTL))
+            workers[-1].register_birth()
+            workers[-1].heartbeat()
+            assert rq_runner.queue_stats(store, settings)["workers_alive"] == (s is settings)
+    finally:
+        for w in workers:
+            w.register_death()
+            store.redis.delete(w.key)
+
+
+def test_a_store_outage_is_logged_once_until_the_store_answers(runner, monkeypatch, caplog):
+    from api.errors import StoreUnavailable
+    from api.services import Service
+
+    settings, store, _ = runner
+    service = Service(store, settings)
+    real = store.list_models
+
+    def down(*args):
+        raise StoreUnavailable("the Redis store at x is unreachable")
+
+    with caplog.at_level("INFO", logger="api.jobs"):
+        monkeypatch.setattr(store, "list_models", down)
+        assert [service.healthy() for _ in range(5)] == [False] * 5
+        monkeypatch.setattr(store, "list_models", real)
+        assert service.healthy()
+        monkeypatch.setattr(store, "list_models", down)
+        assert not service.healthy() and not service.healthy()
+    failed = [r for r in caplog.records if "store check failed" in r.getMessage()]
+    assert len(failed) == 2 and all(r.levelname == "WARNING" and not r.exc_info for r in failed)
