@@ -37,9 +37,11 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import redis
 from rq import Queue, Retry, SimpleWorker, get_current_job, worker_registration
+from rq.exceptions import AbandonedJobError
 from rq.job import Callback, Job
 from rq.registry import StartedJobRegistry
 from rq.timeouts import TimerDeathPenalty
@@ -239,7 +241,13 @@ def train(job_id: str) -> str:
 
 
 def train_failed(rq_job: Job, connection, exc_type, exc_value, tb) -> None:
-    """RQ's failure callback (also called for abandoned jobs): once RQ retries no more, the job ends failed."""
+    """RQ's failure callback (also called for abandoned jobs): once RQ retries no more, the job ends failed.
+    Called before RQ decides on a retry: a run that ended because Redis was unreachable gets its retry back."""
+    if _ended_by_outage(rq_job, connection, exc_type):
+        rq_job.retries_left = (rq_job.retries_left or 0) + 1  # RQ's retry takes it again: none used up
+        log.warning("RQ job %s (%s): its run ended while Redis was unreachable; RQ runs it again, without counting "
+                    "one of its %d retries (those are for dead workers)", rq_job.id, rq_job.description, RETRIES)
+        return
     if rq_job.retries_left:
         return  # RQ runs it again; that run takes the job over from its checkpoint
     if foreign_prefix(rq_job, context().settings) is not None:
@@ -250,6 +258,22 @@ def train_failed(rq_job: Job, connection, exc_type, exc_value, tb) -> None:
     reason = f"{exc_type.__name__ if exc_type else 'error'}: {detail}" if detail else "its worker died"
     context().store.fail_abandoned(job_id, f"given up after {RETRIES + 1} runs by RQ ({reason}); see RQ's failed "
                                            f"registry, RQ job {rq_job.id}")
+
+
+def _ended_by_outage(rq_job: Job, connection: redis.Redis, exc_type) -> bool:
+    """The run raised because Redis was unreachable, or RQ found it abandoned while its worker is alive (an outage
+    let its execution expire). Alive: its worker heartbeat is younger than one lease; a dead worker's last one is
+    older than its execution's TTL (ceil(lease) + 1 s) when RQ finds the execution expired."""
+    if exc_type is not None and issubclass(exc_type, (StoreUnavailable, redis.ConnectionError, redis.TimeoutError)):
+        return True
+    if exc_type is not AbandonedJobError or not rq_job.worker_name:
+        return False
+    try:
+        beat = connection.hget(SimpleWorker.redis_worker_namespace_prefix + rq_job.worker_name, "last_heartbeat")
+        age = (datetime.now(timezone.utc) - datetime.fromisoformat(beat.decode().replace("Z", "+00:00"))).total_seconds()
+    except (redis.RedisError, AttributeError, ValueError):
+        return False
+    return age < context().settings.lease_seconds
 
 
 def _started_registry(queue: Queue) -> StartedJobRegistry:

@@ -333,3 +333,33 @@ def test_a_store_outage_is_logged_once_until_the_store_answers(runner, monkeypat
         assert not service.healthy() and not service.healthy()
     failed = [r for r in caplog.records if "store check failed" in r.getMessage()]
     assert len(failed) == 2 and all(r.levelname == "WARNING" and not r.exc_info for r in failed)
+
+
+def test_a_run_ended_by_a_redis_outage_uses_up_no_retry(runner, monkeypatch):
+    """A Redis outage longer than the lease ended runs (StoreUnavailable, or RQ found them abandoned while their
+    worker lived) and each used one of RQ's retries: a long job failed after six outages with no worker dead."""
+    from rq.exceptions import AbandonedJobError
+
+    from api.errors import StoreUnavailable
+
+    store, j, rq_job = _job_of_a_dead_worker(runner, monkeypatch)
+    settings, _, queue = runner
+    rq_job.retries_left = 0
+    wait_for(lambda: store.lease_alive(j), lambda alive: not alive, timeout=10)
+    rq_runner.train_failed(rq_job, store.redis, StoreUnavailable, StoreUnavailable("away"), None)
+    assert rq_job.retries_left == 1 and store.get_job(j).status == "running"  # RQ retries it; none used up
+    rq_job.retries_left = 0
+    worker = rq_runner.TrainingWorker([queue], connection=store.redis, worker_ttl=rq_runner.WORKER_TTL)
+    worker.register_birth()
+    try:
+        rq_job.worker_name = worker.name  # abandoned while its worker heartbeats: an outage, not a death
+        worker.heartbeat()
+        rq_runner.train_failed(rq_job, store.redis, AbandonedJobError, AbandonedJobError(), None)
+        assert rq_job.retries_left == 1 and store.get_job(j).status == "running"
+    finally:
+        worker.register_death()
+    rq_job.retries_left = 0  # its worker is dead now (no heartbeat for over a lease): the job fails as before
+    store.redis.hset(worker.key, "last_heartbeat", "2020-01-01T00:00:00.000000Z")
+    rq_runner.train_failed(rq_job, store.redis, AbandonedJobError, AbandonedJobError(), None)
+    assert store.get_job(j).status == "failed" and "its worker died" in store.get_job(j).error
+    store.redis.delete(worker.key)
