@@ -378,8 +378,6 @@ def test_training_from_a_dataset_uploaded_to_another_replica(cluster):
 def test_a_worker_of_another_prefix_leaves_the_job_to_a_worker_of_the_right_one(tmp_path):
     """A worker with a wrong NN_REDIS_PREFIX on the service's queue used to take the RQ job, find no record,
     and complete it: the job stayed queued for ever. It now puts the job back and says why, loudly."""
-    from rq import Queue
-
     service = Cluster(tmp_path)
     try:
         service.start(replicas=1, workers=0)
@@ -401,19 +399,25 @@ def test_a_worker_of_another_prefix_leaves_the_job_to_a_worker_of_the_right_one(
         done = wait_for(lambda: _finished(url, job.json()["job_id"]), 60, "a worker of the right prefix to run it")
         assert done["status"] == "succeeded", done
     finally:
-        service.stop(flush=False)  # the module's cluster may still use the database
-        r = _redis()
-        for key in [*r.scan_iter(f"{service.prefix}*")]:
-            r.delete(key)
-        Queue(service.env["NN_REDIS_QUEUE"], connection=r).delete(delete_jobs=True)
+        _stop_own(service)
+
+
+def _stop_own(service) -> None:
+    """Stops a test's own cluster and removes its keys and queue, leaving the module's cluster running on the
+    same database."""
+    from rq import Queue
+
+    service.stop(flush=False)
+    r = _redis()
+    for key in [*r.scan_iter(f"{service.prefix}*")]:
+        r.delete(key)
+    Queue(service.env["NN_REDIS_QUEUE"], connection=r).delete(delete_jobs=True)
 
 
 def test_a_sigkilled_worker_stops_counting_in_health(tmp_path):
     """/health counted RQ's set of a queue's workers, where a SIGKILLed worker stays until another worker's
     maintenance (minutes): a fleet whose workers had all died looked alive. It now counts workers whose key
     exists, and the key lives WORKER_TTL s after an idle worker's heartbeat (WORKER_TTL + lease/3 busy)."""
-    from rq import Queue
-
     from api.rq_runner import WORKER_TTL
 
     service = Cluster(tmp_path)
@@ -434,9 +438,5 @@ def test_a_sigkilled_worker_stops_counting_in_health(tmp_path):
         wait_for(lambda: service.health()["workers_alive"] == 0, 2 * WORKER_TTL + lease + 10,
                  "the dead workers to stop counting", interval=0.5)
     finally:
-        service.stop(flush=False)  # the module's cluster may still use the database
-        r = _redis()
-        for key in [*r.scan_iter(f"{service.prefix}*")]:
-            r.delete(key)
-        Queue(service.env["NN_REDIS_QUEUE"], connection=r).delete(delete_jobs=True)
-        r.delete(f"rq:workers:{service.env['NN_REDIS_QUEUE']}")
+        _stop_own(service)
+        _redis().delete(f"rq:workers:{service.env['NN_REDIS_QUEUE']}")
