@@ -470,8 +470,10 @@ class ModelProgress(BaseModel):
 class Health(BaseModel):
     status: str = Field(description="'ok' when the service can reach its store.")
     backend: str = Field(description="Store in use.")
-    workers: int = Field(description="Training worker processes configured.")
-    workers_alive: int = Field(description="Training worker processes running now (backend=redis: live RQ workers).")
+    workers: int = Field(description="Training worker processes configured (NN_WORKERS); backend=redis: the live RQ "
+                                     "workers of this store, as workers_alive (workers run elsewhere).")
+    workers_alive: int = Field(description="Training worker processes running now (backend=redis: live RQ workers of "
+                                           "this store's prefix; a dead one stops counting within about 20 s).")
     queued_jobs: int | None = Field(None, description="Training jobs queued and waiting for a worker (null if the store is unreachable).")
     queue_length: int | None = Field(None, description="backend=redis: RQ jobs waiting on the training queue; "
                                                        "sqlite: the same as queued_jobs.")
