@@ -203,7 +203,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SingleQueryValues, single=single_query_parameters(app))
     document_errors(app, settings)
     install_access_control(app, settings)  # outside BodyLimit: a request without a key is refused before its body is read
-    registry, requests, latency = build_registry(service)
+    registry, requests, latency = build_registry(service, backend)
     app.state.metrics_registry = registry
     app.add_middleware(MetricsMiddleware, requests=requests, latency=latency)  # outermost: sees 413s too
     include_routers(app)

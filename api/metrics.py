@@ -14,10 +14,11 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class TrainingCollector(Collector):
-    """Jobs by state, training samples/s of running jobs, and each model's buffer size."""
+    """Jobs by state, training samples/s of running jobs, each model's buffer size, and the workers and queue
+    /health shows (so Prometheus can alert on dead workers or a growing queue)."""
 
-    def __init__(self, service):
-        self.service = service
+    def __init__(self, service, backend):
+        self.service, self.backend = service, backend
 
     def collect(self):
         jobs = GaugeMetricFamily("nn_jobs", "Training jobs by state.", labels=["state"])
@@ -43,15 +44,22 @@ class TrainingCollector(Collector):
         for model_id, size in snapshot["buffers"].items():
             buffers.add_metric([model_id], size)
         yield from (up, jobs, rate, buffers)
+        status = self.backend.status(True)  # as /health: workers alive, jobs waiting for one, RQ's queue (Redis)
+        yield GaugeMetricFamily("nn_workers_alive", "Training worker processes running now (Redis: live RQ workers "
+                                                    "of this store).", value=status["workers_alive"])
+        for name, help_text in (("queued_jobs", "Training jobs queued and waiting for a worker."),
+                                ("queue_length", "Redis: RQ jobs waiting on the training queue.")):
+            if status[name] is not None:
+                yield GaugeMetricFamily(f"nn_{name}", help_text, value=status[name])
 
 
-def build_registry(service):
+def build_registry(service, backend):
     registry = CollectorRegistry()
     requests = Counter("nn_http_requests", "HTTP requests by route template, method and status.",
                        ["method", "route", "status"], registry=registry)
     latency = Histogram("nn_http_request_duration_seconds", "HTTP request latency by route template and method.",
                         ["method", "route"], buckets=LATENCY_BUCKETS, registry=registry)
-    registry.register(TrainingCollector(service))
+    registry.register(TrainingCollector(service, backend))
     return registry, requests, latency
 
 

@@ -35,6 +35,11 @@ def test_metrics_count_requests_jobs_and_buffers(client):
     # the job trained on its own inline samples; the buffer keeps the 2 added before it and the 3 after
     assert samples[("nn_buffer_samples", (("model_id", "metrics-iris"),))] == 5
     assert ("nn_training_samples_per_second", ()) in samples and samples[("nn_store_up", ())] == 1
+    # what /health shows, for alerting on dead workers or a growing queue
+    health = client.get("/health").json()
+    assert samples[("nn_workers_alive", ())] == health["workers_alive"] == 1
+    assert samples[("nn_queued_jobs", ())] == health["queued_jobs"] == 0
+    assert samples[("nn_queue_length", ())] == health["queue_length"] == 0
 
 
 def test_onnx_export_over_http_matches_outputs(client):
