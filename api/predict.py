@@ -55,8 +55,10 @@ def _helpers() -> _Helpers:
 def predict(net: Network, x: np.ndarray) -> np.ndarray:
     """``net.predict(x)``, split across the idle cores when ``x`` is large. Overflow gives Inf or NaN, not a warning
     (callers refuse non-finite outputs)."""
+    if x.shape[0] < 2 * MIN_PART_ROWS or x.shape[0] * net.n_params < SPLIT_WORK:  # most requests: no syscall for cores()
+        return _predict(net, x)
     parts = min(cores(), x.shape[0] // MIN_PART_ROWS)
-    if parts < 2 or x.shape[0] * net.n_params < SPLIT_WORK:
+    if parts < 2:
         return _predict(net, x)
     helpers = _helpers()
     parts = 1 + helpers.take(parts - 1)
