@@ -45,14 +45,6 @@ def _streams_itself(scope: Scope) -> bool:
     return False
 
 
-def _has_body(scope: Scope) -> bool:
-    """A request with a body: a Content-Length above 0, or chunked (GET /health with Content-Encoding has none)."""
-    for name, value in scope["headers"]:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"0", b"")):
-            return True
-    return False
-
-
 class BodyLimit:
     """Answers 413 when a request body is larger than NN_MAX_REQUEST_BYTES (declared or streamed), and 415 for a
     compressed body outside /v2 (V2 infer reads gzip and deflate: api/inference_body.py): it was read as text and
@@ -64,16 +56,22 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        codings = [v.strip().lower() for name, value in scope["headers"] if name == b"content-encoding"
-                   for v in value.split(b",") if v.strip()]  # every line: repeated lines form one list (RFC 9110)
-        if any(c != b"identity" for c in codings) and _has_body(scope) and not is_v2(scope["path"]):
+        length, codings, chunked = None, [], False  # one pass over the headers
+        for name, value in scope["headers"]:
+            if name == b"content-length" and length is None:
+                length = value
+            elif name == b"content-encoding":  # every line: repeated lines form one list (RFC 9110)
+                codings += [v.strip().lower() for v in value.split(b",") if v.strip()]
+            elif name == b"transfer-encoding":
+                chunked = True
+        has_body = chunked or (length is not None and length.strip() not in (b"0", b""))  # GET /health has none
+        if has_body and any(c != b"identity" for c in codings) and not is_v2(scope["path"]):
             coding = b", ".join(codings).decode("latin-1")[:40]
             response = error_response(scope["path"], 415, f"Content-Encoding {coding!r} is not supported here; send the "
                                                           "body uncompressed", headers={"Accept-Encoding": "identity"})
             return await response(scope, receive, send)
         if _streams_itself(scope):
             return await self.app(scope, receive, send)
-        length = next((value for name, value in scope["headers"] if name == b"content-length"), None)
         if length is not None:
             if length.isdigit() and int(length) > self.max_bytes:
                 return await self._too_large(scope, receive, send)
