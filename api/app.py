@@ -17,6 +17,7 @@ from api import __version__, logs
 from api.auth import install_access_control
 from api.errors import error_response, install_error_handlers, is_v2
 from api.json_body import OrjsonResponse
+from api.malloc import keep_freed_memory
 from api.openapi_errors import document_errors
 from api.metrics import MetricsMiddleware, build_registry
 from api.notify import Deliverer
@@ -170,6 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        keep_freed_memory(settings.malloc_keep_mb)  # a request's large temporaries reuse pages (api/malloc.py)
         # BLAS threads of this process's requests (workers are other processes): concurrent requests each computing
         # on one core serve many small requests far better than one BLAS thread pool they all queue for
         blas = threadpool_limits(limits=settings.api_blas_threads, user_api="blas") if settings.api_blas_threads else nullcontext()

@@ -48,6 +48,7 @@ from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
 from api.errors import LeaseLost, StoreUnavailable
+from api.malloc import keep_freed_memory
 from api.settings import Settings, get_settings
 from api.search_trials import run_search_trial
 from api.storage.redis_store import RedisStore
@@ -387,6 +388,7 @@ class TrainingWorker(SimpleWorker):
 
 def run_worker(settings: Settings) -> int:
     """``python main.py worker``: an RQ worker on the training queue, restarted with backoff while Redis is away."""
+    keep_freed_memory(settings.malloc_keep_mb)
     ctx = context()
     stop = ctx.stop_event
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     api_blas_threads: int = Field(1, ge=0, description="BLAS threads of each API process's requests (1: concurrent "
                                   "requests each compute on one core; 0: the BLAS library's default). Training workers "
                                   "are other processes and keep the default.")
+    malloc_keep_mb: float = Field(64, ge=0, description="Freed memory each malloc arena of a service or worker process "
+                                  "keeps for reuse (glibc): a request's large NumPy temporaries then reuse pages instead "
+                                  "of faulting in fresh ones (api/malloc.py); 0: glibc's defaults.")
     model_cache_mb: float = Field(256, ge=0, description="Memory each API process may hold in deserialised models "
                                                           "(least recently used go first; 0: load on every request).")
     max_json_depth: int = Field(32, ge=4, le=512, description="Deepest nesting of arrays and objects in a JSON body.")

@@ -23,6 +23,7 @@ from neural_net.errors import NeuralNetError, NonFiniteError
 
 from api.datasets import job_samples
 from api.errors import DatasetNotFound, InvalidInput, LeaseLost, StoreUnavailable
+from api.malloc import keep_freed_memory
 from api import records
 from api.records import describe, jsonable, log_transition
 from api.search_trials import apply_plan, run_search_trial
@@ -247,6 +248,7 @@ def worker_main(settings_data: dict, worker_id: str, parent_pid: int | None = No
     signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole group; the service stops us
     settings = Settings(**settings_data)
+    keep_freed_memory(settings.malloc_keep_mb)
     if settings.worker_nice:
         os.nice(settings.worker_nice)  # training yields the CPU to the service's requests
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
