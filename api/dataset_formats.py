@@ -332,9 +332,10 @@ def convert_json(source: Path, dest: Path, max_rows: int, dtype: str | None = No
 
 # -- CSV --------------------------------------------------------------------------------------------
 def convert_csv(source: Path, dest: Path, max_rows: int, target_columns: list[str] | None = None,
-                dtype: str | None = None) -> str:
+                dtype: str | None = None, newlines: int | None = None) -> str:
     """A CSV file with a header row; the target column(s) by name (default: the last column). Returns the
-    SHA-256 of the stored form written to ``dest``."""
+    SHA-256 of the stored form written to ``dest``. ``newlines``: the file's \\n bytes when they were counted
+    as it was received (the rows are then not counted in a second read)."""
     header = csv_rows.read_header(source)
     columns = header.columns
     targets = target_columns or [columns[-1]]
@@ -350,7 +351,8 @@ def convert_csv(source: Path, dest: Path, max_rows: int, target_columns: list[st
     feature_index = [i for i in range(len(columns)) if i not in target_index]
     if not feature_index:
         raise InvalidInput("every column is a target; leave at least one feature column")
-    n, end = csv_rows.count_rows(source, header)
+    end = csv_rows.data_end(source, header)
+    n = csv_rows.count_rows(source, header, end, newlines)
     if n == 0:
         raise InvalidInput("the CSV file has a header but no data lines")
     if n > max_rows:
@@ -361,18 +363,24 @@ def convert_csv(source: Path, dest: Path, max_rows: int, target_columns: list[st
     done = 0
 
     def parse(block: bytes, first_line: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = csv_rows.parse_block(block, first_line, header)
+        rows = csv_rows.parse_block(block, first_line, header)  # finite float64, or unsigned integers
         inputs = rows[:, :len(feature_index)] if contiguous else rows[:, feature_index]
-        with np.errstate(over="ignore"):
-            return inputs.astype(input_dtype), rows[:, target_index]
+        if input_dtype != rows.dtype:  # float32 of integers of at most 8 digits is finite
+            with np.errstate(over="ignore"):
+                inputs = inputs.astype(input_dtype)
+            if not np.isfinite(inputs).all():
+                row, column = np.argwhere(~np.isfinite(inputs))[0]
+                raise InvalidInput(f"line {first_line + row}, column {columns[feature_index[column]]!r} is "
+                                   f"{rows[row, feature_index[column]]}, too large for {input_dtype.name} (at most "
+                                   f"{np.finfo(input_dtype).max:.6g} in magnitude); scale the values down, or "
+                                   "upload with ?dtype=float64")
+        return inputs, rows[:, target_index]
 
     def input_chunks() -> Iterator[np.ndarray]:
         nonlocal done
-        for inputs, targets in csv_rows.in_threads(parse, csv_rows.blocks(source, header, end)):
+        for inputs, targets in csv_rows.parse_file(parse, source, header, end):
             if done + len(inputs) > n:
                 raise InvalidInput(f"line {2 + n - done} is empty; remove empty lines from the CSV file")
-            if not np.isfinite(inputs).all():
-                raise InvalidInput(f"inputs too large for {input_dtype.name} near line {2 + done}; scale them")
             target_values[done:done + len(inputs)] = targets
             done += len(inputs)
             yield inputs

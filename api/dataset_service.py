@@ -48,7 +48,7 @@ class DatasetService:
         if fmt == "json" and upload.size > self.settings.max_request_bytes:
             raise PayloadTooLarge(f"a JSON dataset is for small data: at most {self.settings.max_request_bytes} bytes "
                                   "(NN_MAX_REQUEST_BYTES); upload larger data as NPZ or CSV")
-        data, digest = self.files.convert(folder, upload.path, fmt, targets=targets, dtype=dtype,
+        data, digest = self.files.convert(folder, upload.path, fmt, targets=targets, dtype=dtype, newlines=upload.newlines,
                                           max_rows=self.settings.max_dataset_rows,
                                           max_bytes=self.settings.max_dataset_bytes)
         return data, digest or upload.sha256, fmt  # the upload's hash when it is kept as the stored form

@@ -192,7 +192,7 @@ class DatasetStore:
         shutil.rmtree(folder, ignore_errors=True)
 
     def convert(self, folder: Path, upload: Path, fmt: str, *, targets: list[str] | None, dtype: str | None,
-                max_rows: int, max_bytes: int) -> tuple[Path, str | None]:
+                max_rows: int, max_bytes: int, newlines: int | None = None) -> tuple[Path, str | None]:
         """The stored form of an upload (in ``folder``), and its SHA-256 when the converter wrote it (hashed
         while written); None when the stored form is the upload itself (it had that form)."""
         data = folder / "data.npz"
@@ -201,7 +201,7 @@ class DatasetStore:
             if digest is None:
                 upload.rename(data)
         elif fmt == "csv":
-            digest = formats.convert_csv(upload, data, max_rows, targets, dtype)
+            digest = formats.convert_csv(upload, data, max_rows, targets, dtype, newlines)
         elif fmt == "json":
             digest = formats.convert_json(upload, data, max_rows, dtype)
         else:

@@ -26,6 +26,7 @@ class Upload:
     size: int  # its bytes
     sha256: str | None  # of its bytes, when it may be kept as uploaded (an NPZ)
     format_hint: str | None  # from the Content-Type, the part's Content-Type or its file name
+    newlines: int | None = None  # its \n bytes, counted as they streamed in when it may be CSV
 
 
 def _format_of(media_type: str | None, filename: str | None = None) -> str | None:
@@ -50,6 +51,7 @@ class _Sink:
         self.asked = asked
         self.hint = _format_of(content_type)
         self.hashing = self._may_be_kept()
+        self.newlines = 0 if self._may_be_csv() else None
         self.parser = None
         media, options = parse_options_header(content_type)
         if media == b"multipart/form-data":
@@ -90,6 +92,7 @@ class _Sink:
             filename = options.get(b"filename", b"").decode("utf-8", "replace")
             self.hint = _format_of(self.headers.get(b"content-type", b"").decode("latin-1"), filename)
             self.hashing = self._may_be_kept()
+            self.newlines = 0 if self._may_be_csv() else None
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self.in_file:
@@ -105,9 +108,14 @@ class _Sink:
         """Only an NPZ upload can be kept as uploaded, so only then is its hash the dataset's."""
         return (self.asked or self.hint) not in ("csv", "json")
 
+    def _may_be_csv(self) -> bool:
+        return (self.asked or self.hint) not in ("npz", "json")
+
     def _write(self, data: bytes) -> None:
         if self.hashing:
             self.digest.update(data)
+        if self.newlines is not None:  # a CSV's rows, counted while the bytes pass (not in a second read)
+            self.newlines += data.count(b"\n")
         self.handle.write(data)
         self.size += len(data)
 
@@ -163,7 +171,7 @@ async def receive(chunks: AsyncIterator[bytes], content_type: str, content_lengt
         raise InvalidInput("the request holds no file; send an NPZ, CSV or JSON file as the raw body or as the "
                            "multipart field `file`")
     return Upload(path=path, size=sink.size, sha256=sink.digest.hexdigest() if sink.hashing else None,
-                  format_hint=sink.hint)
+                  format_hint=sink.hint, newlines=sink.newlines)
 
 
 def resolve_format(upload: Upload, asked: str | None) -> str:

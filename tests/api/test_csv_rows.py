@@ -1,0 +1,107 @@
+"""CSV text to rows (api/csv_rows.py): the integer path and the general ones agree, blocks split at line ends,
+and every message names the file's true line, whichever block the line fell in."""
+import csv
+import io
+
+import numpy as np
+import pytest
+
+from api import csv_rows
+from api.errors import InvalidInput
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 64 bytes: a few lines each, so every file below spans many blocks and threads."""
+    monkeypatch.setattr(csv_rows, "CSV_BLOCK", 64)
+
+
+def write(tmp_path, text: bytes):
+    path = tmp_path / "data.csv"
+    path.write_bytes(text)
+    return path
+
+
+def parse(path, newlines: int | None = None) -> np.ndarray:
+    header = csv_rows.read_header(path)
+    end = csv_rows.data_end(path, header)
+    n = csv_rows.count_rows(path, header, end, newlines)
+    parts = list(csv_rows.parse_file(lambda block, line: csv_rows.parse_block(block, line, header), path, header, end))
+    rows = np.concatenate(parts).astype(np.float64)
+    assert len(rows) == n
+    return rows
+
+
+def reference(text: bytes) -> np.ndarray:
+    lines = list(csv.reader(io.StringIO(text.decode())))[1:]
+    return np.array([[float(cell) for cell in line] for line in lines if line])
+
+
+@pytest.mark.parametrize("values", [
+    [0, 7, 255, 1000, 99_999_999, 12_345],  # the integer path: words of 4 and of 8 bytes
+    [0.5, -3, 1e-3, 2.25, -0.125, 10],  # decimals and signs: the general fast path
+    ["1e3", "2", " 3", "4.0e-2"],  # exponents and spaces: numpy.loadtxt
+])
+def test_every_path_gives_the_numbers_written(tmp_path, small_blocks, values):
+    rng = np.random.default_rng(0)
+    body = "".join(",".join(str(values[i]) for i in rng.integers(0, len(values), 3)) + "\n" for _ in range(200))
+    text = b"a,b,t\n" + body.encode()
+    assert np.array_equal(parse(write(tmp_path, text)), reference(text))
+
+
+def test_integers_come_back_as_unsigned_integers_and_the_rest_as_float64():
+    header = csv_rows.Header(["a", "b"], 0, b"\n")
+    assert csv_rows.parse_block(b"1,2\n30,400\n", 2, header).dtype == np.uint32
+    assert csv_rows.parse_block(b"1,2\n30,123456789\n", 2, header).dtype == np.float64  # 9 digits: the general path
+    assert csv_rows.parse_block(b"1,2\n30,12345678\n", 2, header).dtype == np.uint64
+    assert csv_rows.parse_block(b"1,-2\n", 2, header).dtype == np.float64
+
+
+@pytest.mark.parametrize("text", [
+    b"a,b,t\r\n" + b"1,2,0\r\n" * 30 + b"3,4,1\r\n",  # Windows line ends
+    b"a,b,t\r" + b"1,2,0\r" * 30 + b"3,4,1\r",  # classic Mac OS
+    b"a,b,t\n" + b"1,2,0\n" * 30 + b"3,4,1",  # no line end after the last line
+    b"a,b,t\n" + b"1,2,0\n" * 30 + b"3,4,1\n\n \n",  # blank lines at the end
+])
+def test_line_ends_and_the_end_of_the_file(tmp_path, small_blocks, text):
+    rows = parse(write(tmp_path, text))
+    assert rows.shape == (31, 3) and rows[-1].tolist() == [3, 4, 1]
+
+
+def test_rows_counted_as_the_upload_streamed_in_match_a_second_read(tmp_path):
+    text = b"a,b,t\r\n" + b"1,2,0\r\n" * 30 + b"3,4,1\r\n\r\n"
+    path = write(tmp_path, text)
+    header = csv_rows.read_header(path)
+    end = csv_rows.data_end(path, header)
+    assert csv_rows.count_rows(path, header, end, text.count(b"\n")) == csv_rows.count_rows(path, header, end) == 31
+
+
+@pytest.mark.parametrize("bad, message", [
+    (b"1,x,0\n", "line 42, column 'b': 'x' is not a number"),
+    (b"1,2\n", "line 42 has 2 values but the header names 3 columns"),
+    (b"1,,0\n", "line 42, column 'b': '' is not a number"),
+    (b"1,nan,0\n", "line 42, column 'b' is nan"),
+    (b"1,2\r,0\n", "line 42, column 'b' holds a carriage return"),
+    (b"1,2," + b"7" * 2000 + b"\n", "line 42 is longer than 1792 bytes"),
+])
+def test_a_bad_line_deep_in_the_file_is_named_by_its_true_line(tmp_path, small_blocks, bad, message):
+    """Threads parse blocks before the lines ahead of them are counted: a message still names the file's line."""
+    text = b"a,b,t\n" + b"1,2,0\n" * 40 + bad + b"1,2,0\n" * 40
+    with pytest.raises(InvalidInput, match=message):
+        parse(write(tmp_path, text))
+
+
+def test_a_line_longer_than_a_row_can_be_is_refused_before_it_is_read_whole(tmp_path, small_blocks):
+    text = b"a,b,t\n" + b"1,2,0\n" * 10 + b"1," * 100_000 + b"0\n"
+    with pytest.raises(InvalidInput, match="line 12 is longer than 1792 bytes"):
+        list(csv_rows.spans(write(tmp_path, text), csv_rows.read_header(write(tmp_path, text)), len(text)))
+
+
+def test_blocks_end_at_line_ends_and_cover_the_file(tmp_path, small_blocks):
+    text = b"a,b,t\n" + b"".join(b"%d,%d,0\n" % (i, i * i) for i in range(100))
+    path = write(tmp_path, text)
+    header = csv_rows.read_header(path)
+    spans = list(csv_rows.spans(path, header, len(text)))
+    assert spans[0][0] == header.end and spans[-1][1] == len(text)
+    assert all(stop == start for (_, stop), (start, _) in zip(spans, spans[1:]))
+    assert all(text[stop - 1:stop] == b"\n" for _, stop in spans)
