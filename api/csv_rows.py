@@ -270,8 +270,9 @@ def _slow_block(block: bytes, first_line: int, header: Header) -> np.ndarray:
     try:
         if b"\n\n" in block or block.startswith(b"\n"):
             raise ValueError("an empty line")  # loadtxt would skip it; the loop below names it
-        return np.loadtxt(io.BytesIO(block), delimiter=",", dtype=np.float64, ndmin=2, comments=None,
-                          encoding="utf-8").reshape(-1, len(columns))
+        rows = np.loadtxt(io.BytesIO(block), delimiter=",", dtype=np.float64, ndmin=2, comments=None, encoding="utf-8")
+        if rows.shape[1] == len(columns):  # lines of another width, all alike: the loop below names the first
+            return rows
     except (ValueError, UnicodeDecodeError):
         pass
     rows = []
