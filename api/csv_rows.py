@@ -23,7 +23,8 @@ import numpy as np
 from api.errors import InvalidInput
 
 CSV_BLOCK = 512 * 1024  # bytes of CSV text parsed at a time: the parser's arrays stay in the CPU's cache
-PARSE_THREADS = min(4, (os.cpu_count() or 1) + 1)  # blocks parsed at once: one more than cores, as the thread writing the NPZ waits
+# blocks parsed at once: one more than cores, as the thread writing the NPZ waits for them much of the time
+PARSE_THREADS = min(4, (os.cpu_count() or 1) + 1)
 HEADER_BYTES = 1 << 20  # the longest header line read
 CELL_BYTES = 256  # generous bytes per value (a float64 takes 24 at most): a longer line holds no sane row
 COUNT_BYTES = 16 * 1024 * 1024  # read at a time when counting lines
@@ -184,7 +185,8 @@ def _integers(block: bytes, n_columns: int) -> np.ndarray | None:
         return None
     word, masks, steps = _WORDS[4 if longest <= 4 else 8]
     width = np.dtype(word).itemsize
-    words = np.ndarray((len(b) + 1,), word, digits, 8 - width, (1,)).take(ends)  # the `width` bytes before each separator
+    # the `width` bytes before each separator, as one word each
+    words = np.ndarray((len(b) + 1,), word, digits, 8 - width, (1,)).take(ends)
     words &= masks.take(lengths)  # earlier fields' bytes become leading zeros
     for scale, bits, mask in steps:
         high = words >> word(bits)
