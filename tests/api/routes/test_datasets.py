@@ -90,6 +90,18 @@ def test_csv_named_targets_quotes_crlf_and_exponents(app):
 def test_csv_multipart_by_file_name(app):
     body = created(app.post("/datasets", files={"file": ("iris.csv", IRIS_CSV)}, params={"target": "species"}))
     assert body["format"] == "csv" and body["n_features"] == 4
+    assert body["n_samples"] == 6  # rows counted from the file part's line ends only, not the multipart framing's
+
+
+def test_rows_are_counted_as_the_body_streams_in_whatever_its_chunks(app):
+    """The upload counts its \\n bytes on the way to disk; the count decides the rows: a body in chunks that
+    split \\r\\n pairs, a multipart part and an unnamed format all give the file's own rows."""
+    crlf = IRIS_CSV.replace(b"\n", b"\r\n") + b"\r\n\r\n"
+    chunked = (crlf[i:i + 7] for i in range(0, len(crlf), 7))
+    assert created(upload(app, chunked, "text/csv"))["n_samples"] == 6
+    assert created(upload(app, IRIS_CSV, "application/octet-stream"))["n_samples"] == 6  # sniffed
+    parts = {"file": ("iris", IRIS_CSV + b"\n\n", "text/csv")}
+    assert created(app.post("/datasets", files=parts))["n_samples"] == 6
 
 
 def test_json_for_small_data(app):
