@@ -377,18 +377,29 @@ def dataset_ingest(ctx: Context) -> list[Row]:
     np.savez(buffer, inputs=inputs, targets=y.astype(np.int64))
     npz_rate = _median_rate(n, lambda: ds.post_file(url, "/datasets", buffer.getvalue(), "application/x-npz"))
     n_json = min(n, 6000)
-    with httpx.Client(timeout=600) as http:
+    # built before the clock starts, as the NPZ is: the client's json.dumps took 3-4x the server's time per request
+    bodies = [json.dumps({"inputs": inputs[start:start + 2000].tolist(), "targets": y[start:start + 2000].tolist()})
+              for start in range(0, n_json, 2000)]
+
+    def appends(at: str) -> float:
         started = time.perf_counter()
-        for start in range(0, n_json, 2000):
-            chunk = json.dumps({"inputs": inputs[start:start + 2000].tolist(), "targets": y[start:start + 2000].tolist()})
-            http.post(f"{url}/models/{mid}/samples", content=chunk, headers={"content-type": "application/json"}
+        for chunk in bodies:
+            http.post(f"{at}/models/{mid}/samples", content=chunk, headers={"content-type": "application/json"}
                       ).raise_for_status()
-        json_rate = n_json / (time.perf_counter() - started)
-        http.delete(f"{url}/models/{mid}/samples")
+        rate = n_json / (time.perf_counter() - started)
+        http.delete(f"{at}/models/{mid}/samples")
+        return rate
+
+    with httpx.Client(timeout=600) as http:
+        json_rate = appends(url)
+        base_rate = appends(ctx.urls["baseline"]) if "baseline" in ctx.urls else None
     text = ds.csv_file(n).read_bytes()
     csv_rate = _median_rate(n, lambda: ds.post_file(url, "/datasets?target=label", text, "text/csv"))
     return [Row(ctx.backend, f"{n:,}x784 NPZ upload / JSON appends (2,000 per request), samples/s",
                 f"{npz_rate:,.0f} / {json_rate:,.0f} samples/s", npz_rate / json_rate, ">= 20", npz_rate / json_rate >= 20),
+            *([Row(ctx.backend, f"{n:,}x784 NPZ upload / JSON appends at the baseline, samples/s",
+                   f"{npz_rate:,.0f} / {base_rate:,.0f} samples/s", npz_rate / base_rate, "informative")]
+              if base_rate else []),
             Row(ctx.backend, f"{n:,}-row, 785-column CSV upload, rows/s / 50,000", f"{csv_rate:,.0f} rows/s",
                 csv_rate / 50_000, ">= 1", csv_rate >= 50_000)]
 
