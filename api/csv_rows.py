@@ -257,11 +257,18 @@ def _fast_block(block: bytes, n_columns: int) -> np.ndarray | None:
             value = value * kept + digit
         else:
             value[active] = value[active] * kept + digit
+    n_digits = lengths - dot_seen
+    if negative is not None:
+        n_digits[negative] -= 1
+    if n_digits.min() == 0:
+        return None  # a lone '-', '.' or '-.': no digit, not a number
+    # float() rounds once: the digits as a whole number are exact below 2**53, and so is 10**k up to k = 22, so
+    # their quotient is rounded once too; more digits than that go to numpy.loadtxt, which rounds as float() does
+    if value.max() >= 2.0 ** 53 or (digits_after_dot is not None and digits_after_dot.max() > 22):
+        return None
     if digits_after_dot is not None:
         value /= _POW10[digits_after_dot]
     if negative is not None:
-        if (lengths[negative] == 1).any():
-            return None  # a lone '-'
         value[negative] = -value[negative]
     return value.reshape(-1, n_columns)
 
