@@ -76,11 +76,16 @@ def read_header(path: Path) -> Header:
 
 def data_end(path: Path, header: Header) -> int:
     """Where the last data line ends: blank lines and spaces at the end of the file are not rows."""
-    size = path.stat().st_size
+    end = path.stat().st_size
     with open(path, "rb") as handle:
-        handle.seek(max(header.end, size - 65536))
-        tail = handle.read()
-    return size - (len(tail) - len(tail.rstrip(b"\r\n \t")))
+        while end > header.end:  # 64 KB at a time from the end, however long the blank end is
+            handle.seek(max(header.end, end - 65536))
+            tail = handle.read(end - handle.tell())
+            kept = len(tail.rstrip(b"\r\n \t"))
+            end -= len(tail) - kept
+            if kept:
+                break
+    return end
 
 
 def count_rows(path: Path, header: Header, end: int, newlines: int | None = None) -> int:

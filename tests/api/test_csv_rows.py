@@ -88,6 +88,13 @@ def test_line_ends_and_the_end_of_the_file(tmp_path, small_blocks, text):
     assert rows.shape == (31, 3) and rows[-1].tolist() == [3, 4, 1]
 
 
+@pytest.mark.parametrize("blank", [b"\n" * 100_000, b" " * 100_000, b"\r\n" * 40_000 + b" \t"])
+def test_a_blank_end_longer_than_64_kb_is_not_rows(tmp_path, blank):
+    """Only the last 64 KB were stripped: the rest of the blank end was refused as "line 4 is empty"."""
+    text = b"a,b,t\n1,2,0\n3,4,1\n" + blank
+    assert parse(write(tmp_path, text), text.count(b"\n")).tolist() == [[1, 2, 0], [3, 4, 1]]
+
+
 def test_rows_counted_as_the_upload_streamed_in_match_a_second_read(tmp_path):
     text = b"a,b,t\r\n" + b"1,2,0\r\n" * 30 + b"3,4,1\r\n\r\n"
     path = write(tmp_path, text)
