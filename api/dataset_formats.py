@@ -365,16 +365,19 @@ def convert_csv(source: Path, dest: Path, max_rows: int, target_columns: list[st
     def parse(block: bytes, first_line: int) -> tuple[np.ndarray, np.ndarray]:
         rows = csv_rows.parse_block(block, first_line, header)  # finite float64, or unsigned integers
         inputs = rows[:, :len(feature_index)] if contiguous else rows[:, feature_index]
+        targets = rows[:, target_index]
         if input_dtype != rows.dtype:  # float32 of integers of at most 8 digits is finite
             with np.errstate(over="ignore"):
                 inputs = inputs.astype(input_dtype)
-            if not np.isfinite(inputs).all():
-                row, column = np.argwhere(~np.isfinite(inputs))[0]
-                raise InvalidInput(f"line {first_line + row}, column {columns[feature_index[column]]!r} is "
-                                   f"{rows[row, feature_index[column]]}, too large for {input_dtype.name} (at most "
-                                   f"{np.finfo(input_dtype).max:.6g} in magnitude); scale the values down, or "
-                                   "upload with ?dtype=float64")
-        return inputs, rows[:, target_index]
+                fitted = targets.astype(input_dtype)  # what targets that are not whole numbers are stored as
+            for values, index in ((inputs, feature_index), (fitted, target_index)):
+                if not np.isfinite(values).all():
+                    row, column = np.argwhere(~np.isfinite(values))[0]
+                    raise InvalidInput(f"line {first_line + row}, column {columns[index[column]]!r} is "
+                                       f"{rows[row, index[column]]}, too large for {input_dtype.name} (at most "
+                                       f"{np.finfo(input_dtype).max:.6g} in magnitude); scale the values down, or "
+                                       "upload with ?dtype=float64")
+        return inputs, targets
 
     def input_chunks() -> Iterator[np.ndarray]:
         nonlocal done
@@ -391,9 +394,6 @@ def convert_csv(source: Path, dest: Path, max_rows: int, target_columns: list[st
         if done != n:
             raise InvalidInput(f"the CSV file has {done} data lines where {n} were counted; remove empty lines")
         values = target_values[:, 0] if len(target_index) == 1 else target_values
-        with np.errstate(over="ignore"):
-            if not np.isfinite(values.astype(input_dtype)).all():
-                raise InvalidInput(f"targets too large for {input_dtype.name}")
         writer.array("targets", values, _target_dtype(values, input_dtype))
     finally:
         writer.close()

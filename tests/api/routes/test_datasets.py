@@ -146,6 +146,9 @@ def test_regression_targets_summarised_by_min_max_mean(app):
     (b'{"inputs": [[1, 2]], "targets": [[1e39]]}', "application/json", {}, 422, "targets[0, 0] is 1e+39, too large"),
     (npz_bytes(inputs=np.array([[1.0], [-1e300]]), targets=np.ones(2)), "application/x-npz", {"dtype": "float32"}, 422,
      "inputs[1, 0] is -1e+300, too large for float32 (at most 3.40282e+38 in magnitude)"),
+    # a target beyond float32 was "targets too large for float32": no line, no column, no way out
+    (HEADER + b"1,2,3,4,0\n1,2,3,4,0.5\n1,2,3,4,-1e39\n", "text/csv", {}, 422, "line 4, column 'species' is -1e+39, too "
+     "large for float32 (at most 3.40282e+38 in magnitude); scale the values down, or upload with ?dtype=float64"),
     # a \r that ends no line: csv.reader raised "new-line character seen in unquoted field", a 500
     (b"a,b\rx,t\n1,2,3,0\n", "text/csv", {}, 422, "line 1 (the header), column 2 holds a carriage return (\\r) that "
      "ends no line; remove it, or save the file as CSV UTF-8 (lines ending in \\n or \\r\\n)"),
