@@ -32,8 +32,9 @@ class DatasetService:
         The folder (under the dataset dir's .tmp) is removed afterwards unless it became a dataset."""
         folder = await run_in_threadpool(self.files.new_upload)
         try:
+            is_json = fmt == "json" if fmt else uploads.is_json(content_type)  # ?format= says what the body is
             limit = (self.settings.max_request_bytes, "NN_MAX_REQUEST_BYTES: JSON is for small data; upload NPZ or CSV") \
-                if fmt == "json" or uploads.is_json(content_type) else (self.settings.max_dataset_bytes, "NN_MAX_DATASET_BYTES")
+                if is_json else (self.settings.max_dataset_bytes, "NN_MAX_DATASET_BYTES")
             upload = await uploads.receive(body, content_type, content_length, folder / "upload", *limit, asked=fmt)
             data, sha256, fmt = await run_in_threadpool(self._convert, folder, upload, fmt, targets, dtype)
             yield folder, data, sha256, fmt

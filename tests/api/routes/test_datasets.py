@@ -238,6 +238,13 @@ def test_size_and_row_limits(tmp_path):
         assert response.status_code == 413 and "NN_MAX_DATASET_ROWS" in response.json()["detail"]
         response = small.post("/datasets", json={"inputs": [[0.123456] * 10] * 30, "targets": [0] * 30})
         assert response.status_code == 413 and "NN_MAX_REQUEST_BYTES" in response.json()["detail"]
+        # ?format= says what the body is: a CSV sent as application/json was held to the JSON limit, a 413 saying
+        # "JSON is for small data; upload NPZ or CSV"
+        csv_text = b"a,b,t\n" + b"0.%s,1,0\n" % (b"1" * 300) * 4
+        assert 1024 < len(csv_text) < 2048
+        response = small.post("/datasets?format=csv", content=csv_text, headers={"content-type": "application/json"})
+        assert response.status_code == 201, response.text
+        small.delete(f"/datasets/{response.json()['dataset_id']}")
         # 500 bytes that hold 64 kB: the limit is on the arrays, not on what they weigh compressed
         zeros = npz_bytes(compressed=True, inputs=np.zeros((4, 2000)), targets=np.zeros(4))
         create(small, model_id="wide", layer_sizes=[2000, 2], activations=["softmax"])
