@@ -18,6 +18,7 @@ BATCH_BYTES = 1 << 20  # bytes collected on the event loop before a thread write
 MEDIA_FORMATS = {"text/csv": "csv", "application/csv": "csv", "text/plain": "csv", "application/json": "json",
                  "application/x-npz": "npz", "application/zip": "npz", "application/x-zip-compressed": "npz"}
 SUFFIX_FORMATS = {".npz": "npz", ".csv": "csv", ".json": "json"}
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or the end record of an empty one
 
 
 @dataclass
@@ -181,9 +182,9 @@ def resolve_format(upload: Upload, asked: str | None) -> str:
     if upload.format_hint:
         return upload.format_hint
     with open(upload.path, "rb") as handle:
-        head = handle.read(64).lstrip()
-    if head.startswith(b"PK"):
+        head = handle.read(64)
+    if head.startswith(ZIP_MAGIC):  # not b"PK" alone: a CSV header may begin "PK_id,..."
         return "npz"
-    if head.startswith((b"{", b"[")):
+    if head.lstrip().startswith(b"{"):  # a JSON dataset is an object; a CSV header may begin "[mm],..."
         return "json"
     return "csv"

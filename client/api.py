@@ -34,7 +34,7 @@ def _checked(response):
 
 def _sniff(head):
     """The dataset format of a file from its first bytes: NPZ is a zip archive, JSON an object, else CSV."""
-    if head.startswith(b"PK"):
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # not b"PK" alone: a CSV header may begin "PK_id,..."
         return "npz"
     return "json" if head.lstrip()[:1] == b"{" else "csv"
 

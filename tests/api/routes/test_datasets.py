@@ -104,6 +104,14 @@ def test_rows_are_counted_as_the_body_streams_in_whatever_its_chunks(app):
     assert created(app.post("/datasets", files=parts))["n_samples"] == 6
 
 
+@pytest.mark.parametrize("text", [b"PK_id,b,t\n1,2,0\n3,4,1\n", b"[mm],b,t\n1,2,0\n3,4,1\n"])
+def test_csv_sniffed_from_its_first_bytes_whatever_its_first_column(app, text):
+    """Without a Content-Type, a header starting "PK" was read as a zip ("not a readable NPZ (zip) file") and one
+    starting "[" as JSON."""
+    body = created(upload(app, text))
+    assert (body["format"], body["n_samples"], body["n_features"]) == ("csv", 2, 2)
+
+
 def test_json_for_small_data(app):
     body = created(app.post("/datasets", json={"inputs": X4, "targets": Y3}, params={"dtype": "float64"}))
     assert (body["format"], body["dtype"], body["n_samples"]) == ("json", "float64", 6)
