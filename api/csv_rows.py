@@ -59,6 +59,9 @@ def read_header(path: Path) -> Header:
     eol = b"\n"
     if b"\r" in first and b"\n" not in first:  # classic Mac OS line ends
         eol, first = b"\r", first[:first.index(b"\r") + 1]
+    elif len(first) == HEADER_BYTES and not first.endswith(b"\n"):
+        raise InvalidInput(f"line 1 (the header) is longer than {HEADER_BYTES} bytes; a header names the columns, "
+                           "one line of names separated by commas")
     try:
         header = first.decode("utf-8-sig").rstrip("\r\n")
     except UnicodeDecodeError:

@@ -126,6 +126,15 @@ def test_lines_of_twice_the_columns_are_named_not_split_into_rows(tmp_path, text
         parse(write(tmp_path, text))
 
 
+@pytest.mark.parametrize("name", ["c", "é"])
+def test_a_header_longer_than_it_can_be_is_named(tmp_path, name):
+    """It was "needs a header row naming at least two columns" (200,000 were named), or "not UTF-8" where the
+    first MiB ended inside a character."""
+    text = ",".join(f"{name}{i}" for i in range(200_000)).encode() + b"\n" + b"1," * 199_999 + b"1\n"
+    with pytest.raises(InvalidInput, match=f"line 1 \\(the header\\) is longer than {csv_rows.HEADER_BYTES} bytes"):
+        csv_rows.read_header(write(tmp_path, text))
+
+
 def test_a_line_longer_than_a_row_can_be_is_refused_before_it_is_read_whole(tmp_path, small_blocks):
     text = b"a,b,t\n" + b"1,2,0\n" * 10 + b"1," * 100_000 + b"0\n"
     with pytest.raises(InvalidInput, match="line 12 is longer than 1792 bytes"):
