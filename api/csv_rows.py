@@ -98,8 +98,8 @@ def count_rows(path: Path, header: Header, end: int, newlines: int | None = None
         return 0
     with open(path, "rb") as handle:
         if newlines is not None and header.eol == b"\n":
-            handle.seek(end)
-            return newlines - handle.read().count(b"\n")  # the header's \n out, the last row's (cut off at end) in
+            handle.seek(end)  # the header's \n out, the last row's (cut off at end) in
+            return newlines - sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(COUNT_BYTES), b""))
         handle.seek(header.end)
         count = 0
         while handle.tell() < end:

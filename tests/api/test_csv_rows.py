@@ -95,6 +95,17 @@ def test_a_blank_end_longer_than_64_kb_is_not_rows(tmp_path, blank):
     assert parse(write(tmp_path, text), text.count(b"\n")).tolist() == [[1, 2, 0], [3, 4, 1]]
 
 
+def test_a_blank_end_is_counted_a_chunk_at_a_time(tmp_path, monkeypatch):
+    from tests.api.conftest import peak_bytes
+    monkeypatch.setattr(csv_rows, "COUNT_BYTES", 1 << 20)
+    text = b"a,b,t\n1,2,0\n3,4,1\n" + b"\n" * 40_000_000
+    path = write(tmp_path, text)
+    header = csv_rows.read_header(path)
+    end, peak = peak_bytes(csv_rows.data_end, path, header)
+    rows, peak_count = peak_bytes(csv_rows.count_rows, path, header, end, text.count(b"\n"))
+    assert rows == 2 and max(peak, peak_count) < 4 << 20
+
+
 def test_rows_counted_as_the_upload_streamed_in_match_a_second_read(tmp_path):
     text = b"a,b,t\r\n" + b"1,2,0\r\n" * 30 + b"3,4,1\r\n\r\n"
     path = write(tmp_path, text)
