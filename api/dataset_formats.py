@@ -144,6 +144,12 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
                                f"{MAX_NPZ_MEMBERS}: save inputs and targets alone with numpy.savez(path, inputs=..., targets=...)")
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+        if not head.startswith(b"PK"):  # no zip at all: most likely CSV or JSON sent as NPZ
+            raise InvalidInput(f"not an NPZ (zip) file: it begins {head!r}, where a zip begins b'PK'. Send a CSV or JSON "
+                               "file with ?format=csv (or json), or with its Content-Type (text/csv, application/json); "
+                               "save an NPZ with numpy.savez(path, inputs=..., targets=...)") from None
         raise InvalidInput(f"not a readable NPZ (zip) file: {exc}; the file may be truncated. Save it with "
                            "numpy.savez(path, inputs=..., targets=...)") from None
 

@@ -129,6 +129,10 @@ def test_regression_targets_summarised_by_min_max_mean(app):
 @pytest.mark.parametrize("content, media, params, status, words", [
     (IRIS_NPZ[:len(IRIS_NPZ) // 2], "application/x-npz", {}, 422, "truncated"),
     (npz_bytes(features=np.ones((2, 2))), "application/x-npz", {}, 422, "no array 'inputs'"),
+    # a CSV sent as NPZ was told "the file may be truncated. Save it with numpy.savez(...)"
+    (IRIS_CSV, "application/x-npz", {}, 422, "not an NPZ (zip) file: it begins b'sepal_length,sep', where a zip "
+     "begins b'PK'. Send a CSV or JSON file with ?format=csv (or json)"),
+
     (npz_bytes(inputs=np.ones(3), targets=np.ones(3)), "application/x-npz", {}, 422, "2-D"),
     (npz_bytes(inputs=np.ones((3, 2)), targets=np.ones(2)), "application/x-npz", {}, 422, "3 rows but targets has 2"),
     (npz_bytes(inputs=np.array([[1.0, np.nan]]), targets=np.ones(1)), "application/x-npz", {}, 422, "inputs[0, 1] is nan"),
