@@ -71,9 +71,11 @@ def read_header(path: Path) -> Header:
         raise InvalidInput(f"line 1 (the header), column {column} holds a carriage return (\\r) that ends no line; "
                            f"remove it, or {SAVE_AS}")
     columns = next(csv.reader([header]), [])
-    if len(columns) < 2 or not first.endswith(eol):
+    if len(columns) < 2:
         raise InvalidInput("a CSV dataset needs a header row naming at least two columns (features and a target), "
                            "then one line per sample")
+    if not first.endswith(eol):  # the file ends within its first line
+        raise InvalidInput("the CSV file has a header but no data lines")
     return Header(columns, len(first), eol)
 
 

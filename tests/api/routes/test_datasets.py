@@ -147,6 +147,7 @@ def test_regression_targets_summarised_by_min_max_mean(app):
     (b"a,b,c,c\n1,2,3,4\n", "text/csv", {"target": "c"}, 422, "?target=c is ambiguous"),  # which c was it?
     (b"a,b,c\n1,2,3\n", "text/csv", {"target": ["c", "c"]}, 422, "?target=c is ambiguous"),
     (HEADER, "text/csv", {}, 422, "no data lines"),
+    (HEADER[:-1], "text/csv", {}, 422, "has a header but no data lines"),  # was "needs ... at least two columns"
     (IRIS_NPZ, "application/x-npz", {"target": "species"}, 422, "?target= names CSV columns"),
     (b"", "text/csv", {}, 422, "holds no file"),
     (b'{"inputs": [[1, 2], [3]], "targets": [0, 1]}', "application/json", {}, 422, "rows of different lengths"),
