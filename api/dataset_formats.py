@@ -305,10 +305,14 @@ def _fitted(array: np.ndarray, dtype: np.dtype, name: str) -> Iterator[np.ndarra
         if chunk.dtype.kind == "f" and not np.isfinite(chunk).all():
             index = np.argwhere(~np.isfinite(chunk))[0]
             where = f"{name}[{start + int(index[0])}" + ("]" if chunk.ndim == 1 else f", {int(index[1])}]")
-            raise InvalidInput(f"{where} is {array[start:start + step][tuple(index)]}, too large for {dtype.name} "
-                               f"(at most {np.finfo(dtype).max:.6g} in magnitude); scale the values down, or upload "
-                               "with ?dtype=float64")
+            raise _too_large(where, array[start:start + step][tuple(index)], dtype)
         yield chunk
+
+
+def _too_large(where: str, value, dtype: np.dtype) -> InvalidInput:
+    """A finite value that ``dtype`` cannot hold (it would be stored as Inf), named by ``where``."""
+    return InvalidInput(f"{where} is {value}, too large for {dtype.name} (at most {np.finfo(dtype).max:.6g} in "
+                        "magnitude); scale the values down, or upload with ?dtype=float64")
 
 
 # -- JSON --------------------------------------------------------------------------------------------
@@ -379,10 +383,8 @@ def convert_csv(source: Path, dest: Path, max_rows: int, target_columns: list[st
             for values, index in ((inputs, feature_index), (fitted, target_index)):
                 if not np.isfinite(values).all():
                     row, column = np.argwhere(~np.isfinite(values))[0]
-                    raise InvalidInput(f"line {first_line + row}, column {columns[index[column]]!r} is "
-                                       f"{rows[row, index[column]]}, too large for {input_dtype.name} (at most "
-                                       f"{np.finfo(input_dtype).max:.6g} in magnitude); scale the values down, or "
-                                       "upload with ?dtype=float64")
+                    raise _too_large(f"line {first_line + row}, column {columns[index[column]]!r}",
+                                     rows[row, index[column]], input_dtype)
         return inputs, targets
 
     def input_chunks() -> Iterator[np.ndarray]:
