@@ -22,6 +22,7 @@ More rows are functions registered with ``@goal("...")`` (see GOALS below) takin
 """
 
 import argparse
+import http.client
 import io
 import json
 import os
@@ -89,7 +90,7 @@ def bare_app(port: int) -> None:
     """The floor: FastAPI parsing the same body into the same shape (strict floats, no NaN), answering ten
     numbers per row, served by uvicorn like main.py."""
     import uvicorn
-    from fastapi import FastAPI
+    from fastapi import FastAPI, Request, Response
     from pydantic import BaseModel, ConfigDict
 
     class Body(BaseModel):
@@ -97,6 +98,13 @@ def bare_app(port: int) -> None:
         inputs: list[list[float]]
 
     app = FastAPI()
+
+    @app.post("/receive/{answer_bytes}")
+    async def receive(answer_bytes: int, request: Request) -> Response:
+        """The transfer's floor: reads the body as it arrives and answers ``answer_bytes`` bytes, with no work."""
+        async for _ in request.stream():
+            pass
+        return Response(bytes(answer_bytes), media_type="application/octet-stream")
 
     @app.post("/output")
     def output(body: Body) -> dict:
@@ -222,6 +230,30 @@ def _timed(fn: Callable[[], object], n: int) -> list[float]:
     return times
 
 
+class StdlibPoster:
+    """Posts one body again and again on one kept-alive connection of the standard library's client, whose
+    ``request`` sends a bytes body with its head in one sendall. httpx took 0.5-0.8 ms more than it for a 3.2 MB
+    body (5.0 ms in all), which the V2 goal measured as the service's; JSON bodies cost both clients alike."""
+
+    def __init__(self, url: str, body: bytes, headers: dict | None = None):
+        host, _, rest = url.removeprefix("http://").partition(":")
+        port, _, self.path = rest.partition("/")
+        self.path = "/" + self.path
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=120)
+        self.body = body
+        self.headers = {"Content-Type": "application/json", **(headers or {}), "Content-Length": str(len(body))}
+
+    def __call__(self) -> "StdlibPoster":
+        self.connection.request("POST", self.path, body=self.body, headers=self.headers)
+        response = self.connection.getresponse()
+        self.status, self.content = response.status, response.read()
+        return self
+
+    def raise_for_status(self) -> None:
+        if not 200 <= self.status < 300:
+            raise RuntimeError(f"POST {self.path}: {self.status} {self.content[:200]!r}")
+
+
 def _poster(http: httpx.Client, url: str, body: bytes, headers: dict | None = None) -> Callable[[], httpx.Response]:
     headers = headers or {"Content-Type": "application/json"}
     return lambda: http.post(url, content=body, headers=headers)
@@ -260,9 +292,10 @@ def v2_vs_json(ctx: Context) -> list[Row]:
                "json": (f"{ctx.urls['cache_on']}/models/{mid}/output", _json_rows(ctx.x1024), None)}
     if "baseline" in ctx.urls:  # the JSON path as it was when the goal was set (section 2 made it 2-3x faster)
         targets["json_before"] = (f"{ctx.urls['baseline']}/models/{mid}/output", _json_rows(ctx.x1024), None)
-    with httpx.Client(timeout=120) as http:
-        p = interleaved_p50({name: _poster(http, *target) for name, target in targets.items()}, ctx.args.big_requests,
-                            rounds=3)
+    answer = len(StdlibPoster(*targets["binary"])().content)  # the floor answers as many bytes as the infer
+    targets["bare"] = (f"{ctx.urls['bare']}/receive/{answer}", binary, headers)
+    p = interleaved_p50({name: StdlibPoster(*target) for name, target in targets.items()}, ctx.args.big_requests,
+                        rounds=3)
     ratio = p["json"] / p["binary"]
     from threadpoolctl import threadpool_limits
 
@@ -275,8 +308,13 @@ def v2_vs_json(ctx: Context) -> list[Row]:
         one, split = _timed(lambda: net.predict(ctx.x1024), 20), _timed(lambda: predict(net, ctx.x1024), 20)
         for _ in range(2):  # alternating, so that the machine's other load falls on both alike
             one, split = one + _timed(lambda: net.predict(ctx.x1024), 20), split + _timed(lambda: predict(net, ctx.x1024), 20)
+    floor = p["bare"] + p50(split)  # moving the bytes, then the forward pass: what no server of this design beats
     return [Row(ctx.backend, "1024x784: V2 binary infer p50 / the forward pass alone (in process)",
                 f"{p['binary']:.1f} / {p50(math):.1f} ms", p["binary"] / p50(math), "informative"),
+            Row(ctx.backend, "1024x784: V2 binary infer p50 / (bare app receiving its body + the forward pass split)",
+                f"{p['binary']:.1f} / ({p['bare']:.1f} + {p50(split):.1f}) ms", p["binary"] / floor, "informative"),
+            Row(ctx.backend, "1024x784: the V2 goal's bound here, JSON /output p50 / (bare app + forward pass split)",
+                f"{p['json']:.1f} / {floor:.1f} ms", p["json"] / floor, "informative"),
             Row(ctx.backend, "1024x784 forward, 1 BLAS thread: whole / split across the cores (api/predict.py)",
                 f"{p50(one):.2f} / {p50(split):.2f} ms", p50(one) / p50(split), "informative"),
             Row(ctx.backend, "1024x784: JSON /output p50 / V2 binary infer p50", f"{p['json']:.1f} / {p['binary']:.1f} ms",
@@ -353,14 +391,20 @@ def _datasets_bench():
     return module
 
 
-def _median_rate(n: int, upload: Callable[[], tuple[int, dict]], runs: int = 3) -> float:
-    """Rows/s of the median of ``runs`` uploads (one upload alone moved 2x between runs on this machine)."""
+def _median_rate(n: int, url: str, upload: Callable[[], tuple[int, dict]], runs: int = 3) -> float:
+    """Rows/s of the median of ``runs`` uploads (one upload alone moved 2x between runs on this machine), after one
+    not timed. Each dataset is deleted after its upload, outside the clock, so that every upload writes into page
+    cache that an earlier one freed: on this VM the first touch of guest memory nobody has used yet costs the
+    hypervisor's page faults, and a 189 MB upload into such pages took 0.3-0.8 s instead of 0.25 s, which measured
+    the machine's history instead of the service (a server that has run for a while has paid it)."""
     times = []
-    for _ in range(runs):
+    for run in range(runs + 1):
         started = time.perf_counter()
         status, body = upload()
-        times.append(time.perf_counter() - started)
+        if run:
+            times.append(time.perf_counter() - started)
         assert status == 201, body
+        httpx.delete(f"{url}/datasets/{body['dataset_id']}", timeout=60).raise_for_status()
     return n / statistics.median(times)
 
 
@@ -375,28 +419,39 @@ def dataset_ingest(ctx: Context) -> list[Row]:
     inputs = (x / 255.0).astype(np.float32)
     buffer = io.BytesIO()
     np.savez(buffer, inputs=inputs, targets=y.astype(np.int64))
-    npz_rate = _median_rate(n, lambda: ds.post_file(url, "/datasets", buffer.getvalue(), "application/x-npz"))
+    body = buffer.getvalue()  # before the clock: a copy of 189 MB inside it cost the client 0.1-0.4 s of page faults
+    npz_rate = _median_rate(n, url, lambda: ds.post_file(url, "/datasets", body, "application/x-npz"))
     n_json = min(n, 6000)
     # built before the clock starts, as the NPZ is: the client's json.dumps took 3-4x the server's time per request
     bodies = [json.dumps({"inputs": inputs[start:start + 2000].tolist(), "targets": y[start:start + 2000].tolist()})
               for start in range(0, n_json, 2000)]
 
-    def appends(at: str) -> float:
-        started = time.perf_counter()
-        for chunk in bodies:
-            http.post(f"{at}/models/{mid}/samples", content=chunk, headers={"content-type": "application/json"}
-                      ).raise_for_status()
-        rate = n_json / (time.perf_counter() - started)
-        http.delete(f"{at}/models/{mid}/samples")
-        return rate
+    def appends(at: str, runs: int = 3) -> float:
+        """Rows/s of the median of ``runs``, after one not timed (as the uploads)."""
+        times = []
+        for run in range(runs + 1):
+            started = time.perf_counter()
+            for chunk in bodies:
+                http.post(f"{at}/models/{mid}/samples", content=chunk, headers={"content-type": "application/json"}
+                          ).raise_for_status()
+            if run:
+                times.append(time.perf_counter() - started)
+            http.delete(f"{at}/models/{mid}/samples").raise_for_status()
+        return n_json / statistics.median(times)
 
     with httpx.Client(timeout=600) as http:
         json_rate = appends(url)
         base_rate = appends(ctx.urls["baseline"]) if "baseline" in ctx.urls else None
     text = ds.csv_file(n).read_bytes()
-    csv_rate = _median_rate(n, lambda: ds.post_file(url, "/datasets?target=label", text, "text/csv"))
+    csv_rate = _median_rate(n, url, lambda: ds.post_file(url, "/datasets?target=label", text, "text/csv"))
+    bare = StdlibPoster(f"{ctx.urls['bare']}/receive/200", body, {"Content-Type": "application/x-npz"})
+    bare_rate = n / statistics.median(_timed(bare, 4)[1:])  # after one not timed, as the uploads
     return [Row(ctx.backend, f"{n:,}x784 NPZ upload / JSON appends (2,000 per request), samples/s",
                 f"{npz_rate:,.0f} / {json_rate:,.0f} samples/s", npz_rate / json_rate, ">= 20", npz_rate / json_rate >= 20),
+            Row(ctx.backend, f"{n:,}x784 NPZ: bare app receiving its bytes (no check, no disk) / our upload, samples/s",
+                f"{bare_rate:,.0f} / {npz_rate:,.0f} samples/s", bare_rate / npz_rate, "informative"),
+            Row(ctx.backend, "the NPZ goal's bound here: bare app receiving the NPZ / JSON appends, samples/s",
+                f"{bare_rate:,.0f} / {json_rate:,.0f} samples/s", bare_rate / json_rate, "informative"),
             *([Row(ctx.backend, f"{n:,}x784 NPZ upload / JSON appends at the baseline, samples/s",
                    f"{npz_rate:,.0f} / {base_rate:,.0f} samples/s", npz_rate / base_rate, "informative")]
               if base_rate else []),
