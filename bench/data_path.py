@@ -391,21 +391,32 @@ def _datasets_bench():
     return module
 
 
+def _median_seconds(work: Callable[[], object], after: Callable[[object], object], runs: int = 3) -> float:
+    """Seconds of the median of ``runs`` calls of ``work``, after one not timed; ``after`` checks and cleans up each
+    call's result outside the clock."""
+    times = []
+    for run in range(runs + 1):
+        started = time.perf_counter()
+        result = work()
+        if run:
+            times.append(time.perf_counter() - started)
+        after(result)
+    return statistics.median(times)
+
+
 def _median_rate(n: int, url: str, upload: Callable[[], tuple[int, dict]], runs: int = 3) -> float:
     """Rows/s of the median of ``runs`` uploads (one upload alone moved 2x between runs on this machine), after one
     not timed. Each dataset is deleted after its upload, outside the clock, so that every upload writes into page
     cache that an earlier one freed: on this VM the first touch of guest memory nobody has used yet costs the
     hypervisor's page faults, and a 189 MB upload into such pages took 0.3-0.8 s instead of 0.25 s, which measured
     the machine's history instead of the service (a server that has run for a while has paid it)."""
-    times = []
-    for run in range(runs + 1):
-        started = time.perf_counter()
-        status, body = upload()
-        if run:
-            times.append(time.perf_counter() - started)
+
+    def delete(result: tuple[int, dict]) -> None:
+        status, body = result
         assert status == 201, body
         httpx.delete(f"{url}/datasets/{body['dataset_id']}", timeout=60).raise_for_status()
-    return n / statistics.median(times)
+
+    return n / _median_seconds(upload, delete, runs)
 
 
 @goal("datasets: NPZ upload vs JSON appends, CSV rows/s")
@@ -426,18 +437,15 @@ def dataset_ingest(ctx: Context) -> list[Row]:
     bodies = [json.dumps({"inputs": inputs[start:start + 2000].tolist(), "targets": y[start:start + 2000].tolist()})
               for start in range(0, n_json, 2000)]
 
-    def appends(at: str, runs: int = 3) -> float:
-        """Rows/s of the median of ``runs``, after one not timed (as the uploads)."""
-        times = []
-        for run in range(runs + 1):
-            started = time.perf_counter()
+    def appends(at: str) -> float:
+        """Rows/s of the median of 3, after one not timed (as the uploads)."""
+
+        def send() -> None:
             for chunk in bodies:
                 http.post(f"{at}/models/{mid}/samples", content=chunk, headers={"content-type": "application/json"}
                           ).raise_for_status()
-            if run:
-                times.append(time.perf_counter() - started)
-            http.delete(f"{at}/models/{mid}/samples").raise_for_status()
-        return n_json / statistics.median(times)
+
+        return n_json / _median_seconds(send, lambda _: http.delete(f"{at}/models/{mid}/samples").raise_for_status())
 
     with httpx.Client(timeout=600) as http:
         json_rate = appends(url)
@@ -445,7 +453,7 @@ def dataset_ingest(ctx: Context) -> list[Row]:
     text = ds.csv_file(n).read_bytes()
     csv_rate = _median_rate(n, url, lambda: ds.post_file(url, "/datasets?target=label", text, "text/csv"))
     bare = StdlibPoster(f"{ctx.urls['bare']}/receive/200", body, {"Content-Type": "application/x-npz"})
-    bare_rate = n / statistics.median(_timed(bare, 4)[1:])  # after one not timed, as the uploads
+    bare_rate = n / _median_seconds(bare, StdlibPoster.raise_for_status)  # as the uploads
     return [Row(ctx.backend, f"{n:,}x784 NPZ upload / JSON appends (2,000 per request), samples/s",
                 f"{npz_rate:,.0f} / {json_rate:,.0f} samples/s", npz_rate / json_rate, ">= 20", npz_rate / json_rate >= 20),
             Row(ctx.backend, f"{n:,}x784 NPZ: bare app receiving its bytes (no check, no disk) / our upload, samples/s",
