@@ -1,10 +1,21 @@
 """Receiving a file body (raw, or the multipart field ``file``) onto disk while it streams in.
 
-The event loop only collects the request's chunks; parsing multipart, hashing and writing happen in a
-worker thread, about a megabyte at a time, so memory holds about one batch whatever the file size.
+The event loop only collects the request's chunks into batches of about a megabyte. Behind it, a pipeline of
+two threads (``_Pipeline``): one parses multipart and writes each batch, calling fdatasync every FLUSH_BYTES
+so that the disk writes while the rest arrives rather than all in the publish's fsync; then it hands the
+file's bytes of the batch to the other, which hashes them. Neither thread waits for the loop, and the loop
+waits only when DEPTH batches are behind it, so memory holds about DEPTH + 2 batches whatever the file size.
+
+A 189 MB NPZ on the 2-core VM: hashing and writing on one thread, awaited by the loop batch by batch, took
+0.42-0.47 s, 0.09 s of it the final fsync; this pipeline takes 0.32-0.34 s. SHA-256 (about 1 GB/s
+here) sets its pace; the threads and the loop together keep both cores busy.
 """
 
+import asyncio
 import hashlib
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator
@@ -15,6 +26,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from api.errors import InvalidInput, PayloadTooLarge
 
 BATCH_BYTES = 1 << 20  # bytes collected on the event loop before a thread writes them
+FLUSH_BYTES = 16 << 20  # bytes written between two fdatasync calls of the writing thread
+_datasync = getattr(os, "fdatasync", os.fsync)  # macOS and Windows have no fdatasync
 MEDIA_FORMATS = {"text/csv": "csv", "application/csv": "csv", "text/plain": "csv", "application/json": "json",
                  "application/x-npz": "npz", "application/zip": "npz", "application/x-zip-compressed": "npz"}
 SUFFIX_FORMATS = {".npz": "npz", ".csv": "csv", ".json": "json"}
@@ -48,7 +61,8 @@ class _Sink:
     def __init__(self, path: Path, content_type: str, asked: str | None):
         self.handle = open(path, "wb")
         self.digest = hashlib.sha256()
-        self.size = 0
+        self.size = self.unflushed = 0
+        self.pieces: list[bytes] = []  # the file's bytes written by the current feed, for the hashing thread
         self.asked = asked
         self.hint = _format_of(content_type)
         self.hashing = self._may_be_kept()
@@ -114,25 +128,41 @@ class _Sink:
 
     def _write(self, data: bytes) -> None:
         if self.hashing:
-            self.digest.update(data)
+            self.pieces.append(data)
         if self.newlines is not None:  # a CSV's rows, counted while the bytes pass (not in a second read)
             self.newlines += data.count(b"\n")
         self.handle.write(data)
         self.size += len(data)
+        self.unflushed += len(data)
 
-    def feed(self, data: bytes) -> None:
-        if self.parser is None:
-            self._write(data)
-            return
-        try:
-            self.parser.write(data)
-        except Exception as exc:  # python-multipart's MultipartParseError and friends
-            raise InvalidInput(f"the multipart/form-data body cannot be parsed: {exc}") from None
+    def feed(self, chunks: list[bytes]) -> list[bytes]:
+        """Writes a batch of the body; returns the file's bytes in it, to be hashed (in order) by ``hash``."""
+        self.pieces = []
+        for data in chunks:
+            if self.parser is None:
+                self._write(data)
+                continue
+            try:
+                self.parser.write(data)
+            except Exception as exc:  # python-multipart's MultipartParseError and friends
+                raise InvalidInput(f"the multipart/form-data body cannot be parsed: {exc}") from None
+        if self.unflushed >= FLUSH_BYTES:  # to disk while the rest arrives, not all in the publish's fsync
+            self.handle.flush()
+            _datasync(self.handle.fileno())
+            self.unflushed = 0
+        return self.pieces
+
+    def hash(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            self.digest.update(piece)
 
     def finish(self) -> None:
+        """Ends the multipart parse (with the pipeline drained) and closes the file."""
         try:
             if self.parser is not None:
+                self.pieces = []
                 self.parser.finalize()  # says nothing of a body cut short: the closing boundary does
+                self.hash(self.pieces)
                 if not self.ended:
                     raise InvalidInput("the multipart/form-data body is truncated: it has no closing boundary "
                                        f"(--{self.boundary}--), so the file may be cut short; send the whole body again")
@@ -143,6 +173,55 @@ class _Sink:
             self.handle.close()
 
 
+class _Pipeline:
+    """The threads behind the loop: the writing thread writes batch k and hands its bytes straight to the
+    hashing thread, so neither waits for the loop; the loop only waits when DEPTH batches are behind it.
+    (With the loop awaiting each stage's hand-off, a batch waited about 1 ms for the loop between the two, and
+    the pipeline ran no faster than one thread doing both.)"""
+
+    DEPTH = 8  # batches written or hashed behind the loop; 2, 4 and 16 were no faster
+
+    def __init__(self, sink: _Sink):
+        self.sink = sink
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="upload-write")
+        self.hasher = ThreadPoolExecutor(1, thread_name_prefix="upload-hash")
+        self.behind: deque[Future] = deque()  # per batch: its write, whose result is its hash (or None)
+
+    def _write(self, batch: list[bytes]) -> Future | None:
+        pieces = self.sink.feed(batch)
+        return self.hasher.submit(self.sink.hash, pieces) if pieces else None
+
+    @staticmethod
+    async def _result(future: Future):
+        return future.result() if future.done() else await asyncio.wrap_future(future)
+
+    async def _settle(self) -> None:
+        """Waits for the oldest batch's write, then its hash; raises what either raised."""
+        hashed = await self._result(self.behind.popleft())
+        if hashed is not None:
+            await self._result(hashed)
+
+    async def push(self, batch: list[bytes]) -> None:
+        if batch:
+            self.behind.append(self.writer.submit(self._write, batch))
+        while len(self.behind) > self.DEPTH or self.behind and self.behind[0].done() and self.behind[0].exception():
+            await self._settle()
+
+    async def drain(self) -> None:
+        while self.behind:
+            await self._settle()
+
+    def stop(self) -> None:
+        """After a failure (run in a thread): lets the threads finish what they hold, so the file is closed
+        under none."""
+        self.writer.shutdown(wait=True)
+        self.hasher.shutdown(wait=True)
+
+    def close(self) -> None:
+        self.writer.shutdown(wait=False)
+        self.hasher.shutdown(wait=False)
+
+
 async def receive(chunks: AsyncIterator[bytes], content_type: str, content_length: str | None, path: Path,
                   limit: int, limit_name: str, asked: str | None = None) -> Upload:
     """Streams the body to ``path``; PayloadTooLarge as soon as it passes ``limit`` bytes."""
@@ -151,6 +230,7 @@ async def receive(chunks: AsyncIterator[bytes], content_type: str, content_lengt
     if content_length is not None and content_length.isdigit() and int(content_length) > limit:
         raise too_large
     sink = await run_in_threadpool(_Sink, path, content_type, asked)
+    pipeline = _Pipeline(sink)
     received, batch, pending = 0, [], 0
     try:
         async for chunk in chunks:
@@ -160,13 +240,16 @@ async def receive(chunks: AsyncIterator[bytes], content_type: str, content_lengt
             batch.append(chunk)
             pending += len(chunk)
             if pending >= BATCH_BYTES:
-                data, batch, pending = b"".join(batch), [], 0
-                await run_in_threadpool(sink.feed, data)
-        if batch:
-            await run_in_threadpool(sink.feed, b"".join(batch))
+                await pipeline.push(batch)
+                batch, pending = [], 0
+        await pipeline.push(batch)
+        await pipeline.drain()
     except BaseException:
+        await run_in_threadpool(pipeline.stop)
         sink.handle.close()
         raise
+    finally:
+        pipeline.close()
     await run_in_threadpool(sink.finish)
     if sink.size == 0:
         raise InvalidInput("the request holds no file; send an NPZ, CSV or JSON file as the raw body or as the "

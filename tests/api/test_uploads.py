@@ -1,0 +1,102 @@
+"""api/uploads.py: a body written and hashed by two threads behind the loop, in order, with bounded memory,
+and every failure leaving the file closed and no thread running."""
+
+import asyncio
+import hashlib
+import os
+import threading
+
+import pytest
+
+from api import uploads
+from api.errors import InvalidInput, PayloadTooLarge
+
+BATCHES = 3 * uploads._Pipeline.DEPTH  # enough that the pipeline fills and drains more than once
+BODY = os.urandom(BATCHES * uploads.BATCH_BYTES + 12_345)
+
+
+def chunked(data: bytes, size: int = 100_003):
+    """The body as the server hands it on: pieces of any size, here one that never divides a batch."""
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+async def stream(chunks, after=None):
+    for index, chunk in enumerate(chunks):
+        if after is not None:
+            after(index)
+        yield chunk
+
+
+def receive(tmp_path, chunks, content_type="application/x-npz", limit=1 << 40, after=None) -> uploads.Upload:
+    return asyncio.run(uploads.receive(stream(chunks, after), content_type, None, tmp_path / "upload", limit,
+                                       "NN_MAX_DATASET_BYTES"))
+
+
+def multipart(data: bytes, boundary: str = "XyZ") -> tuple[bytes, str]:
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.npz"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def upload_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(("upload-write", "upload-hash"))]
+
+
+def test_a_body_of_many_batches_is_written_and_hashed_in_order_with_writeback_on_the_way(tmp_path, monkeypatch):
+    flushed = []
+    monkeypatch.setattr(uploads, "FLUSH_BYTES", 4 * uploads.BATCH_BYTES)
+    monkeypatch.setattr(uploads, "_datasync", lambda fd: flushed.append(os.fstat(fd).st_size))
+    upload = receive(tmp_path, chunked(BODY))
+    assert (tmp_path / "upload").read_bytes() == BODY
+    assert upload.size == len(BODY) and upload.sha256 == hashlib.sha256(BODY).hexdigest()
+    assert len(flushed) >= BATCHES // 5  # every 4 batches or so (a batch is a chunk past BATCH_BYTES)
+    assert flushed == sorted(flushed) and flushed[-1] < len(BODY)  # on the way, not once at the end
+    assert not upload_threads()
+
+
+def test_the_file_part_of_a_multipart_body_is_hashed_alone(tmp_path):
+    body, content_type = multipart(BODY)
+    upload = receive(tmp_path, chunked(body, 65_536), content_type)
+    assert (tmp_path / "upload").read_bytes() == BODY
+    assert upload.sha256 == hashlib.sha256(BODY).hexdigest() and upload.format_hint == "npz"
+
+
+def test_the_loop_never_runs_more_than_depth_batches_ahead_of_the_writes(tmp_path, monkeypatch):
+    """Memory holds about DEPTH + 2 batches whatever the file size: each chunk the loop asks for finds every
+    batch but the last DEPTH written. The first write waits until the loop has gone as far as it may."""
+    chunk = uploads.BATCH_BYTES  # one chunk, one batch
+    written, allowed_ahead = [], threading.Event()
+    feed = uploads._Sink.feed
+
+    def counted_feed(sink, batch):
+        allowed_ahead.wait()
+        result = feed(sink, batch)
+        written.append(len(batch))
+        return result
+
+    def check(index: int) -> None:
+        pushed = index  # batches handed to the pipeline before this chunk
+        assert len(written) >= pushed - uploads._Pipeline.DEPTH, (pushed, len(written))
+        if pushed == uploads._Pipeline.DEPTH:
+            allowed_ahead.set()  # the loop got DEPTH batches ahead without waiting; now it must
+
+    monkeypatch.setattr(uploads._Sink, "feed", counted_feed)
+    upload = receive(tmp_path, chunked(BODY, chunk), after=check)
+    assert upload.size == len(BODY) and len(written) == len(chunked(BODY, chunk))
+
+
+def test_a_multipart_body_broken_deep_inside_is_a_422_with_the_file_closed_and_no_thread_left(tmp_path):
+    body, content_type = multipart(BODY)
+    broken = body[:len(body) // 2] + b"\r\n--XyZ\r\nnot a header line\r\n\r\n" + body[len(body) // 2:]
+    with pytest.raises(InvalidInput, match="multipart/form-data body"):
+        receive(tmp_path, chunked(broken), content_type)
+    assert not upload_threads()
+    os.remove(tmp_path / "upload")  # closed: removable, and nothing writes it again
+    assert not (tmp_path / "upload").exists()
+
+
+def test_a_body_past_the_limit_stops_with_the_threads_done(tmp_path):
+    with pytest.raises(PayloadTooLarge, match="NN_MAX_DATASET_BYTES"):
+        receive(tmp_path, chunked(BODY), limit=len(BODY) // 2)
+    assert (tmp_path / "upload").stat().st_size <= len(BODY) // 2 and not upload_threads()
