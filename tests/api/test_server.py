@@ -275,6 +275,63 @@ def test_a_body_the_app_does_not_read_yet_is_buffered_up_to_a_megabyte_then_read
     assert paused and BODY_BUFFER_BYTES < buffered <= BODY_BUFFER_BYTES + 1024 * 1024, buffered
 
 
+@pytest.mark.parametrize("app_lags", [False, True])
+def test_body_chunks_reach_the_app_as_bytes_in_order_whether_it_keeps_up_or_lags(app_lags):
+    """BoundedHeadProtocol's own on_body keeps what a lagging app has not read yet in one buffer (up to
+    BODY_BUFFER_BYTES); either way the app receives bytes, in order, all of them."""
+    pieces = [os.urandom(size) for size in (70_001, 1, 300_000, 4_096, 250_000)]
+
+    async def scenario() -> tuple[list, int]:
+        release, received = asyncio.Event(), []
+
+        async def app(scope, receive, send):
+            if scope["type"] == "http":
+                await release.wait()
+                more = True
+                while more:
+                    message = await receive()
+                    received.append(message["body"])
+                    more = message.get("more_body", False)
+                await send({"type": "http.response.start", "status": 204, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+
+        config = uvicorn.Config(app, http=BoundedHeadProtocol, lifespan="off", log_level="warning")
+        config.load()
+        protocols = []
+
+        def factory():
+            protocols.append(config.http_protocol_class(config=config, server_state=ServerState(), app_state={}))
+            return protocols[-1]
+
+        server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % sum(map(len, pieces)))
+        if not app_lags:
+            release.set()
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.001)  # let the server read it as a chunk of its own
+        for _ in range(500):  # a lagging app reads once the whole body waits for it
+            await asyncio.sleep(0.01)
+            cycle = protocols[0].cycle if protocols else None
+            if cycle is not None and (not app_lags or len(cycle.body) == sum(map(len, pieces))):
+                break
+        waited = len(protocols[0].cycle.body)
+        release.set()
+        status = await reader.readline()
+        writer.close()
+        server.close()
+        assert status.startswith(b"HTTP/1.1 204"), status
+        return received, waited
+
+    received, waited = asyncio.run(scenario())
+    assert all(type(body) is bytes for body in received)
+    assert b"".join(received) == b"".join(pieces)
+    if app_lags:
+        assert waited == sum(map(len, pieces)) and len([body for body in received if body]) == 1
+
+
 def test_a_setting_that_cannot_be_used_stops_the_start_with_one_line_naming_it(tmp_path):
     """A wrong backend name, a Redis URL without its scheme or with a database that is not a number, a malformed
     NN_API_KEYS: `python main.py` (and `python main.py worker`) exits 1 with one line, not a traceback."""
