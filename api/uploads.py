@@ -212,10 +212,10 @@ class _Pipeline:
             await self._settle()
 
     def stop(self) -> None:
-        """After a failure (run in a thread): lets the threads finish what they hold, so the file is closed
-        under none."""
-        self.writer.shutdown(wait=True)
-        self.hasher.shutdown(wait=True)
+        """After a failure (run in a thread): drops the batches not started and waits for the ones running, so
+        the file is closed under no thread."""
+        self.writer.shutdown(wait=True, cancel_futures=True)
+        self.hasher.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
         self.writer.shutdown(wait=False)
