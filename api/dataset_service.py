@@ -13,7 +13,7 @@ from api import dataset_formats as formats
 from api import uploads
 from api.datasets import DatasetRecord, DatasetStore, check_values, model_arrays
 from api.errors import DatasetExists, DatasetNotFound, InvalidInput, JobNotFound, PayloadTooLarge
-from api.settings import Settings, dataset_root
+from api.settings import MiB, Settings, dataset_root
 from api.storage.base import ACTIVE, Store
 
 log = logging.getLogger("api.datasets")
@@ -35,7 +35,8 @@ class DatasetService:
             is_json = fmt == "json" if fmt else uploads.is_json(content_type)  # ?format= says what the body is
             limit = (self.settings.max_request_bytes, "NN_MAX_REQUEST_BYTES: JSON is for small data; upload NPZ or CSV") \
                 if is_json else (self.settings.max_dataset_bytes, "NN_MAX_DATASET_BYTES")
-            upload = await uploads.receive(body, content_type, content_length, folder / "upload", *limit, asked=fmt)
+            upload = await uploads.receive(body, content_type, content_length, folder / "upload", *limit, asked=fmt,
+                                           in_flight=int(self.settings.upload_buffer_mb * MiB))
             data, sha256, fmt = await run_in_threadpool(self._convert, folder, upload, fmt, targets, dtype)
             yield folder, data, sha256, fmt
         finally:

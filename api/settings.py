@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     malloc_keep_mb: float = Field(64, ge=0, description="Freed memory each malloc arena of a service or worker process "
                                   "keeps for reuse (glibc): a request's large NumPy temporaries then reuse pages instead "
                                   "of faulting in fresh ones (api/malloc.py); 0: glibc's defaults.")
+    upload_buffer_mb: float = Field(64, ge=1, description="Upload batches (1 MiB each) held in memory at once in one API "
+                                    "process, across uploads, while threads write and hash them; past it each upload "
+                                    "waits with one batch (api/uploads.py).")
     model_cache_mb: float = Field(256, ge=0, description="Memory each API process may hold in deserialised models "
                                                           "(least recently used go first; 0: load on every request).")
     max_json_depth: int = Field(32, ge=4, le=512, description="Deepest nesting of arrays and objects in a JSON body.")

@@ -1,24 +1,27 @@
 """Receiving a file body (raw, or the multipart field ``file``) onto disk while it streams in.
 
-The event loop only collects the request's chunks into batches of about a megabyte. Behind it, a pipeline of
-two threads (``_Pipeline``): one parses multipart and writes each batch, calling fdatasync every FLUSH_BYTES
-so that the disk writes while the rest arrives rather than all in the publish's fsync; then it hands the
-file's bytes of the batch to the other, which hashes them. Neither thread waits for the loop, and the loop
-waits only when DEPTH batches are behind it, so memory holds about DEPTH + 2 batches whatever the file size.
+The event loop only collects the request's chunks into batches of about a megabyte. Behind it, two stages
+run on a shared pool of threads (``_Pipeline``): one parses multipart and writes each batch, calling
+fdatasync every FLUSH_BYTES so that the disk writes while the rest arrives rather than all in the publish's
+fsync; then it hands the file's bytes of the batch to the other, which hashes them. Each stage runs an
+upload's batches in order (``_Strand``) without waiting for the loop, and the loop waits only when DEPTH
+batches of its upload, or NN_UPLOAD_BUFFER_MB of all uploads, are behind it: memory holds at most about
+that plus two batches per upload, whatever the files' sizes and however many arrive at once.
 
 A 189 MB NPZ on the 2-core VM: hashing and writing on one thread, awaited by the loop batch by batch, took
-0.42-0.47 s, 0.09 s of it the final fsync; this pipeline takes 0.32-0.34 s. SHA-256 (about 1 GB/s
-here) sets its pace; the threads and the loop together keep both cores busy.
+0.42-0.47 s, 0.09 s of it the final fsync; the two stages take 0.32-0.34 s. SHA-256 (about 1 GB/s here)
+sets their pace; they and the loop together keep both cores busy.
 """
 
 import asyncio
 import hashlib
 import os
+import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from fastapi.concurrency import run_in_threadpool
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -28,6 +31,24 @@ from api.errors import InvalidInput, PayloadTooLarge
 BATCH_BYTES = 1 << 20  # bytes collected on the event loop before a thread writes them
 FLUSH_BYTES = 16 << 20  # bytes written between two fdatasync calls of the writing thread
 _datasync = getattr(os, "fdatasync", os.fsync)  # macOS and Windows have no fdatasync
+IN_FLIGHT_BYTES = 64 << 20  # batches of all uploads behind the loop at once, plus one each (NN_UPLOAD_BUFFER_MB)
+# the threads of every upload's two stages; more than the cores, as a writing thread may wait in fdatasync
+_pool = ThreadPoolExecutor(max(8, 4 * (os.cpu_count() or 1)), thread_name_prefix="upload")
+
+
+class _Held:
+    """Bytes of the batches pushed behind the loop and not yet settled, across uploads (and event loops)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.lock = threading.Lock()
+
+    def add(self, size: int) -> None:
+        with self.lock:
+            self.bytes += size
+
+
+held = _Held()
 MEDIA_FORMATS = {"text/csv": "csv", "application/csv": "csv", "text/plain": "csv", "application/json": "json",
                  "application/x-npz": "npz", "application/zip": "npz", "application/x-zip-compressed": "npz"}
 SUFFIX_FORMATS = {".npz": "npz", ".csv": "csv", ".json": "json"}
@@ -173,23 +194,55 @@ class _Sink:
             self.handle.close()
 
 
+class _Strand:
+    """Runs the calls submitted to it one at a time, in order, on a thread of the shared pool: an upload's
+    writes (or its hashes) keep their order without a thread of their own, and without waiting for the loop
+    between two. A thread runs a strand's calls until none is left, at most DEPTH, then serves another."""
+
+    def __init__(self) -> None:
+        self.calls: deque[tuple[Future, Callable, tuple]] = deque()
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def submit(self, fn: Callable, *args) -> Future:
+        future: Future = Future()
+        with self.lock:
+            self.calls.append((future, fn, args))
+            if self.scheduled:
+                return future
+            self.scheduled = True
+        _pool.submit(self._run)
+        return future
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                if not self.calls:
+                    self.scheduled = False
+                    return
+                future, fn, args = self.calls.popleft()
+            if future.set_running_or_notify_cancel():  # False: cancelled after a failure
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+
 class _Pipeline:
-    """The threads behind the loop: the writing thread writes batch k and hands its bytes straight to the
-    hashing thread, so neither waits for the loop; the loop only waits when DEPTH batches are behind it.
-    (With the loop awaiting each stage's hand-off, a batch waited about 1 ms for the loop between the two, and
-    the pipeline ran no faster than one thread doing both.)"""
+    """The two stages behind the loop: batch k is written on one strand, which hands its bytes straight to the
+    hashing strand, so neither waits for the loop; the loop waits only when DEPTH batches of this upload, or
+    ``in_flight`` bytes of all uploads (NN_UPLOAD_BUFFER_MB), are behind it. (With the loop passing each batch from one stage to the
+    next, a batch waited about 1 ms for the loop, and the two stages ran no faster than one thread doing both.)"""
 
     DEPTH = 8  # batches written or hashed behind the loop; 2, 4 and 16 were no faster
 
-    def __init__(self, sink: _Sink):
-        self.sink = sink
-        self.writer = ThreadPoolExecutor(1, thread_name_prefix="upload-write")
-        self.hasher = ThreadPoolExecutor(1, thread_name_prefix="upload-hash")
-        self.behind: deque[Future] = deque()  # per batch: its write, whose result is its hash (or None)
+    def __init__(self, sink: _Sink, in_flight: int):
+        self.sink, self.in_flight, self.writes, self.hashes = sink, in_flight, _Strand(), _Strand()
+        self.behind: deque[tuple[Future, int]] = deque()  # per batch: its write (whose result is its hash), bytes
 
     def _write(self, batch: list[bytes]) -> Future | None:
         pieces = self.sink.feed(batch)
-        return self.hasher.submit(self.sink.hash, pieces) if pieces else None
+        return self.hashes.submit(self.sink.hash, pieces) if pieces else None
 
     @staticmethod
     async def _result(future: Future):
@@ -197,40 +250,59 @@ class _Pipeline:
 
     async def _settle(self) -> None:
         """Waits for the oldest batch's write, then its hash; raises what either raised."""
-        hashed = await self._result(self.behind.popleft())
+        written, size = self.behind[0]
+        hashed = await self._result(written)
         if hashed is not None:
             await self._result(hashed)
+        self.behind.popleft()
+        held.add(-size)
 
-    async def push(self, batch: list[bytes]) -> None:
-        if batch:
-            self.behind.append(self.writer.submit(self._write, batch))
-        while len(self.behind) > self.DEPTH or self.behind and self.behind[0].done() and self.behind[0].exception():
+    def _must_wait(self, size: int) -> bool:
+        if not self.behind:
+            return False  # one batch per upload whatever the others hold: each keeps moving
+        oldest = self.behind[0][0]
+        return (len(self.behind) >= self.DEPTH or held.bytes + size > self.in_flight
+                or oldest.done() and oldest.exception() is not None)
+
+    async def push(self, batch: list[bytes], size: int) -> None:
+        while self._must_wait(size):
             await self._settle()
+        if batch:
+            held.add(size)
+            self.behind.append((self.writes.submit(self._write, batch), size))
 
     async def drain(self) -> None:
         while self.behind:
             await self._settle()
 
     def stop(self) -> None:
-        """After a failure (run in a thread): drops the batches not started and waits for the ones running, so
+        """After a failure (run in a thread): cancels the batches not started and waits for the ones running, so
         the file is closed under no thread."""
-        self.writer.shutdown(wait=True, cancel_futures=True)
-        self.hasher.shutdown(wait=True, cancel_futures=True)
+        written = [future for future, _ in self.behind]
+        for future in written:
+            future.cancel()
+        wait(written)
+        hashed = [future.result() for future in written if not future.cancelled() and future.exception() is None]
+        hashed = [future for future in hashed if future is not None]
+        for future in hashed:
+            future.cancel()
+        wait(hashed)
 
     def close(self) -> None:
-        self.writer.shutdown(wait=False)
-        self.hasher.shutdown(wait=False)
+        held.add(-sum(size for _, size in self.behind))
+        self.behind.clear()
 
 
 async def receive(chunks: AsyncIterator[bytes], content_type: str, content_length: str | None, path: Path,
-                  limit: int, limit_name: str, asked: str | None = None) -> Upload:
-    """Streams the body to ``path``; PayloadTooLarge as soon as it passes ``limit`` bytes."""
+                  limit: int, limit_name: str, asked: str | None = None, in_flight: int = IN_FLIGHT_BYTES) -> Upload:
+    """Streams the body to ``path``; PayloadTooLarge as soon as it passes ``limit`` bytes. ``in_flight``: the
+    bytes of all uploads' batches the writing and hashing threads may have behind the loop (plus one each)."""
     too_large = PayloadTooLarge(f"the upload is larger than {limit} bytes ({limit_name}); split the data into "
                                 "several datasets or ask the operator to raise the limit")
     if content_length is not None and content_length.isdigit() and int(content_length) > limit:
         raise too_large
     sink = await run_in_threadpool(_Sink, path, content_type, asked)
-    pipeline = _Pipeline(sink)
+    pipeline = _Pipeline(sink, in_flight)
     received, batch, pending = 0, [], 0
     try:
         async for chunk in chunks:
@@ -240,9 +312,9 @@ async def receive(chunks: AsyncIterator[bytes], content_type: str, content_lengt
             batch.append(chunk)
             pending += len(chunk)
             if pending >= BATCH_BYTES:
-                await pipeline.push(batch)
+                await pipeline.push(batch, pending)
                 batch, pending = [], 0
-        await pipeline.push(batch)
+        await pipeline.push(batch, pending)
         await pipeline.drain()
     except BaseException:
         await run_in_threadpool(pipeline.stop)

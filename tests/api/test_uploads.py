@@ -1,5 +1,5 @@
-"""api/uploads.py: a body written and hashed by two threads behind the loop, in order, with bounded memory,
-and every failure leaving the file closed and no thread running."""
+"""api/uploads.py: a body written and hashed by two stages behind the loop, in order, with memory bounded per
+upload and across uploads, and every failure leaving the file closed and nothing held."""
 
 import asyncio
 import hashlib
@@ -39,10 +39,6 @@ def multipart(data: bytes, boundary: str = "XyZ") -> tuple[bytes, str]:
     return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def upload_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith(("upload-write", "upload-hash"))]
-
-
 def test_a_body_of_many_batches_is_written_and_hashed_in_order_with_writeback_on_the_way(tmp_path, monkeypatch):
     flushed = []
     monkeypatch.setattr(uploads, "FLUSH_BYTES", 4 * uploads.BATCH_BYTES)
@@ -52,7 +48,7 @@ def test_a_body_of_many_batches_is_written_and_hashed_in_order_with_writeback_on
     assert upload.size == len(BODY) and upload.sha256 == hashlib.sha256(BODY).hexdigest()
     assert len(flushed) >= BATCHES // 5  # every 4 batches or so (a batch is a chunk past BATCH_BYTES)
     assert flushed == sorted(flushed) and flushed[-1] < len(BODY)  # on the way, not once at the end
-    assert not upload_threads()
+    assert uploads.held.bytes == 0
 
 
 def test_the_file_part_of_a_multipart_body_is_hashed_alone(tmp_path):
@@ -86,17 +82,47 @@ def test_the_loop_never_runs_more_than_depth_batches_ahead_of_the_writes(tmp_pat
     assert upload.size == len(BODY) and len(written) == len(chunked(BODY, chunk))
 
 
-def test_a_multipart_body_broken_deep_inside_is_a_422_with_the_file_closed_and_no_thread_left(tmp_path):
+def test_a_multipart_body_broken_deep_inside_is_a_422_with_the_file_closed_and_nothing_held(tmp_path):
     body, content_type = multipart(BODY)
     broken = body[:len(body) // 2] + b"\r\n--XyZ\r\nnot a header line\r\n\r\n" + body[len(body) // 2:]
     with pytest.raises(InvalidInput, match="multipart/form-data body"):
         receive(tmp_path, chunked(broken), content_type)
-    assert not upload_threads()
+    assert uploads.held.bytes == 0
     os.remove(tmp_path / "upload")  # closed: removable, and nothing writes it again
     assert not (tmp_path / "upload").exists()
 
 
-def test_a_body_past_the_limit_stops_with_the_threads_done(tmp_path):
+def test_a_body_past_the_limit_stops_with_nothing_held(tmp_path):
     with pytest.raises(PayloadTooLarge, match="NN_MAX_DATASET_BYTES"):
         receive(tmp_path, chunked(BODY), limit=len(BODY) // 2)
-    assert (tmp_path / "upload").stat().st_size <= len(BODY) // 2 and not upload_threads()
+    assert (tmp_path / "upload").stat().st_size <= len(BODY) // 2 and uploads.held.bytes == 0
+
+
+def test_uploads_at_once_hold_at_most_the_upload_buffer_plus_one_batch_each(tmp_path, monkeypatch):
+    """However many uploads arrive at once, the batches behind the loop stay under NN_UPLOAD_BUFFER_MB plus one
+    per upload, and every upload still moves. The writes wait until every upload has gone as far as it may:
+    the first to the limit, the other two one batch each."""
+    limit = 3 * uploads.BATCH_BYTES
+    reached, feed, most = threading.Event(), uploads._Sink.feed, [0]
+
+    def held_feed(sink, batch):
+        reached.wait()
+        return feed(sink, batch)
+
+    def check(index: int) -> None:
+        most[0] = max(most[0], uploads.held.bytes)
+        assert uploads.held.bytes <= limit + 3 * uploads.BATCH_BYTES
+        if uploads.held.bytes >= limit + 2 * uploads.BATCH_BYTES:
+            reached.set()
+
+    async def three_at_once():
+        bodies = [BODY[:12 * uploads.BATCH_BYTES + n] for n in (1, 2, 3)]
+        return await asyncio.gather(*(uploads.receive(stream(chunked(body, uploads.BATCH_BYTES), check),
+                                                      "application/x-npz", None, tmp_path / f"upload{i}", 1 << 40,
+                                                      "NN_MAX_DATASET_BYTES", in_flight=limit)
+                                       for i, body in enumerate(bodies)))
+
+    monkeypatch.setattr(uploads._Sink, "feed", held_feed)
+    done = asyncio.run(three_at_once())
+    assert [u.sha256 for u in done] == [hashlib.sha256(BODY[:12 * uploads.BATCH_BYTES + n]).hexdigest() for n in (1, 2, 3)]
+    assert most[0] == limit + 2 * uploads.BATCH_BYTES and uploads.held.bytes == 0
