@@ -317,8 +317,10 @@ async def receive(chunks: AsyncIterator[bytes], content_type: str, content_lengt
         await pipeline.push(batch, pending)
         await pipeline.drain()
     except BaseException:
-        await run_in_threadpool(pipeline.stop)
-        sink.handle.close()
+        try:
+            await run_in_threadpool(pipeline.stop)
+        finally:
+            sink.handle.close()
         raise
     finally:
         pipeline.close()
