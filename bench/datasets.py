@@ -1,5 +1,7 @@
 """Dataset ingest against a real `python main.py` on loopback: NPZ upload vs JSON appends, server memory
 during the upload, and CSV parsing. Every figure is measured in this one run and printed with its goal.
+Each is one timing of a fresh server (what a first upload sees); `bench/data_path.py` measures the same
+ratios as medians of interleaved rounds, steadier on a noisy machine, and its table is the README's.
 
     python bench/datasets.py                         # embedded backend (SQLite), 60,000 x 784
     python bench/datasets.py --backend redis         # NN_BACKEND=redis on NN_BENCH_REDIS_URL (db 5 by default)
