@@ -31,6 +31,10 @@ from api.errors import InvalidInput, PayloadTooLarge
 BATCH_BYTES = 1 << 20  # bytes collected on the event loop before a thread writes them
 FLUSH_BYTES = 16 << 20  # bytes written between two fdatasync calls of the writing thread
 _datasync = getattr(os, "fdatasync", os.fsync)  # macOS and Windows have no fdatasync
+MEDIA_FORMATS = {"text/csv": "csv", "application/csv": "csv", "text/plain": "csv", "application/json": "json",
+                 "application/x-npz": "npz", "application/zip": "npz", "application/x-zip-compressed": "npz"}
+SUFFIX_FORMATS = {".npz": "npz", ".csv": "csv", ".json": "json"}
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or the end record of an empty one
 IN_FLIGHT_BYTES = 64 << 20  # batches of all uploads behind the loop at once, plus one each (NN_UPLOAD_BUFFER_MB)
 # the threads of every upload's two stages; more than the cores, as a writing thread may wait in fdatasync
 _pool = ThreadPoolExecutor(max(8, 4 * (os.cpu_count() or 1)), thread_name_prefix="upload")
@@ -49,10 +53,6 @@ class _Held:
 
 
 held = _Held()
-MEDIA_FORMATS = {"text/csv": "csv", "application/csv": "csv", "text/plain": "csv", "application/json": "json",
-                 "application/x-npz": "npz", "application/zip": "npz", "application/x-zip-compressed": "npz"}
-SUFFIX_FORMATS = {".npz": "npz", ".csv": "csv", ".json": "json"}
-ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or the end record of an empty one
 
 
 @dataclass
