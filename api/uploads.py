@@ -18,6 +18,7 @@ import hashlib
 import os
 import threading
 from collections import deque
+from contextlib import suppress
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,13 @@ from typing import AsyncIterator, Callable
 from fastapi.concurrency import run_in_threadpool
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from api.errors import InvalidInput, PayloadTooLarge
+from api.errors import InvalidInput, PayloadTooLarge, StoreUnavailable
 
 BATCH_BYTES = 1 << 20  # bytes collected on the event loop before a thread writes them
+# what a chunk costs beyond its payload (its bytes object, its list slot), counted in a batch's size: a body that
+# arrives a few bytes at a time closes its batches early, instead of a batch of 2-byte chunks holding 20x its
+# payload, and counts what it holds towards NN_UPLOAD_BUFFER_MB
+CHUNK_COST = 64
 FLUSH_BYTES = 16 << 20  # bytes written between two fdatasync calls of the writing thread
 _datasync = getattr(os, "fdatasync", os.fsync)  # macOS and Windows have no fdatasync
 MEDIA_FORMATS = {"text/csv": "csv", "application/csv": "csv", "text/plain": "csv", "application/json": "json",
@@ -80,7 +85,7 @@ class _Sink:
     """Writes the body (or the ``file`` part of a multipart body) to ``path``, hashing it on the way."""
 
     def __init__(self, path: Path, content_type: str, asked: str | None):
-        self.handle = open(path, "wb")
+        self.path = path
         self.digest = hashlib.sha256()
         self.size = self.unflushed = 0
         self.pieces: list[bytes] = []  # the file's bytes written by the current feed, for the hashing thread
@@ -105,6 +110,20 @@ class _Sink:
                 "on_header_value": self._header_value, "on_header_end": self._header_end,
                 "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
                 "on_part_end": self._part_end, "on_end": self._end})
+        try:  # last: a Content-Type refused above leaves no file open
+            self.handle = open(path, "wb")
+        except OSError as exc:
+            raise self._unwritable(exc) from None
+
+    def _unwritable(self, exc: OSError) -> StoreUnavailable:
+        """A disk that refuses the upload (full, EFBIG, EIO) is the server's failure, not the body's: 503."""
+        return StoreUnavailable(f"the upload cannot be written to {self.path.parent} ({exc.strerror}); the operator "
+                                "frees space there or sets NN_DATASET_DIR to a writable folder")
+
+    def close(self) -> None:
+        """Closes the file, idempotent; after a failure a second error while flushing it adds nothing."""
+        with suppress(OSError):
+            self.handle.close()
 
     # multipart callbacks
     def _part_begin(self) -> None:
@@ -152,7 +171,10 @@ class _Sink:
             self.pieces.append(data)
         if self.newlines is not None:  # a CSV's rows, counted while the bytes pass (not in a second read)
             self.newlines += data.count(b"\n")
-        self.handle.write(data)
+        try:
+            self.handle.write(data)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
         self.size += len(data)
         self.unflushed += len(data)
 
@@ -165,11 +187,16 @@ class _Sink:
                 continue
             try:
                 self.parser.write(data)
+            except StoreUnavailable:  # raised by _write, from the parser's callback
+                raise
             except Exception as exc:  # python-multipart's MultipartParseError and friends
                 raise InvalidInput(f"the multipart/form-data body cannot be parsed: {exc}") from None
         if self.unflushed >= FLUSH_BYTES:  # to disk while the rest arrives, not all in the publish's fsync
-            self.handle.flush()
-            _datasync(self.handle.fileno())
+            try:
+                self.handle.flush()
+                _datasync(self.handle.fileno())
+            except OSError as exc:
+                raise self._unwritable(exc) from None
             self.unflushed = 0
         return self.pieces
 
@@ -190,14 +217,18 @@ class _Sink:
                 if not self.found:
                     raise InvalidInput("the multipart/form-data body has no field named `file`; send the file as "
                                        "-F file=@data.npz (curl) or with the file button of /docs")
+            self.handle.close()  # flushes: a disk that refuses the last bytes refuses them here
+        except OSError as exc:
+            raise self._unwritable(exc) from None
         finally:
-            self.handle.close()
+            self.close()
 
 
 class _Strand:
     """Runs the calls submitted to it one at a time, in order, on a thread of the shared pool: an upload's
     writes (or its hashes) keep their order without a thread of their own, and without waiting for the loop
-    between two. A thread runs a strand's calls until none is left, at most DEPTH, then serves another."""
+    between two. A thread runs a strand's calls until none is left (the loop lets no more than DEPTH of an
+    upload's batches queue), then serves another strand."""
 
     def __init__(self) -> None:
         self.calls: deque[tuple[Future, Callable, tuple]] = deque()
@@ -264,7 +295,8 @@ class _Pipeline:
         return (len(self.behind) >= self.DEPTH or held.bytes + size > self.in_flight
                 or oldest.done() and oldest.exception() is not None)
 
-    async def push(self, batch: list[bytes], size: int) -> None:
+    async def push(self, batch: list[bytes]) -> None:
+        size = sum(map(len, batch)) + CHUNK_COST * len(batch)
         while self._must_wait(size):
             await self._settle()
         if batch:
@@ -310,21 +342,24 @@ async def receive(chunks: AsyncIterator[bytes], content_type: str, content_lengt
             if received > limit:
                 raise too_large
             batch.append(chunk)
-            pending += len(chunk)
+            pending += len(chunk) + CHUNK_COST
             if pending >= BATCH_BYTES:
-                await pipeline.push(batch, pending)
+                await pipeline.push(batch)
                 batch, pending = [], 0
-        await pipeline.push(batch, pending)
+        await pipeline.push(batch)
         await pipeline.drain()
     except BaseException:
         try:
             await run_in_threadpool(pipeline.stop)
         finally:
-            sink.handle.close()
+            sink.close()
         raise
     finally:
         pipeline.close()
-    await run_in_threadpool(sink.finish)
+    try:
+        await run_in_threadpool(sink.finish)
+    finally:
+        sink.close()  # finish closes it, unless a cancel came before its thread started
     if sink.size == 0:
         raise InvalidInput("the request holds no file; send an NPZ, CSV or JSON file as the raw body or as the "
                            "multipart field `file`")
