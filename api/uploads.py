@@ -18,8 +18,8 @@ import hashlib
 import os
 import threading
 from collections import deque
-from contextlib import suppress
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable
