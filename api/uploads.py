@@ -262,8 +262,10 @@ class _Strand:
 class _Pipeline:
     """The two stages behind the loop: batch k is written on one strand, which hands its bytes straight to the
     hashing strand, so neither waits for the loop; the loop waits only when DEPTH batches of this upload, or
-    ``in_flight`` bytes of all uploads (NN_UPLOAD_BUFFER_MB), are behind it. (With the loop passing each batch from one stage to the
-    next, a batch waited about 1 ms for the loop, and the two stages ran no faster than one thread doing both.)"""
+    ``in_flight`` bytes of all uploads (NN_UPLOAD_BUFFER_MB), are behind it. A batch's bytes leave ``held`` as
+    its last stage ends, not when the loop next looks: an upload whose client stalls holds nothing it has
+    written. (With the loop passing each batch from one stage to the next, a batch waited about 1 ms for the
+    loop, and the two stages ran no faster than one thread doing both.)"""
 
     DEPTH = 8  # batches written or hashed behind the loop; 2, 4 and 16 were no faster
 
@@ -271,9 +273,22 @@ class _Pipeline:
         self.sink, self.in_flight, self.writes, self.hashes = sink, in_flight, _Strand(), _Strand()
         self.behind: deque[tuple[Future, int]] = deque()  # per batch: its write (whose result is its hash), bytes
 
-    def _write(self, batch: list[bytes]) -> Future | None:
-        pieces = self.sink.feed(batch)
-        return self.hashes.submit(self.sink.hash, pieces) if pieces else None
+    def _write(self, batch: list[bytes], size: int) -> Future | None:
+        try:
+            pieces = self.sink.feed(batch)
+        except BaseException:
+            held.add(-size)
+            raise
+        if not pieces:
+            held.add(-size)
+            return None
+        return self.hashes.submit(self._hash, pieces, size)
+
+    def _hash(self, pieces: list[bytes], size: int) -> None:
+        try:
+            self.sink.hash(pieces)
+        finally:
+            held.add(-size)
 
     @staticmethod
     async def _result(future: Future):
@@ -281,12 +296,10 @@ class _Pipeline:
 
     async def _settle(self) -> None:
         """Waits for the oldest batch's write, then its hash; raises what either raised."""
-        written, size = self.behind[0]
-        hashed = await self._result(written)
+        hashed = await self._result(self.behind[0][0])
         if hashed is not None:
             await self._result(hashed)
         self.behind.popleft()
-        held.add(-size)
 
     def _must_wait(self, size: int) -> bool:
         if not self.behind:
@@ -301,7 +314,7 @@ class _Pipeline:
             await self._settle()
         if batch:
             held.add(size)
-            self.behind.append((self.writes.submit(self._write, batch), size))
+            self.behind.append((self.writes.submit(self._write, batch, size), size))
 
     async def drain(self) -> None:
         while self.behind:
@@ -310,18 +323,17 @@ class _Pipeline:
     def stop(self) -> None:
         """After a failure (run in a thread): cancels the batches not started and waits for the ones running, so
         the file is closed under no thread."""
+        for future, size in self.behind:
+            if future.cancel():  # never to run: its bytes leave here
+                held.add(-size)
         written = [future for future, _ in self.behind]
-        for future in written:
-            future.cancel()
         wait(written)
-        hashed = [future.result() for future in written if not future.cancelled() and future.exception() is None]
-        hashed = [future for future in hashed if future is not None]
-        for future in hashed:
-            future.cancel()
-        wait(hashed)
-
-    def close(self) -> None:
-        held.add(-sum(size for _, size in self.behind))
+        for future, size in self.behind:
+            hashed = None if future.cancelled() or future.exception() else future.result()
+            if hashed is not None:
+                if hashed.cancel():
+                    held.add(-size)
+                wait([hashed])
         self.behind.clear()
 
 
@@ -354,8 +366,6 @@ async def receive(chunks: AsyncIterator[bytes], content_type: str, content_lengt
         finally:
             sink.close()
         raise
-    finally:
-        pipeline.close()
     try:
         await run_in_threadpool(sink.finish)
     finally:

@@ -184,3 +184,31 @@ def test_a_body_in_tiny_chunks_is_held_at_about_its_payloads_size(tmp_path):
     # at most DEPTH batches behind and one being collected, each about a megabyte however small its chunks:
     # 13-19 MB when only the payload counted (1 MiB of 8-byte chunks is 7 MB of objects)
     assert peak < (uploads._Pipeline.DEPTH + 3) * uploads.BATCH_BYTES, peak
+
+
+def test_an_upload_whose_client_stalls_holds_nothing_it_has_written(tmp_path):
+    """A batch's bytes leave NN_UPLOAD_BUFFER_MB's count as its hash ends, not when its upload's loop next
+    pushes: clients that send a few megabytes and stall no longer keep the other uploads to one batch each."""
+    stalled, resume = asyncio.Event(), asyncio.Event()
+
+    async def stalling():
+        for index, chunk in enumerate(chunked(BODY, uploads.BATCH_BYTES)):
+            if index == 5:
+                stalled.set()
+                await resume.wait()
+            yield chunk
+
+    async def scenario() -> tuple[int, uploads.Upload]:
+        upload = asyncio.create_task(uploads.receive(stalling(), "application/x-npz", None, tmp_path / "upload",
+                                                     1 << 40, "X"))
+        await stalled.wait()
+        for _ in range(3000):  # until the threads end the 5 batches (the test fails past 30 s)
+            if uploads.held.bytes == 0:
+                break
+            await asyncio.sleep(0.01)
+        during = uploads.held.bytes
+        resume.set()
+        return during, await upload
+
+    during, upload = asyncio.run(scenario())
+    assert during == 0 and upload.sha256 == hashlib.sha256(BODY).hexdigest() and uploads.held.bytes == 0
