@@ -28,6 +28,7 @@ from fastapi.concurrency import run_in_threadpool
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.errors import InvalidInput, PayloadTooLarge, StoreUnavailable
+from api.settings import MiB, Settings
 
 BATCH_BYTES = 1 << 20  # bytes collected on the event loop before a thread writes them
 # what a chunk costs beyond its payload (its bytes object, its list slot), counted in a batch's size: a body that
@@ -40,13 +41,15 @@ MEDIA_FORMATS = {"text/csv": "csv", "application/csv": "csv", "text/plain": "csv
                  "application/x-npz": "npz", "application/zip": "npz", "application/x-zip-compressed": "npz"}
 SUFFIX_FORMATS = {".npz": "npz", ".csv": "csv", ".json": "json"}
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or the end record of an empty one
-IN_FLIGHT_BYTES = 64 << 20  # batches of all uploads behind the loop at once, plus one each (NN_UPLOAD_BUFFER_MB)
+# batches of all uploads behind the loop at once, plus one each: NN_UPLOAD_BUFFER_MB's default
+IN_FLIGHT_BYTES = int(Settings.model_fields["upload_buffer_mb"].default * MiB)
 # the threads of every upload's two stages; more than the cores, as a writing thread may wait in fdatasync
 _pool = ThreadPoolExecutor(max(8, 4 * (os.cpu_count() or 1)), thread_name_prefix="upload")
 
 
 class _Held:
-    """Bytes of the batches pushed behind the loop and not yet settled, across uploads (and event loops)."""
+    """Bytes of the batches pushed behind the loop whose write or hash has not ended, across uploads (and event
+    loops)."""
 
     def __init__(self) -> None:
         self.bytes = 0
@@ -308,8 +311,8 @@ class _Pipeline:
         return (len(self.behind) >= self.DEPTH or held.bytes + size > self.in_flight
                 or oldest.done() and oldest.exception() is not None)
 
-    async def push(self, batch: list[bytes]) -> None:
-        size = sum(map(len, batch)) + CHUNK_COST * len(batch)
+    async def push(self, batch: list[bytes], size: int) -> None:
+        """``size``: the batch's bytes plus CHUNK_COST per chunk, as ``receive`` counted them."""
         while self._must_wait(size):
             await self._settle()
         if batch:
@@ -356,9 +359,9 @@ async def receive(chunks: AsyncIterator[bytes], content_type: str, content_lengt
             batch.append(chunk)
             pending += len(chunk) + CHUNK_COST
             if pending >= BATCH_BYTES:
-                await pipeline.push(batch)
+                await pipeline.push(batch, pending)
                 batch, pending = [], 0
-        await pipeline.push(batch)
+        await pipeline.push(batch, pending)
         await pipeline.drain()
     except BaseException:
         try:
