@@ -9,6 +9,20 @@ class ShapeError(NeuralNetError):
     """An array has the wrong shape for the network or for another array."""
 
 
+class TargetValueError(ShapeError):
+    """A target value the loss cannot take: `rule` says which values it takes, `index` where the first other one
+    is in the targets given (a tuple), `value` what it is. A caller that passed a block of a larger array names
+    the row in the whole with `at(offset)`."""
+
+    def __init__(self, rule, index, value):
+        self.rule, self.index, self.value = rule, tuple(int(i) for i in index), float(value)
+        where = ", ".join(map(str, self.index))
+        super().__init__(f"{rule}; targets[{where}] is {self.value:g}")
+
+    def at(self, offset):
+        return TargetValueError(self.rule, (self.index[0] + offset, *self.index[1:]), self.value)
+
+
 class UnknownNameError(NeuralNetError, KeyError):
     """A name (activation, loss, optimizer, ...) is not in its registry."""
 

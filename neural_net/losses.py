@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from .errors import ConfigError, NonFiniteError, ShapeError
+from .errors import ConfigError, NonFiniteError, ShapeError, TargetValueError
 from .registry import Registry
 
 LOSSES = Registry("loss")
@@ -104,7 +104,9 @@ class BinaryCrossEntropy(_CrossEntropyBase):
     def prepare(self, y, n_out, dtype):
         y = super().prepare(y, n_out, dtype)
         if y.size and (y.min() < 0 or y.max() > 1):
-            raise ShapeError("binary_cross_entropy targets must lie in [0, 1] (0/1 labels or probabilities)")
+            index = np.argwhere((y < 0) | (y > 1))[0]
+            raise TargetValueError("binary_cross_entropy targets must lie in [0, 1] (0/1 labels or probabilities)",
+                                   index, y[tuple(index)])
         return y
 
     def value(self, p, y):
@@ -136,10 +138,9 @@ class CrossEntropy(_CrossEntropyBase):
         if raw.ndim == 1 and n_out > 1:
             labels = _as_float_array(raw, np.float64, "targets")
             if labels.size and (np.any(labels != np.round(labels)) or labels.min() < 0 or labels.max() >= n_out):
-                raise ShapeError(
-                    f"cross_entropy integer labels must be whole numbers in [0, {n_out - 1}]; "
-                    f"received values from {labels.min()} to {labels.max()}"
-                )
+                index = int(np.argmax((labels != np.round(labels)) | (labels < 0) | (labels >= n_out)))
+                raise TargetValueError(f"cross_entropy integer labels must be whole numbers in [0, {n_out - 1}]",
+                                       (index,), labels[index])
             one_hot = np.zeros((labels.shape[0], n_out), dtype=dtype)
             one_hot[np.arange(labels.shape[0]), labels.astype(np.intp)] = 1
             return one_hot

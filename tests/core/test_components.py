@@ -6,7 +6,7 @@ import pytest
 from sklearn import metrics as skm
 
 from neural_net import activations, initializers, losses, metrics, schedules
-from neural_net.errors import ConfigError, UnknownNameError
+from neural_net.errors import ConfigError, ShapeError, TargetValueError, UnknownNameError
 
 REGISTRIES = [
     (activations.ACTIVATIONS, activations.get),
@@ -140,6 +140,21 @@ def test_regression_metrics_match_scikit_learn():
     assert result["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(truth.ravel(), pred.ravel())))
     assert result["r2"] == pytest.approx(skm.r2_score(truth.ravel(), pred.ravel()))
     assert result["pearson_r"] == pytest.approx(np.corrcoef(truth.ravel(), pred.ravel())[0, 1])
+
+
+@pytest.mark.parametrize("loss, targets, n_out, message", [
+    ("cross_entropy", [0, 2, 1.5, 7], 3, "cross_entropy integer labels must be whole numbers in [0, 2]; targets[2] is 1.5"),
+    ("cross_entropy", [0, -1], 3, "targets[1] is -1"),
+    ("binary_cross_entropy", [[0.5, 0.0], [1.0, 1.2]], 2, "must lie in [0, 1] (0/1 labels or probabilities); "
+     "targets[1, 1] is 1.2"),
+])
+def test_a_target_the_loss_cannot_take_is_named_with_its_row(loss, targets, n_out, message):
+    """The message gave only the range of all values ("received values from 0.0 to 7.0"): not which row to fix."""
+    with pytest.raises(TargetValueError) as caught:
+        losses.get(loss).prepare(np.array(targets), n_out, np.float32)
+    assert str(caught.value).endswith(message) and isinstance(caught.value, ShapeError)
+    shifted = caught.value.at(1000)  # a block that starts at row 1000 of the whole
+    assert shifted.index[0] == caught.value.index[0] + 1000 and shifted.rule == caught.value.rule
 
 
 def test_loss_values_match_pytorch_reductions():
