@@ -12,6 +12,7 @@ import csv
 import io
 import mmap
 import os
+import re
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ _WORDS = {
     8: (np.uint64, np.array([0] + [(1 << 64) - (1 << 8 * (8 - k)) for k in range(1, 9)], np.uint64),
         [(10, 8, 0x00FF00FF00FF00FF), (100, 16, 0x0000FFFF0000FFFF), (10000, 32, 0xFFFFFFFF)]),
 }
+# a number as a header cell: the first line is then data (pandas' default names 0, 1, ..., n-1 are a header)
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 SAVE_AS = "save the file as CSV UTF-8 (lines ending in \\n or \\r\\n)"
 
 
@@ -73,6 +76,11 @@ def read_header(path: Path) -> Header:
     columns = next(csv.reader([header]), [])
     if len(columns) < 2:
         raise InvalidInput("a CSV dataset needs a header row naming at least two columns (features and a target), "
+                           "then one line per sample")
+    if all(NUMBER.fullmatch(name.strip()) for name in columns) and columns != [str(i) for i in range(len(columns))]:
+        shown = header if len(header) <= 60 else header[:57] + "..."
+        raise InvalidInput(f"line 1 is {shown!r}: numbers, not column names, so it would be read as a header and its "
+                           "sample lost. A CSV dataset's first line names its columns: add one (e.g. x1,x2,label), "
                            "then one line per sample")
     if not first.endswith(eol):  # the file ends within its first line
         raise InvalidInput("the CSV file has a header but no data lines")

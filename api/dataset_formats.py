@@ -263,8 +263,9 @@ def is_stored_form(inputs: np.ndarray, targets: np.ndarray, archive: zipfile.Zip
     infos = {i.filename: i for i in archive.infolist()}
     if set(infos) != {"inputs.npy", "targets.npy"} or any(i.compress_type != zipfile.ZIP_STORED for i in infos.values()):
         return False
+    # float targets may be float32 or float64 whatever the inputs are: a use casts them to the model's dtype
     return (inputs.dtype.str in INPUT_DTYPES and targets.dtype.str in TARGET_DTYPES and inputs.flags.c_contiguous
-            and targets.flags.c_contiguous and (targets.dtype.kind != "f" or targets.dtype == inputs.dtype))
+            and targets.flags.c_contiguous)
 
 
 def convert_npz(source: Path, dest: Path, max_rows: int, dtype: str | None = None, max_bytes: int | None = None) -> str | None:
@@ -316,25 +317,77 @@ def _too_large(where: str, value, dtype: np.dtype) -> InvalidInput:
 
 
 # -- JSON --------------------------------------------------------------------------------------------
+JSON_SHAPE = '{"inputs": [[numbers, ...], ...], "targets": [numbers, ...] or [[numbers, ...], ...]}'
+JSON_DEPTH = 3  # the body, a list of rows, a row
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = np.zeros(256, np.int8)  # +1 for each byte that opens an array or object, -1 for each that closes one
+_STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
+
+
+def _not_json_constant(name: str):
+    raise InvalidInput(f"the JSON holds {name}, which is not JSON: datasets must hold finite numbers; drop or fill "
+                       "the missing values")
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, (list, dict)):
+        return "an array" if isinstance(value, list) else "an object"
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _not_numbers(name: str, value) -> str:
+    """What first keeps ``value`` (inputs or targets as parsed) from being rows of numbers, and where it is."""
+    if not isinstance(value, list):
+        return f"{name} is {_shown(value)}; send {JSON_SHAPE}"
+    rows = isinstance(value[0], list) if value else False
+    for i, row in enumerate(value):
+        if rows != isinstance(row, list):
+            return (f"{name}[{i}] is {_shown(row)} where {name}[0] is {_shown(value[0])}: {name} is a list of numbers "
+                    f"or a list of rows; send {JSON_SHAPE}")
+        if rows and len(row) != len(value[0]):
+            return f"{name}[{i}] has {len(row)} values where {name}[0] has {len(value[0])}; every row needs the same number"
+        for j, cell in enumerate(row if rows else [row]):
+            where = f"{name}[{i}, {j}]" if rows else f"{name}[{i}]"
+            if cell is None:
+                return f"{where} is null: datasets must hold numbers; drop or fill the missing values"
+            if not isinstance(cell, (int, float)):
+                return f"{where} is {_shown(cell)}, not a number; send numbers as numbers, not strings"
+            try:
+                float(cell)
+            except OverflowError:
+                return f"{where} is a whole number of {len(str(abs(cell)))} digits, beyond float64; scale the values down"
+    return f"{name} is not a rectangular array of numbers; send {JSON_SHAPE}"
+
+
 def convert_json(source: Path, dest: Path, max_rows: int, dtype: str | None = None) -> str:
-    """A JSON object of inputs and targets; returns the SHA-256 of the stored form written to ``dest``."""
+    """A JSON object of inputs and targets; returns the SHA-256 of the stored form written to ``dest``.
+    Its nesting is checked from its brackets before it is parsed (a deep one would overflow the parser's stack);
+    a value that is not a number is named with its position."""
+    text = source.read_bytes()
+    brackets = text.translate(None, _NOT_BRACKETS)
+    depth = int(np.cumsum(_STEP[np.frombuffer(brackets, np.uint8)], dtype=np.int64).max()) if brackets else 0
+    if depth > JSON_DEPTH:
+        raise InvalidInput(f"the JSON nests arrays and objects {depth} deep; a JSON dataset nests {JSON_DEPTH} deep: "
+                           f"{JSON_SHAPE}")
     try:
-        body = json.loads(source.read_bytes())
+        body = json.loads(text, parse_constant=_not_json_constant)
     except UnicodeDecodeError:
         raise InvalidInput("the JSON body is not UTF-8 text") from None
     except ValueError as exc:
-        raise InvalidInput(f"the body is not valid JSON ({exc}); send {{\"inputs\": [[...], ...], \"targets\": [...]}}") from None
+        raise InvalidInput(f"the body is not valid JSON ({exc}); send {JSON_SHAPE}") from None
     if not isinstance(body, dict) or set(body) != {"inputs", "targets"}:
-        raise InvalidInput('a JSON dataset is an object with exactly "inputs" (rows of numbers) and "targets"')
+        raise InvalidInput(f'a JSON dataset is an object with exactly "inputs" (rows of numbers) and "targets": {JSON_SHAPE}')
     arrays = []
     for name in ("inputs", "targets"):
         try:
             array = np.array(body[name], dtype=np.float64)
-        except (ValueError, TypeError):
-            rows = body[name] if isinstance(body[name], list) else []
-            widths = {len(r) if isinstance(r, list) else 0 for r in rows}
-            what = f"rows of different lengths ({sorted(widths)[:5]})" if len(widths) > 1 else "values that are not numbers"
-            raise InvalidInput(f"{name} holds {what}; every row needs the same number of numbers") from None
+        except (ValueError, TypeError, OverflowError):
+            raise InvalidInput(_not_numbers(name, body[name])) from None
+        if np.isnan(array).any():  # NaN is refused while parsing: these were nulls
+            raise InvalidInput(_not_numbers(name, body[name]))
         arrays.append(array)
     inputs, targets = check_arrays(*arrays, max_rows)
     return write_arrays(dest, inputs, targets, dtype or "float32")

@@ -32,7 +32,7 @@ import numpy as np
 from api import dataset_formats as formats
 from api.npz_writer import CHUNK_BYTES
 from neural_net import losses
-from neural_net.errors import NeuralNetError
+from neural_net.errors import NeuralNetError, TargetValueError
 
 from api.errors import DatasetExists, DatasetInUse, DatasetNotFound, InvalidInput, StoreUnavailable
 from api.schemas import DATASET_ID_PATTERN
@@ -116,8 +116,9 @@ def check_values(inputs: np.ndarray, targets: np.ndarray, info: dict, what: str)
         _castable(targets[start:start + step], dtype, what, "targets")
         try:
             losses.get(info["loss"]).prepare(np.asarray(targets[start:start + step]), n_out, dtype)
+        except TargetValueError as exc:  # its row in the whole dataset, as /evaluate names it
+            raise InvalidInput(f"{what}: {exc.at(start)}") from None
         except NeuralNetError as exc:
-            _prepared(targets, info, what)  # raises with the whole dataset's range, as /evaluate words it
             raise InvalidInput(f"{what}: {exc}") from None
 
 

@@ -56,6 +56,23 @@ def test_npz_in_the_stored_form_is_kept_as_uploaded(app):
     assert body in listed["data"] and listed["count"] >= 1
 
 
+@pytest.mark.parametrize("inputs, targets", [
+    (np.ones((3, 2), np.float32), np.array([0.5, 1.5, 2.5])),  # float64 targets beside float32 inputs: were cast
+    (np.ones((3, 2), np.float64), np.array([[0.5], [1.5], [2.5]], np.float32)),
+])
+def test_npz_of_float32_and_float64_arrays_is_kept_byte_for_byte_whichever_mix(app, inputs, targets):
+    data = npz_bytes(inputs=inputs, targets=targets)
+    body = created(upload(app, data, "application/x-npz"))
+    assert body["sha256"] == hashlib.sha256(data).hexdigest() and body["dtype"] == inputs.dtype.name
+    assert app.get(f"/datasets/{body['dataset_id']}/download").content == data
+
+
+def test_a_csv_header_of_pandas_default_column_names_is_a_header(app):
+    """DataFrame(array).to_csv(index=False) names the columns 0, 1, ..., n-1: a header, though it is numbers."""
+    body = created(upload(app, b"0,1,2\n1,2,0\n3,4,1\n", "text/csv"))
+    assert (body["n_samples"], body["n_features"]) == (2, 2)
+
+
 def test_npz_multipart_with_x_y_compressed_and_integer_inputs_is_converted(app):
     x = np.arange(24, dtype=np.uint8).reshape(6, 4)
     data = npz_bytes(compressed=True, x=x, y=np.eye(3)[Y3])
@@ -150,7 +167,21 @@ def test_regression_targets_summarised_by_min_max_mean(app):
     (HEADER[:-1], "text/csv", {}, 422, "has a header but no data lines"),  # was "needs ... at least two columns"
     (IRIS_NPZ, "application/x-npz", {"target": "species"}, 422, "?target= names CSV columns"),
     (b"", "text/csv", {}, 422, "holds no file"),
-    (b'{"inputs": [[1, 2], [3]], "targets": [0, 1]}', "application/json", {}, 422, "rows of different lengths"),
+    (b'{"inputs": [[1, 2], [3]], "targets": [0, 1]}', "application/json", {}, 422,
+     "inputs[1] has 1 values where inputs[0] has 2; every row needs the same number"),
+    # JSON nested 5,000 deep overflowed the parser's stack (a 500); 100 deep was "values that are not numbers"
+    (b'{"inputs": ' + b"[" * 5000 + b"1" + b"]" * 5000 + b', "targets": [0]}', "application/json", {}, 422,
+     "the JSON nests arrays and objects 5001 deep; a JSON dataset nests 3 deep"),
+    (b'{"inputs": ' + b"[" * 100 + b"1" + b"]" * 100 + b', "targets": [0]}', "application/json", {}, 422, "101 deep"),
+    # null was "inputs[0, 1] is nan"; a string named no position and blamed the rows' lengths
+    (b'{"inputs": [[1, null]], "targets": [0]}', "application/json", {}, 422, "inputs[0, 1] is null: datasets must "
+     "hold numbers; drop or fill the missing values"),
+    (b'{"inputs": [[1, "x"]], "targets": [0]}', "application/json", {}, 422, 'inputs[0, 1] is "x", not a number'),
+    (b'{"inputs": [[1, NaN]], "targets": [0]}', "application/json", {}, 422, "the JSON holds NaN, which is not JSON"),
+    (b'{"inputs": [[1, 2]], "targets": [1' + b"0" * 400 + b"]}", "application/json", {}, 422,
+     "targets[0] is a whole number of 401 digits, beyond float64"),  # OverflowError: a 500
+    # a CSV without a header lost its first sample as the column names
+    (b"1,2,0\n3,4,1\n", "text/csv", {}, 422, "line 1 is '1,2,0': numbers, not column names"),
     (b'{"inputs": [[1, 2]]}', "application/json", {}, 422, "exactly"),
     (b"\xff{", "application/json", {}, 422, "JSON"),
     # finite in JSON and float64, beyond float32: it was stored as inf (found by the fuzz test)
@@ -370,7 +401,7 @@ def test_bad_dataset_jobs(app, iris_id, wide_id, body, words):
 
 @pytest.mark.parametrize("arrays, words", [
     ({"inputs": np.ones((2, 4), np.float32), "targets": np.array([0.5, 1.0])},
-     "cross_entropy integer labels must be whole numbers in [0, 2]; received values from 0.5 to 1.0"),
+     "cross_entropy integer labels must be whole numbers in [0, 2]; targets[0] is 0.5"),
     ({"inputs": np.array([[1e39, 0, 0, 0], [0, 0, 0, 0]]), "targets": np.array([0, 1])},
      "holds inputs too large for float32; scale them"),
 ])
@@ -403,17 +434,20 @@ def test_targets_beyond_the_models_dtype_are_a_422_everywhere(app):
 
 
 def test_the_submit_check_reads_the_file_a_block_at_a_time_and_once(app, monkeypatch):
-    """A bad label in the last block is found (its message names the whole dataset's range); a job whose dataset is
-    also its validation_dataset reads the file once."""
+    """A bad label in the last block is found, named by its row in the whole dataset (a block's own index would say
+    targets[1]), and the file is not read whole to say so; a job whose dataset is also its validation_dataset reads
+    the file once."""
     import api.dataset_service
     import api.datasets
 
     monkeypatch.setattr(api.datasets, "CHUNK_BYTES", 64)  # 2 rows of 4 float64 inputs per block
     labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 1.5])
     bad = created(upload(app, npz_bytes(inputs=np.ones((12, 4)), targets=labels), dtype="float64"))["dataset_id"]
-    response = app.post("/models/iris/training-jobs", json={"dataset": bad})
+    with monkeypatch.context() as patched:  # the whole targets, one-hot, would be n x classes in memory
+        patched.setattr(api.datasets, "_prepared", lambda *a: pytest.fail("the submit prepared the whole dataset"))
+        response = app.post("/models/iris/training-jobs", json={"dataset": bad})
     assert response.status_code == 422
-    assert "received values from 0.0 to 2.0" in response.json()["detail"]
+    assert response.json()["detail"].endswith("must be whole numbers in [0, 2]; targets[11] is 1.5")
     reads, check = [], api.datasets.check_values
     monkeypatch.setattr(api.dataset_service, "check_values", lambda *a: reads.append(a[3]) or check(*a))
     good = created(upload(app, npz_bytes(inputs=np.ones((12, 4)), targets=labels.round() % 3), dtype="float64"))
