@@ -32,6 +32,13 @@ MAX_CLASSES = 1000  # integer targets with at most this many distinct values are
 MAX_NPY_HEADER = 10_000  # bytes; numpy's own bound on a .npy header
 INFLATE_BYTES = 1 << 20  # of a deflated NPZ member decompressed at a time
 MAX_NPZ_MEMBERS = 1024
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or the end record of an empty one
+FOREIGN_MAGIC = (  # files that are no format the service reads, by their first bytes
+    (b"\x1f\x8b", "gzip-compressed; the service reads NPZ, CSV and JSON files as they are: gunzip it first, or save "
+                  "the arrays with numpy.savez_compressed"),
+    (b"\x93NUMPY", "one .npy array; a dataset holds inputs and targets: save both with "
+                   "numpy.savez(path, inputs=..., targets=...)"),
+)
 
 
 # -- the stored form ---------------------------------------------------------------------------------
@@ -159,6 +166,19 @@ def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with _open_zip(path) as archive:
         return tuple(_member_array(path, archive, _member(path, archive, f"{name}.npy"), None)
                      for name in ("inputs", "targets"))
+
+
+def check_kind(path: Path, fmt: str) -> None:
+    """A 422 for a file whose first bytes say it is not ``fmt`` (an NPZ sent as CSV, a gzip or .npy file), before
+    its reader reports that it is not UTF-8 text or not a zip."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    for magic, what in FOREIGN_MAGIC:
+        if head.startswith(magic):
+            raise InvalidInput(f"the file is {what}")
+    if fmt != "npz" and head.startswith(ZIP_MAGIC):
+        raise InvalidInput(f"the file is an NPZ (zip) file, not {fmt.upper()}: send it with ?format=npz or "
+                           "Content-Type: application/x-npz")
 
 
 # -- checks and summaries ----------------------------------------------------------------------------

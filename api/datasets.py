@@ -197,6 +197,8 @@ class DatasetStore:
         """The stored form of an upload (in ``folder``), and its SHA-256 when the converter wrote it (hashed
         while written); None when the stored form is the upload itself (it had that form)."""
         data = folder / "data.npz"
+        if fmt in formats.FORMATS:
+            formats.check_kind(upload, fmt)
         if fmt == "npz":
             digest = formats.convert_npz(upload, data, max_rows, dtype, max_bytes)
             if digest is None:

@@ -27,6 +27,7 @@ from typing import AsyncIterator, Callable
 from fastapi.concurrency import run_in_threadpool
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from api.dataset_formats import ZIP_MAGIC
 from api.errors import InvalidInput, PayloadTooLarge, StoreUnavailable
 from api.settings import MiB, Settings
 
@@ -40,7 +41,6 @@ _datasync = getattr(os, "fdatasync", os.fsync)  # macOS and Windows have no fdat
 MEDIA_FORMATS = {"text/csv": "csv", "application/csv": "csv", "text/plain": "csv", "application/json": "json",
                  "application/x-npz": "npz", "application/zip": "npz", "application/x-zip-compressed": "npz"}
 SUFFIX_FORMATS = {".npz": "npz", ".csv": "csv", ".json": "json"}
-ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or the end record of an empty one
 # batches of all uploads behind the loop at once, plus one each: NN_UPLOAD_BUFFER_MB's default
 IN_FLIGHT_BYTES = int(Settings.model_fields["upload_buffer_mb"].default * MiB)
 # the threads of every upload's two stages; more than the cores, as a writing thread may wait in fdatasync
@@ -390,6 +390,7 @@ def resolve_format(upload: Upload, asked: str | None) -> str:
         head = handle.read(64)
     if head.startswith(ZIP_MAGIC):  # not b"PK" alone: a CSV header may begin "PK_id,..."
         return "npz"
-    if head.lstrip().startswith(b"{"):  # a JSON dataset is an object; a CSV header may begin "[mm],..."
+    # a JSON dataset is an object, perhaps after a UTF-8 BOM; a CSV header may begin "[mm],..."
+    if head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{"):
         return "json"
     return "csv"

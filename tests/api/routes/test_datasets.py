@@ -1,6 +1,7 @@
 """Datasets: every upload format, every bad upload as a 4xx naming the problem, and their use by
 training jobs, searches, /evaluate and /samples (embedded backend; Redis in test_redis_backend.py)."""
 
+import gzip
 import hashlib
 import io
 import json
@@ -21,6 +22,7 @@ def npz_bytes(compressed: bool = False, **arrays) -> bytes:
 
 
 IRIS_NPZ = npz_bytes(inputs=np.array(X4, np.float32), targets=np.array(Y3, np.int64))
+NPY = b"\x93NUMPY" + npz_bytes(inputs=np.ones((2, 2)))[40:]  # the magic is what counts
 TRUNCATED_MULTIPART = (b'--XYZ\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\nContent-Type: text/csv\r\n'
                        b"\r\n" + IRIS_CSV)  # no closing --XYZ--: the last line may be cut short
 LONG_LINE = "line 3 is longer than 2304 bytes, more than a row of the header's 5 columns can take"
@@ -65,6 +67,12 @@ def test_npz_of_float32_and_float64_arrays_is_kept_byte_for_byte_whichever_mix(a
     body = created(upload(app, data, "application/x-npz"))
     assert body["sha256"] == hashlib.sha256(data).hexdigest() and body["dtype"] == inputs.dtype.name
     assert app.get(f"/datasets/{body['dataset_id']}/download").content == data
+
+
+def test_a_json_file_that_begins_with_a_utf8_bom_is_recognised_by_its_content(app):
+    """Sent with no Content-Type, it was read as CSV: "a CSV dataset needs a header row naming at least two columns"."""
+    body = created(app.post("/datasets", content=b'\xef\xbb\xbf{"inputs": [[1, 2]], "targets": [0]}'))
+    assert body["format"] == "json" and body["n_samples"] == 1
 
 
 def test_a_csv_header_of_pandas_default_column_names_is_a_header(app):
@@ -180,6 +188,13 @@ def test_regression_targets_summarised_by_min_max_mean(app):
     (b'{"inputs": [[1, NaN]], "targets": [0]}', "application/json", {}, 422, "the JSON holds NaN, which is not JSON"),
     (b'{"inputs": [[1, 2]], "targets": [1' + b"0" * 400 + b"]}", "application/json", {}, 422,
      "targets[0] is a whole number of 401 digits, beyond float64"),  # OverflowError: a 500
+    # files of another kind were "line 1 (the header) is not UTF-8 text; save the file as CSV UTF-8"
+    (IRIS_NPZ, "text/csv", {}, 422, "the file is an NPZ (zip) file, not CSV: send it with ?format=npz"),
+    (IRIS_NPZ, "application/json", {}, 422, "the file is an NPZ (zip) file, not JSON"),
+    (gzip.compress(IRIS_CSV), "application/octet-stream", {}, 422, "the file is gzip-compressed; the service reads "
+     "NPZ, CSV and JSON files as they are: gunzip it first"),
+    (NPY, "application/octet-stream", {}, 422, "the file is one .npy array; a dataset holds inputs and targets"),
+    (NPY, "application/x-npz", {}, 422, "the file is one .npy array"),
     # a CSV without a header lost its first sample as the column names
     (b"1,2,0\n3,4,1\n", "text/csv", {}, 422, "line 1 is '1,2,0': numbers, not column names"),
     (b'{"inputs": [[1, 2]]}', "application/json", {}, 422, "exactly"),
