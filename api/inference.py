@@ -22,7 +22,7 @@ import orjson
 from fastapi.concurrency import run_in_threadpool
 
 from api import __version__
-from api.errors import InvalidInput, ModelVersionNotFound, PayloadTooLarge, StoreUnavailable
+from api.errors import InvalidInput, ModelVersionNotFound, PayloadTooLarge, StoreUnavailable, VersionNotFound
 from api.inference_body import content_coding, data_numbers, decompress, read_request
 from api.json_body import INLINE_BYTES
 from api.model_cache import CachedModel
@@ -47,18 +47,30 @@ def server_ready(service: Service) -> dict[str, Any]:
     return {"ready": True}
 
 
-def _version(model_id: str, version: str | None) -> int | None:
+def _version(service: Service, model_id: str, version: str | None) -> int | None:
     if version is None:
         return None
-    if not (version.isascii() and version.isdigit()) or len(version) > 18:  # int() also reads '²' and '٣'; 18 digits fit 62 bits
+    if not (version.isascii() and version.isdigit()):  # int() also reads '²' and '٣'
         raise ModelVersionNotFound(f"model {model_id!r} has no version {version!r}; versions are whole numbers "
                                    f"(GET /v2/models/{model_id} lists them)")
+    if len(version) > 18:  # beyond 62 bits: more versions than any model makes
+        raise _not_kept(service, model_id, version if len(version) <= 24 else version[:21] + "...")
     return int(version)
 
 
+def _not_kept(service: Service, model_id: str, version: int | str, kept: list | None = None) -> ModelVersionNotFound:
+    """The 404 of a version the model does not keep, listing those it does (one read, on this error path only)."""
+    kept = kept or service.store.list_versions(model_id) or [service.store.get_model(model_id)]
+    return ModelVersionNotFound(f"model {model_id!r} has no version {version} (never made, or pruned: "
+                                f"NN_KEEP_VERSIONS); its versions: {', '.join(str(v.version) for v in kept)}")
+
+
 def _model(service: Service, model_id: str, version: str | None) -> CachedModel:
-    number = _version(model_id, version)
-    return service.models.version(model_id, number)
+    number = _version(service, model_id, version)
+    try:
+        return service.models.version(model_id, number)
+    except VersionNotFound:
+        raise _not_kept(service, model_id, number) from None
 
 
 def _outputs_of(info: dict) -> list[dict[str, Any]]:
@@ -72,14 +84,13 @@ def _outputs_of(info: dict) -> list[dict[str, Any]]:
 def model_metadata(service: Service, model_id: str, version: str | None = None) -> dict[str, Any]:
     """``versions``: the kept versions, newest (the current one) first: those /versions/{v} serves. One read of the
     store (the versions' records, no weights); no network is loaded for metadata."""
-    number = _version(model_id, version)
+    number = _version(service, model_id, version)
     kept = service.store.list_versions(model_id)  # raises ModelNotFound
     if not kept:  # a store that keeps none: the current one
         kept = [service.store.get_model(model_id)]
     record = kept[0] if number is None else next((v for v in kept if v.version == number), None)
     if record is None:
-        raise ModelVersionNotFound(f"model {model_id!r} has no version {number} (never made, or pruned: "
-                                   f"NN_KEEP_VERSIONS); its versions: {', '.join(str(v.version) for v in kept)}")
+        raise _not_kept(service, model_id, number, kept)
     info = record.info
     return {"name": model_id, "versions": [str(v.version) for v in kept], "platform": "numpy",
             "inputs": [{"name": INPUT, "datatype": DATATYPE_OF[info["dtype"]], "shape": [-1, info["input_size"]]}],

@@ -21,6 +21,7 @@ import orjson
 import simdjson
 
 from api.errors import InvalidInput, PayloadTooLarge, UnsupportedEncoding
+from api.json_body import position_hint
 
 NUMBERS = {int, float}  # null is refused by name, as text and true/false are
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -84,8 +85,10 @@ def read_request(body: bytes, header_length: str | None) -> tuple[dict, memoryvi
         try:
             request = orjson.loads(header)
         except orjson.JSONDecodeError as exc:
-            hint = ("; binary tensors need the Inference-Header-Content-Length header" if header_length is None else "")
-            raise InvalidInput(f"the inference request is not valid JSON ({exc}){hint}") from None
+            message = position_hint(header, exc, "the inference request")
+            if header_length is None and ("UTF-8" in exc.msg or "after document" in exc.msg):  # bytes after the JSON
+                message += "; binary tensors need the Inference-Header-Content-Length header"
+            raise InvalidInput(message) from None
     if not isinstance(request, dict):
         raise InvalidInput("the inference request must be a JSON object with `inputs`, as in the V2 protocol")
     return request, memoryview(body)[size:]

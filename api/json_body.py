@@ -122,7 +122,7 @@ async def read_bounded(request: Request, scan: BodyScan) -> bytes | None:
     return b"".join(chunks) if within else None
 
 
-def _position_hint(body: bytes, exc: orjson.JSONDecodeError) -> str:
+def position_hint(body: bytes, exc: orjson.JSONDecodeError, what: str = "the body") -> str:
     around = body[max(exc.pos - 20, 0):exc.pos + 20].decode("utf-8", "replace")
     if "infinity" in exc.msg or body[exc.pos:exc.pos + 3] in (b"NaN", b"Inf") or body[exc.pos:exc.pos + 4] == b"-Inf":
         hint = "NaN and Infinity are not JSON and every number must be finite: send finite numbers"
@@ -132,7 +132,7 @@ def _position_hint(body: bytes, exc: orjson.JSONDecodeError) -> str:
         hint = "the body ends early: close every bracket and quote"
     else:
         hint = "check the quotes, commas and brackets there, or build the body with a JSON library"
-    return (f"the body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} (byte {exc.pos}), "
+    return (f"{what} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} (byte {exc.pos}), "
             f"near {around!r}; {hint}")
 
 
@@ -169,7 +169,7 @@ def parse_and_validate(body: bytes, body_field: Any, wants_object: bool, max_dep
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidInput(_position_hint(body, exc)) from None
+        raise InvalidInput(position_hint(body, exc)) from None
     if wants_object and not isinstance(value, dict):
         raise InvalidInput(f"the body is a JSON {type(value).__name__.replace('NoneType', 'null')}, not an object; {SEND_JSON}")
     if body_field is None:

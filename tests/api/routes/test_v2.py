@@ -196,6 +196,10 @@ def test_model_metadata_lists_the_kept_versions_newest_first(tmp_path, backend):
             assert c.post(f"/v2/models/iris/versions/{v}/infer", json=body).json()["model_version"] == v
         r = c.get("/v2/models/iris/versions/2")  # pruned
         assert r.status_code == 404 and r.json()["error"].endswith("its versions: 5, 4, 3"), r.text
+        # infer and ready on a pruned or unmade version said only "GET /models/iris/versions lists the kept ones"
+        for path in ("versions/2/infer", "versions/9/infer", "versions/2/ready", "versions/" + "9" * 30 + "/infer"):
+            r = c.post(f"/v2/models/iris/{path}", json=body) if path.endswith("infer") else c.get(f"/v2/models/iris/{path}")
+            assert r.status_code == 404 and r.json()["error"].endswith("its versions: 5, 4, 3"), (path, r.text)
         assert c.get("/v2/models/nope").status_code == 404
 
 
@@ -213,6 +217,11 @@ def test_bad_requests_are_400_or_413_with_an_error_body(tmp_path):
         both = json.dumps({"inputs": [{**good, "parameters": {"binary_data_size": 16}}]}).encode()
         cases = [
             (b"{not json", None, 400, "not valid JSON"),
+            # were "not valid JSON (...); binary tensors need the Inference-Header-Content-Length header"
+            (b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, NaN]}]}', None, 400,
+             "NaN and Infinity are not JSON and every number must be finite: send finite numbers"),
+            (json.dumps({"inputs": [{**good, "data": [1, 2, 3, 10 ** 400]}]}).encode(), None, 400,
+             "number is infinity when parsed as double at line 1, column"),
             (b"[1, 2]", None, 400, "JSON object"),
             (json.dumps({"inputs": []}).encode(), None, 400, "one tensor named 'input'"),
             (json.dumps({"inputs": [{**good, "data": [1, 2, 3]}]}).encode(), None, 400, "holds 3 numbers"),
@@ -236,9 +245,12 @@ def test_bad_requests_are_400_or_413_with_an_error_body(tmp_path):
         r = _infer(c, json.dumps({"inputs": [good]}).encode(), model="nope")
         assert r.status_code == 404 and "does not exist" in r.json()["error"]
         assert c.get("/v2/models/iris/versions/x").json()["error"].startswith("model 'iris' has no version 'x'")
-        for version in ("²", "١", "9" * 5000):  # digits to str.isdigit, not to the protocol (int('²') raised: a 500)
+        for version in ("²", "١"):  # digits to str.isdigit, not to the protocol (int('²') raised: a 500)
             r = c.get(f"/v2/models/iris/versions/{version}")
             assert r.status_code == 404 and "versions are whole numbers" in r.json()["error"], (version[:9], r.text)
+        r = c.get("/v2/models/iris/versions/" + "9" * 5000)  # a whole number, of no version (it was "whole numbers")
+        assert r.status_code == 404 and r.json()["error"] == ("model 'iris' has no version 999999999999999999999... "
+                                                              "(never made, or pruned: NN_KEEP_VERSIONS); its versions: 1")
         huge = [{"weights": np.full((4, 8), 1e30).tolist(), "biases": [0.0] * 8},
                 {"weights": np.full((8, 3), 1e30).tolist(), "biases": [0.0] * 3}]
         assert c.put("/models/iris/weights", json={"layers": huge}).status_code == 200
