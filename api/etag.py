@@ -12,7 +12,7 @@ def model_etag(record: ModelRecord, version: int | None = None, kind: str = "m")
     return f'"{record.model_id}.{record.uid[:12]}.{record.version if version is None else version}.{kind}"'
 
 
-def _tags(header: str) -> list[str]:
+def tags(header: str) -> list[str]:
     return [tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()]
 
 
@@ -20,8 +20,8 @@ def matches(header: str | None, record: ModelRecord) -> bool:
     """True when the header lists a current ETag of the model (either representation), or is ``*``."""
     if header is None:
         return False
-    tags = _tags(header)
-    return "*" in tags or any(tag in tags for tag in (model_etag(record), model_etag(record, kind="w")))
+    listed = tags(header)
+    return "*" in listed or any(tag in listed for tag in (model_etag(record), model_etag(record, kind="w")))
 
 
 def set_weights_if_match(service: Service, model_id: str, body: Weights, if_match: str | None) -> ModelRecord:

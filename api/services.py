@@ -13,7 +13,6 @@ import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
 from neural_net import Network, losses
-from neural_net.errors import NeuralNetError
 
 from api import notify, records
 from api.dataset_service import DatasetService
@@ -416,8 +415,9 @@ class Service:
                 raise InvalidInput("give either `dataset` or inline `inputs` and `targets`, not both")
             buffer_options = sorted({"min_samples", "consume_buffer"} & req.model_fields_set)
             if buffer_options:
-                raise InvalidInput(f"{', '.join(buffer_options)} are about the buffer; a job with `dataset` trains on "
-                                   "the dataset, so leave them out")
+                named = " and ".join(f"`{name}`" for name in buffer_options)
+                raise InvalidInput(f"{named} {'apply' if len(buffer_options) > 1 else 'applies'} to the buffer; a job "
+                                   f"with `dataset` trains on the dataset, so leave {'them' if len(buffer_options) > 1 else 'it'} out")
             record = self.datasets.check(model_id, info, req.dataset, viewer=viewer, values=True)
             params.update(dataset=req.dataset, dataset_samples=record.n_samples)
             used.append(req.dataset)

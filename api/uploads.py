@@ -16,6 +16,7 @@ sets their pace; they and the loop together keep both cores busy.
 import asyncio
 import hashlib
 import os
+import re
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -128,6 +129,15 @@ class _Sink:
         with suppress(OSError):
             self.handle.close()
 
+    def _unparsable(self, exc: Exception) -> InvalidInput:
+        """The parser's words (bytes as numbers: 'Expected boundary character 45, got 104') as characters, and
+        what a body must look like."""
+        words = re.sub(r"(character|got) (\d+)", lambda m: f"{m[1]} {chr(int(m[2]))!r}", str(exc))
+        return InvalidInput(f"the multipart/form-data body cannot be parsed ({words}): it begins with the line "
+                            f"--{self.boundary} (the boundary of its Content-Type), each part has headers such as "
+                            'Content-Disposition: form-data; name="file"; filename="data.csv", and it ends with '
+                            f"--{self.boundary}--. Let the HTTP client build it (curl -F file=@data.csv)")
+
     # multipart callbacks
     def _part_begin(self) -> None:
         self.headers, self.field, self.value = {}, b"", b""
@@ -193,7 +203,7 @@ class _Sink:
             except StoreUnavailable:  # raised by _write, from the parser's callback
                 raise
             except Exception as exc:  # python-multipart's MultipartParseError and friends
-                raise InvalidInput(f"the multipart/form-data body cannot be parsed: {exc}") from None
+                raise self._unparsable(exc) from None
         if self.unflushed >= FLUSH_BYTES:  # to disk while the rest arrives, not all in the publish's fsync
             try:
                 self.handle.flush()

@@ -1,11 +1,12 @@
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from api.auth import creator_name, visible_owner
 from api.dataset_service import DatasetService
 from api.dataset_schemas import DatasetPublic, DatasetsPublic
+from api.etag import tags
 from api.schemas import DATASET_ID_PATTERN, IRIS_X, IRIS_Y
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -72,11 +73,36 @@ def get_dataset(dataset_id: str, viewer: str | None = Depends(visible_owner),
     return DatasetPublic.from_record(datasets.get(dataset_id, viewer))
 
 
-@router.get("/{dataset_id}/download", response_class=FileResponse, summary="The dataset as an NPZ file (inputs, targets)",
-            responses={200: {"content": {"application/x-npz": {}}}})
-def download_dataset(dataset_id: str, viewer: str | None = Depends(visible_owner),
-                     datasets: DatasetService = Depends(get_datasets)) -> FileResponse:
-    return FileResponse(datasets.path(dataset_id, viewer), media_type="application/x-npz", filename=f"{dataset_id}.npz")
+DOWNLOAD = {"responses": {200: {"content": {"application/x-npz": {}}},
+                          304: {"description": "Not Modified: If-None-Match names the dataset's ETag"}}}
+
+
+def _download(dataset_id: str, if_none_match: str | None, viewer: str | None, datasets: DatasetService) -> Response:
+    record = datasets.get(dataset_id, viewer)
+    etag = f'"{record.sha256}"'  # a dataset never changes: its checksum is its ETag, the same on every replica
+    if if_none_match is not None and {etag, "*"} & set(tags(if_none_match)):
+        return Response(status_code=304, headers={"ETag": etag})
+    return FileResponse(datasets.path(dataset_id, viewer), media_type="application/x-npz", filename=f"{dataset_id}.npz",
+                        headers={"ETag": etag})
+
+
+@router.get("/{dataset_id}/download", response_class=FileResponse, openapi_extra=DOWNLOAD,
+            summary="The dataset as an NPZ file (inputs, targets)")
+def download_dataset(dataset_id: str, if_none_match: str | None = Header(None, description=(
+                         "The ETag of an earlier download (the dataset's sha256, quoted): 304 with no body when it "
+                         "matches.")),
+                     viewer: str | None = Depends(visible_owner),
+                     datasets: DatasetService = Depends(get_datasets)) -> Response:
+    """The stored NPZ (byte ranges with `Range`). Its `ETag` is the dataset's `sha256` in quotes, so a client that
+    keeps a copy sends it back in `If-None-Match` and gets a 304 instead of the file; HEAD answers the headers alone."""
+    return _download(dataset_id, if_none_match, viewer, datasets)
+
+
+@router.head("/{dataset_id}/download", include_in_schema=False)
+def head_dataset_download(dataset_id: str, if_none_match: str | None = Header(None),
+                          viewer: str | None = Depends(visible_owner),
+                          datasets: DatasetService = Depends(get_datasets)) -> Response:
+    return _download(dataset_id, if_none_match, viewer, datasets)
 
 
 @router.delete("/{dataset_id}", status_code=204, summary="Delete a dataset (409 while a job or search uses it)")

@@ -81,6 +81,22 @@ def test_a_csv_header_of_pandas_default_column_names_is_a_header(app):
     assert (body["n_samples"], body["n_features"]) == (2, 2)
 
 
+def test_a_download_is_revalidated_by_its_etag_and_answers_head(app):
+    """The ETag was Starlette's (mtime and size of the file on this replica) and If-None-Match still sent the file;
+    HEAD was a 405."""
+    body = created(upload(app, IRIS_NPZ, "application/x-npz"))
+    url = f"/datasets/{body['dataset_id']}/download"
+    first = app.get(url)
+    assert first.headers["etag"] == f'"{body["sha256"]}"'
+    again = app.get(url, headers={"If-None-Match": f'W/"x", {first.headers["etag"]}'})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == first.headers["etag"]
+    assert app.get(url, headers={"If-None-Match": '"other"'}).content == IRIS_NPZ
+    head = app.head(url)
+    assert head.status_code == 200 and head.content == b"" and int(head.headers["content-length"]) == len(IRIS_NPZ)
+    assert app.head(url, headers={"If-None-Match": first.headers["etag"]}).status_code == 304
+    assert app.head("/datasets/nope/download").status_code == 404
+
+
 def test_npz_multipart_with_x_y_compressed_and_integer_inputs_is_converted(app):
     x = np.arange(24, dtype=np.uint8).reshape(6, 4)
     data = npz_bytes(compressed=True, x=x, y=np.eye(3)[Y3])
@@ -214,6 +230,9 @@ def test_regression_targets_summarised_by_min_max_mean(app):
     (b"a,b,t\n1,2\r,0\n3,4,1\n", "text/csv", {}, 422, "line 2, column 'b' holds a carriage return"),
     (b"a,b,t\r\n1,2,0\r\r\n3,4,1\r\n", "text/csv", {}, 422, "line 2, column 't' holds a carriage return"),
     (HEADER + b"1,2,3,4,0\n" + b"1," * 50_000 + b"0\n" + b"1,2,3,4,0\n", "text/csv", {}, 422, LONG_LINE),
+    # the parser's words alone: "Expected boundary character 45, got 104 at index 2"
+    (b"hello", "multipart/form-data; boundary=XYZ", {}, 422, "cannot be parsed (Expected boundary character '-', got "
+     "'h' at index 2): it begins with the line --XYZ (the boundary of its Content-Type)"),
     (TRUNCATED_MULTIPART, "multipart/form-data; boundary=XYZ", {}, 422, "the multipart/form-data body is truncated: it "
      "has no closing boundary (--XYZ--)"),
 ])
@@ -402,7 +421,9 @@ def test_training_job_from_a_dataset_with_a_validation_dataset(app, iris_id):
 
 @pytest.mark.parametrize("body, words", [
     ({"dataset": "WIDE"}, "5 features per sample but model 'iris' takes 4"),
-    ({"dataset": "IRIS", "min_samples": 5}, "min_samples are about the buffer"),
+    ({"dataset": "IRIS", "min_samples": 5}, "`min_samples` applies to the buffer; a job with `dataset` trains on the "
+     "dataset, so leave it out"),
+    ({"dataset": "IRIS", "min_samples": 5, "consume_buffer": False}, "`consume_buffer` and `min_samples` apply to the buffer"),
     ({"dataset": "IRIS", "inputs": X4, "targets": Y3}, "not both"),
     ({"validation_dataset": "IRIS", "validation_split": 0.2}, "not both"),
     ({"validation_dataset": "missing"}, "does not exist"),
