@@ -6,15 +6,16 @@ less); bad content raises ``InvalidInput`` naming the array, row and column. An 
 that form is kept as uploaded (no second copy is written); its uncompressed members are memory-mapped.
 Of an uploaded NPZ only the members used are read, and only after their headers are checked against the
 limits; a deflated one is decompressed a chunk at a time to a file beside the output (a small NPZ can
-hold gigabytes of zeros). CSV syntax lives in api/csv_rows.py.
+hold gigabytes of zeros). CSV syntax lives in api/csv_rows.py, JSON datasets in api/dataset_json.py.
 """
 
 import io
-import json
 import math
+import mmap
 import struct
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -32,6 +33,8 @@ MAX_CLASSES = 1000  # integer targets with at most this many distinct values are
 MAX_NPY_HEADER = 10_000  # bytes; numpy's own bound on a .npy header
 INFLATE_BYTES = 1 << 20  # of a deflated NPZ member decompressed at a time
 MAX_NPZ_MEMBERS = 1024
+CRC_BYTES = 16 << 20  # of a stored member checked at a time
+INT64_MAX = np.iinfo(np.int64).max
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or the end record of an empty one
 FOREIGN_MAGIC = (  # files that are no format the service reads, by their first bytes
     (b"\x1f\x8b", "gzip-compressed; the service reads NPZ, CSV and JSON files as they are: gunzip it first, or save "
@@ -51,6 +54,7 @@ class _Member:
     fortran: bool
     dtype: np.dtype
     offset: int  # of its data: in the file when stored, in the member when deflated
+    start: int  # of its .npy header: in the file when stored, 0 when deflated
 
     @property
     def nbytes(self) -> int:
@@ -105,7 +109,7 @@ def _member(path: Path, archive: zipfile.ZipFile, name: str) -> _Member:
         raise
     except Exception as exc:  # a bad header, a truncated member, pickled objects, ...
         raise InvalidInput(f"array {name[:-4]!r} of the NPZ file cannot be read: {exc}") from None
-    member = _Member(name[:-4], info, shape, fortran, dtype, offset)
+    member = _Member(name[:-4], info, shape, fortran, dtype, offset, start)
     if offset - start + member.nbytes > info.file_size:
         raise InvalidInput(f"array {member.name!r} of the NPZ file: its header promises {member.nbytes} bytes of data "
                            "that are not there; the file is truncated or corrupt")
@@ -140,6 +144,25 @@ def _member_array(path: Path, archive: zipfile.ZipFile, member: _Member, scratch
     return np.load(copy, mmap_mode="r", allow_pickle=False)
 
 
+def _check_crc(path: Path, members: list[_Member]) -> None:
+    """The CRC-32 of each stored member, which its memory map does not check (zipfile checks a deflated one as it
+    inflates it): a bit flipped in the file would be served as a different number, where numpy.load refuses it."""
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)
+        try:
+            for member in members:
+                if member.info.compress_type != zipfile.ZIP_STORED:
+                    continue
+                crc, end = 0, member.start + member.info.file_size
+                for at in range(member.start, end, CRC_BYTES):
+                    crc = zlib.crc32(view[at:min(at + CRC_BYTES, end)], crc)
+                if crc != member.info.CRC:
+                    raise InvalidInput(f"array {member.name!r} of the NPZ file fails its CRC-32 check: the file is "
+                                       "corrupt (numpy.load refuses it too); save it again with numpy.savez")
+        finally:
+            view.release()
+
+
 def _open_zip(path: Path) -> zipfile.ZipFile:
     """The archive, once its end record says it has at most MAX_NPZ_MEMBERS members: zipfile holds an object per
     member, about 6 times the bytes of the directory (2 GB of empty members would take 13 GB)."""
@@ -172,10 +195,12 @@ def check_kind(path: Path, fmt: str) -> None:
     """A 422 for a file whose first bytes say it is not ``fmt`` (an NPZ sent as CSV, a gzip or .npy file), before
     its reader reports that it is not UTF-8 text or not a zip."""
     with open(path, "rb") as handle:
-        head = handle.read(8)
+        head = handle.read(64)
     for magic, what in FOREIGN_MAGIC:
         if head.startswith(magic):
             raise InvalidInput(f"the file is {what}")
+    if fmt == "csv" and head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith((b"{", b"[[", b"[{")):
+        raise InvalidInput("the file is JSON, not CSV: send it with ?format=json or Content-Type: application/json")
     if fmt != "npz" and head.startswith(ZIP_MAGIC):
         raise InvalidInput(f"the file is an NPZ (zip) file, not {fmt.upper()}: send it with ?format=npz or "
                            "Content-Type: application/x-npz")
@@ -201,6 +226,8 @@ def check_arrays(inputs, targets, max_rows: int) -> tuple[np.ndarray, np.ndarray
     for name, array in (("inputs", inputs), ("targets", targets)):
         if array.dtype.kind not in "biuf":
             raise InvalidInput(f"{name} has dtype {array.dtype}; datasets hold numbers (float, int or bool)")
+    if inputs.ndim and not len(inputs):
+        raise InvalidInput("inputs is empty: a dataset needs at least one sample")
     if inputs.ndim != 2:
         raise InvalidInput(f"inputs has shape {inputs.shape}; it must be 2-D (n_samples, n_features)")
     if targets.ndim not in (1, 2):
@@ -213,6 +240,10 @@ def check_arrays(inputs, targets, max_rows: int) -> tuple[np.ndarray, np.ndarray
         raise InvalidInput(f"inputs has {n} rows but targets has {len(targets)}; give one target (row) per sample")
     if n > max_rows:
         raise PayloadTooLarge(f"{n} samples; a dataset holds at most {max_rows} (NN_MAX_DATASET_ROWS)")
+    if targets.dtype.kind == "u" and targets.dtype.itemsize == 8 and targets.max() > INT64_MAX:  # int64 would wrap
+        index = np.argwhere(np.asarray(targets) > INT64_MAX)[0]
+        raise InvalidInput(f"targets[{', '.join(map(str, index))}] is {targets[tuple(index)]}, beyond int64 (at most "
+                           f"{INT64_MAX}); class labels and counts are far smaller: check the array")
     if inputs.dtype.kind == "f":
         _check_finite(inputs, "inputs")
     if targets.dtype.kind == "f":
@@ -297,7 +328,10 @@ def convert_npz(source: Path, dest: Path, max_rows: int, dtype: str | None = Non
         members = [_member(source, archive, _pick(archive, names)) for names in (("inputs", "x"), ("targets", "y"))]
         _check_limits(members, max_rows, max_bytes)
         arrays = [_member_array(source, archive, member, dest.parent) for member in members]
-        inputs, targets = check_arrays(*arrays, max_rows)
+        with ThreadPoolExecutor(1) as pool:  # the CRC (zlib) and the finite check (NumPy) each free the GIL
+            crc = pool.submit(_check_crc, source, members)
+            inputs, targets = check_arrays(*arrays, max_rows)
+            crc.result()
         if is_stored_form(inputs, targets, archive) and (dtype is None or np.dtype(dtype) == inputs.dtype):
             return None
         return write_arrays(dest, inputs, targets, dtype)
@@ -334,83 +368,6 @@ def _too_large(where: str, value, dtype: np.dtype) -> InvalidInput:
     """A finite value that ``dtype`` cannot hold (it would be stored as Inf), named by ``where``."""
     return InvalidInput(f"{where} is {value}, too large for {dtype.name} (at most {np.finfo(dtype).max:.6g} in "
                         "magnitude); scale the values down, or upload with ?dtype=float64")
-
-
-# -- JSON --------------------------------------------------------------------------------------------
-JSON_SHAPE = '{"inputs": [[numbers, ...], ...], "targets": [numbers, ...] or [[numbers, ...], ...]}'
-JSON_DEPTH = 3  # the body, a list of rows, a row
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_STEP = np.zeros(256, np.int8)  # +1 for each byte that opens an array or object, -1 for each that closes one
-_STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
-
-
-def _not_json_constant(name: str):
-    raise InvalidInput(f"the JSON holds {name}, which is not JSON: datasets must hold finite numbers; drop or fill "
-                       "the missing values")
-
-
-def _shown(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, (list, dict)):
-        return "an array" if isinstance(value, list) else "an object"
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _not_numbers(name: str, value) -> str:
-    """What first keeps ``value`` (inputs or targets as parsed) from being rows of numbers, and where it is."""
-    if not isinstance(value, list):
-        return f"{name} is {_shown(value)}; send {JSON_SHAPE}"
-    rows = isinstance(value[0], list) if value else False
-    for i, row in enumerate(value):
-        if rows != isinstance(row, list):
-            return (f"{name}[{i}] is {_shown(row)} where {name}[0] is {_shown(value[0])}: {name} is a list of numbers "
-                    f"or a list of rows; send {JSON_SHAPE}")
-        if rows and len(row) != len(value[0]):
-            return f"{name}[{i}] has {len(row)} values where {name}[0] has {len(value[0])}; every row needs the same number"
-        for j, cell in enumerate(row if rows else [row]):
-            where = f"{name}[{i}, {j}]" if rows else f"{name}[{i}]"
-            if cell is None:
-                return f"{where} is null: datasets must hold numbers; drop or fill the missing values"
-            if not isinstance(cell, (int, float)):
-                return f"{where} is {_shown(cell)}, not a number; send numbers as numbers, not strings"
-            try:
-                float(cell)
-            except OverflowError:
-                return f"{where} is a whole number of {len(str(abs(cell)))} digits, beyond float64; scale the values down"
-    return f"{name} is not a rectangular array of numbers; send {JSON_SHAPE}"
-
-
-def convert_json(source: Path, dest: Path, max_rows: int, dtype: str | None = None) -> str:
-    """A JSON object of inputs and targets; returns the SHA-256 of the stored form written to ``dest``.
-    Its nesting is checked from its brackets before it is parsed (a deep one would overflow the parser's stack);
-    a value that is not a number is named with its position."""
-    text = source.read_bytes()
-    brackets = text.translate(None, _NOT_BRACKETS)
-    depth = int(np.cumsum(_STEP[np.frombuffer(brackets, np.uint8)], dtype=np.int64).max()) if brackets else 0
-    if depth > JSON_DEPTH:
-        raise InvalidInput(f"the JSON nests arrays and objects {depth} deep; a JSON dataset nests {JSON_DEPTH} deep: "
-                           f"{JSON_SHAPE}")
-    try:
-        body = json.loads(text, parse_constant=_not_json_constant)
-    except UnicodeDecodeError:
-        raise InvalidInput("the JSON body is not UTF-8 text") from None
-    except ValueError as exc:
-        raise InvalidInput(f"the body is not valid JSON ({exc}); send {JSON_SHAPE}") from None
-    if not isinstance(body, dict) or set(body) != {"inputs", "targets"}:
-        raise InvalidInput(f'a JSON dataset is an object with exactly "inputs" (rows of numbers) and "targets": {JSON_SHAPE}')
-    arrays = []
-    for name in ("inputs", "targets"):
-        try:
-            array = np.array(body[name], dtype=np.float64)
-        except (ValueError, TypeError, OverflowError):
-            raise InvalidInput(_not_numbers(name, body[name])) from None
-        if np.isnan(array).any():  # NaN is refused while parsing: these were nulls
-            raise InvalidInput(_not_numbers(name, body[name]))
-        arrays.append(array)
-    inputs, targets = check_arrays(*arrays, max_rows)
-    return write_arrays(dest, inputs, targets, dtype or "float32")
 
 
 # -- CSV --------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from api import dataset_formats as formats
+from api import dataset_formats as formats, dataset_json
 from api.npz_writer import CHUNK_BYTES
 from neural_net import losses
 from neural_net.errors import NeuralNetError, TargetValueError
@@ -206,7 +206,7 @@ class DatasetStore:
         elif fmt == "csv":
             digest = formats.convert_csv(upload, data, max_rows, targets, dtype, newlines)
         elif fmt == "json":
-            digest = formats.convert_json(upload, data, max_rows, dtype)
+            digest = dataset_json.convert_json(upload, data, max_rows, dtype)
         else:
             raise InvalidInput(f"unknown format {fmt!r}; use one of: {', '.join(formats.FORMATS)}")
         return data, digest

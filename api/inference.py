@@ -50,19 +50,20 @@ def server_ready(service: Service) -> dict[str, Any]:
 def _version(service: Service, model_id: str, version: str | None) -> int | None:
     if version is None:
         return None
+    shown = version if len(version) <= 24 else version[:21] + "..."
     if not (version.isascii() and version.isdigit()):  # int() also reads '²' and '٣'
-        raise ModelVersionNotFound(f"model {model_id!r} has no version {version!r}; versions are whole numbers "
-                                   f"(GET /v2/models/{model_id} lists them)")
+        raise _not_kept(service, model_id, repr(shown), why="versions are whole numbers")
     if len(version) > 18:  # beyond 62 bits: more versions than any model makes
-        raise _not_kept(service, model_id, version if len(version) <= 24 else version[:21] + "...")
+        raise _not_kept(service, model_id, shown)
     return int(version)
 
 
-def _not_kept(service: Service, model_id: str, version: int | str, kept: list | None = None) -> ModelVersionNotFound:
+def _not_kept(service: Service, model_id: str, version: int | str, kept: list | None = None,
+              why: str = "never made, or pruned: NN_KEEP_VERSIONS") -> ModelVersionNotFound:
     """The 404 of a version the model does not keep, listing those it does (one read, on this error path only)."""
     kept = kept or service.store.list_versions(model_id) or [service.store.get_model(model_id)]
-    return ModelVersionNotFound(f"model {model_id!r} has no version {version} (never made, or pruned: "
-                                f"NN_KEEP_VERSIONS); its versions: {', '.join(str(v.version) for v in kept)}")
+    return ModelVersionNotFound(f"model {model_id!r} has no version {version} ({why}); its versions: "
+                                f"{', '.join(str(v.version) for v in kept)}")
 
 
 def _model(service: Service, model_id: str, version: str | None) -> CachedModel:

@@ -17,7 +17,9 @@ class TargetValueError(ShapeError):
     def __init__(self, rule, index, value):
         self.rule, self.index, self.value = rule, tuple(int(i) for i in index), float(value)
         where = ", ".join(map(str, self.index))
-        super().__init__(f"{rule}; targets[{where}] is {self.value:g}")
+        # the shortest digits of its own type (2.0000001 is not 2; float32 1.2 is not 1.2000000476837158); -1, not -1.0
+        shown = str(int(self.value)) if self.value.is_integer() and abs(self.value) < 2**53 else str(value)
+        super().__init__(f"{rule}; targets[{where}] is {shown}")
 
     def at(self, offset):
         return TargetValueError(self.rule, (self.index[0] + offset, *self.index[1:]), self.value)

@@ -102,11 +102,12 @@ class BinaryCrossEntropy(_CrossEntropyBase):
     fuses_with = "sigmoid"
 
     def prepare(self, y, n_out, dtype):
+        raw = np.asarray(y)
         y = super().prepare(y, n_out, dtype)
         if y.size and (y.min() < 0 or y.max() > 1):
-            index = np.argwhere((y < 0) | (y > 1))[0]
+            index = np.argwhere((y < 0) | (y > 1))[0][:raw.ndim]  # one target per sample is named by its row alone
             raise TargetValueError("binary_cross_entropy targets must lie in [0, 1] (0/1 labels or probabilities)",
-                                   index, y[tuple(index)])
+                                   index, raw[tuple(index)])
         return y
 
     def value(self, p, y):
@@ -129,6 +130,9 @@ class BinaryCrossEntropy(_CrossEntropyBase):
         return (q - y) / (q * (1 - q)) / p.size
 
 
+ROW_SUM_TOLERANCE = 1e-3  # of a row of class probabilities around 1: float32 sums of 1,000 classes stay well within
+
+
 @LOSSES.register("cross_entropy")
 class CrossEntropy(_CrossEntropyBase):
     fuses_with = "softmax"
@@ -140,11 +144,22 @@ class CrossEntropy(_CrossEntropyBase):
             if labels.size and (np.any(labels != np.round(labels)) or labels.min() < 0 or labels.max() >= n_out):
                 index = int(np.argmax((labels != np.round(labels)) | (labels < 0) | (labels >= n_out)))
                 raise TargetValueError(f"cross_entropy integer labels must be whole numbers in [0, {n_out - 1}]",
-                                       (index,), labels[index])
+                                       (index,), raw[index])
             one_hot = np.zeros((labels.shape[0], n_out), dtype=dtype)
             one_hot[np.arange(labels.shape[0]), labels.astype(np.intp)] = 1
             return one_hot
-        return super().prepare(y, n_out, dtype)
+        y = super().prepare(y, n_out, dtype)
+        if y.size and (y.min() < 0 or y.max() > 1):  # rows of class probabilities (one-hot, or smoothed labels)
+            index = np.argwhere((y < 0) | (y > 1))[0]
+            raise TargetValueError("cross_entropy target rows are class probabilities, each in [0, 1]", index,
+                                   raw[tuple(index)] if raw.shape == y.shape else y[tuple(index)])
+        sums = y.sum(axis=1, dtype=np.float64)
+        off = np.abs(sums - 1) > ROW_SUM_TOLERANCE
+        if off.any():
+            row = int(np.argmax(off))
+            raise ShapeError(f"cross_entropy target rows are class probabilities that sum to 1 (one-hot rows, or "
+                             f"integer labels); targets[{row}] sums to {sums[row]:.6g}")
+        return y
 
     def _norm(self, p):
         return p.shape[0]

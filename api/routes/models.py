@@ -134,7 +134,13 @@ async def add_samples(model_id: str, request: Request, options: dict = Depends(f
     if _is_json(content_type) and options["fmt"] in (None, "json"):
         if options["targets"]:  # it was ignored: the rows went in with the body's targets
             raise InvalidInput("?target= names CSV columns; a JSON body gives its `targets` (or a `dataset`) itself")
-        body = await _json_body(request, SamplesCreate)
+        try:
+            body = await _json_body(request, SamplesCreate)
+        except InvalidInput as exc:
+            if content_type:
+                raise
+            raise InvalidInput(f"{exc}. With no Content-Type the body is read as JSON samples: send a file with its type "
+                               "(text/csv, application/x-npz) or ?format=npz|csv|json") from None
         size, queued = await run_in_threadpool(service.add_samples, model_id, body, viewer)
     else:
         size, queued = await service.add_samples_file(model_id, request.stream(), content_type,

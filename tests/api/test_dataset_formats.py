@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from api import dataset_formats as formats
+from api import dataset_formats as formats, dataset_json
 from api.errors import InvalidInput, PayloadTooLarge
 from tests.api.conftest import npz_with_zeros, peak_bytes
 
@@ -41,7 +41,7 @@ def test_a_written_stored_form_is_kept_as_uploaded_when_sent_again(tmp_path):
 
 def test_json_and_converted_npz_return_the_sha256_of_what_they_wrote(tmp_path):
     (tmp_path / "d.json").write_text('{"inputs": [[1, 2], [3, 4]], "targets": [0, 1]}')
-    digest = formats.convert_json(tmp_path / "d.json", tmp_path / "j.npz", 10)
+    digest = dataset_json.convert_json(tmp_path / "d.json", tmp_path / "j.npz", 10)
     assert digest == hashlib.sha256((tmp_path / "j.npz").read_bytes()).hexdigest()
     np.savez_compressed(tmp_path / "c.npz", x=np.ones((3, 2)), y=np.zeros(3))
     digest = formats.convert_npz(tmp_path / "c.npz", tmp_path / "n.npz", 10)

@@ -147,6 +147,12 @@ def test_regression_metrics_match_scikit_learn():
     ("cross_entropy", [0, -1], 3, "targets[1] is -1"),
     ("binary_cross_entropy", [[0.5, 0.0], [1.0, 1.2]], 2, "must lie in [0, 1] (0/1 labels or probabilities); "
      "targets[1, 1] is 1.2"),
+    ("binary_cross_entropy", [0.0, 1.0, 1.5], 1, "targets[2] is 1.5"),  # one per sample: was targets[2, 0]
+    ("cross_entropy", [0, 1, 2.0000001], 3, "targets[2] is 2.0000001"),  # was "is 2"
+    ("cross_entropy", np.array([0, 1.2], np.float32), 2, "targets[1] is 1.2"),  # not 1.2000000476837158
+    # one-hot rows were never checked: [2, -1, 0] trained as if it were a distribution
+    ("cross_entropy", [[0, 1, 0], [2, -1, 0]], 3, "cross_entropy target rows are class probabilities, each in "
+     "[0, 1]; targets[1, 0] is 2"),
 ])
 def test_a_target_the_loss_cannot_take_is_named_with_its_row(loss, targets, n_out, message):
     """The message gave only the range of all values ("received values from 0.0 to 7.0"): not which row to fix."""
@@ -155,6 +161,14 @@ def test_a_target_the_loss_cannot_take_is_named_with_its_row(loss, targets, n_ou
     assert str(caught.value).endswith(message) and isinstance(caught.value, ShapeError)
     shifted = caught.value.at(1000)  # a block that starts at row 1000 of the whole
     assert shifted.index[0] == caught.value.index[0] + 1000 and shifted.rule == caught.value.rule
+
+
+def test_cross_entropy_rows_of_probabilities_must_sum_to_one():
+    ce = losses.get("cross_entropy")
+    smoothed = np.array([[0.9, 0.05, 0.05], [0.05, 0.05, 0.9]], np.float32)  # label smoothing sums to 1 too
+    np.testing.assert_array_equal(ce.prepare(smoothed, 3, np.float32), smoothed)
+    with pytest.raises(ShapeError, match=r"sum to 1 \(one-hot rows, or integer labels\); targets\[1\] sums to 0.5"):
+        ce.prepare(np.array([[0, 1, 0], [0.5, 0, 0]]), 3, np.float32)
 
 
 def test_loss_values_match_pytorch_reductions():

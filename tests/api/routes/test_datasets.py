@@ -23,6 +23,13 @@ def npz_bytes(compressed: bool = False, **arrays) -> bytes:
 
 IRIS_NPZ = npz_bytes(inputs=np.array(X4, np.float32), targets=np.array(Y3, np.int64))
 NPY = b"\x93NUMPY" + npz_bytes(inputs=np.ones((2, 2)))[40:]  # the magic is what counts
+def _flipped(data: bytes, marker: bytes) -> bytes:
+    corrupt = bytearray(data)
+    corrupt[data.find(marker) + 4] ^= 0x40  # one bit of the member's data
+    return bytes(corrupt)
+
+
+BAD_CRC = _flipped(IRIS_NPZ, np.array(X4, np.float32).tobytes())
 TRUNCATED_MULTIPART = (b'--XYZ\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\nContent-Type: text/csv\r\n'
                        b"\r\n" + IRIS_CSV)  # no closing --XYZ--: the last line may be cut short
 LONG_LINE = "line 3 is longer than 2304 bytes, more than a row of the header's 5 columns can take"
@@ -211,6 +218,22 @@ def test_regression_targets_summarised_by_min_max_mean(app):
      "NPZ, CSV and JSON files as they are: gunzip it first"),
     (NPY, "application/octet-stream", {}, 422, "the file is one .npy array; a dataset holds inputs and targets"),
     (NPY, "application/x-npz", {}, 422, "the file is one .npy array"),
+    # kept as uploaded although a member failed its CRC: served values numpy.load refuses to read
+    (BAD_CRC, "application/x-npz", {}, 422, "array 'inputs' of the NPZ file fails its CRC-32 check"),
+    # uint64 labels beyond int64 were stored wrapped to negative numbers
+    (npz_bytes(inputs=np.ones((3, 2)), targets=np.array([0, 1, 2**63 + 5], np.uint64)), "application/x-npz", {}, 422,
+     "targets[2] is 9223372036854775813, beyond int64"),
+    # NumPy read "2" as 2.0 and true as 1.0; a repeated key kept its last value
+    (b'{"inputs": [[1, "2"]], "targets": [0]}', "application/json", {}, 422, 'inputs[0, 1] is "2", not a number'),
+    (b'{"inputs": [[1, true]], "targets": [0]}', "application/json", {}, 422, "inputs[0, 1] is true, not a number; "
+     "send 1 or 0"),
+    (b'{"inputs": [[1, 2]], "targets": [0], "targets": [1]}', "application/json", {}, 422,
+     "the JSON names 'targets' more than once"),
+    (b'{"inputs": [[1, 2]], "targets": [1' + b"0" * 5000 + b"]}", "application/json", {}, 422,
+     "a whole number of more than 4300 digits"),  # was Python's advice to call sys.set_int_max_str_digits()
+    (b'{"inputs": [], "targets": []}', "application/json", {}, 422, "inputs is empty: a dataset needs at least one"),
+    (b'{"inputs": [[1, 2]], "targets": [0]}', "text/csv", {}, 422, "the file is JSON, not CSV: send it with "
+     "?format=json"),  # was "the CSV file has a header but no data lines"
     # a CSV without a header lost its first sample as the column names
     (b"1,2,0\n3,4,1\n", "text/csv", {}, 422, "line 1 is '1,2,0': numbers, not column names"),
     (b'{"inputs": [[1, 2]]}', "application/json", {}, 422, "exactly"),
@@ -375,7 +398,15 @@ def test_targets_shape_checked_against_the_model(app):
     assert "has 4 targets per sample but model 'three-out' has 3 outputs" in response.json()["detail"]
     labels = created(upload(app, npz_bytes(inputs=np.ones((2, 4)), targets=np.array([0, 7]))))["dataset_id"]
     response = app.post("/models/iris/samples", json={"dataset": labels})
-    assert response.status_code == 422 and "labels from 0 to 7" in response.json()["detail"]
+    assert response.status_code == 422 and response.json()["detail"].endswith("targets[1] is 7")
+
+
+def test_a_file_sent_to_samples_without_a_content_type_is_told_to_say_its_type(app):
+    """It was "the body is not valid JSON: str is not valid UTF-8", which says nothing of the file's type."""
+    response = app.post("/models/iris/samples", content=IRIS_NPZ)
+    assert response.status_code == 422 and "Content-type" not in response.request.headers
+    assert response.json()["detail"].endswith("With no Content-Type the body is read as JSON samples: send a file "
+                                              "with its type (text/csv, application/x-npz) or ?format=npz|csv|json")
 
 
 def test_samples_from_a_dataset_and_from_file_bodies(app, iris_id):
@@ -438,6 +469,9 @@ def test_bad_dataset_jobs(app, iris_id, wide_id, body, words):
 @pytest.mark.parametrize("arrays, words", [
     ({"inputs": np.ones((2, 4), np.float32), "targets": np.array([0.5, 1.0])},
      "cross_entropy integer labels must be whole numbers in [0, 2]; targets[0] is 0.5"),
+    # a label beyond the classes was "holds class labels from 0 to 7 but model 'iris' has 3 classes": no row
+    ({"inputs": np.ones((3, 4), np.float32), "targets": np.array([0, 7, 1])},
+     "cross_entropy integer labels must be whole numbers in [0, 2]; targets[1] is 7"),
     ({"inputs": np.array([[1e39, 0, 0, 0], [0, 0, 0, 0]]), "targets": np.array([0, 1])},
      "holds inputs too large for float32; scale them"),
 ])
