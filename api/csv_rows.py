@@ -354,9 +354,14 @@ def parse_block(block: bytes, first_line: int, header: Header) -> np.ndarray:
     if rows is None:
         rows = _slow_block(block, first_line, header)
     if not np.isfinite(rows).all():
-        index = np.argwhere(~np.isfinite(rows))[0]
-        raise InvalidInput(f"line {first_line + int(index[0])}, column {header.columns[int(index[1])]!r} is "
-                           f"{rows[tuple(index)]}: datasets must hold finite numbers")
+        row, column = (int(i) for i in np.argwhere(~np.isfinite(rows))[0])
+        where, value = f"line {first_line + row}, column {header.columns[column]!r}", rows[row, column]
+        line = block.split(b"\n")[row]
+        cell = line.split(b",")[column].strip().lower() if b'"' not in line and not np.isnan(value) else b""
+        if cell and cell.lstrip(b"+-") not in (b"inf", b"infinity"):  # digits beyond float64, read as inf
+            raise InvalidInput(f"{where} is {cell[:24].decode('ascii', 'replace')}{'...' if len(cell) > 24 else ''}, "
+                               "beyond float64 (at most 1.8e308 in magnitude); scale the values down")
+        raise InvalidInput(f"{where} is {value}: datasets must hold finite numbers")
     return rows
 
 

@@ -188,6 +188,10 @@ def test_regression_targets_summarised_by_min_max_mean(app):
     (HEADER + b"1,2,3,4,0\n1,2,3\n", "text/csv", {}, 422, "line 3 has 3 values but the header names 5"),
     (HEADER + b"1,2,3,4,0\n1,x,3,4,0\n", "text/csv", {}, 422, "line 3, column 'sepal_width': 'x' is not a number"),
     (HEADER + b"1,2,3,4,0\n1,nan,3,4,0\n", "text/csv", {}, 422, "line 3, column 'sepal_width' is nan"),
+    (HEADER + b"1,2,3,4,0\n1,-Inf,3,4,0\n", "text/csv", {}, 422, "line 3, column 'sepal_width' is -inf: datasets"),
+    # 400 digits were reported as "is inf", a value the file does not hold
+    (HEADER + b"1,2,3,4,0\n1,2," + b"9" * 400 + b",4,0\n", "text/csv", {}, 422, "line 3, column 'petal_length' is "
+     "999999999999999999999999..., beyond float64"),
     (HEADER + b"1,2,3,4,0\n1,\xff,3,4,0\n", "text/csv", {}, 422, "line 3 is not UTF-8"),
     (b"\xff\xfe,a\n1,2\n", "text/csv", {}, 422, "not UTF-8"),
     (HEADER + b"1,2,3,4,0\n\n1,2,3,4,0\n", "text/csv", {}, 422, "line 3 is empty"),
