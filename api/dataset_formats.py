@@ -271,10 +271,13 @@ def summary(targets: np.ndarray) -> dict:
     values = np.asarray(targets)
     result = {"shape": list(values.shape), "min": float(values.min()), "max": float(values.max()),
               "mean": float(values.mean(dtype=np.float64)), "classes": None, "counts": None}
-    if values.ndim == 1 and values.dtype.kind in "iub":
+    # float labels that are whole numbers (an NPZ kept as uploaded) are counted like the int64 a conversion stores
+    whole = (values.dtype.kind == "f" and values.ndim == 1 and bool(np.all(values == np.round(values)))
+             and float(np.abs(values).max(initial=0)) < 2**53)
+    if values.ndim == 1 and (values.dtype.kind in "iub" or whole):
         classes, counts = np.unique(values, return_counts=True)
         if len(classes) <= MAX_CLASSES:
-            result.update(classes=classes.tolist(), counts=counts.tolist())
+            result.update(classes=classes.astype(np.int64).tolist() if whole else classes.tolist(), counts=counts.tolist())
     elif values.ndim == 2 and values.shape[1] > 1 and np.isin(values, (0, 1)).all() and (values.sum(1) == 1).all():
         result.update(classes=list(range(values.shape[1])), counts=values.sum(0).astype(np.int64).tolist())
     return result

@@ -106,6 +106,7 @@ class _Sink:
             self.boundary = boundary.decode("latin-1")[:80]
             self.hint = None
             self.found = self.ended = False
+            self.files = 0  # parts named `file`: the first is the upload, a second one would be lost
             self.in_file = False
             self.headers: dict[bytes, bytes] = {}
             self.field = self.value = b""
@@ -154,6 +155,7 @@ class _Sink:
 
     def _headers_finished(self) -> None:
         _, options = parse_options_header(self.headers.get(b"content-disposition", b""))
+        self.files += options.get(b"name") == b"file"
         self.in_file = options.get(b"name") == b"file" and not self.found
         if self.in_file:
             self.found = True
@@ -230,6 +232,9 @@ class _Sink:
                 if not self.found:
                     raise InvalidInput("the multipart/form-data body has no field named `file`; send the file as "
                                        "-F file=@data.npz (curl) or with the file button of /docs")
+                if self.files > 1:
+                    raise InvalidInput(f"the multipart/form-data body has {self.files} fields named `file`; an upload "
+                                       "is one file: send each in a request of its own")
             self.handle.close()  # flushes: a disk that refuses the last bytes refuses them here
         except OSError as exc:
             raise self._unwritable(exc) from None

@@ -82,6 +82,23 @@ def test_a_json_file_that_begins_with_a_utf8_bom_is_recognised_by_its_content(ap
     assert body["format"] == "json" and body["n_samples"] == 1
 
 
+def test_whole_number_float_labels_are_counted_as_classes_whether_kept_or_converted(app):
+    """Kept as uploaded (uncompressed), float labels 0/1/2 had `classes: null`; converted (compressed), int64 classes."""
+    labels = np.array([0.0, 1.0, 2.0, 1.0])
+    kept = created(upload(app, npz_bytes(inputs=np.ones((4, 2)), targets=labels), "application/x-npz"))
+    converted = created(upload(app, npz_bytes(compressed=True, inputs=np.ones((4, 2)), targets=labels), "application/x-npz"))
+    assert kept["targets"] == converted["targets"] and kept["targets"]["classes"] == [0, 1, 2]
+    assert kept["targets"]["counts"] == [1, 2, 1]
+
+
+def test_a_multipart_body_with_two_file_fields_is_refused_rather_than_half_read(app):
+    files = [("file", ("a.csv", IRIS_CSV, "text/csv")), ("file", ("b.csv", IRIS_CSV, "text/csv"))]
+    before = app.get("/datasets").json()["count"]
+    response = app.post("/datasets", files=files)
+    assert response.status_code == 422 and "has 2 fields named `file`; an upload is one file" in response.json()["detail"]
+    assert app.get("/datasets").json()["count"] == before
+
+
 def test_a_csv_header_of_pandas_default_column_names_is_a_header(app):
     """DataFrame(array).to_csv(index=False) names the columns 0, 1, ..., n-1: a header, though it is numbers."""
     body = created(upload(app, b"0,1,2\n1,2,0\n3,4,1\n", "text/csv"))
