@@ -58,6 +58,14 @@ def _version(service: Service, model_id: str, version: str | None) -> int | None
     return int(version)
 
 
+def _sent(tensor: dict, binary: memoryview, dtype: np.dtype, index: int) -> str:
+    """Element ``index`` (row major) of the tensor as the client sent it (an error message's)."""
+    if len(binary):
+        return str(np.frombuffer(binary, dtype=dtype, count=1, offset=index * dtype.itemsize)[0])
+    data = tensor["data"]
+    return str(np.ravel(data if isinstance(data, np.ndarray) else np.asarray(data, dtype=object))[index])
+
+
 def _not_kept(service: Service, model_id: str, version: int | str, kept: list | None = None,
               why: str = "never made, or pruned: NN_KEEP_VERSIONS") -> ModelVersionNotFound:
     """The 404 of a version the model does not keep, listing those it does (one read, on this error path only)."""
@@ -160,8 +168,10 @@ def _input_array(service: Service, model: CachedModel, request: dict, binary: me
         x = data_numbers(data, dtype, shape).reshape(rows, n_in)
     with np.errstate(over="ignore", invalid="ignore"):
         x = x.astype(model.net.dtype, copy=False)
-    if not np.isfinite(x).all():
-        raise InvalidInput(f"inputs hold NaN, Infinity or values too large for {want}; send finite numbers")
+    if not np.isfinite(x).all():  # the first such value, as sent, by its row and column
+        row, column = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        raise InvalidInput(f"inputs hold NaN, Infinity or values too large for {want}; send finite numbers: row {row}, "
+                           f"column {column} is {_sent(tensor, binary, dtype, row * n_in + column)}")
     return x
 
 

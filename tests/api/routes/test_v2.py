@@ -226,7 +226,10 @@ def test_bad_requests_are_400_or_413_with_an_error_body(tmp_path):
             (json.dumps({"inputs": []}).encode(), None, 400, "one tensor named 'input'"),
             (json.dumps({"inputs": [{**good, "data": [1, 2, 3]}]}).encode(), None, 400, "holds 3 numbers"),
             (json.dumps({"inputs": [{**good, "data": [1, 2, 3, None]}]}).encode(), None, 400, "it holds null"),
-            (json.dumps({"inputs": [{**good, "data": [1, 2, 3, 1e300]}]}).encode(), None, 400, "too large"),
+            (json.dumps({"inputs": [{**good, "data": [1, 2, 3, 1e300]}]}).encode(), None, 400, "too large for FP32; "
+             "send finite numbers: row 0, column 3 is 1e+300"),  # no element was named
+            (json.dumps({"inputs": [{**good, "data": [[1, 2, 3, 4]], "shape": [1, 4]}]}).encode().replace(b"4]]",
+             b"1e39]]"), None, 400, "row 0, column 3 is 1e+39"),
             (json.dumps({"inputs": [{**good, "data": ["a", 2, 3, 4]}]}).encode(), None, 400, "numbers only"),
             # the binary bytes were used and `data` ignored: one tensor, sent one way
             (both + raw, {"Inference-Header-Content-Length": str(len(both))}, 400, "send the tensor one way"),
@@ -236,6 +239,8 @@ def test_bad_requests_are_400_or_413_with_an_error_body(tmp_path):
             (header + raw[:8], {"Inference-Header-Content-Length": str(len(header))}, 400, "needs exactly 16 bytes"),
             (header + raw, {"Inference-Header-Content-Length": "999"}, 400, "Inference-Header-Content-Length"),
             (header + raw, None, 400, "Inference-Header-Content-Length header"),
+            (header + np.array([[1, 2, np.nan, 4]], "<f4").tobytes(), {"Inference-Header-Content-Length": str(len(header))},
+             400, "send finite numbers: row 0, column 2 is nan"),
         ]
         for body, headers, status, words in cases:
             r = _infer(c, body, headers)
