@@ -99,6 +99,9 @@ class _Sink:
         self.newlines = 0 if self._may_be_csv() else None
         self.parser = None
         media, options = parse_options_header(content_type)
+        if media.startswith(b"multipart/") and media != b"multipart/form-data":  # it was read as a CSV file
+            raise InvalidInput(f"a {media.decode('latin-1')} body is not read; send the file as the raw body, or as the "
+                               "field `file` of a multipart/form-data body (curl -F file=@data.csv)")
         if media == b"multipart/form-data":
             boundary = options.get(b"boundary")
             if not boundary:

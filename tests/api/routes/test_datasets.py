@@ -277,6 +277,8 @@ def test_regression_targets_summarised_by_min_max_mean(app):
     # the parser's words alone: "Expected boundary character 45, got 104 at index 2"
     (b"hello", "multipart/form-data; boundary=XYZ", {}, 422, "cannot be parsed (Expected boundary character '-', got "
      "'h' at index 2): it begins with the line --XYZ (the boundary of its Content-Type)"),
+    (TRUNCATED_MULTIPART, "multipart/mixed; boundary=XYZ", {}, 422,
+     "a multipart/mixed body is not read; send the file as the raw body"),  # was read as CSV
     (TRUNCATED_MULTIPART, "multipart/form-data; boundary=XYZ", {}, 422, "the multipart/form-data body is truncated: it "
      "has no closing boundary (--XYZ--)"),
 ])
