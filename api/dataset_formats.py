@@ -86,6 +86,8 @@ def _npy_header(handle) -> tuple[tuple, bool, np.dtype, int]:
 def _member(path: Path, archive: zipfile.ZipFile, name: str) -> _Member:
     """The header of member ``name`` (x.npy), checked against the member's size; its data is not read."""
     info = archive.getinfo(name)
+    if info.flag_bits & 0x1:  # its data are encrypted: a memory map would read ciphertext as numbers
+        raise InvalidInput(f"array {name[:-4]!r} of the NPZ file is encrypted; save the file with numpy.savez")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise InvalidInput(f"array {name[:-4]!r} of the NPZ file is compressed with method {info.compress_type}; "
                            "save the file with numpy.savez or numpy.savez_compressed")
@@ -296,7 +298,8 @@ def _pick(archive: zipfile.ZipFile, names: tuple[str, str]) -> str:
     for name in names:
         if name in held:
             return f"{name}.npy"
-    found = ", ".join(sorted(held)) or "none"
+    others = sorted(set(archive.namelist()) - {f"{name}.npy" for name in held})  # not .npy arrays: numpy.load skips them
+    found = ", ".join(sorted(held) + [f"{name!r} (not a .npy array)" for name in others[:5]]) or "none"
     raise InvalidInput(f"the NPZ file has no array {names[0]!r} (or {names[1]!r}); it holds: {found}. Save it with "
                        "numpy.savez(path, inputs=..., targets=...)")
 
@@ -329,6 +332,11 @@ def convert_npz(source: Path, dest: Path, max_rows: int, dtype: str | None = Non
     Only the members used are read (inputs and targets, or x and y), after their headers are checked against
     ``max_rows`` and ``max_bytes`` (their uncompressed total); deflated ones are decompressed beside ``dest``."""
     with _open_zip(source) as archive:
+        with open(source, "rb") as handle:
+            head = handle.read(8)
+        if not head.startswith(ZIP_MAGIC):  # zipfile finds a zip after any prefix; numpy.load does not
+            raise InvalidInput(f"the NPZ file begins {head!r}, where an NPZ begins b'PK\\x03\\x04': bytes come before "
+                               "its zip, so numpy.load refuses it; save it with numpy.savez(path, inputs=..., targets=...)")
         members = [_member(source, archive, _pick(archive, names)) for names in (("inputs", "x"), ("targets", "y"))]
         _check_limits(members, max_rows, max_bytes)
         _check_crc(source, members)

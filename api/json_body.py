@@ -219,7 +219,10 @@ def numeric_body(body: bytes, schema: Any, containers: int) -> tuple[dict, dict[
         if not isinstance(doc, simdjson.Object):
             return None
         keys = list(doc.keys())
-        if len(set(keys)) != len(keys) or any("[" in key or "{" in key for key in keys):
+        twice = next((key for key in keys if keys.count(key) > 1), None)
+        if twice is not None:  # orjson and pydantic would keep the last one, silently
+            raise InvalidInput(f"the body names {twice!r} more than once; give each key once: {SEND_JSON}")
+        if any("[" in key or "{" in key for key in keys):
             return None
         rest, arrays, brackets = {}, {}, 0
         for key in keys:

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from api import json_body
 from api.app import create_app
+from api.errors import InvalidInput
 from api.json_body import BodyScan, JsonBodyRoute, OrjsonResponse, nesting_depth
 from tests.api.conftest import IRIS, X4, settings_for
 
@@ -171,11 +172,14 @@ def test_numeric_rows_arrive_as_arrays_and_anything_else_gets_pydantics_message(
     for body, loc in [(b'{"inputs": [[1, 2], [[3], 4]], "targets": [0, 1]}', ("body", "inputs", 1, 0)),  # as many numbers
                       (b'{"inputs": [[1, true]], "targets": [0]}', ("body", "inputs", 0, 1)),
                       (b'{"inputs": [[1, "2"]], "targets": [0]}', ("body", "inputs", 0, 1)),
-                      (b'{"inputs": [[1, 2]], "targets": [false]}', ("body", "targets")),
-                      (b'{"inputs": [[1, 2]], "targets": [0], "inputs": [[1, null]]}', ("body", "inputs", 0, 1))]:
+                      (b'{"inputs": [[1, 2]], "targets": [false]}', ("body", "targets"))]:
         with pytest.raises(RequestValidationError) as raised:
             parse_and_validate(body, SamplesCreate, True, 64, 100)
         assert any(error["loc"][:len(loc)] == loc for error in raised.value.errors()), (body, raised.value.errors())
+    for body in (b'{"inputs": [[1, 2]], "targets": [0], "inputs": [[1, null]]}',  # the last one was kept, silently
+                 b'{"inputs": [[1, 2]], "targets": [0], "targets": [1]}', b'{"inputs": [[1, 2]], "inp\\u0075ts": [[3, 4]]}'):
+        with pytest.raises(InvalidInput, match="the body names 'inputs' more than once|names 'targets' more than once"):
+            parse_and_validate(body, SamplesCreate, True, 64, 100)
     ragged = app_client.post("/models/iris/output", json={"inputs": [[1, 2, 3, 4], [1, 2, 3]]})
     assert ragged.status_code == 422 and "inputs[1] has 3 values" in ragged.text, ragged.text
     flat = app_client.post("/models/iris/output", json={"inputs": [1, 2, 3, 4]})

@@ -30,6 +30,20 @@ def _flipped(data: bytes, marker: bytes) -> bytes:
 
 
 BAD_CRC = _flipped(IRIS_NPZ, np.array(X4, np.float32).tobytes())
+
+
+def _encrypted(data: bytes) -> bytes:
+    """The zip's encryption flag set on every member, in its local and central headers (the data unchanged)."""
+    flagged = bytearray(data)
+    for signature, flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = flagged.find(signature)
+        while at >= 0:
+            flagged[at + flags] |= 1
+            at = flagged.find(signature, at + 4)
+    return bytes(flagged)
+
+
+ENCRYPTED = _encrypted(IRIS_NPZ)
 TRUNCATED_MULTIPART = (b'--XYZ\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\nContent-Type: text/csv\r\n'
                        b"\r\n" + IRIS_CSV)  # no closing --XYZ--: the last line may be cut short
 LONG_LINE = "line 3 is longer than 2304 bytes, more than a row of the header's 5 columns can take"
@@ -241,6 +255,10 @@ def test_regression_targets_summarised_by_min_max_mean(app):
     (NPY, "application/x-npz", {}, 422, "the file is one .npy array"),
     # kept as uploaded although a member failed its CRC: served values numpy.load refuses to read
     (BAD_CRC, "application/x-npz", {}, 422, "array 'inputs' of the NPZ file fails its CRC-32 check"),
+    # bytes before the zip, or members flagged encrypted: kept although numpy.load refuses the file
+    (b"XXXX" + IRIS_NPZ, "application/x-npz", {}, 422, "the NPZ file begins b'XXXXPK\\x03\\x04', where an NPZ begins "
+     "b'PK\\x03\\x04': bytes come before its zip"),
+    (ENCRYPTED, "application/x-npz", {}, 422, "array 'inputs' of the NPZ file is encrypted"),
     # uint64 labels beyond int64 were stored wrapped to negative numbers
     (npz_bytes(inputs=np.ones((3, 2)), targets=np.array([0, 1, 2**63 + 5], np.uint64)), "application/x-npz", {}, 422,
      "targets[2] is 9223372036854775813, beyond int64"),
