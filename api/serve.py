@@ -40,8 +40,22 @@ def run(app: FastAPI, argv: list[str]) -> int | str | None:
         app.state.backend.check_exclusive()  # one line, not uvicorn's traceback of a failed lifespan
     except DataDirInUse as exc:
         return f"error: {exc}"
-    uvicorn.run(app, **uvicorn_options(settings))
+    StoppingServer(uvicorn.Config(app, **uvicorn_options(settings)), app).run()
     return 0
+
+
+class StoppingServer(uvicorn.Server):
+    """uvicorn's server, telling the app when a signal asks it to stop: uvicorn then waits for every open
+    connection to close, and an event stream would hold it open as long as its job runs. Streams read
+    ``app.state.stopping`` and end with a 'shutdown' event that tells their client to reconnect."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI):
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame) -> None:
+        self.app.state.stopping = True
+        super().handle_exit(sig, frame)
 
 
 def main() -> int | str | None:

@@ -117,9 +117,9 @@ def stream_slots(request: Request) -> StreamSlots:
 @router.get("/{job_id}/events", summary="Server-Sent Events: one 'progress' event per update, then 'end' (or 'timeout')",
             response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}},
             description="A stream sends a keep-alive comment every NN_STREAM_KEEPALIVE_SECONDS while the job is quiet "
-                        "and ends after NN_STREAM_MAX_SECONDS with a 'timeout' event (EventSource reconnects by "
-                        "itself). At most NN_MAX_STREAMS streams are open at once per server: past that, 503 with "
-                        "Retry-After.")
+                        "and ends after NN_STREAM_MAX_SECONDS with a 'timeout' event, or with a 'shutdown' event when "
+                        "the server is stopping (EventSource reconnects by itself). At most NN_MAX_STREAMS streams are "
+                        "open at once per server: past that, 503 with Retry-After.")
 async def job_events(job_id: str, request: Request, service: Service = Depends(get_service)) -> StreamingResponse:
     first = await run_in_threadpool(service.get_job, job_id)  # 404 before the stream starts
     settings = request.app.state.settings
@@ -142,6 +142,11 @@ async def job_events(job_id: str, request: Request, service: Service = Depends(g
             elif quiet >= keepalive:
                 quiet = 0.0
                 yield ": keep-alive\n\n"
+            if getattr(request.app.state, "stopping", False):  # the server stops once its streams have ended
+                yield _event("shutdown", {"job_id": job.job_id, "status": job.status, "detail": (
+                    "the server is stopping; reconnect (to it once restarted, or to another replica) to follow the "
+                    "job further")})
+                return
             if time.monotonic() >= ends_at:
                 yield _event("timeout", {"job_id": job.job_id, "status": job.status, "detail": (
                     f"the stream was open {settings.stream_max_seconds:g} s (NN_STREAM_MAX_SECONDS); reconnect to "

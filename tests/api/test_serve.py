@@ -1,13 +1,14 @@
 """`nn-service` (api/serve.py): an installed package starts the service without the checkout's main.py,
-from any folder, and finds its own static files."""
+from any folder, and finds its own static files; SIGTERM stops it even while event streams are open."""
 import os
 import subprocess
 import sys
+import threading
 import tomllib
 
 import httpx
 
-from tests.servers import ROOT, free_port, stop_server, wait_until_healthy
+from tests.servers import ROOT, free_port, start_server, stop_server, wait_until_healthy
 
 
 def test_pyproject_declares_the_nn_service_command():
@@ -41,3 +42,31 @@ def test_nn_service_runs_from_another_folder_and_serves_its_static_files(tmp_pat
     finally:
         stop_server(process)
 
+
+
+def test_sigterm_ends_open_event_streams_so_the_server_stops(tmp_path):
+    """uvicorn waits for every connection to close, and the event stream of a job that is not over stayed open: the
+    server (and its workers) kept running after SIGTERM for as long as a client watched the job."""
+    url, process = start_server(tmp_path, NN_WORKERS="0")
+    try:
+        assert httpx.post(f"{url}/models", json={"model_id": "m", "layer_sizes": [2, 2]}).status_code == 201
+        job = httpx.post(f"{url}/models/m/training-jobs", json={"min_samples": 100}).json()  # buffering until then
+        lines, started = [], threading.Event()
+
+        def watch():
+            with httpx.stream("GET", f"{url}/jobs/{job['job_id']}/events", timeout=120) as response:
+                for line in response.iter_lines():
+                    lines.append(line)
+                    started.set()
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        assert started.wait(60), "the stream sent nothing"
+        process.terminate()
+        process.wait(timeout=60)  # before: TimeoutExpired, still serving the stream (uvicorn re-raises SIGTERM: -15)
+        watcher.join(60)
+        assert "event: shutdown" in lines and not watcher.is_alive()
+        assert "reconnect" in lines[lines.index("event: shutdown") + 1]
+    finally:
+        if process.poll() is None:
+            process.kill()
