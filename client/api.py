@@ -4,6 +4,8 @@ import os
 import sys
 import time
 
+from urllib.parse import quote
+
 import httpx
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -21,7 +23,11 @@ class ApiError(Exception):
 
 
 def _checked(response):
-    """`response`, or ApiError with the service's message for an error status."""
+    """`response`, or ApiError with the service's message for an error status (a redirect too: the client follows
+    none, so a 3xx means the path was not one of the service's)."""
+    if 300 <= response.status_code < 400:
+        raise ApiError(response.status_code, f"redirected to {response.headers.get('location')!r}: not a route of "
+                                             "the service; check the id")
     if response.status_code >= 400:
         response.read()
         try:
@@ -37,6 +43,29 @@ def _sniff(head):
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # not b"PK" alone: a CSV header may begin "PK_id,..."
         return "npz"
     return "json" if head.lstrip()[:1] == b"{" else "csv"
+
+
+def _id(value):
+    """An id as one path segment: percent-encoded, so "a/../b" or "m?x=1" name no other resource."""
+    text = str(value)
+    if not text:
+        raise ValueError("the id is empty; give the id of a model, job or dataset")
+    return quote(text, safe="")
+
+
+def _plain(value):
+    """What json.dumps cannot write itself: NumPy arrays and scalars (np.int64(3), np.float32(0.1)) as Python values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON: send numbers, strings, lists and dicts")
+
+
+def _dumps(body):
+    try:
+        return json.dumps(body, default=_plain, allow_nan=False).encode()
+    except ValueError:  # NaN or Infinity, which JSON cannot hold
+        raise ValueError("the request holds NaN or Infinity, which JSON cannot hold: send finite numbers (drop or "
+                         "fill missing values)") from None
 
 
 def _listify(values):
@@ -62,6 +91,9 @@ class Client:
         self.close()
 
     def request(self, method, path, **kwargs):
+        if "json" in kwargs:  # NumPy values anywhere in the body, NaN refused with a message that says so
+            kwargs["content"] = _dumps(kwargs.pop("json"))
+            kwargs["headers"] = {"Content-Type": "application/json", **kwargs.get("headers", {})}
         return _checked(self.http.request(method, path, **kwargs))
 
     def _json(self, method, path, **kwargs):
@@ -91,13 +123,13 @@ class Client:
         return self._json("POST", "/models", json=body)
 
     def get_model(self, model_id):
-        return self._json("GET", f"/models/{model_id}")
+        return self._json("GET", f"/models/{_id(model_id)}")
 
     def list_models(self, offset=0, limit=100):
         return self._json("GET", "/models", params={"offset": offset, "limit": limit})
 
     def delete_model(self, model_id):
-        self.request("DELETE", f"/models/{model_id}")
+        self.request("DELETE", f"/models/{_id(model_id)}")
 
     def output(self, model_id, inputs, targets=None, include_gradients=False, include_activations=False):
         body = {"inputs": _listify(inputs)}
@@ -107,23 +139,23 @@ class Client:
             body["include_gradients"] = True
         if include_activations:
             body["include_activations"] = True
-        return self._json("POST", f"/models/{model_id}/output", json=body)
+        return self._json("POST", f"/models/{_id(model_id)}/output", json=body)
 
     def evaluate(self, model_id, inputs=None, targets=None, dataset=None):
         """Loss and metrics on inline samples, or on an uploaded dataset (its id)."""
         body = {"dataset": dataset} if dataset is not None else {"inputs": _listify(inputs), "targets": _listify(targets)}
-        return self._json("POST", f"/models/{model_id}/evaluate", json=body)
+        return self._json("POST", f"/models/{_id(model_id)}/evaluate", json=body)
 
     def get_weights(self, model_id):
-        return self._json("GET", f"/models/{model_id}/weights")
+        return self._json("GET", f"/models/{_id(model_id)}/weights")
 
     def set_weights(self, model_id, layers):
         layers = [{key: _listify(value) for key, value in layer.items()} for layer in layers]
-        return self._json("PUT", f"/models/{model_id}/weights", json={"layers": layers})
+        return self._json("PUT", f"/models/{_id(model_id)}/weights", json={"layers": layers})
 
     def export(self, model_id, path=None, format="npz"):
         """The model as .npz (or ONNX with format="onnx") bytes; written to `path` when given."""
-        data = self.request("GET", f"/models/{model_id}/export", params={"format": format}).content
+        data = self.request("GET", f"/models/{_id(model_id)}/export", params={"format": format}).content
         if path is not None:
             with open(path, "wb") as handle:
                 handle.write(data)
@@ -172,8 +204,8 @@ class Client:
             raise ValueError(f"download_dataset writes NPZ (arrays inputs and targets), not {extension}: give a path "
                              f"ending in .npz, not {os.fspath(path)!r}")
         if path is None:
-            return self.request("GET", f"/datasets/{dataset_id}/download").content
-        with self.http.stream("GET", f"/datasets/{dataset_id}/download") as response:
+            return self.request("GET", f"/datasets/{_id(dataset_id)}/download").content
+        with self.http.stream("GET", f"/datasets/{_id(dataset_id)}/download") as response:
             _checked(response)
             with open(path, "wb") as handle:
                 for chunk in response.iter_bytes():
@@ -181,25 +213,25 @@ class Client:
         return path
 
     def get_dataset(self, dataset_id):
-        return self._json("GET", f"/datasets/{dataset_id}")
+        return self._json("GET", f"/datasets/{_id(dataset_id)}")
 
     def list_datasets(self, offset=0, limit=100):
         return self._json("GET", "/datasets", params={"offset": offset, "limit": limit})
 
     def delete_dataset(self, dataset_id):
-        return self._json("DELETE", f"/datasets/{dataset_id}")
+        return self._json("DELETE", f"/datasets/{_id(dataset_id)}")
 
     # training buffer and jobs
     def add_samples(self, model_id, inputs, targets):
         """Append samples to the model's training buffer; returns the buffer size."""
         body = {"inputs": _listify(inputs), "targets": _listify(targets)}
-        return self._json("POST", f"/models/{model_id}/samples", json=body)["buffer_size"]
+        return self._json("POST", f"/models/{_id(model_id)}/samples", json=body)["buffer_size"]
 
     def buffer_size(self, model_id):
-        return self._json("GET", f"/models/{model_id}/samples")["buffer_size"]
+        return self._json("GET", f"/models/{_id(model_id)}/samples")["buffer_size"]
 
     def clear_samples(self, model_id):
-        return self._json("DELETE", f"/models/{model_id}/samples")
+        return self._json("DELETE", f"/models/{_id(model_id)}/samples")
 
     def train(self, model_id, inputs=None, targets=None, **hyper_parameters):
         """Submit a training job; returns a `Job`. Inline `inputs`/`targets` are the job's own samples (it trains on
@@ -207,7 +239,7 @@ class Client:
         body = dict(hyper_parameters)
         if inputs is not None:
             body["inputs"], body["targets"] = _listify(inputs), _listify(targets)
-        return Job(self, self._json("POST", f"/models/{model_id}/training-jobs", json=body))
+        return Job(self, self._json("POST", f"/models/{_id(model_id)}/training-jobs", json=body))
 
     def search(self, model_id, space, inputs=None, targets=None, **options):
         """Submit a hyper-parameter search (`space`: {name: [values]}; folds, metric, trials, apply_best, ... as in
@@ -215,13 +247,13 @@ class Client:
         body = {"space": space, **options}
         if inputs is not None:
             body["inputs"], body["targets"] = _listify(inputs), _listify(targets)
-        return Job(self, self._json("POST", f"/models/{model_id}/search-jobs", json=body))
+        return Job(self, self._json("POST", f"/models/{_id(model_id)}/search-jobs", json=body))
 
     def job(self, job_id):
-        return Job(self, self._json("GET", f"/jobs/{job_id}"))
+        return Job(self, self._json("GET", f"/jobs/{_id(job_id)}"))
 
     def jobs(self, model_id):
-        return self._json("GET", f"/models/{model_id}/jobs")
+        return self._json("GET", f"/models/{_id(model_id)}/jobs")
 
 
 class Job:
@@ -260,17 +292,18 @@ class Job:
         return f"Job({', '.join(parts)})"
 
     def refresh(self):
-        self.record = self.client._json("GET", f"/jobs/{self.job_id}")
+        self.record = self.client._json("GET", f"/jobs/{_id(self.job_id)}")
         return self.record
 
     def cancel(self):
-        self.record = self.client._json("POST", f"/jobs/{self.job_id}/cancel")
+        self.record = self.client._json("POST", f"/jobs/{_id(self.job_id)}/cancel")
         return self.record
 
-    def wait(self, progress=False, timeout=None, poll_interval=0.5, stream=True, out=None):
+    def wait(self, progress=False, timeout=None, poll_interval=0.5, stream=True, out=None, reconnect_for=30.0):
         """Block until the job ends; returns its final record. With progress=True, draws a bar on `out`
         (stderr): epoch, loss and ETA of a training job, trials done and the best score of a search. Follows
-        the SSE stream, falling back to polling."""
+        the SSE stream, falling back to polling (a stream the server ends as it stops, too); polls that cannot
+        reach the service are retried for `reconnect_for` seconds (a restart), then raise."""
         bar = ProgressBar(out or sys.stderr, kind=self.record.get("kind", "training")) if progress else None
         deadline = None if timeout is None else time.monotonic() + timeout
         if stream:
@@ -278,11 +311,19 @@ class Job:
                 self._follow_stream(bar, deadline)
             except (httpx.HTTPError, ApiError, ValueError):
                 pass  # fall back to polling below
+        unreachable_since = None
         while self.status not in TERMINAL:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {self.job_id} still {self.status} after {timeout} s")
             time.sleep(poll_interval)
-            self.refresh()
+            try:
+                self.refresh()
+                unreachable_since = None
+            except httpx.TransportError:
+                unreachable_since = unreachable_since or time.monotonic()
+                if time.monotonic() - unreachable_since > reconnect_for:
+                    raise
+                continue
             if bar:
                 bar.update(self.status, self.record.get("progress"))
         if bar:
@@ -292,7 +333,7 @@ class Job:
     def _follow_stream(self, bar, deadline):
         read_timeout = None if deadline is None else max(deadline - time.monotonic(), 0.1)
         timeout = httpx.Timeout(10.0, read=read_timeout)
-        with self.client.http.stream("GET", f"/jobs/{self.job_id}/events", timeout=timeout) as response:
+        with self.client.http.stream("GET", f"/jobs/{_id(self.job_id)}/events", timeout=timeout) as response:
             if response.status_code >= 400:
                 raise ApiError(response.status_code, response.read().decode(errors="replace"))
             event = None
@@ -304,6 +345,10 @@ class Job:
                     if event == "end":
                         self.record = data
                         return
+                    if event != "progress":  # 'timeout' or 'shutdown': polling takes over
+                        return
+                    self.record = {**self.record, **{key: data[key] for key in ("status", "progress", "epochs_completed")
+                                                     if key in data}}
                     if bar:
                         bar.update(data.get("status"), data.get("progress"))
                 if deadline is not None and time.monotonic() > deadline:

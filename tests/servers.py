@@ -17,11 +17,11 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def start_server(data_dir, timeout=30.0, root=ROOT, log=None, **env_overrides):
-    """`python main.py` on a free loopback port; returns (url, process) once /health answers.
-    NN_WORKERS defaults to 1; keyword arguments are further NN_* environment variables; `root` is the
-    checkout to run (benchmarks compare against another one); `log`: a file for its output (else dropped)."""
-    port = free_port()
+def start_server(data_dir, timeout=30.0, root=ROOT, log=None, port=None, **env_overrides):
+    """`python main.py` on a free loopback port (or `port`: a restart where clients wait); returns (url, process)
+    once /health answers. NN_WORKERS defaults to 1; keyword arguments are further NN_* environment variables;
+    `root` is the checkout to run (benchmarks compare against another one); `log`: a file for its output."""
+    port = port or free_port()
     env = {**os.environ, "NN_PORT": str(port), "NN_DATA_DIR": str(data_dir), "NN_WORKERS": "1",
            **{key: str(value) for key, value in env_overrides.items()}}
     process = subprocess.Popen([sys.executable, "main.py"], cwd=root, env=env,

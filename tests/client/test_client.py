@@ -193,6 +193,54 @@ def test_wait_by_polling_and_cancel(server, moons):
         assert waiting.cancel()["status"] == "cancelled"
 
 
+def test_ids_are_one_path_segment_so_no_id_reaches_another_resource(server):
+    """delete_model("x/../../models/victim") deleted `victim`; get_model("../jobs") returned the jobs list."""
+    with Client(server) as api:
+        api.create_model([2, 1], model_id="victim")
+        for call, value in ((api.delete_model, "x/../../models/victim"), (api.get_model, "../jobs"),
+                            (api.get_model, "victim?x=1"), (api.job, "../models")):
+            with pytest.raises(ApiError) as info:
+                call(value)
+            assert info.value.status_code == 404, (value, info.value)
+        assert api.get_model("victim")["model_id"] == "victim"
+        with pytest.raises(ValueError, match="the id is empty"):
+            api.job("")  # was GET /jobs/, a 307 read as success: AttributeError on None
+
+
+def test_numpy_values_anywhere_in_a_body_are_sent_as_numbers_and_nan_is_named(server, moons):
+    """np.int64 epochs or a layer_sizes array raised "Object of type int64 is not JSON serializable"."""
+    x, y = moons
+    with Client(server) as api:
+        api.create_model(np.array([2, 4, 1]), activations=["tanh", "sigmoid"], model_id="np-values")
+        job = api.train("np-values", inputs=x, targets=y, epochs=np.int64(1), learning_rate=np.float32(0.01))
+        assert job.wait(timeout=60)["status"] == "succeeded"
+        with pytest.raises(ValueError, match="NaN or Infinity, which JSON cannot hold"):
+            api.train("np-values", inputs=x, targets=y, learning_rate=float("nan"))
+
+
+def test_wait_follows_a_job_across_a_restart_of_the_service(tmp_path, moons):
+    """The server ends its event streams as it stops ('shutdown'); wait() then polls, and retries while the
+    service restarts, where it gave up at the first refused connection."""
+    import threading
+
+    x, y = moons
+    url, process = start_server(tmp_path, NN_WORKERS="0")  # the job stays queued until a server with a worker
+    port = url.rsplit(":", 1)[1]
+    with Client(url) as api:
+        api.create_model([2, 4, 1], activations=["tanh", "sigmoid"], model_id="restarted")
+        job = api.train("restarted", inputs=x, targets=y, epochs=2)
+        result, out = {}, io.StringIO()
+        waiting = threading.Thread(target=lambda: result.update(job.wait(progress=True, out=out, reconnect_for=120)))
+        waiting.start()
+        stop_server(process)
+        _, process = start_server(tmp_path, port=int(port))  # the same port and data: the job resumes there
+        try:
+            waiting.join(120)
+            assert result.get("status") == "succeeded", (result, out.getvalue())
+        finally:
+            stop_server(process)
+
+
 def test_errors_carry_the_services_detail(server):
     with Client(server) as api:
         with pytest.raises(ApiError) as info:
