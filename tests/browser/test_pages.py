@@ -4,6 +4,7 @@ import math
 import httpx
 
 from tests.conftest import ARTIFACTS
+from tests.servers import start_server, stop_server
 
 
 def test_swagger_ui_works_offline(server, page):
@@ -76,3 +77,33 @@ def test_dashboard_shows_a_search_as_a_table_of_trials_sorted_by_score(server, p
     assert scores == sorted(scores, reverse=True) and "trials 6/6" in page.inner_text("#s-epoch")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "dashboard_search.png", full_page=True)
+
+
+def test_dashboard_follows_a_job_again_after_the_service_restarts(tmp_path, page):
+    """The stream ended with the server ('stream closed: Failed to fetch') and the page stayed at the epoch it had,
+    while the job went on after the restart; now it reconnects by itself and the progress moves on."""
+    url, process = start_server(tmp_path)
+    port = int(url.rsplit(":", 1)[1])
+    http = httpx.Client(base_url=url, timeout=10)
+    http.post("/models", json={"model_id": "restart", "layer_sizes": [2, 32, 3], "activations": ["relu", "softmax"],
+                               "seed": 0}).raise_for_status()
+    targets = [i % 3 for i in range(300)]
+    inputs = [[k + 0.4 * math.sin(i), 0.5 * k + 0.4 * math.cos(1.7 * i)] for i, k in enumerate(targets)]
+    job = http.post("/models/restart/training-jobs", json={"inputs": inputs, "targets": targets, "epochs": 5000,
+                                                           "batch_size": 2}).json()["job_id"]
+    try:
+        page.goto(f"{url}/dashboard?model=restart&job={job}")
+        page.wait_for_selector("#job-status.running", timeout=60_000)
+        stop_server(process)  # SIGTERM: the stream ends ('shutdown'), the job goes back to the queue
+        page.wait_for_function("document.getElementById('job-error').textContent.startsWith('stream closed; reconnecting')",
+                               timeout=60_000)
+        epoch = page.evaluate("state.jobRecord ? state.jobRecord.epochs_completed : 0")
+        _, process = start_server(tmp_path, port=port)
+        page.wait_for_function("document.getElementById('job-error').textContent === ''", timeout=60_000)
+        page.wait_for_function(f"document.getElementById('job-status').textContent === 'running'", timeout=60_000)
+        http.post(f"/jobs/{job}/cancel").raise_for_status()
+        page.wait_for_selector("#job-status.cancelled", timeout=60_000)  # followed to its end, never reloaded
+        assert page.evaluate("state.jobRecord.epochs_completed") >= epoch
+    finally:
+        http.close()
+        stop_server(process)
