@@ -13,6 +13,7 @@ Set NN_URL and NN_API_KEY (or --url and --api-key) to reach a service elsewhere.
 import argparse
 import csv
 import json
+import math
 import os
 import re
 import sys
@@ -24,25 +25,70 @@ from .api import ApiError, Client, trials_ran
 
 
 def load_data(path, n_targets=1, with_targets=True):
-    """(inputs, targets) from a CSV or .npz file; targets is None when with_targets is False."""
-    if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as archive:
-            x = archive["x"] if "x" in archive.files else archive["inputs"]
-            y = None
-            if with_targets:
-                y = archive["y"] if "y" in archive.files else archive["targets"]
-        return x, y
-    with open(path, newline="") as handle:
-        rows = [row for row in csv.reader(handle) if row]
+    """(inputs, targets) from a CSV or .npz file; targets is None when with_targets is False. A ValueError names
+    the file, and the line and column where a CSV is not rows of numbers."""
+    extension = os.path.splitext(path)[1].lower()
+    if extension == ".npy":
+        raise ValueError(f"{path} is one .npy array; give a CSV (inputs, then targets), or an .npz holding x and y "
+                         "(numpy.savez(path, x=..., y=...))")
+    if extension == ".npz":
+        return _load_npz(path, with_targets)
     try:
-        [float(v) for v in rows[0]]
-    except ValueError:
-        rows = rows[1:]  # header
-    data = np.array(rows, dtype=float)
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = [(number, row) for number, row in enumerate(csv.reader(handle), 1) if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text: give a CSV file, or an .npz holding x and y") from None
+    if rows and not all(_is_number(cell) for cell in rows[0][1]):
+        rows = rows[1:]  # a header
+    if not rows:
+        raise ValueError(f"{path} holds no rows of numbers; give one sample per line, inputs then targets")
+    width = len(rows[0][1])
+    try:
+        data = np.array([row for _, row in rows], dtype=float)
+    except ValueError:  # ragged, or text: found and named below, a cell at a time
+        data = None
+    if data is None or not np.isfinite(data).all():
+        for number, row in rows:
+            if len(row) != width:
+                raise ValueError(f"{path}, line {number}: {len(row)} values where line {rows[0][0]} has {width}")
+            for column, cell in enumerate(row, 1):
+                if not _is_number(cell):
+                    raise ValueError(f"{path}, line {number}, column {column}: {cell.strip()[:40]!r} is not a number")
+                if not math.isfinite(float(cell)):
+                    raise ValueError(f"{path}, line {number}, column {column} is {cell.strip()}: send finite numbers")
     if not with_targets:
         return data, None
+    if not 1 <= n_targets < width:
+        raise ValueError(f"--targets {n_targets}: {path} has {width} columns, so 1 to {width - 1} of them can be "
+                         "targets (the last ones), leaving at least one input")
     x, y = data[:, :-n_targets], data[:, -n_targets:]
     return x, (y[:, 0] if n_targets == 1 else y)
+
+
+def _is_number(cell):
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _load_npz(path, with_targets):
+    with open(path, "rb") as handle:
+        if not handle.read(2) == b"PK":
+            raise ValueError(f"{path} is not an .npz (zip) file; save one with numpy.savez(path, x=..., y=...)")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:  # not a zip ("pickled data"), truncated, ...
+        raise ValueError(f"{path} is not an .npz file numpy reads ({error}); save one with "
+                         "numpy.savez(path, x=..., y=...)") from None
+    with archive:
+        names = ("x", "y") if "x" in archive.files else ("inputs", "targets")
+        missing = [name for name in names[:1 + with_targets] if name not in archive.files]
+        if missing:
+            raise ValueError(f"{path} has no array {missing[0]!r} (x and y, or inputs and targets); it holds: "
+                             f"{', '.join(archive.files) or 'nothing'}")
+        return archive[names[0]], archive[names[1]] if with_targets else None
 
 
 def _hyper_parameters(args):
@@ -62,12 +108,34 @@ def cmd_train(api, args):
         print(f"created model {model['model_id']}", file=sys.stderr)
     if y is not None and y.ndim == 1 and args.labels:
         y = y.astype(int)
-    job = api.train(args.model, inputs=x, targets=y, **_hyper_parameters(args))
+    try:
+        job = api.train(args.model, inputs=x, targets=y, **_hyper_parameters(args))
+    except ApiError as error:
+        if error.status_code != 413:
+            raise
+        # more rows than one request takes: the file goes up as a dataset (streamed NPZ) and the job trains on it
+        dataset = api.upload_dataset((x, y), name=os.path.basename(args.data))
+        print(f"{len(x)} samples are more than one request takes: uploaded as dataset {dataset['dataset_id']}",
+              file=sys.stderr)
+        job = api.train(args.model, dataset=dataset["dataset_id"], **_hyper_parameters(args))
     print(job.job_id)
     if args.watch:
-        record = job.wait(progress=True)
+        record = watch(job)
         return 0 if record["status"] == "succeeded" else 1
     return 0
+
+
+def watch(job):
+    """job.wait() with its progress bar; Ctrl-C stops watching, not the job, and says how to go on."""
+    try:
+        return job.wait(progress=True)
+    except KeyboardInterrupt:
+        print(f"\nstopped watching; job {job.job_id} goes on: `nn status {job.job_id} --watch` follows it again, "
+              f"POST /jobs/{job.job_id}/cancel stops it", file=sys.stderr)
+        raise SystemExit(130) from None
+    except BaseException:
+        print(file=sys.stderr)  # the bar's line ends before the error's
+        raise
 
 
 def _duration(seconds):
@@ -140,7 +208,7 @@ def history_table(record):
 
 def cmd_status(api, args):
     job = api.job(args.job_id)
-    record = job.wait(progress=True) if args.watch else job.record
+    record = watch(job) if args.watch else job.record
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
@@ -152,12 +220,28 @@ def cmd_status(api, args):
 
 def cmd_predict(api, args):
     x, _ = load_data(args.data, with_targets=False)
-    result = api.output(args.model, x)
     writer = csv.writer(sys.stdout)
-    for i, row in enumerate(result["outputs"]):
-        extra = [result["predictions"][i]] if result.get("predictions") is not None else []
-        writer.writerow([f"{v:.6g}" for v in row] + extra)
+    for result in outputs(api, args.model, x):
+        for i, row in enumerate(result["outputs"]):
+            extra = [result["predictions"][i]] if result.get("predictions") is not None else []
+            writer.writerow([f"{v:.6g}" for v in row] + extra)
     return 0
+
+
+def outputs(api, model_id, x, rows=10_000):
+    """/output answers for `x`, `rows` at a time (NN_MAX_SAMPLES_PER_REQUEST's default), halving on a 413 (a
+    service that takes fewer rows or bytes per request)."""
+    start = 0
+    while start < len(x):
+        try:
+            result = api.output(model_id, x[start:start + rows])
+        except ApiError as error:
+            if error.status_code != 413 or rows == 1:
+                raise
+            rows //= 2
+            continue
+        yield result
+        start += rows
 
 
 SCOPES = ("read", "train", "admin")
@@ -272,6 +356,9 @@ def main(argv=None):
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 if __name__ == "__main__":
     sys.exit(main())

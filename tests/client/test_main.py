@@ -1,14 +1,20 @@
 """The command line (client/__main__.py): the README's example runs as written, from another folder,
-against a real server; `status` fits on one screen; every option explains itself."""
+against a real server; `status` fits on one screen; every option explains itself; bad files and options are one
+line naming what is wrong, files larger than a request go in parts, and Ctrl-C stops watching, not the job."""
 import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
+import numpy
+import pytest
+
 from client.__main__ import build_parser, history_table, summary
 from tests.conftest import ROOT
+from tests.servers import start_server, stop_server
 
 
 def readme_cli_lines():
@@ -114,3 +120,73 @@ def test_an_unreachable_service_or_a_url_without_scheme_is_one_line_and_status_1
         assert main(["--url", url, "whoami"]) == 1
         captured = capsys.readouterr()
         assert (captured.out, captured.err) == ("", expected + "\n"), url
+
+
+@pytest.mark.parametrize("content, words", [
+    ("", "holds no rows of numbers"),  # an IndexError traceback
+    ("1,2\n3\n", "line 2: 1 values where line 1 has 2"),  # numpy's "inhomogeneous shape" message
+    ("1,2\n3,x\n", "line 2, column 2: 'x' is not a number"),
+    ("1,2\n3,nan\n", "line 2, column 2 is nan: send finite numbers"),  # "Out of range float values are not JSON compliant"
+])
+def test_a_csv_that_is_not_rows_of_numbers_is_named_with_its_line_and_column(tmp_path, capsys, content, words):
+    from client.__main__ import main
+
+    (tmp_path / "x.csv").write_text(content)
+    assert main(["--url", "http://127.0.0.1:9", "predict", "--model", "m", "--data", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and "Traceback" not in err
+
+
+def test_other_files_and_options_get_a_message_that_says_what_to_give(tmp_path, capsys):
+    from client.__main__ import main
+
+    numpy.save(tmp_path / "a.npy", numpy.ones((2, 2)))
+    (tmp_path / "not.npz").write_bytes(b"x,y\n1,2\n")
+    numpy.savez(tmp_path / "other.npz", features=numpy.ones((2, 2)))
+    (tmp_path / "two.csv").write_text("1,2\n3,4\n")
+    for argv, words in ((["predict", "--data", str(tmp_path / "a.npy")], "is one .npy array"),
+                        (["predict", "--data", str(tmp_path / "not.npz")], "is not an .npz (zip) file"),  # "pickled data"
+                        (["predict", "--data", str(tmp_path / "other.npz")], "has no array 'inputs'"),
+                        (["train", "--data", str(tmp_path / "two.csv"), "--targets", "2"], "--targets 2: ")):
+        assert main(["--url", "http://127.0.0.1:9", *argv, "--model", "m"]) == 2, argv
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, (argv, err)
+
+
+def test_more_rows_than_a_request_takes_are_sent_in_parts_and_trained_from_a_dataset(tmp_path):
+    """A 20,000-row file was a 413 'send them in several requests', which the command line could not do."""
+    url, process = start_server(tmp_path / "data", NN_MAX_SAMPLES_PER_REQUEST="50")
+    try:
+        data = tmp_path / "x.csv"
+        data.write_text("".join(f"{i / 100},{-i / 100},{i % 2}\n" for i in range(120)))
+        env = {**os.environ, "NN_URL": url, "PYTHONPATH": str(ROOT)}
+
+        def nn(*args):
+            return subprocess.run([sys.executable, "-m", "client", *args], env=env, capture_output=True, text=True,
+                                  timeout=120)
+
+        trained = nn("train", "--model", "big", "--data", str(data), "--create", "2,4,1", "--activations", "tanh,sigmoid",
+                     "--epochs", "2", "--watch")
+        assert trained.returncode == 0, trained.stderr
+        assert "120 samples are more than one request takes: uploaded as dataset" in trained.stderr
+        (tmp_path / "new.csv").write_text("".join(f"{i / 100},{-i / 100}\n" for i in range(120)))
+        predicted = nn("predict", "--model", "big", "--data", str(tmp_path / "new.csv"))
+        assert predicted.returncode == 0 and len(predicted.stdout.splitlines()) == 120, predicted.stderr
+    finally:
+        stop_server(process)
+
+
+def test_ctrl_c_while_watching_stops_watching_with_a_line_not_a_traceback(server, tmp_path):
+    from client import Client
+
+    with Client(server) as api:
+        api.create_model([2, 1], model_id="watched")
+        job = api.train("watched", min_samples=1000)  # buffering: the watch would last forever
+    env = {**os.environ, "NN_URL": server, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "client", "status", job.job_id, "--watch"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    drawn = process.stderr.read(1)  # the bar's first character: the stream is being followed
+    process.send_signal(signal.SIGINT)
+    stderr = drawn + process.stderr.read()
+    assert process.wait(timeout=60) == 130
+    assert f"stopped watching; job {job.job_id} goes on" in stderr and "Traceback" not in stderr, stderr
