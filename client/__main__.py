@@ -155,11 +155,15 @@ def summary(record, history_shown=False):
     last = history[-1] if history else {}
     lines = [f"job {record['job_id']} ({record.get('kind', 'training')}) on model {record['model_id']}: {record['status']}"]
     epochs = progress.get("epochs") or (record.get("params") or {}).get("epochs")
-    epoch = progress.get("epoch") or record.get("epochs_completed")
+    running = record["status"] in ("running", "queued", "buffering", "cancelling")
+    # an ended job: the epochs it completed (its last progress event may be of the epoch it was stopped in)
+    epoch = progress.get("epoch") if running and progress.get("epoch") else record.get("epochs_completed")
     if epoch:
         where = f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}"
-        if progress.get("percent") is not None:
+        if progress.get("percent") is not None and running:
             where += f" ({progress['percent']:.0f}%)"
+        elif epochs:
+            where += f" ({100 * epoch / epochs:.0f}%)"
         lines.append(where)
     search = record.get("search") or {}
     if search.get("trials_total"):

@@ -75,6 +75,9 @@ def _listify(values):
 
 class Client:
     def __init__(self, base_url="http://127.0.0.1:8000", api_key=None, timeout=30.0, transport=None):
+        if api_key and not (api_key.isascii() and api_key.isprintable() and " " not in api_key):
+            raise ValueError("the API key holds a space, a control character or a non-ASCII one, which an HTTP "
+                             "header cannot carry: give the key as it was issued (--api-key / NN_API_KEY)")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
 
@@ -281,7 +284,10 @@ class Job:
     def __repr__(self):
         r, p = self.record, self.record.get("progress") or {}
         parts = [f"job_id={r['job_id']!r}", f"model_id={r.get('model_id')!r}", f"status={r.get('status')!r}"]
-        if p.get("trials_total") is not None:
+        search = r.get("search")
+        if search and search.get("trials_total"):  # a search, in its apply stage or ended too
+            parts.append(f"trials={trials_ran(search)}/{search['trials_total']}")
+        elif p.get("trials_total") is not None:
             parts.append(f"trials={p.get('trials_done')}/{p['trials_total']}")
         elif p.get("epoch") is not None:
             parts.append(f"epoch={p['epoch']}/{p.get('epochs')}")
