@@ -44,12 +44,19 @@ def host_allowed(host: str, allow: list[str]) -> bool:
 
 
 def check_url(url: str, allow_setting: str) -> None:
-    """Raises InvalidInput unless ``url`` is http(s), has no credentials, and its host is allowed."""
+    """Raises InvalidInput unless ``url`` is http(s), has no credentials, and its host is allowed: a URL the
+    deliverer could not send to is refused here, not retried for NN_NOTIFY_RETRY_SECONDS."""
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):  # a space, \r\n (header injection), \t, \x00 ...
+        raise InvalidInput(f"notify.url {url!r} holds a space or a control character; send the URL alone, "
+                           "percent-encoding any such character (%20)")
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError as exc:
+        port = parts.port  # raises on a bad port
+        httpx.URL(url)  # what the deliverer will send to
+    except (ValueError, httpx.InvalidURL) as exc:
         raise InvalidInput(f"notify.url {url!r} is not a valid URL ({exc}); send e.g. https://hooks.example.com/nn") from None
+    if port == 0:
+        raise InvalidInput(f"notify.url {url!r} has port 0, which nothing listens on; send the receiver's port")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(f"notify.url must be an http:// or https:// URL with a host, e.g. https://hooks.example.com/nn; "
                            f"got {url!r}")
@@ -92,15 +99,17 @@ class Deliverer:
         error = None
         try:
             check_url(note.url, self.settings.notify_allow)  # the allow list may have changed since submit
-            response = self._client.post(note.url, content=body, timeout=self.settings.notify_timeout, headers={
-                "Content-Type": "application/json", "User-Agent": "nn-service-notify",
-                "X-NN-Signature": sign(body, note.secret), "X-NN-Event": f"job.{job.status}",
-                "X-NN-Delivery": f"{job.job_id}.{note.attempts + 1}"})
-            if not 200 <= response.status_code < 300:
-                error = f"HTTP {response.status_code} from the receiver"
+            # streamed, and closed on the status line: the receiver's body is never read, so neither a huge one
+            # nor one sent a byte at a time holds memory or this thread
+            with self._client.stream("POST", note.url, content=body, timeout=self.settings.notify_timeout, headers={
+                    "Content-Type": "application/json", "User-Agent": "nn-service-notify",
+                    "X-NN-Signature": sign(body, note.secret), "X-NN-Event": f"job.{job.status}",
+                    "X-NN-Delivery": f"{job.job_id}.{note.attempts + 1}"}) as response:
+                if not 200 <= response.status_code < 300:
+                    error = f"HTTP {response.status_code} from the receiver"
         except InvalidInput as exc:
             error = str(exc)
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # httpx's errors, and any other the send raises: this notification's, never the round's
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         now = time.time()
         if error is None:
