@@ -127,6 +127,12 @@ def replace_model(tx: Tx, model_id: str, blob: bytes, info: dict, expected_versi
     if busy is not None:
         raise ModelBusy(f"model {model_id!r} is being trained by job {busy!r}; wait for it to finish "
                         f"or cancel it with POST /jobs/{busy}/cancel")
+    # a job put back in the queue with epochs done resumes from its checkpoint and commits over whatever came since
+    resuming = next((j for j in tx.jobs((QUEUED,), model_id) if j.stage != "trials" and j.epochs_done), None)
+    if resuming is not None:
+        raise ModelBusy(f"model {model_id!r} has job {resuming.job_id!r} queued to resume from its checkpoint (epoch "
+                        f"{resuming.epochs_done}), which it would commit over these weights; wait for it to finish "
+                        f"or cancel it with POST /jobs/{resuming.job_id}/cancel")
     tx.save_model(model_id, blob, info, model.version + 1, source, now)
 
 

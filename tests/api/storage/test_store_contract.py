@@ -488,7 +488,11 @@ def test_checkpoints_are_deleted_when_a_job_ends(store):
     store.claim_job("w")
     store.save_checkpoint(requeued.job_id, b"ckpt", {}, 1, [], {})
     store.requeue_jobs(worker_ids=["w"])
+    # it would resume from its checkpoint and commit over new weights: PUT and restore were 200s, then lost
+    with pytest.raises(ModelBusy, match=f"job {requeued.job_id!r} queued to resume from its checkpoint"):
+        store.replace_model("m", b"x", {})
     assert store.cancel_job(requeued.job_id).status == "cancelled"
+    store.replace_model("m", b"x", {})  # once it has ended
     ended.append(requeued.job_id)
     for job_id in ended:
         assert store.get_job(job_id).status in ("succeeded", "failed", "cancelled")
