@@ -1,27 +1,49 @@
 """ETags of model reads (id, uid and version: a re-created model gets new ones) and the
 conditional requests built on them: If-None-Match -> 304 on GET, If-Match -> 412 on PUT weights."""
 
+import hashlib
+
 from api.errors import PreconditionFailed, VersionConflict
 from api.schemas import Weights
 from api.services import Service
 from api.storage.base import ModelRecord
 
 
-def model_etag(record: ModelRecord, version: int | None = None, kind: str = "m") -> str:
-    """``"<id>.<uid>.<version>.<kind>"``; kind ``m`` for the model summary, ``w`` for its weights."""
-    return f'"{record.model_id}.{record.uid[:12]}.{record.version if version is None else version}.{kind}"'
+def model_etag(record: ModelRecord, version: int | None = None, kind: str = "m", state: str = "") -> str:
+    """``"<id>.<uid>.<version>.<kind>"``; kind ``m`` for the model summary, ``w`` for its weights. The summary's
+    also carries ``-<state>``, a digest of what it shows besides the weights (buffer size, latest job)."""
+    version = record.version if version is None else version
+    return f'"{record.model_id}.{record.uid[:12]}.{version}.{kind}{"-" + state if state else ""}"'
+
+
+def summary_etag(record: ModelRecord, body: str) -> str:
+    """The summary's ETag: its version, and a digest of the JSON ``body`` it answers (a sample appended or a job
+    submitted changes the body, not the version: a 304 would hand back a stale buffer size)."""
+    return model_etag(record, state=hashlib.sha256(body.encode()).hexdigest()[:12])
 
 
 def tags(header: str) -> list[str]:
     return [tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()]
 
 
+def _version_tag(tag: str) -> str:
+    """A tag without the summary's state: the version it names, which If-Match compares."""
+    head, _, kind = tag.strip('"').rpartition(".")
+    return f'"{head}.{kind.split("-", 1)[0]}"' if head else tag
+
+
 def matches(header: str | None, record: ModelRecord) -> bool:
-    """True when the header lists a current ETag of the model (either representation), or is ``*``."""
+    """True when the header lists an ETag of the model's current version (either representation, the summary's
+    whatever its state), or is ``*``: If-Match, and If-None-Match of the weights, which change only with it."""
     if header is None:
         return False
-    listed = tags(header)
+    listed = {_version_tag(tag) for tag in tags(header)}
     return "*" in listed or any(tag in listed for tag in (model_etag(record), model_etag(record, kind="w")))
+
+
+def none_match(header: str | None, current: str) -> bool:
+    """If-None-Match of the summary: True (304) when the header lists exactly its current ETag, or is ``*``."""
+    return header is not None and bool({current, "*"} & set(tags(header)))
 
 
 def set_weights_if_match(service: Service, model_id: str, body: Weights, if_match: str | None) -> ModelRecord:
@@ -30,9 +52,9 @@ def set_weights_if_match(service: Service, model_id: str, body: Weights, if_matc
         return service.set_weights(model_id, body)
     record = service.get_model(model_id)
     if not matches(if_match, record):
-        raise PreconditionFailed(f"If-Match {if_match} is not a current ETag of model {model_id!r} ({model_etag(record)} "
-                                 f"from GET /models/{model_id}, {model_etag(record, kind='w')} from its weights); "
-                                 "GET it again and retry")
+        raise PreconditionFailed(f"If-Match {if_match} is not an ETag of model {model_id!r} at its current version "
+                                 f"{record.version} ({model_etag(record, kind='w')} from its weights, or the ETag of "
+                                 f"GET /models/{model_id}); GET it again and retry")
     try:
         return service.set_weights(model_id, body if body.version is not None else
                                    body.model_copy(update={"version": record.version}))

@@ -57,10 +57,12 @@ async def import_model(request: Request, model_id: str | None = Query(None, patt
 def get_model(model_id: str, request: Request, response: Response, viewer: str | None = Depends(visible_owner),
               service: Service = Depends(get_service)) -> ModelPublic:
     record = service.get_model(model_id, viewer)
-    if etag.matches(request.headers.get("if-none-match"), record):
-        return Response(status_code=304, headers={"ETag": etag.model_etag(record)})
-    response.headers["ETag"] = etag.model_etag(record)
-    return ModelPublic.from_record(record)
+    public = ModelPublic.from_record(record)
+    current = etag.summary_etag(record, public.model_dump_json())
+    if etag.none_match(request.headers.get("if-none-match"), current):
+        return Response(status_code=304, headers={"ETag": current})
+    response.headers["ETag"] = current
+    return public
 
 
 @router.delete("/{model_id}", status_code=204, summary="Delete a model, its buffer, and cancel its jobs")
@@ -103,8 +105,9 @@ def set_weights(model_id: str, body: Weights, response: Response,
                                                                 "replace only that version, else 412."),
                 service: Service = Depends(get_service)) -> ModelPublic:
     record = etag.set_weights_if_match(service, model_id, body, if_match)
-    response.headers["ETag"] = etag.model_etag(record)
-    return ModelPublic.from_record(record)
+    public = ModelPublic.from_record(record)
+    response.headers["ETag"] = etag.summary_etag(record, public.model_dump_json())
+    return public
 
 
 SAMPLES_BODY = {"requestBody": {"required": True, "content": {

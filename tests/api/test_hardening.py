@@ -228,10 +228,20 @@ def test_model_reads_carry_an_etag_and_answer_304(idle):
     stale = idle.put("/models/tagged/weights", json={"layers": weights.json()["layers"]}, headers={"If-Match": tag})
     assert stale.status_code == 412 and "GET it again" in stale.json()["detail"]
     now = idle.get("/models/tagged").headers["etag"], idle.get("/models/tagged/weights").headers["etag"]
-    assert f"({now[0]} from GET /models/tagged, {now[1]} from its weights)" in stale.json()["detail"]  # both work
+    assert f"at its current version 2 ({now[1]} from its weights, or the ETag of GET /models/tagged)" in stale.json()["detail"]
     assert idle.put("/models/tagged/weights", json={"layers": weights.json()["layers"]},
-                    headers={"If-Match": now[1]}).status_code == 200
+                    headers={"If-Match": now[0]}).status_code == 200  # the summary's ETag, whatever its state
+    assert idle.put("/models/tagged/weights", json={"layers": weights.json()["layers"]},
+                    headers={"If-Match": idle.get("/models/tagged/weights").headers["etag"]}).status_code == 200
     assert idle.get("/models/tagged", headers={"If-None-Match": tag}).status_code == 200
+
+    # what the summary shows besides the weights changes its ETag: it was a 304 with a stale buffer size
+    before = idle.get("/models/tagged").headers["etag"]
+    idle.post("/models/tagged/samples", json={"inputs": [[1, 2, 3, 4]], "targets": [0]})
+    after = idle.get("/models/tagged", headers={"If-None-Match": before})
+    assert after.status_code == 200 and after.json()["buffer_size"] == 1 and after.headers["etag"] != before
+    assert idle.get("/models/tagged", headers={"If-None-Match": after.headers["etag"]}).status_code == 304
+    assert idle.get("/models/tagged/weights", headers={"If-None-Match": before}).status_code == 304  # same weights
 
     idle.delete("/models/tagged")  # a re-created namesake at version 1 has another ETag
     idle.post("/models", json={**IRIS, "model_id": "tagged"})
