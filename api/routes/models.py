@@ -90,8 +90,14 @@ def evaluate(model_id: str, body: EvaluateRequest, version: int | None = VERSION
 
 
 @router.get("/{model_id}/weights", response_model=Weights, summary="Weights and biases of every layer")
-def get_weights(model_id: str, request: Request, response: Response, service: Service = Depends(get_service)) -> dict:
+def get_weights(model_id: str, request: Request, response: Response, version: int | None = Query(
+        None, ge=1, le=2**62, description="A kept version (GET /models/{model_id}/versions) instead of the current one."),
+        service: Service = Depends(get_service)) -> dict:
     record = service.get_model(model_id)
+    if version is not None and version != record.version:  # it was ignored: the current weights came back
+        weights = service.version_weights(model_id, version)
+        response.headers["ETag"] = etag.model_etag(record, version, kind="w")
+        return weights
     if etag.matches(request.headers.get("if-none-match"), record):
         return Response(status_code=304, headers={"ETag": etag.model_etag(record, kind="w")})
     weights = service.get_weights(model_id)
@@ -170,8 +176,10 @@ def clear_samples(model_id: str, service: Service = Depends(get_service)) -> Buf
 def export_model(model_id: str, format: Literal["npz", "onnx"] = Query("npz", description=(
         "npz: the core's file (Network.load reads it, POST /models/import takes it back); "
         "onnx: an ONNX model (opset 17, input 'input', output 'output') for onnxruntime and other runtimes.")),
+        version: int | None = Query(None, ge=1, le=2**62, description=(
+            "A kept version (GET /models/{model_id}/versions) instead of the current one.")),
         service: Service = Depends(get_service)) -> Response:
-    data = service.export_model(model_id, format)
+    data = service.export_model(model_id, format, version=version)  # ?version= was ignored: the current one came
     media_type = "application/onnx" if format == "onnx" else "application/octet-stream"
-    return Response(data, media_type=media_type,
-                    headers={"Content-Disposition": f'attachment; filename="{model_id}.{format}"'})
+    name = f"{model_id}.v{version}.{format}" if version is not None else f"{model_id}.{format}"
+    return Response(data, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{name}"'})

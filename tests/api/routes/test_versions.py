@@ -64,6 +64,21 @@ def test_restore_round_trip_gives_the_old_outputs(client):
     assert client.get("/models/iris/versions/2/export?format=onnx").status_code == 200
 
 
+def test_weights_and_export_take_version_as_output_does(client):
+    """?version= on /weights and /export was ignored: the current version came back under the old number's name."""
+    client.post("/models", json=IRIS)
+    v1 = client.get("/models/iris/weights").json()
+    train(client)
+    assert client.get("/models/iris/weights").json()["version"] == 2
+    old = client.get("/models/iris/weights", params={"version": 1})
+    assert old.status_code == 200 and old.json() == v1 and old.headers["etag"].endswith('.1.w"')
+    exported = client.get("/models/iris/export", params={"version": 1})
+    assert exported.content == client.get("/models/iris/versions/1/export").content
+    assert exported.content != client.get("/models/iris/export").content
+    assert 'filename="iris.v1.npz"' in exported.headers["content-disposition"]
+    assert client.get("/models/iris/weights", params={"version": 9}).status_code == 404
+
+
 def test_unknown_versions_are_404_with_the_way_out(client):
     client.post("/models", json=IRIS)
     for method, path in (("get", "/models/iris/versions/7"), ("get", "/models/iris/versions/7/weights"),
