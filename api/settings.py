@@ -108,6 +108,16 @@ class Settings(BaseSettings):
             raise ValueError(f"the database {database!r} is not a number; use e.g. redis://host:6379/0")
         return url
 
+    @field_validator("notify_allow")
+    @classmethod
+    def _notify_allow(cls, setting: str) -> str:
+        """Host names or IPs: an entry such as http://x.com/ matches no URL's host, and 422s would list it."""
+        for entry in (e.strip() for e in setting.split(",")):
+            if any(c in entry for c in "/:@ ") and not (entry.startswith("[") and entry.endswith("]")):
+                raise ValueError(f"{entry!r} is not a host; list host names or IPs, e.g. hooks.example.com,10.0.0.5 "
+                                 "(or *.example.com, [::1])")
+        return setting
+
 
 def dataset_root(settings: Settings) -> Path:
     return settings.dataset_dir or settings.data_dir / "datasets"

@@ -51,7 +51,7 @@ def model_progress(model_id: str, owner: str | None = Depends(visible_owner),
 @router.get("", response_model=JobsPublic, summary="Jobs of every model, newest first, filtered by status, model and kind")
 def list_all_jobs(status: Literal["buffering", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"] | None =
                   Query(None, description="Only jobs in this status."),
-                  model_id: str | None = Query(None, max_length=64, description="Only jobs of this model id (deleted "
+                  model_id: str | None = Query(None, min_length=1, max_length=64, description="Only jobs of this model id (deleted "
                                                                                "models' jobs included)."),
                   kind: Literal["training", "search"] | None = Query(None, description="Only training or search jobs."),
                   offset: int = Query(0, ge=0, le=2**62, description="Jobs to skip."),

@@ -338,7 +338,9 @@ def test_a_setting_that_cannot_be_used_stops_the_start_with_one_line_naming_it(t
     cases = [({"NN_BACKEND": "Redis"}, "NN_BACKEND='Redis'"),
              ({"NN_BACKEND": "redis", "NN_REDIS_URL": "127.0.0.1:6379/7"}, "NN_REDIS_URL='127.0.0.1:6379/7'"),
              ({"NN_BACKEND": "redis", "NN_REDIS_URL": "redis://127.0.0.1:6379/abc"}, "the database 'abc' is not a number"),
-             ({"NN_API_KEYS": "alice:k1:write"}, "has scope 'write'")]
+             ({"NN_API_KEYS": "alice:k1:write"}, "has scope 'write'"),
+             # accepted, then matched no URL's host and was listed as allowed in every 422
+             ({"NN_NOTIFY_ALLOW": "127.0.0.1,http://x.com/"}, "'http://x.com/' is not a host")]
     for overrides, words in cases:
         env = {**os.environ, "NN_PORT": str(free_port()), "NN_DATA_DIR": str(tmp_path), "NN_WORKERS": "0", **overrides}
         for argv in (["main.py"], ["main.py", "worker"]):

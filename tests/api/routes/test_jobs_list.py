@@ -53,7 +53,7 @@ def test_jobs_of_every_model_newest_first_with_filters(client):
     assert ids(client.get("/jobs?status=buffering")) == [waiting]
 
 
-@pytest.mark.parametrize("query", ["status=done", "kind=inference", "limit=0", "limit=501", "offset=-1"])
+@pytest.mark.parametrize("query", ["status=done", "kind=inference", "limit=0", "limit=501", "offset=-1", "model_id="])
 def test_bad_filters_are_422(client, query):
     response = client.get(f"/jobs?{query}")
     assert response.status_code == 422 and response.json()["detail"]
