@@ -79,7 +79,7 @@ def _load_npz(path, with_targets):
             raise ValueError(f"{path} is not an .npz (zip) file; save one with numpy.savez(path, x=..., y=...)")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:  # not a zip ("pickled data"), truncated, ...
+    except Exception as error:  # a damaged zip (BadZipFile), truncated, ...
         raise ValueError(f"{path} is not an .npz file numpy reads ({error}); save one with "
                          "numpy.savez(path, x=..., y=...)") from None
     with archive:

@@ -46,10 +46,12 @@ def _sniff(head):
 
 
 def _id(value):
-    """An id as one path segment: percent-encoded, so "a/../b" or "m?x=1" name no other resource."""
+    """An id as one path segment: percent-encoded, so "m?x=1" names no other resource. An id holding a slash, or
+    "." or "..", is refused: servers decode %2F before routing ("m/samples" would reach /models/m/samples) and
+    clients drop dot segments, while no id the service gives holds them (letters, digits, _ . -)."""
     text = str(value)
-    if not text:
-        raise ValueError("the id is empty; give the id of a model, job or dataset")
+    if not text or "/" in text or "\\" in text or text in (".", ".."):
+        raise ValueError(f"{text!r} is not an id: give the id of a model, job or dataset (letters, digits, _ . -)")
     return quote(text, safe="")
 
 

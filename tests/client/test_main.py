@@ -142,11 +142,13 @@ def test_other_files_and_options_get_a_message_that_says_what_to_give(tmp_path, 
 
     numpy.save(tmp_path / "a.npy", numpy.ones((2, 2)))
     (tmp_path / "not.npz").write_bytes(b"x,y\n1,2\n")
+    (tmp_path / "damaged.npz").write_bytes(b"PK\x03\x04garbage")  # BadZipFile: a traceback and exit 1
     numpy.savez(tmp_path / "other.npz", features=numpy.ones((2, 2)))
     (tmp_path / "two.csv").write_text("1,2\n3,4\n")
     for argv, words in ((["predict", "--data", str(tmp_path / "a.npy")], "is one .npy array"),
                         (["predict", "--data", str(tmp_path / "not.npz")], "is not an .npz (zip) file"),  # "pickled data"
                         (["predict", "--data", str(tmp_path / "other.npz")], "has no array 'inputs'"),
+                        (["predict", "--data", str(tmp_path / "damaged.npz")], "is not an .npz file numpy reads"),
                         (["train", "--data", str(tmp_path / "two.csv"), "--targets", "2"], "--targets 2: ")):
         assert main(["--url", "http://127.0.0.1:9", *argv, "--model", "m"]) == 2, argv
         err = capsys.readouterr().err
