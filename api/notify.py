@@ -99,14 +99,12 @@ class Deliverer:
         error = None
         try:
             check_url(note.url, self.settings.notify_allow)  # the allow list may have changed since submit
-            # streamed, and closed on the status line: the receiver's body is never read, so neither a huge one
-            # nor one sent a byte at a time holds memory or this thread
-            with self._client.stream("POST", note.url, content=body, timeout=self.settings.notify_timeout, headers={
-                    "Content-Type": "application/json", "User-Agent": "nn-service-notify",
-                    "X-NN-Signature": sign(body, note.secret), "X-NN-Event": f"job.{job.status}",
-                    "X-NN-Delivery": f"{job.job_id}.{note.attempts + 1}"}) as response:
-                if not 200 <= response.status_code < 300:
-                    error = f"HTTP {response.status_code} from the receiver"
+            status = self._send(note.url, body, {
+                "Content-Type": "application/json", "User-Agent": "nn-service-notify",
+                "X-NN-Signature": sign(body, note.secret), "X-NN-Event": f"job.{job.status}",
+                "X-NN-Delivery": f"{job.job_id}.{note.attempts + 1}"})
+            if not 200 <= status < 300:
+                error = f"HTTP {status} from the receiver"
         except InvalidInput as exc:
             error = str(exc)
         except Exception as exc:  # httpx's errors, and any other the send raises: this notification's, never the round's
@@ -122,6 +120,33 @@ class Deliverer:
         log.log(logging.INFO if error is None else logging.WARNING, "job %s: notification %s (attempt %d)%s",
                 job.job_id, status, note.attempts + 1, f": {error}" if error else "")
         return status
+
+    def _send(self, url: str, body: bytes, headers: dict) -> int:
+        """The receiver's status, within NN_NOTIFY_TIMEOUT in all. httpx bounds each read, not the request: a
+        receiver that sent its head a byte at a time held the one deliverer (and every other job's notification)
+        as long as it liked. The attempt runs in a thread of its own; past the deadline its client is closed, which
+        ends the attempt at its next read, and a new client takes over. The response is streamed and closed on its
+        status line: its body is never read, so a huge one holds no memory."""
+        client, result = self._client, {}
+
+        def attempt() -> None:
+            try:
+                with client.stream("POST", url, content=body, headers=headers,
+                                   timeout=self.settings.notify_timeout) as response:
+                    result["status"] = response.status_code
+            except Exception as exc:  # noqa: BLE001 - handed to the deliverer, which records it
+                result["error"] = exc
+
+        thread = threading.Thread(target=attempt, name="nn-notify-send", daemon=True)
+        thread.start()
+        thread.join(self.settings.notify_timeout)
+        if thread.is_alive():
+            self._client = httpx.Client(follow_redirects=False, trust_env=False)
+            client.close()
+            raise TimeoutError(f"no answer within {self.settings.notify_timeout:g} s (NN_NOTIFY_TIMEOUT)")
+        if "error" in result:
+            raise result["error"]
+        return result["status"]
 
     def round(self) -> bool:
         """Looks for due notifications (again at once while batches are full); False when the round failed."""

@@ -21,9 +21,9 @@ FAST = {"notify_allow": "127.0.0.1", "notify_interval": 0.05, "notify_backoff": 
 class Receiver:
     """An HTTP server on loopback that records each POST and answers the next status of ``answers`` (then 200)."""
 
-    def __init__(self, answers=(), endless=False):
+    def __init__(self, answers=(), endless=False, trickle=False):
         self.answers, self.received = list(answers), []
-        self.endless, self.closing = endless, threading.Event()
+        self.endless, self.trickle, self.closing, self.abandoned = endless, trickle, threading.Event(), threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -31,6 +31,16 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 status = receiver.answers.pop(0) if receiver.answers else 200
                 receiver.received.append((dict(self.headers), body, status))
+                if receiver.trickle:  # a head that never ends: a header line every 0.2 s until the test ends
+                    self.close_connection = True
+                    try:
+                        self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                        while not receiver.closing.wait(0.2):
+                            self.wfile.write(b"X-Slow: 1\r\n")
+                            self.wfile.flush()
+                    except OSError:  # the deliverer gave up and closed the connection
+                        receiver.abandoned.set()
+                    return
                 self.send_response(status)
                 if receiver.endless:  # a gigabyte promised, none sent until the test ends
                     self.send_header("Content-Length", str(10**9))
@@ -55,8 +65,8 @@ class Receiver:
 
 
 @contextmanager
-def receiver(answers=(), endless=False):
-    r = Receiver(answers, endless)
+def receiver(answers=(), endless=False, trickle=False):
+    r = Receiver(answers, endless, trickle)
     try:
         yield r
     finally:
@@ -171,6 +181,23 @@ def test_the_receivers_body_is_never_read(tmp_path):
         client.post(f"/jobs/{job['job_id']}/cancel")
         shown = wait_for(lambda: client.get(f"/jobs/{job['job_id']}").json()["notify"], lambda n: n["status"] != "pending")
         assert shown["status"] == "delivered" and shown["attempts"] == 1, shown
+
+
+def test_a_receiver_that_never_finishes_its_head_holds_no_other_notification(tmp_path):
+    """NN_NOTIFY_TIMEOUT bounded each read, not the request: a receiver sending a header line every second held the
+    one deliverer, and every other job's notification, for as long as it kept sending."""
+    with receiver(trickle=True) as slow, receiver() as fine, \
+            backend_app("sqlite", tmp_path, **FAST, notify_timeout=0.5) as client:
+        client.post("/models", json=IRIS)
+        stuck = submit(client, slow.url, waiting=True)
+        client.post(f"/jobs/{stuck['job_id']}/cancel")
+        wait_for(lambda: slow.received, bool)  # the deliverer is in its attempt
+        job = submit(client, fine.url, waiting=True)
+        client.post(f"/jobs/{job['job_id']}/cancel")
+        wait_for(lambda: client.get(f"/jobs/{job['job_id']}").json()["notify"], lambda n: n["status"] == "delivered")
+        shown = client.get(f"/jobs/{stuck['job_id']}").json()["notify"]
+        assert shown["status"] == "pending" and shown["last_error"] == "TimeoutError: no answer within 0.5 s (NN_NOTIFY_TIMEOUT)"
+        assert slow.abandoned.wait(30), "the stuck attempt's connection was never closed"
 
 
 def test_subdomain_patterns_are_allowed(tmp_path):
