@@ -115,6 +115,7 @@ def index_existing_jobs(store: "RedisStore") -> int:
     Safe to run from several replicas at once; returns the number of jobs it indexed."""
     flag = store._key("jobs", "indexed")
     if store.redis.exists(flag):
+        index_active_by_model(store)
         return 0
     count = 0
     for raw in store.redis.scan_iter(match=store._key("j", "*"), count=500):
@@ -130,7 +131,23 @@ def index_existing_jobs(store: "RedisStore") -> int:
         pipe.execute()
         count += 1
     store.redis.set(flag, "1")
+    index_active_by_model(store)
     return count
+
+
+def index_active_by_model(store: "RedisStore") -> None:
+    """Each model's index of active jobs (``jobs:ma:<model>``, which RedisTx keeps for every new job), for the jobs
+    that were active before it existed; then ``jobs:ma-indexed``, from which RedisTx.jobs reads a model's jobs there.
+    A job that ends meanwhile may stay listed: readers check each job's status."""
+    flag = store._key("jobs", "ma-indexed")
+    if store.redis.exists(flag):
+        return
+    for raw in store.redis.zrange(store._key("jobs", "active"), 0, -1):
+        job_id = raw.decode()
+        seq, model_id, status = store.redis.hmget(store._key("j", job_id), ["seq", "model_id", "status"])
+        if seq is not None and model_id is not None and status is not None and status.decode() not in TERMINAL:
+            store.redis.zadd(store._key("jobs", "ma", model_id.decode()), {job_id: int(seq)})
+    store.redis.set(flag, "1")
 
 
 # -- notifications ----------------------------------------------------------------------------

@@ -120,7 +120,13 @@ class RedisTx:
         return self._jobs[job_id]
 
     def jobs(self, statuses: tuple[str, ...], model_id: str | None = None) -> list[JobRecord]:
-        ids = {j.decode() for s in statuses for j in self._read(self.key("jobs:s", s), "zrange", 0, -1)}
+        """Jobs in ``statuses`` (of ``model_id``), oldest first. A model's come from its own index of active jobs
+        once the store has one for every job (``jobs:ma-indexed``): reading every model's jobs of a status, with
+        a thousand buffering jobs elsewhere, took a submit 0.2 s alone and 7 s under 4 clients."""
+        if model_id is not None and self._read(self.key("jobs", "ma-indexed"), "exists"):
+            ids = {j.decode() for j in self._read(self.key("jobs:ma", model_id), "zrange", 0, -1)}
+        else:
+            ids = {j.decode() for s in statuses for j in self._read(self.key("jobs:s", s), "zrange", 0, -1)}
         ids |= {j for j, job in self._jobs.items() if job is not None}
         found = [self.job(j) for j in ids]
         found = [j for j in found if j is not None and j.status in statuses and model_id in (None, j.model_id)]
@@ -203,7 +209,8 @@ class RedisTx:
         self.ops += [("hset", self.key("j", job.job_id), "seq", seq)] + [
             ("zadd", key, {job.job_id: seq}) for key in (self.key("mjobs", job.model_id), self.key("jobs"),
                                                          self.key("jobs:active"), self.key("jobs:m", job.model_id),
-                                                         self.key("jobs:k", job.kind))]  # GET /jobs (redis_registry)
+                                                         self.key("jobs:k", job.kind),  # GET /jobs (redis_registry)
+                                                         self.key("jobs:ma", job.model_id))]  # its model's active jobs
         self.save_job(job)
 
     def save_job(self, job: JobRecord) -> None:
@@ -218,7 +225,7 @@ class RedisTx:
                 self.ops.append(("zrem", self.key("jobs:s", old), job.job_id))
             self.ops.append(("zadd", self.key("jobs:s", job.status), {job.job_id: self._seq[job.job_id]}))
             if job.status in TERMINAL:
-                self.ops.append(("zrem", self.key("jobs:active"), job.job_id))
+                self.ops += [("zrem", self.key("jobs:active"), job.job_id), ("zrem", self.key("jobs:ma", job.model_id), job.job_id)]
             self._stored_status[job.job_id] = job.status
 
     def put_checkpoint(self, job_id: str, blob: bytes, info: dict) -> None:

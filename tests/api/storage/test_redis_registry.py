@@ -1,4 +1,5 @@
-"""RedisStore's GET /jobs indexes for jobs stored before they existed: indexed once, at the API's start."""
+"""RedisStore's job indexes for jobs stored before they existed (GET /jobs's, and each model's active jobs): indexed
+once, at the API's start; a model's jobs are then read from its own index, not from every model's."""
 
 import uuid
 
@@ -64,3 +65,32 @@ def test_a_notification_another_replica_sent_meanwhile_is_not_sent_again():
         a.reset()
         a.close()
         b.close()
+
+
+def test_a_models_active_jobs_come_from_its_own_index_once_it_has_one():
+    """tx.jobs(status, model) read every job of that status across all models: with a thousand buffering jobs
+    elsewhere, a submit took 0.2 s alone and 7 s under 4 clients."""
+    store = RedisStore(REDIS_URL, prefix=f"test-{uuid.uuid4().hex[:8]}")
+
+    def read(model_id):  # the model's buffering jobs, and every job the transaction read to find them
+        return store.atomic(lambda tx: ([j.job_id for j in tx.jobs(("buffering",), model_id)], set(tx._jobs)))
+
+    try:
+        for model_id in ("crowded", "quiet"):
+            store.create_model(model_id, b"blob", {"n": 1})
+        crowd = [store.create_job(job("crowded", min_samples=10)).job_id for _ in range(30)]
+        mine = [store.create_job(job("quiet", min_samples=10)).job_id for _ in range(2)]
+        store.cancel_job(mine[0])
+        # as a service before the index left it: no model index, no flag; the status sets are read, answers the same
+        store.redis.delete(*store.redis.keys(f"{store.prefix}:jobs:ma*"))
+        found, looked_at = read("quiet")
+        assert found == mine[1:] and set(crowd) <= looked_at
+        store.index_existing_jobs()  # the API's start indexes the active jobs by model, then sets the flag
+        found, looked_at = read("quiet")
+        assert found == mine[1:] and looked_at == set(mine[1:])
+        newer = store.create_job(job("quiet", min_samples=10)).job_id  # new jobs are indexed as they are made
+        assert read("quiet")[0] == [mine[1], newer] and read("crowded")[0] == crowd
+        store.cancel_job(newer)  # and leave the index when they end
+        assert store.redis.zscore(f"{store.prefix}:jobs:ma:quiet", newer) is None
+    finally:
+        store.reset()

@@ -43,6 +43,7 @@ def store(request, tmp_path):
     from api.storage.redis_store import RedisStore
 
     s = RedisStore(REDIS_URL, prefix=f"test-{uuid.uuid4().hex[:8]}", lease_seconds=5)
+    s.index_existing_jobs()  # as the API does at its start: a model's jobs are then read from its own index
     yield s
     s.reset()
     s.close()
