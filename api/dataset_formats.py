@@ -260,11 +260,15 @@ def _input_dtype(source: np.dtype, wanted: str | None) -> np.dtype:
     return np.dtype("<f8") if source == np.float64 else np.dtype("<f4")
 
 
+def _whole_numbers(targets: np.ndarray) -> bool:
+    """Float targets, one per sample, that are all whole numbers exact in float64: class indices or counts."""
+    return (targets.dtype.kind == "f" and targets.ndim == 1 and len(targets) > 0
+            and bool(np.array_equal(targets, np.round(targets))) and float(np.abs(targets).max()) < 2**53)
+
+
 def _target_dtype(targets: np.ndarray, input_dtype: np.dtype) -> np.dtype:
-    if targets.dtype.kind in "biu":
+    if targets.dtype.kind in "biu" or _whole_numbers(targets):
         return np.dtype("<i8")
-    if targets.ndim == 1 and len(targets) and np.array_equal(targets, np.round(targets)) and np.abs(targets).max() < 2**53:
-        return np.dtype("<i8")  # whole numbers: class indices or counts
     return input_dtype
 
 
@@ -274,8 +278,7 @@ def summary(targets: np.ndarray) -> dict:
     result = {"shape": list(values.shape), "min": float(values.min()), "max": float(values.max()),
               "mean": float(values.mean(dtype=np.float64)), "classes": None, "counts": None}
     # float labels that are whole numbers (an NPZ kept as uploaded) are counted like the int64 a conversion stores
-    whole = (values.dtype.kind == "f" and values.ndim == 1 and bool(np.all(values == np.round(values)))
-             and float(np.abs(values).max(initial=0)) < 2**53)
+    whole = _whole_numbers(values)
     if values.ndim == 1 and (values.dtype.kind in "iub" or whole):
         classes, counts = np.unique(values, return_counts=True)
         if len(classes) <= MAX_CLASSES:

@@ -12,12 +12,10 @@ import numpy as np
 
 from api.dataset_formats import check_arrays, write_arrays
 from api.errors import InvalidInput
+from api.json_body import nesting_depth
 
 JSON_SHAPE = '{"inputs": [[numbers, ...], ...], "targets": [numbers, ...] or [[numbers, ...], ...]}'
 JSON_DEPTH = 3  # the body, a list of rows, a row
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_STEP = np.zeros(256, np.int8)  # +1 for each byte that opens an array or object, -1 for each that closes one
-_STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
 
 
 def _not_json_constant(name: str):
@@ -73,8 +71,7 @@ def convert_json(source: Path, dest: Path, max_rows: int, dtype: str | None = No
     Its nesting is checked from its brackets before it is parsed (a deep one would overflow the parser's stack);
     a value that is not a number is named with its position."""
     text = source.read_bytes()
-    brackets = text.translate(None, _NOT_BRACKETS)
-    depth = int(np.cumsum(_STEP[np.frombuffer(brackets, np.uint8)], dtype=np.int64).max()) if brackets else 0
+    depth = nesting_depth(text, max_containers=len(text))  # no bound on their number: the file's size bounds it
     if depth > JSON_DEPTH:
         raise InvalidInput(f"the JSON nests arrays and objects {depth} deep; a JSON dataset nests {JSON_DEPTH} deep: "
                            f"{JSON_SHAPE}")

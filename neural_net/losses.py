@@ -97,6 +97,14 @@ class _CrossEntropyBase(Loss):
         return {"name": self.name, "from_logits": self.from_logits}
 
 
+def _check_unit_interval(y, raw, rule):
+    """TargetValueError at the first prepared target outside [0, 1], named and shown as sent (``raw``: before
+    Loss.prepare made one target per sample a column, so such a target is named by its row alone)."""
+    if y.size and (y.min() < 0 or y.max() > 1):
+        index = np.argwhere((y < 0) | (y > 1))[0][:raw.ndim]
+        raise TargetValueError(rule, index, raw[tuple(index)])
+
+
 @LOSSES.register("binary_cross_entropy")
 class BinaryCrossEntropy(_CrossEntropyBase):
     fuses_with = "sigmoid"
@@ -104,10 +112,7 @@ class BinaryCrossEntropy(_CrossEntropyBase):
     def prepare(self, y, n_out, dtype):
         raw = np.asarray(y)
         y = super().prepare(y, n_out, dtype)
-        if y.size and (y.min() < 0 or y.max() > 1):
-            index = np.argwhere((y < 0) | (y > 1))[0][:raw.ndim]  # one target per sample is named by its row alone
-            raise TargetValueError("binary_cross_entropy targets must lie in [0, 1] (0/1 labels or probabilities)",
-                                   index, raw[tuple(index)])
+        _check_unit_interval(y, raw, "binary_cross_entropy targets must lie in [0, 1] (0/1 labels or probabilities)")
         return y
 
     def value(self, p, y):
@@ -148,11 +153,8 @@ class CrossEntropy(_CrossEntropyBase):
             one_hot = np.zeros((labels.shape[0], n_out), dtype=dtype)
             one_hot[np.arange(labels.shape[0]), labels.astype(np.intp)] = 1
             return one_hot
-        y = super().prepare(y, n_out, dtype)
-        if y.size and (y.min() < 0 or y.max() > 1):  # rows of class probabilities (one-hot, or smoothed labels)
-            index = np.argwhere((y < 0) | (y > 1))[0]
-            raise TargetValueError("cross_entropy target rows are class probabilities, each in [0, 1]", index,
-                                   raw[tuple(index)] if raw.shape == y.shape else y[tuple(index)])
+        y = super().prepare(y, n_out, dtype)  # rows of class probabilities (one-hot, or smoothed labels)
+        _check_unit_interval(y, raw, "cross_entropy target rows are class probabilities, each in [0, 1]")
         sums = y.sum(axis=1, dtype=np.float64)
         off = np.abs(sums - 1) > ROW_SUM_TOLERANCE
         if off.any():

@@ -256,7 +256,7 @@ def test_regression_targets_summarised_by_min_max_mean(app):
     # kept as uploaded although a member failed its CRC: served values numpy.load refuses to read
     (BAD_CRC, "application/x-npz", {}, 422, "array 'inputs' of the NPZ file fails its CRC-32 check"),
     # bytes before the zip, or members flagged encrypted: kept although numpy.load refuses the file
-    (b"XXXX" + IRIS_NPZ, "application/x-npz", {}, 422, "the NPZ file begins b'XXXXPK\\x03\\x04', where an NPZ begins "
+    (b"junk" + IRIS_NPZ, "application/x-npz", {}, 422, "the NPZ file begins b'junkPK\\x03\\x04', where an NPZ begins "
      "b'PK\\x03\\x04': bytes come before its zip"),
     (ENCRYPTED, "application/x-npz", {}, 422, "array 'inputs' of the NPZ file is encrypted"),
     # uint64 labels beyond int64 were stored wrapped to negative numbers
