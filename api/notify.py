@@ -18,6 +18,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from urllib.parse import urlsplit
 
 import httpx
@@ -30,7 +31,7 @@ from api.storage.base import JobRecord, Notification, Store
 log = logging.getLogger("api.notify")
 
 MAX_DELAY = 300.0  # seconds: the longest wait between two attempts
-BATCH = 20  # notifications taken per look
+BATCH = 20  # notifications taken per look, attempted side by side: a round lasts at most NN_NOTIFY_TIMEOUT
 
 
 def allowed_hosts(setting: str) -> list[str]:
@@ -85,13 +86,17 @@ class Deliverer:
         self.store, self.settings = store, settings
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._client = httpx.Client(follow_redirects=False, trust_env=False)
+        self._pool = ThreadPoolExecutor(max_workers=BATCH, thread_name_prefix="nn-notify-deliver")
 
     def run_once(self, now: float | None = None) -> int:
-        """Attempts every notification due now; returns how many were attempted."""
+        """Attempts every notification due now, side by side; returns how many were attempted. One after the
+        other, a round of 20 slow receivers took 20 x NN_NOTIFY_TIMEOUT: every other job's notification waited,
+        and on Redis the round outlived its claims (2 minutes), so another replica sent the same ones again."""
         due = self.store.due_notifications(time.time() if now is None else now, BATCH)
-        for note, job in due:
-            self.deliver(note, job)
+        attempts = [self._pool.submit(self.deliver, note, job) for note, job in due]
+        wait(attempts)
+        for attempt in attempts:  # an error recording an attempt (the store away) fails the round, once all ended
+            attempt.result()
         return len(due)
 
     def deliver(self, note: Notification, job: JobRecord) -> str:
@@ -123,11 +128,11 @@ class Deliverer:
 
     def _send(self, url: str, body: bytes, headers: dict) -> int:
         """The receiver's status, within NN_NOTIFY_TIMEOUT in all. httpx bounds each read, not the request: a
-        receiver that sent its head a byte at a time held the one deliverer (and every other job's notification)
-        as long as it liked. The attempt runs in a thread of its own; past the deadline its client is closed, which
-        ends the attempt at its next read, and a new client takes over. The response is streamed and closed on its
-        status line: its body is never read, so a huge one holds no memory."""
-        client, result = self._client, {}
+        receiver that sent its head a byte at a time held its attempt as long as it liked. The attempt runs in a
+        thread of its own with a client of its own; past the deadline that client is closed, which ends the attempt
+        at its next read. The response is streamed and closed on its status line: its body is never read, so a
+        huge one holds no memory."""
+        client, result = httpx.Client(follow_redirects=False, trust_env=False), {}
 
         def attempt() -> None:
             try:
@@ -140,9 +145,8 @@ class Deliverer:
         thread = threading.Thread(target=attempt, name="nn-notify-send", daemon=True)
         thread.start()
         thread.join(self.settings.notify_timeout)
+        client.close()
         if thread.is_alive():
-            self._client = httpx.Client(follow_redirects=False, trust_env=False)
-            client.close()
             raise TimeoutError(f"no answer within {self.settings.notify_timeout:g} s (NN_NOTIFY_TIMEOUT)")
         if "error" in result:
             raise result["error"]
@@ -177,4 +181,4 @@ class Deliverer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        self._client.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 VERSION_FIELDS = ("model_id", "info", "source", "created_at")
 NOTE_FIELDS = ("url", "secret", "status", "attempts", "last_error", "last_attempt_at", "next_attempt_at",
                "delivered_at", "created_at")
-CLAIM_SECONDS = 120.0  # a deliverer's claim on the notifications it took (a round of up to 20 attempts)
+CLAIM_SECONDS = 120.0  # a deliverer's claim on the notifications it took (a round: attempts side by side, each <= 60 s)
 RECHECK_SECONDS = 1.0  # a pending notification of a job still running is looked at again after this
 ORPHAN_SECONDS = 3600.0  # a notification whose job was never stored (its submit failed) is dropped after this
 

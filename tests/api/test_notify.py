@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.api.conftest import IRIS, X4, Y3, backend_app, run_queued, wait_for, wait_job
+from tests.api.storage.test_store_contract import store  # noqa: F401 - a real store on each backend
 from tests.servers import start_server, stop_server
 
 SECRET = "s3cret-for-tests"
@@ -21,8 +22,9 @@ FAST = {"notify_allow": "127.0.0.1", "notify_interval": 0.05, "notify_backoff": 
 class Receiver:
     """An HTTP server on loopback that records each POST and answers the next status of ``answers`` (then 200)."""
 
-    def __init__(self, answers=(), endless=False, trickle=False):
+    def __init__(self, answers=(), endless=False, trickle=False, together=1):
         self.answers, self.received = list(answers), []
+        self.together = threading.Barrier(together)  # answers only once this many requests are in
         self.endless, self.trickle, self.closing, self.abandoned = endless, trickle, threading.Event(), threading.Event()
         receiver = self
 
@@ -31,6 +33,10 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 status = receiver.answers.pop(0) if receiver.answers else 200
                 receiver.received.append((dict(self.headers), body, status))
+                try:
+                    receiver.together.wait(60)
+                except threading.BrokenBarrierError:  # the test ended first: no answer
+                    return
                 if receiver.trickle:  # a head that never ends: a header line every 0.2 s until the test ends
                     self.close_connection = True
                     try:
@@ -60,13 +66,14 @@ class Receiver:
 
     def close(self):
         self.closing.set()
+        self.together.abort()
         self.server.shutdown()
         self.server.server_close()
 
 
 @contextmanager
-def receiver(answers=(), endless=False, trickle=False):
-    r = Receiver(answers, endless, trickle)
+def receiver(answers=(), endless=False, trickle=False, together=1):
+    r = Receiver(answers, endless, trickle, together)
     try:
         yield r
     finally:
@@ -198,6 +205,30 @@ def test_a_receiver_that_never_finishes_its_head_holds_no_other_notification(tmp
         shown = client.get(f"/jobs/{stuck['job_id']}").json()["notify"]
         assert shown["status"] == "pending" and shown["last_error"] == "TimeoutError: no answer within 0.5 s (NN_NOTIFY_TIMEOUT)"
         assert slow.abandoned.wait(30), "the stuck attempt's connection was never closed"
+
+
+def test_the_notifications_of_a_round_are_attempted_side_by_side(store, tmp_path):
+    """A round sent its notifications one after the other: a slow receiver held every other job's notification for
+    NN_NOTIFY_TIMEOUT each (20 of them, 20 times that), and on Redis a round of slow ones outlived its claims. Here
+    the receiver answers only once both of a round's notifications are in: one after the other, both time out."""
+    from api.notify import Deliverer
+    from api.storage.base import Notification
+    from tests.api.conftest import settings_for
+    from tests.api.storage.test_store_contract import job
+
+    with receiver(together=2) as r:
+        store.create_model("m", b"blob", {"n": 1})
+        for _ in range(2):
+            waiting = store.create_job(job("m", min_samples=10))
+            store.add_notification(Notification(job_id=waiting.job_id, url=r.url, secret=SECRET))
+            store.cancel_job(waiting.job_id)
+        deliverer = Deliverer(store, settings_for(tmp_path, notify_allow="127.0.0.1", notify_timeout=30))
+        try:
+            assert deliverer.run_once() == 2
+        finally:
+            deliverer.stop()
+        shown = store.get_notifications([h["X-NN-Delivery"].split(".")[0] for h, _, _ in r.received])
+        assert [n.status for n in shown.values()] == ["delivered", "delivered"], shown
 
 
 def test_subdomain_patterns_are_allowed(tmp_path):
