@@ -11,10 +11,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.datastructures import Default
 from fastapi_offline import FastAPIOffline
 from threadpoolctl import threadpool_limits
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import __version__, logs
-from api.auth import install_access_control
+from api.auth import install_access_control, match_route
 from api.errors import error_response, install_error_handlers, is_v2
 from api.json_body import OrjsonResponse
 from api.malloc import keep_freed_memory
@@ -134,6 +135,21 @@ def single_query_parameters(app: FastAPI) -> Callable[[], set[str]]:
     return names
 
 
+class HeadAsGet:
+    """HEAD on a GET route answers as GET does, without the body: FastAPI's routes answered 405 where Starlette's
+    answer, and load balancers probe ``HEAD /health``. The route runs as for GET (API keys check it as a read);
+    the server, whose scope still says HEAD, sends the head alone. A route with a HEAD handler of its own (a
+    dataset's download, which then reads no file) keeps it."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD" and match_route(scope["app"], scope)[0] != Match.FULL:
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
+
+
 class StartupRefused:
     """A start the operator can fix (another service holds NN_DATA_DIR) fails the ASGI lifespan with one line
     instead of Starlette's traceback: uvicorn logs it, then "Application startup failed. Exiting." (status 3)."""
@@ -203,6 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SingleQueryValues, single=single_query_parameters(app))
     document_errors(app, settings)
     install_access_control(app, settings)  # outside BodyLimit: a request without a key is refused before its body is read
+    app.add_middleware(HeadAsGet)  # outside the keys' check, which then sees a GET
     registry, requests, latency = build_registry(service, backend)
     app.state.metrics_registry = registry
     app.add_middleware(MetricsMiddleware, requests=requests, latency=latency)  # outermost: sees 413s too

@@ -171,16 +171,16 @@ def http_routes(app: FastAPI) -> list:
     return [route for route in routes if getattr(route, "methods", None)]
 
 
-def match_route(app: FastAPI, scope: Scope) -> tuple[str | None, dict]:
-    """The path template and path parameters of the route a request goes to (or, for a method the path does
-    not take, of the path's route; the router answers 405), or (None, {}) when no route matches."""
-    partial: tuple[str | None, dict] = (None, {})
+def match_route(app: FastAPI, scope: Scope) -> tuple[Match, str | None, dict]:
+    """How a request matches the app's routes, with the route's path template and path parameters: FULL, or
+    PARTIAL (the path's route takes other methods: the router answers 405), or (NONE, None, {})."""
+    partial: tuple[Match, str | None, dict] = (Match.NONE, None, {})
     for route in http_routes(app):
         match, child = route.matches(scope)
         if match == Match.FULL:
-            return route.path, child.get("path_params", {})
-        if match == Match.PARTIAL and partial[0] is None:
-            partial = (route.path, child.get("path_params", {}))
+            return match, route.path, child.get("path_params", {})
+        if match == Match.PARTIAL and partial[0] == Match.NONE:
+            partial = (match, route.path, child.get("path_params", {}))
     return partial
 
 
@@ -208,7 +208,9 @@ class AccessControl:
         entry = find_key(key, self.keys) if key is not None else None
         if entry is None:
             return await self._unauthorized(key is None, scope, receive, send)
-        template, path_params = match_route(scope["app"], scope)
+        match, template, path_params = match_route(scope["app"], scope)
+        if match == Match.PARTIAL:  # a method no scope may use here: the router's 405 names those it takes
+            return await self.app(scope, receive, send)
         needed = required_scope(scope["method"], template, self.tenancy)
         if not allows(entry.scope, needed):
             what = f"{scope['method']} {template or scope['path']}"

@@ -344,23 +344,25 @@ class Service:
         """The buffer's size after the append, and the jobs it queued (they took their samples from the buffer)."""
         info = self.store.get_model(model_id).info
         x, y = self._labelled(model_id, info, req, viewer)
-        return self._append(model_id, x, y)
+        return self._append(model_id, x, y, viewer)
 
     async def add_samples_file(self, model_id: str, body, content_type: str, content_length: str | None, *,
-                               fmt: str | None = None, targets: list[str] | None = None) -> tuple[int, list[str]]:
+                               fmt: str | None = None, targets: list[str] | None = None,
+                               viewer: str | None = None) -> tuple[int, list[str]]:
         """Appends the samples of a file body (NPZ, CSV or JSON, as for POST /datasets) to the buffer."""
         info = (await run_in_threadpool(self.store.get_model, model_id)).info  # 404 before the body is read
         async with self.datasets.received(body, content_type, content_length, fmt, targets, None) as (_, data, _, _):
-            return await run_in_threadpool(self._append_file, model_id, info, data)
+            return await run_in_threadpool(self._append_file, model_id, info, data, viewer)
 
-    def _append_file(self, model_id: str, info: dict, data) -> tuple[int, list[str]]:
+    def _append_file(self, model_id: str, info: dict, data, viewer: str | None) -> tuple[int, list[str]]:
         x, y = self.datasets.upload_arrays(data, model_id, info)
-        return self._append(model_id, x, y)
+        return self._append(model_id, x, y, viewer)
 
-    def _append(self, model_id: str, x: np.ndarray, y: np.ndarray) -> tuple[int, list[str]]:
+    def _append(self, model_id: str, x: np.ndarray, y: np.ndarray, viewer: str | None) -> tuple[int, list[str]]:
         """Appends a request's rows all or none, in batches of about 32 MB: in one step where the store can hold any
         request in one (SQLite), else earlier steps stage them apart from the buffer (no job sees them) and one last
-        step moves them in and queues the jobs it fills; a failure drops what was staged."""
+        step moves them in and queues the jobs it fills; a failure drops what was staged. The jobs it queued are
+        those ``viewer`` may open (tenancy: another name's job is a 404 to it, so its id is not shown either)."""
         limit = self.settings.max_buffer_samples
         if len(x) > limit - self.store.count_samples(model_id):
             raise PayloadTooLarge(f"the buffer of model {model_id!r} would hold more than NN_MAX_BUFFER_SAMPLES={limit} "
@@ -380,7 +382,7 @@ class Service:
             raise
         for job in promoted:
             log_transition(job, "buffering")
-        return size, [job.job_id for job in promoted]
+        return size, [job.job_id for job in promoted if viewer is None or job.owner == viewer]
 
     def _discard_staged(self, model_id: str, stage_id: str) -> None:
         try:

@@ -153,7 +153,7 @@ async def add_samples(model_id: str, request: Request, options: dict = Depends(f
         size, queued = await run_in_threadpool(service.add_samples, model_id, body, viewer)
     else:
         size, queued = await service.add_samples_file(model_id, request.stream(), content_type,
-                                                      request.headers.get("content-length"), **options)
+                                                      request.headers.get("content-length"), **options, viewer=viewer)
     return BufferPublic(model_id=model_id, buffer_size=size, queued_jobs=queued)
 
 

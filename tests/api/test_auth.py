@@ -206,6 +206,33 @@ def test_403_comes_before_the_body_is_read(secured):
         "Use a key with scope 'train' or 'admin' (NN_API_KEYS entries are name:key:scope)")
 
 
+def test_head_answers_as_get_does_on_every_get_route(secured):
+    """FastAPI's routes answered HEAD with 405 (Starlette's answer it), though the table gives HEAD the read scope and
+    load balancers probe `HEAD /health`: now every GET route answers HEAD with GET's status and headers, no body."""
+    job_id = make_fixtures(secured)
+    gets = [template for method, template in routes(secured.app) if method == "GET"] + ["/health", "/openapi.json"]
+    for template in gets:
+        path = fill(template, job_id)
+        if path.endswith("/events"):  # a stream: its GET is not read to its end here
+            continue
+        head, get = secured.head(path, headers=h("alice-read-key")), secured.get(path, headers=h("alice-read-key"))
+        assert (head.status_code, head.headers.get("content-type")) == (get.status_code, get.headers.get("content-type")), path
+        assert head.status_code != 405 and head.content == b"", path
+    assert secured.head("/models").status_code == 401  # a read as any other: the key is checked
+
+
+@pytest.mark.parametrize("key", ["alice-read-key", "bob-train-key", "root-admin-key"])
+def test_a_method_no_route_of_the_path_takes_is_405_for_every_key(secured, key):
+    """A read key's PATCH or OPTIONS (no preflight) got a 403 asking for a train key, which got a 405."""
+    for method, path, allowed in (("PATCH", "/models", {"GET", "POST"}), ("OPTIONS", f"/models/{MODEL}", None),
+                                  ("PUT", "/jobs", {"GET"})):
+        response = secured.request(method, path, headers=h(key))
+        assert response.status_code == 405, (method, path, response.text)
+        if allowed is not None:
+            assert set(response.headers["allow"].split(", ")) == allowed
+    assert secured.request("PATCH", "/models").status_code == 401  # no key: refused before anything is said
+
+
 def test_docs_show_each_operations_scope(secured):
     schema = secured.get("/openapi.json").json()
     output = schema["paths"]["/models/{model_id}/output"]["post"]
@@ -309,6 +336,21 @@ def test_a_models_latest_job_is_one_the_key_may_open(tenant_app):
     assert client.get("/models/a1/progress", headers=h("alice-read-key")).json()["job_id"] == alices
 
 
+def test_an_append_shows_only_the_queued_jobs_the_key_may_open(tenant_app):
+    """`queued_jobs` of an append listed every job it queued: alice's append showed her the admin's job id, which is a
+    404 to her."""
+    client = tenant_app
+    assert client.post("/models", json={**IRIS, "model_id": "a1"}, headers=h("alice-train-key")).status_code == 201
+    csv = "a,b,c,d,y\n" + "".join(",".join(map(str, [*row, y])) + "\n" for row, y in zip(X4, Y3))
+    appends = {"json": {"json": {"inputs": X4, "targets": Y3}}, "file": {"content": csv, "headers": {"Content-Type": "text/csv"}}}
+    for body in appends.values():
+        for key, shown in (("root-admin-key", False), ("alice-train-key", True)):
+            job = client.post("/models/a1/training-jobs", json={"min_samples": 2}, headers=h(key)).json()["job_id"]
+            appended = client.post("/models/a1/samples", **{**body, "headers": {**body.get("headers", {}), **h("alice-train-key")}})
+            assert appended.json()["queued_jobs"] == ([job] if shown else []), appended.text
+            assert client.get(f"/jobs/{job}", headers=h(key)).json()["status"] == "queued"
+
+
 def test_a_real_server_with_scoped_keys_from_the_environment(tmp_path):
     url, process = start_server(tmp_path, NN_API_KEYS=API_KEYS, NN_TENANCY="true", NN_WORKERS="0")
     try:
@@ -320,5 +362,8 @@ def test_a_real_server_with_scoped_keys_from_the_environment(tmp_path):
             assert http.delete("/models/iris", headers=h("alice-train-key")).status_code == 403
             assert http.delete("/models/iris", headers=h("root-admin-key")).status_code == 204
             assert http.get("/metrics", headers=h("alice-read-key")).status_code == 403
+            probe, listed = http.head("/health"), http.head("/models", headers=h("bob-read-key"))  # uvicorn sends no body
+            assert (probe.status_code, probe.content, listed.status_code, listed.content) == (200, b"", 200, b"")
+            assert int(listed.headers["content-length"]) == len(http.get("/models", headers=h("bob-read-key")).content)
     finally:
         stop_server(process)
