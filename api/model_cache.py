@@ -132,7 +132,10 @@ class ServedModels:
         VersionNotFound (404) when it was pruned or never made."""
         uid, current = self._stamp(model_id)
         if version is None or version == current:
-            return self._current(model_id, uid, current)
+            model = self._current(model_id, uid, current)
+            if version is None or (model.record.uid, model.record.version) == (uid, version):
+                return model
+            # a newer version came in since the stamp (its load is newer): the one asked for is kept, read below
         if version > current or not self.store.version_kept(uid, version):
             raise VersionNotFound(model_id, version)
 

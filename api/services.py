@@ -301,12 +301,15 @@ class Service:
         model = self.models.current(model_id)
         return {"layers": jsonable(model.net.get_weights()), "version": model.record.version}
 
-    def set_weights(self, model_id: str, req: Weights) -> ModelRecord:
+    def set_weights(self, model_id: str, req: Weights, expected_uid: str | None = None) -> ModelRecord:
+        """New weights onto the committed network; ``expected_uid``: the model an If-Match named (else the one read
+        here), which must still hold the id when they are written."""
         net, record = self._load(model_id)
         with np.errstate(over="ignore"):  # too large for float32 becomes inf, which set_weights refuses
             net.set_weights([{"weights": layer.weights, **({} if layer.biases is None else {"biases": layer.biases})}
                              for layer in req.layers])
-        updated = self.store.replace_model(model_id, net.to_bytes(), describe(net), expected_version=req.version)
+        updated = self.store.replace_model(model_id, net.to_bytes(), describe(net), expected_version=req.version,
+                                           expected_uid=expected_uid or record.uid)
         log.info("model %s: weights replaced (version %d)", model_id, updated.version)
         return updated
 
@@ -335,7 +338,8 @@ class Service:
     def restore_version(self, model_id: str, version: int) -> ModelRecord:
         """A new version whose weights (and optimizer state, epochs trained) equal those of ``version``."""
         blob, kept = self.store.get_version(model_id, version)
-        record = self.store.replace_model(model_id, blob, kept.info, source=source_of("restore", restored_from=version))
+        record = self.store.replace_model(model_id, blob, kept.info, source=source_of("restore", restored_from=version),
+                                          expected_uid=kept.uid)  # not onto a model created since under the id
         log.info("model %s: version %d restored as version %d", model_id, version, record.version)
         return record
 

@@ -93,16 +93,7 @@ def evaluate(model_id: str, body: EvaluateRequest, version: int | None = VERSION
 def get_weights(model_id: str, request: Request, response: Response, version: int | None = Query(
         None, ge=1, le=2**62, description="A kept version (GET /models/{model_id}/versions) instead of the current one."),
         service: Service = Depends(get_service)) -> dict:
-    record = service.get_model(model_id)
-    if version is not None and version != record.version:  # it was ignored: the current weights came back
-        weights = service.version_weights(model_id, version)
-        response.headers["ETag"] = etag.model_etag(record, version, kind="w")
-        return weights
-    if etag.matches(request.headers.get("if-none-match"), record):
-        return Response(status_code=304, headers={"ETag": etag.model_etag(record, kind="w")})
-    weights = service.get_weights(model_id)
-    response.headers["ETag"] = etag.model_etag(record, weights["version"], kind="w")
-    return weights
+    return etag.weights(service, model_id, version, request.headers.get("if-none-match"), response)
 
 
 @router.put("/{model_id}/weights", response_model=ModelPublic, summary="Replace every layer's weights and biases")

@@ -2,8 +2,9 @@
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 
+from api import etag
 from api.routes import get_service
 from api.schemas import ModelPublic, VersionPublic, VersionsPublic, Weights
 from api.services import Service
@@ -29,8 +30,12 @@ def get_version(model_id: str, version: int = VERSION, service: Service = Depend
 
 
 @router.get("/{version}/weights", response_model=Weights, summary="Weights and biases of every layer of a kept version")
-def get_version_weights(model_id: str, version: int = VERSION, service: Service = Depends(get_service)) -> dict:
-    return service.version_weights(model_id, version)
+def get_version_weights(model_id: str, response: Response, version: int = VERSION,
+                        if_none_match: str | None = Header(None, description=(
+                            "The ETag of an earlier read of this version: 304 with no body when it matches.")),
+                        service: Service = Depends(get_service)) -> dict | Response:
+    """A kept version never changes: its `ETag` stays valid until it is pruned (then 404)."""
+    return etag.weights(service, model_id, version, if_none_match, response)
 
 
 @router.get("/{version}/export", response_class=Response, summary="Download a kept version (npz or onnx)",

@@ -144,11 +144,12 @@ class Store(ABC):
         return self.get_model(model_id)
 
     def replace_model(self, model_id: str, blob: bytes, info: dict, expected_version: int | None = None,
-                      source: dict | None = None) -> ModelRecord:
+                      source: dict | None = None, expected_uid: str | None = None) -> ModelRecord:
         """New weights from a client; version += 1, kept with ``source`` (default: put). Raises ModelBusy
-        while a job trains it, VersionConflict when ``expected_version`` is given and stale."""
+        while a job trains it, VersionConflict when ``expected_version`` is given and stale or the model is no
+        longer the one of ``expected_uid`` (deleted and created again since the caller read it)."""
         self.atomic(lambda tx: lifecycle.replace_model(tx, model_id, blob, info, expected_version,
-                                                       source or source_of("put"), time.time()))
+                                                       source or source_of("put"), time.time(), expected_uid))
         return self.get_model(model_id)
 
     def delete_model(self, model_id: str) -> list[str]:

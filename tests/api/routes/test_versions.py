@@ -162,3 +162,34 @@ def test_a_version_pruned_on_another_redis_replica_is_404_on_this_one(tmp_path):
         assert b.put("/models/iris/weights", json={"layers": layers}).status_code == 200  # b prunes it
         response = a.post("/v2/models/iris/versions/1/infer", json=body)
         assert response.status_code == 404 and "has no version 1" in response.text, response.text
+
+
+@pytest.mark.parametrize("change", ["put", "put-if-match", "restore"])
+def test_a_change_read_from_a_model_deleted_and_created_again_meanwhile_is_refused(client, change):
+    """A PUT or a restore reads the model, then writes: another request (a replica) that deleted and re-created the
+    id in between got the old model's weights and layers written onto the new one, whose versions are the same, as
+    version 2 (a Redis race run 200 times: 20-35 such 200s). The write now names the model it read, by its uid."""
+    from api.schemas import ModelCreate
+
+    client.post("/models", json=IRIS)
+    service = client.app.state.service
+    weights, tag = client.get("/models/iris/weights"), None
+    tag = weights.headers["etag"]
+    write = service.store.replace_model
+
+    def recreated_first(*args, **kwargs):  # the other request's delete and create land between the read and the write
+        service.store.replace_model = write
+        service.delete_model("iris")
+        service.create_model(ModelCreate(**{**IRIS, "layer_sizes": [4, 5, 3]}))
+        return write(*args, **kwargs)
+
+    service.store.replace_model = recreated_first
+    if change == "restore":
+        response = client.post("/models/iris/versions/1/restore")
+    else:
+        response = client.put("/models/iris/weights", json={"layers": weights.json()["layers"]},
+                              headers={"If-Match": tag} if change == "put-if-match" else {})
+    assert response.status_code == (412 if change == "put-if-match" else 409), response.text
+    assert "deleted and created again" in response.json()["detail"]
+    now = client.get("/models/iris").json()
+    assert (now["version"], now["layer_sizes"]) == (1, [4, 5, 3])
