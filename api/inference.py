@@ -26,8 +26,8 @@ from api.errors import InvalidInput, ModelVersionNotFound, PayloadTooLarge, Stor
 from api.inference_body import content_coding, data_numbers, decompress, read_request
 from api.json_body import INLINE_BYTES
 from api.model_cache import CachedModel
-from api.predict import predict
-from api.services import Service, check_finite, class_indices
+from api.predict import check_finite, class_indices, predict
+from api.services import Service
 from neural_net import Network
 
 EXTENSIONS = ["binary_tensor_data", "classification"]

@@ -17,6 +17,8 @@ import numpy as np
 
 from neural_net import Network
 
+from api.errors import InvalidInput
+
 SPLIT_WORK = 16_000_000  # multiply-adds (rows x parameters) from which a prediction is split: about 0.3 ms of work
 MIN_PART_ROWS = 64  # fewest rows of a part: BLAS is inefficient on fewer
 
@@ -73,3 +75,20 @@ def predict(net: Network, x: np.ndarray) -> np.ndarray:
 def _predict(net: Network, x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):  # per thread: each part sets its own
         return net.predict(x)  # predict keeps no per-call state on the network: threads may share it
+
+
+def class_indices(net: Network, outputs: np.ndarray) -> np.ndarray | None:
+    """Predicted class per row of ``outputs`` for classifiers (as ``Network.predict_classes``, without a
+    second forward pass); None for other tasks."""
+    if net.task == "multiclass":
+        return np.argmax(outputs, axis=1)
+    if net.task == "binary":
+        return (outputs[:, 0] > (0.0 if net.loss.from_logits else 0.5)).astype(np.int64)
+    return None
+
+
+def check_finite(what: str, arrays: tuple, dtype: str) -> None:
+    """Refuses (422) a computed result that overflowed: JSON has no Inf or NaN to answer with."""
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise InvalidInput(f"{what} overflowed {dtype} (Inf or NaN): the inputs or the model's weights are too large; "
+                           "scale the inputs down (e.g. to mean 0, std 1) or check the weights with GET /models/{model_id}/weights")

@@ -18,7 +18,7 @@ from api import notify, records
 from api.dataset_service import DatasetService
 from api.errors import FeatureUnavailable, InvalidInput, JobNotFound, ModelNotFound, NoJobs, PayloadTooLarge, ServiceError
 from api.model_cache import CachedModel, ModelCache, ServedModels
-from api.predict import predict
+from api.predict import check_finite, class_indices, predict
 from api.records import describe, jsonable, log_transition
 from api.schemas import (EvaluateRequest, JobCreate, ModelCreate, NotifyTarget, OutputRequest, SamplesCreate,
                          Weights)
@@ -28,23 +28,6 @@ from api.storage.base import JobRecord, ModelRecord, Notification, Store, Versio
 
 log = logging.getLogger("api.jobs")
 APPEND_BATCH_BYTES = 32 << 20  # rows appended to a buffer per store step (a request's rows may take several)
-
-
-def class_indices(net: Network, outputs: np.ndarray) -> np.ndarray | None:
-    """Predicted class per row of ``outputs`` for classifiers (as ``Network.predict_classes``, without a
-    second forward pass); None for other tasks."""
-    if net.task == "multiclass":
-        return np.argmax(outputs, axis=1)
-    if net.task == "binary":
-        return (outputs[:, 0] > (0.0 if net.loss.from_logits else 0.5)).astype(np.int64)
-    return None
-
-
-def check_finite(what: str, arrays: tuple, dtype: str) -> None:
-    """Refuses (422) a computed result that overflowed: JSON has no Inf or NaN to answer with."""
-    if not all(np.isfinite(a).all() for a in arrays):
-        raise InvalidInput(f"{what} overflowed {dtype} (Inf or NaN): the inputs or the model's weights are too large; "
-                           "scale the inputs down (e.g. to mean 0, std 1) or check the weights with GET /models/{model_id}/weights")
 
 
 class Service:
@@ -302,8 +285,7 @@ class Service:
         return {"layers": jsonable(model.net.get_weights()), "version": model.record.version}
 
     def set_weights(self, model_id: str, req: Weights, expected_uid: str | None = None) -> ModelRecord:
-        """New weights onto the committed network; ``expected_uid``: the model an If-Match named (else the one read
-        here), which must still hold the id when they are written."""
+        """``expected_uid``: the model an If-Match named, else the one read here; it must still hold the id."""
         net, record = self._load(model_id)
         with np.errstate(over="ignore"):  # too large for float32 becomes inf, which set_weights refuses
             net.set_weights([{"weights": layer.weights, **({} if layer.biases is None else {"biases": layer.biases})}
@@ -365,8 +347,8 @@ class Service:
     def _append(self, model_id: str, x: np.ndarray, y: np.ndarray, viewer: str | None) -> tuple[int, list[str]]:
         """Appends a request's rows all or none, in batches of about 32 MB: in one step where the store can hold any
         request in one (SQLite), else earlier steps stage them apart from the buffer (no job sees them) and one last
-        step moves them in and queues the jobs it fills; a failure drops what was staged. The jobs it queued are
-        those ``viewer`` may open (tenancy: another name's job is a 404 to it, so its id is not shown either)."""
+        step moves them in and queues the jobs it fills; a failure drops what was staged. Returns the jobs it queued
+        that ``viewer`` may open."""
         limit = self.settings.max_buffer_samples
         if len(x) > limit - self.store.count_samples(model_id):
             raise PayloadTooLarge(f"the buffer of model {model_id!r} would hold more than NN_MAX_BUFFER_SAMPLES={limit} "

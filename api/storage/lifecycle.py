@@ -118,9 +118,8 @@ def create_model(tx: Tx, model_id: str, uid: str, blob: bytes, info: dict, owner
 
 def replace_model(tx: Tx, model_id: str, blob: bytes, info: dict, expected_version: int | None, source: dict,
                   now: float, expected_uid: str | None = None) -> None:
-    """New weights from a client, version += 1; never while a job trains the model. ``expected_uid``: the model the
-    weights were read or checked against; one deleted and created again since under the same id has the same
-    versions, so without it a PUT (or a restore) made for the old model landed on the new one, its layers too."""
+    """New weights from a client, version += 1; never while a job trains the model, nor onto a model other than
+    ``expected_uid`` (a namesake created since has the same versions: the old layers landed on it)."""
     model = existing_model(tx, model_id)
     if expected_uid is not None and expected_uid != model.uid:
         raise VersionConflict(f"model {model_id!r} was deleted and created again since it was read (its ETags changed); "

@@ -68,18 +68,6 @@ def _guard(method: Callable) -> Callable:
     return wrapper
 
 
-def _reads_changed(pipe) -> bool:
-    """Whether a key the step has read (WATCHed) changed since: an empty MULTI/EXEC fails then. A step reads key by
-    key, so one that raised may have seen two states: a job read as buffering, then the samples another replica's
-    claim gave it ("already holds samples", a 500 for an append racing a submit). Such an error is a conflict."""
-    try:
-        pipe.multi()
-        pipe.execute()
-        return False
-    except redis.WatchError:
-        return True
-
-
 class RedisStore(Store):
     def __init__(self, url: str, *, prefix: str = "nn", lease_seconds: float = 10.0, socket_timeout: float = 5.0,
                  retries: int = 0, enqueue: Callable[[redis.client.Pipeline, list[str]], None] | None = None,
@@ -119,12 +107,8 @@ class RedisStore(Store):
                         tx.fence(fence, token)
                     try:
                         result = step(tx)
-                    except redis.RedisError:
-                        raise
-                    except Exception:
-                        if _reads_changed(pipe):  # a torn read: retried below, as a conflict at EXEC is
-                            raise redis.WatchError from None
-                        raise
+                    except Exception as exc:  # raised on a torn read (tx.reads_changed): retried as a conflict
+                        raise redis.WatchError if not isinstance(exc, redis.RedisError) and tx.reads_changed() else exc
                     pipe.multi()
                     for name, *args in tx.ops:
                         getattr(pipe, name)(*args)

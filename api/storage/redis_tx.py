@@ -100,6 +100,17 @@ class RedisTx:
         self.pipe.watch(key)
         return getattr(self.pipe, name)(key, *args)
 
+    def reads_changed(self) -> bool:
+        """Whether a key the step has read (WATCHed) changed since: an empty MULTI/EXEC fails then. A step reads key by
+        key, so one that raised may have seen two states: a job read as buffering, then the samples another replica's
+        claim gave it ("already holds samples", a 500 for an append racing a submit). Such an error is a conflict."""
+        try:
+            self.pipe.multi()
+            self.pipe.execute()
+            return False
+        except redis.WatchError:
+            return True
+
     def fence(self, key: str, token: str) -> None:
         if self._read(self.key("lease", key), "get") != token.encode():
             raise LeaseLost(f"job {key}: this worker's lease expired; another worker owns the job now")
