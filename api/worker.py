@@ -110,25 +110,32 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
     own_dropout = [layer.dropout for layer in net.layers]
     job_dropout = own_dropout if config.dropout is None else config.dropout
     max_loss_ratio = config.max_loss_ratio or settings.max_loss_ratio
+    start_loss, trained_before = None, 0
     try:  # the loss the job starts from, on the samples its final metrics use (the blow-up guard below)
         start_net = net if checkpoint is None else Network.from_bytes(start or store.load_model(job.model_id)[0])
+        trained_before = start_net.epochs_trained  # the model's epochs before this job
         start_loss = (_final_metrics(start_net, x, y, config.validation_split, validation) or {}).get("loss")
     except Exception:  # model deleted meanwhile: the job ends below as usual
-        start_loss = None
+        pass
+    net.epochs_trained = job.epochs_done  # while it trains: the job's own epochs, as fit counts them (initial_epoch)
     if config.seed is not None and checkpoint is None:  # a resumed job keeps the RNG state of its checkpoint
         net.reseed(config.seed)
 
     def snapshot() -> tuple[bytes, dict]:
-        """The network as the model should keep it: the model's own dropout rates, not the job's.
-        Non-finite weights are never checkpointed nor committed (the core restores finite ones first)."""
+        """The network as the model should keep it: the model's own dropout rates, not the job's, and its epochs
+        over all jobs (fit counts this job's). Non-finite weights are never checkpointed nor committed (the core
+        restores finite ones first)."""
         if not np.isfinite(net._flat).all():
             raise NonFiniteError("training diverged: the weights became NaN or Inf; lower the learning_rate, "
                                  "add clip_norm, or scale the inputs", epoch=callback.epoch)
+        job_epochs = net.epochs_trained
         net.set_dropout(own_dropout)
+        net.epochs_trained = trained_before + job_epochs
         try:
             return net.to_bytes(), describe(net)
         finally:
             net.set_dropout(job_dropout)
+            net.epochs_trained = job_epochs
 
     try:
         net.set_dropout(job_dropout)

@@ -271,6 +271,33 @@ def test_a_job_whose_checkpoint_covers_every_epoch_succeeds_with_it(open_store, 
     assert other.get_model("m").version == 2 and other.get_model("m").info["epochs_trained"] == 3
 
 
+def test_epochs_trained_counts_every_job_of_the_model_a_resumed_one_too(open_store, tmp_path):
+    """The schema says "over all jobs": three jobs of 5, 3 and 4 epochs showed 5, 3, 4 (fit counts from the job's
+    initial_epoch, 0 for a new job). A job resumed from its checkpoint, and the checkpoint itself, count the same."""
+    store = open_store()
+    net = Network.from_layer_sizes([3, 6, 2], activations=["relu", "softmax"], seed=0)
+    shown = []
+    for epochs in (5, 3):
+        assert run_job(store, start_job(store, net, {"epochs": epochs}), settings(tmp_path), threading.Event()).status == "succeeded"
+        shown.append(store.get_model("m").info["epochs_trained"])
+    job, stop, save_checkpoint = start_job(store, net, {"epochs": 4}), threading.Event(), store.save_checkpoint
+    checkpointed = []
+
+    def stop_after_epoch_2(job_id, blob, info, done, *rest):
+        save_checkpoint(job_id, blob, info, done, *rest)
+        checkpointed.append(info["epochs_trained"])
+        if done == 2:
+            stop.set()
+
+    store.save_checkpoint = stop_after_epoch_2
+    assert run_job(store, job, settings(tmp_path), stop).status == "queued"
+    store.save_checkpoint = save_checkpoint
+    assert run_job(store, store.claim_job("w2"), settings(tmp_path), threading.Event()).status == "succeeded"
+    shown.append(store.get_model("m").info["epochs_trained"])
+    assert shown == [5, 8, 12] and checkpointed == [9, 10]
+    assert [v.info["epochs_trained"] for v in store.list_versions("m")] == [12, 8, 5, 0]
+
+
 def test_a_model_deleted_between_the_last_epoch_and_the_commit_ends_the_job_cancelled(open_store, tmp_path):
     """Training has ended (progress 100%, final metrics written) when DELETE /models arrives; the job ended
     "succeeded" with no model_version, which clients read as "the model has new weights"."""
