@@ -25,7 +25,7 @@ from api.notify import Deliverer
 from api.routes import auth, datasets, health, jobs, metrics, models, pages, search, v2, versions
 from api.backend import DataDirInUse, open_backend
 from api.services import Service
-from api.settings import Settings, get_settings
+from api.settings import Settings, get_settings, max_import_bytes
 
 log = logging.getLogger("api")
 
@@ -52,8 +52,8 @@ class BodyLimit:
     compressed body outside /v2 (V2 infer reads gzip and deflate: api/inference_body.py): it was read as text and
     refused as "not valid JSON" or "not UTF-8", which sends the user looking in the wrong place."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, import_bytes: int):
+        self.app, self.max_bytes, self.import_bytes = app, max_bytes, import_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,8 +74,10 @@ class BodyLimit:
             return await response(scope, receive, send)
         if _streams_itself(scope):
             return await self.app(scope, receive, send)
+        # a model file: an export of the largest model the service makes was over NN_MAX_REQUEST_BYTES (float64, Adam)
+        limit = self.import_bytes if scope["path"] == "/models/import" else self.max_bytes
         if length is not None:
-            if length.isdigit() and int(length) > self.max_bytes:
+            if length.isdigit() and int(length) > limit:
                 return await self._too_large(scope, receive, send)
             return await self.app(scope, receive, send)
         # no declared length (chunked): read up to the limit here, then replay it to the app
@@ -84,7 +86,7 @@ class BodyLimit:
             message = await receive()
             messages.append(message)
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
+            if received > limit:
                 return await self._too_large(scope, receive, send)
             if message["type"] != "http.request" or not message.get("more_body", False):
                 break
@@ -96,8 +98,12 @@ class BodyLimit:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Built only when needed: the common request should not pay for rendering an error."""
-        response = error_response(scope["path"], 413, f"request body larger than {self.max_bytes} bytes "
-                                                      "(NN_MAX_REQUEST_BYTES); send fewer samples per request")
+        if scope["path"] == "/models/import":
+            detail = (f"a model file larger than {self.import_bytes} bytes, more than any model of at most "
+                      "NN_MAX_PARAMETERS parameters takes; send a file exported by GET /models/{model_id}/export")
+        else:
+            detail = f"request body larger than {self.max_bytes} bytes (NN_MAX_REQUEST_BYTES); send fewer samples per request"
+        response = error_response(scope["path"], 413, detail)
         await response(scope, receive, send)
 
 
@@ -215,7 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.backend = backend
     install_error_handlers(app)
     app.add_middleware(StartupRefused)  # `uvicorn main:app` on a data directory in use: one line (`python main.py` checks first)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, import_bytes=max_import_bytes(settings))
     app.add_middleware(SingleQueryValues, single=single_query_parameters(app))
     document_errors(app, settings)
     install_access_control(app, settings)  # outside BodyLimit: a request without a key is refused before its body is read

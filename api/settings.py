@@ -119,6 +119,12 @@ class Settings(BaseSettings):
         return setting
 
 
+def max_import_bytes(settings: Settings) -> int:
+    """The largest body POST /models/import takes: any file the service exports, NN_MAX_PARAMETERS float64 weights
+    with an optimizer's two moment arrays (24 bytes a parameter) and the header; at least NN_MAX_REQUEST_BYTES."""
+    return max(settings.max_request_bytes, 24 * settings.max_parameters + 8 * MiB)
+
+
 def dataset_root(settings: Settings) -> Path:
     return settings.dataset_dir or settings.data_dir / "datasets"
 

@@ -316,6 +316,24 @@ def test_export_import_round_trip(client, iris):
     assert client.post("/models/import", params={"model_id": "iris-raw"}, content=exported.content).status_code == 409
 
 
+def test_any_model_the_service_exports_imports_back(tmp_path):
+    """Imports fell under NN_MAX_REQUEST_BYTES, meant for JSON: a float64 model under NN_MAX_PARAMETERS exported 39 MB
+    and its import was a 413 saying "send fewer samples". Here the limit is 1 MiB, the export 2.1 MB; a file larger
+    than any model of at most NN_MAX_PARAMETERS is still refused, before it is read, naming that setting."""
+    from tests.api.conftest import running_app
+
+    with running_app(tmp_path, workers=0, max_request_bytes=1 << 20, max_parameters=300_000) as client:
+        assert client.post("/models", json={"model_id": "wide", "layer_sizes": [256, 1024], "dtype": "float64"}).status_code == 201
+        exported = client.get("/models/wide/export").content
+        assert len(exported) > 2 << 20
+        back = client.post("/models/import", params={"model_id": "back"}, content=exported)
+        assert back.status_code == 201, back.text
+        assert client.get("/models/back/weights").json() == client.get("/models/wide/weights").json()
+        huge = client.post("/models/import", content=b"0" * (24 * 300_000 + (8 << 20) + 1))
+        assert huge.status_code == 413 and "NN_MAX_PARAMETERS" in huge.json()["detail"], huge.text
+        assert client.post("/models/wide/output", content=b"0" * ((1 << 20) + 1)).status_code == 413  # JSON as before
+
+
 @pytest.mark.parametrize("dense, norms, status", [(16, 16, 201), (17, 16, 422), (33, 0, 422), (1, 32, 422)])
 def test_max_layers_counts_a_created_and_an_imported_model_alike(client, dense, norms, status):
     """NN_MAX_LAYERS (32 here) counts every layer after the input, batch_norm ones included, whether the model
