@@ -7,7 +7,7 @@ of shape (batch, units); `backward` may overwrite `grad` in place and return it.
 import numpy as np
 
 from .errors import ConfigError
-from .registry import Registry
+from .registry import Registry, is_number
 
 ACTIVATIONS = Registry("activation")
 get = ACTIVATIONS.get
@@ -44,7 +44,7 @@ class Sigmoid(Activation):
     clipping; da/dz = slope a (1 - a). `slope` (default 1) must be positive."""
 
     def __init__(self, slope=1.0):
-        if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not 0 < slope < float("inf"):
+        if not is_number(slope) or not 0 < slope < float("inf"):
             raise ConfigError(f"sigmoid slope must be a positive number; received slope={slope!r}")
         self.slope = float(slope)
 
@@ -116,8 +116,8 @@ class ELU(Activation):
     """a = z where z > 0, alpha * (e^z - 1) elsewhere; da/dz = a + alpha for z <= 0."""
 
     def __init__(self, alpha=1.0):
-        if alpha <= 0:
-            raise ConfigError(f"elu alpha must be positive; received alpha={alpha}")
+        if not is_number(alpha) or not 0 < alpha < float("inf"):  # inf passed: every negative input became -inf
+            raise ConfigError(f"elu alpha must be a positive number; received alpha={alpha!r}")
         self.alpha = float(alpha)
 
     def get_config(self):

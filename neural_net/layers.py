@@ -10,6 +10,7 @@ import numpy as np
 from . import activations as activation_registry
 from . import initializers
 from .errors import ConfigError
+from .registry import check_options, is_number, is_whole
 
 WEIGHT, OTHER = "weight", "other"  # weights get l1/l2 and decoupled decay; biases, gammas do not
 LAYER_TYPES = {}
@@ -21,7 +22,7 @@ def _register(cls):
 
 
 def _positive_int(value, what):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not is_whole(value) or value < 1:
         raise ConfigError(f"{what} must be a positive integer; received {what}={value!r}")
     return int(value)
 
@@ -36,7 +37,7 @@ class Layer:
 
     def __init__(self, activation="linear", dropout=0.0):
         self.activation = activation_registry.get(activation)
-        if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+        if not (is_number(dropout) and 0.0 <= dropout < 1.0):
             raise ConfigError(f"dropout must be a number in [0, 1); received dropout={dropout!r}")
         self.dropout = float(dropout)
         self.n_in = None
@@ -184,13 +185,19 @@ class BatchNorm(Layer):
 
     Training uses the batch's mean and (biased) variance and updates running statistics:
     running <- momentum * running + (1 - momentum) * batch (unbiased variance, as PyTorch).
-    Inference uses the running statistics.
+    Unlike PyTorch, which refuses a training batch of one sample, such a batch trains (its normalised
+    values are 0, so only beta learns from it) but leaves the running statistics as they are: its
+    variance of 0 says nothing about the spread (a fit of 33 samples in batches of 32 would otherwise
+    pull the running variance towards 0 every epoch). Inference uses the running statistics.
     """
 
     type_name = "batch_norm"
 
     def __init__(self, momentum=0.9, eps=1e-5, activation="linear", dropout=0.0):
         super().__init__(activation, dropout)
+        for name, value in (("momentum", momentum), ("eps", eps)):
+            if not is_number(value):
+                raise ConfigError(f"batch_norm {name} must be a number; received {name}={value!r}")
         if not 0.0 <= momentum < 1.0 or eps <= 0:
             raise ConfigError(f"batch_norm needs 0 <= momentum < 1 and eps > 0; received momentum={momentum}, eps={eps}")
         self.momentum, self.eps = float(momentum), float(eps)
@@ -215,9 +222,9 @@ class BatchNorm(Layer):
             ws = self._workspace(x.shape[0], x.dtype)
             mean = x.mean(axis=0)
             var = x.var(axis=0)
-            if update_stats:
-                n = x.shape[0]
-                unbiased = var * (n / (n - 1)) if n > 1 else var
+            n = x.shape[0]
+            if update_stats and n > 1:  # one sample: variance 0, no information about the spread (see the docstring)
+                unbiased = var * (n / (n - 1))
                 for key, value in (("running_mean", mean), ("running_var", unbiased)):
                     self.buffers[key] *= self.momentum
                     self.buffers[key] += (1.0 - self.momentum) * value
@@ -254,6 +261,7 @@ def from_config(config):
     config = dict(config)
     try:
         cls = LAYER_TYPES[config.pop("type")]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ConfigError(f"layer config needs a type, one of: {', '.join(sorted(LAYER_TYPES))}; received {config!r}") from None
+    check_options(f"{cls.type_name} layer", cls, config)
     return cls(**config)

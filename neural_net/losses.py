@@ -3,8 +3,8 @@
 - mse:  mean over every element of (p - y)^2
 - mae:  mean over every element of |p - y|
 - binary_cross_entropy: mean over every element of -(y log p + (1 - y) log(1 - p))
-- cross_entropy: mean over the batch of -sum_k y_k log p_k; targets are integer labels (batch,)
-  or one-hot / probability rows (batch, n_out)
+- cross_entropy: mean over the batch of -sum_k y_k log p_k; targets are integer labels (batch,) or
+  (batch, 1), or one-hot / probability rows (batch, n_out)
 
 `prepare(y, n_out, dtype)` turns targets into a (batch, n_out) array once per `fit`, so the
 training loop only does array arithmetic. Softmax + cross_entropy and sigmoid +
@@ -60,12 +60,27 @@ class Loss(ABC):
         return out
 
 
+_NOT_REAL = {"c": "complex numbers", "m": "dates or times", "M": "dates or times"}  # NumPy dtype kinds
+
+
 def _as_float_array(values, dtype, what):
+    if values is None:
+        raise ShapeError(f"{what} are missing (None); send an array of numbers")
+    kind = getattr(getattr(values, "dtype", None), "kind", None)
+    if kind in _NOT_REAL:  # a cast would drop the imaginary part, or count time units
+        raise ShapeError(f"{what} hold {_NOT_REAL[kind]} ({values.dtype}); send real numbers")
     try:
-        array = np.asarray(values, dtype=dtype)
-    except (TypeError, ValueError) as exc:
+        with np.errstate(over="ignore"):  # a finite value too large for dtype: named below
+            array = np.asarray(values, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ShapeError(f"{what} must be a rectangular array of numbers: {exc}") from None
     if not np.all(np.isfinite(array)):
+        index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+        value = np.asarray(values, dtype=np.float64)[index] if array.dtype != np.float64 else np.nan
+        if np.isfinite(value):
+            where = ", ".join(f"{axis} {i}" for axis, i in zip(("row", "column"), index))
+            raise NonFiniteError(f"{what}: value {value:g} at {where} does not fit {np.dtype(dtype).name}; "
+                                 "scale the data or use dtype float64")
         raise NonFiniteError(f"{what} contain NaN or Inf; every value must be finite")
     return array
 
@@ -144,6 +159,8 @@ class CrossEntropy(_CrossEntropyBase):
 
     def prepare(self, y, n_out, dtype):
         raw = np.asarray(y)
+        if raw.ndim == 2 and raw.shape[1] == 1 and n_out > 1:  # integer labels as a column (n, 1), as Keras takes them
+            raw = raw[:, 0]
         if raw.ndim == 1 and n_out > 1:
             labels = _as_float_array(raw, np.float64, "targets")
             if labels.size and (np.any(labels != np.round(labels)) or labels.min() < 0 or labels.max() >= n_out):

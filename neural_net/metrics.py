@@ -16,6 +16,14 @@ BY_TASK = {
 }
 
 
+LOWER_IS_BETTER = ("loss", "mae", "rmse")  # the others (accuracy, f1, r2, pearson_r, ...): higher is better
+
+
+def higher_is_better(metric):
+    """Whether a larger value of `metric` ("accuracy", "val_loss", ...) is better."""
+    return metric.removeprefix("val_") not in LOWER_IS_BETTER
+
+
 def names(task):
     """The metrics `Network.evaluate` reports for a task, "loss" first."""
     return ("loss", *BY_TASK[task])
@@ -78,17 +86,24 @@ def classification_metrics(y_true, y_pred, n_classes, scores=None):
 
 
 def regression_metrics(y_true, y_pred):
-    """MAE, RMSE, R^2 (1 - SS_res / SS_tot, over all outputs) and Pearson r (over all elements)."""
-    y_true = np.asarray(y_true, dtype=np.float64).ravel()
-    y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
+    """MAE and RMSE over all elements; R^2 (1 - SS_res / SS_tot) and Pearson r per output column, then their mean
+    (scikit-learn's r2_score "uniform_average", Keras' R2Score). A column where they are undefined (constant
+    targets; for r, constant predictions too) is left out; None when every column is."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_true = y_true.reshape(y_true.shape[0], -1) if y_true.ndim else y_true.reshape(1, 1)
+    y_pred = np.asarray(y_pred, dtype=np.float64).reshape(y_true.shape)
     error = y_pred - y_true
-    ss_tot = float(np.sum((y_true - y_true.mean()) ** 2)) if y_true.size else 0.0
-    ss_res = float(np.sum(error ** 2))
-    std_product = float(y_true.std() * y_pred.std())
+    if not error.size:
+        return {"mae": 0.0, "rmse": 0.0, "r2": None, "pearson_r": None}
+    true_dev, pred_dev = y_true - y_true.mean(axis=0), y_pred - y_pred.mean(axis=0)
+    varies = np.ptp(y_true, axis=0) > 0  # exact, where a mean's rounding would leave a constant a tiny spread
+    both_vary = varies & (np.ptp(y_pred, axis=0) > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = 1.0 - np.sum(error ** 2, axis=0) / np.sum(true_dev ** 2, axis=0)
+        r = np.mean(true_dev * pred_dev, axis=0) / (y_true.std(axis=0) * y_pred.std(axis=0))
     return {
-        "mae": float(np.abs(error).mean()) if error.size else 0.0,
-        "rmse": float(np.sqrt(np.mean(error ** 2))) if error.size else 0.0,
-        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else None,
-        "pearson_r": float(np.mean((y_true - y_true.mean()) * (y_pred - y_pred.mean())) / std_product)
-        if std_product > 0 else None,
+        "mae": float(np.abs(error).mean()),
+        "rmse": float(np.sqrt(np.mean(error ** 2))),
+        "r2": float(r2[varies].mean()) if varies.any() else None,
+        "pearson_r": float(r[both_vary].mean()) if both_vary.any() else None,
     }

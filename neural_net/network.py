@@ -21,10 +21,12 @@ from .layers import from_config as layer_from_config
 from .losses import _as_float_array
 from .losses import classes as _classes
 from .losses import task as _task
+from .registry import is_number, is_whole
 from .training import EarlyStopping, Run, check_training_options
 
 DTYPES = ("float32", "float64")
 MAX_CLASS_NAME_LENGTH = 200  # characters in one class name
+PREDICT_BATCH = 4096  # rows per forward pass of predict and evaluate (batch_size=None)
 
 
 class Network:
@@ -35,14 +37,15 @@ class Network:
     """
 
     def __init__(self, input_size, seed=None, dtype="float32", loss="auto", class_names=None):
-        if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size < 1:
+        if not is_whole(input_size) or input_size < 1:
             raise ConfigError(f"input_size must be a positive integer; received input_size={input_size!r}")
-        if str(dtype) not in DTYPES:
-            raise ConfigError(f"dtype must be one of: {', '.join(DTYPES)}; received dtype={dtype!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        if _dtype_name(dtype) not in DTYPES:
+            raise ConfigError(f"dtype must be one of: {', '.join(DTYPES)} (a name, np.float32 or np.dtype(...)); "
+                              f"received dtype={dtype!r}")
+        if seed is not None and (not is_whole(seed) or seed < 0):
             raise ConfigError(f"seed must be a non-negative integer or None; received seed={seed!r}")
         self.input_size = int(input_size)
-        self.dtype = np.dtype(str(dtype))
+        self.dtype = np.dtype(_dtype_name(dtype))
         self.seed = None if seed is None else int(seed)
         self.rng = np.random.default_rng(self.seed)
         self.layers = []
@@ -77,9 +80,11 @@ class Network:
         return net
 
     def add(self, layer):
-        """Append a layer; its parameters are initialised at once from the network's generator."""
+        """Append a layer (a new one: it belongs to one network, once); its parameters are initialised at once."""
         if not isinstance(layer, Layer):
             raise ConfigError(f"add() expects a Dense or BatchNorm layer; received {layer!r}")
+        if layer.n_in is not None:  # set below, by the add that made it part of a network
+            raise ConfigError("this layer already belongs to a network; create a new layer for each place it goes")
         n_in = self.layers[-1].units if self.layers else self.input_size
         layer.n_in = n_in
         if isinstance(layer, BatchNorm):
@@ -182,17 +187,28 @@ class Network:
             return out
         return out, [{"z": layer.z, "a": layer.a} for layer in self.layers]
 
-    def predict(self, x, batch_size=4096):
-        """Outputs (batch, n_out) for inputs (batch, n_in) or one vector (n_in,), in chunks of batch_size."""
+    def predict(self, x, batch_size=None):
+        """Outputs (batch, n_out) for inputs (batch, n_in) or one vector (n_in,), batch_size rows at a time."""
+        if batch_size is None:
+            batch_size = PREDICT_BATCH
+        elif not is_whole(batch_size) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive whole number or None; received batch_size={batch_size!r}")
         self._ready()
         x = self._inputs(x)
         if x.shape[0] <= batch_size:
             return self._forward(x)
         return np.concatenate([self._forward(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
-    def predict_classes(self, x):
-        """Class index per sample: argmax for multi-class, p > 0.5 (or logit > 0) for binary."""
-        return _classes(self.predict(x), self.loss)
+    def predict_classes(self, x, batch_size=None):
+        """Class index per sample (batch,): argmax for multi-class, p > 0.5 (or logit > 0) for binary; for
+        multilabel (sigmoid outputs, binary_cross_entropy) 0/1 per label (batch, n_out) at the same threshold."""
+        task = self.task
+        if task == "regression":
+            raise ConfigError("predict_classes is for classifiers; this network's task is regression: use predict")
+        out = self.predict(x, batch_size)
+        if task == "multilabel":
+            return (out > (0.0 if self.loss.from_logits else 0.5)).astype(np.intp)
+        return _classes(out, self.loss)
 
     def predict_labels(self, x):
         """Class name per sample (`class_names[predict_classes(x)]`), like scikit-learn's `classes_[argmax]`."""
@@ -295,7 +311,7 @@ class Network:
         if len(rates) != len(self.layers):
             raise ConfigError(f"dropout needs one rate per layer ({len(self.layers)}); received {len(rates)}")
         for index, rate in enumerate(rates):
-            if not (isinstance(rate, (int, float)) and 0.0 <= rate < 1.0):
+            if not (is_number(rate) and 0.0 <= rate < 1.0):
                 raise ConfigError(f"dropout must be a number in [0, 1); received {rate!r} for layer {index}")
         if rates[-1]:
             raise ConfigError("the output layer cannot have dropout; set dropout=0 on the last layer")
@@ -314,13 +330,7 @@ class Network:
 
     # ------------------------------------------------------------------ training
     def _get_optimizer(self, optimizer, learning_rate):
-        if isinstance(optimizer, optimizer_registry.Optimizer):
-            candidate = optimizer
-        else:
-            spec = {"name": optimizer} if isinstance(optimizer, str) else dict(optimizer)
-            if learning_rate is not None:
-                spec["learning_rate"] = learning_rate
-            candidate = optimizer_registry.get(spec)
+        candidate = optimizer_registry.resolve(optimizer, learning_rate)
         current = self.optimizer
         if current is not None and current.get_config() == candidate.get_config() and current.is_bound_to(self._flat.size, self.dtype):
             return current  # same optimiser and settings: keep its state (resume)
@@ -343,7 +353,7 @@ class Network:
         loss = self._get_loss(loss)
         x = self._inputs(x)
         y = self._targets(y, loss, x.shape[0])
-        check_training_options(epochs, batch_size, validation_split, l1, l2, clip_norm, initial_epoch)
+        check_training_options(epochs, batch_size, validation_split, l1, l2, clip_norm, initial_epoch, callbacks)
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise ConfigError("validation_data must be a pair (x_val, y_val)")
@@ -356,10 +366,9 @@ class Network:
             x, x_val, y, y_val = x[:-n_val], x[-n_val:], y[:-n_val], y[-n_val:]
         else:
             x_val = y_val = None
-        optimizer = self._get_optimizer(optimizer, learning_rate)
-        schedule = schedule_registry.get(schedule or "constant", **(schedule_options or {})) \
-            if not isinstance(schedule, schedule_registry.Schedule) else schedule
+        schedule = schedule_registry.resolve(schedule, schedule_options)
         stopper = EarlyStopping.coerce(early_stopping)
+        optimizer = self._get_optimizer(optimizer, learning_rate)
         return Run(self, x, y, x_val, y_val, loss, optimizer, schedule, stopper, callbacks or [],
                     epochs, batch_size, shuffle, l1, l2, clip_norm, initial_epoch).train()
 
@@ -394,7 +403,7 @@ class Network:
             result.update(metrics.regression_metrics(y, out))
         return result
 
-    def _outputs_and_loss(self, x, y, loss, chunk=4096):
+    def _outputs_and_loss(self, x, y, loss, chunk=PREDICT_BATCH):
         """Inference outputs and the loss, in chunks of rows (every reduction is a mean over rows)."""
         fused = _fused(loss, self.layers[-1])
         outputs, total = [], 0.0
@@ -463,6 +472,14 @@ def _fused(loss, last):
     """Whether the loss and the output activation combine into one stable step (p - y): only for the
     plain activation (a sigmoid with a slope other than 1 is not the logistic function it fuses with)."""
     return last.activation.get_config() == {"name": loss.fuses_with} and not loss.from_logits
+
+
+def _dtype_name(dtype):
+    """"float32" for "float32", np.float32 or np.dtype("float32"); None for None (NumPy's float64) or a non-type."""
+    try:
+        return None if dtype is None else np.dtype(dtype).name
+    except TypeError:
+        return None
 
 
 def _class_names(names):

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from .errors import ConfigError
-from .registry import Registry
+from .registry import Registry, is_number
 
 OPTIMIZERS = Registry("optimizer")
 CHUNK = 65536  # parameters updated together (see Optimizer.step)
@@ -92,7 +92,7 @@ class Optimizer:
     def __init__(self, learning_rate=None):
         if learning_rate is None:
             learning_rate = self.default_learning_rate
-        if not (isinstance(learning_rate, (int, float)) and 0 < learning_rate < float("inf")):
+        if not (is_number(learning_rate) and 0 < learning_rate < float("inf")):
             raise ConfigError(f"learning_rate must be a positive number; received learning_rate={learning_rate!r}")
         self.learning_rate = float(learning_rate)
         self.t = 0
@@ -254,3 +254,19 @@ class AdamW(Adam):
     def _update(self, p, g, state, scratch, lr, n_decay):
         p[:n_decay] *= 1.0 - lr * self.weight_decay  # weights only: they come first in the flat array
         super()._update(p, g, state, scratch, lr, n_decay)
+
+
+def resolve(optimizer, learning_rate=None):
+    """The optimizer of `fit(optimizer=..., learning_rate=...)`: a name or config dict, with `learning_rate` (when
+    not None) replacing its rate, or an instance, which keeps its own rate (so a learning_rate beside it is refused)."""
+    if isinstance(optimizer, Optimizer):
+        if learning_rate is not None:
+            raise ConfigError(
+                f"learning_rate={learning_rate!r} would be ignored: the optimizer instance has its own "
+                f"({optimizer.learning_rate:g}); create it with the rate, e.g. {type(optimizer).__name__}"
+                f"(learning_rate={learning_rate!r}), or pass the optimizer by name")
+        return optimizer
+    spec = {"name": optimizer} if isinstance(optimizer, str) else dict(optimizer) if isinstance(optimizer, dict) else optimizer
+    if learning_rate is not None and isinstance(spec, dict):
+        spec["learning_rate"] = learning_rate
+    return get(spec)

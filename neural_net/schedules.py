@@ -14,7 +14,7 @@ schedule proper starts at e = W with e counted from there.
 import math
 
 from .errors import ConfigError
-from .registry import Registry
+from .registry import Registry, is_whole
 
 SCHEDULES = Registry("schedule")
 names = SCHEDULES.names
@@ -25,9 +25,9 @@ class Schedule:
     name = None
 
     def __init__(self, warmup_epochs=0):
-        if not (isinstance(warmup_epochs, int) and warmup_epochs >= 0):
+        if not (is_whole(warmup_epochs) and warmup_epochs >= 0):
             raise ConfigError(f"warmup_epochs must be a whole number >= 0; received {warmup_epochs!r}")
-        self.warmup_epochs = warmup_epochs
+        self.warmup_epochs = int(warmup_epochs)
 
     def get_config(self):
         return {"name": self.name, **vars(self)}
@@ -71,9 +71,9 @@ class Exponential(Schedule):
 class Step(Schedule):
     def __init__(self, step_size=10, gamma=0.5, warmup_epochs=0):
         super().__init__(warmup_epochs)
-        if not (isinstance(step_size, int) and step_size >= 1) or not 0 < gamma <= 1:
+        if not (is_whole(step_size) and step_size >= 1) or not 0 < gamma <= 1:
             raise ConfigError(f"step needs step_size >= 1 and 0 < gamma <= 1; received step_size={step_size}, gamma={gamma}")
-        self.step_size, self.gamma = step_size, float(gamma)
+        self.step_size, self.gamma = int(step_size), float(gamma)
 
     def rate(self, epoch, base_lr, epochs):
         return base_lr * self.gamma ** (epoch // self.step_size)
@@ -103,11 +103,11 @@ class ReduceOnPlateau(Schedule):
         super().__init__(warmup_epochs)
         if isinstance(factor, bool) or not 0 < factor < 1:
             raise ConfigError(f"reduce_on_plateau factor must be in (0, 1); received factor={factor!r}")
-        if not (isinstance(patience, int) and not isinstance(patience, bool) and patience >= 1):
+        if not (is_whole(patience) and patience >= 1):
             raise ConfigError(f"reduce_on_plateau patience must be a whole number >= 1; received patience={patience!r}")
         if min_lr < 0 or min_delta < 0:
             raise ConfigError(f"min_lr and min_delta must be >= 0; received min_lr={min_lr}, min_delta={min_delta}")
-        self.factor, self.patience, self.min_lr, self.min_delta = float(factor), patience, float(min_lr), float(min_delta)
+        self.factor, self.patience, self.min_lr, self.min_delta = float(factor), int(patience), float(min_lr), float(min_delta)
         self.best, self.waited, self.reductions = math.inf, 0, 0
 
     def get_config(self):
@@ -128,3 +128,22 @@ class ReduceOnPlateau(Schedule):
         if self.waited >= self.patience:
             self.reductions += 1
             self.waited = 0
+
+
+def resolve(schedule, options):
+    """The schedule of `fit(schedule=..., schedule_options=...)`: a name (None: "constant") with its options, or an
+    instance, which takes no options beside it (they would be ignored)."""
+    if options is not None and not isinstance(options, dict):
+        raise ConfigError(f"schedule_options must be a dict of the schedule's options or None; received {options!r}")
+    if isinstance(schedule, Schedule):
+        if options:
+            raise ConfigError(f"schedule_options {sorted(options)} would be ignored by a schedule instance; create the "
+                              "instance with them, or pass the schedule by name")
+        return schedule
+    try:
+        return get(schedule or "constant", **(options or {}))
+    except ConfigError as exc:
+        if schedule is None:  # the options were meant for a schedule that was not named
+            raise ConfigError(f"{exc} (no schedule was given, so 'constant'; name the schedule these options are "
+                              "for, e.g. schedule='exponential')") from None
+        raise

@@ -7,8 +7,10 @@
                     folds=3, metric="accuracy", seed=0)
     result.best.params, result.best.score
 
-Trial i gets the seed `seed + i`, so a search is reproducible from its seed. Parameters named in
-FIT_PARAMETERS go to `Network.fit`; the rest go to the builder.
+Trial i gets the seed `seed + i` for its networks, and every trial is scored on one split drawn from `seed`
+(as scikit-learn's GridSearchCV), so a search is reproducible from its seed and candidates differ only by their
+parameters. Parameters named in FIT_PARAMETERS go to `Network.fit`; the rest go to the builder, which may list
+the names it takes in `build.parameters` (dense_builder does): `search` refuses any other name.
 """
 import itertools
 import math
@@ -17,21 +19,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ConfigError, ShapeError
+from .metrics import LOWER_IS_BETTER, higher_is_better  # noqa: F401 (LOWER_IS_BETTER: part of this module's API)
 from .network import Network
+from .registry import is_whole
 
 FIT_PARAMETERS = ("epochs", "batch_size", "optimizer", "learning_rate", "l1", "l2", "schedule", "schedule_options",
                   "clip_norm", "early_stopping", "shuffle")
-LOWER_IS_BETTER = ("loss", "mae", "rmse")
-
-
-def higher_is_better(metric):
-    return metric.removeprefix("val_") not in LOWER_IS_BETTER
+DENSE_PARAMETERS = ("hidden_sizes", "activation", "dropout", "weight_init", "bias_init")  # what dense_builder takes
+MAX_GRID = 10_000  # combinations `grid` builds by default
 
 
 def fold_indices(n, folds=5, labels=None, seed=None):
     """[(train_idx, val_idx)] for k folds that partition range(n). With `labels`, each fold holds
     every class in proportion (class counts per fold differ by at most one)."""
-    if not (isinstance(folds, int) and 2 <= folds <= n):
+    if not (is_whole(folds) and 2 <= folds <= n):
         raise ConfigError(f"folds must be a whole number from 2 to the number of samples ({n}); received {folds!r}")
     rng = np.random.default_rng(seed)
     assignment = np.empty(n, dtype=np.intp)
@@ -66,10 +67,12 @@ def _summary(per_fold):
     return mean, std
 
 
-def cross_validate(build, x, y, folds=5, stratified=True, seed=None, callbacks_for_fold=None, **fit_args):
+def cross_validate(build, x, y, folds=5, stratified=True, seed=None, callbacks_for_fold=None, split_seed=None,
+                   **fit_args):
     """Train a fresh network per fold and evaluate it on the held-out fold.
 
-    `build(seed)` returns a new `Network`; fold k's network gets seed `seed + k` (or None).
+    `build(seed)` returns a new `Network`; fold k's network gets seed `seed + k` (or None). The folds are drawn
+    with `split_seed` (default: `seed`).
     Returns {"folds": [metrics per fold], "mean": {...}, "std": {...}} with the metrics of
     `Network.evaluate` (loss, accuracy, f1, ... or mae, rmse, r2, ...).
     """
@@ -79,7 +82,8 @@ def cross_validate(build, x, y, folds=5, stratified=True, seed=None, callbacks_f
         raise ShapeError(f"inputs hold {x.shape[0]} samples but targets hold {y.shape[0]}")
     labels = _labels_for_stratification(y) if stratified else None
     per_fold = []
-    for k, (train, val) in enumerate(fold_indices(x.shape[0], folds, labels, seed)):
+    splits = fold_indices(x.shape[0], folds, labels, seed if split_seed is None else split_seed)
+    for k, (train, val) in enumerate(splits):
         net = build(None if seed is None else seed + k)
         callbacks = callbacks_for_fold(k) if callbacks_for_fold else None
         net.fit(x[train], y[train], callbacks=callbacks, **fit_args)
@@ -103,12 +107,18 @@ def dense_builder(input_size, output_size, output_activation="linear", loss="aut
                                         bias_init=params.get("bias_init", "zeros"), dropout=dropout,
                                         loss=loss, seed=seed, dtype=dtype)
 
+    build.parameters = DENSE_PARAMETERS
     return build
 
 
-def grid(space):
-    """Every combination of a {name: [values]} space, in a fixed order."""
+def grid(space, max_size=MAX_GRID):
+    """Every combination of a {name: [values]} space, in a fixed order; ConfigError beyond `max_size`
+    combinations (None: no limit), counted before any is built."""
     _check_space(space)
+    size = math.prod(len(values) for values in space.values())
+    if max_size is not None and size > max_size:
+        raise ConfigError(f"the grid has {size} combinations; at most {max_size}: narrow the space or sample it with "
+                          "trials=N (random search)")
     names = list(space)
     return [dict(zip(names, values)) for values in itertools.product(*(space[n] for n in names))]
 
@@ -117,7 +127,7 @@ def random_samples(space, trials, seed=None):
     """`trials` draws from a space whose values are lists (uniform choice) or ranges
     {"low": a, "high": b, "log": bool, "integer": bool}."""
     _check_space(space, allow_ranges=True)
-    if not (isinstance(trials, int) and trials >= 1):
+    if not (is_whole(trials) and trials >= 1):
         raise ConfigError(f"trials must be a positive whole number; received {trials!r}")
     rng = np.random.default_rng(seed)
     samples = []
@@ -176,19 +186,21 @@ def split_params(params):
 
 
 def run_trial(build, x, y, params, index, metric, folds=None, validation_split=0.2, seed=None, fit_defaults=None,
-              callbacks=None):
+              callbacks=None, split_seed=None):
     """Score one configuration: mean over `folds` cross-validation folds, or one hold-out split
-    (a seeded shuffle, then the last `validation_split` fraction)."""
+    (a seeded shuffle, then the last `validation_split` fraction). The networks get seed `seed + index`; the
+    split is drawn from `split_seed` (default: `seed`), the same for every trial of a search."""
     trial_seed = None if seed is None else seed + index
+    split_seed = seed if split_seed is None else split_seed
     arch, fit = split_params(params)
     fit = {**(fit_defaults or {}), **fit}
     if folds:
-        result = cross_validate(lambda s: build(arch, s), x, y, folds=folds, seed=trial_seed,
+        result = cross_validate(lambda s: build(arch, s), x, y, folds=folds, seed=trial_seed, split_seed=split_seed,
                                 callbacks_for_fold=(lambda k: callbacks) if callbacks else None, **fit)
         metrics = result["mean"]
     else:
         x, y = np.asarray(x), np.asarray(y)
-        order = np.random.default_rng(trial_seed).permutation(x.shape[0])
+        order = np.random.default_rng(split_seed).permutation(x.shape[0])
         n_val = max(1, int(round(x.shape[0] * validation_split)))
         train, val = order[:-n_val], order[-n_val:]
         net = build(arch, trial_seed)
@@ -214,12 +226,21 @@ def search(build, x, y, space, trials=None, folds=None, validation_split=0.2, me
     `build(params, seed)` makes a network from the non-fit parameters (see `dense_builder`).
     `metric` is any key of `Network.evaluate` ("loss", "accuracy", "f1", "rmse", "r2", ...);
     loss-like metrics rank lowest first, the others highest first. `on_trial(trial)` is called after
-    each trial and may return True to stop the search.
+    each trial and may return True to stop the search. Every trial is scored on the same split (drawn from
+    `seed`, or once at random when it is None). A name in `space` must be in FIT_PARAMETERS or, when the builder
+    lists its names in `build.parameters`, among those.
     """
+    if getattr(build, "parameters", None) is not None and isinstance(space, dict):
+        accepted = (*build.parameters, *FIT_PARAMETERS)
+        unknown = sorted(set(space) - set(accepted))
+        if unknown:  # a typo, or an option fit does not take per trial: every trial would train the same network
+            raise ConfigError(f"cannot search {', '.join(map(repr, unknown))}; accepted: {', '.join(accepted)}")
     candidates = grid(space) if trials is None else random_samples(space, trials, seed)
+    split_seed = seed if seed is not None else int(np.random.default_rng().integers(2**63))
     done = []
     for index, params in enumerate(candidates):
-        trial = run_trial(build, x, y, params, index, metric, folds, validation_split, seed, fit_defaults)
+        trial = run_trial(build, x, y, params, index, metric, folds, validation_split, seed, fit_defaults,
+                          split_seed=split_seed)
         done.append(trial)
         if on_trial and on_trial(trial):
             break

@@ -74,6 +74,9 @@ def from_bytes(cls, data, max_layers=None, max_layer_size=None, max_parameters=N
     for index, layer in enumerate(net.layers):
         for name, buffer in layer.buffers.items():
             buffer[...] = archive.array(f"buffers.{index}.{name}", buffer.dtype, buffer.shape)
+            if name == "running_var" and (buffer < 0).any():  # a variance: sqrt(var + eps) is NaN below 0
+                raise ConfigError(f"buffers.{index}.running_var holds a negative variance ({buffer.min():g}); a saved "
+                                  "network's BatchNorm variances are >= 0")
     if header["optimizer"] is not None:
         try:
             optimizer = optimizer_registry.get(header["optimizer"]["config"])

@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import metrics
 from .errors import ConfigError, NonFiniteError, StopTraining
 from .losses import classes as _classes
 from .losses import task as _task
+from .registry import check_options, is_number, is_whole
 
 
 @dataclass
@@ -82,39 +84,84 @@ class History:
 
 
 class EarlyStopping:
-    """Stop when the monitored value (val_loss when there is validation data, else loss) has not
+    """Stop when the monitored value (`monitor`: val_loss when there is validation data, else loss) has not
     improved by more than `min_delta` for `patience` epochs; with `restore_best`, put back the best
-    epoch's weights at the end."""
+    epoch's weights and BatchNorm running statistics at the end. `mode` says which way is better: "min",
+    "max", or "auto" (as Keras): lower for losses and errors (loss, mae, rmse), higher for the others
+    (accuracy, f1, r2, pearson_r, ...). `monitor` must be a key the run reports (checked before it starts)."""
 
-    def __init__(self, patience=5, min_delta=0.0, restore_best=True, monitor=None):
-        if not (isinstance(patience, int) and patience >= 1) or min_delta < 0:
-            raise ConfigError(
-                f"early stopping needs patience >= 1 and min_delta >= 0; received patience={patience!r}, min_delta={min_delta!r}"
-            )
-        self.patience, self.min_delta, self.restore_best, self.monitor = patience, float(min_delta), bool(restore_best), monitor
+    MODES = ("auto", "min", "max")
+
+    def __init__(self, patience=5, min_delta=0.0, restore_best=True, monitor=None, mode="auto"):
+        if not (is_whole(patience) and patience >= 1):
+            raise ConfigError(f"early stopping patience must be a whole number >= 1; received patience={patience!r}")
+        if not (is_number(min_delta) and 0 <= min_delta < float("inf")):
+            raise ConfigError(f"early stopping min_delta must be a number >= 0; received min_delta={min_delta!r}")
+        if mode not in self.MODES:
+            raise ConfigError(f"early stopping mode must be one of: {', '.join(self.MODES)}; received mode={mode!r}")
+        if monitor is not None and not isinstance(monitor, str):
+            raise ConfigError(f"early stopping monitor must be a metric name such as 'val_loss'; received {monitor!r}")
+        self.patience, self.min_delta, self.restore_best = int(patience), float(min_delta), bool(restore_best)
+        self.monitor, self.mode = monitor, mode
 
     @classmethod
     def coerce(cls, spec):
         if spec is None or isinstance(spec, cls):
             return spec
         if isinstance(spec, dict):
+            check_options("early_stopping", cls, spec)
             return cls(**spec)
         raise ConfigError(f"early_stopping must be an EarlyStopping or a dict of its options; received {spec!r}")
 
-    def start(self):
-        self.best, self.best_epoch, self.best_params, self.waited = float("inf"), None, None, 0
+    def start(self, available):
+        """Before the first epoch: `available` lists the keys the run's epochs report."""
+        self.key = self.monitor or ("val_loss" if "val_loss" in available else "loss")
+        if self.key not in available:
+            hint = "" if any(key.startswith("val_") for key in available) else \
+                "; val_ keys need validation_data or validation_split"
+            raise ConfigError(f"early stopping monitor {self.key!r} is not reported by this run; send one of: "
+                              f"{', '.join(available)}{hint}")
+        higher = metrics.higher_is_better(self.key) if self.mode == "auto" else self.mode == "max"
+        self.sign = -1.0 if higher else 1.0  # compare sign * value: lower is better
+        self.best, self.best_epoch, self.best_state, self.waited, self.stopped = float("inf"), None, None, 0, False
+        history, best_state = getattr(self, "_resumed", ((), None))
+        for logs in history:  # a resumed run's epochs so far: patience and the best value carry on
+            self.stopped = self.update(logs["epoch"], logs, lambda: None)
+        self.best_state = best_state if self.best_epoch is not None else None
 
-    def update(self, epoch, logs, params):
-        """Record an epoch; returns True when training should stop."""
-        key = self.monitor or ("val_loss" if "val_loss" in logs else "loss")
-        value = logs[key]
-        if value < self.best - self.min_delta:
-            self.best, self.best_epoch, self.waited = value, epoch, 0
+    def resume(self, history, best_state=None):
+        """Go on from a run stopped after the epochs of `history` (History entries, oldest first; entries holding
+        an "event", such as a restart note, are skipped): `start` replays them. `best_state` is what `model_state`
+        gave at their best epoch (e.g. kept with a checkpoint then): what `restore_best` puts back. Returns self."""
+        self._resumed = ([logs for logs in history if "event" not in logs], best_state)
+        return self
+
+    def improves(self, logs):
+        """Whether an epoch with these logs would be the best so far (`update` then keeps its state)."""
+        value = logs.get(self.key)
+        return value is not None and self.sign * value < self.best - self.min_delta
+
+    def update(self, epoch, logs, state):
+        """Record an epoch; `state()` copies what `restore_best` puts back. Returns True when training should stop."""
+        if self.improves(logs):
+            self.best, self.best_epoch, self.waited = self.sign * logs[self.key], epoch, 0
             if self.restore_best:
-                self.best_params = params.copy()
+                self.best_state = state()
             return False
         self.waited += 1
         return self.waited >= self.patience
+
+
+def model_state(net):
+    """A copy of what inference uses: the weights and the BatchNorm running statistics."""
+    return net._flat.copy(), [array.copy() for layer in net.layers for array in layer.buffers.values()]
+
+
+def put_back(net, state):
+    """Sets the network to a `model_state`."""
+    net._flat[...] = state[0]
+    for array, saved in zip((a for layer in net.layers for a in layer.buffers.values()), state[1]):
+        array[...] = saved
 
 
 class Run:
@@ -155,20 +202,26 @@ class Run:
         net, history = self.net, self.history
         started = time.perf_counter()
         if self.stopper:
-            self.stopper.start()
+            available = ["loss"] + (["accuracy"] if self.labels is not None else [])
+            if self.x_val is not None:
+                available += [f"val_{key}" for key in metrics.names(self.task)]
+            self.stopper.start(available)
         stop = self._notify("on_train_begin", self._progress(self.initial_epoch + 1, 0, 0, 0.0, 0.0, started))
+        if self.stopper and self.stopper.stopped:  # resumed after it had stopped: no epoch more, the best goes back
+            stop = history.stopped_early = True
         for epoch in range(self.initial_epoch, self.epochs):
             if stop:
                 break
             lr = self.schedule(epoch, self.optimizer.learning_rate, self.epochs)
-            snapshot = (net._flat.copy(), {k: v.copy() for k, v in self.optimizer.state.items()}, self.optimizer.t)
+            snapshot = (self._model_state(), {k: v.copy() for k, v in self.optimizer.state.items()}, self.optimizer.t,
+                        net.rng.bit_generator.state)
             epoch_started = time.perf_counter()
             stop, loss_sum, correct, seen = self._epoch(epoch, lr, started, snapshot)
             if not self._state_is_finite():  # the last step overflowed: the loss it reported was still finite
                 self._restore(snapshot, epoch)
                 raise NonFiniteError(
-                    f"training diverged at epoch {epoch + 1}: the weights or the optimizer state became NaN or Inf; "
-                    f"the weights were restored to the end of epoch {epoch}. Lower the learning_rate (now {lr:g}), "
+                    f"training diverged at epoch {epoch + 1}: the weights, running statistics or optimizer state became "
+                    f"NaN or Inf; the weights were restored to the end of epoch {epoch}. Lower the learning_rate (now {lr:g}), "
                     "add clip_norm, or scale the inputs.", epoch=epoch + 1)
             if seen < self.n:  # stopped by a callback inside the epoch
                 history.stopped = True
@@ -186,26 +239,38 @@ class Run:
             self.schedule.on_epoch_end(logs)
             stop = self._notify("on_epoch_end", self._progress(epoch + 1, self.batches, seen, loss_sum, lr, started, logs)) or stop
             history.stopped = stop
-            if self.stopper and self.stopper.update(epoch + 1, logs, net._flat):
+            if self.stopper and self.stopper.update(epoch + 1, logs, self._model_state):
                 history.stopped_early = True
                 break
-        if self.stopper and self.stopper.restore_best and self.stopper.best_params is not None:
-            net._flat[...] = self.stopper.best_params
+        if self.stopper and self.stopper.restore_best and self.stopper.best_state is not None:
+            self._put_back(self.stopper.best_state)
             history.best_epoch = self.stopper.best_epoch
         for layer in net.layers:
             layer.clear_workspaces()
         self._notify("on_train_end", history)
         return history
 
+    def _buffers(self):
+        """The layers' non-trained state: BatchNorm running statistics."""
+        return [array for layer in self.net.layers for array in layer.buffers.values()]
+
+    def _model_state(self):
+        return model_state(self.net)
+
+    def _put_back(self, state):
+        put_back(self.net, state)
+
     def _state_is_finite(self):
-        """Every weight and every optimizer state array is finite (one pass over each, once an epoch)."""
-        arrays = [self.net._flat, *self.optimizer.state.values()]
+        """Every weight, running statistic and optimizer state array is finite (one pass over each, once an epoch)."""
+        arrays = [self.net._flat, *self._buffers(), *self.optimizer.state.values()]
         return all(np.isfinite(array).all() for array in arrays)
 
     def _restore(self, snapshot, epoch):
-        """Back to the weights and optimizer state of the end of `epoch` (the start of the failed one)."""
-        self.net._flat[...] = snapshot[0]
+        """Back to the end of `epoch` (the start of the failed one): weights, running statistics, optimizer state
+        and the generator used for shuffling and dropout."""
+        self._put_back(snapshot[0])
         self.optimizer.load_state_dict({"t": snapshot[2], "arrays": snapshot[1]})
+        self.net.rng.bit_generator.state = snapshot[3]
         self.net.epochs_trained = epoch
 
     def _epoch(self, epoch, lr, started, snapshot):
@@ -248,19 +313,21 @@ class Run:
         return stop, loss_sum, correct, seen
 
 
-def check_training_options(epochs, batch_size, validation_split, l1, l2, clip_norm, initial_epoch):
+def check_training_options(epochs, batch_size, validation_split, l1, l2, clip_norm, initial_epoch, callbacks):
     def whole(value, minimum):
-        return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= minimum
+        return is_whole(value) and value >= minimum
     if not whole(epochs, 1):
         raise ConfigError(f"epochs must be a positive integer; received epochs={epochs!r}")
     if not whole(initial_epoch, 0) or initial_epoch >= epochs:
         raise ConfigError(f"initial_epoch must be a whole number below epochs ({epochs}); received {initial_epoch!r}")
     if not whole(batch_size, 1):
         raise ConfigError(f"batch_size must be a positive integer; received batch_size={batch_size!r}")
-    if not 0.0 <= validation_split < 1.0:
-        raise ConfigError(f"validation_split must be in [0, 1); received {validation_split!r}")
+    if not (is_number(validation_split) and 0.0 <= validation_split < 1.0):
+        raise ConfigError(f"validation_split must be a number in [0, 1); received validation_split={validation_split!r}")
     for name, value in (("l1", l1), ("l2", l2)):
-        if not (isinstance(value, (int, float)) and 0.0 <= value < float("inf")):
+        if not (is_number(value) and 0.0 <= value < float("inf")):
             raise ConfigError(f"{name} must be a finite number >= 0; received {name}={value!r}")
-    if clip_norm is not None and not clip_norm > 0:
-        raise ConfigError(f"clip_norm must be positive or None; received clip_norm={clip_norm!r}")
+    if clip_norm is not None and not (is_number(clip_norm) and 0 < clip_norm < float("inf")):
+        raise ConfigError(f"clip_norm must be a positive number or None; received clip_norm={clip_norm!r}")
+    if callbacks is not None and not (isinstance(callbacks, (list, tuple)) and all(isinstance(c, Callback) for c in callbacks)):
+        raise ConfigError(f"callbacks must be a list of Callback instances or None; received {callbacks!r}")

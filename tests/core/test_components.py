@@ -1,12 +1,14 @@
 """Registries, activations' numerical stability, initialisers' formulas, schedules and metrics."""
+import json
+import re
 import warnings
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from neural_net import activations, initializers, losses, metrics, schedules
-from neural_net.errors import ConfigError, ShapeError, TargetValueError, UnknownNameError
+from neural_net import activations, initializers, losses, metrics, optimizers, schedules
+from neural_net.errors import ConfigError, NeuralNetError, ShapeError, TargetValueError, UnknownNameError
 
 REGISTRIES = [
     (activations.ACTIVATIONS, activations.get),
@@ -138,8 +140,21 @@ def test_regression_metrics_match_scikit_learn():
     result = metrics.regression_metrics(truth, pred)
     assert result["mae"] == pytest.approx(skm.mean_absolute_error(truth.ravel(), pred.ravel()))
     assert result["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(truth.ravel(), pred.ravel())))
-    assert result["r2"] == pytest.approx(skm.r2_score(truth.ravel(), pred.ravel()))
-    assert result["pearson_r"] == pytest.approx(np.corrcoef(truth.ravel(), pred.ravel())[0, 1])
+    assert result["r2"] == pytest.approx(skm.r2_score(truth, pred))  # per output, then averaged
+    assert result["pearson_r"] == pytest.approx(np.mean([np.corrcoef(truth[:, j], pred[:, j])[0, 1] for j in range(2)]))
+
+
+def test_r2_and_pearson_r_score_each_output_then_average():
+    """Pooled over outputs, predicting each column's mean of columns around 0 and 100 scored r2 0.9996."""
+    rng = np.random.default_rng(0)
+    truth = np.stack([rng.normal(0, 1, 100), rng.normal(100, 1, 100)], axis=1)
+    result = metrics.regression_metrics(truth, np.broadcast_to(truth.mean(axis=0), truth.shape))
+    assert result["r2"] == pytest.approx(skm.r2_score(truth, np.broadcast_to(truth.mean(axis=0), truth.shape)))
+    assert abs(result["r2"]) < 1e-12 and result["pearson_r"] is None  # a constant prediction has no correlation
+    one = metrics.regression_metrics(truth[:, 0], truth[:, 0] * 0.5)  # one output: as before
+    assert one["r2"] == pytest.approx(skm.r2_score(truth[:, 0], truth[:, 0] * 0.5)) and one["pearson_r"] == pytest.approx(1)
+    constant = metrics.regression_metrics(np.c_[truth[:, 0], np.ones(100)], np.c_[truth[:, 0], np.ones(100)])
+    assert constant["r2"] == 1.0 and constant["pearson_r"] == pytest.approx(1)  # a constant column is left out
 
 
 @pytest.mark.parametrize("loss, targets, n_out, message", [
@@ -185,3 +200,46 @@ def test_loss_values_match_pytorch_reductions():
     z = np.log(p / (1 - p))
     assert bce.value_from_logits(z, yb) == pytest.approx(expected)
     assert ce.value_from_logits(np.log(p), ce.prepare(y, 3, np.float64)) == pytest.approx(-(np.log(0.7) + np.log(0.8)) / 2)
+
+
+@pytest.mark.parametrize("get, spec, message", [
+    (optimizers.get, {"name": "adam", "momentum": 0.9}, "optimizer 'adam' does not take the option momentum; it takes: "
+     "learning_rate, beta1, beta2, eps"),
+    (optimizers.get, {"name": "adam", "beta1": "0.9"}, "optimizer 'adam' option beta1 must be a number; received '0.9'"),
+    (schedules.get, {"name": "exponential", "gamma": 0.5}, "schedule 'exponential' does not take the option gamma"),
+    (schedules.get, {"name": "step", "step_size": 2.5}, "schedule 'step' option step_size must be a whole number"),
+    (schedules.get, {"name": "exponential", "decay_rate": "0.5"}, "option decay_rate must be a number"),
+    (activations.get, {"name": "leaky_relu", "alpha": None}, "option alpha must be a number; received None"),
+    # every negative input became -inf: a model imported with it answered every request "scale the inputs down"
+    (activations.get, {"name": "elu", "alpha": float("inf")}, "elu alpha must be a positive number; received alpha=inf"),
+    (initializers.get_bias, {"name": "constant", "value": [1]}, "option value must be a number"),
+])
+def test_registries_check_option_names_and_types(get, spec, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        get(spec)
+
+
+def test_registries_take_numpy_scalars_and_store_python_numbers():
+    step = schedules.get({"name": "step", "step_size": np.int64(2), "gamma": np.float32(0.5), "warmup_epochs": np.int32(1)})
+    assert step.get_config() == {"name": "step", "step_size": 2, "gamma": 0.5, "warmup_epochs": 1}
+    assert json.dumps(step.get_config())  # Python numbers, not NumPy scalars
+    assert optimizers.get({"name": "adam", "beta1": np.float32(0.5)}).get_config()["beta1"] == 0.5
+
+
+@pytest.mark.parametrize("values, message", [
+    (np.ones((4, 3)) + 1j, "complex"),
+    (np.array(["2020-01-01"] * 12, dtype="datetime64[D]").reshape(4, 3), "dates or times"),
+    (None, "inputs are missing \\(None\\)"),
+    (np.full((4, 3), 1e39), "value 1e\\+39 at row 0, column 0 does not fit float32; scale the data or use dtype float64"),
+])
+def test_inputs_that_are_not_real_float_numbers_are_named(values, message):
+    with pytest.raises(NeuralNetError, match=message):
+        losses._as_float_array(values, np.float32, "inputs")
+
+
+def test_cross_entropy_takes_integer_labels_as_a_column():
+    ce = losses.get("cross_entropy")
+    np.testing.assert_array_equal(ce.prepare(np.array([[0], [2], [1]]), 3, np.float32),
+                                  ce.prepare(np.array([0, 2, 1]), 3, np.float32))
+    with pytest.raises(TargetValueError, match=r"targets\[1\] is 3"):
+        ce.prepare(np.array([[0], [3]]), 3, np.float32)

@@ -414,7 +414,8 @@ def test_evaluate_returns_metrics():
 
 
 def test_core_imports_only_numpy_and_the_standard_library():
-    allowed = {"numpy", "io", "json", "math", "time", "zipfile", "warnings", "dataclasses", "abc", "itertools", "functools"}
+    allowed = {"numpy", "io", "json", "math", "time", "zipfile", "warnings", "dataclasses", "abc", "itertools", "functools",
+               "inspect", "numbers"}
     for path in pathlib.Path(__file__).parents[2].joinpath("neural_net").glob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
@@ -469,3 +470,64 @@ def test_fit_reduces_the_learning_rate_on_a_validation_plateau():
     for epoch in range(1, len(rates)):  # each cut follows `patience` epochs without a new best val_loss
         if rates[epoch] < rates[epoch - 1]:
             assert min(val[epoch - 2:epoch]) >= min(val[:epoch - 2])
+
+
+def test_a_layer_belongs_to_one_network_once():
+    shared = Dense(4, activation="tanh")
+    net = Network(4, seed=0).add(shared)
+    with pytest.raises(ConfigError, match="this layer already belongs to a network; create a new layer"):
+        net.add(shared)
+    with pytest.raises(ConfigError, match="already belongs to a network"):
+        Network(5, seed=0).add(shared)
+    assert net.layer_sizes == [4, 4] and net.predict(np.ones((1, 4))).shape == (1, 4)  # the first one is intact
+
+
+def test_an_option_an_instance_would_ignore_is_refused():
+    from neural_net.optimizers import SGD
+    from neural_net.schedules import Exponential
+    x, y = blobs(20)
+    with pytest.raises(ConfigError, match="learning_rate=1.0 .*optimizer instance.*SGD\\(learning_rate=1.0\\)"):
+        small_net().fit(x, y, epochs=1, optimizer=SGD(), learning_rate=1.0)
+    with pytest.raises(ConfigError, match="schedule_options .*schedule instance"):
+        small_net().fit(x, y, epochs=1, schedule=Exponential(), schedule_options={"decay_rate": 0.5})
+    history = small_net().fit(x, y, epochs=1, optimizer=SGD(learning_rate=0.5), schedule=Exponential(0.5))
+    assert history.history["learning_rate"] == [0.5]
+
+
+def test_predict_classes_per_task():
+    x = np.ones((3, 2))
+    with pytest.raises(ConfigError, match="predict_classes is for classifiers; this network.s task is regression: use predict"):
+        Network.from_layer_sizes([2, 3], activations="linear", seed=0).predict_classes(x)
+    multilabel = Network.from_layer_sizes([2, 3], activations="sigmoid", loss="binary_cross_entropy", seed=0)
+    classes = multilabel.predict_classes(x)
+    np.testing.assert_array_equal(classes, (multilabel.predict(x) > 0.5).astype(int))
+    assert classes.shape == (3, 3)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, "8", True])
+def test_predict_batch_size_must_be_a_positive_whole_number(batch_size):
+    with pytest.raises(ConfigError, match="batch_size must be a positive whole number or None"):
+        small_net().predict(np.ones((10, 4)), batch_size=batch_size)
+
+
+def test_predict_in_batches_or_in_one():
+    net, x = small_net(), np.random.default_rng(0).normal(size=(10, 4))
+    expected = net.predict(x)
+    for batch_size in (None, 3, np.int64(4), 10**30):
+        np.testing.assert_allclose(net.predict(x, batch_size=batch_size), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.dtype("float32"), "float64"])
+def test_dtype_may_be_a_numpy_type(dtype):
+    assert Network(2, dtype=dtype).dtype == np.dtype(dtype)
+
+
+def test_numpy_scalar_hyper_parameters_are_accepted():
+    assert Dense(3, dropout=np.float32(0.25)).dropout == 0.25
+    net = small_net()
+    net.fit(*blobs(20), epochs=1, learning_rate=np.float32(0.5), l1=np.float64(1e-4), l2=np.float32(1e-4))
+    assert net.optimizer.learning_rate == 0.5 and type(net.optimizer.learning_rate) is float
+    with pytest.raises(ConfigError, match="dtype"):
+        Network(2, dtype=None)  # not NumPy's float64 default
+    with pytest.raises(ConfigError, match="dropout"):
+        Dense(3, dropout=True)

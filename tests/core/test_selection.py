@@ -70,3 +70,43 @@ def test_search_stops_when_asked():
     result = search(dense_builder(2, 1, "sigmoid"), x, y, {"learning_rate": [0.01, 0.02, 0.03]},
                     fit_defaults={"epochs": 2}, on_trial=lambda t: seen.append(t) or len(seen) == 2)
     assert len(result.trials) == 2
+
+
+def test_search_refuses_a_parameter_no_one_takes():
+    x, y = make_moons(40, noise=0.1, random_state=0)
+    with pytest.raises(ConfigError, match="cannot search 'activations', 'hidden_size'; accepted: hidden_sizes, "
+                                          "activation, dropout, weight_init, bias_init, epochs, batch_size"):
+        search(dense_builder(2, 1, "sigmoid"), x, y, {"hidden_size": [[4]], "activations": ["tanh"]},
+               fit_defaults={"epochs": 1})
+
+
+def test_search_with_a_builder_that_does_not_list_its_parameters_takes_any_name():
+    x, y = make_moons(40, noise=0.1, random_state=0)
+    seen = []
+
+    def build(params, seed):
+        seen.append(params)
+        return dense_builder(2, 1, "sigmoid")({}, seed)
+
+    search(build, x, y, {"width": [4]}, fit_defaults={"epochs": 1})
+    assert seen == [{"width": 4}]
+
+
+@pytest.mark.parametrize("folds", [None, 4])
+def test_every_candidate_is_scored_on_the_same_split(folds):
+    """Trial i drew its folds (or its hold-out) with seed + i: identical candidates got different scores."""
+    x, y = make_moons(40, noise=0.3, random_state=0)
+    build = lambda params, seed: dense_builder(2, 1, "sigmoid")({"hidden_sizes": [8]}, 0)  # noqa: E731 (ignores seed)
+    result = search(build, x, y, {"l1": [0.0, 0.0, 0.0]}, folds=folds, metric="loss", seed=0,
+                    fit_defaults={"epochs": 3})
+    assert len({trial.score for trial in result.trials}) == 1
+    assert [trial.seed for trial in sorted(result.trials, key=lambda t: t.index)] == [0, 1, 2]  # networks still differ
+
+
+def test_a_grid_beyond_the_cap_is_refused_before_it_is_built():
+    space = {name: list(range(10)) for name in ("a", "b", "c", "d", "e", "f")}
+    with pytest.raises(ConfigError, match="the grid has 1000000 combinations; at most 10000: narrow the space or sample "
+                                          "it with trials="):
+        grid(space)
+    assert len(grid({"a": list(range(100)), "b": list(range(100))})) == 10000
+    assert len(grid({"a": list(range(100)), "b": list(range(101))}, max_size=None)) == 10100

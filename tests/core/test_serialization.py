@@ -150,3 +150,20 @@ def test_a_file_without_class_names_loads_and_one_with_the_wrong_count_is_refuse
     assert Network.from_bytes(old, **LIMITS).class_names is None
     with pytest.raises(ConfigError, match="class_names holds 3 names; this binary network needs 2"):
         Network.from_bytes(craft(data, header=lambda h: h["config"].update(class_names=["a", "b", "c"])), **LIMITS)
+
+
+def test_a_negative_batch_norm_variance_is_refused():
+    """A file whose running_var was negative loaded: sqrt(var + eps) made every output NaN, and the service then
+    answered each request "the outputs overflowed ... scale the inputs down", nor did training fix it."""
+    net = Network(2, seed=0)
+    net.add(Dense(3, activation="relu"))
+    net.add(BatchNorm())
+    net.add(Dense(1, activation="sigmoid"))
+    data = members(net.to_bytes())
+    data["buffers.1.running_var.npy"] = npy(np.array([1.0, -1.0, 1.0], dtype=np.float32))
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w") as archive:
+        for name, content in data.items():
+            archive.writestr(name, content)
+    with pytest.raises(ConfigError, match=r"buffers.1.running_var holds a negative variance \(-1\)"):
+        Network.from_bytes(stream.getvalue())
