@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from neural_net import Callback, Network, schedules
+from neural_net import Callback, EarlyStopping, Network, schedules
 from neural_net.errors import NeuralNetError, NonFiniteError
+from neural_net.training import model_state, put_back
 
 from api.datasets import job_samples
 from api.errors import DatasetNotFound, InvalidInput, LeaseLost, StoreUnavailable
@@ -45,8 +46,9 @@ def open_store(settings: Settings) -> SQLiteStore:
 class _JobCallback(Callback):
     """Writes progress (throttled) and checkpoints; says stop when the job is cancelled or the worker stops."""
 
-    def __init__(self, store: Store, job: JobRecord, net: Network, snapshot, stop_event, interval: float):
-        self.store, self.job, self.net, self.snapshot = store, job, net, snapshot
+    def __init__(self, store: Store, job: JobRecord, net: Network, snapshot, stop_event, interval: float,
+                 stopper: EarlyStopping | None = None):
+        self.store, self.job, self.net, self.snapshot, self.stopper = store, job, net, snapshot, stopper
         self.stop_event, self.interval = stop_event, interval
         self.history = list(job.history)
         self.last_write = self.last_check = 0.0
@@ -83,7 +85,9 @@ class _JobCallback(Callback):
     def on_epoch_end(self, p) -> bool:
         self.history.append(jsonable({"epoch": p.epoch, **{k: v for k, v in p.logs.items() if k != "epoch"}}))
         blob, info = self.snapshot()
-        self.store.save_checkpoint(self.job.job_id, blob, info, p.epoch, self.history, self._progress(p))
+        # the best epoch so far of early stopping's restore_best is kept too: a resumed job puts it back at its end
+        best = self.stopper is not None and self.stopper.restore_best and self.stopper.improves(p.logs)
+        self.store.save_checkpoint(self.job.job_id, blob, info, p.epoch, self.history, self._progress(p), best)
         self.last_write = time.monotonic()
         return self._should_stop(force_check=True)
 
@@ -141,14 +145,21 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
         net.set_dropout(job_dropout)
     except NeuralNetError as exc:
         return _finish(store, job, "failed", error=str(exc))
-    callback = _JobCallback(store, job, net, snapshot, stop_event, settings.progress_interval)
     try:
-        # a resumed job's schedule continues from its epochs so far (reduce_on_plateau keeps state)
+        # a resumed job's schedule continues from its epochs so far (reduce_on_plateau keeps state), and so does its
+        # early stopping: patience, the best value, and the best epoch's checkpoint, which it puts back at its end
         schedule = schedules.get(config.schedule or "constant", **(config.schedule_options or {})).replay(job.history)
+        stopper = EarlyStopping.coerce(config.fit_kwargs().get("early_stopping"))
+        best = store.load_checkpoint(job.job_id, best=True) if checkpoint is not None and stopper is not None else None
+        best_state = None if best is None else model_state(Network.from_bytes(best))
+        if stopper is not None and checkpoint is not None:
+            stopper.resume(job.history, best_state)
+        callback = _JobCallback(store, job, net, snapshot, stop_event, settings.progress_interval, stopper)
         if checkpoint is None or job.epochs_done < config.epochs:
             net.fit(x, y, callbacks=[callback], initial_epoch=job.epochs_done, validation_data=validation,
-                    **{**config.fit_kwargs(), "schedule": schedule, "schedule_options": None})
-        # else the checkpoint covers every epoch (stopped after the last one): the job ends with it
+                    **{**config.fit_kwargs(), "schedule": schedule, "schedule_options": None, "early_stopping": stopper})
+        elif best_state is not None and stopper.restore_best:  # the checkpoint covers every epoch: the best goes back
+            put_back(net, best_state)
     except NonFiniteError as exc:
         message = str(exc).removeprefix("training ")
         if not message.startswith("diverged"):

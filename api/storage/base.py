@@ -94,7 +94,8 @@ class Store(ABC):
         """The inputs and targets the job claimed, in the order they were appended."""
 
     @abstractmethod
-    def load_checkpoint(self, job_id: str) -> bytes | None: ...
+    def load_checkpoint(self, job_id: str, best: bool = False) -> bytes | None:
+        """The job's last checkpoint (``best``: the one kept at early stopping's best epoch so far), or None."""
 
     @abstractmethod
     def count_queued(self) -> int:
@@ -231,10 +232,11 @@ class Store(ABC):
         self.atomic(lambda tx: lifecycle.record_progress(tx, job_id, progress), fence=job_id)
 
     def save_checkpoint(self, job_id: str, blob: bytes, info: dict, epochs_done: int, history: list[dict],
-                        progress: dict) -> None:
-        """Keeps the network after ``epochs_done`` epochs (weights, optimizer and RNG state)."""
-        self.atomic(lambda tx: lifecycle.record_checkpoint(tx, job_id, blob, info, epochs_done, history, progress),
-                    fence=job_id)
+                        progress: dict, best: bool = False) -> None:
+        """Keeps the network after ``epochs_done`` epochs (weights, optimizer and RNG state); ``best``: also as the
+        best epoch so far of the job's early stopping, which a resumed job puts back at its end."""
+        self.atomic(lambda tx: lifecycle.record_checkpoint(tx, job_id, blob, info, epochs_done, history, progress,
+                                                           best), fence=job_id)
 
     def cancel_job(self, job_id: str) -> JobRecord:
         """Waiting jobs end ``cancelled`` at once (a checkpoint, if any, goes to the model),

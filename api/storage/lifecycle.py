@@ -65,7 +65,7 @@ class Tx(Protocol):
     def drop_model(self, model_id: str) -> None: ...  # the record, its buffer and its kept versions
     def insert_job(self, job: JobRecord) -> None: ...
     def save_job(self, job: JobRecord) -> None: ...
-    def put_checkpoint(self, job_id: str, blob: bytes, info: dict) -> None: ...
+    def put_checkpoint(self, job_id: str, blob: bytes, info: dict, best: bool = False) -> None: ...
     def drop_checkpoint(self, job_id: str) -> None: ...
     def insert_trials(self, job_id: str, trials: list[dict]) -> None: ...
     def save_trial(self, job_id: str, trial: dict) -> None: ...
@@ -326,13 +326,13 @@ def record_progress(tx: Tx, job_id: str, progress: dict) -> None:
 
 
 def record_checkpoint(tx: Tx, job_id: str, blob: bytes, info: dict, epochs_done: int, history: list[dict],
-                      progress: dict) -> None:
+                      progress: dict, best: bool = False) -> None:
     """The network after ``epochs_done`` epochs; the job resumes from it when it is requeued."""
     job = tx.job(job_id)
     if job is not None and job.status in (RUNNING, CANCELLING):
         job.epochs_done, job.history, job.progress = epochs_done, history, progress
         tx.save_job(job)
-        tx.put_checkpoint(job_id, blob, info)
+        tx.put_checkpoint(job_id, blob, info, best)
 
 
 def finish(tx: Tx, job: JobRecord, status: str, now: float, *, blob: bytes | None = None, info: dict | None = None,

@@ -258,10 +258,10 @@ class RedisStore(Store):
         return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
 
     @_guard
-    def load_checkpoint(self, job_id: str) -> bytes | None:
+    def load_checkpoint(self, job_id: str, best: bool = False) -> bytes | None:
         if not self.redis.exists(self._key("j", job_id)):
             raise JobNotFound(job_id)
-        blob = self.redis.hget(self._key("ck", job_id), "blob")
+        blob = self.redis.hget(self._key("ck", job_id), "best" if best else "blob")
         return None if blob is None else bytes(blob)
 
     # -- versions (api/storage/redis_registry.py) ----------------------------------------

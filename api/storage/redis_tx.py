@@ -239,8 +239,9 @@ class RedisTx:
                 self.ops += [("zrem", self.key("jobs:active"), job.job_id), ("zrem", self.key("jobs:ma", job.model_id), job.job_id)]
             self._stored_status[job.job_id] = job.status
 
-    def put_checkpoint(self, job_id: str, blob: bytes, info: dict) -> None:
-        self.ops.append(("hset", self.key("ck", job_id), None, None, {"blob": blob, "info": json.dumps(info)}))
+    def put_checkpoint(self, job_id: str, blob: bytes, info: dict, best: bool = False) -> None:
+        fields = {"blob": blob, "info": json.dumps(info), **({"best": blob} if best else {})}  # best stays till dropped
+        self.ops.append(("hset", self.key("ck", job_id), None, None, fields))
 
     def drop_checkpoint(self, job_id: str) -> None:
         self.ops.append(("delete", self.key("ck", job_id)))

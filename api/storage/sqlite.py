@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker_id       TEXT,
     checkpoint      BLOB,
     checkpoint_info TEXT,
+    checkpoint_best BLOB,
     model_version   INTEGER,
     created_at      REAL NOT NULL,
     started_at      REAL,
@@ -124,7 +125,8 @@ CREATE INDEX IF NOT EXISTS notifications_due ON notifications (status, next_atte
 # columns added after the first release; added to older databases on open
 JOB_MIGRATIONS = {"kind": "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'training'",
                   "stage": "ALTER TABLE jobs ADD COLUMN stage TEXT",
-                  "owner": "ALTER TABLE jobs ADD COLUMN owner TEXT"}  # the API key name that submitted it
+                  "owner": "ALTER TABLE jobs ADD COLUMN owner TEXT",  # the API key name that submitted it
+                  "checkpoint_best": "ALTER TABLE jobs ADD COLUMN checkpoint_best BLOB"}  # early stopping's best epoch
 MODEL_MIGRATIONS = {"owner": "ALTER TABLE models ADD COLUMN owner TEXT"}  # the API key name that created it
 
 class SQLiteStore(Store):
@@ -295,8 +297,9 @@ class SQLiteStore(Store):
         ys = [np.frombuffer(r["y"], dtype=r["dtype"]).reshape(r["n"], r["n_out"]) for r in rows]
         return np.concatenate(xs), np.concatenate(ys)
 
-    def load_checkpoint(self, job_id: str) -> bytes | None:
-        row = self._con().execute("SELECT checkpoint FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    def load_checkpoint(self, job_id: str, best: bool = False) -> bytes | None:
+        column = "checkpoint_best" if best else "checkpoint"
+        row = self._con().execute(f"SELECT {column} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         if row is None:
             raise JobNotFound(job_id)
         return None if row[0] is None else bytes(row[0])

@@ -149,12 +149,13 @@ class SQLiteTx:
              json.dumps(job.history), job.error, job.worker_id, job.model_version, job.started_at, job.finished_at,
              job.stage, job.job_id))
 
-    def put_checkpoint(self, job_id: str, blob: bytes, info: dict) -> None:
-        self.con.execute("UPDATE jobs SET checkpoint = ?, checkpoint_info = ? WHERE job_id = ?",
-                         (blob, json.dumps(info), job_id))
+    def put_checkpoint(self, job_id: str, blob: bytes, info: dict, best: bool = False) -> None:
+        self.con.execute("UPDATE jobs SET checkpoint = ?, checkpoint_info = ?, checkpoint_best = CASE WHEN ? THEN ? "
+                         "ELSE checkpoint_best END WHERE job_id = ?", (blob, json.dumps(info), best, blob, job_id))
 
     def drop_checkpoint(self, job_id: str) -> None:
-        self.con.execute("UPDATE jobs SET checkpoint = NULL, checkpoint_info = NULL WHERE job_id = ?", (job_id,))
+        self.con.execute("UPDATE jobs SET checkpoint = NULL, checkpoint_info = NULL, checkpoint_best = NULL "
+                         "WHERE job_id = ?", (job_id,))
 
     def insert_trials(self, job_id: str, trials: list[dict]) -> None:
         self.con.executemany("INSERT INTO trials (job_id, idx, status, params, seed) VALUES (?, ?, ?, ?, ?)",

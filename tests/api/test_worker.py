@@ -298,6 +298,40 @@ def test_epochs_trained_counts_every_job_of_the_model_a_resumed_one_too(open_sto
     assert [v.info["epochs_trained"] for v in store.list_versions("m")] == [12, 8, 5, 0]
 
 
+@pytest.mark.parametrize("interrupt", ["after_the_best_epoch", "after_it_stopped_early"])
+def test_a_resumed_job_keeps_its_early_stopping_and_ends_as_one_run_straight_through(open_store, tmp_path, interrupt):
+    """A job with early stopping killed after its best epoch resumed with early stopping started afresh: it trained
+    8 epochs past where it would have stopped and committed a later, worse epoch (both backends). The checkpoint of
+    the best epoch is kept too, and the resumed job replays patience and the best value from its history."""
+    params = {"epochs": 60, "validation_split": 0.3, "learning_rate": 0.05, "dropout": None,
+              "early_stopping": {"patience": 3, "restore_best": True}}
+    net = Network.from_layer_sizes([3, 6, 2], activations=["relu", "softmax"], seed=0)
+    noisy = Y[np.random.default_rng(2).permutation(len(Y))]  # labels that do not fit: validation loss turns up
+    store = open_store()
+    straight = run_job(store, start_job(store, net, params, y=noisy), settings(tmp_path), threading.Event())
+    expected, best_epoch = final_params(store), len(straight.history) - 3
+    assert straight.status == "succeeded" and 3 < len(straight.history) < 60
+    stop_at = best_epoch + 1 if interrupt == "after_the_best_epoch" else len(straight.history)
+
+    store.delete_model("m")
+    job, stop, save_checkpoint = start_job(store, net, params, y=noisy), threading.Event(), store.save_checkpoint
+
+    def killed_after(job_id, blob, info, done, *rest, **kwargs):
+        if done <= stop_at:
+            save_checkpoint(job_id, blob, info, done, *rest, **kwargs)
+        if done == stop_at:
+            stop.set()  # as a SIGKILL would leave it: requeued from the checkpoint of `stop_at`
+
+    store.save_checkpoint = killed_after
+    run_job(store, job, settings(tmp_path), stop)
+    store.requeue_jobs(job_ids=[job.job_id])
+    store.save_checkpoint = save_checkpoint
+    other = open_store()
+    done = run_job(other, other.claim_job("w2"), settings(tmp_path), threading.Event())
+    assert done.status == "succeeded" and [h["epoch"] for h in done.history] == [h["epoch"] for h in straight.history]
+    np.testing.assert_array_equal(final_params(other), expected)
+
+
 def test_a_model_deleted_between_the_last_epoch_and_the_commit_ends_the_job_cancelled(open_store, tmp_path):
     """Training has ended (progress 100%, final metrics written) when DELETE /models arrives; the job ended
     "succeeded" with no model_version, which clients read as "the model has new weights"."""

@@ -481,7 +481,9 @@ def test_checkpoints_are_deleted_when_a_job_ends(store):
         j = store.create_job(job("m"), *rows(2), max_buffer=0)
         store.promote_ready_jobs()
         store.claim_job("w")
-        store.save_checkpoint(j.job_id, b"ckpt", {}, 1, [{"epoch": 1}], {})
+        store.save_checkpoint(j.job_id, b"best", {}, 1, [{"epoch": 1}], {}, best=True)  # early stopping's best epoch
+        store.save_checkpoint(j.job_id, b"ckpt", {}, 2, [{"epoch": 1}, {"epoch": 2}], {})
+        assert (store.load_checkpoint(j.job_id), store.load_checkpoint(j.job_id, best=True)) == (b"ckpt", b"best")
         store.finish_job(j.job_id, status, use_checkpoint=status != "succeeded", blob=b"v" if status == "succeeded" else None)
         ended.append(j.job_id)
     requeued = store.create_job(job("m"), *rows(2), max_buffer=0)  # interrupted, back in the queue, then cancelled
@@ -497,7 +499,7 @@ def test_checkpoints_are_deleted_when_a_job_ends(store):
     ended.append(requeued.job_id)
     for job_id in ended:
         assert store.get_job(job_id).status in ("succeeded", "failed", "cancelled")
-        assert store.load_checkpoint(job_id) is None, job_id
+        assert store.load_checkpoint(job_id) is None and store.load_checkpoint(job_id, best=True) is None, job_id
 
 
 def test_the_stamp_read_on_the_event_loop_sees_every_acknowledged_write(store):
