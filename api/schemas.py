@@ -244,6 +244,10 @@ class EarlyStoppingOptions(Request):
     patience: int = Field(5, ge=1, description="Epochs without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest decrease of the monitored loss that counts as improvement.")
     restore_best: bool = Field(True, description="End with the weights of the best epoch.")
+    monitor: str | None = Field(None, max_length=40, description="What to watch: val_loss with validation data, else "
+                                "loss; or any key the job's epochs report (accuracy, val_accuracy, val_f1, val_r2, ...).")
+    mode: Literal["auto", "min", "max"] = Field("auto", description="Which way is better; auto: lower for loss, mae "
+                                                "and rmse, higher for the others (accuracy, f1, r2, ...).")
 
 
 class NotifyTarget(Request):
@@ -355,8 +359,9 @@ class SearchCreate(Request):
     metric: str = Field("loss", description="Validation metric that ranks trials: loss, accuracy, precision, recall, f1 "
                                             "(roc_auc for binary) for classifiers; loss, mae, rmse, r2, pearson_r for "
                                             "regression. Loss-like metrics rank lowest first.")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the search: random draws, and trial i's network, split and shuffling "
-                                           "use seed + i, so the same request gives the same ranking.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the search: random draws and the folds or hold-out "
+                                           "split, the same for every trial; trial i's network and shuffling use seed + i, "
+                                           "so the same request gives the same ranking.")
     apply_best: bool = Field(False, description="When every trial has ended, train a new network of the best "
                                                 "configuration on all the job's samples and make it the model (version + 1).")
     epochs: int = Field(10, ge=1, description="Epochs of each trial unless `space` searches it.")
@@ -382,7 +387,8 @@ class TrialPublic(BaseModel):
     index: int = Field(description="Position of the trial in the grid or among the random draws.")
     status: Literal["pending", "running", "succeeded", "failed", "cancelled"] = Field(description="State of the trial.")
     params: dict[str, Any] = Field(description="The trial's hyper-parameters (the search's defaults apply to the rest).")
-    seed: int | None = Field(description="Seed of the trial's network, split and shuffling: the search's seed + index.")
+    seed: int | None = Field(description="Seed of the trial's network and shuffling: the search's seed + index (the split "
+                                                 "comes from the search's seed, the same for every trial).")
     score: float | None = Field(description="Value of the search's metric on held-out samples (mean over folds).")
     metrics: dict[str, Any] | None = Field(description="Every validation metric of the trial (means over folds).")
     error: str | None = Field(description="Why the trial failed.")

@@ -3,7 +3,8 @@
 A search job (kind "search") claims its samples like a training job (``consume_buffer`` defaults to
 false), then its trials wait to be claimed by any worker, several at once (worker processes, or RQ
 workers with NN_BACKEND=redis). Trial i of a search with seed s is the core's ``run_trial`` with
-seed s + i, so the same request gives the same scores and ranking. Trials never write the model. With
+seed s + i (its network and shuffling; every trial is scored on the same split, drawn from s), so the same
+request gives the same scores and ranking. Trials never write the model. With
 ``apply_best``, once every trial has ended the job goes to its "apply" stage: an ordinary claim (one
 writer per model) trains a new network of the best configuration on all the job's samples and the
 model takes it, version += 1.

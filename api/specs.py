@@ -9,6 +9,7 @@ from neural_net import Network, activations, initializers, losses, optimizers, s
 from neural_net.errors import LimitError, NeuralNetError
 from neural_net.layers import LAYER_TYPES
 from neural_net.serialization import check_layer_count
+from neural_net.training import reported
 
 from api.errors import InvalidInput
 from api.schemas import JobCreate, LayerSpec, ModelCreate
@@ -214,13 +215,16 @@ def fit_config(settings: Settings, info: dict, req: JobCreate) -> FitConfig:
     if options:
         try:
             schedules.get(schedule or "constant", **options)
-        except TypeError:
-            raise InvalidInput(f"schedule {schedule or 'constant'!r} does not take the options {sorted(options)}; "
-                               "exponential takes decay_rate, step takes step_size and gamma, cosine takes min_lr, "
-                               "reduce_on_plateau takes factor, patience, min_lr and min_delta, "
-                               "and all take warmup_epochs") from None
-        except NeuralNetError as exc:
+        except NeuralNetError as exc:  # an option it does not take, or of the wrong type: named, with those it takes
             raise InvalidInput(f"schedule_options: {exc}") from None
+    stopping = req.early_stopping
+    if stopping is not None and stopping.monitor is not None:  # else the job would fail at its first epoch
+        validated = bool(req.validation_split or getattr(req, "validation_dataset", None))
+        keys = reported(info["task"], validated)
+        if stopping.monitor not in keys:
+            raise InvalidInput(f"early_stopping.monitor {stopping.monitor!r} is not reported by this job; send one of: "
+                               f"{', '.join(keys)}" + ("" if validated else " (val_ keys need validation_split or "
+                                                                            "validation_dataset)"))
     dropout = None
     if req.dropout is not None:
         n_layers = len(info["activations"])  # one per layer, batch_norm layers included

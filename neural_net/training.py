@@ -152,6 +152,13 @@ class EarlyStopping:
         return self.waited >= self.patience
 
 
+def reported(task, validation):
+    """The keys each epoch of a run reports (and `EarlyStopping` may monitor): loss, accuracy for classifiers,
+    and with validation data val_ and each metric `Network.evaluate` gives for the task."""
+    return ["loss"] + (["accuracy"] if task in ("multiclass", "binary") else []) + \
+        ([f"val_{key}" for key in metrics.names(task)] if validation else [])
+
+
 def model_state(net):
     """A copy of what inference uses: the weights and the BatchNorm running statistics."""
     return net._flat.copy(), [array.copy() for layer in net.layers for array in layer.buffers.values()]
@@ -202,10 +209,7 @@ class Run:
         net, history = self.net, self.history
         started = time.perf_counter()
         if self.stopper:
-            available = ["loss"] + (["accuracy"] if self.labels is not None else [])
-            if self.x_val is not None:
-                available += [f"val_{key}" for key in metrics.names(self.task)]
-            self.stopper.start(available)
+            self.stopper.start(reported(self.task, self.x_val is not None))
         stop = self._notify("on_train_begin", self._progress(self.initial_epoch + 1, 0, 0, 0.0, 0.0, started))
         if self.stopper and self.stopper.stopped:  # resumed after it had stopped: no epoch more, the best goes back
             stop = history.stopped_early = True

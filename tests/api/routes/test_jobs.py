@@ -142,6 +142,11 @@ def test_unknown_job_is_404(client):
     ({"inputs": X4}, "together"),
     ({"validation_split": 1.0}, "less than 1"),
     ({"early_stopping": {"patience": 0}}, "greater than or equal to 1"),
+    # a monitor the job's epochs never report failed the job at its first epoch (and the service had no monitor)
+    ({"early_stopping": {"monitor": "val_acc"}, "validation_split": 0.3},
+     "early_stopping.monitor 'val_acc' is not reported by this job; send one of: loss, accuracy, val_loss, val_accuracy"),
+    ({"early_stopping": {"monitor": "val_loss"}}, "val_ keys need validation_split or validation_dataset"),
+    ({"early_stopping": {"mode": "up"}}, "'auto', 'min' or 'max'"),
     ({"batchsize": 8}, "unknown field"),
 ])
 def test_invalid_jobs_are_rejected(idle_client, body, words):
@@ -151,6 +156,24 @@ def test_invalid_jobs_are_rejected(idle_client, body, words):
     assert response.status_code == 422, response.text
     assert words in response.json()["detail"]
     assert idle_client.post("/models/nope/training-jobs", json={}).status_code == 404
+
+
+def test_early_stopping_may_watch_any_key_the_job_reports(tmp_path):
+    """HTTP parity with the core: `monitor` and `mode`; on val_accuracy the job keeps its most accurate epoch (the
+    core took lower as better for every key, and kept the least accurate one)."""
+    from tests.api.conftest import backend_app, run_queued
+
+    with backend_app("sqlite", tmp_path) as client:
+        create(client, model_id="watched")
+        body = {"inputs": X4 * 4, "targets": Y3 * 4, "epochs": 40, "validation_split": 0.25, "learning_rate": 0.05,
+                "seed": 1, "early_stopping": {"monitor": "val_accuracy", "patience": 5}}
+        assert client.post("/models/watched/training-jobs", json=body).status_code == 202
+        (job,) = run_queued(client)
+        assert job["status"] == "succeeded", job
+        accuracies = [h["val_accuracy"] for h in job["history"]]
+        assert min(accuracies) < max(accuracies), accuracies  # the first epochs were less accurate
+        final = client.post("/models/watched/evaluate", json={"inputs": (X4 * 4)[-6:], "targets": (Y3 * 4)[-6:]}).json()
+        assert final["metrics"]["accuracy"] == max(accuracies)
 
 
 def test_waiting_jobs_cancel_at_once_and_give_samples_back(idle_client):
