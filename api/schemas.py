@@ -118,11 +118,6 @@ class ModelPublic(BaseModel):
                                            "output_size", "n_params", "epochs_trained", "config")})
 
 
-class ModelsPublic(BaseModel):
-    data: list[ModelPublic] = Field(description="One page of models, oldest first.")
-    count: int = Field(description="Total number of models (under NN_TENANCY, of the models this key sees).")
-
-
 # -- versions --------------------------------------------------------------------
 class VersionPublic(BaseModel):
     model_id: str = Field(description="Id of the model.")
@@ -458,12 +453,6 @@ class JobPublic(BaseModel):
                    metrics=(r.progress or {}).get("metrics"),
                    model_version=r.model_version, created_at=_utc(r.created_at), started_at=_utc(r.started_at),
                    finished_at=_utc(r.finished_at))
-
-
-class JobsPublic(BaseModel):
-    data: list[JobPublic] = Field(description="One page of jobs, newest first.")
-    count: int = Field(description="Total number of jobs that match (all of the model's, for /models/{model_id}/jobs; "
-                                   "under NN_TENANCY, of the jobs this key sees).")
 
 
 class ModelProgress(BaseModel):

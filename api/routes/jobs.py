@@ -12,7 +12,8 @@ from api.auth import creator_name, visible_owner
 from api.errors import TooManyStreams
 from api.json_body import JsonBodyRoute
 from api.routes import get_service
-from api.schemas import JobCreate, JobPublic, JobsPublic, ModelProgress, Progress
+from api.paging import JobsPublic, page
+from api.schemas import JobCreate, JobPublic, ModelProgress, Progress
 from api.services import Service
 from api.storage.base import TERMINAL
 
@@ -35,9 +36,9 @@ def submit_job(model_id: str, body: JobCreate, response: Response, owner: str | 
 @model_router.get("/jobs", response_model=JobsPublic, summary="The model's training jobs, newest first")
 def list_jobs(model_id: str, offset: int = Query(0, ge=0, le=2**62, description="Jobs to skip."),
               limit: int = Query(50, ge=1, le=500, description="Jobs per page."),
-              owner: str | None = Depends(visible_owner), service: Service = Depends(get_service)) -> JobsPublic:
-    records, count = service.list_jobs(model_id, offset, limit, owner)
-    return JobsPublic(data=[JobPublic.from_record(r) for r in records], count=count)
+              owner: str | None = Depends(visible_owner), service: Service = Depends(get_service)) -> Response:
+    return page(lambda at, n: service.list_jobs(model_id, at, n, owner), JobPublic.from_record, offset, limit,
+                service.settings.max_list_bytes)
 
 
 @model_router.get("/progress", response_model=ModelProgress, summary="Progress of the model's latest job")
@@ -56,9 +57,9 @@ def list_all_jobs(status: Literal["buffering", "queued", "running", "cancelling"
                   kind: Literal["training", "search"] | None = Query(None, description="Only training or search jobs."),
                   offset: int = Query(0, ge=0, le=2**62, description="Jobs to skip."),
                   limit: int = Query(50, ge=1, le=500, description="Jobs per page."),
-                  owner: str | None = Depends(visible_owner), service: Service = Depends(get_service)) -> JobsPublic:
-    records, count = service.list_all_jobs(offset, limit, status=status, model_id=model_id, kind=kind, owner=owner)
-    return JobsPublic(data=[JobPublic.from_record(r) for r in records], count=count)
+                  owner: str | None = Depends(visible_owner), service: Service = Depends(get_service)) -> Response:
+    return page(lambda at, n: service.list_all_jobs(at, n, status=status, model_id=model_id, kind=kind, owner=owner),
+                JobPublic.from_record, offset, limit, service.settings.max_list_bytes)
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Status, progress, history and result of a job")

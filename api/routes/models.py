@@ -9,7 +9,8 @@ from api.errors import InvalidInput
 from api.json_body import JsonBodyRoute, OrjsonResponse, read_json
 from api.routes import get_service
 from api.routes.datasets import FILE_BODY, file_options
-from api.schemas import (BufferPublic, EvaluateRequest, EvaluateResponse, ModelCreate, ModelPublic, ModelsPublic,
+from api.paging import ModelsPublic, page
+from api.schemas import (BufferPublic, EvaluateRequest, EvaluateResponse, ModelCreate, ModelPublic,
                          IRIS_X, IRIS_Y, OutputRequest, OutputResponse, SamplesCreate, Weights)
 from api.services import Service
 
@@ -34,9 +35,9 @@ def create_model(body: ModelCreate, owner: str | None = Depends(creator_name),
 @router.get("", response_model=ModelsPublic, summary="List models, oldest first")
 def list_models(offset: int = Query(0, ge=0, le=2**62, description="Models to skip."),
                 limit: int = Query(50, ge=1, le=500, description="Models per page."),
-                owner: str | None = Depends(visible_owner), service: Service = Depends(get_service)) -> ModelsPublic:
-    records, count = service.list_models(offset, limit, owner)
-    return ModelsPublic(data=[ModelPublic.from_record(r) for r in records], count=count)
+                owner: str | None = Depends(visible_owner), service: Service = Depends(get_service)) -> Response:
+    return page(lambda at, n: service.list_models(at, n, owner), ModelPublic.from_record, offset, limit,
+                service.settings.max_list_bytes)
 
 
 @router.post("/import", status_code=201, response_model=ModelPublic, openapi_extra=NPZ_BODY,

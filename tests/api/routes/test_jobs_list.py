@@ -73,5 +73,5 @@ def test_under_tenancy_a_key_lists_only_its_names_jobs(backend, tmp_path):
             jobs[name] = made.json()["job_id"]
         assert ids(client.get("/jobs", headers=h("alice-read-key"))) == [jobs["alice2"], jobs["alice"]]
         assert ids(client.get("/jobs?status=buffering&limit=1&offset=1", headers=h("alice-read-key"))) == [jobs["alice"]]
-        assert client.get("/jobs?model_id=a1", headers=h("bob-read-key")).json() == {"data": [], "count": 0}
+        assert client.get("/jobs?model_id=a1", headers=h("bob-read-key")).json() == {"data": [], "count": 0, "next_offset": None}
         assert ids(client.get("/jobs", headers=h("root-admin-key"))) == [jobs["alice2"], jobs["bob"], jobs["alice"]]
