@@ -229,7 +229,7 @@ class Service:
         dtype = info["dtype"]
         with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf or NaN, refused below
             if req.include_activations or y is not None:
-                with model.lock:  # these keep per-call state on the layers
+                with model.exclusive():  # gradients keep per-call state on the layers
                     if req.include_activations:
                         out, layers = net.forward(x, return_activations=True)
                         for i, layer in enumerate(layers):
@@ -274,7 +274,7 @@ class Service:
                  viewer: str | None = None) -> dict[str, Any]:
         model = self.models.version(model_id, version)
         x, y = self._labelled(model_id, model.record.info, req, viewer)
-        with model.lock, np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf or NaN, refused below
+        with model.exclusive(), np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf or NaN, refused below
             metrics = model.net.evaluate(x, y)
         check_finite("the loss", (np.asarray(metrics["loss"]),), model.record.info["dtype"])
         return {"model_id": model_id, "model_version": model.record.version, "n_samples": len(x),

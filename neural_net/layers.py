@@ -74,11 +74,14 @@ class Layer:
             ws["dout"] = np.empty_like(out)
         return ws["dout"]
 
-    def _activate(self, z, training, dropout, rng, ws):
-        """Apply the activation (and inverted dropout while training); remember what backward needs."""
+    def _activate(self, z, training, dropout, rng, ws, trace=None):
+        """Apply the activation (and inverted dropout while training); remember what backward needs. Inference
+        keeps nothing on the layer: threads share a network (the service's cached models), and what one call stored
+        another could read, or hold on to (a 10,000-row request's arrays); `trace` (a list) gets its z and a."""
         if not training:
             a = self.activation.forward(z)
-            self.z, self.a, self._ws = z, a, None
+            if trace is not None:
+                trace.append({"z": z, "a": a})
             return a
         a = self.activation.forward(z, out=ws["a"])
         self.z, self.a, self._mask, self._ws = z, a, None, ws
@@ -145,14 +148,15 @@ class Dense(Layer):
         if self.use_bias:
             self.bias_init.fill(self.params["biases"], rng)
 
-    def forward(self, x, training=False, dropout=True, rng=None, update_stats=True):
+    def forward(self, x, training=False, dropout=True, rng=None, update_stats=True, trace=None):
         weights = self.params["weights"]
         ws = self._workspace(x.shape[0], weights.dtype) if training else None
         z = np.matmul(x, weights, out=ws["z"] if training else None)
         if self.use_bias:
             z += self.params["biases"]
-        self._x = x
-        return self._activate(z, training, dropout, rng, ws)
+        if training:
+            self._x = x
+        return self._activate(z, training, dropout, rng, ws, trace)
 
     def backward(self, grad, need_input_grad=True, grad_is_dz=False):
         """grad: dL/d(output) (or dL/dz if grad_is_dz), (batch, units); may be overwritten.
@@ -216,7 +220,7 @@ class BatchNorm(Layer):
     def init_buffers(self, dtype):
         self.buffers = {"running_mean": np.zeros(self.units, dtype), "running_var": np.ones(self.units, dtype)}
 
-    def forward(self, x, training=False, dropout=True, rng=None, update_stats=True):
+    def forward(self, x, training=False, dropout=True, rng=None, update_stats=True, trace=None):
         gamma, beta = self.params["gamma"], self.params["beta"]
         if training:
             ws = self._workspace(x.shape[0], x.dtype)
@@ -230,14 +234,15 @@ class BatchNorm(Layer):
                     self.buffers[key] += (1.0 - self.momentum) * value
         else:
             ws, mean, var = None, self.buffers["running_mean"], self.buffers["running_var"]
-        # computed in locals, then kept for backward: threads predicting with one network (the service's cached
-        # models) each read their own, not what another thread's call stored in between
+        # computed in locals, kept for backward only while training: threads predicting with one network (the
+        # service's cached models) each read their own, not what another thread's call stored in between
         inv_std = 1.0 / np.sqrt(var + self.eps)
         xhat = (x - mean) * inv_std
-        self._inv_std, self._xhat = inv_std, xhat
+        if training:
+            self._inv_std, self._xhat = inv_std, xhat
         z = np.multiply(xhat, gamma, out=ws["z"] if training else None)
         z += beta
-        return self._activate(z, training, dropout, rng, ws)
+        return self._activate(z, training, dropout, rng, ws, trace)
 
     def backward(self, grad, need_input_grad=True, grad_is_dz=False):
         """dx = inv_std / N * (N dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)), dxhat = dz * gamma."""

@@ -174,18 +174,17 @@ class Network:
         return loss_registry.resolve(loss, self.layers[-1].activation.name, self.output_size)
 
     # ------------------------------------------------------------------ inference
-    def _forward(self, x, training=False, dropout=True, update_stats=True):
+    def _forward(self, x, training=False, dropout=True, update_stats=True, trace=None):
         for layer in self.layers:
-            x = layer.forward(x, training=training, dropout=dropout, rng=self.rng, update_stats=update_stats)
+            x = layer.forward(x, training=training, dropout=dropout, rng=self.rng, update_stats=update_stats, trace=trace)
         return x
 
     def forward(self, x, return_activations=False):
         """Inference pass. With return_activations, also [{"z": pre-activation, "a": activation}] per layer."""
         self._ready()
-        out = self._forward(self._inputs(x))
-        if not return_activations:
-            return out
-        return out, [{"z": layer.z, "a": layer.a} for layer in self.layers]
+        trace = [] if return_activations else None
+        out = self._forward(self._inputs(x), trace=trace)
+        return out if trace is None else (out, trace)
 
     def predict(self, x, batch_size=None):
         """Outputs (batch, n_out) for inputs (batch, n_in) or one vector (n_in,), batch_size rows at a time."""
@@ -408,8 +407,9 @@ class Network:
         fused = _fused(loss, self.layers[-1])
         outputs, total = [], 0.0
         for start in range(0, x.shape[0], chunk):
-            out, yc = self._forward(x[start:start + chunk]), y[start:start + chunk]
-            value = loss.value_from_logits(self.layers[-1].z, yc) if fused else loss.value(out, yc)
+            trace = [] if fused else None  # the logits of the last layer, of this call (inference keeps no state)
+            out, yc = self._forward(x[start:start + chunk], trace=trace), y[start:start + chunk]
+            value = loss.value_from_logits(trace[-1]["z"], yc) if fused else loss.value(out, yc)
             total += value * out.shape[0]
             outputs.append(out)
         return np.concatenate(outputs) if len(outputs) > 1 else outputs[0], total / x.shape[0]

@@ -277,23 +277,21 @@ def test_batch_norm_uses_batch_statistics_in_training_and_running_ones_after():
     np.testing.assert_allclose(net.predict(x).std(axis=0), 1, rtol=0.01)
 
 
-def test_predict_keeps_no_state_another_call_can_change_midway(monkeypatch):
-    """Threads share one network in the service (its cached models): a call must never read back what it stored on a
-    layer, as another thread's call may have stored its own in between. Here that call runs at the worst moment."""
+def test_inference_keeps_no_state_on_the_layers():
+    """Threads share one network in the service (its cached models). Inference stored each call's inputs, z and a on
+    the layers: a locked call (activations, evaluate's logits) could read another thread's, stored in between, and a
+    cached network held its last request's arrays (a 10,000-row one: 60 MB) beyond NN_MODEL_CACHE_MB's count."""
     net = Network(3, seed=0).add(Dense(4)).add(BatchNorm(activation="relu")).add(Dense(2, "softmax"))
-    net.fit(np.random.default_rng(0).normal(size=(16, 3)), np.arange(16) % 2, epochs=1)
-    x, other = np.random.default_rng(1).normal(size=(5, 3)), np.random.default_rng(2).normal(size=(7, 3))
-    expected = net.predict(x)
-    stored = {}
-
-    def store_xhat(layer, value):  # another thread's predict runs just after this call stores its xhat
-        layer.__dict__["_xhat"] = value
-        if not stored:
-            stored["outer"] = value
-            net.predict(other)
-
-    monkeypatch.setattr(BatchNorm, "_xhat", property(lambda layer: layer.__dict__["_xhat"], store_xhat), raising=False)
-    np.testing.assert_array_equal(net.predict(x), expected)
+    x, y = np.random.default_rng(0).normal(size=(16, 3)), np.arange(16) % 2
+    net.fit(x, y, epochs=1)
+    kept = [dict(vars(layer)) for layer in net.layers]
+    out, layers = net.forward(x, return_activations=True)
+    net.predict(x), net.evaluate(x, y)
+    for before, layer in zip(kept, net.layers):
+        assert all(vars(layer)[name] is value for name, value in before.items()), layer
+    np.testing.assert_array_equal(layers[-1]["a"], out)
+    np.testing.assert_allclose(net.evaluate(x, y)["loss"], net.evaluate(x[:8], y[:8])["loss"] / 2
+                               + net.evaluate(x[8:], y[8:])["loss"] / 2, rtol=1e-6)
 
 
 def test_history_and_progress_callbacks():
