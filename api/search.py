@@ -18,14 +18,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from neural_net import activations, initializers, metrics
+from neural_net import Network, activations, initializers, metrics
 from neural_net.errors import NeuralNetError
 from neural_net.selection import FIT_PARAMETERS, grid, random_samples, split_params
 
 from api.errors import InvalidInput
 from api.schemas import JobCreate, SearchCreate
 from api.records import log_transition
-from api.search_trials import builder_for, trial_config
+from api.search_trials import trial_config
 from api.services import Service
 from api.specs import check_layers, fit_config
 from api.storage.base import JobRecord, new_trial
@@ -49,10 +49,9 @@ def submit_search(service: Service, model_id: str, req: SearchCreate, owner: str
     candidates = _candidates(req)
     defaults = {"epochs": req.epochs, "batch_size": req.batch_size, "optimizer": req.optimizer,
                 "learning_rate": req.learning_rate, "l1": req.l1, "l2": req.l2}
-    build = builder_for(info)
     built: set[str] = set()
     for i, params in enumerate(candidates):
-        _check_candidate(service, info, build, defaults, params, f"trial {i} {params}", built)
+        _check_candidate(service, info, defaults, params, f"trial {i} {params}", built)
     x, y = service.inline_samples(info, req.inputs, req.targets, "to search on the buffer")
     service.check_notify(req.notify)
     params = {"space": {k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in req.space.items()},
@@ -99,7 +98,7 @@ def _candidates(req: SearchCreate) -> list[dict[str, Any]]:
         raise InvalidInput(f"space: {exc}") from None
 
 
-def _check_candidate(service: Service, info: dict, build, defaults: dict, params: dict, where: str, built: set) -> None:
+def _check_candidate(service: Service, info: dict, defaults: dict, params: dict, where: str, built: set) -> None:
     arch, fit = split_params(params)
     try:
         req = JobCreate(**{**defaults, **fit})
@@ -129,7 +128,15 @@ def _check_candidate(service: Service, info: dict, build, defaults: dict, params
     key = repr(sorted(arch.items()))
     if key not in built:  # each distinct architecture is built once, so every name and option is checked
         try:
-            build(arch, 0)
+            Network.from_config(_one_unit_each(config))
         except (NeuralNetError, TypeError, ValueError) as exc:
             raise InvalidInput(f"{where}: {exc}") from None
         built.add(key)
+
+
+def _one_unit_each(config: dict) -> dict:
+    """A trial's network with one unit in each hidden dense layer: built, it checks every name and option as the
+    real one would, at a cost that does not grow with the sizes searched (check_layers has checked those). Built
+    whole, a grid of 1,000 architectures of 4M parameters each took 84 CPU-seconds to check."""
+    layers = [{**layer, "units": 1} if layer["type"] == "dense" else layer for layer in config["layers"][:-1]]
+    return {**config, "layers": [*layers, config["layers"][-1]], "seed": 0}
