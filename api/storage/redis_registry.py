@@ -20,6 +20,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+import redis
+
 from api.errors import ModelNotFound, VersionNotFound
 from api.storage.base import TERMINAL, JobRecord, Notification, VersionRecord
 
@@ -35,8 +37,8 @@ ORPHAN_SECONDS = 3600.0  # a notification whose job was never stored (its submit
 
 
 # -- versions -------------------------------------------------------------------------------
-def _current(store: "RedisStore", model_id: str) -> tuple[str, int]:
-    uid, version = store.redis.hmget(store._key("m", model_id), ["uid", "version"])
+def _current(store: "RedisStore", model_id: str, client=None) -> tuple[str, int]:
+    uid, version = (client or store.redis).hmget(store._key("m", model_id), ["uid", "version"])
     if uid is None:
         raise ModelNotFound(model_id)
     return uid.decode(), int(version)
@@ -48,13 +50,20 @@ def _version(uid: str, version: int, f: list) -> VersionRecord:
 
 
 def list_versions(store: "RedisStore", model_id: str) -> list[VersionRecord]:
-    uid, current = _current(store, model_id)
-    versions = [int(v) for v in store.redis.zrevrangebyscore(store._key("vers", uid), current, "-inf")]
-    pipe = store.redis.pipeline(transaction=False)
-    for v in versions:
-        pipe.hmget(store._key("v", uid, str(v)), VERSION_FIELDS)
-    rows = pipe.execute() if versions else []
-    return [_version(uid, v, f) for v, f in zip(versions, rows) if f[0] is not None]
+    """One snapshot: the reads WATCH the model, whose version every write (and its pruning) changes, and are made
+    again when it changed; read apart, a listing racing PUTs on another replica left out a kept version."""
+    while True:
+        with store.redis.pipeline() as pipe:
+            try:
+                pipe.watch(store._key("m", model_id))
+                uid, current = _current(store, model_id, pipe)
+                versions = [int(v) for v in pipe.zrevrangebyscore(store._key("vers", uid), current, "-inf")]
+                rows = [pipe.hmget(store._key("v", uid, str(v)), VERSION_FIELDS) for v in versions]
+                pipe.multi()
+                pipe.execute()  # fails when the model changed since the WATCH
+            except redis.WatchError:
+                continue
+        return [_version(uid, v, f) for v, f in zip(versions, rows) if f[0] is not None]
 
 
 def get_version(store: "RedisStore", model_id: str, version: int) -> tuple[bytes, VersionRecord]:

@@ -34,3 +34,33 @@ def test_a_step_that_read_another_replicas_commit_halfway_is_retried(store, monk
     assert [j.job_id for j in raced["append"][1]] == [waiting.job_id] and queued == []
     assert size == 2 and store.get_job(waiting.job_id).status == "queued"  # the retried step appended to the buffer
     other.close()
+
+
+@pytest.mark.parametrize("store", ["redis"], indirect=True)
+def test_a_version_list_is_one_snapshot_though_another_replica_writes_meanwhile(store, monkeypatch):
+    """The list read the model's versions, then each version's record: a PUT on another replica in between pruned
+    the oldest and added one the list had not seen, so it showed one kept version fewer (134 of 1,200 listings)."""
+    import redis.commands.core
+
+    from api.storage.redis_store import RedisStore
+
+    other = RedisStore(REDIS_URL, prefix=store.prefix, keep_versions=3)
+    store.keep_versions = 3
+    store.create_model("m", b"v1", {"n": 1})
+    for i in range(2, 6):
+        store.replace_model("m", f"v{i}".encode(), {"n": i})
+    kept = len(store.list_versions("m"))
+    read = redis.commands.core.SortedSetCommands.zrevrangebyscore
+    raced = []
+
+    def another_put_right_after(client, *args, **kwargs):
+        versions = read(client, *args, **kwargs)
+        if not raced:
+            raced.append(other.replace_model("m", b"v6", {"n": 6}))
+        return versions
+
+    monkeypatch.setattr(redis.commands.core.SortedSetCommands, "zrevrangebyscore", another_put_right_after)
+    listed = store.list_versions("m")
+    monkeypatch.undo()
+    assert raced and len(listed) == kept == 4 and listed[0].version == 6, [v.version for v in listed]
+    other.close()
