@@ -145,13 +145,15 @@ class HeadAsGet:
     """HEAD on a GET route answers as GET does, without the body: FastAPI's routes answered 405 where Starlette's
     answer, and load balancers probe ``HEAD /health``. The route runs as for GET (API keys check it as a read);
     the server, whose scope still says HEAD, sends the head alone. A route with a HEAD handler of its own (a
-    dataset's download, which then reads no file) keeps it."""
+    dataset's download, which then reads no file) keeps it, and an event stream answers 405 as before: run as a GET
+    it would hold one of NN_MAX_STREAMS while the prober's connection stays open."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "HEAD" and match_route(scope["app"], scope)[0] != Match.FULL:
+        if (scope["type"] == "http" and scope["method"] == "HEAD" and not scope["path"].endswith("/events")
+                and match_route(scope["app"], scope)[0] != Match.FULL):
             scope = {**scope, "method": "GET"}
         await self.app(scope, receive, send)
 

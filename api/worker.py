@@ -152,7 +152,9 @@ def run_job(store: Store, job: JobRecord, settings: Settings, stop_event) -> Job
         stopper = EarlyStopping.coerce(config.fit_kwargs().get("early_stopping"))
         best = store.load_checkpoint(job.job_id, best=True) if checkpoint is not None and stopper is not None else None
         best_state = None if best is None else model_state(Network.from_bytes(best))
-        if stopper is not None and checkpoint is not None:
+        # a checkpoint from before the best one was kept (an upgrade mid-job) restores the best of the epochs to come,
+        # as then: replayed, restore_best would have nothing to put back
+        if stopper is not None and checkpoint is not None and (best_state is not None or not stopper.restore_best):
             stopper.resume(job.history, best_state)
         callback = _JobCallback(store, job, net, snapshot, stop_event, settings.progress_interval, stopper)
         if checkpoint is None or job.epochs_done < config.epochs:

@@ -98,9 +98,11 @@ def regression_metrics(y_true, y_pred):
     true_dev, pred_dev = y_true - y_true.mean(axis=0), y_pred - y_pred.mean(axis=0)
     varies = np.ptp(y_true, axis=0) > 0  # exact, where a mean's rounding would leave a constant a tiny spread
     both_vary = varies & (np.ptp(y_pred, axis=0) > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
         r2 = 1.0 - np.sum(error ** 2, axis=0) / np.sum(true_dev ** 2, axis=0)
         r = np.mean(true_dev * pred_dev, axis=0) / (y_true.std(axis=0) * y_pred.std(axis=0))
+    # a spread too small to square in float64 (targets 0 and 1e-170) leaves the ratio undefined too
+    varies, both_vary = varies & np.isfinite(r2), both_vary & np.isfinite(r)
     return {
         "mae": float(np.abs(error).mean()),
         "rmse": float(np.sqrt(np.mean(error ** 2))),

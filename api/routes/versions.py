@@ -29,7 +29,8 @@ def get_version(model_id: str, version: int = VERSION, service: Service = Depend
     return VersionPublic.from_record(record, service.get_model(model_id).version)
 
 
-@router.get("/{version}/weights", response_model=Weights, summary="Weights and biases of every layer of a kept version")
+@router.get("/{version}/weights", response_model=Weights, summary="Weights and biases of every layer of a kept version",
+            responses={304: {"description": "Not modified: If-None-Match lists this version's ETag."}})
 def get_version_weights(model_id: str, response: Response, version: int = VERSION,
                         if_none_match: str | None = Header(None, description=(
                             "The ETag of an earlier read of this version: 304 with no body when it matches.")),

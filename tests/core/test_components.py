@@ -155,6 +155,8 @@ def test_r2_and_pearson_r_score_each_output_then_average():
     assert one["r2"] == pytest.approx(skm.r2_score(truth[:, 0], truth[:, 0] * 0.5)) and one["pearson_r"] == pytest.approx(1)
     constant = metrics.regression_metrics(np.c_[truth[:, 0], np.ones(100)], np.c_[truth[:, 0], np.ones(100)])
     assert constant["r2"] == 1.0 and constant["pearson_r"] == pytest.approx(1)  # a constant column is left out
+    tiny = metrics.regression_metrics([0, 1e-170], [0, 1])  # a spread whose square underflows: -inf and inf before
+    assert tiny["r2"] is None and tiny["pearson_r"] is None
 
 
 @pytest.mark.parametrize("loss, targets, n_out, message", [
