@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from api.schemas import JobPublic, ModelPublic
 
-CHUNK = 20  # records read from the store at a time, at most: as many as the budget left seems to hold
+FIRST, CHUNK = 8, 100  # records of a page's first read, and of each later one at most (as many as seem to fit)
 NEXT_OFFSET = ("Offset of the next page; null after the last. A page holds fewer than `limit` items when more would "
                "pass NN_MAX_LIST_BYTES (it always holds one): follow next_offset, not offset + limit.")
 
@@ -33,22 +33,29 @@ class JobsPublic(BaseModel):
     next_offset: int | None = Field(None, description=NEXT_OFFSET)
 
 
-def page(fetch: Callable[[int, int], tuple[list, int]], public: Callable[[object], BaseModel], offset: int, limit: int,
-         budget: int) -> Response:
+def page(fetch: Callable[[int, int], tuple[list, int]], public: Callable[[object], BaseModel], key: Callable[[object], str],
+         offset: int, limit: int, budget: int) -> Response:
     """The JSON page ``{"data", "count", "next_offset"}`` from ``offset``: ``fetch(offset, limit)`` gives records and
-    the total count, ``public(record)`` an item's schema."""
-    items, size, position, count = [], 0, offset, 0
+    the total count, ``public(record)`` an item's schema, ``key(record)`` its id. Each read after the first starts
+    one record early: a write between two reads moved the rows (a job submitted: one item twice), and the page
+    then ends where it got to rather than repeat or skip one."""
+    items, size, position, count, last = [], 0, offset, 0, None
     while len(items) < limit:
-        fits = 1 if not items else max(1, (budget - size) * len(items) // size)  # items of the size seen so far
+        fits = FIRST if not items else max(1, (budget - size) * len(items) // size)  # items of the size seen so far
         asked = min(CHUNK, fits, limit - len(items))
-        records, count = fetch(position, asked)
+        if last is None:
+            records, count = fetch(position, asked)
+        else:
+            records, count = fetch(position - 1, asked + 1)
+            if not records or key(records[0]) != last:
+                return _answer(items, count, position)
+            records = records[1:]
         for record in records:
             item = public(record).model_dump_json().encode()
             if items and size + len(item) > budget:
                 return _answer(items, count, position)
             items.append(item)
-            size += len(item)
-            position += 1
+            size, position, last = size + len(item), position + 1, key(record)
         if len(records) < asked:
             break
     return _answer(items, count, position if position < count else None)

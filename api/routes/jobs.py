@@ -37,8 +37,8 @@ def submit_job(model_id: str, body: JobCreate, response: Response, owner: str | 
 def list_jobs(model_id: str, offset: int = Query(0, ge=0, le=2**62, description="Jobs to skip."),
               limit: int = Query(50, ge=1, le=500, description="Jobs per page."),
               owner: str | None = Depends(visible_owner), service: Service = Depends(get_service)) -> Response:
-    return page(lambda at, n: service.list_jobs(model_id, at, n, owner), JobPublic.from_record, offset, limit,
-                service.settings.max_list_bytes)
+    return page(lambda at, n: service.list_jobs(model_id, at, n, owner), JobPublic.from_record, lambda r: r.job_id,
+                offset, limit, service.settings.max_list_bytes)
 
 
 @model_router.get("/progress", response_model=ModelProgress, summary="Progress of the model's latest job")
@@ -59,7 +59,7 @@ def list_all_jobs(status: Literal["buffering", "queued", "running", "cancelling"
                   limit: int = Query(50, ge=1, le=500, description="Jobs per page."),
                   owner: str | None = Depends(visible_owner), service: Service = Depends(get_service)) -> Response:
     return page(lambda at, n: service.list_all_jobs(at, n, status=status, model_id=model_id, kind=kind, owner=owner),
-                JobPublic.from_record, offset, limit, service.settings.max_list_bytes)
+                JobPublic.from_record, lambda r: r.job_id, offset, limit, service.settings.max_list_bytes)
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Status, progress, history and result of a job")

@@ -36,8 +36,8 @@ def create_model(body: ModelCreate, owner: str | None = Depends(creator_name),
 def list_models(offset: int = Query(0, ge=0, le=2**62, description="Models to skip."),
                 limit: int = Query(50, ge=1, le=500, description="Models per page."),
                 owner: str | None = Depends(visible_owner), service: Service = Depends(get_service)) -> Response:
-    return page(lambda at, n: service.list_models(at, n, owner), ModelPublic.from_record, offset, limit,
-                service.settings.max_list_bytes)
+    return page(lambda at, n: service.list_models(at, n, owner), ModelPublic.from_record, lambda r: r.model_id,
+                offset, limit, service.settings.max_list_bytes)
 
 
 @router.post("/import", status_code=201, response_model=ModelPublic, openapi_extra=NPZ_BODY,
