@@ -37,3 +37,5 @@ class DatasetPublic(BaseModel):
 class DatasetsPublic(BaseModel):
     data: list[DatasetPublic] = Field(description="One page of datasets, oldest first.")
     count: int = Field(description="Total number of datasets.")
+    next_offset: int | None = Field(None, description="Offset of the next page; null after the last (as the model and "
+                                                      "job lists say it).")

@@ -203,7 +203,10 @@ class Network:
         multilabel (sigmoid outputs, binary_cross_entropy) 0/1 per label (batch, n_out) at the same threshold."""
         task = self.task
         if task == "regression":
-            raise ConfigError("predict_classes is for classifiers; this network's task is regression: use predict")
+            hint = ("; for a 0/1 per sigmoid output, give loss='binary_cross_entropy' (multilabel)"
+                    if self.layers[-1].activation.name == "sigmoid" else "")
+            raise ConfigError(f"predict_classes is for classifiers; this network's task is regression (loss "
+                              f"{self.loss_name}): use predict{hint}")
         out = self.predict(x, batch_size)
         if task == "multilabel":
             return (out > (0.0 if self.loss.from_logits else 0.5)).astype(np.intp)

@@ -64,7 +64,9 @@ def list_datasets(offset: int = Query(0, ge=0, le=2**62, description="Datasets t
                   viewer: str | None = Depends(visible_owner),
                   datasets: DatasetService = Depends(get_datasets)) -> DatasetsPublic:
     records, count = datasets.page(offset, limit, viewer)
-    return DatasetsPublic(data=[DatasetPublic.from_record(r) for r in records], count=count)
+    end = offset + len(records)
+    return DatasetsPublic(data=[DatasetPublic.from_record(r) for r in records], count=count,
+                          next_offset=end if end < count else None)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, summary="Sizes, target summary and checksum of a dataset")

@@ -43,7 +43,7 @@ def test_sigkill_mid_upload_leaves_no_dataset(tmp_path):
     assert list((tmp_path / "datasets" / ".tmp").iterdir())  # the upload was under way
     url, process = start_server(tmp_path, NN_WORKERS=0)
     try:
-        assert httpx.get(f"{url}/datasets").json() == {"data": [], "count": 0}
+        assert httpx.get(f"{url}/datasets").json() == {"data": [], "count": 0, "next_offset": None}
         response = httpx.post(f"{url}/datasets", content=data, headers={"content-type": "application/x-npz"}, timeout=60)
         assert response.status_code == 201, response.text
         assert httpx.get(f"{url}/datasets").json()["count"] == 1
@@ -70,7 +70,7 @@ def test_an_unwritable_dataset_folder_answers_503_and_the_service_still_runs(tmp
     blocker.write_text("a file where the dataset folder should be")
     with running_app(tmp_path / "data", workers=0, dataset_dir=blocker / "datasets") as client:
         assert client.get("/health").json()["status"] == "ok"
-        assert client.get("/datasets").json() == {"data": [], "count": 0}
+        assert client.get("/datasets").json() == {"data": [], "count": 0, "next_offset": None}
         response = client.post("/datasets", json={"inputs": [[1.0]], "targets": [0]})
         assert response.status_code == 503 and "NN_DATASET_DIR" in response.json()["detail"]
         assert client.delete("/datasets/x").status_code == 404

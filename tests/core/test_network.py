@@ -494,8 +494,11 @@ def test_an_option_an_instance_would_ignore_is_refused():
 
 def test_predict_classes_per_task():
     x = np.ones((3, 2))
-    with pytest.raises(ConfigError, match="predict_classes is for classifiers; this network.s task is regression: use predict"):
+    with pytest.raises(ConfigError, match=r"predict_classes is for classifiers; this network.s task is regression \(loss "
+                                          r"mse\): use predict$"):
         Network.from_layer_sizes([2, 3], activations="linear", seed=0).predict_classes(x)
+    with pytest.raises(ConfigError, match="for a 0/1 per sigmoid output, give loss='binary_cross_entropy'"):
+        Network.from_layer_sizes([2, 3], activations="sigmoid", seed=0).predict_classes(x)  # mse: regression
     multilabel = Network.from_layer_sizes([2, 3], activations="sigmoid", loss="binary_cross_entropy", seed=0)
     classes = multilabel.predict_classes(x)
     np.testing.assert_array_equal(classes, (multilabel.predict(x) > 0.5).astype(int))

@@ -140,7 +140,7 @@ def test_a_run_resumed_with_its_early_stopping_state_ends_as_the_run_straight_th
     """A run stopped after its best epoch and resumed (the service's worker after a crash) started early stopping
     afresh: it trained past the original stop and kept a later, worse epoch. `resume` replays the epochs so far
     and puts back the best epoch's state kept then."""
-    from neural_net.training import model_state
+    from neural_net.training import model_state, put_back
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(120, 4))
@@ -159,19 +159,21 @@ def test_a_run_resumed_with_its_early_stopping_state_ends_as_the_run_straight_th
     assert expected.stopped_early and expected.best_epoch + 4 == len(expected) < 80
     stop_at = expected.best_epoch + 2
 
-    class Interrupt(Callback):  # keeps the state of each best epoch, as the worker's checkpoints do
+    class Interrupt(Callback):  # keeps the state of each best epoch and of the last one, as the worker's checkpoints do
         def __init__(self, stopper):
-            self.stopper, self.best = stopper, None
+            self.stopper, self.best, self.last = stopper, None, None
 
         def on_epoch_end(self, progress):
             if self.stopper.improves(progress.logs):
                 self.best = model_state(resumed)
+            self.last = model_state(resumed)  # when fit returns, restore_best has put the best epoch back
             return progress.epoch == stop_at
 
     resumed, stopper = net(), EarlyStopping(patience=4)
     interrupt = Interrupt(stopper)
     first = resumed.fit(x, y, early_stopping=stopper, callbacks=[interrupt], **options)
     assert len(first) == stop_at and not first.stopped_early
+    put_back(resumed, interrupt.last)  # resumed from the end of its last epoch, as from a checkpoint
     rest = resumed.fit(x, y, initial_epoch=stop_at, **options,
                        early_stopping=EarlyStopping(patience=4).resume(first.epochs, interrupt.best))
     assert rest.stopped_early and rest.best_epoch == expected.best_epoch and stop_at + len(rest) == len(expected)
