@@ -26,7 +26,7 @@ from api.errors import InvalidInput, ModelVersionNotFound, PayloadTooLarge, Stor
 from api.inference_body import content_coding, data_numbers, decompress, read_request
 from api.json_body import INLINE_BYTES
 from api.model_cache import CachedModel
-from api.predict import check_finite, class_indices, predict
+from api.predict import check_answer_size, check_finite, class_indices, predict
 from api.services import Service
 from neural_net import Network
 
@@ -272,6 +272,7 @@ def _infer(service: Service, model_id: str, model: CachedModel, request: dict,
            binary: memoryview) -> tuple[bytes, int | None]:
     x = _input_array(service, model, request, binary)
     info = model.record.info
+    check_answer_size(len(x), info["output_size"] + 1, 0, service.settings.max_response_values, "outputs and predictions")
     available = [o["name"] for o in _outputs_of(info)]
     requested = _requested(request, available, info["output_size"])
     out = predict(model.net, x)  # split across the cores when large; overflow gives Inf or NaN, refused below

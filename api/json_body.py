@@ -50,11 +50,16 @@ NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 NOT_MARKS = bytes(b for b in range(256) if b not in b"[]{}uf")  # brackets, and a letter of each true/false/null
 
 
-class OrjsonResponse(JSONResponse):
+def dumps(content: Any) -> bytes:
     """JSON by orjson: NumPy arrays and scalars serialised natively, NaN and Inf as null (as `jsonable` does)."""
+    return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+
+
+class OrjsonResponse(JSONResponse):
+    """A response rendered by `dumps`."""
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        return dumps(content)
 
 
 def container_limit(model: Any, settings: Settings) -> tuple[int, str]:

@@ -33,6 +33,8 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
+        if value.dtype.kind == "f" and np.isfinite(value).all():  # no NaN to replace: one copy, not two
+            return value.tolist()
         return jsonable(value.tolist())
     if isinstance(value, (np.integer, bool, int)):
         return value if isinstance(value, (bool, int)) else int(value)

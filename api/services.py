@@ -18,7 +18,7 @@ from api import notify, records
 from api.dataset_service import DatasetService
 from api.errors import FeatureUnavailable, InvalidInput, JobNotFound, ModelNotFound, NoJobs, PayloadTooLarge, ServiceError
 from api.model_cache import CachedModel, ModelCache, ServedModels
-from api.predict import check_finite, class_indices, predict
+from api.predict import check_answer_size, check_finite, class_indices, predict
 from api.records import describe, jsonable, log_transition
 from api.schemas import (EvaluateRequest, JobCreate, ModelCreate, NotifyTarget, OutputRequest, SamplesCreate,
                          Weights)
@@ -223,6 +223,10 @@ class Service:
         if len(rows) == 0:
             raise InvalidInput("inputs hold no samples; send at least one vector")
         net, info = model.net, model.record.info
+        width = net.output_size + 1 + (2 * sum(layer.units for layer in net.layers) if req.include_activations else 0)
+        check_answer_size(len(rows), width, int(net.n_params) if req.include_gradients else 0,
+                          self.settings.max_response_values, "outputs, predictions and activations"
+                          if req.include_activations else "outputs and predictions")
         x = self._inputs(info, rows)
         y = self._targets(info, req.targets, len(x)) if req.targets is not None else None
         result: dict[str, Any] = {"model_id": model_id, "model_version": model.record.version}

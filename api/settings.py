@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     max_loss_ratio: float = Field(10.0, gt=1, description="A training job fails as diverged, and its model keeps the "
                                   "weights it had before the job, when its loss on the samples of its final metrics ends "
                                   "more than this many times the loss it started from (a job's max_loss_ratio overrides it).")
+    max_response_values: int = Field(1_000_000, ge=1000, description="Most numbers in one answer of /output or "
+                                     "V2 infer (rows x outputs, activations, gradients); a request asking for more is a "
+                                     "413 before anything is computed.")
     max_list_bytes: int = Field(8 * MiB, ge=64 * 1024, description="Most bytes of items in one page of GET /models "
                                 "or /jobs; a page holds fewer than `limit` when more would pass it (next_offset says where "
                                 "the next begins).")

@@ -6,7 +6,7 @@ from fastapi.concurrency import run_in_threadpool
 from api import etag
 from api.auth import creator_name, visible_owner
 from api.errors import InvalidInput
-from api.json_body import JsonBodyRoute, OrjsonResponse, read_json
+from api.json_body import JsonBodyRoute, OrjsonResponse, dumps, read_json
 from api.routes import get_service
 from api.routes.datasets import FILE_BODY, file_options
 from api.paging import ModelsPublic, page
@@ -79,9 +79,14 @@ async def output(model_id: str, body: OutputRequest, version: int | None = VERSI
     # a small prediction by a cached network is computed on the event loop, the rest in a worker thread; both are
     # answered by orjson as built (the service builds the OutputResponse fields; pydantic does not check them again)
     result = await service.output_on_loop(model_id, body) if version is None else None
-    if result is None:
-        result = await run_in_threadpool(service.output, model_id, body, version)
-    return OrjsonResponse({name: result.get(name) for name in OutputResponse.model_fields})  # None where unset
+    if result is not None:  # a few rows: built on the loop
+        return OrjsonResponse({name: result.get(name) for name in OutputResponse.model_fields})  # None where unset
+
+    def answer() -> bytes:  # rendered in the thread too: a large answer's JSON held the event loop for a second
+        result = service.output(model_id, body, version)
+        return dumps({name: result.get(name) for name in OutputResponse.model_fields})
+
+    return Response(await run_in_threadpool(answer), media_type="application/json")
 
 
 @router.post("/{model_id}/evaluate", response_model=EvaluateResponse, summary="Loss and metrics on labelled data")

@@ -406,3 +406,52 @@ def test_import_refuses_a_crafted_file_naming_the_problem(client, name):
                            headers={"content-type": "application/octet-stream"})
     assert response.status_code == 422 and words in response.json()["detail"], response.text
     assert client.get("/models/crafted").status_code == 404
+
+
+def test_an_answer_larger_than_max_response_values_is_a_413_before_it_is_computed(tmp_path):
+    """10,000 one-number rows (a 70 KB body) through a [1, 1024] linear model answered 219 MB and took the process
+    from 80 MB to 1.2 GB: rows were bounded, the answer was not."""
+    from tests.api.conftest import running_app
+
+    with running_app(tmp_path, workers=0, max_response_values=1000) as client:
+        client.post("/models", json={"model_id": "wide", "layer_sizes": [1, 100], "activations": ["linear"]})
+        assert client.post("/models/wide/output", json={"inputs": [[1.0]] * 9}).status_code == 200  # 9 x 101
+        too_many = client.post("/models/wide/output", json={"inputs": [[1.0]] * 10})
+        assert too_many.status_code == 413 and too_many.json()["detail"] == (
+            "the answer would hold 1,010 numbers (10 rows x 101 outputs and predictions per row); at most 1,000 "
+            "(NN_MAX_RESPONSE_VALUES): send fewer rows per request")
+        activations = client.post("/models/wide/output", json={"inputs": [[1.0]] * 4, "include_activations": True})
+        assert activations.status_code == 413 and "4 rows x 301 outputs, predictions and activations" in activations.text
+        client.post("/models", json={"model_id": "deep", "layer_sizes": [10, 100], "activations": ["linear"]})
+        gradients = client.post("/models/deep/output", json={"inputs": [[1.0] * 10], "targets": [[0.0] * 100],
+                                                             "include_gradients": True})
+        assert gradients.status_code == 413 and "(1 rows x 101 outputs and predictions per row + 1,100 gradients)" in gradients.text
+        v2 = client.post("/v2/models/wide/infer", json={"inputs": [{"name": "input", "datatype": "FP32", "shape": [10, 1],
+                                                                    "data": [1.0] * 10}]})
+        assert v2.status_code == 413 and "NN_MAX_RESPONSE_VALUES" in v2.json()["error"]
+
+
+def test_a_large_answer_is_rendered_off_the_event_loop(tmp_path, monkeypatch):
+    """Its JSON was built on the event loop: a 219 MB answer held /health for a second."""
+    import asyncio
+
+    import api.routes.models
+    from tests.api.conftest import running_app
+
+    rendered = []
+    dumps = api.routes.models.dumps
+
+    def recorded(content):
+        try:
+            asyncio.get_running_loop()
+            rendered.append("loop")
+        except RuntimeError:
+            rendered.append("thread")
+        return dumps(content)
+
+    monkeypatch.setattr(api.routes.models, "dumps", recorded)
+    with running_app(tmp_path, workers=0) as client:
+        client.post("/models", json={"model_id": "m", "layer_sizes": [4, 8, 3], "activations": ["relu", "softmax"]})
+        answer = client.post("/models/m/output", json={"inputs": [[1.0, 2.0, 3.0, 4.0]] * 2000})
+        assert answer.status_code == 200 and len(answer.json()["outputs"]) == 2000
+    assert rendered == ["thread"]
