@@ -211,3 +211,26 @@ def test_tables_of_numbers_and_near_numbers_are_read_as_python_reads_them(n_colu
         return
     assert expected is not None, block
     np.testing.assert_array_equal(rows.astype(np.float64), expected)
+
+
+def test_uploads_parse_on_one_shared_pool_of_threads():
+    """Each upload made its own pool of parsing threads: 16 CSV uploads at once ran 76 threads, and memory grew with
+    the number of uploads. Eight parses at once here, interleaved, use PARSE_THREADS threads in all."""
+    import threading
+
+    names = set()
+
+    def parse(block):
+        names.add(threading.current_thread().name)
+        return block
+
+    parses = [csv_rows.in_threads(parse, ((k,) for k in range(20))) for _ in range(8)]
+    results = [[] for _ in parses]
+    for _ in range(20):
+        for got, parse_ in zip(results, parses):
+            got.append(next(parse_))
+    assert all(got == list(range(20)) for got in results)
+    assert len(names) <= csv_rows.PARSE_THREADS, names
+    stopped = csv_rows.in_threads(parse, ((k,) for k in range(100)))
+    assert next(stopped) == 0
+    stopped.close()  # an error in the upload: the rest is cancelled, not parsed
