@@ -195,7 +195,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        keep_freed_memory(settings.malloc_keep_mb)  # a request's large temporaries reuse pages (api/malloc.py)
+        keep_freed_memory(settings.malloc_keep_mb, settings.malloc_arenas)  # temporaries reuse pages (api/malloc.py)
         # BLAS threads of this process's requests (workers are other processes): concurrent requests each computing
         # on one core serve many small requests far better than one BLAS thread pool they all queue for
         blas = threadpool_limits(limits=settings.api_blas_threads, user_api="blas") if settings.api_blas_threads else nullcontext()

@@ -388,7 +388,7 @@ class TrainingWorker(SimpleWorker):
 
 def run_worker(settings: Settings) -> int:
     """``python main.py worker``: an RQ worker on the training queue, restarted with backoff while Redis is away."""
-    keep_freed_memory(settings.malloc_keep_mb)
+    keep_freed_memory(settings.malloc_keep_mb, settings.malloc_arenas)
     ctx = context()
     stop = ctx.stop_event
     for sig in (signal.SIGTERM, signal.SIGINT):

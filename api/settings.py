@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     malloc_keep_mb: float = Field(64, ge=0, description="Freed memory each malloc arena of a service or worker process "
                                   "keeps for reuse (glibc): a request's large NumPy temporaries then reuse pages instead "
                                   "of faulting in fresh ones (api/malloc.py); 0: glibc's defaults.")
+    malloc_arenas: int | None = Field(None, ge=0, description="Most malloc arenas of a service or worker process, each "
+                                      "keeping up to NN_MALLOC_KEEP_MB (glibc makes up to 8 per core: an idle API process "
+                                      "held 0.6-1.1 GB after bursts); default one per core, 0: glibc's default.")
     upload_buffer_mb: float = Field(64, ge=1, description="Upload batches (1 MiB each) held in memory at once in one API "
                                     "process, across uploads, while threads write and hash them; past it each upload "
                                     "waits with one batch (api/uploads.py).")

@@ -268,7 +268,7 @@ def worker_main(settings_data: dict, worker_id: str, parent_pid: int | None = No
     signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole group; the service stops us
     settings = Settings(**settings_data)
-    keep_freed_memory(settings.malloc_keep_mb)
+    keep_freed_memory(settings.malloc_keep_mb, settings.malloc_arenas)
     if settings.worker_nice:
         os.nice(settings.worker_nice)  # training yields the CPU to the service's requests
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
