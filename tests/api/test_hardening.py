@@ -222,6 +222,8 @@ def test_conditional_requests_compare_tags_as_rfc_9110_says(idle):
         cached = idle.get(path, headers={"If-None-Match": tag})
         assert (cached.status_code, cached.headers["etag"], cached.content) == (304, tag, b""), path
         assert idle.get(path, headers={"If-None-Match": idle.get("/models/conditional/weights").headers["etag"]}).status_code == 200
+    documented = idle.get("/openapi.json").json()["paths"]
+    assert "304" in documented["/models/{model_id}/versions/{version}/weights"]["get"]["responses"]
 
 
 def test_a_version_asked_for_is_served_though_a_newer_one_came_in_since_its_stamp(idle):
