@@ -26,9 +26,9 @@ from api.errors import InvalidInput, ModelVersionNotFound, PayloadTooLarge, Stor
 from api.inference_body import content_coding, data_numbers, decompress, read_request
 from api.json_body import INLINE_BYTES
 from api.model_cache import CachedModel
-from api.predict import check_answer_size, check_finite, class_indices, predict
+from api.predict import check_answer_size, check_finite, predict
 from api.services import Service
-from neural_net import Network
+from neural_net import Network, losses
 
 EXTENSIONS = ["binary_tensor_data", "classification"]
 INPUT = "input"
@@ -279,7 +279,7 @@ def _infer(service: Service, model_id: str, model: CachedModel, request: dict,
     check_finite("the outputs", (out,), info["dtype"])
     tensors = {"output": out}
     if "predictions" in available:
-        tensors["predictions"] = class_indices(model.net, out).astype("<i8", copy=False)
+        tensors["predictions"] = losses.classes(out, model.net.loss).astype("<i8", copy=False)
     response: dict[str, Any] = {"model_name": model_id, "model_version": str(model.record.version), "outputs": []}
     if isinstance(request.get("id"), str):
         response["id"] = request["id"]

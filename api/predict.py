@@ -77,16 +77,6 @@ def _predict(net: Network, x: np.ndarray) -> np.ndarray:
         return net.predict(x)  # predict keeps no per-call state on the network: threads may share it
 
 
-def class_indices(net: Network, outputs: np.ndarray) -> np.ndarray | None:
-    """Predicted class per row of ``outputs`` for classifiers (as ``Network.predict_classes``, without a
-    second forward pass); None for other tasks."""
-    if net.task == "multiclass":
-        return np.argmax(outputs, axis=1)
-    if net.task == "binary":
-        return (outputs[:, 0] > (0.0 if net.loss.from_logits else 0.5)).astype(np.int64)
-    return None
-
-
 def check_finite(what: str, arrays: tuple, dtype: str) -> None:
     """Refuses (422) a computed result that overflowed: JSON has no Inf or NaN to answer with."""
     if not all(np.isfinite(a).all() for a in arrays):

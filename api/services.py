@@ -18,7 +18,7 @@ from api import notify, records
 from api.dataset_service import DatasetService
 from api.errors import FeatureUnavailable, InvalidInput, JobNotFound, ModelNotFound, NoJobs, PayloadTooLarge, ServiceError
 from api.model_cache import CachedModel, ModelCache, ServedModels
-from api.predict import check_answer_size, check_finite, class_indices, predict
+from api.predict import check_answer_size, check_finite, predict
 from api.records import describe, jsonable, log_transition
 from api.schemas import (EvaluateRequest, JobCreate, ModelCreate, NotifyTarget, OutputRequest, SamplesCreate,
                          Weights)
@@ -253,7 +253,7 @@ class Service:
                 out = predict(net, x)  # split across the cores when large
         check_finite("the outputs", (out,), dtype)
         result["outputs"] = jsonable(out)
-        classes = class_indices(net, out)
+        classes = losses.classes(out, net.loss)  # the core's, without a second forward pass
         result["predictions"] = None if classes is None else classes.tolist()
         if classes is not None and net.class_names is not None:
             result["labels"] = [net.class_names[k] for k in result["predictions"]]
