@@ -20,13 +20,12 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
-import redis
-
 from api.errors import ModelNotFound, VersionNotFound
 from api.storage.base import TERMINAL, JobRecord, Notification, VersionRecord
 
 if TYPE_CHECKING:
     from api.storage.redis_store import RedisStore
+    from api.storage.redis_tx import RedisTx
 
 VERSION_FIELDS = ("model_id", "info", "source", "created_at")
 NOTE_FIELDS = ("url", "secret", "status", "attempts", "last_error", "last_attempt_at", "next_attempt_at",
@@ -37,8 +36,8 @@ ORPHAN_SECONDS = 3600.0  # a notification whose job was never stored (its submit
 
 
 # -- versions -------------------------------------------------------------------------------
-def _current(store: "RedisStore", model_id: str, client=None) -> tuple[str, int]:
-    uid, version = (client or store.redis).hmget(store._key("m", model_id), ["uid", "version"])
+def _current(store: "RedisStore", model_id: str) -> tuple[str, int]:
+    uid, version = store.redis.hmget(store._key("m", model_id), ["uid", "version"])
     if uid is None:
         raise ModelNotFound(model_id)
     return uid.decode(), int(version)
@@ -50,20 +49,17 @@ def _version(uid: str, version: int, f: list) -> VersionRecord:
 
 
 def list_versions(store: "RedisStore", model_id: str) -> list[VersionRecord]:
-    """One snapshot: the reads WATCH the model, whose version every write (and its pruning) changes, and are made
-    again when it changed; read apart, a listing racing PUTs on another replica left out a kept version."""
-    while True:
-        with store.redis.pipeline() as pipe:
-            try:
-                pipe.watch(store._key("m", model_id))
-                uid, current = _current(store, model_id, pipe)
-                versions = [int(v) for v in pipe.zrevrangebyscore(store._key("vers", uid), current, "-inf")]
-                rows = [pipe.hmget(store._key("v", uid, str(v)), VERSION_FIELDS) for v in versions]
-                pipe.multi()
-                pipe.execute()  # fails when the model changed since the WATCH
-            except redis.WatchError:
-                continue
-        return [_version(uid, v, f) for v, f in zip(versions, rows) if f[0] is not None]
+    """One snapshot, read in an atomic step whose reads are WATCHed and made again when one changed: read apart, a
+    listing racing PUTs on another replica left out a kept version."""
+    def read(tx: "RedisTx") -> list[VersionRecord]:
+        model = tx.model(model_id)
+        if model is None:
+            raise ModelNotFound(model_id)
+        versions = [int(v) for v in tx._read(store._key("vers", model.uid), "zrevrangebyscore", model.version, "-inf")]
+        rows = [tx._read(store._key("v", model.uid, str(v)), "hmget", VERSION_FIELDS) for v in versions]
+        return [_version(model.uid, v, f) for v, f in zip(versions, rows) if f[0] is not None]
+
+    return store.atomic(read)
 
 
 def get_version(store: "RedisStore", model_id: str, version: int) -> tuple[bytes, VersionRecord]:
