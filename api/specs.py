@@ -219,7 +219,7 @@ def fit_config(settings: Settings, info: dict, req: JobCreate) -> FitConfig:
             raise InvalidInput(f"schedule_options: {exc}") from None
     stopping = req.early_stopping
     if stopping is not None and stopping.monitor is not None:  # else the job would fail at its first epoch
-        validated = bool(req.validation_split or getattr(req, "validation_dataset", None))
+        validated = bool(req.validation_split or req.validation_dataset)
         keys = reported(info["task"], validated)
         if stopping.monitor not in keys:
             raise InvalidInput(f"early_stopping.monitor {stopping.monitor!r} is not reported by this job; send one of: "
