@@ -341,7 +341,8 @@ class Service:
                                viewer: str | None = None) -> tuple[int, list[str]]:
         """Appends the samples of a file body (NPZ, CSV or JSON, as for POST /datasets) to the buffer."""
         info = (await run_in_threadpool(self.store.get_model, model_id)).info  # 404 before the body is read
-        async with self.datasets.received(body, content_type, content_length, fmt, targets, None) as (_, data, _, _):
+        # CSV and JSON text parsed straight into the model's dtype: a float64 model keeps all its digits
+        async with self.datasets.received(body, content_type, content_length, fmt, targets, info["dtype"]) as (_, data, _, _):
             return await run_in_threadpool(self._append_file, model_id, info, data, viewer)
 
     def _append_file(self, model_id: str, info: dict, data, viewer: str | None) -> tuple[int, list[str]]:

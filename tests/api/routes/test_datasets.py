@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from tests.api.conftest import IRIS as IRIS_MODEL, X4, Y3, create, npz_with_zeros, peak_bytes, running_app, wait_job
+from tests.api.conftest import (IRIS as IRIS_MODEL, X4, Y3, create, idle_client, npz_with_zeros, peak_bytes, running_app,
+                                wait_job)
 
 HEADER = b"sepal_length,sepal_width,petal_length,petal_width,species\n"
 IRIS_CSV = HEADER + b"".join(b",".join(str(v).encode() for v in x + [y]) + b"\n" for x, y in zip(X4, Y3))
@@ -636,3 +637,19 @@ def test_tenancy_a_dataset_is_its_uploaders(tmp_path):
         assert client.post("/models/a/evaluate", json={"dataset": dataset}, headers=alice).status_code == 200
         assert client.get(f"/datasets/{dataset}", headers=root).status_code == 200
         assert client.delete(f"/datasets/{dataset}", headers=root).status_code == 204
+
+
+@pytest.mark.parametrize("name, body", [
+    ("rows.csv", b"a,b,y\n0.1234567890123,1e-50,0.3333333333333\n"),
+    ("rows.json", b'{"inputs": [[0.1234567890123, 1e-50]], "targets": [0.3333333333333]}'),
+])
+def test_a_file_body_appended_to_a_float64_model_keeps_float64(idle_client, name, body):
+    """CSV and JSON file bodies were parsed as float32 whatever the model: 1e-50 became 0.0."""
+    model = f"reg64-{name.split('.')[1]}"
+    create(idle_client, model_id=model, layer_sizes=[2, 1], activations=["linear"], dtype="float64")
+    job_id = idle_client.post(f"/models/{model}/training-jobs", json={"min_samples": 1, "epochs": 1}).json()["job_id"]
+    response = idle_client.post(f"/models/{model}/samples", files={"file": (name, body)})
+    assert response.status_code == 200, response.text
+    x, y = idle_client.app.state.service.store.job_samples(job_id)
+    assert x.dtype == np.float64 and x.tolist() == [[0.1234567890123, 1e-50]]
+    assert y.ravel().tolist() == [0.3333333333333]
