@@ -21,7 +21,10 @@ import numpy as np
 from .errors import ConfigError, ShapeError
 from .metrics import LOWER_IS_BETTER, higher_is_better  # noqa: F401 (LOWER_IS_BETTER: part of this module's API)
 from .network import Network
+from .optimizers import Optimizer
 from .registry import is_whole
+from .schedules import Schedule
+from .training import EarlyStopping
 
 FIT_PARAMETERS = ("epochs", "batch_size", "optimizer", "learning_rate", "l1", "l2", "schedule", "schedule_options",
                   "clip_norm", "early_stopping", "shuffle")
@@ -72,7 +75,8 @@ def cross_validate(build, x, y, folds=5, stratified=True, seed=None, callbacks_f
     """Train a fresh network per fold and evaluate it on the held-out fold.
 
     `build(seed)` returns a new `Network`; fold k's network gets seed `seed + k` (or None). The folds are drawn
-    with `split_seed` (default: `seed`).
+    with `split_seed` (default: `seed`). An optimizer, schedule or early stopping instance in `fit_args` gives
+    each fold a new one with its settings (see `fresh`).
     Returns {"folds": [metrics per fold], "mean": {...}, "std": {...}} with the metrics of
     `Network.evaluate` (loss, accuracy, f1, ... or mae, rmse, r2, ...).
     """
@@ -86,12 +90,27 @@ def cross_validate(build, x, y, folds=5, stratified=True, seed=None, callbacks_f
     for k, (train, val) in enumerate(splits):
         net = build(None if seed is None else seed + k)
         callbacks = callbacks_for_fold(k) if callbacks_for_fold else None
-        net.fit(x[train], y[train], callbacks=callbacks, **fit_args)
+        net.fit(x[train], y[train], callbacks=callbacks, **fresh(fit_args))
         result = net.evaluate(x[val], y[val])
         result.pop("confusion_matrix", None)
         per_fold.append(result)
     mean, std = _summary(per_fold)
     return {"folds": per_fold, "mean": mean, "std": std}
+
+
+def fresh(fit_args):
+    """`fit_args` with a new optimizer, schedule and early stopping in place of each instance given, made from its
+    settings (`get_config`): their state (moments, plateau counts, best value) belongs to one run, so every fold
+    and trial starts as the first did."""
+    return {key: _renewed(value) for key, value in fit_args.items()}
+
+
+def _renewed(value):
+    if not isinstance(value, (Optimizer, Schedule, EarlyStopping)):
+        return value
+    config = value.get_config()
+    config.pop("name", None)
+    return type(value)(**config)
 
 
 def dense_builder(input_size, output_size, output_activation="linear", loss="auto", dtype="float32"):
@@ -204,7 +223,7 @@ def run_trial(build, x, y, params, index, metric, folds=None, validation_split=0
         n_val = max(1, int(round(x.shape[0] * validation_split)))
         train, val = order[:-n_val], order[-n_val:]
         net = build(arch, trial_seed)
-        net.fit(x[train], y[train], callbacks=callbacks, **fit)
+        net.fit(x[train], y[train], callbacks=callbacks, **fresh(fit))
         metrics = net.evaluate(x[val], y[val])
         metrics.pop("confusion_matrix", None)
     name = metric.removeprefix("val_")

@@ -104,6 +104,11 @@ class EarlyStopping:
         self.patience, self.min_delta, self.restore_best = int(patience), float(min_delta), bool(restore_best)
         self.monitor, self.mode = monitor, mode
 
+    def get_config(self):
+        """The constructor's arguments: `EarlyStopping(**config)` is a new one, with no run's state."""
+        return {"patience": self.patience, "min_delta": self.min_delta, "restore_best": self.restore_best,
+                "monitor": self.monitor, "mode": self.mode}
+
     @classmethod
     def coerce(cls, spec):
         if spec is None or isinstance(spec, cls):

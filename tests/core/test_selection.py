@@ -1,11 +1,16 @@
 """Cross-validation folds and hyper-parameter search."""
+import math
+
 import numpy as np
 import pytest
 from sklearn.datasets import make_moons
 
+from neural_net import Callback, EarlyStopping
 from neural_net.errors import ConfigError
-from neural_net.selection import (cross_validate, dense_builder, fold_indices, grid, random_samples, rank, search,
-                                  Trial)
+from neural_net.optimizers import Adam
+from neural_net.schedules import ReduceOnPlateau
+from neural_net.selection import (cross_validate, dense_builder, fold_indices, grid, random_samples, rank, run_trial,
+                                  search, Trial)
 
 
 @pytest.mark.parametrize("n,folds", [(10, 2), (103, 5), (50, 7)])
@@ -110,3 +115,37 @@ def test_a_grid_beyond_the_cap_is_refused_before_it_is_built():
         grid(space)
     assert len(grid({"a": list(range(100)), "b": list(range(100))})) == 10000
     assert len(grid({"a": list(range(100)), "b": list(range(101))}, max_size=None)) == 10100
+
+
+class Rates(Callback):
+    """The learning rate of every epoch, of every run it is given to."""
+
+    def __init__(self):
+        self.runs = []
+
+    def on_train_begin(self, progress):
+        self.runs.append([])
+
+    def on_epoch_end(self, progress):
+        self.runs[-1].append(progress.learning_rate)
+
+
+def test_every_fold_and_trial_starts_with_fresh_optimizer_schedule_and_early_stopping():
+    """A ReduceOnPlateau instance carried its reductions from one fold (or trial) into the next: folds 2 and 3
+    started at 0.25, not 0.5; the instances given stay as they were."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 2)), rng.integers(0, 2, 40)
+    build = dense_builder(2, 1, "sigmoid")
+    schedule, stopper, optimizer = ReduceOnPlateau(patience=1), EarlyStopping(patience=50), Adam(0.5)
+    rates = Rates()
+    cross_validate(lambda s: build({"hidden_sizes": [4]}, s), x, y, folds=3, epochs=4, seed=0, optimizer=optimizer,
+                   schedule=schedule, early_stopping=stopper, callbacks_for_fold=lambda k: [rates])
+    assert len(rates.runs) == 3 and [run[0] for run in rates.runs] == [0.5, 0.5, 0.5]
+    assert any(rate < 0.5 for run in rates.runs for rate in run)  # the schedule did reduce within a fold
+    assert (schedule.best, schedule.reductions, optimizer.t, optimizer.state) == (math.inf, 0, 0, {})
+    assert not hasattr(stopper, "key")
+    trials = Rates()
+    for index in range(2):
+        run_trial(lambda params, s: build({"hidden_sizes": [4]}, s), x, y, {}, index, "loss", seed=0,
+                  fit_defaults={"epochs": 4, "optimizer": optimizer, "schedule": schedule}, callbacks=[trials])
+    assert [run[0] for run in trials.runs] == [0.5, 0.5]
