@@ -8,7 +8,10 @@ uvicorn closes an idle keep-alive connection after `timeout_keep_alive`, but a c
 finishes its request headers (slowloris) stays open for ever: its timer is only armed after a response,
 and every byte received disarms it. `BoundedHeadProtocol` gives each request's head a deadline
 (NN_HEADER_TIMEOUT, from the connection or from the previous response) and a size (MAX_HEAD_BYTES: uvicorn's
-h11 bound, which httptools does not have), and `limit_concurrency` (NN_MAX_CONNECTIONS) answers 503 past
+h11 bound, which httptools does not have). A body that stops arriving was waited for as long: the app's
+`receive` has no deadline. A request body that goes NN_BODY_TIMEOUT s without a byte, while the service
+waits for it (not while reading is paused because the app is behind), is answered 408 and its connection
+closed. `limit_concurrency` (NN_MAX_CONNECTIONS) answers 503 past
 that many connections and requests. A reverse proxy in front should still bound clients itself (README:
 "Slow clients and reverse proxies").
 """
@@ -30,14 +33,22 @@ class HeadTooLarge(Exception):
     """Raised from a parser callback: httptools stops and uvicorn answers 400 and closes the connection."""
 
 
+REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                   b"content-length: %d\r\n\r\n%s")
+
+
 class BoundedHeadProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, closing a connection whose request head is not complete within
-    `header_timeout` s, and refusing a head over MAX_HEAD_BYTES."""
+    `header_timeout` s, refusing a head over MAX_HEAD_BYTES, and answering 408 to a body that goes `body_timeout`
+    s without a byte."""
 
     header_timeout = 10.0
+    body_timeout = 30.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_seen = 0.0
         self._head_bytes = 0
         super().connection_made(transport)
         self._arm_head_timer()
@@ -77,6 +88,34 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._cancel_head_timer()  # the head arrived in time
         super().on_headers_complete()
+        self._body_seen = self.loop.time()
+        self._cancel_body_timer()  # a pipelined request's head: one timer, for the newest body
+        self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
+
+    def _cancel_body_timer(self) -> None:
+        if getattr(self, "_body_timer", None) is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        """Closes the connection when its body has been waited for `body_timeout` s since its last byte; a body
+        already read in full, a paused socket (the app is behind) or a client waiting for 100 Continue is no
+        stall, and its timer waits on. One timer per period, not one per chunk."""
+        self._body_timer, cycle = None, self.cycle
+        if cycle is None or not cycle.more_body or cycle.response_complete or self.transport.is_closing():
+            return
+        if self.flow.read_paused or cycle.waiting_for_100_continue:
+            self._body_seen = self.loop.time()
+        left = self._body_seen + self.body_timeout - self.loop.time()
+        if left > 0:
+            self._body_timer = self.loop.call_later(left, self._body_timed_out)
+            return
+        self.logger.debug("closing a connection whose request body sent nothing for %s s", self.body_timeout)
+        if not cycle.response_started:
+            detail = (b'{"detail":"the request body stopped arriving: nothing for %g s (NN_BODY_TIMEOUT); send the '
+                      b'whole body, as long as its Content-Length says"}' % self.body_timeout)
+            self.transport.write(REQUEST_TIMEOUT % (len(detail), detail))
+        self.transport.close()
 
     def on_body(self, body: bytes) -> None:
         """uvicorn's, pausing reads once BODY_BUFFER_BYTES wait for the app instead of 64 KiB: a 108 MB upload
@@ -84,11 +123,17 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         if (self.parser.should_upgrade() and self._should_upgrade()) or self.cycle.response_complete:
             return
         self.cycle.body += body
+        self._body_seen = self.loop.time()
         if len(self.cycle.body) > BODY_BUFFER_BYTES:
             self.flow.pause_reading()
         self.cycle.message_event.set()
 
+    def on_message_complete(self) -> None:
+        self._cancel_body_timer()  # the whole body arrived
+        super().on_message_complete()
+
     def on_response_complete(self) -> None:
+        self._cancel_body_timer()  # answered without reading all of its body
         pipelined = bool(self.pipeline)  # a request whose head arrived already starts now
         super().on_response_complete()
         if not pipelined and not self.transport.is_closing():
@@ -96,12 +141,14 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_body_timer()
         super().connection_lost(exc)
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments of `uvicorn.run` for this service."""
-    protocol = type("BoundedHeadProtocol", (BoundedHeadProtocol,), {"header_timeout": settings.header_timeout})
+    protocol = type("BoundedHeadProtocol", (BoundedHeadProtocol,), {"header_timeout": settings.header_timeout,
+                                                                    "body_timeout": settings.body_timeout})
     return {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "http": protocol,
             "timeout_keep_alive": settings.keep_alive_timeout, "limit_concurrency": settings.max_connections}
 

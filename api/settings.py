@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     header_timeout: float = Field(10.0, gt=0, description="Seconds a client gets to send a request's headers (from "
                                                           "connecting, or from the previous response) before the "
                                                           "connection is closed (python main.py only).")
+    body_timeout: float = Field(30.0, gt=0, description="Seconds a request body may go without a byte arriving while "
+                                                        "the service waits for it; then 408 and the connection is "
+                                                        "closed (python main.py only).")
     keep_alive_timeout: int = Field(5, ge=1, description="Seconds an idle keep-alive connection stays open (uvicorn).")
     max_connections: int = Field(1000, ge=1, description="Connections and requests at once in one API process; past "
                                                          "it uvicorn answers 503 (python main.py only).")

@@ -211,6 +211,75 @@ def test_connections_that_never_finish_their_headers_are_closed(tmp_path):
 
 
 
+def test_a_body_that_stops_arriving_is_a_408_and_the_connection_closes(tmp_path):
+    """The app's receive had no deadline: an upload whose body stalled held its connection and its upload folder
+    for ever (seen after 25 s on /datasets and /v2 infer). A body that arrives, slowly or whole, is still served."""
+    url, process = start_server(tmp_path, NN_WORKERS=0, NN_BODY_TIMEOUT=1)
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        stalled = []
+        for path in (b"/datasets", b"/v2/models/m/infer", b"/models"):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: 100\r\n\r\na,b\n" % path)
+            stalled.append(sock)
+        for sock in stalled:
+            sock.settimeout(30)
+            answer = b""
+            while b"}" not in answer:
+                answer += sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408") and b"NN_BODY_TIMEOUT" in answer, answer
+            assert closed_by_server(sock, timeout=15)
+            sock.close()
+        assert os.listdir(tmp_path / "datasets" / ".tmp") == []  # the stalled upload's folder went with it
+        created = httpx.post(f"{url}/models", json={"model_id": "m", "layer_sizes": [2, 1]}, timeout=10)
+        assert created.status_code == 201, created.text
+    finally:
+        stop_server(process)
+
+
+def test_a_body_waiting_on_a_lagging_app_or_on_100_continue_is_no_stall():
+    """The body timer counts only while the service waits for the client: not while reading is paused because the
+    app has not read what it has (here 4 MB, the app busy for 10 timeouts), nor while the client waits for the
+    100 Continue the app's first receive sends."""
+    async def scenario(expect_continue: bool) -> bytes:
+        release = asyncio.Event()
+
+        async def app(scope, receive, send):
+            if scope["type"] == "http":
+                await release.wait()
+                more = True
+                while more:
+                    more = (await receive()).get("more_body", False)
+                await send({"type": "http.response.start", "status": 204, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+
+        protocol_class = type("Quick", (BoundedHeadProtocol,), {"body_timeout": 0.05})
+        config = uvicorn.Config(app, http=protocol_class, lifespan="off", log_level="warning")
+        config.load()
+        server = await asyncio.get_running_loop().create_server(
+            lambda: config.http_protocol_class(config=config, server_state=ServerState(), app_state={}), "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        size = 4 * BODY_BUFFER_BYTES
+        head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % size
+        writer.write(head + (b"Expect: 100-continue\r\n\r\n" if expect_continue else b"\r\n"))
+        if not expect_continue:
+            writer.write(b"x" * size)
+        await asyncio.sleep(0.5)  # 10 body timeouts with nothing read by the app
+        release.set()
+        if expect_continue:
+            assert (await reader.readline()).startswith(b"HTTP/1.1 100")
+            await reader.readline()
+            writer.write(b"x" * size)
+        status = await reader.readline()
+        writer.close()
+        server.close()
+        return status
+
+    for expect_continue in (False, True):
+        status = asyncio.run(scenario(expect_continue))
+        assert status.startswith(b"HTTP/1.1 204"), (expect_continue, status)
+
+
 def test_a_request_head_over_16_kib_is_a_400_and_the_connection_closes(tmp_path):
     """httptools has no bound of its own on a request head (h11 had uvicorn's 16 KiB): headers sent without end
     would have grown the server's memory until the header timeout. Bodies are not heads: 3 MB still get in."""
