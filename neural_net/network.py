@@ -334,9 +334,10 @@ class Network:
     def _get_optimizer(self, optimizer, learning_rate):
         candidate = optimizer_registry.resolve(optimizer, learning_rate)
         current = self.optimizer
-        if current is not None and current.get_config() == candidate.get_config() and current.is_bound_to(self._flat.size, self.dtype):
-            return current  # same optimiser and settings: keep its state (resume)
-        candidate.bind(self._flat.size, self.dtype, decay_size=self._n_weights)
+        by_name = candidate is not optimizer  # built from a name or config dict, not an instance given
+        if current is not None and (candidate is current or by_name and current.get_config() == candidate.get_config()):
+            return current  # the same instance, or the same name and settings: keep its state (resume)
+        candidate.bind(self._flat.size, self.dtype, decay_size=self._n_weights, owner=self)
         self.optimizer = candidate
         return candidate
 
@@ -347,8 +348,10 @@ class Network:
 
         x: (n, n_in); y: (n, n_out), or integer labels (n,) for cross_entropy. `validation_split`
         holds out the last fraction of the samples (before shuffling; no randomness used).
-        Calling fit again with the same optimiser settings continues with its state, so
-        fit(epochs=4) equals fit(epochs=2) then fit(epochs=4, initial_epoch=2), even across save/load.
+        Calling fit again with the optimizer's name and settings, or the same instance, continues with its
+        state (moments, step count), so fit(epochs=4) equals fit(epochs=2) then fit(epochs=4, initial_epoch=2),
+        even across save/load. Another optimizer instance replaces it and starts from zero state. An instance
+        holds the state of one network: passing one that another network trains with is a ConfigError.
         Raises NonFiniteError (weights restored to the end of the last finite epoch) if the loss
         becomes NaN or Inf.
         """

@@ -6,6 +6,7 @@ Each class keeps its state (moment arrays, step count); a module-level function 
 Formulas follow PyTorch's `torch.optim` with the defaults listed on each class.
 """
 import math
+import weakref
 
 import numpy as np
 
@@ -99,6 +100,7 @@ class Optimizer:
         self.state = {}
         self._scratch = None
         self._decay_size = 0
+        self._owner = None  # a weak reference to the network whose state this holds (see bind)
 
     def get_config(self):
         return {"name": self.name, "learning_rate": self.learning_rate, **self._options()}
@@ -106,8 +108,17 @@ class Optimizer:
     def _options(self):
         return {}
 
-    def bind(self, size, dtype, decay_size=0):
-        """Allocate zero state for `size` parameters; the first `decay_size` are weights (for decoupled decay)."""
+    def bind(self, size, dtype, decay_size=0, owner=None):
+        """Allocate zero state for `size` parameters; the first `decay_size` are weights (for decoupled decay).
+        `owner` is the network they belong to: an optimizer holds the state of one network (as a layer is part
+        of one), so binding it to another while that one exists is refused."""
+        held = self._owner() if self._owner is not None else None
+        if owner is not None and held is not None and held is not owner:
+            kind = type(self).__name__
+            raise ConfigError(f"this {kind} instance already holds another network's state (moments, step count); "
+                              f"create one per network, e.g. {kind}(learning_rate={self.learning_rate:g}), or pass "
+                              f"the optimizer by name")
+        self._owner = None if owner is None else weakref.ref(owner)
         self.state = {key: np.zeros(size, dtype=dtype) for key in self.state_names}
         self._scratch = np.empty(size, dtype=dtype)
         self._decay_size = decay_size

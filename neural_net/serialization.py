@@ -82,7 +82,7 @@ def from_bytes(cls, data, max_layers=None, max_layer_size=None, max_parameters=N
             optimizer = optimizer_registry.get(header["optimizer"]["config"])
         except (TypeError, KeyError, AttributeError) as exc:
             raise ConfigError(f"not a saved network: its optimizer config is not valid ({str(exc)[:100]})") from None
-        optimizer.bind(net._flat.size, net.dtype, decay_size=net._n_weights)
+        optimizer.bind(net._flat.size, net.dtype, decay_size=net._n_weights, owner=net)
         arrays = {name: archive.array(f"optimizer.{name}", state.dtype, state.shape)
                   for name, state in optimizer.state.items()}
         optimizer.load_state_dict({"t": header["optimizer"]["t"], "arrays": arrays})

@@ -413,7 +413,7 @@ def test_evaluate_returns_metrics():
 
 def test_core_imports_only_numpy_and_the_standard_library():
     allowed = {"numpy", "io", "json", "math", "time", "zipfile", "warnings", "dataclasses", "abc", "itertools", "functools",
-               "inspect", "numbers"}
+               "inspect", "numbers", "weakref"}
     for path in pathlib.Path(__file__).parents[2].joinpath("neural_net").glob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
@@ -478,6 +478,36 @@ def test_a_layer_belongs_to_one_network_once():
     with pytest.raises(ConfigError, match="already belongs to a network"):
         Network(5, seed=0).add(shared)
     assert net.layer_sizes == [4, 4] and net.predict(np.ones((1, 4))).shape == (1, 4)  # the first one is intact
+
+
+def test_an_optimizer_instance_holds_the_state_of_one_network():
+    """Binding b to a's Adam reset its step count and overwrote a's moments: a's resumed run went astray."""
+    from neural_net.optimizers import Adam
+    x, y = blobs(40)
+    a, b = small_net(), small_net(seed=1)
+    shared = Adam()
+    a.fit(x, y, epochs=2, optimizer=shared)
+    with pytest.raises(ConfigError, match="this Adam instance already holds another network's state .*create one per "
+                                          "network, e.g. Adam\\(learning_rate=0.001\\), or pass the optimizer by name"):
+        b.fit(3 * x, y, epochs=2, optimizer=shared)
+    a.fit(x, y, epochs=4, initial_epoch=2, optimizer=shared)
+    by_name = small_net()
+    by_name.fit(x, y, epochs=2, optimizer="adam")
+    by_name.fit(x, y, epochs=4, initial_epoch=2, optimizer="adam")
+    np.testing.assert_array_equal(a._flat, by_name._flat)
+
+
+def test_a_new_optimizer_instance_replaces_the_one_a_network_has():
+    """A second instance with equal settings was ignored: the first one's state went on, the new one never stepped."""
+    from neural_net.optimizers import Adam
+    x, y = blobs(40)
+    first, second = Adam(), Adam()
+    net = small_net()
+    net.fit(x, y, epochs=2, batch_size=10, optimizer=first)
+    net.fit(x, y, epochs=3, initial_epoch=2, batch_size=10, optimizer=second)
+    assert net.optimizer is second and (first.t, second.t) == (8, 4)
+    net.fit(x, y, epochs=4, initial_epoch=3, batch_size=10, optimizer="adam")  # by name, same settings: goes on
+    assert net.optimizer is second and second.t == 8
 
 
 def test_an_option_an_instance_would_ignore_is_refused():
