@@ -73,10 +73,11 @@ def read_request(body: bytes, header_length: str | None) -> tuple[dict, memoryvi
     if header_length is None:
         size = len(body)
     else:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
-            raise InvalidInput(f"Inference-Header-Content-Length is {header_length!r}; it must be the byte length of "
-                               f"the JSON header at the start of the body (the body has {len(body)} bytes)")
-        size = int(header_length)
+        text = header_length.strip()  # int() also reads '²' and '٣', and refuses 4301 digits: both were a 500
+        if not (text.isascii() and text.isdigit()) or len(text) > 18 or int(text) > len(body):
+            raise InvalidInput(f"Inference-Header-Content-Length is {header_length[:40]!r}; it must be the byte length "
+                               f"of the JSON header at the start of the body (the body has {len(body)} bytes)")
+        size = int(text)
     header = body if size == len(body) else body[:size]
     if header.startswith(UTF8_BOM):  # RFC 8259 lets a parser ignore it; simdjson does, orjson does not
         header = header[len(UTF8_BOM):]

@@ -360,6 +360,19 @@ def test_data_must_hold_numbers_and_missing_fields_are_named(tmp_path):
             assert r.status_code == 200 and r.json()["outputs"] == _infer(c, body).json()["outputs"], r.text
 
 
+def test_a_header_length_of_non_ascii_digits_is_a_400(tmp_path):
+    """'²'.isdigit() is true but int('²') raises: Inference-Header-Content-Length: ² was a 500, as were 5000 digits
+    (int() reads at most 4300)."""
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+    with running_app(tmp_path, workers=0) as c:
+        assert c.post("/models", json=IRIS).status_code == 201
+        for length in (b"\xb2", "١٢".encode(), b"9" * 5000, b" 12x"):
+            r = _infer(c, body.encode(), {"Inference-Header-Content-Length": length})
+            assert r.status_code == 400 and r.json()["error"].startswith("Inference-Header-Content-Length is "), r.text
+        r = _infer(c, body.encode(), {"Inference-Header-Content-Length": f" {len(body)} "})
+        assert r.status_code == 200, r.text
+
+
 def test_classification_over_plain_http_json_and_binary(tmp_path):
     rows = X4[:3]
     good = {"name": "input", "shape": [3, 4], "datatype": "FP32", "data": rows}
