@@ -216,8 +216,17 @@ def get(spec):
     return LOSSES.get(spec)
 
 
+PROBABILITIES = ("sigmoid", "softmax")  # output activations a cross-entropy without from_logits takes
+
+
 def resolve(spec, last_activation, n_out):
-    """Resolve "auto": cross_entropy after softmax, binary_cross_entropy after a 1-unit sigmoid, else mse."""
+    """The loss of an output layer of `n_out` units with activation `last_activation` (a name). "auto" picks
+    cross_entropy after softmax, binary_cross_entropy after a 1-unit sigmoid, else mse. A loss the output cannot
+    take is a ConfigError saying what to use instead: a cross-entropy takes probabilities (a sigmoid or softmax
+    output), or logits (any other output) with from_logits=True."""
+    if last_activation == "softmax" and n_out < 2:
+        raise ConfigError("a softmax output of 1 unit is always 1; use 2 or more units (cross_entropy), or a 1-unit "
+                          "sigmoid output (binary_cross_entropy)")
     if spec in (None, "auto"):
         if last_activation == "softmax":
             return CrossEntropy()
@@ -227,6 +236,13 @@ def resolve(spec, last_activation, n_out):
     loss = get(spec)
     if isinstance(loss, CrossEntropy) and n_out < 2:
         raise ConfigError("cross_entropy needs at least 2 output units; use binary_cross_entropy for 1 unit")
+    if isinstance(loss, _CrossEntropyBase):
+        if loss.from_logits and last_activation in PROBABILITIES:
+            raise ConfigError(f"{loss.name} with from_logits=True applies a {loss.fuses_with} itself, and the output is "
+                              f"{last_activation} already; use from_logits=False, or a linear output")
+        if not loss.from_logits and last_activation not in PROBABILITIES:
+            raise ConfigError(f"{loss.name} needs a {loss.fuses_with} output, or from_logits=True on a linear one; the "
+                              f"output is {last_activation}")
     return loss
 
 

@@ -76,6 +76,7 @@ class Network:
         net = cls(sizes[0], seed=seed, dtype=dtype, loss=loss, class_names=class_names)
         for units, activation, rate in zip(sizes[1:], activations, dropouts):
             net.add(Dense(units, activation=activation, weight_init=weight_init, bias_init=bias_init, dropout=rate))
+        net._get_loss(None)  # a loss the output cannot take is refused now, not at the first fit
         net.check_class_names()
         return net
 

@@ -2,6 +2,7 @@
 import ast
 import io
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -478,6 +479,40 @@ def test_a_layer_belongs_to_one_network_once():
     with pytest.raises(ConfigError, match="already belongs to a network"):
         Network(5, seed=0).add(shared)
     assert net.layer_sizes == [4, 4] and net.predict(np.ones((1, 4))).shape == (1, 4)  # the first one is intact
+
+
+@pytest.mark.parametrize("activations, units, loss, message", [
+    ("linear", 1, "binary_cross_entropy", "binary_cross_entropy needs a sigmoid output, or from_logits=True on a linear "
+                                          "one; the output is linear"),
+    ("tanh", 3, "cross_entropy", "cross_entropy needs a softmax output, or from_logits=True on a linear one; the output "
+                                 "is tanh"),
+    ("sigmoid", 1, {"name": "binary_cross_entropy", "from_logits": True},
+     "binary_cross_entropy with from_logits=True applies a sigmoid itself, and the output is sigmoid already"),
+    ("softmax", 3, {"name": "cross_entropy", "from_logits": True}, "applies a softmax itself"),
+    ("softmax", 1, "auto", "a softmax output of 1 unit is always 1; use 2 or more units"),
+])
+def test_a_loss_the_output_activation_cannot_take_is_refused(activations, units, loss, message):
+    """Cross-entropy on a linear or tanh output gave NaN, from_logits on a softmax applied it twice, and "auto"
+    took a 1-unit softmax: each was accepted."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Network.from_layer_sizes([2, units], activations=[activations], loss=loss)
+    net = Network(2, loss=loss).add(Dense(units, activation=activations))  # layer by layer: at the first use
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        net.evaluate(np.ones((4, 2)), np.zeros(4))
+    if (activations, units) != ("softmax", 1):  # a loss given to evaluate is checked as well
+        net = Network.from_layer_sizes([2, units], activations=[activations], loss="mse")
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            net.evaluate(np.ones((4, 2)), np.zeros(4), loss=loss)
+
+
+def test_a_cross_entropy_takes_probabilities_or_logits():
+    x, y = np.ones((4, 2)), np.array([0, 1, 0, 1])
+    for activation, loss in (("sigmoid", "binary_cross_entropy"), ("softmax", "binary_cross_entropy"),
+                             ("linear", {"name": "binary_cross_entropy", "from_logits": True}),
+                             ("tanh", {"name": "binary_cross_entropy", "from_logits": True})):
+        net = Network.from_layer_sizes([2, 1 if activation != "softmax" else 2], activations=[activation], loss=loss)
+        assert np.isfinite(net.evaluate(x, y if activation != "softmax" else np.eye(2)[y])["loss"])
+    assert Network.from_layer_sizes([2, 3], activations=["sigmoid"], loss="cross_entropy").loss_name == "cross_entropy"
 
 
 def test_an_optimizer_instance_holds_the_state_of_one_network():
