@@ -146,7 +146,7 @@ def test_errors_reach_the_client_with_the_protocol_status(client):
         tensor.set_data_from_numpy(np.zeros(shape, {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32}[datatype]))
         return client.infer("iris", [tensor], model_version=version)
 
-    for kwargs, status, words in [({"datatype": "INT32"}, "400", "send FP32 or FP64"),
+    for kwargs, status, words in [({"datatype": "INT32"}, "400", "datatype must be one of FP32, FP64"),
                                   ({"shape": (2, 3)}, "400", "send [batch, 4]"),
                                   ({"name": "x"}, "400", "named 'input'"),
                                   ({"version": "7"}, "404", "has no version 7")]:
@@ -360,6 +360,56 @@ def test_data_must_hold_numbers_and_missing_fields_are_named(tmp_path):
             assert r.status_code == 200 and r.json()["outputs"] == _infer(c, body).json()["outputs"], r.text
 
 
+WRONG_TYPES = [["FP32"], {"a": 1}, 1, 1.5, True, None, "x"]  # one value of each JSON type, "x" a wrong string
+ALLOWED = {(0, "1"), (0, "1.5"), ("binary_data", "True"), ("binary_data_output", "True"),  # 1.5: as data[0]
+           ("parameters", "{'a': 1}"), ("classification", "1"), ("id", "'x'")}  # unknown parameters: ignored
+
+
+def _set(body: dict, path: tuple, value) -> dict:
+    """A deep copy of ``body`` with the field at ``path`` (keys and list indices) set to ``value``."""
+    body = json.loads(json.dumps(body))
+    place = body
+    for key in path[:-1]:
+        place = place[key]
+    place[path[-1]] = value
+    return body
+
+
+@pytest.mark.parametrize("size", ["small", "simdjson"])  # under 2 KiB orjson reads the body, from 2 KiB simdjson
+def test_every_field_of_the_wrong_json_type_is_a_400(tmp_path, size):
+    """`"datatype": ["FP32"]` was a 500 (TypeError: unhashable type: 'list'); `"binary_data": "false"` was read as
+    true; a numeric `id` was dropped from the answer. Each field given a value of each JSON type is a 400 or, where
+    that value is one the protocol allows, the answer of the good request."""
+    good = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4],
+                        "parameters": {}}],
+            "outputs": [{"name": "output", "parameters": {"binary_data": False, "classification": 2}}],
+            "parameters": {"binary_data_output": False}, "id": "a" * (3000 if size == "simdjson" else 1)}
+    paths = [("inputs", 0, "name"), ("inputs", 0, "datatype"), ("inputs", 0, "shape"), ("inputs", 0, "shape", 0),
+             ("inputs", 0, "shape", 1), ("inputs", 0, "data"), ("inputs", 0, "data", 0), ("inputs", 0, "parameters"),
+             ("inputs", 0), ("inputs",), ("outputs", 0, "name"), ("outputs", 0, "parameters"),
+             ("outputs", 0, "parameters", "binary_data"), ("outputs", 0, "parameters", "classification"),
+             ("outputs", 0), ("outputs",), ("parameters",), ("parameters", "binary_data_output"), ("id",)]
+    with running_app(tmp_path, workers=0) as c:
+        assert c.post("/models", json=IRIS).status_code == 201
+        expected = c.post("/v2/models/iris/infer", json=good)
+        assert expected.status_code == 200, expected.text
+        for path in paths:
+            for value in WRONG_TYPES:
+                body = _set(good, path, value)
+                r = _infer(c, json.dumps(body).encode())
+                assert r.status_code in (200, 400), (path, value, r.status_code, r.text)
+                if r.status_code == 200:  # a value the protocol allows there: a number as shape[0] or data[0], true
+                    assert (path[-1], repr(value)) in ALLOWED, (path, value, r.text)
+                else:
+                    assert set(r.json()) == {"error"} and "Traceback" not in r.text, (path, value, r.text)
+        r = _infer(c, json.dumps(_set(good, ("inputs", 0, "datatype"), ["FP32"])).encode())
+        assert "datatype must be one of FP32, FP64" in r.json()["error"], r.text
+        r = _infer(c, json.dumps(_set(good, ("outputs", 0, "parameters", "binary_data"), "false")).encode())
+        assert r.json()["error"] == "outputs[0].parameters.binary_data is 'false'; send true or false", r.text
+        r = _infer(c, json.dumps(_set(good, ("id",), 7)).encode())
+        assert r.json()["error"] == "`id` is 7; the request id must be a string", r.text
+
+
 def test_a_header_length_of_non_ascii_digits_is_a_400(tmp_path):
     """'²'.isdigit() is true but int('²') raises: Inference-Header-Content-Length: ² was a 500, as were 5000 digits
     (int() reads at most 4300)."""
@@ -405,7 +455,7 @@ def test_classification_over_plain_http_json_and_binary(tmp_path):
                               ({"name": "output", "parameters": {"classification": 6}}, "from 1 to 5"),
                               ({"name": "output", "parameters": {"classification": "2"}}, "is '2'; send a whole number"),
                               ({"name": "output", "parameters": {"classification": 2.0}}, "is 2.0; send a whole number"),
-                              ({"name": "output", "parameters": {"classification": True}}, "is True; send a whole number"),
+                              ({"name": "output", "parameters": {"classification": True}}, "is true; send a whole number"),
                               ({"name": "predictions", "parameters": {"classification": 1}}, "asks for a classification of 'predictions'")]:
             r = c.post("/v2/models/named/infer", json={"inputs": [good], "outputs": [{"name": "predictions"}, output]})
             assert r.status_code == 400 and words in r.json()["error"] and "outputs[1]" in r.json()["error"], (output, r.text)
