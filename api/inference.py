@@ -171,8 +171,11 @@ def _input_array(service: Service, model: CachedModel, request: dict, binary: me
         x = x.astype(model.net.dtype, copy=False)
     if not np.isfinite(x).all():  # the first such value, as sent, by its row and column
         row, column = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
-        raise InvalidInput(f"inputs hold NaN, Infinity or values too large for {want}; send finite numbers: row {row}, "
-                           f"column {column} is {_sent(tensor, binary, dtype, row * n_in + column)}")
+        # a finite number overflows in the narrower of the datatype sent and the model's: FP32 if either is
+        narrow = "FP32" if "FP32" in (datatype, want) else "FP64"
+        held = "the datatype sent" if narrow == datatype else "the model's datatype"
+        raise InvalidInput(f"inputs hold NaN, Infinity or values too large for {narrow} ({held}); send finite numbers: "
+                           f"row {row}, column {column} is {_sent(tensor, binary, dtype, row * n_in + column)}")
     return x
 
 

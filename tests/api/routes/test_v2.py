@@ -226,8 +226,8 @@ def test_bad_requests_are_400_or_413_with_an_error_body(tmp_path):
             (json.dumps({"inputs": []}).encode(), None, 400, "one tensor named 'input'"),
             (json.dumps({"inputs": [{**good, "data": [1, 2, 3]}]}).encode(), None, 400, "holds 3 numbers"),
             (json.dumps({"inputs": [{**good, "data": [1, 2, 3, None]}]}).encode(), None, 400, "it holds null"),
-            (json.dumps({"inputs": [{**good, "data": [1, 2, 3, 1e300]}]}).encode(), None, 400, "too large for FP32; "
-             "send finite numbers: row 0, column 3 is 1e+300"),  # no element was named
+            (json.dumps({"inputs": [{**good, "data": [1, 2, 3, 1e300]}]}).encode(), None, 400, "too large for FP32 (the "
+             "datatype sent); send finite numbers: row 0, column 3 is 1e+300"),  # no element was named
             (json.dumps({"inputs": [{**good, "data": [[1, 2, 3, 4]], "shape": [1, 4]}]}).encode().replace(b"4]]",
              b"1e39]]"), None, 400, "row 0, column 3 is 1e+39"),
             (json.dumps({"inputs": [{**good, "data": ["a", 2, 3, 4]}]}).encode(), None, 400, "numbers only"),
@@ -421,6 +421,25 @@ def test_a_header_length_of_non_ascii_digits_is_a_400(tmp_path):
             assert r.status_code == 400 and r.json()["error"].startswith("Inference-Header-Content-Length is "), r.text
         r = _infer(c, body.encode(), {"Inference-Header-Content-Length": f" {len(body)} "})
         assert r.status_code == 200, r.text
+
+
+def test_a_value_too_large_for_the_datatype_sent_names_that_datatype(tmp_path):
+    """1e39 sent as FP32 to a float64 model overflows in the FP32 it was sent as; the error said "too large for FP64"."""
+    wide = {"model_id": "wide64", "layer_sizes": [4, 3], "activations": ["softmax"], "dtype": "float64"}
+    with running_app(tmp_path, workers=0) as c:
+        for model in (wide, IRIS):
+            assert c.post("/models", json=model).status_code == 201
+        for model, datatype, value, words in [
+                ("wide64", "FP32", 1e39, "FP32 (the datatype sent)"),
+                ("iris", "FP64", 1e39, "FP32 (the model's datatype)"),
+                ("iris", "FP32", 1e39, "FP32 (the datatype sent)")]:
+            tensor = {"name": "input", "shape": [1, 4], "datatype": datatype, "data": [1, 2, 3, value]}
+            r = _infer(c, json.dumps({"inputs": [tensor]}).encode(), model=model)
+            assert r.status_code == 400, r.text
+            assert r.json()["error"] == (f"inputs hold NaN, Infinity or values too large for {words}; send finite "
+                                         "numbers: row 0, column 3 is 1e+39"), r.text
+        tensor = {"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 1e39]}
+        assert _infer(c, json.dumps({"inputs": [tensor]}).encode(), model="wide64").status_code == 200
 
 
 def test_classification_over_plain_http_json_and_binary(tmp_path):
