@@ -183,6 +183,17 @@ class CrossEntropy(_CrossEntropyBase):
     def _norm(self, p):
         return p.shape[0]
 
+    def fused_gradient(self, p, y, out):
+        """dL/dz = (s p - y) / n, where s is the row's sum of y: 1 for one-hot rows (then p - y), within
+        ROW_SUM_TOLERANCE of 1 for rows of probabilities, whose loss counts s (see value_from_logits)."""
+        sums = np.add.reduce(y, axis=1, keepdims=True)
+        if np.all(sums == 1):
+            return super().fused_gradient(p, y, out)
+        np.multiply(p, sums, out=out)
+        out -= y
+        out *= 1.0 / p.shape[0]
+        return out
+
     def value(self, p, y):
         if self.from_logits:
             return self.value_from_logits(p, y)
@@ -193,7 +204,7 @@ class CrossEntropy(_CrossEntropyBase):
     def value_from_logits(self, z, y):
         top = z.max(axis=1, keepdims=True)
         log_sum = np.log(np.exp(z - top).sum(axis=1, keepdims=True)) + top
-        # -sum_k y_k (z_k - logsumexp z), with sum_k y_k = 1 for one-hot rows
+        # -sum_k y_k (z_k - logsumexp z) = s logsumexp z - y.z, s = sum_k y_k (1 for one-hot rows)
         return float((np.vdot(y.sum(axis=1), log_sum[:, 0]) - np.vdot(y, z)) / z.shape[0])
 
     def gradient(self, p, y):
