@@ -12,6 +12,7 @@ hold gigabytes of zeros). CSV syntax lives in api/csv_rows.py, JSON datasets in 
 import io
 import math
 import mmap
+import os
 import struct
 import zipfile
 import zlib
@@ -104,6 +105,10 @@ def _member(path: Path, archive: zipfile.ZipFile, name: str) -> _Member:
                     raise InvalidInput(f"{name}: damaged zip entry; the NPZ file is truncated or corrupt")
                 name_length, extra_length = struct.unpack("<HH", local[26:30])
                 start = info.header_offset + 30 + name_length + extra_length
+                size = os.fstat(handle.fileno()).st_size  # the directory's file_size is the sender's word, not the file's
+                if start + info.file_size > size:
+                    raise InvalidInput(f"array {name[:-4]!r} of the NPZ file: its {info.file_size} bytes would end at "
+                                       f"byte {start + info.file_size} of a {size}-byte file; the file is truncated or corrupt")
                 handle.seek(start)
                 shape, fortran, dtype, length = _npy_header(handle)
                 offset = start + length
@@ -124,8 +129,12 @@ def _member_array(path: Path, archive: zipfile.ZipFile, member: _Member, scratch
     if member.nbytes == 0:
         return np.zeros(member.shape, member.dtype)
     if member.info.compress_type == zipfile.ZIP_STORED:
-        return np.memmap(path, dtype=member.dtype, mode="r", offset=member.offset, shape=member.shape,
-                         order="F" if member.fortran else "C")
+        try:  # _member checked its bytes against the file's size; a file cut short since is no 500 either
+            return np.memmap(path, dtype=member.dtype, mode="r", offset=member.offset, shape=member.shape,
+                             order="F" if member.fortran else "C")
+        except (ValueError, OSError) as exc:
+            raise InvalidInput(f"array {member.name!r} of the NPZ file cannot be read: {exc}; the file is truncated "
+                               "or corrupt") from None
     if scratch is None:
         raise InvalidInput(f"array {member.name!r} is compressed; a stored dataset's arrays are not")
     copy = scratch / f"member-{member.name}.npy"

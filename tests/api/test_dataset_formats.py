@@ -3,6 +3,7 @@ memory-mapped by the service, and kept byte for byte when uploaded again."""
 
 import hashlib
 import io
+import struct
 import zipfile
 
 import numpy as np
@@ -113,3 +114,39 @@ def test_an_npz_of_very_many_members_is_refused_before_they_are_listed(tmp_path)
     with pytest.raises(InvalidInput) as refused:
         formats.convert_npz(tmp_path / "many.npz", tmp_path / "out.npz", 100)
     assert str(refused.value).startswith("the NPZ file has 20002 members; a dataset's has at most 1024")
+
+
+def _npz_promising_more_than_it_holds(path) -> None:
+    """A stored NPZ whose inputs.npy header and directory entry both promise 8 MB of data; the file holds 16 bytes."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (1000, 1000)})
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("inputs.npy", header.getvalue() + bytes(16))
+        targets = io.BytesIO()
+        np.save(targets, np.zeros(1000, np.int64))
+        archive.writestr("targets.npy", targets.getvalue())
+    data = bytearray(path.read_bytes())
+    entry = data.index(b"PK\x01\x02")  # the directory's entry of inputs.npy: its compressed and uncompressed sizes
+    struct.pack_into("<II", data, entry + 20, len(header.getvalue()) + 8_000_000, len(header.getvalue()) + 8_000_000)
+    path.write_bytes(data)
+
+
+def test_a_stored_member_past_the_end_of_the_file_is_refused_not_mapped(tmp_path):
+    """Its size was checked against the directory's file_size, not the file's: np.memmap raised "mmap length is
+    greater than file size", a 500 on every use of the dataset (and on upload with its CRC forged to match)."""
+    _npz_promising_more_than_it_holds(tmp_path / "short.npz")
+    for read in (lambda: formats.load(tmp_path / "short.npz"),
+                 lambda: formats.convert_npz(tmp_path / "short.npz", tmp_path / "out.npz", 10**6)):
+        with pytest.raises(InvalidInput) as refused:
+            read()
+        assert str(refused.value).startswith("array 'inputs' of the NPZ file: its 8000128 bytes would end at byte "
+                                             "8000168 of a "), refused.value
+        assert str(refused.value).endswith("-byte file; the file is truncated or corrupt")
+    # a file cut short after its headers were read: no ValueError escapes the memory map
+    formats.write_arrays(tmp_path / "d.npz", np.ones((1000, 4)), np.arange(1000))
+    with zipfile.ZipFile(tmp_path / "d.npz") as archive:
+        member = formats._member(tmp_path / "d.npz", archive, "inputs.npy")
+        with open(tmp_path / "d.npz", "r+b") as handle:
+            handle.truncate(1000)
+        with pytest.raises(InvalidInput, match="array 'inputs' of the NPZ file cannot be read: .*truncated or corrupt"):
+            formats._member_array(tmp_path / "d.npz", archive, member, None)
