@@ -95,8 +95,8 @@ class LeakyReLU(Activation):
     """a = z where z > 0, alpha * z elsewhere (0 <= alpha < 1, default 0.01)."""
 
     def __init__(self, alpha=0.01):
-        if not 0.0 <= alpha < 1.0:
-            raise ConfigError(f"leaky_relu alpha must be in [0, 1); received alpha={alpha}")
+        if not (is_number(alpha) and 0.0 <= alpha < 1.0):
+            raise ConfigError(f"leaky_relu alpha must be a number in [0, 1); received alpha={alpha!r}")
         self.alpha = float(alpha)
 
     def get_config(self):

@@ -15,7 +15,7 @@ Biases:
 import numpy as np
 
 from .errors import ConfigError
-from .registry import Registry
+from .registry import Registry, is_number
 
 WEIGHT_INITIALIZERS = Registry("weight initialiser")
 BIAS_INITIALIZERS = Registry("bias initialiser")
@@ -80,8 +80,8 @@ class LecunNormal(_Normal):
 
 
 def _positive_std(std):
-    if not std > 0:
-        raise ConfigError(f"std must be positive; received std={std}")
+    if not (is_number(std) and std > 0):
+        raise ConfigError(f"std must be a positive finite number; received std={std!r}")
     return float(std)
 
 
@@ -115,6 +115,8 @@ class RandomBias(_FixedStd):
 @BIAS_INITIALIZERS.register("constant")
 class Constant(Initializer):
     def __init__(self, value=0.01):
+        if not is_number(value):
+            raise ConfigError(f"constant value must be a finite number; received value={value!r}")
         self.value = float(value)
 
     def fill(self, out, rng):

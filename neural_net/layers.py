@@ -201,7 +201,7 @@ class BatchNorm(Layer):
         super().__init__(activation, dropout)
         for name, value in (("momentum", momentum), ("eps", eps)):
             if not is_number(value):
-                raise ConfigError(f"batch_norm {name} must be a number; received {name}={value!r}")
+                raise ConfigError(f"batch_norm {name} must be a finite number; received {name}={value!r}")
         if not 0.0 <= momentum < 1.0 or eps <= 0:
             raise ConfigError(f"batch_norm needs 0 <= momentum < 1 and eps > 0; received momentum={momentum}, eps={eps}")
         self.momentum, self.eps = float(momentum), float(eps)

@@ -169,8 +169,8 @@ class Momentum(Optimizer):
 
     def __init__(self, learning_rate=None, momentum=0.9):
         super().__init__(learning_rate)
-        if not 0.0 <= momentum < 1.0:
-            raise ConfigError(f"momentum must be in [0, 1); received momentum={momentum}")
+        if not (is_number(momentum) and 0.0 <= momentum < 1.0):
+            raise ConfigError(f"momentum must be a number in [0, 1); received momentum={momentum!r}")
         self.momentum = float(momentum)
 
     def _options(self):
@@ -196,8 +196,8 @@ class RMSprop(Optimizer):
 
     def __init__(self, learning_rate=None, alpha=0.99, eps=1e-8):
         super().__init__(learning_rate)
-        if not 0.0 <= alpha < 1.0 or eps <= 0:
-            raise ConfigError(f"rmsprop needs 0 <= alpha < 1 and eps > 0; received alpha={alpha}, eps={eps}")
+        if not (is_number(alpha) and 0.0 <= alpha < 1.0 and is_number(eps) and eps > 0):
+            raise ConfigError(f"rmsprop needs numbers 0 <= alpha < 1 and eps > 0; received alpha={alpha!r}, eps={eps!r}")
         self.alpha, self.eps = float(alpha), float(eps)
 
     def _options(self):
@@ -215,8 +215,8 @@ class Adagrad(Optimizer):
 
     def __init__(self, learning_rate=None, eps=1e-10):
         super().__init__(learning_rate)
-        if eps <= 0:
-            raise ConfigError(f"eps must be positive; received eps={eps}")
+        if not (is_number(eps) and eps > 0):
+            raise ConfigError(f"eps must be a positive finite number; received eps={eps!r}")
         self.eps = float(eps)
 
     def _options(self):
@@ -235,9 +235,9 @@ class Adam(Optimizer):
 
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, eps=1e-8):
         super().__init__(learning_rate)
-        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0 and eps > 0):
+        if not (all(map(is_number, (beta1, beta2, eps))) and 0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0 and eps > 0):
             raise ConfigError(
-                f"adam needs 0 <= beta1, beta2 < 1 and eps > 0; received beta1={beta1}, beta2={beta2}, eps={eps}"
+                f"adam needs numbers 0 <= beta1, beta2 < 1 and eps > 0; received beta1={beta1!r}, beta2={beta2!r}, eps={eps!r}"
             )
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
@@ -255,8 +255,8 @@ class AdamW(Adam):
 
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01):
         super().__init__(learning_rate, beta1, beta2, eps)
-        if weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0; received weight_decay={weight_decay}")
+        if not (is_number(weight_decay) and weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be a finite number >= 0; received weight_decay={weight_decay!r}")
         self.weight_decay = float(weight_decay)
 
     def _options(self):

@@ -1,6 +1,7 @@
 """Name -> class registries (activations, initialisers, losses, optimizers, schedules), and the check of the
 options a config passes to a constructor (`check_options`), shared by registries, layers and early stopping."""
 import inspect
+import math
 import numbers
 
 import numpy as np
@@ -9,8 +10,9 @@ from .errors import ConfigError, UnknownNameError
 
 
 def is_number(value):
-    """A real number, NumPy scalars included; a bool is not one."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    """A finite real number, NumPy scalars included; a bool, NaN and Inf are not one (no setting takes them: a
+    check such as `eps <= 0` lets NaN through)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
 
 
 def is_whole(value):
@@ -19,7 +21,7 @@ def is_whole(value):
 
 
 def check_options(what, cls, options):
-    """ConfigError unless every option is a parameter of `cls` and, where its default is a number, a number
+    """ConfigError unless every option is a parameter of `cls` and, where its default is a number, a finite number
     (a whole one where the default is an int). `what` names the thing in the message ("optimizer 'adam')."""
     parameters = {name: p.default for name, p in inspect.signature(cls).parameters.items()
                   if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
@@ -32,7 +34,7 @@ def check_options(what, cls, options):
         if is_whole(default) and not is_whole(value):
             raise ConfigError(f"{what} option {name} must be a whole number; received {value!r}")
         if is_number(default) and not is_number(value):
-            raise ConfigError(f"{what} option {name} must be a number; received {value!r}")
+            raise ConfigError(f"{what} option {name} must be a finite number; received {value!r}")
 
 
 class Registry:

@@ -14,7 +14,7 @@ schedule proper starts at e = W with e counted from there.
 import math
 
 from .errors import ConfigError
-from .registry import Registry, is_whole
+from .registry import Registry, is_number, is_whole
 
 SCHEDULES = Registry("schedule")
 names = SCHEDULES.names
@@ -59,8 +59,8 @@ class Constant(Schedule):
 class Exponential(Schedule):
     def __init__(self, decay_rate=0.96, warmup_epochs=0):
         super().__init__(warmup_epochs)
-        if not 0 < decay_rate <= 1:
-            raise ConfigError(f"decay_rate must be in (0, 1]; received decay_rate={decay_rate}")
+        if not (is_number(decay_rate) and 0 < decay_rate <= 1):
+            raise ConfigError(f"decay_rate must be a number in (0, 1]; received decay_rate={decay_rate!r}")
         self.decay_rate = float(decay_rate)
 
     def rate(self, epoch, base_lr, epochs):
@@ -71,8 +71,9 @@ class Exponential(Schedule):
 class Step(Schedule):
     def __init__(self, step_size=10, gamma=0.5, warmup_epochs=0):
         super().__init__(warmup_epochs)
-        if not (is_whole(step_size) and step_size >= 1) or not 0 < gamma <= 1:
-            raise ConfigError(f"step needs step_size >= 1 and 0 < gamma <= 1; received step_size={step_size}, gamma={gamma}")
+        if not (is_whole(step_size) and step_size >= 1) or not (is_number(gamma) and 0 < gamma <= 1):
+            raise ConfigError(f"step needs a whole step_size >= 1 and a number 0 < gamma <= 1; received "
+                              f"step_size={step_size!r}, gamma={gamma!r}")
         self.step_size, self.gamma = int(step_size), float(gamma)
 
     def rate(self, epoch, base_lr, epochs):
@@ -83,8 +84,8 @@ class Step(Schedule):
 class Cosine(Schedule):
     def __init__(self, min_lr=0.0, warmup_epochs=0):
         super().__init__(warmup_epochs)
-        if min_lr < 0:
-            raise ConfigError(f"min_lr must be >= 0; received min_lr={min_lr}")
+        if not (is_number(min_lr) and min_lr >= 0):
+            raise ConfigError(f"min_lr must be a finite number >= 0; received min_lr={min_lr!r}")
         self.min_lr = float(min_lr)
 
     def rate(self, epoch, base_lr, epochs):
@@ -101,12 +102,13 @@ class ReduceOnPlateau(Schedule):
 
     def __init__(self, factor=0.5, patience=5, min_lr=0.0, min_delta=0.0, warmup_epochs=0):
         super().__init__(warmup_epochs)
-        if isinstance(factor, bool) or not 0 < factor < 1:
+        if not (is_number(factor) and 0 < factor < 1):
             raise ConfigError(f"reduce_on_plateau factor must be in (0, 1); received factor={factor!r}")
         if not (is_whole(patience) and patience >= 1):
             raise ConfigError(f"reduce_on_plateau patience must be a whole number >= 1; received patience={patience!r}")
-        if min_lr < 0 or min_delta < 0:
-            raise ConfigError(f"min_lr and min_delta must be >= 0; received min_lr={min_lr}, min_delta={min_delta}")
+        if not (is_number(min_lr) and min_lr >= 0 and is_number(min_delta) and min_delta >= 0):
+            raise ConfigError(f"min_lr and min_delta must be finite numbers >= 0; received min_lr={min_lr!r}, "
+                              f"min_delta={min_delta!r}")
         self.factor, self.patience, self.min_lr, self.min_delta = float(factor), int(patience), float(min_lr), float(min_delta)
         self.best, self.waited, self.reductions = math.inf, 0, 0
 

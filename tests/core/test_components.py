@@ -207,18 +207,35 @@ def test_loss_values_match_pytorch_reductions():
 @pytest.mark.parametrize("get, spec, message", [
     (optimizers.get, {"name": "adam", "momentum": 0.9}, "optimizer 'adam' does not take the option momentum; it takes: "
      "learning_rate, beta1, beta2, eps"),
-    (optimizers.get, {"name": "adam", "beta1": "0.9"}, "optimizer 'adam' option beta1 must be a number; received '0.9'"),
+    (optimizers.get, {"name": "adam", "beta1": "0.9"}, "optimizer 'adam' option beta1 must be a finite number; received '0.9'"),
     (schedules.get, {"name": "exponential", "gamma": 0.5}, "schedule 'exponential' does not take the option gamma"),
     (schedules.get, {"name": "step", "step_size": 2.5}, "schedule 'step' option step_size must be a whole number"),
-    (schedules.get, {"name": "exponential", "decay_rate": "0.5"}, "option decay_rate must be a number"),
-    (activations.get, {"name": "leaky_relu", "alpha": None}, "option alpha must be a number; received None"),
+    (schedules.get, {"name": "exponential", "decay_rate": "0.5"}, "option decay_rate must be a finite number"),
+    (activations.get, {"name": "leaky_relu", "alpha": None}, "option alpha must be a finite number; received None"),
     # every negative input became -inf: a model imported with it answered every request "scale the inputs down"
-    (activations.get, {"name": "elu", "alpha": float("inf")}, "elu alpha must be a positive number; received alpha=inf"),
-    (initializers.get_bias, {"name": "constant", "value": [1]}, "option value must be a number"),
+    (activations.get, {"name": "elu", "alpha": float("inf")}, "activation 'elu' option alpha must be a finite number; received inf"),
+    (initializers.get_bias, {"name": "constant", "value": [1]}, "option value must be a finite number"),
 ])
 def test_registries_check_option_names_and_types(get, spec, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         get(spec)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: initializers.Constant(value=float("nan")), "constant value must be a finite number; received value=nan"),
+    (lambda: initializers.Constant(value=float("inf")), "constant value must be a finite number; received value=inf"),
+    (lambda: initializers.GaussianWeights(std=float("inf")), "std must be a positive finite number; received std=inf"),
+    (lambda: schedules.ReduceOnPlateau(min_delta=float("nan")), "min_lr and min_delta must be finite numbers >= 0"),
+    (lambda: schedules.Cosine(min_lr=float("nan")), "min_lr must be a finite number >= 0; received min_lr=nan"),
+    (lambda: schedules.Exponential(decay_rate="0.9"), "decay_rate must be a number in (0, 1]; received decay_rate='0.9'"),
+    (lambda: schedules.Step(gamma=float("nan")), "a number 0 < gamma <= 1"),
+    (lambda: activations.get({"name": "leaky_relu", "alpha": float("nan")}), "option alpha must be a finite number"),
+    (lambda: schedules.get({"name": "cosine", "min_lr": float("inf")}), "option min_lr must be a finite number"),
+])
+def test_nan_inf_and_text_settings_are_config_errors(make, message):
+    """Checks written `min_lr < 0` let NaN through, Constant checked nothing, and text raised TypeError."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        make()
 
 
 def test_registries_take_numpy_scalars_and_store_python_numbers():

@@ -24,9 +24,11 @@ def test_a_fit_whose_last_batch_holds_one_sample_keeps_the_running_variance_of_t
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: BatchNorm(momentum="0.9"), "momentum must be a number"),
-    (lambda: BatchNorm(eps=None), "eps must be a number"),
-    (lambda: Dense(3, activation={"name": "leaky_relu", "alpha": None}), "activation 'leaky_relu' option alpha must be a number"),
+    (lambda: BatchNorm(momentum="0.9"), "momentum must be a finite number"),
+    (lambda: BatchNorm(eps=None), "eps must be a finite number"),
+    (lambda: BatchNorm(eps=float("nan")), "eps must be a finite number; received eps=nan"),  # predicted NaN
+    (lambda: BatchNorm(momentum=float("inf")), "momentum must be a finite number"),
+    (lambda: Dense(3, activation={"name": "leaky_relu", "alpha": None}), "activation 'leaky_relu' option alpha must be a finite number"),
     (lambda: Dense(3, activation={"name": "relu", "alpha": 0.1}), "activation 'relu' does not take the option alpha; it takes no options"),
     (lambda: Dense(3, weight_init={"name": "he", "std": 0.1}), "weight initialiser 'he' does not take the option std"),
     (lambda: from_config({"type": "batch_norm", "momentum": 0.5, "units": 3}), "batch_norm layer does not take the option units; it takes: momentum, eps, activation, dropout"),

@@ -1,5 +1,6 @@
 """Each optimiser's first steps against values computed by hand from its formula."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -105,6 +106,23 @@ def test_errors_name_the_valid_choices_and_bad_values():
         optimizers.get({"name": "sgd", "learning_rate": -1})
     with pytest.raises(ConfigError, match="beta1"):
         optimizers.get({"name": "adam", "beta1": 1.5})
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: optimizers.AdamW(weight_decay=NAN), "weight_decay must be a finite number >= 0; received weight_decay=nan"),
+    (lambda: optimizers.RMSprop(eps=NAN), "rmsprop needs numbers 0 <= alpha < 1 and eps > 0; received alpha=0.99, eps=nan"),
+    (lambda: optimizers.Adagrad(eps=NAN), "eps must be a positive finite number; received eps=nan"),
+    (lambda: optimizers.Adam(eps=INF), "adam needs numbers 0 <= beta1, beta2 < 1 and eps > 0"),
+    (lambda: optimizers.Momentum(momentum="0.9"), "momentum must be a number in [0, 1); received momentum='0.9'"),
+    (lambda: optimizers.get({"name": "adagrad", "eps": NAN}), "optimizer 'adagrad' option eps must be a finite number"),
+])
+def test_nan_inf_and_text_settings_are_config_errors(make, message):
+    """Checks written `eps <= 0` or `weight_decay < 0` let NaN through (and text raised TypeError)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        make()
 
 
 @pytest.mark.parametrize("name", optimizers.names())

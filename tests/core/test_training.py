@@ -87,7 +87,7 @@ def test_early_stopping_on_accuracy_keeps_the_most_accurate_epoch():
     ({"monitor": "val_acc"}, 0.25, "monitor 'val_acc' is not reported.*loss, accuracy, val_loss, val_accuracy"),
     ({"monitor": "val_loss"}, 0.0, "monitor 'val_loss' is not reported.*: loss, accuracy;.*validation"),
     ({"mode": "highest"}, 0.25, "mode must be one of: auto, min, max"),
-    ({"patience": 2, "min_delta": None}, 0.0, "min_delta must be a number"),
+    ({"patience": 2, "min_delta": None}, 0.0, "min_delta must be a finite number"),
     ({"patience": 2, "monitr": "loss"}, 0.0, "early_stopping does not take the option.*monitr.*patience"),
 ])
 def test_a_bad_early_stopping_option_is_refused_before_any_epoch_runs(stopping, validation, message):
