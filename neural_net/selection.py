@@ -53,13 +53,15 @@ def fold_indices(n, folds=5, labels=None, seed=None):
 
 
 def _labels_for_stratification(y):
+    """What to stratify by: whole-number labels, (n,) or a column (n, 1) as cross_entropy takes them, or the argmax
+    of rows (n, k); None for other targets."""
     y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
     if y.ndim == 1 and np.all(np.equal(np.mod(y, 1), 0)):
         return y.astype(np.intp)
     if y.ndim == 2 and y.shape[1] > 1:
         return np.argmax(y, axis=1)
-    if y.ndim == 2 and y.shape[1] == 1 and np.all(np.isin(y, (0, 1))):
-        return y[:, 0].astype(np.intp)
     return None
 
 

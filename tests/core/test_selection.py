@@ -9,8 +9,8 @@ from neural_net import Callback, EarlyStopping
 from neural_net.errors import ConfigError
 from neural_net.optimizers import Adam
 from neural_net.schedules import ReduceOnPlateau
-from neural_net.selection import (cross_validate, dense_builder, fold_indices, grid, random_samples, rank, run_trial,
-                                  search, Trial)
+from neural_net.selection import (_labels_for_stratification, cross_validate, dense_builder, fold_indices, grid,
+                                  random_samples, rank, run_trial, search, Trial)
 
 
 @pytest.mark.parametrize("n,folds", [(10, 2), (103, 5), (50, 7)])
@@ -30,6 +30,14 @@ def test_stratified_folds_keep_class_balance_within_one_sample():
     for _, val in fold_indices(100, 4, labels=labels, seed=3):
         for cls, total in ((0, 37), (1, 11), (2, 52)):
             assert abs(np.sum(labels[val] == cls) - total / 4) <= 1
+
+
+@pytest.mark.parametrize("shape", [(30,), (30, 1)])
+def test_integer_labels_as_a_column_are_stratified_too(shape):
+    """Labels 0, 1, 2 as an (n, 1) column were not stratified: folds held [5, 0, 5], [2, 7, 1], [3, 3, 4]."""
+    labels = np.repeat([0, 1, 2], 10)
+    splits = fold_indices(30, 3, _labels_for_stratification(labels.reshape(shape)), seed=0)
+    assert sorted(np.bincount(labels[val], minlength=3).tolist() for _, val in splits) == [[3, 3, 4], [3, 4, 3], [4, 3, 3]]
 
 
 def test_cross_validate_reports_per_fold_and_mean():
