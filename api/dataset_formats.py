@@ -34,6 +34,7 @@ MAX_CLASSES = 1000  # integer targets with at most this many distinct values are
 MAX_NPY_HEADER = 10_000  # bytes; numpy's own bound on a .npy header
 INFLATE_BYTES = 1 << 20  # of a deflated NPZ member decompressed at a time
 MAX_NPZ_MEMBERS = 1024
+MAX_DIRECTORY_BYTES = MAX_NPZ_MEMBERS * 1024  # of the zip's list of members: 46 bytes each, plus name and extras
 CRC_BYTES = 16 << 20  # of a stored member checked at a time
 INT64_MAX = np.iinfo(np.int64).max
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or the end record of an empty one
@@ -175,16 +176,39 @@ def _check_crc(path: Path, members: list[_Member]) -> None:
             view.release()
 
 
+def _check_directory(handle, end: list) -> None:
+    """At most MAX_NPZ_MEMBERS members in at most MAX_DIRECTORY_BYTES, read from the directory itself: zipfile
+    parses every header the directory's byte size covers, whatever count the end record gives (300,000 empty
+    members under a count of 2 took 1 GB), and holds an object per member, about 6 times the directory's bytes."""
+    save = "save inputs and targets alone with numpy.savez(path, inputs=..., targets=...)"
+    if end[zipfile._ECD_ENTRIES_TOTAL] > MAX_NPZ_MEMBERS:
+        raise InvalidInput(f"the NPZ file has {end[zipfile._ECD_ENTRIES_TOTAL]} members; a dataset's has at most "
+                           f"{MAX_NPZ_MEMBERS}: {save}")
+    size = end[zipfile._ECD_SIZE]
+    if size > MAX_DIRECTORY_BYTES:
+        raise InvalidInput(f"the NPZ file's list of members (its central directory) is {size} bytes; a dataset's "
+                           f"takes at most {MAX_DIRECTORY_BYTES} ({MAX_NPZ_MEMBERS} members at most): {save}")
+    start = end[zipfile._ECD_LOCATION] - size  # where ZipFile looks for it, from the end
+    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
+        start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+    handle.seek(max(start, 0))
+    directory, at, members = handle.read(size), 0, 0
+    while directory[at:at + 4] == b"PK\x01\x02" and at + 46 <= len(directory):  # ZipFile names a damaged one
+        members += 1
+        if members > MAX_NPZ_MEMBERS:
+            raise InvalidInput(f"the NPZ file has more than {MAX_NPZ_MEMBERS} members (its end record says "
+                               f"{end[zipfile._ECD_ENTRIES_TOTAL]}); a dataset's has at most {MAX_NPZ_MEMBERS}: {save}")
+        at += 46 + sum(struct.unpack_from("<HHH", directory, at + 28))  # name, extra field and comment lengths
+
+
 def _open_zip(path: Path) -> zipfile.ZipFile:
-    """The archive, once its end record says it has at most MAX_NPZ_MEMBERS members: zipfile holds an object per
-    member, about 6 times the bytes of the directory (2 GB of empty members would take 13 GB)."""
+    """The archive, once its directory holds at most MAX_NPZ_MEMBERS members (``_check_directory``)."""
     try:
         with open(path, "rb") as handle:
             end = zipfile._EndRecData(handle)  # the end record (zip64's count included), as ZipFile reads it
-        if end and end[zipfile._ECD_ENTRIES_TOTAL] > MAX_NPZ_MEMBERS:
-            raise InvalidInput(f"the NPZ file has {end[zipfile._ECD_ENTRIES_TOTAL]} members; a dataset's has at most "
-                               f"{MAX_NPZ_MEMBERS}: save inputs and targets alone with numpy.savez(path, inputs=..., targets=...)")
-        return zipfile.ZipFile(path)
+            if end:
+                _check_directory(handle, end)
+        archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         with open(path, "rb") as handle:
             head = handle.read(16)
@@ -194,6 +218,7 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
                                "save an NPZ with numpy.savez(path, inputs=..., targets=...)") from None
         raise InvalidInput(f"not a readable NPZ (zip) file: {exc}; the file may be truncated. Save it with "
                            "numpy.savez(path, inputs=..., targets=...)") from None
+    return archive
 
 
 def load(path: Path) -> tuple[np.ndarray, np.ndarray]:

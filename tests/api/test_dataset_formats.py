@@ -150,3 +150,42 @@ def test_a_stored_member_past_the_end_of_the_file_is_refused_not_mapped(tmp_path
             handle.truncate(1000)
         with pytest.raises(InvalidInput, match="array 'inputs' of the NPZ file cannot be read: .*truncated or corrupt"):
             formats._member_array(tmp_path / "d.npz", archive, member, None)
+
+
+def _npz_of_many_members(path, extra: int, said: int | None = None) -> None:
+    """inputs, targets and ``extra`` empty members; with ``said``, the end record (zip64's too) counts that many."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, array in (("inputs", np.ones((2, 2))), ("targets", np.zeros(2))):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, array)
+            archive.writestr(f"{name}.npy", buffer.getvalue())
+        for i in range(extra):
+            archive.writestr(str(i), b"")
+    if said is not None:
+        data = bytearray(path.read_bytes())
+        end = data.rindex(b"PK\x05\x06")
+        struct.pack_into("<HH", data, end + 8, said, said)
+        path.write_bytes(data)
+
+
+def _refusal(*args):
+    try:
+        formats.convert_npz(*args)
+    except InvalidInput as exc:
+        return str(exc)
+
+
+@pytest.mark.parametrize("extra, words", [
+    (20_000, "the NPZ file has more than 1024 members (its end record says 2); a dataset's has at most 1024"),
+    (30_000, "the NPZ file's list of members (its central directory) is 1519003 bytes; a dataset's takes at most "
+             "1048576 (1024 members at most)"),
+])
+def test_members_beyond_the_count_in_the_end_record_are_refused_from_the_directory(tmp_path, extra, words):
+    """zipfile parses every header the directory's byte size covers, whatever the end record counts: 300,000 empty
+    members under a count of 2 (a 26 MB upload) were a 201 after 30 s and 1 GB. Only 1024 headers are walked."""
+    _npz_of_many_members(tmp_path / "many.npz", extra, said=2)
+    refused, peak = peak_bytes(_refusal, tmp_path / "many.npz", tmp_path / "out.npz", 100)
+    assert refused is not None and refused.startswith(words), refused
+    assert peak < 1_500_000, peak  # the directory read once, no object per member
+    _npz_of_many_members(tmp_path / "full.npz", formats.MAX_NPZ_MEMBERS - 2)  # at the limit: read
+    assert formats.convert_npz(tmp_path / "full.npz", tmp_path / "out.npz", 100) is not None
