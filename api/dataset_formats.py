@@ -16,6 +16,7 @@ import os
 import struct
 import zipfile
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -202,7 +203,7 @@ def _check_directory(handle, end: list) -> None:
 
 
 def _open_zip(path: Path) -> zipfile.ZipFile:
-    """The archive, once its directory holds at most MAX_NPZ_MEMBERS members (``_check_directory``)."""
+    """The archive, once its directory holds at most MAX_NPZ_MEMBERS members (``_check_directory``), each name once."""
     try:
         with open(path, "rb") as handle:
             end = zipfile._EndRecData(handle)  # the end record (zip64's count included), as ZipFile reads it
@@ -218,6 +219,12 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
                                "save an NPZ with numpy.savez(path, inputs=..., targets=...)") from None
         raise InvalidInput(f"not a readable NPZ (zip) file: {exc}; the file may be truncated. Save it with "
                            "numpy.savez(path, inputs=..., targets=...)") from None
+    names = archive.namelist()
+    if len(set(names)) < len(names):  # zipfile keeps the last of them; kept as uploaded, each use parsed them all
+        twice = next(name for name, count in Counter(names).items() if count > 1)
+        archive.close()
+        raise InvalidInput(f"the NPZ file holds the member {twice!r} more than once, so which is the array is "
+                           "ambiguous; save it with numpy.savez(path, inputs=..., targets=...)")
     return archive
 
 

@@ -189,3 +189,23 @@ def test_members_beyond_the_count_in_the_end_record_are_refused_from_the_directo
     assert peak < 1_500_000, peak  # the directory read once, no object per member
     _npz_of_many_members(tmp_path / "full.npz", formats.MAX_NPZ_MEMBERS - 2)  # at the limit: read
     assert formats.convert_npz(tmp_path / "full.npz", tmp_path / "out.npz", 100) is not None
+
+
+def test_a_member_named_twice_is_refused_on_upload_and_use(tmp_path):
+    """A stored NPZ's directory listed three times over (its end record still counting 2) passed as the stored form
+    and was kept as uploaded: 400,000 copies made a 45 MB file of a 200 x 4 dataset, reparsed on every use."""
+    formats.write_arrays(tmp_path / "a.npz", np.ones((4, 2)), np.arange(4))
+    data = (tmp_path / "a.npz").read_bytes()
+    end = data.rindex(b"PK\x05\x06")
+    size, offset = struct.unpack_from("<II", data, end + 12)
+    record = bytearray(data[end:])
+    struct.pack_into("<HHI", record, 8, 2, 2, 3 * size)
+    (tmp_path / "dup.npz").write_bytes(data[:offset] + data[offset:offset + size] * 3 + record)
+    with zipfile.ZipFile(tmp_path / "dup.npz") as archive:
+        assert len(archive.infolist()) == 6
+    for read in (lambda: formats.convert_npz(tmp_path / "dup.npz", tmp_path / "out.npz", 10),
+                 lambda: formats.load(tmp_path / "dup.npz")):
+        with pytest.raises(InvalidInput) as refused:
+            read()
+        assert str(refused.value) == ("the NPZ file holds the member 'inputs.npy' more than once, so which is the array "
+                                      "is ambiguous; save it with numpy.savez(path, inputs=..., targets=...)")
