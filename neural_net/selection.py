@@ -22,7 +22,7 @@ from .errors import ConfigError, ShapeError
 from .metrics import LOWER_IS_BETTER, higher_is_better  # noqa: F401 (LOWER_IS_BETTER: part of this module's API)
 from .network import Network
 from .optimizers import Optimizer
-from .registry import is_whole
+from .registry import is_number, is_whole
 from .schedules import Schedule
 from .training import EarlyStopping
 
@@ -146,7 +146,8 @@ def grid(space, max_size=MAX_GRID):
 
 def random_samples(space, trials, seed=None):
     """`trials` draws from a space whose values are lists (uniform choice) or ranges
-    {"low": a, "high": b, "log": bool, "integer": bool}."""
+    {"low": a, "high": b, "log": bool, "integer": bool}. An integer range draws among the whole numbers in
+    [low, high], each as likely (with log: each with the log-uniform mass of [k - 1/2, k + 1/2])."""
     _check_space(space, allow_ranges=True)
     if not (is_whole(trials) and trials >= 1):
         raise ConfigError(f"trials must be a positive whole number; received {trials!r}")
@@ -156,16 +157,24 @@ def random_samples(space, trials, seed=None):
         params = {}
         for name, values in space.items():
             if isinstance(values, dict):
-                low, high = float(values["low"]), float(values["high"])
-                if values.get("log"):
-                    value = math.exp(rng.uniform(math.log(low), math.log(high)))
-                else:
-                    value = rng.uniform(low, high)
-                params[name] = int(round(value)) if values.get("integer") else float(value)
+                params[name] = _draw(rng, float(values["low"]), float(values["high"]), values.get("log"),
+                                     values.get("integer"))
             else:
                 params[name] = values[int(rng.integers(len(values)))]
         samples.append(params)
     return samples
+
+
+def _draw(rng, low, high, log, integer):
+    if integer:
+        low, high = math.ceil(low), math.floor(high)
+        if not log:
+            return int(rng.integers(low, high + 1))
+        value = round(math.exp(rng.uniform(math.log(low - 0.5), math.log(high + 0.5))))
+        return int(min(max(value, low), high))
+    if log:
+        return math.exp(rng.uniform(math.log(low), math.log(high)))
+    return float(rng.uniform(low, high))
 
 
 def _check_space(space, allow_ranges=False):
@@ -173,10 +182,14 @@ def _check_space(space, allow_ranges=False):
         raise ConfigError("the search space must be a non-empty dict of parameter name -> list of values")
     for name, values in space.items():
         if isinstance(values, dict) and allow_ranges:
-            if not {"low", "high"} <= set(values) or not values["low"] <= values["high"]:
-                raise ConfigError(f"range for {name!r} needs low <= high; received {values!r}")
-            if values.get("log") and values["low"] <= 0:
+            low, high = values.get("low"), values.get("high")
+            if not (is_number(low) and is_number(high) and low <= high):
+                raise ConfigError(f"range for {name!r} needs numbers low <= high; received {values!r}")
+            if values.get("log") and low <= 0:
                 raise ConfigError(f"log range for {name!r} needs low > 0; received {values!r}")
+            if values.get("integer") and math.ceil(low) > math.floor(high):
+                raise ConfigError(f"integer range for {name!r} holds no whole number; received {values!r}: widen it, "
+                                  "or leave integer out")
         elif not isinstance(values, (list, tuple)) or not values:
             raise ConfigError(f"{name!r} needs a non-empty list of values" + (" or a {low, high} range" if allow_ranges else "")
                               + f"; received {values!r}")

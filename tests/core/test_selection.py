@@ -59,6 +59,23 @@ def test_grid_and_random_spaces():
         grid({"a": []})
 
 
+def test_an_integer_range_draws_each_whole_number_in_it_equally_often():
+    """Uniform draws rounded gave the ends half as often, and {0.2, 0.4} gave 0, outside the range."""
+    draws = [d["k"] for d in random_samples({"k": {"low": 1, "high": 3, "integer": True}}, 6000, seed=0)]
+    assert set(draws) == {1, 2, 3} and all(type(k) is int for k in draws)
+    assert np.bincount(draws)[1:].min() > 1800  # 2000 each; the ends had 1500
+    assert {d["k"] for d in random_samples({"k": {"low": 0.2, "high": 1.4, "integer": True}}, 50, seed=0)} == {1}
+    logs = [d["k"] for d in random_samples({"k": {"low": 1, "high": 8, "integer": True, "log": True}}, 6000, seed=0)]
+    assert set(logs) == set(range(1, 9))
+    assert np.bincount(logs)[1] / 6000 == pytest.approx(np.log(3) / np.log(17), abs=0.02)  # the mass of [0.5, 1.5]
+    for space, message in (({"k": {"low": 0.2, "high": 0.4, "integer": True}}, "integer range for 'k' holds no whole "
+                                                                               "number"),
+                           ({"k": {"low": "a", "high": 2}}, "range for 'k' needs numbers low <= high"),
+                           ({"k": {"low": 1, "high": float("nan")}}, "range for 'k' needs numbers low <= high")):
+        with pytest.raises(ConfigError, match=message):
+            random_samples(space, 3, seed=0)
+
+
 def test_ranking_direction_follows_the_metric():
     trials = [Trial(0, {}, 0.5, {}), Trial(1, {}, 0.9, {}), Trial(2, {}, 0.1, {})]
     assert [t.index for t in rank(trials, "accuracy")] == [1, 0, 2]
