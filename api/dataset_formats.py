@@ -298,7 +298,8 @@ def check_arrays(inputs, targets, max_rows: int) -> tuple[np.ndarray, np.ndarray
 def _input_dtype(source: np.dtype, wanted: str | None) -> np.dtype:
     if wanted is not None:
         return np.dtype(wanted)
-    return np.dtype("<f8") if source == np.float64 else np.dtype("<f4")
+    # by kind and size: '>f8' != np.float64, and big-endian float64 inputs were stored as float32
+    return np.dtype("<f8") if source.kind == "f" and source.itemsize >= 8 else np.dtype("<f4")
 
 
 def _whole_numbers(targets: np.ndarray) -> bool:

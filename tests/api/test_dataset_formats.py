@@ -209,3 +209,15 @@ def test_a_member_named_twice_is_refused_on_upload_and_use(tmp_path):
             read()
         assert str(refused.value) == ("the NPZ file holds the member 'inputs.npy' more than once, so which is the array "
                                       "is ambiguous; save it with numpy.savez(path, inputs=..., targets=...)")
+
+
+@pytest.mark.parametrize("dtype", [">f8", "<f8", ">f4"])
+def test_inputs_keep_their_precision_whatever_their_byte_order(tmp_path, dtype):
+    """'>f8' == np.float64 is false: big-endian float64 inputs were stored as float32 (README: float64 NPZ inputs
+    stay float64). The stored form is little endian, of the same precision."""
+    inputs = (np.arange(8.0).reshape(4, 2) + 1 / 3).astype(dtype)
+    np.savez(tmp_path / "d.npz", inputs=inputs, targets=np.array([0, 1, 0, 1], ">i8"))
+    assert formats.convert_npz(tmp_path / "d.npz", tmp_path / "out.npz", 10) is not None  # not little endian: written
+    stored, targets = formats.load(tmp_path / "out.npz")
+    assert stored.dtype.str == "<" + dtype[1:] and targets.dtype.str == "<i8"
+    np.testing.assert_array_equal(stored, inputs)
