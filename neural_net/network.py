@@ -350,16 +350,20 @@ class Network:
         x: (n, n_in); y: (n, n_out), or integer labels (n,) for cross_entropy. `validation_split`
         holds out the last fraction of the samples (before shuffling; no randomness used).
         Calling fit again with the optimizer's name and settings, or the same instance, continues with its
-        state (moments, step count), so fit(epochs=4) equals fit(epochs=2) then fit(epochs=4, initial_epoch=2),
-        even across save/load. Another optimizer instance replaces it and starts from zero state. An instance
-        holds the state of one network: passing one that another network trains with is a ConfigError.
+        state (moments, step count). So a run of E epochs saved after epoch k and resumed with fit(epochs=E,
+        initial_epoch=k) ends as the run that was never interrupted, even across save/load, when ReduceOnPlateau
+        and EarlyStopping go on as well (the same instances, or rebuilt with `replay` / `resume`).
+        fit(epochs=2) then fit(epochs=4, initial_epoch=2) is a run of 2 epochs and then more: it equals
+        fit(epochs=4) only when the schedule does not depend on the total epochs (cosine does).
+        Another optimizer instance replaces the network's and starts from zero state; an instance holds the
+        state of one network, so passing one that another network trains with is a ConfigError.
         Raises NonFiniteError (weights restored to the end of the last finite epoch) if the loss
         becomes NaN or Inf.
         """
         loss = self._get_loss(loss)
         x = self._inputs(x)
         y = self._targets(y, loss, x.shape[0])
-        check_training_options(epochs, batch_size, validation_split, l1, l2, clip_norm, initial_epoch, callbacks)
+        check_training_options(epochs, batch_size, validation_split, l1, l2, clip_norm, initial_epoch, callbacks, shuffle)
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise ConfigError("validation_data must be a pair (x_val, y_val)")

@@ -322,7 +322,7 @@ class Run:
         return stop, loss_sum, correct, seen
 
 
-def check_training_options(epochs, batch_size, validation_split, l1, l2, clip_norm, initial_epoch, callbacks):
+def check_training_options(epochs, batch_size, validation_split, l1, l2, clip_norm, initial_epoch, callbacks, shuffle):
     def whole(value, minimum):
         return is_whole(value) and value >= minimum
     if not whole(epochs, 1):
@@ -338,5 +338,7 @@ def check_training_options(epochs, batch_size, validation_split, l1, l2, clip_no
             raise ConfigError(f"{name} must be a finite number >= 0; received {name}={value!r}")
     if clip_norm is not None and not (is_number(clip_norm) and 0 < clip_norm < float("inf")):
         raise ConfigError(f"clip_norm must be a positive number or None; received clip_norm={clip_norm!r}")
+    if not isinstance(shuffle, (bool, np.bool_)):  # "no" is true
+        raise ConfigError(f"shuffle must be True or False; received shuffle={shuffle!r}")
     if callbacks is not None and not (isinstance(callbacks, (list, tuple)) and all(isinstance(c, Callback) for c in callbacks)):
         raise ConfigError(f"callbacks must be a list of Callback instances or None; received {callbacks!r}")

@@ -120,6 +120,7 @@ def test_after_divergence_the_batch_norm_statistics_are_those_of_the_last_finish
     ({"clip_norm": "1"}, "clip_norm must be a positive number or None"),
     ({"schedule_options": {"decay_rate": 0.5}}, "schedule 'constant' does not take the option decay_rate.*schedule="),
     ({"callbacks": object()}, "callbacks must be a list of Callback"),
+    ({"shuffle": "no"}, "shuffle must be True or False; received shuffle='no'"),  # shuffled: "no" is true
 ])
 def test_training_options_of_the_wrong_type_are_config_errors(option, message):
     with pytest.raises(ConfigError, match=message):
