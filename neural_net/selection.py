@@ -82,6 +82,9 @@ def cross_validate(build, x, y, folds=5, stratified=True, seed=None, callbacks_f
     Returns {"folds": [metrics per fold], "mean": {...}, "std": {...}} with the metrics of
     `Network.evaluate` (loss, accuracy, f1, ... or mae, rmse, r2, ...).
     """
+    if "callbacks" in fit_args:  # each fold needs callbacks of its own
+        raise ConfigError("cross_validate takes callbacks_for_fold, a function of the fold index k that returns the "
+                          "fold's callbacks (e.g. callbacks_for_fold=lambda k: [Logger(k)]), not callbacks")
     x = np.asarray(x)
     y = np.asarray(y)
     if x.shape[0] != y.shape[0]:
@@ -234,8 +237,14 @@ def run_trial(build, x, y, params, index, metric, folds=None, validation_split=0
         metrics = result["mean"]
     else:
         x, y = np.asarray(x), np.asarray(y)
+        if not (is_number(validation_split) and 0 < validation_split < 1):
+            raise ConfigError(f"validation_split must be a number in (0, 1), the fraction of the samples that scores "
+                              f"each trial (or give folds); received validation_split={validation_split!r}")
         order = np.random.default_rng(split_seed).permutation(x.shape[0])
         n_val = max(1, int(round(x.shape[0] * validation_split)))
+        if n_val >= x.shape[0]:
+            raise ConfigError(f"validation_split={validation_split} of {x.shape[0]} samples leaves none to train on; "
+                              "send more samples or hold out less")
         train, val = order[:-n_val], order[-n_val:]
         net = build(arch, trial_seed)
         net.fit(x[train], y[train], callbacks=callbacks, **fresh(fit))

@@ -174,3 +174,22 @@ def test_every_fold_and_trial_starts_with_fresh_optimizer_schedule_and_early_sto
         run_trial(lambda params, s: build({"hidden_sizes": [4]}, s), x, y, {}, index, "loss", seed=0,
                   fit_defaults={"epochs": 4, "optimizer": optimizer, "schedule": schedule}, callbacks=[trials])
     assert [run[0] for run in trials.runs] == [0.5, 0.5]
+
+
+def test_a_hold_out_split_must_leave_samples_on_both_sides():
+    """validation_split=0 scored each trial on 1 sample, and 1 raised "inputs hold no samples"."""
+    x, y = make_moons(20, noise=0.1, random_state=0)
+    build = dense_builder(2, 1, "sigmoid")
+    for split in (0, 0.0, 1, 1.5, "0.2", None):
+        with pytest.raises(ConfigError, match="validation_split must be a number in \\(0, 1\\)"):
+            search(build, x, y, {"l2": [0.0]}, validation_split=split, fit_defaults={"epochs": 1})
+    with pytest.raises(ConfigError, match="validation_split=0.99 of 20 samples leaves none to train on"):
+        search(build, x, y, {"l2": [0.0]}, validation_split=0.99, fit_defaults={"epochs": 1})
+    assert search(build, x, y, {"l2": [0.0]}, validation_split=0.5, fit_defaults={"epochs": 1}).best is not None
+
+
+def test_cross_validate_takes_callbacks_per_fold():
+    """callbacks=[...] raised TypeError: fit got callbacks twice."""
+    x, y = make_moons(20, noise=0.1, random_state=0)
+    with pytest.raises(ConfigError, match="cross_validate takes callbacks_for_fold"):
+        cross_validate(lambda s: dense_builder(2, 1, "sigmoid")({}, s), x, y, folds=2, epochs=1, callbacks=[])
