@@ -422,7 +422,8 @@ def _fitted(array: np.ndarray, dtype: np.dtype, name: str) -> Iterator[np.ndarra
 def _too_large(where: str, value, dtype: np.dtype) -> InvalidInput:
     """A finite value that ``dtype`` cannot hold (it would be stored as Inf), named by ``where``."""
     return InvalidInput(f"{where} is {value}, too large for {dtype.name} (at most {np.finfo(dtype).max:.6g} in "
-                        "magnitude); scale the values down, or upload with ?dtype=float64")
+                        "magnitude); scale the values down, or keep them as float64 (?dtype=float64 on POST /datasets; "
+                        "a float64 model's /samples)")
 
 
 # -- CSV --------------------------------------------------------------------------------------------

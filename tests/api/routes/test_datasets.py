@@ -288,7 +288,8 @@ def test_regression_targets_summarised_by_min_max_mean(app):
      "inputs[1, 0] is -1e+300, too large for float32 (at most 3.40282e+38 in magnitude)"),
     # a target beyond float32 was "targets too large for float32": no line, no column, no way out
     (HEADER + b"1,2,3,4,0\n1,2,3,4,0.5\n1,2,3,4,-1e39\n", "text/csv", {}, 422, "line 4, column 'species' is -1e+39, too "
-     "large for float32 (at most 3.40282e+38 in magnitude); scale the values down, or upload with ?dtype=float64"),
+     "large for float32 (at most 3.40282e+38 in magnitude); scale the values down, or keep them as float64 "
+     "(?dtype=float64 on POST /datasets"),
     # a \r that ends no line: csv.reader raised "new-line character seen in unquoted field", a 500
     (b"a,b\rx,t\n1,2,3,0\n", "text/csv", {}, 422, "line 1 (the header), column 2 holds a carriage return (\\r) that "
      "ends no line; remove it, or save the file as CSV UTF-8 (lines ending in \\n or \\r\\n)"),
@@ -653,3 +654,6 @@ def test_a_file_body_appended_to_a_float64_model_keeps_float64(idle_client, name
     x, y = idle_client.app.state.service.store.job_samples(job_id)
     assert x.dtype == np.float64 and x.tolist() == [[0.1234567890123, 1e-50]]
     assert y.ravel().tolist() == [0.3333333333333]
+    create(idle_client, model_id=model + "-32", layer_sizes=[2, 1], activations=["linear"])
+    response = idle_client.post(f"/models/{model}-32/samples", files={"file": (name, body.replace(b"1e-50", b"1e50"))})
+    assert response.status_code == 422 and response.json()["detail"].endswith("a float64 model's /samples)")
