@@ -333,7 +333,9 @@ class SearchRange(Request):
     low: float = Field(description="Smallest value.")
     high: float = Field(description="Largest value (>= low).")
     log: bool = Field(False, description="Draw uniformly in log space (low > 0), e.g. for learning rates.")
-    integer: bool = Field(False, description="Round each draw to a whole number, e.g. for epochs or batch sizes.")
+    integer: bool = Field(False, description="Draw among the whole numbers in [low, high], each equally likely (with "
+                                             "`log`, by its log-uniform share), e.g. for epochs or batch sizes; "
+                                             "a range holding no whole number is a 422.")
 
 
 class SearchCreate(Request):

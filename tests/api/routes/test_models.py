@@ -111,7 +111,7 @@ def test_the_default_weight_init_is_auto(client):
     ([{"type": "dense"}], "layers[0]: a dense layer needs `units`"),
     ([{"type": "dense", "units": 3, "activation": "relu", "alpha": 0.1}], "activation 'relu' takes no alpha"),
     ([{"type": "dense", "units": 3, "activation": "leaky_relu", "slope": 2}], "slope to sigmoid"),
-    ([{"type": "dense", "units": 3, "activation": "leaky_relu", "alpha": 1.5}], "layers[0]: leaky_relu alpha must be in [0, 1)"),
+    ([{"type": "dense", "units": 3, "activation": "leaky_relu", "alpha": 1.5}], "layers[0]: leaky_relu alpha must be a number in [0, 1)"),
     ([{"type": "dense", "units": 3, "weight_init": "magic"}], "layers[0].weight_init; valid names: auto,"),
     ([{"type": "dense", "units": 3}, {"type": "batch_norm", "units": 3}], "layers[1]: a batch_norm layer takes no units"),
     ([{"type": "dense", "units": 3, "momentum": 0.5}], "a dense layer takes no momentum"),
