@@ -6,9 +6,9 @@ installed with pip, the same is the `nn-service` command (`api/serve.py`).
 
 import sys
 
-from api.serve import build_app, run
-
-app = build_app()
+from api.serve import build_app, main
 
 if __name__ == "__main__":
-    sys.exit(run(app, sys.argv[1:]))
+    sys.exit(main(prog="python main.py"))  # reads the arguments first: `--help` or a typo builds nothing
+elif __name__ != "__mp_main__":  # a training worker process (spawned) re-imports this file and needs no app
+    app = build_app()  # `uvicorn main:app`

@@ -2,6 +2,7 @@
 `python main.py` in a checkout; both run `main`. `nn-service worker` (or `python main.py worker`) starts a
 training worker for NN_BACKEND=redis (an RQ worker on NN_REDIS_QUEUE)."""
 
+import argparse
 import sys
 
 import uvicorn
@@ -29,12 +30,26 @@ def build_app() -> FastAPI:
         sys.exit(f"error: {exc}")
 
 
-def run(app: FastAPI, argv: list[str]) -> int | str | None:
-    """Serve `app` with the header timeout, keep-alive timeout and connection cap (`api/server.py`), or,
-    with `worker` as the first argument, run a training worker. Returns the process's exit status."""
+def parse_role(argv: list[str], prog: str | None = None) -> str:
+    """'api' or 'worker' from the command line; --help prints the usage and a mistyped role (`wroker`) is an error
+    with exit status 2, both before anything is built or created: either used to start an API server."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="The neural-network training service: the HTTP API, or a training worker.",
+        epilog="Settings come from NN_* environment variables (README: Settings), e.g. NN_HOST, NN_PORT, NN_DATA_DIR, "
+               "NN_BACKEND.")
+    parser.add_argument("role", nargs="?", choices=["api", "worker"], default="api",
+                        help="api (the default): serve the HTTP API on NN_HOST:NN_PORT (127.0.0.1:8000), with "
+                             "NN_WORKERS training workers beside it on SQLite; worker: a training worker for "
+                             "NN_BACKEND=redis, taking jobs from NN_REDIS_QUEUE")
+    return parser.parse_args(argv).role
+
+
+def run(app: FastAPI, role: str) -> int | str | None:
+    """Serve `app` with the header and body timeouts, keep-alive timeout and connection cap (`api/server.py`),
+    or, for the role 'worker', run a training worker. Returns the process's exit status."""
     settings = get_settings()
     configure_logging(settings)
-    if argv[:1] == ["worker"]:
+    if role == "worker":
         return app.state.backend.run_worker()
     try:
         app.state.backend.check_exclusive()  # one line, not uvicorn's traceback of a failed lifespan
@@ -58,6 +73,8 @@ class StoppingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def main() -> int | str | None:
-    """The `nn-service` command (pyproject.toml's [project.scripts])."""
-    return run(build_app(), sys.argv[1:])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int | str | None:
+    """The `nn-service` command (pyproject.toml's [project.scripts]) and `python main.py`: the arguments are read
+    before the app is built, so `--help` creates no data folder."""
+    role = parse_role(sys.argv[1:] if argv is None else argv, prog)
+    return run(build_app(), role)

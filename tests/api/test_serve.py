@@ -70,3 +70,17 @@ def test_sigterm_ends_open_event_streams_so_the_server_stops(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_help_and_a_mistyped_role_start_nothing(tmp_path):
+    """Any argument but `worker` started an API server: `--help` served on port 8000 and created ./data, and a
+    worker machine's `python main.py wroker` quietly became an API replica."""
+    env = {**os.environ, "NN_PORT": str(free_port()), "PYTHONPATH": str(ROOT)}
+    for command in ([sys.executable, str(ROOT / "main.py")], NN_SERVICE):
+        shown = subprocess.run([*command, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0 and "{api,worker}" in shown.stdout and "NN_PORT" in shown.stdout, shown
+        typo = subprocess.run([*command, "wroker"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert typo.returncode == 2 and "invalid choice: 'wroker' (choose from 'api', 'worker')" in typo.stderr, typo
+        assert list(tmp_path.iterdir()) == []  # no data folder, no database
+    assert "usage: python main.py" in subprocess.run([sys.executable, str(ROOT / "main.py"), "-h"], cwd=tmp_path, env=env,
+                                                     capture_output=True, text=True, timeout=60).stdout
