@@ -22,7 +22,7 @@ from .losses import _as_float_array
 from .losses import classes as _classes
 from .losses import task as _task
 from .registry import is_number, is_whole
-from .training import EarlyStopping, Run, check_training_options
+from .training import EarlyStopping, Run, check_training_options, validation_size
 
 DTYPES = ("float32", "float64")
 MAX_CLASS_NAME_LENGTH = 200  # characters in one class name
@@ -370,9 +370,7 @@ class Network:
             x_val = self._inputs(validation_data[0])
             y_val = self._targets(validation_data[1], loss, x_val.shape[0])
         elif validation_split:
-            n_val = int(round(x.shape[0] * validation_split))
-            if not 0 < n_val < x.shape[0]:
-                raise ConfigError(f"validation_split={validation_split} leaves no training or no validation samples out of {x.shape[0]}")
+            n_val = validation_size(x.shape[0], validation_split)
             x, x_val, y, y_val = x[:-n_val], x[-n_val:], y[:-n_val], y[-n_val:]
         else:
             x_val = y_val = None

@@ -322,6 +322,18 @@ class Run:
         return stop, loss_sum, correct, seen
 
 
+def validation_size(n_samples: int, validation_split: float) -> int:
+    """How many of ``n_samples`` fit holds out for validation (the last ones): round(n × validation_split), which
+    must leave at least one sample on each side."""
+    n_val = int(round(n_samples * validation_split))
+    if not 0 < n_val < n_samples:
+        keep = (f"choose a split that holds out 1 to {n_samples - 1} of them" if n_samples > 1
+                else "a split needs 2 or more samples")
+        raise ConfigError(f"validation_split={validation_split} holds out {n_val} of {n_samples} samples (the rounded "
+                          f"fraction), leaving none to {'validate on' if n_val == 0 else 'train on'}; {keep}")
+    return n_val
+
+
 def check_training_options(epochs, batch_size, validation_split, l1, l2, clip_norm, initial_epoch, callbacks, shuffle):
     def whole(value, minimum):
         return is_whole(value) and value >= minimum

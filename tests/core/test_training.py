@@ -5,6 +5,7 @@ import pytest
 
 from neural_net import BatchNorm, Callback, Dense, EarlyStopping, Network, NonFiniteError
 from neural_net.errors import ConfigError
+from neural_net.training import validation_size
 
 rng = np.random.default_rng(0)
 X = rng.normal(size=(20, 3))
@@ -184,3 +185,19 @@ def test_a_run_resumed_with_its_early_stopping_state_ends_as_the_run_straight_th
     again = resumed.fit(x, y, initial_epoch=len(expected) - 1, **options,  # resumed after it had stopped: no epoch
                         early_stopping=EarlyStopping(patience=4).resume(expected.epochs, interrupt.best))
     assert len(again) == 0 and again.stopped_early and again.best_epoch == expected.best_epoch
+
+
+@pytest.mark.parametrize("n, split, words", [
+    (6, 0.99, "validation_split=0.99 holds out 6 of 6 samples (the rounded fraction), leaving none to train on; "
+              "choose a split that holds out 1 to 5 of them"),
+    (6, 0.0001, "holds out 0 of 6 samples (the rounded fraction), leaving none to validate on"),
+    (1, 0.5, "leaving none to validate on; a split needs 2 or more samples"),
+])
+def test_a_validation_split_that_leaves_one_side_empty_says_which_and_what_fits(n, split, words):
+    """It said 'leaves no training or no validation samples': not which, nor what split would do. The service
+    asks the same function at submit, so such a job is a 422 rather than a failed job."""
+    with pytest.raises(ConfigError) as caught:
+        Network.from_layer_sizes([2, 1], activations=["sigmoid"], seed=0).fit(np.zeros((n, 2)), np.zeros(n),
+                                                                                 validation_split=split, epochs=1)
+    assert words in str(caught.value)
+    assert validation_size(6, 0.5) == 3 and validation_size(2, 0.5) == 1
