@@ -240,6 +240,9 @@ def _one_branch(errors: list[dict]) -> list[dict]:
 def _describe(error: dict) -> str:
     kind, value, where = error.get("type"), error.get("input"), _where(error.get("loc", ()))
     field = (_clean(error.get("loc", ())) or ["body"])[0]
+    if kind == "missing" and where == "body":  # was "body: Field required", for an empty body too
+        return ("the request has no body; send a JSON object with Content-Type: application/json, as in the examples "
+                "of /docs")
     if kind == "extra_forbidden":
         return f"{where}: unknown field; check its spelling against the schema in /docs"
     if field == "inputs" and kind == "list_type" and isinstance(value, (int, float, str)):

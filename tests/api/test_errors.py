@@ -59,3 +59,14 @@ def test_names_are_case_insensitive(idle_client):
                            json={"optimizer": "Adam", "schedule": "Reduce_On_Plateau", "min_samples": 5})
     assert job.status_code == 202, job.text
     assert (job.json()["params"]["optimizer"], job.json()["params"]["schedule"]) == ("adam", "reduce_on_plateau")
+
+
+@pytest.mark.parametrize("path", ["/models", "/models/iris/training-jobs", "/models/iris/training-jobs?epochs=5",
+                                  "/models/iris/output", "/models/iris/search-jobs"])
+@pytest.mark.parametrize("headers", [{}, {"content-type": "application/json"}])
+def test_a_missing_or_empty_body_says_what_to_send(iris, path, headers):
+    """It was pydantic's "body: Field required", the one bad body left without a hint."""
+    response = iris.post(path, content=b"", headers=headers)
+    assert response.status_code == 422
+    assert response.json()["detail"] == ("the request has no body; send a JSON object with Content-Type: "
+                                         "application/json, as in the examples of /docs")
