@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from neural_net.network import MAX_CLASS_NAME_LENGTH
 
 from api.storage.base import JobRecord, ModelRecord, Notification, VersionRecord, rank_trials
+from api.storage.records import TRIALS_RAN
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 Row = list[float]
@@ -321,7 +322,9 @@ class Progress(BaseModel):
     samples_per_second: float | None = Field(None, description="Training throughput.")
     eta_seconds: float | None = Field(None, description="Estimated seconds to the end of the job.")
     elapsed: float | None = Field(None, description="Seconds this run of the job has trained.")
-    trials_done: int | None = Field(None, description="Search jobs: trials that ended (succeeded, failed or cancelled).")
+    trials_done: int | None = Field(None, description="Search jobs: trials that ran to an end (succeeded or failed).")
+    trials_cancelled: int | None = Field(None, description="Search jobs: trials cancelled before they ended (with the "
+                                                           "search, or by a model delete).")
     trials_total: int | None = Field(None, description="Search jobs: trials of the search.")
     trials_running: int | None = Field(None, description="Search jobs: trials training now, on as many workers.")
     metric: str | None = Field(None, description="Search jobs: the metric that ranks trials.")
@@ -397,7 +400,8 @@ class TrialPublic(BaseModel):
 class SearchSummary(BaseModel):
     metric: str = Field(description="The metric that ranks trials.")
     trials_total: int = Field(description="Trials of the search.")
-    trials_done: int = Field(description="Trials that ended.")
+    trials_done: int = Field(description="Trials that ran to an end (succeeded or failed).")
+    trials_cancelled: int = Field(description="Trials cancelled before they ended.")
     best: TrialPublic | None = Field(description="The best trial so far.")
     trials: list[TrialPublic] = Field(description="Every trial: succeeded ones ranked best first, then the others by index.")
 
@@ -408,7 +412,8 @@ class SearchSummary(BaseModel):
                   for t in rank_trials(r.trials or [], metric)]
         best = ranked[0] if ranked and ranked[0].status == "succeeded" and ranked[0].score is not None else None
         return cls(metric=metric, trials_total=len(ranked), best=best, trials=ranked,
-                   trials_done=sum(t.status in ("succeeded", "failed", "cancelled") for t in ranked))
+                   trials_done=sum(t.status in TRIALS_RAN for t in ranked),
+                   trials_cancelled=sum(t.status == "cancelled" for t in ranked))
 
 
 class JobPublic(BaseModel):

@@ -91,15 +91,19 @@ def rank_trials(trials: list[dict[str, Any]], metric: str) -> list[dict[str, Any
     return [by_index[t.index] for t in order] + sorted((t for t in trials if t not in scored), key=lambda t: t["index"])
 
 
+TRIALS_RAN = ("succeeded", "failed")  # what "trials done" counts; cancelled trials are counted apart
+
+
 def search_progress(job: JobRecord) -> dict[str, Any]:
     """Progress of a search job's trials stage, derived from its trials: done/total and the best so far."""
     trials = job.trials or []
-    done = [t for t in trials if t["status"] in ("succeeded", "failed", "cancelled")]
+    done = [t for t in trials if t["status"] in TRIALS_RAN]  # a cancelled trial did not run to an end
     metric = job.params.get("metric", "loss")
     ranked = rank_trials(trials, metric)
     best = ranked[0] if ranked and ranked[0]["status"] == "succeeded" and ranked[0]["score"] is not None else None
     total = len(trials)
     return {"percent": round(100.0 * len(done) / total, 3) if total else 0.0, "trials_done": len(done),
+            "trials_cancelled": sum(t["status"] == "cancelled" for t in trials),
             "trials_total": total, "trials_running": sum(t["status"] == "running" for t in trials), "metric": metric,
             "best": None if best is None else {"index": best["index"], "score": best["score"], "params": best["params"]}}
 

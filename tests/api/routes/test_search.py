@@ -108,6 +108,9 @@ def test_cancel_stops_the_remaining_trials(client2):
     done = wait_job(client2, job["job_id"], timeout=120)
     assert done["status"] == "cancelled"
     assert [t["status"] for t in done["search"]["trials"]] == ["cancelled"] * 4
+    # none ran to an end: it said trials_done 4 and 100% ("trials 4/4" on the dashboard)
+    assert (done["search"]["trials_done"], done["search"]["trials_cancelled"]) == (0, 4)
+    assert (done["progress"]["trials_done"], done["progress"]["trials_cancelled"], done["progress"]["percent"]) == (0, 4, 0)
     assert client2.get("/models/stop").json()["version"] == 1
 
 
