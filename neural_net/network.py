@@ -294,9 +294,17 @@ class Network:
         arrays = []
         for index, (layer, given) in enumerate(zip(dense, layers)):
             keys = list(layer.params)
-            if not isinstance(given, dict) or set(given) != set(keys):
+            if not isinstance(given, dict):
                 what = "'weights' and 'biases'" if layer.use_bias else "'weights' only (the layer has use_bias=False)"
-                raise ShapeError(f"layer {index}: expected a dict with keys {what}")
+                raise ShapeError(f"layer {index}: expected a dict with keys {what}; received {type(given).__name__}")
+            for key in keys:
+                if key not in given:  # biases null over HTTP said "expected a dict with keys ...", which it was
+                    raise ShapeError(f"layer {index}: {key!r} is missing; the layer has {key} of shape "
+                                     f"{layer.params[key].shape}: send them")
+            for key in set(given) - set(keys):
+                hint = " (the layer has use_bias=False): leave them out" if key == "biases" else ""
+                raise ShapeError(f"layer {index}: {key!r} is not a parameter of the layer{hint}; it takes "
+                                 + " and ".join(map(repr, keys)))
             for key in keys:
                 array = _as_float_array(given[key], self.dtype, f"layer {index} {key}")
                 expected = layer.params[key].shape

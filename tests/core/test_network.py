@@ -229,6 +229,21 @@ def test_class_names_must_name_each_class_of_a_classifier(sizes, activations, na
                                  loss="binary_cross_entropy" if loss else "auto")
 
 
+def test_set_weights_names_a_missing_or_extra_parameter():
+    """A layer without its biases said "expected a dict with keys 'weights' and 'biases'", to a dict of them
+    whose biases were null (left out by the service)."""
+    net = small_net()
+    weights = net.get_weights()
+    with pytest.raises(ShapeError, match=r"^layer 0: 'biases' is missing; the layer has biases of shape \(16,\): send them$"):
+        net.set_weights([{"weights": weights[0]["weights"]}, weights[1]])
+    no_bias = Network(4, seed=0)
+    no_bias.add(Dense(3, use_bias=False))
+    with pytest.raises(ShapeError, match=r"'biases' is not a parameter of the layer \(the layer has use_bias=False\): "
+                                         r"leave them out; it takes 'weights'$"):
+        no_bias.set_weights([{"weights": np.zeros((4, 3)), "biases": np.zeros(3)}])
+    with pytest.raises(ShapeError, match="layer 0: expected a dict with keys 'weights' only .*; received list"):
+        no_bias.set_weights([[np.zeros((4, 3))]])
+
 def test_predict_labels_needs_class_names():
     with pytest.raises(ConfigError, match="has no class_names; pass class_names"):
         small_net().predict_labels(np.zeros((1, 4)))
