@@ -279,11 +279,27 @@ def _lines(errors: list[dict]) -> list[str]:
     return lines
 
 
+def _mixed_targets(body: Any) -> str | None:
+    """One line for targets that hold class names and something else (a class index, null): the number branch's
+    "expected a number; received the text 'a'" told a client whose names were right to send numbers."""
+    targets = body.get("targets") if isinstance(body, dict) else None
+    if not isinstance(targets, list):
+        return None
+    name = next((i for i, t in enumerate(targets) if isinstance(t, str)), None)
+    other = next((i for i, t in enumerate(targets) if not isinstance(t, str)), None)
+    if name is None or other is None:
+        return None
+    return (f"targets mixes class names (targets[{name}] is {targets[name]!r}) with targets[{other}], which is "
+            f"{_received(targets[other])}: send every target as a class name, or every one as a class index")
+
+
 async def handle_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """Pydantic's errors as one readable line per mistake (the same mistake in many places once), the
     raw list kept under ``errors``."""
     errors = _one_branch(list(exc.errors()))
-    lines = list(dict.fromkeys(_lines(errors)))
+    mixed = _mixed_targets(getattr(exc, "body", None))
+    described = [e for e in errors if (_clean(e.get("loc", ())) or ["body"])[0] != "targets"] if mixed else errors
+    lines = ([mixed] if mixed else []) + list(dict.fromkeys(_lines(described)))
     shown = "; ".join(lines[:5])
     if len(lines) > 5:
         shown += f"; and {len(lines) - 5} more"

@@ -50,6 +50,21 @@ def test_booleans_as_targets(iris, targets):
                     "with 1 for true and 0 for false")
 
 
+@pytest.mark.parametrize("targets, words", [
+    (["setosa", 1], "targets mixes class names (targets[0] is 'setosa') with targets[1], which is 1: send every "
+                    "target as a class name, or every one as a class index"),
+    ([0, "virginica"], "(targets[1] is 'virginica') with targets[0], which is 0"),
+    (["setosa", None], "with targets[1], which is null"),
+])
+def test_targets_mixing_class_names_with_numbers_say_so(idle_client, targets, words):
+    """It said "targets[0]: expected a number; received the text 'setosa'; send numbers without quotes" to a model
+    whose class names were right."""
+    if idle_client.get("/models/named").status_code == 404:
+        assert idle_client.post("/models", json={**IRIS, "model_id": "named",
+                                                 "class_names": ["setosa", "versicolor", "virginica"]}).status_code == 201
+    text = detail(idle_client, "/models/named/samples", {"inputs": [[5.1, 3.5, 1.4, 0.2]] * 2, "targets": targets})
+    assert text.startswith(words) if words.startswith("targets") else words in text
+
 def test_names_are_case_insensitive(idle_client):
     response = idle_client.post("/models", json={"layer_sizes": [4, 8, 3], "activations": ["ReLU", "Softmax"],
                                                  "weight_init": "He", "loss": "Cross_Entropy"})
