@@ -31,7 +31,7 @@ class ModelVersionNotFound(ServiceError):
 
 class JobNotFound(ServiceError):
     def __init__(self, job_id: str):
-        super().__init__(f"training job {job_id!r} does not exist; list jobs with GET /jobs (GET /jobs?model_id=... for "
+        super().__init__(f"job {job_id!r} does not exist; list jobs with GET /jobs (GET /jobs?model_id=... for "
                          "one model's)")
 
 
@@ -192,6 +192,7 @@ _UNION_TAG = re.compile(r"[\[\]-]|^(int|float|str|bool|list|dict|none)$")
 _NUMBER_ERRORS = {"float_type": "a number", "float_parsing": "a number", "int_type": "a whole number",
                   "int_parsing": "a whole number", "int_from_float": "a whole number"}
 FLAT_INPUTS = "inputs is a list of rows, e.g. [[1, 2, 3, 4]]; for a single vector use input"
+NESTED_INPUT = "input is a single vector, e.g. [1, 2, 3, 4]; for rows use inputs"
 BOOLEAN_TARGETS = ("targets hold true/false; send numbers: class indices (e.g. [0, 1, 1]) or values, "
                    "with 1 for true and 0 for false")
 
@@ -247,10 +248,13 @@ def _describe(error: dict) -> str:
         return f"{where}: unknown field; check its spelling against the schema in /docs"
     if field == "inputs" and kind == "list_type" and isinstance(value, (int, float, str)):
         return FLAT_INPUTS
+    if field == "input" and kind in _NUMBER_ERRORS and isinstance(value, list):
+        return NESTED_INPUT
     if field == "targets" and isinstance(value, bool):
         return BOOLEAN_TARGETS
     if kind in _NUMBER_ERRORS:
-        hint = "; send numbers without quotes" if isinstance(value, str) else ""
+        in_body = bool(error.get("loc")) and error["loc"][0] == "body"  # a path or query is text: no quotes to drop
+        hint = "; send numbers without quotes" if isinstance(value, str) and in_body else ""
         return f"{where}: expected {_NUMBER_ERRORS[kind]}; received {_received(value)}{hint}"
     if kind in ("bool_type", "bool_parsing"):
         return f"{where}: expected true or false; received {_received(value)}"

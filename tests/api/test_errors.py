@@ -2,6 +2,7 @@
 
 import pytest
 
+from api.errors import NESTED_INPUT
 from tests.api.conftest import IRIS
 
 INTERNAL = ("list[", "float", "int]", "Input should", "body.")
@@ -85,3 +86,14 @@ def test_a_missing_or_empty_body_says_what_to_send(iris, path, headers):
     assert response.status_code == 422
     assert response.json()["detail"] == ("the request has no body; send a JSON object with Content-Type: "
                                          "application/json, as in the examples of /docs")
+
+
+def test_rows_in_input_and_text_in_a_path_or_for_a_missing_job(iris):
+    """Rows sent as `input` said "input[0]: expected a number; received a list", a version in the path was told to
+    "send numbers without quotes", and a missing search job was called a "training job"."""
+    assert detail(iris, "/models/iris/output", {"input": [[5.1, 3.5, 1.4, 0.2]]}) == NESTED_INPUT
+    response = iris.get("/models/iris/versions/abc")
+    assert response.status_code == 422
+    assert response.json()["detail"] == "version: expected a whole number; received the text 'abc'"
+    response = iris.get("/jobs/nope")
+    assert response.status_code == 404 and response.json()["detail"].startswith("job 'nope' does not exist; list jobs")
