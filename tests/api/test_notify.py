@@ -337,3 +337,19 @@ def test_while_the_store_is_away_each_round_logs_one_line_and_rounds_slow_down(c
     [record] = caplog.records
     assert record.exc_info is None and "unreachable" in record.getMessage()
     assert [deliverer.delay(n) for n in (0, 1, 2, 7, 8, 50)] == [0.5, 1.0, 2.0, 60.0, 60.0, 60.0]
+
+
+def test_a_silent_receiver_is_one_timeout_in_one_wording(tmp_path):
+    """httpx's read timeout and the attempt's deadline were both NN_NOTIFY_TIMEOUT, so a receiver that never answers
+    was recorded as "TimeoutError: no answer within 0.3 s" or "ReadTimeout: timed out", whichever fired first."""
+    from api.notify import Deliverer
+    from tests.api.conftest import settings_for
+
+    with receiver(together=99) as silent:  # never answers: the barrier waits for 99 requests
+        deliverer = Deliverer(None, settings_for(tmp_path, notify_allow="127.0.0.1", notify_timeout=0.3))
+        try:
+            for _ in range(3):
+                with pytest.raises(TimeoutError, match=r"^no answer within 0.3 s \(NN_NOTIFY_TIMEOUT\)$"):
+                    deliverer._send(silent.url, b"{}", {"Content-Type": "application/json"})
+        finally:
+            deliverer.stop()
