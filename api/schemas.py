@@ -5,7 +5,8 @@ import time
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from neural_net.network import MAX_CLASS_NAME_LENGTH
 
@@ -55,8 +56,7 @@ class LayerSpec(Request):
 class ModelCreate(Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "model_id": "iris", "layer_sizes": [4, 8, 3], "activations": ["relu", "softmax"],
-        "weight_init": "he", "bias_init": "zeros", "loss": "auto", "seed": 0,
-        "class_names": ["setosa", "versicolor", "virginica"]}, {
+        "weight_init": "he", "bias_init": "zeros", "loss": "auto", "seed": 0, "class_names": ["setosa", "versicolor", "virginica"]}, {
         "model_id": "iris-bn", "input_size": 4, "layers": [
             {"type": "dense", "units": 16, "activation": "leaky_relu", "alpha": 0.1, "use_bias": False},
             {"type": "batch_norm"},
@@ -274,7 +274,8 @@ class NotifyPublic(BaseModel):
 class JobCreate(Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "inputs": IRIS_X, "targets": IRIS_Y, "min_samples": 6, "epochs": 50, "batch_size": 2,
-        "optimizer": "adam", "learning_rate": 0.01}]})
+        "optimizer": "adam", "learning_rate": 0.01}, {"inputs": IRIS_X, "targets": IRIS_Y, "epochs": 50, "batch_size": 2,
+        "optimizer": "nesterov", "optimizer_options": {"momentum": 0.8}, "learning_rate": 0.05}]})
 
     inputs: Rows | None = Field(None, description="The job's own samples: it trains on exactly these (queued at once, the "
                                 "buffer is not used); absent: the job waits for the buffer.")
@@ -289,6 +290,7 @@ class JobCreate(Request):
     epochs: int = Field(10, ge=1, description="Epochs to train (at most NN_MAX_EPOCHS).")
     batch_size: int = Field(32, ge=1, description="Samples per gradient step.")
     optimizer: str = Field("adam", description="Optimizer name, e.g. 'sgd', 'momentum', 'rmsprop', 'adam'.")
+    optimizer_options: dict[str, float] | None = Field(None, description="The optimizer's own options, e.g. {'momentum': 0.5}, {'beta2': 0.99} (adam); the rate is learning_rate.")
     learning_rate: float | None = Field(None, gt=0, description="Step size; the optimizer's default when absent.")
     schedule: str | None = Field(None, description="Learning-rate schedule: 'constant', 'exponential', 'step', 'cosine' or "
                                                    "'reduce_on_plateau' (options factor, patience, min_lr, min_delta; on "
@@ -304,11 +306,16 @@ class JobCreate(Request):
     clip_norm: float | None = Field(None, gt=0, description="Clip the global gradient norm to this value.")
     shuffle: bool = Field(True, description="Shuffle the samples every epoch.")
     seed: int | None = Field(None, ge=0, description="Seed of shuffling and dropout for this job; the model's generator when absent.")
-    notify: NotifyTarget | None = Field(None, description="POST the final job record to this URL when the job ends "
-                                                          "(README: Notifications).")
+    notify: NotifyTarget | None = Field(None, description="POST the final job record to this URL when the job ends (README: Notifications).")
     max_loss_ratio: float | None = Field(None, gt=1, description="The job fails as diverged, and the model keeps its weights "
                                          "from before the job, if its final loss (on the samples of its final metrics) is "
                                          "more than this many times the loss it started from; NN_MAX_LOSS_RATIO when absent.")
+    @field_validator("optimizer", mode="before")  # a class method, as its first argument is cls
+    def _a_name(cls, value: Any) -> Any:  # an object (the core's {"name", **options} config) is told where its parts go
+        if isinstance(value, dict):
+            raise PydanticCustomError("optimizer_object", "send the name as text in `optimizer`, its options in `optimizer_options` and the "
+                                      'rate in `learning_rate`: {"optimizer": "momentum", "optimizer_options": {"momentum": 0.5}, "learning_rate": 0.1}')
+        return value
 
 
 class Progress(BaseModel):
@@ -379,8 +386,7 @@ class SearchCreate(Request):
     consume_buffer: bool = Field(False, description="Take the buffered samples out of the buffer. Default false: the search "
                                                     "uses a copy. When true, they are used up only if apply_best trains the "
                                                     "model with them; otherwise they go back to the buffer when the search ends.")
-    notify: NotifyTarget | None = Field(None, description="POST the final job record to this URL when the job ends "
-                                                          "(README: Notifications).")
+    notify: NotifyTarget | None = Field(None, description="POST the final job record to this URL when the job ends (README: Notifications).")
 
 
 class TrialPublic(BaseModel):
@@ -441,8 +447,7 @@ class JobPublic(BaseModel):
     metrics: dict[str, Any] | None = Field(None, description=(
         "When the job succeeded: loss and metrics of the trained model on the samples held out for validation "
         "(`on: validation`), or on all its samples without a validation split (`on: training`); classifiers "
-        "include accuracy, precision, recall, f1 and the confusion_matrix (rows: true class), regressors mae, "
-        "rmse, r2 and pearson_r."))
+        "include accuracy, precision, recall, f1 and the confusion_matrix (rows: true class), regressors mae, rmse, r2 and pearson_r."))
     owner: str | None = Field(None, description="Name of the API key that submitted it (NN_API_KEYS); null without keys.")
     duration_seconds: float | None = Field(None, description="Seconds from the start of training to the end (to now "
                                                              "while it runs); null before it starts.")

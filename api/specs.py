@@ -23,12 +23,15 @@ FIT_KEYS = ("epochs", "batch_size", "optimizer", "learning_rate", "schedule", "s
 class FitConfig:
     """One job's training configuration, validated once by `fit_config` and stored as the job's params.
 
-    `fit_kwargs()` are `Network.fit`'s keyword arguments, one to one, with fit's defaults; `dropout` (per-layer rates for the job),
-    `seed` and `max_loss_ratio` (the blow-up guard) are what the runner does around the fit."""
+    `fit_kwargs()` are `Network.fit`'s keyword arguments, one to one, with fit's defaults, but for `optimizer_options`,
+    which go with the name as fit takes them, in the optimizer's config {"name": ..., **options}, so a job resumed from
+    its checkpoint rebuilds the same optimizer and keeps its state; `dropout` (per-layer rates for the job), `seed` and
+    `max_loss_ratio` (the blow-up guard) are what the runner does around the fit."""
 
     epochs: int = 10
     batch_size: int = 32
     optimizer: str = "adam"
+    optimizer_options: dict[str, float] | None = None
     learning_rate: float | None = None
     schedule: str | None = None
     schedule_options: dict[str, Any] | None = None
@@ -43,7 +46,10 @@ class FitConfig:
     max_loss_ratio: float | None = None
 
     def fit_kwargs(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in FIT_KEYS}
+        kwargs = {key: getattr(self, key) for key in FIT_KEYS}
+        if self.optimizer_options:
+            kwargs["optimizer"] = {"name": self.optimizer, **self.optimizer_options}
+        return kwargs
 
     def to_params(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,6 +201,23 @@ def _network_from_layers(settings: Settings, req: ModelCreate, weight_init: str,
     return net
 
 
+def check_optimizer_options(optimizer: str, options: dict[str, float], learning_rate: float | None) -> dict[str, float]:
+    """The options, checked by the core as it builds the optimizer (an option it does not take is named, with those it
+    takes); the rate has a field of its own, so inside the options it is refused."""
+    if "learning_rate" in options:
+        raise InvalidInput(f"optimizer_options: learning_rate is not an option here; send it in the job's `learning_rate` "
+                           f"field, e.g. {{\"optimizer\": \"{optimizer}\", \"learning_rate\": {options['learning_rate']!r}}}")
+    try:
+        optimizers.get({"name": optimizer, **options, **({"learning_rate": learning_rate} if learning_rate else {})})
+    except NeuralNetError as exc:
+        if not options:
+            raise InvalidInput(f"optimizer: {exc}") from None
+        hint = ("; momentum is an optimizer of its own: 'momentum' or 'nesterov'" if optimizer == "sgd" and "momentum" in options
+                else "; the learning rate goes in the `learning_rate` field" if "does not take" in str(exc) else "")
+        raise InvalidInput(f"optimizer_options: {exc}{hint}") from None
+    return options
+
+
 def fit_config(settings: Settings, info: dict, req: JobCreate) -> FitConfig:
     """A job's training configuration, checked against the limits and the core's registries before the job is stored."""
     if req.epochs > settings.max_epochs:
@@ -203,10 +226,7 @@ def fit_config(settings: Settings, info: dict, req: JobCreate) -> FitConfig:
         raise InvalidInput(f"min_samples={req.min_samples} can never be reached: a buffer holds at most "
                            f"{settings.max_buffer_samples} samples (NN_MAX_BUFFER_SAMPLES)")
     optimizer = check_name("optimizer", req.optimizer, optimizers.names(), "optimizer")
-    try:
-        optimizers.get({"name": optimizer, **({"learning_rate": req.learning_rate} if req.learning_rate else {})})
-    except NeuralNetError as exc:
-        raise InvalidInput(f"optimizer: {exc}") from None
+    optimizer_options = check_optimizer_options(optimizer, req.optimizer_options or {}, req.learning_rate)
     options = dict(req.schedule_options or {})
     if req.decay_rate is not None:
         options["decay_rate"] = req.decay_rate
@@ -237,7 +257,8 @@ def fit_config(settings: Settings, info: dict, req: JobCreate) -> FitConfig:
             raise InvalidInput("the output layer cannot have dropout; make the last rate 0")
         dropout = rates
     return FitConfig(
-        epochs=req.epochs, batch_size=req.batch_size, optimizer=optimizer, learning_rate=req.learning_rate,
+        epochs=req.epochs, batch_size=req.batch_size, optimizer=optimizer, optimizer_options=optimizer_options or None,
+        learning_rate=req.learning_rate,
         schedule=schedule, schedule_options=options or None, l1=req.l1, l2=req.l2,
         validation_split=req.validation_split,
         early_stopping=req.early_stopping.model_dump() if req.early_stopping else None,
