@@ -240,7 +240,9 @@ class Client:
 
     def train(self, model_id, inputs=None, targets=None, **hyper_parameters):
         """Submit a training job; returns a `Job`. Inline `inputs`/`targets` are the job's own samples (it trains on
-        exactly those, never on the buffer, which stays as it was); without them it trains on the buffer."""
+        exactly those, never on the buffer, which stays as it was); without them it trains on the buffer.
+        `hyper_parameters` are the body's fields as they are, e.g. `optimizer="nesterov",
+        optimizer_options={"momentum": 0.8}, learning_rate=0.05`."""
         body = dict(hyper_parameters)
         if inputs is not None:
             body["inputs"], body["targets"] = _listify(inputs), _listify(targets)

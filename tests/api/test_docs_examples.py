@@ -76,7 +76,7 @@ def test_every_docs_example_answers_2xx_in_document_order(tmp_path):
                 assert bodies, f"{method.upper()} {path}: the JSON body has no example in /docs; add one that works in this order"
             for body in bodies:
                 response = client.request(method.upper(), url, params=query, json=body)
-                tried.append(f"{method.upper()} {url}")
+                tried.append(f"{method.upper()} {url}" + (" optimizer_options" if "optimizer_options" in (body or {}) else ""))
                 assert 200 <= response.status_code < 300, f"{method.upper()} {url} with {body}: {response.status_code} {response.text}"
                 if response.headers.get("content-type", "").startswith("application/json") and isinstance(response.json(), dict):
                     seen.update((key, value) for key, value in response.json().items()  # a model's version, not the service's
@@ -86,3 +86,4 @@ def test_every_docs_example_answers_2xx_in_document_order(tmp_path):
                          "POST /models/iris/search-jobs", "DELETE /models/iris"):
             assert expected in tried
         assert any(t.startswith("POST /jobs/") and t.endswith("/cancel") for t in tried)
+        assert "POST /models/iris/training-jobs optimizer_options" in tried  # a job with the optimizer's own settings
