@@ -50,7 +50,7 @@ class _JobCallback(Callback):
                  stopper: EarlyStopping | None = None):
         self.store, self.job, self.net, self.snapshot, self.stopper = store, job, net, snapshot, stopper
         self.stop_event, self.interval = stop_event, interval
-        self.history = list(job.history)
+        self.unsaved: list[dict] = []  # history entries of the epochs since the last checkpoint
         self.last_write = self.last_check = 0.0
         self.stop_reason: str | None = None
         self.epoch = job.epochs_done
@@ -83,11 +83,13 @@ class _JobCallback(Callback):
         return self._should_stop()
 
     def on_epoch_end(self, p) -> bool:
-        self.history.append(jsonable({"epoch": p.epoch, **{k: v for k, v in p.logs.items() if k != "epoch"}}))
+        self.unsaved.append(jsonable({"epoch": p.epoch, **{k: v for k, v in p.logs.items() if k != "epoch"}}))
         blob, info = self.snapshot()
         # the best epoch so far of early stopping's restore_best is kept too: a resumed job puts it back at its end
         best = self.stopper is not None and self.stopper.restore_best and self.stopper.improves(p.logs)
-        self.store.save_checkpoint(self.job.job_id, blob, info, p.epoch, self.history, self._progress(p), best)
+        # only this epoch's entry goes: the store appends it (the whole history each epoch made a job quadratic)
+        self.store.save_checkpoint(self.job.job_id, blob, info, p.epoch, self.unsaved, self._progress(p), best)
+        self.unsaved = []
         self.last_write = time.monotonic()
         return self._should_stop(force_check=True)
 

@@ -46,8 +46,9 @@ class IllegalTransition(RuntimeError):
 
 
 class Tx(Protocol):
-    """One atomic step of a store. Reads see this step's own writes; a ``JobRecord`` read here carries
-    no trials. Jobs are listed oldest first (creation order)."""
+    """One atomic step of a store. Reads see this step's own writes; a ``JobRecord`` read here carries no trials and
+    no history (``history`` reads it; ``add_history`` appends to it: a job's write never grows with its epochs). Jobs
+    are listed oldest first (creation order)."""
 
     def model(self, model_id: str) -> ModelRecord | None: ...
     def job(self, job_id: str) -> JobRecord | None: ...
@@ -57,6 +58,7 @@ class Tx(Protocol):
     def staging_models(self) -> list[str]: ...  # the models with staged rows
     def trials(self, job_id: str) -> list[dict]: ...
     def checkpoint(self, job_id: str) -> tuple[bytes, dict] | None: ...
+    def history(self, job_id: str) -> list[dict]: ...  # the whole history (not this step's appends)
 
     # a model's weights are also kept as its version (uid, version) with their source, in the same step
     def insert_model(self, model_id: str, uid: str, blob: bytes, info: dict, owner: str | None, source: dict,
@@ -64,7 +66,8 @@ class Tx(Protocol):
     def save_model(self, model_id: str, blob: bytes, info: dict, version: int, source: dict, now: float) -> None: ...
     def drop_model(self, model_id: str) -> None: ...  # the record, its buffer and its kept versions
     def insert_job(self, job: JobRecord) -> None: ...
-    def save_job(self, job: JobRecord) -> None: ...
+    def save_job(self, job: JobRecord) -> None: ...  # every field but ``history`` (insert_job writes that too)
+    def add_history(self, job_id: str, entries: list[dict]) -> None: ...  # appended, in order
     def put_checkpoint(self, job_id: str, blob: bytes, info: dict, best: bool = False) -> None: ...
     def drop_checkpoint(self, job_id: str) -> None: ...
     def insert_trials(self, job_id: str, trials: list[dict]) -> None: ...
@@ -313,11 +316,6 @@ def claim(tx: Tx, worker_id: str, now: float, job_id: str | None = None) -> JobR
     return None
 
 
-def stop_requested(job: JobRecord | None) -> bool:
-    """A worker stops training a job that is gone or no longer ``running`` (cancel asked, model deleted)."""
-    return job is None or job.status != RUNNING
-
-
 def record_progress(tx: Tx, job_id: str, progress: dict) -> None:
     job = tx.job(job_id)
     if job is not None and job.status in (RUNNING, CANCELLING):
@@ -327,10 +325,12 @@ def record_progress(tx: Tx, job_id: str, progress: dict) -> None:
 
 def record_checkpoint(tx: Tx, job_id: str, blob: bytes, info: dict, epochs_done: int, history: list[dict],
                       progress: dict, best: bool = False) -> None:
-    """The network after ``epochs_done`` epochs; the job resumes from it when it is requeued."""
+    """The network after ``epochs_done`` epochs; the job resumes from it when it is requeued. ``history``: the entries
+    of the epochs since the last checkpoint, appended in this step (those of epochs it already covers are skipped)."""
     job = tx.job(job_id)
     if job is not None and job.status in (RUNNING, CANCELLING):
-        job.epochs_done, job.history, job.progress = epochs_done, history, progress
+        tx.add_history(job_id, [h for h in history if h.get("epoch", 0) > job.epochs_done])
+        job.epochs_done, job.progress = epochs_done, progress
         tx.save_job(job)
         tx.put_checkpoint(job_id, blob, info, best)
 
@@ -401,9 +401,9 @@ def requeue(tx: Tx, job: JobRecord, now: float, reason: str | None = None) -> Jo
         return job
     move(job, QUEUED).worker_id = None
     if reason is not None:
-        restarts = sum(1 for h in job.history if h.get("event") == "restart")
-        job.history = [*job.history, {"event": "restart", "restart": restarts + 1, "epoch": job.epochs_done,
-                                      "time": now, "reason": reason}]
+        restarts = sum(1 for h in tx.history(job.job_id) if h.get("event") == "restart")
+        tx.add_history(job.job_id, [{"event": "restart", "restart": restarts + 1, "epoch": job.epochs_done, "time": now,
+                                     "reason": reason}])
     tx.save_job(job)
     _offer_head(tx, job.model_id)
     return job

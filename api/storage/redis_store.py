@@ -15,7 +15,7 @@ Keys (P is the prefix, "nn" by default):
     P:stg:{model}     hash  stage id -> [rows, last written] of each append request still staging its rows, kept in
                             P:stage:{stage id} (list of batches); P:staging  set  the models that have such requests
     P:mjobs:{model}   zset  the model's jobs by sequence number (P:seq counts)
-    P:j:{job}         hash  the JobRecord fields (JSON where structured) and seq
+    P:j:{job}         hash  the JobRecord fields (JSON where structured) and seq; P:hist:{job}  list  its history
     P:ck:{job}        hash  the job's checkpoint: blob, info
     P:js:{job}        list  sample batches the job holds
     P:tr:{job}        hash  a search job's trials: index -> trial (JSON)
@@ -203,10 +203,10 @@ class RedisStore(Store):
 
     @_guard
     def get_job(self, job_id: str) -> JobRecord:
-        raw = self.redis.hgetall(self._key("j", job_id))
-        if not raw:
+        found = self._jobs([job_id])
+        if not found:
             raise JobNotFound(job_id)
-        return self._with_trials(decode_job(job_id, raw))
+        return found[0]
 
     def _with_trials(self, job: JobRecord) -> JobRecord:
         if job.kind != "search":
@@ -243,11 +243,12 @@ class RedisStore(Store):
         return self._jobs(ids), total
 
     def _jobs(self, ids: list[str]) -> list[JobRecord]:
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=True)  # each record with its history, from one snapshot
         for job_id in ids:
             pipe.hgetall(self._key("j", job_id))
+            pipe.lrange(self._key("hist", job_id), 0, -1)
         rows = pipe.execute() if ids else []
-        return [self._with_trials(decode_job(j, r)) for j, r in zip(ids, rows) if r]
+        return [self._with_trials(decode_job(j, r, h)) for j, r, h in zip(ids, rows[::2], rows[1::2]) if r]
 
     @_guard
     def job_samples(self, job_id: str) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from api.storage.records import JobRecord, ModelRecord
 
 _HEADER = struct.Struct("<4sIII8s")  # magic, rows, n_in, n_out, dtype (NumPy str, e.g. b"<f4")
 _MAGIC = b"NNS1"
-_JSON_FIELDS = ("params", "progress", "history")
+_JSON_FIELDS = ("params", "progress")  # a job's history is a list of its own, P:hist:{job} (decode_job)
 _INT_FIELDS = ("min_samples", "n_samples", "epochs_done", "model_version")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at")
 MODEL_FIELDS = ("uid", "version", "info", "created_at", "updated_at", "owner")
@@ -60,13 +60,21 @@ def encode_job(job: JobRecord) -> tuple[dict[str, str], list[str]]:
     return {k: str(v) for k, v in values.items() if v is not None}, [k for k, v in values.items() if v is None]
 
 
-def decode_job(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
-    v = {k.decode(): x.decode() for k, x in raw.items()}
+def decode_history(legacy: bytes | None, entries: list[bytes]) -> list[dict]:
+    """A job's history: the JSON list older versions kept in its hash (rewritten whole every epoch; never written
+    now, so a job of then keeps it as its first entries), then the entries of its list, in one parse."""
+    return (json.loads(legacy) if legacy else []) + json.loads(b"[" + b",".join(entries) + b"]")
+
+
+def decode_job(job_id: str, raw: dict[bytes, bytes], history: list[bytes] | None = None) -> JobRecord:
+    """``history``: the entries of the job's list (LRANGE P:hist:{job}); None leaves the history empty (a step's read)."""
+    v = {k.decode(): x.decode() for k, x in raw.items() if k != b"history"}
     return JobRecord(
         job_id=job_id, model_id=v["model_id"], model_uid=v["model_uid"], status=v["status"], params=json.loads(v["params"]),
         min_samples=int(v["min_samples"]), consume_buffer=v["consume_buffer"] == "1", n_samples=int(v["n_samples"]),
         epochs_done=int(v["epochs_done"]), progress=json.loads(v["progress"]) if "progress" in v else None,
-        history=json.loads(v["history"]), error=v.get("error"), worker_id=v.get("worker_id"),
+        history=[] if history is None else decode_history(raw.get(b"history"), history), error=v.get("error"),
+        worker_id=v.get("worker_id"),
         model_version=int(v["model_version"]) if "model_version" in v else None, created_at=float(v["created_at"]),
         started_at=float(v["started_at"]) if "started_at" in v else None,
         finished_at=float(v["finished_at"]) if "finished_at" in v else None, kind=v.get("kind", "training"),
@@ -170,6 +178,10 @@ class RedisTx:
         blob, info = self._read(self.key("ck", job_id), "hmget", ["blob", "info"])
         return None if blob is None else (bytes(blob), json.loads(info))
 
+    def history(self, job_id: str) -> list[dict]:
+        return decode_history(self._read(self.key("j", job_id), "hget", "history"),
+                              self._read(self.key("hist", job_id), "lrange", 0, -1))
+
     # -- writes --
     def insert_model(self, model_id: str, uid: str, blob: bytes, info: dict, owner: str | None, source: dict,
                      now: float) -> None:
@@ -223,6 +235,7 @@ class RedisTx:
                                                          self.key("jobs:k", job.kind),  # GET /jobs (redis_registry)
                                                          self.key("jobs:ma", job.model_id))]  # its model's active jobs
         self.save_job(job)
+        self.add_history(job.job_id, job.history)
 
     def save_job(self, job: JobRecord) -> None:
         values, unset = encode_job(job)
@@ -238,6 +251,10 @@ class RedisTx:
             if job.status in TERMINAL:
                 self.ops += [("zrem", self.key("jobs:active"), job.job_id), ("zrem", self.key("jobs:ma", job.model_id), job.job_id)]
             self._stored_status[job.job_id] = job.status
+
+    def add_history(self, job_id: str, entries: list[dict]) -> None:
+        if entries:  # RPUSH: O(1) an entry, whatever the list holds
+            self.ops.append(("rpush", self.key("hist", job_id), *(json.dumps(e) for e in entries)))
 
     def put_checkpoint(self, job_id: str, blob: bytes, info: dict, best: bool = False) -> None:
         fields = {"blob": blob, "info": json.dumps(info), **({"best": blob} if best else {})}  # best stays till dropped

@@ -19,7 +19,8 @@ import numpy as np
 
 from api.errors import JobNotFound, ModelNotFound, StoreUnavailable, VersionNotFound
 from api.storage.base import JobRecord, ModelRecord, Notification, Store, VersionRecord, with_trials
-from api.storage.sqlite_tx import JOB_COLUMNS, MODEL_COLUMNS, ReadOnlyTx, SQLiteTx, WouldWrite, _job, _model, _notification, _version
+from api.storage.sqlite_tx import (JOB_COLUMNS, MODEL_COLUMNS, ReadOnlyTx, SQLiteTx, WouldWrite, _job, _model, _notification,
+                                   _version, read_history)
 
 T = TypeVar("T")
 
@@ -71,7 +72,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     n_samples       INTEGER NOT NULL DEFAULT 0,
     epochs_done     INTEGER NOT NULL DEFAULT 0,
     progress        TEXT,
-    history         TEXT NOT NULL DEFAULT '[]',
     error           TEXT,
     worker_id       TEXT,
     checkpoint      BLOB,
@@ -84,6 +84,12 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_model ON jobs (model_id, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
+CREATE TABLE IF NOT EXISTS job_history (  -- a job's history, appended entry by entry (an epoch, a restart)
+    job_id TEXT NOT NULL,
+    pos    INTEGER NOT NULL,             -- 0, 1, ... in the job's order
+    entry  TEXT NOT NULL,                -- JSON
+    PRIMARY KEY (job_id, pos)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS trials (  -- a search job's trials (api/search.py)
     job_id      TEXT NOT NULL,
     idx         INTEGER NOT NULL,
@@ -129,6 +135,32 @@ JOB_MIGRATIONS = {"kind": "ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAUL
                   "checkpoint_best": "ALTER TABLE jobs ADD COLUMN checkpoint_best BLOB"}  # early stopping's best epoch
 MODEL_MIGRATIONS = {"owner": "ALTER TABLE models ADD COLUMN owner TEXT"}  # the API key name that created it
 
+
+def _columns(con: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+
+
+def _move_history(con: sqlite3.Connection) -> None:
+    """Databases from before ``job_history`` kept a job's history as one JSON column, rewritten whole at every epoch
+    (a 10,000-epoch job wrote 10 GB): its entries move to ``job_history`` and the column goes, in one transaction,
+    once (the column is gone after; a concurrent opener finds it gone). A SQLite too old to drop a column (< 3.35)
+    keeps it, emptied."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        if "history" in _columns(con, "jobs"):
+            tx = SQLiteTx(con)
+            for job_id, text in con.execute("SELECT job_id, history FROM jobs WHERE history NOT IN ('', '[]')"):
+                tx.add_history(job_id, json.loads(text))
+            try:
+                con.execute("ALTER TABLE jobs DROP COLUMN history")
+            except sqlite3.OperationalError:
+                con.execute("UPDATE jobs SET history = '[]' WHERE history != '[]'")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
 class SQLiteStore(Store):
     appends_in_one_step = True
 
@@ -143,10 +175,12 @@ class SQLiteStore(Store):
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(SCHEMA)
             for table, migrations in (("jobs", JOB_MIGRATIONS), ("models", MODEL_MIGRATIONS)):
-                columns = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+                columns = _columns(con, table)
                 for column, statement in migrations.items():
                     if column not in columns:
                         con.execute(statement)
+            if "history" in _columns(con, "jobs"):
+                _move_history(con)
             con.execute("CREATE INDEX IF NOT EXISTS models_by_owner ON models (owner, created_at)")
         except sqlite3.DatabaseError as exc:
             raise StoreUnavailable(unusable(self.path, exc)) from None
@@ -268,10 +302,14 @@ class SQLiteStore(Store):
 
     def get_job(self, job_id: str) -> JobRecord:
         con = self._con()
-        row = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise JobNotFound(job_id)
-        return self._with_trials(con, _job(row))
+        con.execute("BEGIN")  # one snapshot for the record and its history
+        try:
+            row = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(job_id)
+            return self._with_trials(con, read_history(con, [_job(row)])[0])
+        finally:
+            con.execute("COMMIT")
 
     @staticmethod
     def _with_trials(con: sqlite3.Connection, job: JobRecord) -> JobRecord:
@@ -279,14 +317,18 @@ class SQLiteStore(Store):
 
     def list_jobs(self, model_id: str, offset: int, limit: int, owner: str | None = None) -> tuple[list[JobRecord], int]:
         con = self._con()
-        uid = self._model_row(con, model_id)["uid"]
-        where, args = "model_id = ? AND model_uid = ?", (model_id, uid)
-        if owner is not None:
-            where, args = where + " AND owner = ?", (*args, owner)
-        rows = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
-                           (*args, limit, offset)).fetchall()
-        total = con.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}", args).fetchone()[0]
-        return [self._with_trials(con, _job(r)) for r in rows], total
+        con.execute("BEGIN")  # the page, its histories and its count from one snapshot
+        try:
+            uid = self._model_row(con, model_id)["uid"]
+            where, args = "model_id = ? AND model_uid = ?", (model_id, uid)
+            if owner is not None:
+                where, args = where + " AND owner = ?", (*args, owner)
+            rows = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                               (*args, limit, offset)).fetchall()
+            total = con.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}", args).fetchone()[0]
+            return [self._with_trials(con, j) for j in read_history(con, [_job(r) for r in rows])], total
+        finally:
+            con.execute("COMMIT")
 
     def job_samples(self, job_id: str) -> tuple[np.ndarray, np.ndarray]:
         rows = self._con().execute("SELECT n, n_in, n_out, dtype, x, y FROM samples WHERE job_id = ? ORDER BY id",
@@ -348,7 +390,7 @@ class SQLiteStore(Store):
             rows = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs{clause} ORDER BY seq DESC LIMIT ? OFFSET ?",
                                (*args, limit, offset)).fetchall()
             total = con.execute(f"SELECT COUNT(*) FROM jobs{clause}", args).fetchone()[0]
-            jobs = [self._with_trials(con, _job(r)) for r in rows]
+            jobs = [self._with_trials(con, j) for j in read_history(con, [_job(r) for r in rows])]
         finally:
             con.execute("COMMIT")
         return jobs, total

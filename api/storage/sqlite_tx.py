@@ -9,7 +9,7 @@ import numpy as np
 from api.storage.records import JobRecord, ModelRecord, Notification, VersionRecord
 
 JOB_COLUMNS = ("job_id, model_id, model_uid, status, params, min_samples, consume_buffer, n_samples, epochs_done, "
-               "progress, history, error, worker_id, model_version, created_at, started_at, finished_at, kind, stage, owner")
+               "progress, error, worker_id, model_version, created_at, started_at, finished_at, kind, stage, owner")
 
 MODEL_COLUMNS = """m.model_id, m.uid, m.version, m.info, m.created_at, m.updated_at, m.owner,
     (SELECT COALESCE(SUM(n), 0) FROM samples s WHERE s.model_id = m.model_id AND s.job_id IS NULL) AS buffer_size,
@@ -30,11 +30,25 @@ def _job(row: sqlite3.Row) -> JobRecord:
         job_id=row["job_id"], model_id=row["model_id"], model_uid=row["model_uid"], status=row["status"],
         params=json.loads(row["params"]), min_samples=row["min_samples"], consume_buffer=bool(row["consume_buffer"]),
         n_samples=row["n_samples"], epochs_done=row["epochs_done"],
-        progress=json.loads(row["progress"]) if row["progress"] else None, history=json.loads(row["history"]),
+        progress=json.loads(row["progress"]) if row["progress"] else None,  # history: see read_history
         error=row["error"], worker_id=row["worker_id"], model_version=row["model_version"],
         created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
         kind=row["kind"], stage=row["stage"], owner=row["owner"],
     )
+
+
+def read_history(con: sqlite3.Connection, jobs: list[JobRecord]) -> list[JobRecord]:
+    """Attaches each job's history (its ``job_history`` rows in order), one query per 500 jobs."""
+    by_id = {job.job_id: job for job in jobs}
+    ids, entries = list(by_id), {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        for job_id, entry in con.execute(f"SELECT job_id, entry FROM job_history WHERE job_id IN "
+                                         f"({', '.join('?' * len(chunk))}) ORDER BY job_id, pos", chunk):
+            entries.setdefault(job_id, []).append(entry)
+    for job_id, found in entries.items():
+        by_id[job_id].history = json.loads("[" + ",".join(found) + "]")  # one parse, not one per entry
+    return jobs
 
 
 def _trial(row: sqlite3.Row) -> dict:
@@ -106,6 +120,10 @@ class SQLiteTx:
         row = self.con.execute("SELECT checkpoint, checkpoint_info FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return None if row is None or row[0] is None else (bytes(row[0]), json.loads(row[1]))
 
+    def history(self, job_id: str) -> list[dict]:
+        return [json.loads(r[0]) for r in self.con.execute("SELECT entry FROM job_history WHERE job_id = ? ORDER BY pos",
+                                                           (job_id,))]
+
     # -- writes --
     def insert_model(self, model_id: str, uid: str, blob: bytes, info: dict, owner: str | None, source: dict,
                      now: float) -> None:
@@ -140,14 +158,19 @@ class SQLiteTx:
                          (job.job_id, job.model_id, job.model_uid, job.status, json.dumps(job.params), job.min_samples,
                           int(job.consume_buffer), job.created_at, job.kind, job.owner))
         self.save_job(job)
+        self.add_history(job.job_id, job.history)
 
     def save_job(self, job: JobRecord) -> None:
         self.con.execute(
-            "UPDATE jobs SET status = ?, n_samples = ?, epochs_done = ?, progress = ?, history = ?, error = ?, "
+            "UPDATE jobs SET status = ?, n_samples = ?, epochs_done = ?, progress = ?, error = ?, "
             "worker_id = ?, model_version = ?, started_at = ?, finished_at = ?, stage = ? WHERE job_id = ?",
             (job.status, job.n_samples, job.epochs_done, None if job.progress is None else json.dumps(job.progress),
-             json.dumps(job.history), job.error, job.worker_id, job.model_version, job.started_at, job.finished_at,
-             job.stage, job.job_id))
+             job.error, job.worker_id, job.model_version, job.started_at, job.finished_at, job.stage, job.job_id))
+
+    def add_history(self, job_id: str, entries: list[dict]) -> None:
+        """Each entry one row, after the job's last (the primary key's index finds it: O(log n), not O(n))."""
+        self.con.executemany("INSERT INTO job_history (job_id, pos, entry) VALUES (?, (SELECT COALESCE(MAX(pos) + 1, 0) "
+                             "FROM job_history WHERE job_id = ?), ?)", [(job_id, job_id, json.dumps(e)) for e in entries])
 
     def put_checkpoint(self, job_id: str, blob: bytes, info: dict, best: bool = False) -> None:
         self.con.execute("UPDATE jobs SET checkpoint = ?, checkpoint_info = ?, checkpoint_best = CASE WHEN ? THEN ? "
@@ -214,7 +237,7 @@ class WouldWrite(Exception):
 class ReadOnlyTx:
     """A ``SQLiteTx`` whose reads work and whose first write raises ``WouldWrite`` (see ``SQLiteStore.atomic``)."""
 
-    READS = ("model", "job", "jobs", "buffered", "staged", "staging_models", "trials", "checkpoint")
+    READS = ("model", "job", "jobs", "buffered", "staged", "staging_models", "trials", "checkpoint", "history")
 
     def __init__(self, tx: SQLiteTx):
         self.tx = tx

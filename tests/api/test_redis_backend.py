@@ -206,7 +206,9 @@ def test_sigkill_worker_mid_job_resumes_from_checkpoint(cluster):
     victim = next(p for p in cluster.workers if p.pid == pid)
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
-    killed_at = int(r.hget(key, "epochs_done"))
+    killed_at, appended = r.pipeline().hget(key, "epochs_done").lrange(f"{cluster.prefix}:hist:{job['job_id']}", 0, -1).execute()
+    killed_at = int(killed_at)
+    assert [json.loads(h)["epoch"] for h in appended] == list(range(1, killed_at + 1))  # it ends at the checkpoint
     cluster.add_worker()  # back to two; either may resume the job
     assert killed_at < 150, "the job ended before the kill; make it longer"
 
