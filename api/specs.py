@@ -207,6 +207,8 @@ def check_optimizer_options(optimizer: str, options: dict[str, float], learning_
     if "learning_rate" in options:
         raise InvalidInput(f"optimizer_options: learning_rate is not an option here; send it in the job's `learning_rate` "
                            f"field, e.g. {{\"optimizer\": \"{optimizer}\", \"learning_rate\": {options['learning_rate']!r}}}")
+    if "name" in options:  # it would replace the optimizer's name in the core's config {"name": ..., **options}
+        raise InvalidInput("optimizer_options: name is not an option; the optimizer's name goes in `optimizer`")
     try:
         optimizers.get({"name": optimizer, **options, **({"learning_rate": learning_rate} if learning_rate else {})})
     except NeuralNetError as exc:

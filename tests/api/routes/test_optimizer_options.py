@@ -40,6 +40,7 @@ def model_net(client, model_id) -> Network:
     ({"optimizer": "adam", "optimizer_options": {"lr": 0.1}}, "the learning rate goes in the `learning_rate` field"),
     ({"optimizer": "adam", "optimizer_options": {"learning_rate": 0.1}},
      "optimizer_options: learning_rate is not an option here; send it in the job's `learning_rate` field"),
+    ({"optimizer": "adam", "optimizer_options": {"name": 1.0}}, "name is not an option; the optimizer's name goes in `optimizer`"),
     ({"optimizer": "sgd", "optimizer_options": {"momentum": 0.9}}, "momentum is an optimizer of its own: 'momentum' or 'nesterov'"),
     ({"optimizer": "Nesterov", "optimizer_options": {"momentum": 1.0}}, "momentum must be a number in [0, 1); received momentum=1.0"),
     ({"optimizer": "adamw", "optimizer_options": {"weight_decay": -1}}, "weight_decay must be a finite number >= 0"),
