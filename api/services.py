@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
-from neural_net import Network, losses
+from neural_net import Network, losses, training
 
 from api import notify, records
 from api.dataset_service import DatasetService
@@ -394,8 +394,10 @@ class Service:
         """Checked arrays of a request's inline `inputs`/`targets`, or (None, None) when it has none."""
         if (inputs is None) != (targets is None):
             raise InvalidInput(f"give `inputs` and `targets` together (or neither, {otherwise})")
-        if not inputs:
+        if inputs is None:
             return None, None
+        if not inputs:  # [] trained on the buffer as if `inputs` were left out
+            raise InvalidInput(f"`inputs` is empty: send at least one row, or leave `inputs` and `targets` out {otherwise}")
         x = self._inputs(info, inputs)
         return x, self._targets(info, targets, len(x))
 
@@ -431,6 +433,9 @@ class Service:
         if x is not None and req.min_samples > len(x):
             raise InvalidInput(f"min_samples={req.min_samples} but the job carries {len(x)} inline samples, which are "
                                "exactly what it trains on; send more inputs, or leave inputs out to wait for the buffer")
+        n_samples = len(x) if x is not None else params.get("dataset_samples")  # a buffer's size is known at its start
+        if req.validation_split and n_samples is not None:
+            training.validation_size(n_samples, req.validation_split)  # a 422 now, not a failed job
         self.check_notify(req.notify)
         from_dataset = req.dataset is not None  # queued at once (min_samples 0), the buffer untouched (a copy)
         job = JobRecord(job_id=uuid.uuid4().hex, model_id=model_id, model_uid="", status="buffering", params=params,

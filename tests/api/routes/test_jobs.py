@@ -265,6 +265,40 @@ def test_inline_samples_fewer_than_min_samples_are_refused(idle_client):
     assert response.status_code == 422 and "min_samples" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("path", ["training-jobs", "search-jobs"])
+@pytest.mark.parametrize("targets", [[], [0, 1, 2]])
+def test_empty_inline_inputs_are_refused_not_read_as_the_buffer(idle_client, path, targets):
+    """`"inputs": []` was taken as no inputs: the job trained on the buffer (and emptied it), and with targets
+    of another length it waited in buffering."""
+    if idle_client.get("/models/inline-empty").status_code == 404:
+        create(idle_client, model_id="inline-empty")
+    idle_client.post("/models/inline-empty/samples", json={"inputs": X4, "targets": Y3})
+    body = {"inputs": [], "targets": targets, **({"space": {"learning_rate": [0.1]}} if path == "search-jobs" else {})}
+    response = idle_client.post(f"/models/inline-empty/{path}", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("`inputs` is empty: send at least one row, or leave `inputs` and "
+                                                "`targets` out to")
+    assert idle_client.get("/models/inline-empty/samples").json()["buffer_size"] >= 6  # nothing took the buffer
+
+
+@pytest.mark.parametrize("split, words", [(0.99, "holds out 6 of 6 samples (the rounded fraction), leaving none to "
+                                                 "train on; choose a split that holds out 1 to 5 of them"),
+                                          (0.0001, "holds out 0 of 6 samples (the rounded fraction), leaving none to "
+                                                   "validate on")])
+def test_a_validation_split_that_leaves_a_side_empty_is_a_422_at_submit(idle_client, split, words):
+    """The job was accepted (202), then failed; its inline rows went to the model's buffer."""
+    if idle_client.get("/models/split-check").status_code == 404:
+        create(idle_client, model_id="split-check")
+    response = idle_client.post("/models/split-check/training-jobs",
+                                json={"inputs": X4, "targets": Y3, "validation_split": split})
+    assert response.status_code == 422 and words in response.json()["detail"], response.text
+    dataset = idle_client.post("/datasets", json={"inputs": X4, "targets": Y3}).json()["dataset_id"]
+    response = idle_client.post("/models/split-check/training-jobs", json={"dataset": dataset, "validation_split": split})
+    assert response.status_code == 422 and words in response.json()["detail"], response.text
+    assert idle_client.get("/models/split-check/samples").json()["buffer_size"] == 0
+    assert idle_client.get("/jobs", params={"model_id": "split-check"}).json()["count"] == 0
+
+
 @pytest.fixture(scope="module")
 def stream_server(tmp_path_factory):
     """A real server without workers (a job stays buffering: its stream would never end by itself),

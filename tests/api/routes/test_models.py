@@ -289,7 +289,7 @@ def test_weights_round_trip_and_version(client):
 
 
 def test_weights_with_a_wrong_shape_are_rejected(client):
-    create(client, model_id="w2", layer_sizes=[2, 3, 1])
+    create(client, model_id="w2", layer_sizes=[2, 3, 1], activations=["relu", "sigmoid"])  # 1 softmax unit is refused
     weights = client.get("/models/w2/weights").json()
     weights["layers"][1]["biases"] = [0.0, 0.0]
     response = client.put("/models/w2/weights", json={"layers": weights["layers"]})
