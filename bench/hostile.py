@@ -10,11 +10,15 @@ Classes:
       5000 layers (refused in under 1 s, under 100 MiB).
   10  200 event streams at once: past NN_MAX_STREAMS they get 503; /health stays quick.
   json  JSON append and /output throughput, this checkout vs --baseline.
+  long  a long job (4-8-3 model, 6 inline rows, batch 6, 3,000 epochs) on SQLite and on Redis (+ one
+        `python main.py worker`): its duration_seconds against its training time (the sum of its epochs' times),
+        this checkout vs --baseline. A job that rewrote its whole history every epoch took 30-50x its training.
 
     python bench/hostile.py                                   # every class; json needs --baseline
     git worktree add /tmp/base-x 9b2c819
     python bench/hostile.py --baseline /tmp/base-x            # ... and JSON before/after in one run
     python bench/hostile.py --classes 2,json --baseline /tmp/base-x
+    python bench/hostile.py --classes long --baseline /tmp/base-x --epochs 3000   # Redis: NN_BENCH_REDIS_URL
 """
 
 import argparse
@@ -23,6 +27,7 @@ import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -360,12 +365,87 @@ def json_classes(baseline: Path | None, repeats: int) -> bool:
     return ok
 
 
+# -- a long job: work per epoch must not grow with the epochs done ------------------------------------
+LONG_MODEL = {"layer_sizes": [4, 8, 3], "activations": ["relu", "softmax"]}
+
+
+@contextlib.contextmanager
+def backend_server(root: Path, backend: str, redis_url: str):
+    """A service of checkout ``root`` with one worker: its own (embedded), or `python main.py worker` (redis; a fresh
+    key prefix and queue, deleted afterwards)."""
+    if backend == "sqlite":
+        with server(root, NN_WORKERS=1) as (url, _):
+            yield url
+        return
+    tag = f"bench-long-{os.getpid()}-{time.monotonic_ns()}"
+    env = {"NN_BACKEND": "redis", "NN_REDIS_URL": redis_url, "NN_REDIS_PREFIX": tag, "NN_REDIS_QUEUE": tag}
+    with server(root, **env) as (url, _):
+        worker = subprocess.Popen([sys.executable, "main.py", "worker"], cwd=root, env={**os.environ, **env},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            yield url
+        finally:
+            stop_server(worker, timeout=5)
+            import redis  # noqa: PLC0415 (only this class needs it)
+            client = redis.Redis.from_url(redis_url)
+            for key in client.scan_iter(match=f"{tag}:*", count=1000):
+                client.delete(key)
+            for key in client.scan_iter(match=f"rq:*{tag}*", count=1000):
+                client.delete(key)
+
+
+def long_job(url: str, epochs: int) -> tuple[float, float, int]:
+    """(duration_seconds, the sum of its epochs' times, epochs in its history) of one job of ``epochs`` epochs."""
+    rng = np.random.default_rng(0)
+    body = {"epochs": epochs, "batch_size": 6, "inputs": rng.random((6, 4)).round(3).tolist(), "targets": [0, 1, 2, 0, 1, 2]}
+    with httpx.Client(timeout=60) as http:
+        model_id = f"long-{epochs}"
+        http.post(f"{url}/models", json={**LONG_MODEL, "model_id": model_id}).raise_for_status()
+        job_id = http.post(f"{url}/models/{model_id}/training-jobs", json=body).json()["job_id"]
+        deadline = time.monotonic() + 3600
+        while True:
+            job = http.get(f"{url}/jobs/{job_id}").json()
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"job {job_id} did not end within an hour")
+            time.sleep(1.0)
+    assert job["status"] == "succeeded", job
+    return job["duration_seconds"], sum(h.get("time") or 0.0 for h in job["history"]), len(job["history"])
+
+
+def class_long(baseline: Path | None, epochs: int, backends: list[str], redis_url: str) -> bool:
+    """Per checkout and backend, a job of epochs/10 then one of ``epochs``: what each epoch costs beyond training
+    ((duration - training) / epochs) must not grow with the epochs (goal: the long job's at most 2x the short one's)."""
+    roots = {**({"before": baseline} if baseline else {}), "after": ROOT}
+    short = max(1, epochs // 10)
+    print(f"long: jobs of {short:,} and {epochs:,} epochs (4-8-3, 6 rows, batch 6) per checkout and backend; "
+          "duration_seconds vs the sum of the epochs' times" + (f"; this checkout vs {baseline}" if baseline else ""))
+    ok = True
+    for backend in backends:
+        for name, root in roots.items():
+            with backend_server(root, backend, redis_url) as url:
+                runs = [long_job(url, n) for n in (short, epochs)]
+            (d0, t0, n0), (d1, t1, n1) = runs
+            per0, per1 = 1000 * (d0 - t0) / n0, 1000 * (d1 - t1) / n1
+            good = name == "before" or per1 <= 2 * max(per0, 0.5)
+            ok &= good
+            print(f"  {backend:<6} {name:<6} {epochs:,} epochs: duration {d1:7.1f} s, training {t1:5.2f} s "
+                  f"({d1 / t1:5.1f}x); beyond training per epoch {per0:6.2f} ms at {short:,} epochs, {per1:6.2f} ms at "
+                  f"{epochs:,} ({per1 / per0:5.1f}x)" + ("" if name == "before" else f" (goal <= 2x)  {verdict(good)}"))
+    return ok
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--classes", default="1,2,3,10,json", help="comma-separated: 1, 2, 3, 10, json")
+    parser.add_argument("--classes", default="1,2,3,10,json,long", help="comma-separated: 1, 2, 3, 10, json, long")
     parser.add_argument("--baseline", type=Path, help="another checkout (git worktree) for the JSON before/after")
     parser.add_argument("--methods", type=int, default=10_000, help="made-up methods of class 1")
     parser.add_argument("--repeats", type=int, default=5, help="requests per JSON measurement")
+    parser.add_argument("--epochs", type=int, default=3000, help="epochs of the long job")
+    parser.add_argument("--backends", default="sqlite,redis", help="backends of the long job: sqlite, redis")
+    parser.add_argument("--redis-url", default=os.environ.get("NN_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"),
+                        help="the Redis of the long job's redis backend (a fresh key prefix, deleted afterwards)")
     args = parser.parse_args()
     classes = args.classes.split(",")
     results = {}
@@ -379,6 +459,8 @@ def main() -> None:
         results["10"] = class_10()
     if "json" in classes:
         results["json"] = json_classes(args.baseline, args.repeats)
+    if "long" in classes:
+        results["long"] = class_long(args.baseline, args.epochs, args.backends.split(","), args.redis_url)
     print("summary: " + ", ".join(f"class {k} {verdict(v)}" for k, v in results.items()))
 
 
