@@ -25,23 +25,25 @@ from .api import ApiError, Client, trials_ran
 
 
 def load_data(path, n_targets=1, with_targets=True):
-    """(inputs, targets) from a CSV or .npz file; targets is None when with_targets is False. A ValueError names
-    the file, and the line and column where a CSV is not rows of numbers."""
+    """(inputs, targets) from a CSV or .npz file; targets is None when with_targets is False (predict: the file
+    holds inputs only). A ValueError names the file, and the line and column where a CSV is not rows of numbers,
+    and says what to give: a train file holds inputs then targets, a predict file inputs."""
+    give = _wanted(with_targets)
     extension = os.path.splitext(path)[1].lower()
     if extension == ".npy":
-        raise ValueError(f"{path} is one .npy array; give a CSV (inputs, then targets), or an .npz holding x and y "
-                         "(numpy.savez(path, x=..., y=...))")
+        raise ValueError(f"{path} is one .npy array; give {give}")
     if extension == ".npz":
         return _load_npz(path, with_targets)
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = [(number, row) for number, row in enumerate(csv.reader(handle), 1) if any(cell.strip() for cell in row)]
     except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text: give a CSV file, or an .npz holding x and y") from None
+        raise ValueError(f"{path} is not UTF-8 text: give {give}") from None
     if rows and not all(_is_number(cell) for cell in rows[0][1]):
         rows = rows[1:]  # a header
     if not rows:
-        raise ValueError(f"{path} holds no rows of numbers; give one sample per line, inputs then targets")
+        raise ValueError(f"{path} holds no rows of numbers; give one sample per line, "
+                         f"{'inputs then targets' if with_targets else 'its inputs'}")
     width = len(rows[0][1])
     try:
         data = np.array([row for _, row in rows], dtype=float)
@@ -65,6 +67,13 @@ def load_data(path, n_targets=1, with_targets=True):
     return x, (y[:, 0] if n_targets == 1 else y)
 
 
+def _wanted(with_targets):
+    """What a data file holds, for messages: train's file has targets, predict's only inputs."""
+    if with_targets:
+        return "a CSV (inputs, then targets), or an .npz holding x and y (numpy.savez(path, x=..., y=...))"
+    return "a CSV of inputs (one sample per row), or an .npz holding x (numpy.savez(path, x=...))"
+
+
 def _is_number(cell):
     try:
         float(cell)
@@ -75,18 +84,19 @@ def _is_number(cell):
 
 def _load_npz(path, with_targets):
     with open(path, "rb") as handle:
+        save = "numpy.savez(path, x=..., y=...)" if with_targets else "numpy.savez(path, x=...)"
         if not handle.read(2) == b"PK":
-            raise ValueError(f"{path} is not an .npz (zip) file; save one with numpy.savez(path, x=..., y=...)")
+            raise ValueError(f"{path} is not an .npz (zip) file; save one with {save}")
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as error:  # a damaged zip (BadZipFile), truncated, ...
-        raise ValueError(f"{path} is not an .npz file numpy reads ({error}); save one with "
-                         "numpy.savez(path, x=..., y=...)") from None
+        raise ValueError(f"{path} is not an .npz file numpy reads ({error}); save one with {save}") from None
     with archive:
         names = ("x", "y") if "x" in archive.files else ("inputs", "targets")
         missing = [name for name in names[:1 + with_targets] if name not in archive.files]
         if missing:
-            raise ValueError(f"{path} has no array {missing[0]!r} (x and y, or inputs and targets); it holds: "
+            arrays = "x and y, or inputs and targets" if with_targets else "x, or inputs"
+            raise ValueError(f"{path} has no array {missing[0]!r} ({arrays}); it holds: "
                              f"{', '.join(archive.files) or 'nothing'}")
         return archive[names[0]], archive[names[1]] if with_targets else None
 

@@ -192,3 +192,31 @@ def test_ctrl_c_while_watching_stops_watching_with_a_line_not_a_traceback(server
     stderr = drawn + process.stderr.read()
     assert process.wait(timeout=60) == 130
     assert f"stopped watching; job {job.job_id} goes on" in stderr and "Traceback" not in stderr, stderr
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["predict"], "is one .npy array; give a CSV of inputs (one sample per row), or an .npz holding x "
+                  "(numpy.savez(path, x=...))"),  # was 'give a CSV (inputs, then targets)' to a command that takes none
+    (["train"], "is one .npy array; give a CSV (inputs, then targets), or an .npz holding x and y "
+               "(numpy.savez(path, x=..., y=...))"),
+])
+def test_a_npy_file_gets_a_message_that_fits_the_command(tmp_path, capsys, argv, words):
+    from client.__main__ import main
+
+    numpy.save(tmp_path / "one.npy", numpy.ones((2, 2)))
+    assert main(["--url", "http://127.0.0.1:9", *argv, "--model", "m", "--data", str(tmp_path / "one.npy")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'one.npy'} {words}\n"
+
+
+def test_predict_files_are_described_as_inputs_only(tmp_path, capsys):
+    from client.__main__ import main
+
+    numpy.savez(tmp_path / "other.npz", features=numpy.ones((2, 2)))
+    (tmp_path / "empty.csv").write_text("a,b\n")
+    (tmp_path / "latin.csv").write_bytes(b"\xe9,1\n")
+    for name, words in (("other.npz", "has no array 'inputs' (x, or inputs); it holds: features"),
+                        ("empty.csv", "holds no rows of numbers; give one sample per line, its inputs"),
+                        ("latin.csv", "is not UTF-8 text: give a CSV of inputs (one sample per row), or an .npz holding x")):
+        assert main(["--url", "http://127.0.0.1:9", "predict", "--model", "m", "--data", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "targets" not in err and " y" not in err, err
