@@ -2,6 +2,7 @@
 
     python -m client train --model moons --data examples/data/moons.csv --create 2,16,1 --activations relu,sigmoid --epochs 50 --watch
     python -m client status JOB_ID [--watch] [--history] [--json]
+    python -m client jobs [--model M] [--status S] [--kind training|search] [--limit N]
     python -m client predict --model moons --data examples/data/moons-new.csv
     python -m client export --model moons --out moons.onnx --format onnx
     python -m client whoami [--json]
@@ -17,6 +18,7 @@ import math
 import os
 import re
 import sys
+from datetime import datetime
 
 import httpx
 import numpy as np
@@ -232,6 +234,53 @@ def cmd_status(api, args):
     return 0
 
 
+JOB_STATUSES = ("buffering", "queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+
+
+def job_line(record):
+    """One job on one line: id, model, kind, status, how far it got (epochs, or a search's trials), when submitted."""
+    search = record.get("search") or {}
+    if search.get("trials_total"):
+        where = f"trials {trials_ran(search)}/{search['trials_total']}"
+    else:
+        progress = record.get("progress") or {}
+        running = record["status"] in ("running", "cancelling")
+        epoch = progress.get("epoch") if running and progress.get("epoch") else record.get("epochs_completed") or 0
+        epochs = progress.get("epochs") or (record.get("params") or {}).get("epochs")
+        where = f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}"
+    created = record.get("created_at") or ""
+    try:
+        created = datetime.fromisoformat(created.replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        pass
+    return [record["job_id"], record["model_id"], record.get("kind", "training"), record["status"], where, created]
+
+
+def cmd_jobs(api, args):
+    """GET /jobs, newest first, following next_offset until --limit jobs are listed; a line on stderr says when
+    more match."""
+    params = {key: value for key, value in (("model_id", args.model), ("status", args.status), ("kind", args.kind))
+              if value is not None}
+    records, offset, count = [], 0, 0
+    while offset is not None and len(records) < args.limit:
+        page = api._json("GET", "/jobs", params={**params, "offset": offset, "limit": min(500, args.limit - len(records))})
+        records += page["data"]
+        offset, count = page.get("next_offset"), page.get("count", len(records))
+        if not page["data"]:
+            break
+    asked = " ".join(f"--{'model' if key == 'model_id' else key} {value}" for key, value in params.items())
+    if not records:
+        print(f"no jobs{' match ' + asked if asked else ''}", file=sys.stderr)
+        return 0
+    rows = [["JOB", "MODEL", "KIND", "STATUS", "PROGRESS", "CREATED"]] + [job_line(record) for record in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    if count > len(records):
+        print(f"{len(records)} of {count} jobs, newest first: --limit {count} lists them all", file=sys.stderr)
+    return 0
+
+
 def cmd_predict(api, args):
     x, _ = load_data(args.data, with_targets=False)
     writer = csv.writer(sys.stdout)
@@ -290,6 +339,16 @@ def cmd_export(api, args):
     return 0
 
 
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
 def build_parser():
     prog = "nn" if os.path.basename(sys.argv[0]) == "nn" else "python -m client"  # the console script, or -m
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
@@ -322,6 +381,13 @@ def build_parser():
     status.add_argument("--history", action="store_true", help="also print every epoch's loss, accuracy, validation metrics and learning rate")
     status.add_argument("--json", action="store_true", help="print the job's full JSON record instead")
     status.set_defaults(run=cmd_status)
+
+    jobs = commands.add_parser("jobs", help="jobs of every model, newest first: id, model, kind, status, progress, created")
+    jobs.add_argument("--model", help="only the jobs of this model id")
+    jobs.add_argument("--status", choices=JOB_STATUSES, help="only jobs in this status")
+    jobs.add_argument("--kind", choices=("training", "search"), help="only training or search jobs")
+    jobs.add_argument("--limit", type=_positive, default=20, help="list at most this many, the newest (default 20)")
+    jobs.set_defaults(run=cmd_jobs)
 
     predict = commands.add_parser("predict", help="outputs (and class predictions) as CSV")
     predict.add_argument("--model", required=True, help="model id")

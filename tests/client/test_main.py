@@ -194,6 +194,69 @@ def test_ctrl_c_while_watching_stops_watching_with_a_line_not_a_traceback(server
     assert f"stopped watching; job {job.job_id} goes on" in stderr and "Traceback" not in stderr, stderr
 
 
+def nn_main(capsys, server, *argv):
+    """`nn ARGV` in this process: (exit status, stdout, stderr)."""
+    from client.__main__ import main
+
+    code = main(["--url", server, *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_jobs_lists_one_line_per_job_newest_first_with_filters(server, capsys):
+    from client import Client
+
+    with Client(server) as api:
+        api.create_model([2, 1], model_id="listed", seed=0)
+        x, y = numpy.zeros((4, 2)), numpy.zeros(4)
+        first = api.train("listed", inputs=x, targets=y, epochs=2)
+        first.wait(timeout=60)
+        waiting = api.train("listed", min_samples=1000, epochs=7)
+        search = api.search("listed", {"learning_rate": [0.1, 0.01]}, inputs=numpy.zeros((8, 2)), targets=numpy.zeros(8),
+                            folds=2, epochs=1)
+        search.wait(timeout=60)
+    try:
+        code, out, err = nn_main(capsys, server, "jobs", "--model", "listed")
+        assert (code, err) == (0, "")
+        rows = [line.split("  ") for line in out.splitlines()]
+        rows = [[cell.strip() for cell in row if cell.strip()] for row in rows]
+        assert rows[0] == ["JOB", "MODEL", "KIND", "STATUS", "PROGRESS", "CREATED"]
+        assert [row[:5] for row in rows[1:]] == [[search.job_id, "listed", "search", "succeeded", "trials 2/2"],
+                                                 [waiting.job_id, "listed", "training", "buffering", "epoch 0/7"],
+                                                 [first.job_id, "listed", "training", "succeeded", "epoch 2/2"]]
+        assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", row[5]) for row in rows[1:])
+        code, out, err = nn_main(capsys, server, "jobs", "--model", "listed", "--kind", "training", "--status", "succeeded")
+        assert code == 0 and [line.split()[0] for line in out.splitlines()[1:]] == [first.job_id]
+        code, out, err = nn_main(capsys, server, "jobs", "--model", "listed", "--limit", "1")
+        assert [line.split()[0] for line in out.splitlines()[1:]] == [search.job_id]
+        assert err == "1 of 3 jobs, newest first: --limit 3 lists them all\n"
+        assert nn_main(capsys, server, "jobs", "--model", "listed", "--status", "running") == (
+            0, "", "no jobs match --model listed --status running\n")
+    finally:
+        with Client(server) as api:
+            api.job(waiting.job_id).cancel()
+
+
+def test_jobs_follows_next_offset_when_a_page_holds_fewer_than_its_limit(tmp_path, capsys):
+    """NN_MAX_LIST_BYTES cuts a page of long histories short; the listing goes on from next_offset."""
+    from client import Client
+
+    url, process = start_server(tmp_path / "data", NN_MAX_LIST_BYTES=str(64 * 1024))
+    try:
+        with Client(url) as api:
+            api.create_model([2, 1], model_id="long", seed=0)
+            jobs = [api.train("long", inputs=numpy.zeros((4, 2)), targets=numpy.zeros(4), epochs=500, batch_size=4)
+                    for _ in range(3)]
+            for job in jobs:
+                job.wait(timeout=120)
+            assert api._json("GET", "/jobs", params={"limit": 3})["next_offset"] is not None  # a short page
+        code, out, err = nn_main(capsys, url, "jobs")
+        assert (code, err) == (0, "")
+        assert [line.split()[0] for line in out.splitlines()[1:]] == [job.job_id for job in reversed(jobs)]
+    finally:
+        stop_server(process)
+
+
 @pytest.mark.parametrize("argv, words", [
     (["predict"], "is one .npy array; give a CSV of inputs (one sample per row), or an .npz holding x "
                   "(numpy.savez(path, x=...))"),  # was 'give a CSV (inputs, then targets)' to a command that takes none
