@@ -3,6 +3,7 @@
     python -m client train --model moons --data examples/data/moons.csv --create 2,16,1 --activations relu,sigmoid --epochs 50 --watch
     python -m client status JOB_ID [--watch] [--history] [--json]
     python -m client jobs [--model M] [--status S] [--kind training|search] [--limit N]
+    python -m client cancel JOB_ID
     python -m client predict --model moons --data examples/data/moons-new.csv
     python -m client export --model moons --out moons.onnx --format onnx
     python -m client whoami [--json]
@@ -23,7 +24,7 @@ from datetime import datetime
 import httpx
 import numpy as np
 
-from .api import ApiError, Client, trials_ran
+from .api import TERMINAL, ApiError, Client, _id, trials_ran
 
 
 def load_data(path, n_targets=1, with_targets=True):
@@ -143,7 +144,7 @@ def watch(job):
         return job.wait(progress=True)
     except KeyboardInterrupt:
         print(f"\nstopped watching; job {job.job_id} goes on: `nn status {job.job_id} --watch` follows it again, "
-              f"POST /jobs/{job.job_id}/cancel stops it", file=sys.stderr)
+              f"`nn cancel {job.job_id}` stops it", file=sys.stderr)
         raise SystemExit(130) from None
     except BaseException:
         print(file=sys.stderr)  # the bar's line ends before the error's
@@ -231,6 +232,27 @@ def cmd_status(api, args):
     print(summary(record, history_shown=args.history))
     if args.history:
         print(history_table(record))
+    return 0
+
+
+def cmd_cancel(api, args):
+    """POST /jobs/{id}/cancel: a waiting job ends cancelled at once, a running one is cancelling until its worker
+    stops (within one batch). A job that already ended says how, with exit status 1: nothing was cancelled."""
+    try:
+        record = api._json("POST", f"/jobs/{_id(args.job_id)}/cancel")
+    except ApiError as error:
+        if error.status_code != 409:
+            raise
+        record = api.job(args.job_id).record
+        if record["status"] not in TERMINAL:  # a 409 for another reason
+            raise
+        print(f"job {args.job_id} already ended ({record['status']}): nothing to cancel", file=sys.stderr)
+        return 1
+    if record["status"] == "cancelling":
+        print(f"job {args.job_id} cancelling: it stops within one batch (`nn status {args.job_id} --watch` follows it "
+              "to the end)")
+    else:
+        print(f"job {args.job_id} {record['status']}")
     return 0
 
 
@@ -388,6 +410,10 @@ def build_parser():
     jobs.add_argument("--kind", choices=("training", "search"), help="only training or search jobs")
     jobs.add_argument("--limit", type=_positive, default=20, help="list at most this many, the newest (default 20)")
     jobs.set_defaults(run=cmd_jobs)
+
+    cancel = commands.add_parser("cancel", help="cancel a waiting or running job (exit status 1 if it already ended)")
+    cancel.add_argument("job_id", help="the id `train` printed (`jobs` lists them)")
+    cancel.set_defaults(run=cmd_cancel)
 
     predict = commands.add_parser("predict", help="outputs (and class predictions) as CSV")
     predict.add_argument("--model", required=True, help="model id")

@@ -192,6 +192,7 @@ def test_ctrl_c_while_watching_stops_watching_with_a_line_not_a_traceback(server
     stderr = drawn + process.stderr.read()
     assert process.wait(timeout=60) == 130
     assert f"stopped watching; job {job.job_id} goes on" in stderr and "Traceback" not in stderr, stderr
+    assert f"`nn cancel {job.job_id}` stops it" in stderr and "POST" not in stderr, stderr  # a command, not a route
 
 
 def nn_main(capsys, server, *argv):
@@ -201,6 +202,31 @@ def nn_main(capsys, server, *argv):
     code = main(["--url", server, *argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def test_cancel_a_waiting_job_a_running_one_and_one_that_ended(server, capsys):
+    """`nn cancel` did not exist: the Ctrl-C line sent users to POST /jobs/<id>/cancel."""
+    import time
+
+    from client import Client
+
+    with Client(server) as api:
+        api.create_model([2, 1], model_id="cancelled", seed=0)
+        waiting = api.train("cancelled", min_samples=1000)  # buffering: waits for samples that never come
+        # hours of one-sample batches (NN_MAX_EPOCHS caps epochs): still running when cancelled
+        running = api.train("cancelled", inputs=numpy.zeros((2000, 2)), targets=numpy.zeros(2000), epochs=10_000,
+                            batch_size=1)
+        deadline = time.monotonic() + 60
+        while running.refresh()["status"] != "running":
+            assert time.monotonic() < deadline, running.record["status"]
+            time.sleep(0.05)
+        assert nn_main(capsys, server, "cancel", waiting.job_id) == (0, f"job {waiting.job_id} cancelled\n", "")
+        code, out, err = nn_main(capsys, server, "cancel", running.job_id)
+        assert (code, err) == (0, "") and out == (f"job {running.job_id} cancelling: it stops within one batch "
+                                                  f"(`nn status {running.job_id} --watch` follows it to the end)\n")
+        assert running.wait(timeout=60)["status"] == "cancelled"
+        assert nn_main(capsys, server, "cancel", running.job_id) == (
+            1, "", f"job {running.job_id} already ended (cancelled): nothing to cancel\n")
 
 
 def test_jobs_lists_one_line_per_job_newest_first_with_filters(server, capsys):
