@@ -20,6 +20,7 @@ import os
 import re
 import sys
 from datetime import datetime
+from urllib.parse import unquote
 
 import httpx
 import numpy as np
@@ -121,6 +122,7 @@ def cmd_train(api, args):
         print(f"created model {model['model_id']}", file=sys.stderr)
     if y is not None and y.ndim == 1 and args.labels:
         y = y.astype(int)
+    args.fitting_sizes = fitting_sizes(x, y, args.labels)  # for the hint when the model does not exist
     try:
         job = api.train(args.model, inputs=x, targets=y, **_hyper_parameters(args))
     except ApiError as error:
@@ -136,6 +138,15 @@ def cmd_train(api, args):
         record = watch(job)
         return 0 if record["status"] == "succeeded" else 1
     return 0
+
+
+def fitting_sizes(x, y, labels):
+    """Layer sizes that fit a training file, for the hint to create its model: its inputs, a hidden layer of 16,
+    and one output per target column (one per class, for --labels with more than two classes)."""
+    outputs = 1 if y.ndim == 1 else y.shape[1]
+    if labels and y.ndim == 1 and len(y) and int(y.max()) + 1 > 2:
+        outputs = int(y.max()) + 1
+    return [x.shape[1] if x.ndim == 2 else 1, 16, outputs]
 
 
 def watch(job):
@@ -442,10 +453,69 @@ def unreachable(url, error):
     return f"cannot reach {url} ({reason}); is the service running? (--url / NN_URL)"
 
 
+class _Client(Client):
+    """The Client, whose ApiErrors carry the request that got them (`error.request`: method and path), so that
+    main() answers with what to do on this command line rather than with the API's hint."""
+
+    def request(self, method, path, **kwargs):
+        try:
+            return super().request(method, path, **kwargs)
+        except ApiError as error:
+            error.request = (method, path)
+            raise
+
+
+def _no_model(args, model):
+    sizes = getattr(args, "fitting_sizes", None)
+    if args.command == "train" and not args.create and sizes:
+        return (f"model {model!r} does not exist; to create it, add --create {','.join(map(str, sizes))} (layer sizes: "
+                f"this file's {_count(sizes[0], 'input')}, a hidden layer of {sizes[1]}, {_count(sizes[2], 'output')})")
+    if args.command in ("predict", "export"):
+        return (f"model {model!r} does not exist; `nn train --model {model} --data FILE --create SIZES` creates and "
+                "trains it")
+    return None
+
+
+def _count(n, thing):
+    return f"{n} {thing}{'' if n == 1 else 's'}"
+
+
+def _no_job(args, job):
+    return f"job {job!r} does not exist; `nn jobs` lists the jobs, newest first (--model M for one model's)"
+
+
+def _model_exists(args):
+    if args.command == "train" and args.create:
+        return (f"model {args.model!r} already exists; leave out --create (and --activations, --seed) to train it "
+                "further, or choose another --model")
+    return None
+
+
+# (status, method, route) -> the hint this command line gives, or None for the service's own message
+HINTS = [
+    (404, "POST", r"/models/([^/]+)/training-jobs", _no_model),
+    (404, "POST", r"/models/([^/]+)/output", _no_model),
+    (404, "GET", r"/models/([^/]+)/export", _no_model),
+    (409, "POST", r"/models", _model_exists),
+    (404, "GET", r"/jobs/([^/]+)", _no_job),
+    (404, "POST", r"/jobs/([^/]+)/cancel", _no_job),
+]
+
+
+def hint(error, args):
+    """What to do about an API error on this command line, from its status and route; None to show the service's."""
+    method, path = getattr(error, "request", (None, ""))
+    for status, verb, route, answer in HINTS:
+        match = re.fullmatch(route, path)
+        if error.status_code == status and method == verb and match:
+            return answer(args, *map(unquote, match.groups()))
+    return None
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        with Client(args.url, api_key=args.api_key) as api:
+        with _Client(args.url, api_key=args.api_key) as api:
             code = args.run(api, args)
             sys.stdout.flush()  # a reader that went away shows here, inside the try, not at interpreter exit
             return code
@@ -457,7 +527,8 @@ def main(argv=None):
         print(f"error: {unreachable(args.url, error)}", file=sys.stderr)
         return 1
     except ApiError as error:
-        print(f"error: {error}", file=sys.stderr)
+        told = hint(error, args)  # the service's status stays: scripts and logs grep for it
+        print(f"error: {f'HTTP {error.status_code}: {told}' if told else error}", file=sys.stderr)
         return 2
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -204,6 +204,40 @@ def nn_main(capsys, server, *argv):
     return code, captured.out, captured.err
 
 
+def test_train_without_create_on_a_missing_model_says_to_add_create_with_sizes_that_fit_the_file(server, tmp_path, capsys):
+    """It said 'create it with POST /models', the API's hint, which the command line has no use for."""
+    code, out, err = nn_main(capsys, server, "train", "--model", "absent", "--data", str(ROOT / "examples/data/moons.csv"))
+    assert (code, out) == (2, "")
+    assert err == ("error: HTTP 404: model 'absent' does not exist; to create it, add --create 2,16,1 (layer sizes: this file's "
+                   "2 inputs, a hidden layer of 16, 1 output)\n")
+    (tmp_path / "three.csv").write_text("0,0,0\n1,1,1\n2,2,2\n0,1,0\n")  # --labels with 3 classes: one output each
+    code, out, err = nn_main(capsys, server, "train", "--model", "absent", "--data", str(tmp_path / "three.csv"), "--labels")
+    assert code == 2 and "add --create 2,16,3 (layer sizes: this file's 2 inputs, a hidden layer of 16, 3 outputs)" in err
+
+
+def test_create_on_an_existing_model_says_to_leave_out_create(server, capsys):
+    """Re-running the README's `train ... --create` said 'DELETE /models/moons first'."""
+    argv = ("train", "--model", "again", "--data", str(ROOT / "examples/data/moons.csv"), "--create", "2,4,1",
+            "--epochs", "1", "--watch")
+    assert nn_main(capsys, server, *argv)[0] == 0
+    code, out, err = nn_main(capsys, server, *argv)
+    assert (code, out) == (2, "")
+    assert err == ("error: HTTP 409: model 'again' already exists; leave out --create (and --activations, --seed) to train it "
+                   "further, or choose another --model\n")
+    assert nn_main(capsys, server, *[a for a in argv if a not in ("--create", "2,4,1")])[0] == 0  # as it says
+
+
+def test_an_unknown_job_or_model_points_to_the_commands_that_list_or_make_them(server, capsys):
+    """`status nope` said 'list jobs with GET /jobs'; predict and export on a missing model 'POST /models'."""
+    for argv in (("status", "nope"), ("status", "nope", "--watch"), ("cancel", "nope")):
+        assert nn_main(capsys, server, *argv) == (2, "", "error: HTTP 404: job 'nope' does not exist; `nn jobs` lists the jobs, "
+                                                         "newest first (--model M for one model's)\n"), argv
+    for argv in (("predict", "--model", "nope", "--data", str(ROOT / "examples/data/moons-new.csv")),
+                 ("export", "--model", "nope", "--out", os.devnull)):
+        assert nn_main(capsys, server, *argv) == (2, "", "error: HTTP 404: model 'nope' does not exist; `nn train --model nope "
+                                                         "--data FILE --create SIZES` creates and trains it\n"), argv
+
+
 def test_cancel_a_waiting_job_a_running_one_and_one_that_ended(server, capsys):
     """`nn cancel` did not exist: the Ctrl-C line sent users to POST /jobs/<id>/cancel."""
     import time
