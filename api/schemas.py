@@ -5,7 +5,7 @@ import time
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from neural_net.network import MAX_CLASS_NAME_LENGTH
@@ -20,6 +20,19 @@ Rate = Annotated[float, Field(ge=0, lt=1)]  # a dropout rate
 ClassName = Annotated[str, Field(min_length=1, max_length=MAX_CLASS_NAME_LENGTH)]
 # 2-D rows, or one per sample: a class index or class name (classifiers), or the value (single output).
 Targets = Rows | list[float] | list[ClassName]
+
+
+
+def _optimizer_name(value: Any) -> Any:
+    """An object (the core's {"name", **options} config) in `optimizer` is told where its parts go."""
+    if isinstance(value, dict):
+        raise PydanticCustomError("optimizer_object", "send the name as text in `optimizer`, its options in `optimizer_options` and the "
+                                  'rate in `learning_rate`: {"optimizer": "momentum", "optimizer_options": {"momentum": 0.5}, "learning_rate": 0.1}')
+    return value
+
+
+OptimizerName = Annotated[str, BeforeValidator(_optimizer_name)]
+OptimizerOptions = dict[str, float]
 
 IRIS_X = [[5.1, 3.5, 1.4, 0.2], [4.9, 3.0, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4],
           [6.4, 3.2, 4.5, 1.5], [6.3, 3.3, 6.0, 2.5], [5.8, 2.7, 5.1, 1.9]]
@@ -289,8 +302,8 @@ class JobCreate(Request):
                                                    "false trains on a copy and leaves the buffer as it is.")
     epochs: int = Field(10, ge=1, description="Epochs to train (at most NN_MAX_EPOCHS).")
     batch_size: int = Field(32, ge=1, description="Samples per gradient step.")
-    optimizer: str = Field("adam", description="Optimizer name, e.g. 'sgd', 'momentum', 'rmsprop', 'adam'.")
-    optimizer_options: dict[str, float] | None = Field(None, description="The optimizer's own options, e.g. {'momentum': 0.5}, {'beta2': 0.99} (adam); the rate is learning_rate.")
+    optimizer: OptimizerName = Field("adam", description="Optimizer name, e.g. 'sgd', 'momentum', 'rmsprop', 'adam'.")
+    optimizer_options: OptimizerOptions | None = Field(None, description="The optimizer's own options, e.g. {'momentum': 0.5}, {'beta2': 0.99} (adam); the rate is learning_rate.")
     learning_rate: float | None = Field(None, gt=0, description="Step size; the optimizer's default when absent.")
     schedule: str | None = Field(None, description="Learning-rate schedule: 'constant', 'exponential', 'step', 'cosine' or "
                                                    "'reduce_on_plateau' (options factor, patience, min_lr, min_delta; on "
@@ -310,12 +323,6 @@ class JobCreate(Request):
     max_loss_ratio: float | None = Field(None, gt=1, description="The job fails as diverged, and the model keeps its weights "
                                          "from before the job, if its final loss (on the samples of its final metrics) is "
                                          "more than this many times the loss it started from; NN_MAX_LOSS_RATIO when absent.")
-    @field_validator("optimizer", mode="before")  # a class method, as its first argument is cls
-    def _a_name(cls, value: Any) -> Any:  # an object (the core's {"name", **options} config) is told where its parts go
-        if isinstance(value, dict):
-            raise PydanticCustomError("optimizer_object", "send the name as text in `optimizer`, its options in `optimizer_options` and the "
-                                      'rate in `learning_rate`: {"optimizer": "momentum", "optimizer_options": {"momentum": 0.5}, "learning_rate": 0.1}')
-        return value
 
 
 class Progress(BaseModel):
@@ -338,57 +345,7 @@ class Progress(BaseModel):
     best: dict[str, Any] | None = Field(None, description="Search jobs: the best trial so far, {index, score, params}.")
 
 
-# -- search jobs --------------------------------------------------------------------
-class SearchRange(Request):
-    low: float = Field(description="Smallest value.")
-    high: float = Field(description="Largest value (>= low).")
-    log: bool = Field(False, description="Draw uniformly in log space (low > 0), e.g. for learning rates.")
-    integer: bool = Field(False, description="Draw among the whole numbers in [low, high], each equally likely (with "
-                                             "`log`, by its log-uniform share), e.g. for epochs or batch sizes; "
-                                             "a range holding no whole number is a 422.")
-
-
-class SearchCreate(Request):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "inputs": IRIS_X, "targets": IRIS_Y, "space": {"hidden_sizes": [[8], [16]], "learning_rate": [0.01, 0.05]},
-        "folds": 2, "metric": "accuracy", "seed": 0, "epochs": 30, "batch_size": 2, "apply_best": True}]})
-
-    space: dict[str, list[Any] | SearchRange] = Field(
-        min_length=1, description="Values to try per hyper-parameter: hidden_sizes (lists of units), activation, dropout, "
-        "weight_init, bias_init (the network: every trial is the model's own layers, options and output layer with only "
-        "these replaced; hidden_sizes gives the hidden dense layers' units, another count only when they repeat one block), epochs, batch_size, optimizer, learning_rate, l1, l2, schedule, "
-        "schedule_options, clip_norm, early_stopping, shuffle (training). Without `trials`: every combination of the "
-        "lists (a grid). With `trials`: that many random draws; a value may then also be a range {low, high, log, integer}.")
-    trials: int | None = Field(None, ge=1, le=1000, description="Random search: number of draws from `space`; absent: the whole grid.")
-    folds: int | None = Field(None, ge=2, le=20, description="Score each trial by stratified k-fold cross-validation "
-                                                            "(mean over folds); absent: one hold-out split.")
-    validation_split: float = Field(0.2, gt=0, lt=1, description="Without `folds`: fraction held out (after a seeded shuffle) to score each trial.")
-    metric: str = Field("loss", description="Validation metric that ranks trials: loss, accuracy, precision, recall, f1 "
-                                            "(roc_auc for binary) for classifiers; loss, mae, rmse, r2, pearson_r for "
-                                            "regression. Loss-like metrics rank lowest first.")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the search: random draws and the folds or hold-out "
-                                           "split, the same for every trial; trial i's network and shuffling use seed + i, "
-                                           "so the same request gives the same ranking.")
-    apply_best: bool = Field(False, description="When every trial has ended, train a new network of the best "
-                                                "configuration on all the job's samples and make it the model (version + 1).")
-    epochs: int = Field(10, ge=1, description="Epochs of each trial unless `space` searches it.")
-    batch_size: int = Field(32, ge=1, description="Batch size of each trial unless searched.")
-    optimizer: str = Field("adam", description="Optimizer of each trial unless searched.")
-    learning_rate: float | None = Field(None, gt=0, description="Learning rate of each trial unless searched; the optimizer's default when absent.")
-    l1: float = Field(0.0, ge=0, description="L1 penalty of each trial unless searched.")
-    l2: float = Field(0.0, ge=0, description="L2 penalty of each trial unless searched.")
-    inputs: Rows | None = Field(None, description="The search's own samples (the buffer is not used or changed); absent: "
-                                                  "the search waits for and uses the model's buffer.")
-    targets: Targets | None = Field(None, description="Targets of `inputs`: rows, or one class index / value per sample.")
-    dataset: DatasetId | None = Field(None, description="Search on this uploaded dataset (POST /datasets) instead of "
-                                                        "inline samples or the buffer.")
-    min_samples: int = Field(1, ge=1, le=2**31 - 1, description="Without inputs: the job waits in 'buffering' until the buffer holds this many samples (at least `folds`).")
-    consume_buffer: bool = Field(False, description="Take the buffered samples out of the buffer. Default false: the search "
-                                                    "uses a copy. When true, they are used up only if apply_best trains the "
-                                                    "model with them; otherwise they go back to the buffer when the search ends.")
-    notify: NotifyTarget | None = Field(None, description="POST the final job record to this URL when the job ends (README: Notifications).")
-
-
+# -- search jobs (their request body is in api/search_schemas.py) -------------------
 class TrialPublic(BaseModel):
     index: int = Field(description="Position of the trial in the grid or among the random draws.")
     status: Literal["pending", "running", "succeeded", "failed", "cancelled"] = Field(description="State of the trial.")

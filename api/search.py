@@ -23,7 +23,8 @@ from neural_net.errors import NeuralNetError
 from neural_net.selection import FIT_PARAMETERS, grid, random_samples, split_params
 
 from api.errors import InvalidInput
-from api.schemas import JobCreate, SearchCreate
+from api.schemas import JobCreate
+from api.search_schemas import SearchCreate
 from api.records import log_transition
 from api.search_trials import trial_config
 from api.services import Service
@@ -48,7 +49,8 @@ def submit_search(service: Service, model_id: str, req: SearchCreate, owner: str
         raise InvalidInput(f"metric {req.metric!r} is not reported for this {info['task']} model; valid: {', '.join(valid)}")
     candidates = _candidates(req)
     defaults = {"epochs": req.epochs, "batch_size": req.batch_size, "optimizer": req.optimizer,
-                "learning_rate": req.learning_rate, "l1": req.l1, "l2": req.l2}
+                "learning_rate": req.learning_rate, "l1": req.l1, "l2": req.l2,
+                **({"optimizer_options": req.optimizer_options} if req.optimizer_options else {})}
     built: set[str] = set()
     for i, params in enumerate(candidates):
         _check_candidate(service, info, defaults, params, f"trial {i} {params}", built)

@@ -109,14 +109,30 @@ class _TrialCallback(Callback):
         return False
 
 
+def with_optimizer_options(params: dict[str, Any], defaults: dict[str, Any] | None) -> tuple[dict, dict]:
+    """A trial's params and the core's fit defaults, the search's ``optimizer_options`` given to the trial's optimizer
+    (searched or the default) as fit takes them, {"name": ..., **options}; submit checked that each optimizer takes
+    them."""
+    defaults = dict(defaults or {})
+    options = defaults.pop("optimizer_options", None)
+    if options:
+        optimizer = {"name": params.get("optimizer", defaults.get("optimizer", "adam")), **options}
+        if "optimizer" in params:
+            params = {**params, "optimizer": optimizer}
+        else:
+            defaults["optimizer"] = optimizer
+    return params, defaults
+
+
 def run_search_trial(store: Store, job: JobRecord, trial: dict, settings: Settings, stop_event) -> JobRecord:
     """Scores one claimed trial and records it; a stopping worker gives the trial back (it re-runs from the start)."""
     index, p = trial["index"], job.params
     try:
         _, model = store.load_model(job.model_id)
         x, y, _ = job_samples(store, job, settings, model.info)
-        result = run_trial(builder_for(model.info), x, y, trial["params"], index, p["metric"], p.get("folds"),
-                           p.get("validation_split") or 0.2, p.get("seed"), p.get("defaults"),
+        params, defaults = with_optimizer_options(trial["params"], p.get("defaults"))
+        result = run_trial(builder_for(model.info), x, y, params, index, p["metric"], p.get("folds"),
+                           p.get("validation_split") or 0.2, p.get("seed"), defaults,
                            callbacks=[_TrialCallback(store, job.job_id, stop_event)])
     except TrialStopped as stop:
         if stop.reason == "shutdown":

@@ -30,7 +30,8 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from api.schemas import ModelCreate, SearchCreate  # noqa: E402
+from api.schemas import ModelCreate  # noqa: E402
+from api.search_schemas import SearchCreate  # noqa: E402
 from api.search import submit_search  # noqa: E402
 from api.services import Service  # noqa: E402
 from api.settings import Settings  # noqa: E402

@@ -3,7 +3,8 @@ from fastapi import APIRouter, Depends, Response
 from api.auth import creator_name, visible_owner
 from api.json_body import JsonBodyRoute
 from api.routes import get_service
-from api.schemas import JobPublic, SearchCreate
+from api.schemas import JobPublic
+from api.search_schemas import SearchCreate
 from api.search import submit_search
 from api.services import Service
 

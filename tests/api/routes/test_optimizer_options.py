@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from neural_net import Network
+from api.search_trials import run_search_trial
 from api.worker import run_job
 from tests.api.conftest import X4, Y3, backend_app, create, run_queued
 
@@ -116,3 +117,30 @@ def test_a_search_cannot_vary_them_and_says_what_it_can(tmp_path):
                                json={**base, "space": {"optimizer": [{"name": "momentum", "momentum": 0.5}]}})
         assert response.status_code == 422, response.text
         assert "trial 0" in response.json()["detail"] and "`optimizer_options`" in response.json()["detail"]
+
+
+def test_a_search_gives_its_optimizer_options_to_every_trial_and_to_apply_best(client):
+    """A search body had no optimizer_options: its trials and the model apply_best trained could only use each
+    optimizer's defaults, and an optimizer object there still answered 'expected text in quotes'."""
+    base = {"inputs": X4 * 2, "targets": Y3 * 2, "folds": 2, "epochs": 4, "batch_size": 3, "learning_rate": 0.05,
+            "seed": 1, "apply_best": True}
+    scores = {}
+    for model_id, momentum in (("slow", 0.0), ("fast", 0.9)):
+        create(client, model_id=model_id)
+        response = client.post(f"/models/{model_id}/search-jobs", json={
+            **base, "space": {"optimizer": ["momentum", "nesterov"]}, "optimizer_options": {"momentum": momentum}})
+        assert response.status_code == 202, response.text
+        store, settings = client.app.state.service.store, client.app.state.settings
+        while (claimed := store.claim_trial("w")) is not None:
+            run_search_trial(store, *claimed, settings, threading.Event())
+        (done,) = run_queued(client)  # the apply stage
+        assert done["status"] == "succeeded", done["error"]
+        scores[model_id] = [t["score"] for t in sorted(done["search"]["trials"], key=lambda t: t["index"])]
+        assert model_net(client, model_id).optimizer.get_config()["momentum"] == momentum  # apply_best kept them
+    assert scores["slow"] != scores["fast"]  # the options reached the trials
+    refused = client.post("/models/slow/search-jobs", json={**base, "space": {"optimizer": ["momentum", "adam"]},
+                                                            "optimizer_options": {"momentum": 0.5}})
+    assert refused.status_code == 422 and "trial 1" in refused.json()["detail"], refused.text
+    refused = client.post("/models/slow/search-jobs", json={**base, "space": {"epochs": [2]},
+                                                            "optimizer": {"name": "sgd"}})
+    assert refused.status_code == 422 and "its options in `optimizer_options`" in refused.json()["detail"]

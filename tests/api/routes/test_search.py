@@ -11,7 +11,8 @@ import pytest
 
 from neural_net import Network
 from neural_net.selection import run_trial
-from api.schemas import ModelCreate, SearchCreate
+from api.schemas import ModelCreate
+from api.search_schemas import SearchCreate
 from api.search_trials import run_search_trial
 from api.records import describe
 from api.settings import Settings
