@@ -7,6 +7,7 @@ the queue figures, and the rest of the service asks the object it returns.
   (`python main.py worker`, `api.rq_runner`) train, wherever they run.
 """
 
+import asyncio
 import fcntl
 import logging
 from abc import ABC, abstractmethod
@@ -148,7 +149,7 @@ class RedisBackend(Backend):
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        # a stateless replica: RQ workers (python main.py worker) train; RQ requeues abandoned jobs
+        # a stateless replica: RQ workers (python main.py worker) train; RQ and the sweep below requeue abandoned jobs
         log.info("service started: backend redis at %s, queue %r", self.store.url_for_humans, self.settings.redis_queue)
         try:
             await run_in_threadpool(self.store.index_existing_jobs)  # for GET /jobs, once per prefix
@@ -158,10 +159,28 @@ class RedisBackend(Backend):
         except StoreUnavailable as exc:
             log.warning("jobs stored before GET /jobs existed, buffering jobs whose buffer an older version filled, "
                         "and rows staged by appends that died are handled at the next start: %s", exc)
+        sweeping = asyncio.create_task(self._sweep_expired())
         try:
             yield
         finally:
+            sweeping.cancel()
             await self.store.aclose()  # the event loop's own connections (api/storage/redis_stamps.py)
+
+    async def _sweep_expired(self) -> None:
+        """Every lease/2 s, jobs and trials whose worker's lease expired go back to the queue from their checkpoint
+        (a ``cancelling`` one ends ``cancelled``), as the embedded backend does at its start. RQ's registry cleanup
+        does the same, but only in a live worker: with every worker dead a job said ``running`` and a cancel or a
+        model delete left it ``cancelling`` until a worker came back. Fenced as any takeover (a worker that comes
+        back writes nothing); replicas sweeping at once take turns in one WATCHed transaction."""
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 2)
+            try:
+                await run_in_threadpool(self.store.recover_expired)
+                await run_in_threadpool(self.store.recover_expired_trials)
+            except StoreUnavailable as exc:
+                log.warning("jobs whose worker died are requeued once the store answers: %s", exc)
+            except Exception:  # the sweep goes on; one bad round is logged, not the replica's end
+                log.exception("sweeping jobs whose worker died failed; retrying")
 
     def run_worker(self) -> int:
         return self.rq.run_worker(self.settings)
