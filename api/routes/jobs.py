@@ -122,7 +122,7 @@ def stream_slots(request: Request) -> StreamSlots:
                         "the server is stopping (EventSource reconnects by itself). At most NN_MAX_STREAMS streams are "
                         "open at once per server: past that, 503 with Retry-After.")
 async def job_events(job_id: str, request: Request, service: Service = Depends(get_service)) -> StreamingResponse:
-    first = await run_in_threadpool(service.get_job, job_id)  # 404 before the stream starts
+    first = await run_in_threadpool(service.get_job, job_id, False)  # 404 before the stream starts
     settings = request.app.state.settings
     slots = stream_slots(request)
     slots.take()  # 503 when every slot is taken
@@ -131,10 +131,11 @@ async def job_events(job_id: str, request: Request, service: Service = Depends(g
     async def stream() -> AsyncIterator[str]:
         job, last, quiet = first, None, 0.0
         while True:
-            public = JobPublic.from_record(job)
-            if job.status in TERMINAL:
-                yield _event("end", public.model_dump(mode="json"))
+            if job.status in TERMINAL:  # the whole record, history included, once; the polls below leave it out
+                job = await anyio.to_thread.run_sync(service.get_job, job_id, limiter=slots.threads)
+                yield _event("end", JobPublic.from_record(job).model_dump(mode="json"))
                 return
+            public = JobPublic.from_record(job)
             state = (job.status, job.progress, job.epochs_done)
             if state != last:
                 last, quiet = state, 0.0
@@ -157,7 +158,7 @@ async def job_events(job_id: str, request: Request, service: Service = Depends(g
             quiet += min(SSE_INTERVAL, keepalive)
             if await request.is_disconnected():
                 return
-            job = await anyio.to_thread.run_sync(service.get_job, job_id, limiter=slots.threads)
+            job = await anyio.to_thread.run_sync(service.get_job, job_id, False, limiter=slots.threads)
 
     return SlotStreamingResponse(stream(), slots, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

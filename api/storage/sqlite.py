@@ -300,14 +300,14 @@ class SQLiteStore(Store):
         self._model_row(con, model_id)
         return SQLiteTx(con).buffered(model_id)
 
-    def get_job(self, job_id: str) -> JobRecord:
+    def get_job(self, job_id: str, history: bool = True) -> JobRecord:
         con = self._con()
         con.execute("BEGIN")  # one snapshot for the record and its history
         try:
             row = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
             if row is None:
                 raise JobNotFound(job_id)
-            return self._with_trials(con, read_history(con, [_job(row)])[0])
+            return self._with_trials(con, (read_history(con, [_job(row)]) if history else [_job(row)])[0])
         finally:
             con.execute("COMMIT")
 

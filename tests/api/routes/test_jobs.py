@@ -122,6 +122,24 @@ def test_events_stream_progress_then_the_final_record(client):
     assert first["job_id"] == job["job_id"]
 
 
+def test_a_stream_polls_without_the_history_and_ends_with_all_of_it(client):
+    """Each 0.2 s poll of an open stream read the whole job, history included: a 10,000-epoch job's stream read
+    more each time. Polls now leave the history out; the 'end' event reads it once."""
+    create(client, model_id="sse-reads")
+    job = submit(client, "sse-reads", inputs=X4, targets=Y3, epochs=40, batch_size=1)
+    store = client.app.state.service.store
+    asked, get_job = [], store.get_job
+    store.get_job = lambda job_id, history=True: asked.append(history) or get_job(job_id, history)
+    try:
+        with client.stream("GET", f"/jobs/{job['job_id']}/events") as response:
+            text = "".join(response.iter_text())
+    finally:
+        store.get_job = get_job
+    final = json.loads(text.split("event: end\n", 1)[1].split("\n", 1)[0].removeprefix("data: "))
+    assert final["status"] == "succeeded" and [h["epoch"] for h in final["history"]] == list(range(1, 41))
+    assert asked[-1] is True and asked[:-1] and not any(asked[:-1]), asked  # every poll but the last read
+
+
 def test_unknown_job_is_404(client):
     for method, path in [("get", "/jobs/nope"), ("post", "/jobs/nope/cancel"), ("get", "/jobs/nope/events")]:
         response = getattr(client, method)(path)
