@@ -340,6 +340,14 @@ async def handle_http_error(request: Request, exc: StarletteHTTPException) -> JS
         headers["Allow"] = ", ".join(allowed)
         detail = f"{request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}"
     if exc.status_code == 400:  # FastAPI's "error parsing the body": not UTF-8 or not decodable; 422 like other bad input
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media.startswith("multipart/") or media == "application/x-www-form-urlencoded":  # the parser's own reason
+            # Starlette's form parser says why in the detail; FastAPI's own body parse keeps it as the cause
+            generic = exc.detail == "There was an error parsing the body"
+            cause = str((exc.__cause__ or "") if generic else exc.detail).strip().rstrip(".") or "it is malformed"
+            return error_response(request.url.path, 422, f"the {media} body could not be parsed: {cause}; send a multipart "
+                                                         "body whose boundary is in its Content-Type, or the file itself "
+                                                         "as the raw body")
         return error_response(request.url.path, 422, "the request body could not be parsed: send UTF-8 JSON "
                                                      "(Content-Type: application/json) as in the examples of /docs")
     return error_response(request.url.path, exc.status_code, detail, headers=headers or None)

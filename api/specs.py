@@ -8,7 +8,7 @@ from typing import Any
 from neural_net import Network, activations, initializers, losses, optimizers, schedules
 from neural_net.errors import LimitError, NeuralNetError
 from neural_net.layers import LAYER_TYPES
-from neural_net.serialization import check_layer_count
+from neural_net.serialization import MAX_COUNTER, check_layer_count
 from neural_net.training import reported
 
 from api.errors import InvalidInput
@@ -227,6 +227,9 @@ def fit_config(settings: Settings, info: dict, req: JobCreate) -> FitConfig:
     if req.min_samples > settings.max_buffer_samples:
         raise InvalidInput(f"min_samples={req.min_samples} can never be reached: a buffer holds at most "
                            f"{settings.max_buffer_samples} samples (NN_MAX_BUFFER_SAMPLES)")
+    if info.get("epochs_trained", 0) + req.epochs > MAX_COUNTER:  # its file could not record the count exactly
+        raise InvalidInput(f"the model has trained {info['epochs_trained']} epochs; {req.epochs} more would pass "
+                           f"{MAX_COUNTER}, the most a model file records: train a new model from its weights")
     optimizer = check_name("optimizer", req.optimizer, optimizers.names(), "optimizer")
     optimizer_options = check_optimizer_options(optimizer, req.optimizer_options or {}, req.learning_rate)
     options = dict(req.schedule_options or {})

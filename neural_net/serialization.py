@@ -24,6 +24,10 @@ def to_bytes(net):
     """The network as .npz bytes: a JSON header (config, training state, RNG state) and arrays."""
     net._ready()
     net.check_class_names()
+    for name, value in (("epochs_trained", net.epochs_trained), ("the optimizer's step t", getattr(net.optimizer, "t", 0))):
+        if not _whole(value):  # such a file would not load back: refused here, where the counter went past
+            raise ConfigError(f"{name} is {value}, past {MAX_COUNTER}, the most a saved network records exactly; "
+                              "start from a new network, or set_weights into one")
     header = {
         "format": FORMAT,
         "config": net.get_config(),

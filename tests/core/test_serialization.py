@@ -167,3 +167,21 @@ def test_a_negative_batch_norm_variance_is_refused():
             archive.writestr(name, content)
     with pytest.raises(ConfigError, match=r"buffers.1.running_var holds a negative variance \(-1\)"):
         Network.from_bytes(stream.getvalue())
+
+
+def test_a_counter_past_what_a_file_records_is_refused_when_saving_not_when_loading():
+    """A network imported at epochs_trained 2**53 trained one more epoch and was saved: every later load refused
+    the file ("must be a whole number from 0 to 2**53"), blaming a reader for what the writer did."""
+    from neural_net.serialization import MAX_COUNTER
+
+    net = Network.from_layer_sizes([2, 1], activations=["sigmoid"], seed=0)
+    net.epochs_trained = MAX_COUNTER
+    assert Network.from_bytes(net.to_bytes()).epochs_trained == MAX_COUNTER  # the most a file records
+    net.epochs_trained = MAX_COUNTER + 1
+    with pytest.raises(ConfigError, match=r"^epochs_trained is 9007199254740993, past 9007199254740992"):
+        net.to_bytes()
+    net.epochs_trained = 0
+    net.fit(np.zeros((2, 2)), np.zeros(2), epochs=1, optimizer="adam")
+    net.optimizer.t = MAX_COUNTER + 1
+    with pytest.raises(ConfigError, match=r"^the optimizer's step t is 9007199254740993, past"):
+        net.to_bytes()

@@ -283,6 +283,20 @@ def test_inline_samples_fewer_than_min_samples_are_refused(idle_client):
     assert response.status_code == 422 and "min_samples" in response.json()["detail"]
 
 
+def test_a_job_that_would_count_epochs_past_what_a_model_file_records_is_refused(idle_client):
+    """A model imported at epochs_trained 2**53 took a 1-epoch job, which committed 2**53 + 1: from then on every
+    /output, /evaluate, export and job answered that the stored file was out of range."""
+    from neural_net import Network
+
+    net = Network.from_layer_sizes([4, 3], activations=["softmax"], seed=0)
+    net.epochs_trained = 2**53
+    assert idle_client.post("/models/import", params={"model_id": "old-timer"}, content=net.to_bytes()).status_code == 201
+    response = idle_client.post("/models/old-timer/training-jobs", json={"inputs": X4, "targets": Y3, "epochs": 1})
+    assert response.status_code == 422
+    assert response.json()["detail"] == ("the model has trained 9007199254740992 epochs; 1 more would pass "
+                                         "9007199254740992, the most a model file records: train a new model from "
+                                         "its weights")
+
 @pytest.mark.parametrize("path", ["training-jobs", "search-jobs"])
 @pytest.mark.parametrize("targets", [[], [0, 1, 2]])
 def test_empty_inline_inputs_are_refused_not_read_as_the_buffer(idle_client, path, targets):
