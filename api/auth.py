@@ -111,7 +111,8 @@ def parse_keys(value: str) -> list[ApiKey]:
     """NN_API_KEYS: comma-separated entries, each ``name:key:scope`` (two or more colons; the key is what lies
     between the first and the last) or a bare key (fewer than two colons): full access, named "admin".
     Several entries may share a name (a read key beside a train key, or a key being rotated): they share
-    ownership. Raises ValueError, naming the entry by position (never the key), for an entry that does not fit."""
+    ownership. Raises ValueError, naming the entry by position alone, for an entry that does not fit: a bare key
+    with two colons reads as name:key:scope, so any part of such an entry may be a piece of a key."""
     keys: list[ApiKey] = []
     for position, entry in enumerate((e.strip() for e in value.split(",")), start=1):
         if not entry:
@@ -121,14 +122,16 @@ def parse_keys(value: str) -> list[ApiKey]:
             continue
         name, rest = entry.split(":", 1)
         key, scope = rest.rsplit(":", 1)
+        shape = ("(entries are name:key:scope, or a bare key with at most one colon; no part of it is shown: it may be "
+                 "a key)")
         if not NAME_PATTERN.match(name):
-            raise ValueError(f"NN_API_KEYS entry {position}: the name {name!r} must be 1-64 letters, digits or _.@- "
-                             f"(entries are name:key:scope, or a bare key)")
+            raise ValueError(f"NN_API_KEYS entry {position}: its name, before the first colon, is not 1-64 letters, "
+                             f"digits or _.@- {shape}")
         if not key.strip():
-            raise ValueError(f"NN_API_KEYS entry {position} ({name!r}) has an empty key; write it as name:key:scope")
+            raise ValueError(f"NN_API_KEYS entry {position} has an empty key {shape}")
         if scope not in SCOPES:
-            raise ValueError(f"NN_API_KEYS entry {position} ({name!r}) has scope {scope!r}; use one of "
-                             f"{', '.join(SCOPES)} (entries are name:key:scope, or a bare key with full access)")
+            raise ValueError(f"NN_API_KEYS entry {position}: its scope, after the last colon, is not one of "
+                             f"{', '.join(SCOPES)} {shape}")
         keys.append(ApiKey(name, key.strip().encode(), scope))
     seen: set[bytes] = set()
     for entry in keys:

@@ -407,7 +407,7 @@ def test_a_setting_that_cannot_be_used_stops_the_start_with_one_line_naming_it(t
     cases = [({"NN_BACKEND": "Redis"}, "NN_BACKEND='Redis'"),
              ({"NN_BACKEND": "redis", "NN_REDIS_URL": "127.0.0.1:6379/7"}, "NN_REDIS_URL='127.0.0.1:6379/7'"),
              ({"NN_BACKEND": "redis", "NN_REDIS_URL": "redis://127.0.0.1:6379/abc"}, "the database 'abc' is not a number"),
-             ({"NN_API_KEYS": "alice:k1:write"}, "has scope 'write'"),
+             ({"NN_API_KEYS": "alice:k1:write"}, "entry 1: its scope, after the last colon, is not one of"),
              # accepted, then matched no URL's host and was listed as allowed in every 422
              ({"NN_NOTIFY_ALLOW": "127.0.0.1,http://x.com/"}, "'http://x.com/' is not a host")]
     for overrides, words in cases:
