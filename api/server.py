@@ -149,8 +149,12 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments of `uvicorn.run` for this service."""
     protocol = type("BoundedHeadProtocol", (BoundedHeadProtocol,), {"header_timeout": settings.header_timeout,
                                                                     "body_timeout": settings.body_timeout})
+    # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: any local client, or a proxy that passes
+    # the header on, wrote the address (and more: `6.6.6.6 - "DELETE /models/iris ..."`) into the access log
     return {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "http": protocol,
-            "timeout_keep_alive": settings.keep_alive_timeout, "limit_concurrency": settings.max_connections}
+            "timeout_keep_alive": settings.keep_alive_timeout, "limit_concurrency": settings.max_connections,
+            "proxy_headers": bool(settings.forwarded_allow_ips.strip()),
+            "forwarded_allow_ips": settings.forwarded_allow_ips.strip() or None}
 
 
 def configure_logging(settings: Settings) -> None:

@@ -82,9 +82,15 @@ class Settings(BaseSettings):
     stream_max_seconds: float = Field(3600.0, gt=0, description="A stream ends after this many seconds with a "
                                                                "'timeout' event; clients reconnect (EventSource does).")
     stream_keepalive_seconds: float = Field(15.0, gt=0, description="Seconds between keep-alive comments on a quiet stream.")
+    metrics_max_models: int = Field(100, ge=0, le=10_000, description="Models whose buffer size /metrics shows one by "
+                                    "one (nn_buffer_samples{model_id}): those with the largest non-empty buffers; "
+                                    "nn_buffered_samples and nn_buffered_models count every buffer.")
     header_timeout: float = Field(10.0, gt=0, description="Seconds a client gets to send a request's headers (from "
                                                           "connecting, or from the previous response) before the "
                                                           "connection is closed (python main.py only).")
+    forwarded_allow_ips: str = Field("", description="Addresses of reverse proxies whose X-Forwarded-For and "
+                                                     "X-Forwarded-Proto are believed (comma-separated, or *); empty: "
+                                                     "none, the log shows the peer's own address (python main.py only).")
     body_timeout: float = Field(30.0, gt=0, description="Seconds a request body may go without a byte arriving while "
                                                         "the service waits for it; then 408 and the connection is "
                                                         "closed (python main.py only).")

@@ -237,6 +237,21 @@ def test_a_body_that_stops_arriving_is_a_408_and_the_connection_closes(tmp_path)
         stop_server(process)
 
 
+@pytest.mark.parametrize("trusted", ["", "127.0.0.1"])
+def test_x_forwarded_for_is_believed_only_from_the_proxies_named(tmp_path, trusted):
+    """uvicorn believes X-Forwarded-For from 127.0.0.1 by default: any local client (or a proxy passing the header
+    on) wrote what it liked into the access log, e.g. a fake DELETE line in front of its own."""
+    log = open(tmp_path / "server.log", "w")
+    url, process = start_server(tmp_path / "data", log=log, NN_WORKERS=0, NN_FORWARDED_ALLOW_IPS=trusted)
+    try:
+        forged = '6.6.6.6 - "DELETE /models/iris HTTP/1.1" 204'
+        assert httpx.get(f"{url}/health", headers={"X-Forwarded-For": forged}, timeout=10).status_code == 200
+    finally:
+        stop_server(process)
+        log.close()
+    access = [line for line in (tmp_path / "server.log").read_text().splitlines() if '"GET /health' in line]
+    assert access and any("6.6.6.6" in line for line in access) == bool(trusted), access
+
 def test_a_body_waiting_on_a_lagging_app_or_on_100_continue_is_no_stall():
     """The body timer counts only while the service waits for the client: not while reading is paused because the
     app has not read what it has (here 4 MB, the app busy for 10 timeouts), nor while the client waits for the
