@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import fastapi.routing
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -324,7 +325,24 @@ def install_access_control(app: FastAPI, settings: Settings) -> None:
         app.add_middleware(AccessControl, keys=keys, tenancy=settings.tenancy)
     _document_access(app, secured=bool(keys), tenancy=settings.tenancy and bool(keys))
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
-    if origins:
-        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
-                           allow_headers=["Authorization", "X-API-Key", "Content-Type", "If-Match", "If-None-Match"],
-                           expose_headers=["ETag", "Location", "WWW-Authenticate"])
+    if origins:  # V2's binary extension and gzip bodies need their headers too, or a browser's preflight is refused
+        app.add_middleware(JsonCORS, allow_origins=origins, allow_methods=["*"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type", "Content-Encoding", "If-Match",
+                                          "If-None-Match", "Inference-Header-Content-Length"],
+                           expose_headers=["ETag", "Location", "WWW-Authenticate", "Retry-After",
+                                           "Inference-Header-Content-Length"])
+
+
+class JsonCORS(CORSMiddleware):
+    """Starlette's CORS middleware, its refused preflights as ``{"detail"}`` like every other error (they were
+    text/plain "Disallowed CORS origin"), saying what is allowed."""
+
+    def preflight_response(self, request_headers):
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        allowed = (f"origins {', '.join(sorted(self.allow_origins)) or '*'} (NN_CORS_ORIGINS), request headers "
+                   f"{', '.join(sorted(self.allow_headers))}")
+        kept = {k: v for k, v in response.headers.items() if k not in ("content-type", "content-length")}
+        return JSONResponse({"detail": f"{response.body.decode()}: this service allows {allowed}"}, status_code=400,
+                            headers=kept)

@@ -113,6 +113,15 @@ def test_cors_when_configured(tmp_path):
         assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == "https://app.example"
         other = client.options("/models", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"})
         assert "access-control-allow-origin" not in other.headers
+        # refused preflights were text/plain; V2's binary and gzip headers were refused to every browser
+        assert other.status_code == 400 and other.json()["detail"].startswith(
+            "Disallowed CORS origin: this service allows origins https://app.example (NN_CORS_ORIGINS), request headers ")
+        v2 = client.options("/v2/models/m/infer", headers={
+            "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,inference-header-content-length,content-encoding,x-api-key"})
+        assert v2.status_code == 200, v2.text
+        answered = client.get("/models", headers={"Origin": "https://app.example", "X-API-Key": KEY.split(",")[0]})
+        assert "inference-header-content-length" in answered.headers["access-control-expose-headers"].lower()
 
 
 # -- bad input: a 4xx that says what was wrong, never a 500 ------------------------------
