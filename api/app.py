@@ -154,7 +154,12 @@ class HeadAsGet:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] == "http" and scope["method"] == "HEAD" and not scope["path"].endswith("/events")
                 and match_route(scope["app"], scope)[0] != Match.FULL):
-            scope = {**scope, "method": "GET"}
+            as_get = {**scope, "method": "GET"}
+            try:
+                return await self.app(as_get, receive, send)
+            finally:  # the route the router found, for /metrics, which reads the scope it passed on
+                if "route" in as_get:
+                    scope["route"] = as_get["route"]
         await self.app(scope, receive, send)
 
 

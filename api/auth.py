@@ -175,16 +175,16 @@ def http_routes(app: FastAPI) -> list:
     return [route for route in routes if getattr(route, "methods", None)]
 
 
-def match_route(app: FastAPI, scope: Scope) -> tuple[Match, str | None, dict]:
-    """How a request matches the app's routes, with the route's path template and path parameters: FULL, or
-    PARTIAL (the path's route takes other methods: the router answers 405), or (NONE, None, {})."""
-    partial: tuple[Match, str | None, dict] = (Match.NONE, None, {})
+def match_route(app: FastAPI, scope: Scope) -> tuple[Match, object | None, dict]:
+    """How a request matches the app's routes, with the route (its template in ``path``) and its path parameters:
+    FULL, or PARTIAL (the path's route takes other methods: the router answers 405), or (NONE, None, {})."""
+    partial: tuple[Match, object | None, dict] = (Match.NONE, None, {})
     for route in http_routes(app):
         match, child = route.matches(scope)
         if match == Match.FULL:
-            return match, route.path, child.get("path_params", {})
+            return match, route, child.get("path_params", {})
         if match == Match.PARTIAL and partial[0] == Match.NONE:
-            partial = (match, route.path, child.get("path_params", {}))
+            partial = (match, route, child.get("path_params", {}))
     return partial
 
 
@@ -208,11 +208,14 @@ class AccessControl:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_open(scope["path"]):
             return await self.app(scope, receive, send)
+        match, route, path_params = match_route(scope["app"], scope)
+        template = route.path if route is not None else None
+        if match == Match.FULL:  # /metrics counts a refusal under its route, as the router would have
+            scope["route"] = route
         key = key_from_headers(dict(scope["headers"]))
         entry = find_key(key, self.keys) if key is not None else None
         if entry is None:
             return await self._unauthorized(key is None, scope, receive, send)
-        match, template, path_params = match_route(scope["app"], scope)
         if match == Match.PARTIAL:  # a method no scope may use here: the router's 405 names those it takes
             return await self.app(scope, receive, send)
         needed = required_scope(scope["method"], template, self.tenancy)

@@ -227,6 +227,25 @@ def test_head_answers_as_get_does_on_every_get_route(secured):
     assert secured.head("/models").status_code == 401  # a read as any other: the key is checked
 
 
+def test_metrics_count_a_head_and_a_refusal_under_their_route(secured):
+    """HEAD ran on a copy of the request scope and refusals were answered before routing, so /metrics filed load
+    balancers' HEAD /health probes and every 401, 403 and tenancy 404 under route="unmatched"."""
+    def count(method, route, status) -> float:
+        text = secured.get("/metrics", headers=h("root-admin-key")).text
+        line = f'nn_http_requests_total{{method="{method}",route="{route}",status="{status}"}} '
+        return sum(float(row.split(" ")[-1]) for row in text.splitlines() if row.startswith(line))
+
+    make_fixtures(secured)
+    cases = [("HEAD", "/health", {}, 200), ("HEAD", "/models/{model_id}", h("alice-read-key"), 200),
+             ("GET", "/models/{model_id}", {}, 401), ("DELETE", "/models/{model_id}", h("alice-read-key"), 403)]
+    if secured.tenancy:
+        cases.append(("GET", "/models/{model_id}", h("bob-train-key"), 404))  # alice's model, to bob
+    for method, route, headers, status in cases:
+        before = count(method, route, status)
+        path = route.replace("{model_id}", MODEL)
+        assert secured.request(method, path, headers=headers).status_code == status, (method, path)
+        assert count(method, route, status) == before + 1, (method, route, status)
+
 @pytest.mark.parametrize("key", ["alice-read-key", "bob-train-key", "root-admin-key"])
 def test_a_method_no_route_of_the_path_takes_is_405_for_every_key(secured, key):
     """A read key's PATCH or OPTIONS (no preflight) got a 403 asking for a train key, which got a 405."""
