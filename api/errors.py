@@ -191,6 +191,7 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
 _UNION_TAG = re.compile(r"[\[\]-]|^(int|float|str|bool|list|dict|none)$")
 _NUMBER_ERRORS = {"float_type": "a number", "float_parsing": "a number", "int_type": "a whole number",
                   "int_parsing": "a whole number", "int_from_float": "a whole number"}
+NO_BODY = "the request has no body; send a JSON object with Content-Type: application/json, as in the examples of /docs"
 FLAT_INPUTS = "inputs is a list of rows, e.g. [[1, 2, 3, 4]]; for a single vector use input"
 NESTED_INPUT = "input is a single vector, e.g. [1, 2, 3, 4]; for rows use inputs"
 BOOLEAN_TARGETS = ("targets hold true/false; send numbers: class indices (e.g. [0, 1, 1]) or values, "
@@ -242,8 +243,7 @@ def _describe(error: dict) -> str:
     kind, value, where = error.get("type"), error.get("input"), _where(error.get("loc", ()))
     field = (_clean(error.get("loc", ())) or ["body"])[0]
     if kind == "missing" and where == "body":  # was "body: Field required", for an empty body too
-        return ("the request has no body; send a JSON object with Content-Type: application/json, as in the examples "
-                "of /docs")
+        return NO_BODY
     if kind == "extra_forbidden":
         return f"{where}: unknown field; check its spelling against the schema in /docs"
     if field == "inputs" and kind == "list_type" and isinstance(value, (int, float, str)):

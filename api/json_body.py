@@ -36,7 +36,7 @@ from fastapi.params import Form
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse
 
-from api.errors import InvalidInput, PayloadTooLarge
+from api.errors import NO_BODY, InvalidInput, PayloadTooLarge
 from api.schemas import LabelledSamples, OutputRequest, Weights
 from api.settings import Settings
 
@@ -269,6 +269,8 @@ async def read_json(request: Request, model: type[BaseModel]) -> BaseModel:
     body = await read_bounded(request, scan)
     if body is None:
         raise scan.refusal(limit, what)
+    if not body.strip():  # as the other JSON routes say it, not orjson's "zero-length, empty document"
+        raise InvalidInput(NO_BODY)
     return await to_thread.run_sync(parse_and_validate, body, model, True, settings.max_json_depth, limit, scan.opened)
 
 

@@ -78,14 +78,14 @@ def test_names_are_case_insensitive(idle_client):
 
 
 @pytest.mark.parametrize("path", ["/models", "/models/iris/training-jobs", "/models/iris/training-jobs?epochs=5",
-                                  "/models/iris/output", "/models/iris/search-jobs"])
+                                  "/models/iris/output", "/models/iris/search-jobs", "/models/iris/samples"])
 @pytest.mark.parametrize("headers", [{}, {"content-type": "application/json"}])
 def test_a_missing_or_empty_body_says_what_to_send(iris, path, headers):
     """It was pydantic's "body: Field required", the one bad body left without a hint."""
     response = iris.post(path, content=b"", headers=headers)
     assert response.status_code == 422
-    assert response.json()["detail"] == ("the request has no body; send a JSON object with Content-Type: "
-                                         "application/json, as in the examples of /docs")
+    assert response.json()["detail"].startswith("the request has no body; send a JSON object with Content-Type: "
+                                                "application/json, as in the examples of /docs")  # /samples adds files
 
 
 def test_rows_in_input_and_text_in_a_path_or_for_a_missing_job(iris):
