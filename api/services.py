@@ -53,19 +53,19 @@ class Service:
         self._store_answered = True
         return True
 
-    def metrics_snapshot(self) -> dict[str, Any]:
-        """Jobs per state, summed samples/s of running jobs and every model's buffer size (/metrics)."""
+    def metrics_snapshot(self, buffers: bool = True) -> dict[str, Any]:
+        """Jobs per state, samples/s of running jobs; with ``buffers``, each non-empty buffer (a scan of every model)."""
         counts, running = self.store.jobs_overview()
-        buffers: dict[str, int] = {}
+        sizes: dict[str, int] = {}
         offset = 0
-        while True:
+        while buffers:
             models, total = self.store.list_models(offset, 500)
-            buffers.update((m.model_id, m.buffer_size) for m in models)
+            sizes.update((m.model_id, m.buffer_size) for m in models if m.buffer_size)
             offset += len(models)
             if not models or offset >= total:
                 break
         rate = sum(p.get("samples_per_second") or 0.0 for p in running)
-        return {"jobs": counts, "samples_per_second": rate, "buffers": buffers}
+        return {"jobs": counts, "samples_per_second": rate, "buffers": sizes}
 
     # -- validation helpers --------------------------------------------------------
     def _check_rows(self, n: int) -> None:
