@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from api import schemas
-from tests.api.conftest import create, running_app, wait_job
+from tests.api.conftest import IRIS, X4, Y3, backend_app, create, running_app, wait_job
 
 
 def test_health(client):
@@ -68,3 +68,34 @@ def test_an_unreadable_database_gives_503_and_degraded_health(tmp_path):
             assert response.status_code == 503, response.text
             assert "nn.sqlite3 cannot be used" in response.json()["detail"] and ".recover" in response.json()["detail"]
         assert client.get("/health").json()["status"] == "degraded"
+
+
+TENANTS = "alice:alice-key:train,bob:bob-key:train,ops:ops-key:admin"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_under_tenancy_only_an_admin_key_sees_every_tenant_s_queue(backend, tmp_path):
+    """/health is open; under tenancy it showed bob the jobs alice queued while his GET /jobs said none."""
+    with backend_app(backend, tmp_path, api_keys=TENANTS, tenancy=True) as client:
+        alice, bob, ops = ({"X-API-Key": f"{name}-key"} for name in ("alice", "bob", "ops"))
+        assert client.post("/models", json=IRIS, headers=alice).status_code == 201
+        job = client.post("/models/iris/training-jobs", json={"inputs": X4, "targets": Y3, "epochs": 1}, headers=alice)
+        assert job.status_code == 202, job.text  # no workers: it stays queued
+        assert client.get("/jobs", params={"status": "queued"}, headers=bob).json()["count"] == 0
+        for headers in ({}, bob, alice, {"X-API-Key": "wrong"}, {"Authorization": "Bearer bob-key"}):
+            body = client.get("/health", headers=headers).json()  # never refused: probes send no key
+            assert body["queued_jobs"] is None and body["queue_length"] is None, (headers, body)
+            assert body["status"] == "ok" and body["backend"] == backend and body["workers_alive"] == 0
+        for headers in (ops, {"Authorization": "Bearer ops-key"}):
+            body = client.get("/health", headers=headers).json()
+            assert body["queued_jobs"] == 1 and body["queue_length"] == 1, body
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_without_tenancy_every_caller_sees_the_queue(backend, tmp_path):
+    with backend_app(backend, tmp_path, api_keys="alice:alice-key:train") as client:
+        assert client.post("/models", json=IRIS, headers={"X-API-Key": "alice-key"}).status_code == 201
+        assert client.post("/models/iris/training-jobs", json={"inputs": X4, "targets": Y3, "epochs": 1},
+                           headers={"X-API-Key": "alice-key"}).status_code == 202
+        body = client.get("/health").json()
+        assert body["queued_jobs"] == 1 and body["queue_length"] == 1
