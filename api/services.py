@@ -453,8 +453,8 @@ class Service:
         log_transition(job, None)
         return self.get_job(job.job_id)
 
-    def get_job(self, job_id: str, history: bool = True) -> JobRecord:
-        return self.with_notifications([self.store.get_job(job_id, history)])[0]
+    def get_job(self, job_id: str, history_from: int | None = 0) -> JobRecord:
+        return self.with_notifications([self.store.get_job(job_id, history_from)])[0]
 
     def list_jobs(self, model_id: str, offset: int, limit: int, owner: str | None = None) -> tuple[list[JobRecord], int]:
         jobs, count = self.store.list_jobs(model_id, offset, limit, owner=owner)

@@ -63,8 +63,11 @@ def list_all_jobs(status: Literal["buffering", "queued", "running", "cancelling"
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Status, progress, history and result of a job")
-def get_job(job_id: str, service: Service = Depends(get_service)) -> JobPublic:
-    return JobPublic.from_record(service.get_job(job_id))
+def get_job(job_id: str, history_from: int = Query(0, ge=0, le=2**62, description=(
+                "Return the history from this entry on: a client that has the first N entries (a dashboard "
+                "following a long job) asks for the rest with history_from=N instead of all of it again.")),
+            service: Service = Depends(get_service)) -> JobPublic:
+    return JobPublic.from_record(service.get_job(job_id, history_from))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, summary="Cancel a job; it stops within one batch")
@@ -122,7 +125,7 @@ def stream_slots(request: Request) -> StreamSlots:
                         "the server is stopping (EventSource reconnects by itself). At most NN_MAX_STREAMS streams are "
                         "open at once per server: past that, 503 with Retry-After.")
 async def job_events(job_id: str, request: Request, service: Service = Depends(get_service)) -> StreamingResponse:
-    first = await run_in_threadpool(service.get_job, job_id, False)  # 404 before the stream starts
+    first = await run_in_threadpool(service.get_job, job_id, None)  # 404 before the stream starts
     settings = request.app.state.settings
     slots = stream_slots(request)
     slots.take()  # 503 when every slot is taken
@@ -158,7 +161,7 @@ async def job_events(job_id: str, request: Request, service: Service = Depends(g
             quiet += min(SSE_INTERVAL, keepalive)
             if await request.is_disconnected():
                 return
-            job = await anyio.to_thread.run_sync(service.get_job, job_id, False, limiter=slots.threads)
+            job = await anyio.to_thread.run_sync(service.get_job, job_id, None, limiter=slots.threads)
 
     return SlotStreamingResponse(stream(), slots, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

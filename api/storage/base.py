@@ -76,9 +76,9 @@ class Store(ABC):
         """Rows in the buffer (not those of requests still being staged)."""
 
     @abstractmethod
-    def get_job(self, job_id: str, history: bool = True) -> JobRecord:
-        """Raises JobNotFound; a search job comes with its trials. ``history=False`` leaves its history empty: a
-        reader that polls (an event stream) reads what grows with the epochs only when it needs it."""
+    def get_job(self, job_id: str, history_from: int | None = 0) -> JobRecord:
+        """Raises JobNotFound; a search job comes with its trials and its history from entry ``history_from`` on
+        (None: none). A reader that polls (an event stream, a dashboard) reads what grows with the epochs once."""
 
     @abstractmethod
     def list_jobs(self, model_id: str, offset: int, limit: int, owner: str | None = None) -> tuple[list[JobRecord], int]:

@@ -202,8 +202,8 @@ class RedisStore(Store):
         return self.get_model(model_id).buffer_size
 
     @_guard
-    def get_job(self, job_id: str, history: bool = True) -> JobRecord:
-        found = self._jobs([job_id], history)
+    def get_job(self, job_id: str, history_from: int | None = 0) -> JobRecord:
+        found = self._jobs([job_id], history_from)
         if not found:
             raise JobNotFound(job_id)
         return found[0]
@@ -242,11 +242,11 @@ class RedisStore(Store):
             ids, total = [j.decode() for j in self.redis.zrevrange(key, offset, offset + limit - 1)], int(self.redis.zcard(key))
         return self._jobs(ids), total
 
-    def _jobs(self, ids: list[str], history: bool = True) -> list[JobRecord]:
+    def _jobs(self, ids: list[str], history_from: int | None = 0) -> list[JobRecord]:
         pipe = self.redis.pipeline(transaction=True)  # each record with its history, from one snapshot
         for job_id in ids:
             pipe.hgetall(self._key("j", job_id))
-            pipe.lrange(self._key("hist", job_id), *((0, -1) if history else (1, 0)))  # (1, 0): none
+            pipe.lrange(self._key("hist", job_id), *((history_from, -1) if history_from is not None else (1, 0)))
         rows = pipe.execute() if ids else []
         return [self._with_trials(decode_job(j, r, h)) for j, r, h in zip(ids, rows[::2], rows[1::2]) if r]
 

@@ -300,14 +300,15 @@ class SQLiteStore(Store):
         self._model_row(con, model_id)
         return SQLiteTx(con).buffered(model_id)
 
-    def get_job(self, job_id: str, history: bool = True) -> JobRecord:
+    def get_job(self, job_id: str, history_from: int | None = 0) -> JobRecord:
         con = self._con()
         con.execute("BEGIN")  # one snapshot for the record and its history
         try:
             row = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
             if row is None:
                 raise JobNotFound(job_id)
-            return self._with_trials(con, (read_history(con, [_job(row)]) if history else [_job(row)])[0])
+            job = _job(row)
+            return self._with_trials(con, job if history_from is None else read_history(con, [job], history_from)[0])
         finally:
             con.execute("COMMIT")
 

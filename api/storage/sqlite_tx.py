@@ -37,14 +37,15 @@ def _job(row: sqlite3.Row) -> JobRecord:
     )
 
 
-def read_history(con: sqlite3.Connection, jobs: list[JobRecord]) -> list[JobRecord]:
-    """Attaches each job's history (its ``job_history`` rows in order), one query per 500 jobs."""
+def read_history(con: sqlite3.Connection, jobs: list[JobRecord], start: int = 0) -> list[JobRecord]:
+    """Attaches each job's history (its ``job_history`` rows in order, from entry ``start``), one query per 500
+    jobs."""
     by_id = {job.job_id: job for job in jobs}
     ids, entries = list(by_id), {}
     for i in range(0, len(ids), 500):
         chunk = ids[i:i + 500]
-        for job_id, entry in con.execute(f"SELECT job_id, entry FROM job_history WHERE job_id IN "
-                                         f"({', '.join('?' * len(chunk))}) ORDER BY job_id, pos", chunk):
+        for job_id, entry in con.execute(f"SELECT job_id, entry FROM job_history WHERE pos >= ? AND job_id IN "
+                                         f"({', '.join('?' * len(chunk))}) ORDER BY job_id, pos", [start, *chunk]):
             entries.setdefault(job_id, []).append(entry)
     for job_id, found in entries.items():
         by_id[job_id].history = json.loads("[" + ",".join(found) + "]")  # one parse, not one per entry

@@ -319,3 +319,30 @@ def test_short_pages_of_large_models_and_jobs_are_all_reached(tmp_path, page):
         assert "400 classes: too many to draw here" in page.inner_text("#matrix-on")
     finally:
         stop_server(process)
+
+
+def test_a_followed_job_fetches_only_the_history_it_has_not_drawn(tmp_path, page):
+    """At every new epoch the page fetched the job's whole history again: O(epochs) a fetch for each viewer of a
+    long job. It asks for the entries after those it has (history_from) and appends them. A server of its own:
+    the shared one's worker is busy with its own long job."""
+    url, process = start_server(tmp_path, NN_API_KEYS=f"ops:{ADMIN}:admin")
+    http = httpx.Client(base_url=url, timeout=10, headers={"Authorization": f"Bearer {ADMIN}"})
+    http.post("/models", json={"model_id": "followed", "layer_sizes": [2, 8, 3], "activations": ["relu", "softmax"],
+                               "seed": 2}).raise_for_status()
+    inputs, targets = blobs(300)
+    job_id = http.post("/models/followed/training-jobs", json={
+        "inputs": inputs, "targets": targets, "epochs": 5000, "batch_size": 2}).raise_for_status().json()["job_id"]
+    asked = []
+    page.on("request", lambda request: asked.append(request.url) if f"/jobs/{job_id}?" in request.url else None)
+    try:
+        open_page(page, f"{url}/dashboard?job={job_id}")
+        page.wait_for_function("state.history.length >= 3", timeout=DEADLINE)
+        drawn = page.evaluate("state.history.length")
+        page.wait_for_function(f"state.history.length > {drawn}", timeout=DEADLINE)  # a later fetch, from `drawn` on
+        epochs = page.evaluate("state.history.map(h => h.epoch)")
+        assert epochs == list(range(1, len(epochs) + 1))  # appended in order, none twice
+        starts = [int(url.split("history_from=")[1]) for url in asked if "history_from=" in url]
+        assert starts and max(starts) > 0, asked
+    finally:
+        http.post(f"/jobs/{job_id}/cancel")
+        stop_server(process)

@@ -129,7 +129,7 @@ def test_a_stream_polls_without_the_history_and_ends_with_all_of_it(client):
     job = submit(client, "sse-reads", inputs=X4, targets=Y3, epochs=40, batch_size=1)
     store = client.app.state.service.store
     asked, get_job = [], store.get_job
-    store.get_job = lambda job_id, history=True: asked.append(history) or get_job(job_id, history)
+    store.get_job = lambda job_id, history_from=0: asked.append(history_from) or get_job(job_id, history_from)
     try:
         with client.stream("GET", f"/jobs/{job['job_id']}/events") as response:
             text = "".join(response.iter_text())
@@ -137,7 +137,7 @@ def test_a_stream_polls_without_the_history_and_ends_with_all_of_it(client):
         store.get_job = get_job
     final = json.loads(text.split("event: end\n", 1)[1].split("\n", 1)[0].removeprefix("data: "))
     assert final["status"] == "succeeded" and [h["epoch"] for h in final["history"]] == list(range(1, 41))
-    assert asked[-1] is True and asked[:-1] and not any(asked[:-1]), asked  # every poll but the last read
+    assert asked[-1] == 0 and asked[:-1] and all(a is None for a in asked[:-1]), asked  # all but the last: none
 
 
 def test_unknown_job_is_404(client):
@@ -282,6 +282,21 @@ def test_inline_samples_fewer_than_min_samples_are_refused(idle_client):
     response = idle_client.post("/models/inline-min/training-jobs", json={"inputs": X4, "targets": Y3, "min_samples": 7})
     assert response.status_code == 422 and "min_samples" in response.json()["detail"]
 
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_history_from_returns_the_entries_a_client_does_not_have_yet(tmp_path, backend):
+    """A dashboard following a job fetched its whole history at every new epoch: O(epochs) per epoch per viewer."""
+    from tests.api.conftest import backend_app, run_queued
+
+    with backend_app(backend, tmp_path) as client:
+        create(client, model_id="hist")
+        job_id = submit(client, "hist", inputs=X4, targets=Y3, epochs=7)["job_id"]
+        run_queued(client)
+        whole = client.get(f"/jobs/{job_id}").json()["history"]
+        assert [h["epoch"] for h in whole] == list(range(1, 8))
+        for start in (0, 3, 7, 100):
+            assert client.get(f"/jobs/{job_id}", params={"history_from": start}).json()["history"] == whole[start:]
+        assert client.get(f"/jobs/{job_id}", params={"history_from": -1}).status_code == 422
 
 def test_a_job_that_would_count_epochs_past_what_a_model_file_records_is_refused(idle_client):
     """A model imported at epochs_trained 2**53 took a 1-epoch job, which committed 2**53 + 1: from then on every
