@@ -438,7 +438,8 @@ class Health(BaseModel):
                                      "workers of this store, as workers_alive (workers run elsewhere).")
     workers_alive: int = Field(description="Training worker processes running now (backend=redis: live RQ workers of "
                                            "this store's prefix; a dead one stops counting within about 20 s).")
-    queued_jobs: int | None = Field(None, description="Training jobs queued and waiting for a worker (null if the store is unreachable).")
+    queued_jobs: int | None = Field(None, description="Training jobs queued and waiting for a worker (null if the store is "
+                                                      "unreachable, or under NN_TENANCY without an admin key).")
     queue_length: int | None = Field(None, description="backend=redis: RQ jobs waiting on the training queue; "
                                                        "sqlite: the same as queued_jobs.")
     version: str = Field(description="Service version.")
