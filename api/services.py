@@ -54,16 +54,9 @@ class Service:
         return True
 
     def metrics_snapshot(self, buffers: bool = True) -> dict[str, Any]:
-        """Jobs per state, samples/s of running jobs; with ``buffers``, each non-empty buffer (a scan of every model)."""
+        """Jobs per state, samples/s of running jobs; with ``buffers``, each non-empty buffer (the counts alone)."""
         counts, running = self.store.jobs_overview()
-        sizes: dict[str, int] = {}
-        offset = 0
-        while buffers:
-            models, total = self.store.list_models(offset, 500)
-            sizes.update((m.model_id, m.buffer_size) for m in models if m.buffer_size)
-            offset += len(models)
-            if not models or offset >= total:
-                break
+        sizes = self.store.buffer_sizes() if buffers else {}
         rate = sum(p.get("samples_per_second") or 0.0 for p in running)
         return {"jobs": counts, "samples_per_second": rate, "buffers": sizes}
 

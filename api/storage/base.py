@@ -76,6 +76,11 @@ class Store(ABC):
         """Rows in the buffer (not those of requests still being staged)."""
 
     @abstractmethod
+    def buffer_sizes(self) -> dict[str, int]:
+        """Rows in each non-empty buffer, by model id, read without the models' records (/metrics: a summary holds
+        up to 1.7 MB of class names, and a scan of them was hundreds of MB)."""
+
+    @abstractmethod
     def get_job(self, job_id: str, history_from: int | None = 0) -> JobRecord:
         """Raises JobNotFound; a search job comes with its trials and its history from entry ``history_from`` on
         (None: none). A reader that polls (an event stream, a dashboard) reads what grows with the epochs once."""

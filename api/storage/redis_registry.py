@@ -35,6 +35,17 @@ RECHECK_SECONDS = 1.0  # a pending notification of a job still running is looked
 ORPHAN_SECONDS = 3600.0  # a notification whose job was never stored (its submit failed) is dropped after this
 
 
+def buffer_sizes(store: "RedisStore", chunk: int = 1000) -> dict[str, int]:
+    """Rows in each non-empty buffer: the model ids, then their P:bufn counters a chunk at a time."""
+    ids, sizes = [m.decode() for m in store.redis.zrange(store._key("models"), 0, -1)], {}
+    for start in range(0, len(ids), chunk):
+        pipe = store.redis.pipeline(transaction=False)
+        for model_id in ids[start:start + chunk]:
+            pipe.get(store._key("bufn", model_id))
+        sizes.update((m, int(n)) for m, n in zip(ids[start:start + chunk], pipe.execute()) if n and int(n) > 0)
+    return sizes
+
+
 # -- versions -------------------------------------------------------------------------------
 def _current(store: "RedisStore", model_id: str) -> tuple[str, int]:
     uid, version = store.redis.hmget(store._key("m", model_id), ["uid", "version"])

@@ -25,9 +25,8 @@ Keys (P is the prefix, "nn" by default):
 
 Fencing (what RQ lacks): a store that claimed a job or trial keeps its lease token and the
 transaction of every later write for it WATCHes the lease and checks the token, so a worker whose
-lease expired (and whose job another worker may own now) raises ``LeaseLost`` and writes nothing.
-
-The primitives and the key encoding are in ``api.storage.redis_tx``.
+lease expired (and whose job another worker may own now) raises ``LeaseLost`` and writes nothing. The primitives
+and the key encoding are in ``api.storage.redis_tx``.
 """
 
 import json
@@ -269,6 +268,7 @@ class RedisStore(Store):
     list_versions = _guard(registry.list_versions)
     get_version = _guard(registry.get_version)
     version_kept = _guard(registry.version_kept)
+    buffer_sizes = _guard(registry.buffer_sizes)  # /metrics
 
     @_guard
     def list_all_jobs(self, offset: int, limit: int, *, status: str | None = None, model_id: str | None = None,

@@ -300,6 +300,10 @@ class SQLiteStore(Store):
         self._model_row(con, model_id)
         return SQLiteTx(con).buffered(model_id)
 
+    def buffer_sizes(self) -> dict[str, int]:
+        return dict(self._con().execute("SELECT model_id, SUM(n) FROM samples WHERE job_id IS NULL GROUP BY model_id "
+                                        "HAVING SUM(n) > 0").fetchall())
+
     def get_job(self, job_id: str, history_from: int | None = 0) -> JobRecord:
         con = self._con()
         con.execute("BEGIN")  # one snapshot for the record and its history

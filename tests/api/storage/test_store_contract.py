@@ -128,6 +128,18 @@ def test_buffer_append_limit_clear(store):
     assert store.count_samples("m") == 0
 
 
+def test_buffer_sizes_count_each_non_empty_buffer_and_no_job_held_rows(store):
+    """/metrics read every model's record to learn its buffer size: up to 1.7 MB of class names each."""
+    for model_id in ("a", "b", "c", "d"):
+        store.create_model(model_id, b"b", {})
+    store.append_samples("a", *rows(3), 10)
+    store.append_samples("c", *rows(5), 10)
+    store.append_samples("d", *rows(2), 10)
+    store.create_job(job("d", min_samples=2))  # takes d's rows: they are the job's, not the buffer's
+    store.append_samples("b", *rows(1), 10)
+    store.clear_samples("b")
+    assert store.buffer_sizes() == {"a": 3, "c": 5}
+
 def test_promote_claim_samples_in_order(store):
     store.create_model("m", b"b", {})
     store.append_samples("m", *rows(2, 0), 0)
