@@ -120,9 +120,10 @@ def network_from_request(settings: Settings, req: ModelCreate) -> Network:
     weight_init = check_name("weight initialiser", req.weight_init, ["auto"] + initializers.weight_names(), "weight_init")
     bias_init = check_name("bias initialiser", req.bias_init, initializers.bias_names(), "bias_init")
     loss = check_name("loss", req.loss, ["auto"] + losses.names(), "loss")
-    if req.layers is not None:
-        return _network_from_layers(settings, req, weight_init, bias_init, loss)
-    return _network_from_sizes(settings, req, weight_init, bias_init, loss)
+    build = _network_from_layers if req.layers is not None else _network_from_sizes
+    net = build(settings, req, weight_init, bias_init, loss)
+    net._get_loss(None)  # a loss the output cannot take is refused when the model is made (a stored one still predicts)
+    return net
 
 
 def network_from_file(settings: Settings, data: bytes) -> Network:

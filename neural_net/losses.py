@@ -230,12 +230,13 @@ def get(spec):
 PROBABILITIES = ("sigmoid", "softmax")  # output activations a cross-entropy without from_logits takes
 
 
-def resolve(spec, last_activation, n_out):
+def resolve(spec, last_activation, n_out, check=True):
     """The loss of an output layer of `n_out` units with activation `last_activation` (a name). "auto" picks
-    cross_entropy after softmax, binary_cross_entropy after a 1-unit sigmoid, else mse. A loss the output cannot
-    take is a ConfigError saying what to use instead: a cross-entropy takes probabilities (a sigmoid or softmax
-    output), or logits (any other output) with from_logits=True."""
-    if last_activation == "softmax" and n_out < 2:
+    cross_entropy after softmax, binary_cross_entropy after a 1-unit sigmoid, else mse. With `check`, a loss the
+    output cannot take is a ConfigError saying what to use instead: a cross-entropy takes probabilities (a sigmoid
+    or softmax output), or logits (any other output) with from_logits=True. Without it (what a network reports of
+    itself: its task, its description), a network saved before these checks still loads and predicts."""
+    if check and last_activation == "softmax" and n_out < 2:
         raise ConfigError("a softmax output of 1 unit is always 1; use 2 or more units (cross_entropy), or a 1-unit "
                           "sigmoid output (binary_cross_entropy)")
     if spec in (None, "auto"):
@@ -247,7 +248,7 @@ def resolve(spec, last_activation, n_out):
     loss = get(spec)
     if isinstance(loss, CrossEntropy) and n_out < 2:
         raise ConfigError("cross_entropy needs at least 2 output units; use binary_cross_entropy for 1 unit")
-    if isinstance(loss, _CrossEntropyBase):
+    if check and isinstance(loss, _CrossEntropyBase):
         if loss.from_logits and last_activation in PROBABILITIES:
             raise ConfigError(f"{loss.name} with from_logits=True applies a {loss.fuses_with} itself, and the output is "
                               f"{last_activation} already; use from_logits=False, or a linear output")

@@ -138,9 +138,10 @@ class Network:
 
     @property
     def loss(self):
-        """The resolved default loss ("auto" picks by the output layer)."""
+        """The resolved default loss ("auto" picks by the output layer), unchecked against the output: what the
+        network reports of itself, so one saved before the checks predicts; fit and evaluate check it."""
         self._ready()
-        return loss_registry.resolve(self._loss_spec, self.layers[-1].activation.name, self.output_size)
+        return loss_registry.resolve(self._loss_spec, self.layers[-1].activation.name, self.output_size, check=False)
 
     @property
     def loss_name(self):
@@ -170,9 +171,8 @@ class Network:
 
     def _get_loss(self, loss):
         self._ready()
-        if loss is None:
-            return self.loss
-        return loss_registry.resolve(loss, self.layers[-1].activation.name, self.output_size)
+        return loss_registry.resolve(self._loss_spec if loss is None else loss, self.layers[-1].activation.name,
+                                     self.output_size)
 
     # ------------------------------------------------------------------ inference
     def _forward(self, x, training=False, dropout=True, update_stats=True, trace=None):

@@ -612,3 +612,17 @@ def test_numpy_scalar_hyper_parameters_are_accepted():
         Network(2, dtype=None)  # not NumPy's float64 default
     with pytest.raises(ConfigError, match="dropout"):
         Dense(3, dropout=True)
+
+
+def test_a_network_saved_before_the_loss_checks_still_loads_and_predicts():
+    """The loss/output check ran wherever the loss was read, so a model stored before it (a tanh output with
+    binary_cross_entropy) no longer predicted; it is checked where the loss is used: fit and evaluate."""
+    net = Network(2, seed=0, loss="binary_cross_entropy")
+    net.add(Dense(4, activation="relu"))
+    net.add(Dense(1, activation="tanh"))
+    loaded = Network.from_bytes(net.to_bytes())
+    assert loaded.predict(np.ones((1, 2))).shape == (1, 1) and loaded.task == "binary"
+    with pytest.raises(ConfigError, match="binary_cross_entropy needs a sigmoid output"):
+        loaded.evaluate(np.ones((2, 2)), np.zeros(2))
+    with pytest.raises(ConfigError, match="binary_cross_entropy needs a sigmoid output"):
+        loaded.fit(np.ones((2, 2)), np.zeros(2), epochs=1)

@@ -329,6 +329,21 @@ def test_an_import_stores_the_models_own_file_not_the_bytes_sent(client, iris):
     assert client.get("/models/iris-padded/weights").json()["layers"] == client.get("/models/iris/weights").json()["layers"]
 
 
+def test_a_model_stored_before_the_loss_checks_still_serves_outputs(client):
+    """Models whose loss their output cannot take (a tanh output with binary_cross_entropy) were accepted before the
+    core checked them; after the upgrade /output answered 422 for them, and their loss cannot be changed."""
+    from neural_net import Dense, Network
+    from api.records import describe
+
+    net = Network(2, seed=0, loss="binary_cross_entropy")
+    net.add(Dense(4, activation="relu"))
+    net.add(Dense(1, activation="tanh"))
+    client.app.state.service.store.create_model("legacy", net.to_bytes(), describe(net))
+    response = client.post("/models/legacy/output", json={"inputs": [[1.0, 2.0]]})
+    assert response.status_code == 200, response.text
+    response = client.post("/models/legacy/evaluate", json={"inputs": [[1.0, 2.0]], "targets": [1]})
+    assert response.status_code == 422 and "binary_cross_entropy needs a sigmoid output" in response.json()["detail"]
+
 def test_a_malformed_multipart_import_says_what_the_parser_found(client):
     """It said "send UTF-8 JSON (Content-Type: application/json)" to a route that takes a file."""
     response = client.post("/models/import", params={"model_id": "x"}, content=b"PK",
