@@ -167,16 +167,16 @@ class RedisBackend(Backend):
             await self.store.aclose()  # the event loop's own connections (api/storage/redis_stamps.py)
 
     async def _sweep_expired(self) -> None:
-        """Every lease/2 s, jobs and trials whose worker's lease expired go back to the queue from their checkpoint
-        (a ``cancelling`` one ends ``cancelled``), as the embedded backend does at its start. RQ's registry cleanup
-        does the same, but only in a live worker: with every worker dead a job said ``running`` and a cancel or a
-        model delete left it ``cancelling`` until a worker came back. Fenced as any takeover (a worker that comes
-        back writes nothing); replicas sweeping at once take turns in one WATCHed transaction."""
+        """Every lease/2 s while no worker is alive: RQ's registry cleanup, which requeues a dead worker's job, runs
+        only in a live worker, so with every worker dead a job said ``running`` and a cancel or a model delete left it
+        ``cancelling`` until a worker came back. ``RedisStore.sweep_expired`` (api/storage/redis_leases.py) shows it
+        ``queued`` meanwhile, as the embedded backend does after a restart, and ends cancelling ones; no new RQ job
+        is queued, so RQ's retries still count every run. Fenced as any takeover; replicas take turns."""
         while True:
             await asyncio.sleep(self.settings.lease_seconds / 2)
             try:
-                await run_in_threadpool(self.store.recover_expired)
-                await run_in_threadpool(self.store.recover_expired_trials)
+                if (await run_in_threadpool(self._queue)).get("workers_alive", 0) == 0:
+                    await run_in_threadpool(self.store.sweep_expired)
             except StoreUnavailable as exc:
                 log.warning("jobs whose worker died are requeued once the store answers: %s", exc)
             except Exception:  # the sweep goes on; one bad round is logged, not the replica's end

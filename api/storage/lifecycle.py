@@ -31,7 +31,7 @@ ACTIVE = (BUFFERING, QUEUED, RUNNING, CANCELLING)
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 TRANSITIONS = {
     BUFFERING: {QUEUED, CANCELLED},  # promoted when the buffer holds min_samples; cancelled (or model deleted)
-    QUEUED: {RUNNING, CANCELLED},  # claimed by a worker (a search: its first trial)
+    QUEUED: {RUNNING, CANCELLED, FAILED},  # claimed by a worker (a search: its first trial); failed: RQ gave up its run
     RUNNING: {QUEUED, CANCELLING, *TERMINAL},  # requeued (worker stopped or lost), cancel asked, ended
     CANCELLING: {*TERMINAL},  # the worker stops at its next check, or the job is requeued: cancelled
 }

@@ -47,7 +47,8 @@ from api.errors import JobNotFound, ModelNotFound, StoreUnavailable
 from api.storage import lifecycle
 from api.storage import redis_registry as registry
 from api.storage.base import JobRecord, ModelRecord, Notification, Store, with_trials
-from api.storage.lifecycle import CANCELLING, QUEUED, RUNNING
+from api.storage.lifecycle import QUEUED, RUNNING
+from api.storage.redis_leases import LeaseRecovery
 from api.storage.redis_stamps import StampReader
 from api.storage.redis_tx import MODEL_FIELDS, RedisTx, decode_job, decode_model, unavailable, unpack_samples
 
@@ -67,7 +68,7 @@ def _guard(method: Callable) -> Callable:
     return wrapper
 
 
-class RedisStore(Store):
+class RedisStore(LeaseRecovery, Store):
     def __init__(self, url: str, *, prefix: str = "nn", lease_seconds: float = 10.0, socket_timeout: float = 5.0,
                  retries: int = 0, enqueue: Callable[[redis.client.Pipeline, list[str]], None] | None = None,
                  keep_versions: int = 10):
@@ -385,65 +386,3 @@ class RedisStore(Store):
             return True
         token = self._token(job_id)
         return bool(token) and self.redis.get(self._key("lease", job_id)) != token.encode()
-
-    # -- taking over from a worker that died (RQ found its job abandoned and runs it again) -------------
-    def _expired(self, tx: RedisTx, key: str) -> bool:
-        tx.pipe.watch(self._key("lease", key))
-        return not tx.pipe.exists(self._key("lease", key))
-
-    def _requeue_expired(self, tx: RedisTx, job_id: str) -> JobRecord | None:
-        job = tx.job(job_id)
-        if job is None or job.status not in (RUNNING, CANCELLING) or job.stage == "trials" or not self._expired(tx, job_id):
-            return None
-        reason = ("the worker stopped renewing its lease (killed or cut off); resumed from the checkpoint after "
-                  f"epoch {job.epochs_done}")
-        log.warning("job %s: lease expired; %s", job_id, "requeued" if job.status == RUNNING else "cancelled")
-        return lifecycle.requeue(tx, job, time.time(), reason)
-
-    def _release_expired_trials(self, tx: RedisTx, job_id: str) -> list[int]:
-        job = tx.job(job_id)
-        if job is None or job.stage != "trials":
-            return []
-        expired = [t["index"] for t in tx.trials(job_id) if t["status"] == "running"
-                   and self._expired(tx, f"{job_id}|{t['index']}")]
-        for index in expired:
-            log.warning("search %s: trial %s lost its worker; it runs again", job_id, index)
-            lifecycle.release_trial(tx, job_id, index, time.time())
-        return expired
-
-    def lease_alive(self, job_id: str) -> bool:
-        """Whether a worker still holds the job (or one of its running trials)."""
-        try:
-            job = self.get_job(job_id)
-        except JobNotFound:
-            return False
-        keys = [f"{job_id}|{t['index']}" for t in job.trials or [] if t["status"] == "running"] if job.stage == "trials" \
-            else [job_id] if job.status in (RUNNING, CANCELLING) else []
-        return bool(keys) and bool(self.redis.exists(*[self._key("lease", k) for k in keys]))
-
-    def recover_expired(self) -> list[JobRecord]:
-        """Every job whose worker's lease expired goes back to the queue from its checkpoint, with a restart
-        note in its history (``cancelling`` ones end ``cancelled``). The RQ runner does this per job when RQ
-        runs an abandoned job again (``claim_job(take_over=True)``); this is the same for all of them at once."""
-        running = self.atomic(lambda tx: [j.job_id for j in tx.jobs((RUNNING, CANCELLING)) if j.stage != "trials"])
-        changed = [self.atomic(lambda tx: self._requeue_expired(tx, job_id)) for job_id in running]
-        return [self.get_job(j.job_id) for j in changed if j is not None]
-
-    def recover_expired_trials(self) -> list[str]:
-        """Running trials whose worker's lease expired go back to pending; returns their job ids."""
-        searches = self.atomic(lambda tx: [j.job_id for j in tx.jobs((QUEUED, RUNNING, CANCELLING)) if j.stage == "trials"])
-        return [job_id for job_id in searches if self.atomic(lambda tx: self._release_expired_trials(tx, job_id))]
-
-    def fail_abandoned(self, job_id: str, error: str) -> None:
-        """RQ gave up on the job (its workers kept dying): it ends failed, or cancelled if a cancel was asked
-        (as ``requeue`` ends it); a search: its orphaned trials fail."""
-        def step(tx: RedisTx) -> None:
-            job, now = tx.job(job_id), time.time()
-            if job is not None and job.stage == "trials":
-                for t in [t for t in tx.trials(job_id) if t["status"] == "running" and self._expired(tx, f"{job_id}|{t['index']}")]:
-                    lifecycle.finish_trial(tx, job_id, t["index"], "failed", now, error=error)
-            elif job is not None and job.status in (RUNNING, CANCELLING) and self._expired(tx, job_id):
-                end = lifecycle.CANCELLED if job.status == CANCELLING else lifecycle.FAILED
-                lifecycle.finish(tx, job, end, now, use_checkpoint=True, error=error)
-
-        self.atomic(step)
