@@ -90,6 +90,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         self._body_seen = self.loop.time()
         self._cancel_body_timer()  # a pipelined request's head: one timer, for the newest body
+        self._body_cycle = self.cycle
         self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
 
     def _cancel_body_timer(self) -> None:
@@ -133,7 +134,9 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        self._cancel_body_timer()  # answered without reading all of its body
+        # answered without reading all of its body; a pipelined request's timer (its cycle not answered) stays
+        if getattr(self, "_body_cycle", None) is None or self._body_cycle.response_complete:
+            self._cancel_body_timer()
         pipelined = bool(self.pipeline)  # a request whose head arrived already starts now
         super().on_response_complete()
         if not pipelined and not self.transport.is_closing():

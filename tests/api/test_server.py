@@ -18,7 +18,7 @@ from neural_net import Network
 from api.server import BODY_BUFFER_BYTES, BoundedHeadProtocol
 from api.specs import FitConfig
 from api.storage.sqlite import SQLiteStore
-from tests.api.conftest import X4, Y3
+from tests.api.conftest import X4, Y3, wait_for
 from tests.api.routes.test_jobs import BLOBS_X, BLOBS_Y
 from tests.conftest import ROOT, free_port, start_server, stop_server
 
@@ -230,7 +230,16 @@ def test_a_body_that_stops_arriving_is_a_408_and_the_connection_closes(tmp_path)
             assert answer.startswith(b"HTTP/1.1 408") and b"NN_BODY_TIMEOUT" in answer, answer
             assert closed_by_server(sock, timeout=15)
             sock.close()
-        assert os.listdir(tmp_path / "datasets" / ".tmp") == []  # the stalled upload's folder went with it
+        # the stalled upload's folder goes with it, once the app has seen the disconnect
+        wait_for(lambda: os.listdir(tmp_path / "datasets" / ".tmp"), lambda left: left == [], timeout=15)
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # pipelined behind a GET: its timer was cancelled
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                         b"POST /models HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabcd")
+            sock.settimeout(30)
+            answer = b""
+            while answer.count(b"HTTP/1.1 ") < 2 or not answer.endswith(b"}"):
+                answer += sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in answer, answer
         created = httpx.post(f"{url}/models", json={"model_id": "m", "layer_sizes": [2, 1]}, timeout=10)
         assert created.status_code == 201, created.text
     finally:
