@@ -248,7 +248,12 @@ class RedisStore(LeaseRecovery, Store):
             pipe.hgetall(self._key("j", job_id))
             pipe.lrange(self._key("hist", job_id), *((history_from, -1) if history_from is not None else (1, 0)))
         rows = pipe.execute() if ids else []
-        return [self._with_trials(decode_job(j, r, h)) for j, r, h in zip(ids, rows[::2], rows[1::2]) if r]
+        jobs = [self._with_trials(decode_job(j, r, None if history_from is None else h))
+                for j, r, h in zip(ids, rows[::2], rows[1::2]) if r]
+        for job, raw in zip(jobs, [r for r in rows[::2] if r]):
+            if history_from and b"history" in raw:  # a job of an older version: its first entries are in its hash
+                job.history = self._jobs([job.job_id])[0].history[history_from:]
+        return jobs
 
     @_guard
     def job_samples(self, job_id: str) -> tuple[np.ndarray, np.ndarray]:

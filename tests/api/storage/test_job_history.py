@@ -139,3 +139,27 @@ def test_a_redis_job_of_before_keeps_its_history(store):
     assert store.get_job(j.job_id).history == [entry(1), entry(2), entry(3)]
     [requeued] = store.requeue_jobs(job_ids=[j.job_id])
     assert [h["epoch"] for h in requeued.history] == [1, 2, 3]
+
+
+def test_history_from_counts_the_entries_an_older_redis_job_keeps_in_its_hash():
+    """A job of an older version keeps its first entries in its hash: history_from=2 gave those two, whatever N
+    was, and the event stream's polls (no history) still parsed them."""
+    from tests.api.conftest import REDIS_URL, redis_available
+
+    if not redis_available():
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    import uuid
+
+    from api.storage.redis_store import RedisStore
+
+    store = RedisStore(REDIS_URL, prefix=f"t-{uuid.uuid4().hex[:8]}")
+    try:
+        store.create_model("m", b"blob", {"n": 1})
+        created = store.create_job(job("m"))
+        store.redis.hset(store._key("j", created.job_id), "history", json.dumps([{"epoch": 1}, {"epoch": 2}]))
+        store.redis.rpush(store._key("hist", created.job_id), json.dumps({"epoch": 3}), json.dumps({"epoch": 4}))
+        epochs = lambda start: [h["epoch"] for h in store.get_job(created.job_id, start).history]  # noqa: E731
+        assert [epochs(n) for n in (0, 1, 2, 3, 4, 9)] == [[1, 2, 3, 4], [2, 3, 4], [3, 4], [4], [], []]
+        assert store.get_job(created.job_id, None).history == []
+    finally:
+        store.reset()
