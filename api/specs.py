@@ -202,6 +202,9 @@ def _network_from_layers(settings: Settings, req: ModelCreate, weight_init: str,
     return net
 
 
+RATE_NAMES = {"lr", "rate", "eta", "step_size"}  # what other libraries call the learning rate
+
+
 def check_optimizer_options(optimizer: str, options: dict[str, float], learning_rate: float | None) -> dict[str, float]:
     """The options, checked by the core as it builds the optimizer (an option it does not take is named, with those it
     takes); the rate has a field of its own, so inside the options it is refused."""
@@ -216,7 +219,7 @@ def check_optimizer_options(optimizer: str, options: dict[str, float], learning_
         if not options:
             raise InvalidInput(f"optimizer: {exc}") from None
         hint = ("; momentum is an optimizer of its own: 'momentum' or 'nesterov'" if optimizer == "sgd" and "momentum" in options
-                else "; the learning rate goes in the `learning_rate` field" if "does not take" in str(exc) else "")
+                else "; the learning rate goes in the `learning_rate` field" if set(options) & RATE_NAMES else "")
         raise InvalidInput(f"optimizer_options: {exc}{hint}") from None
     return options
 

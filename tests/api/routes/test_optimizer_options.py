@@ -39,6 +39,9 @@ def model_net(client, model_id) -> Network:
     ({"optimizer": "rmsprop", "optimizer_options": {"rho": 0.9}},
      "optimizer_options: optimizer 'rmsprop' does not take the option rho; it takes: learning_rate, alpha, eps"),
     ({"optimizer": "adam", "optimizer_options": {"lr": 0.1}}, "the learning rate goes in the `learning_rate` field"),
+    # an option of another optimizer was told the same, which had nothing to do with it
+    ({"optimizer": "adam", "optimizer_options": {"momentum": 0.5}}, "does not take the option momentum; it takes: "
+                                                                    "learning_rate, beta1, beta2, eps"),
     ({"optimizer": "adam", "optimizer_options": {"learning_rate": 0.1}},
      "optimizer_options: learning_rate is not an option here; send it in the job's `learning_rate` field"),
     ({"optimizer": "adam", "optimizer_options": {"name": 1.0}}, "name is not an option; the optimizer's name goes in `optimizer`"),
@@ -54,6 +57,8 @@ def test_options_are_checked_at_submit_by_the_core(tmp_path, body, words):
         response = client.post("/models/checked/training-jobs", json={"min_samples": 6, **body})
         assert response.status_code == 422, response.text
         assert words in response.json()["detail"]
+        if "lr" not in body.get("optimizer_options", {}):
+            assert "the learning rate goes" not in response.json()["detail"]
         assert client.get("/models/checked/jobs").json()["count"] == 0  # nothing stored
 
 
